@@ -1,0 +1,38 @@
+-- Least privilege: nobody but the owner writes tables directly; readers read, writers append.
+REVOKE ALL ON event_store, es_streams FROM PUBLIC;
+REVOKE ALL ON SEQUENCE es_global_position_seq FROM PUBLIC;
+GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
+GRANT SELECT ON event_store, es_streams TO event_store_reader;
+
+REVOKE EXECUTE ON FUNCTION
+    _es_append(text, jsonb, bigint, boolean),
+    _es_open_stream(text),
+    _es_advance_stream(text, bigint, timestamptz, timestamptz, bigint, bytea),
+    _es_event_hash(bytea, uuid, text, bigint, bigint, text, integer, timestamptz, text, text),
+    _es_check_append(text, bigint, text, integer),
+    _es_check_event(text, text, text, integer, bigint, integer),
+    _es_calling_role(),
+    es_enable_hypertable(interval),
+    es_append(text, text, jsonb, jsonb, bigint, uuid, integer),
+    es_append_batch(text, jsonb, bigint),
+    es_stream(text, bigint, bigint),
+    es_stream_version(text),
+    es_state(text),
+    es_state_at(text, timestamptz),
+    es_state_at_version(text, bigint),
+    es_verify(text)
+FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    es_stream(text, bigint, bigint),
+    es_stream_version(text),
+    es_state(text),
+    es_state_at(text, timestamptz),
+    es_state_at_version(text, bigint),
+    es_verify(text)
+TO event_store_reader;
+
+GRANT EXECUTE ON FUNCTION
+    es_append(text, text, jsonb, jsonb, bigint, uuid, integer),
+    es_append_batch(text, jsonb, bigint)
+TO event_store_writer;

@@ -1,0 +1,25 @@
+-- Append-only, for every role including the owner. A superuser can still disable triggers;
+-- es_verify's hash chains catch what that lets through.
+CREATE FUNCTION _es_refuse_change() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'es_streams' AND _es_registry_write_allowed() THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION 'event_store: % of % is not allowed', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'ES003',
+              DETAIL = 'Events are append-only and es_streams is maintained by es_append.',
+              HINT = 'Append a compensating event with es_append instead.';
+END
+$$;
+
+CREATE TRIGGER event_store_append_only BEFORE UPDATE OR DELETE ON event_store
+    FOR EACH ROW EXECUTE FUNCTION _es_refuse_change();
+CREATE TRIGGER event_store_no_truncate BEFORE TRUNCATE ON event_store
+    FOR EACH STATEMENT EXECUTE FUNCTION _es_refuse_change();
+CREATE TRIGGER es_streams_guard BEFORE UPDATE OR DELETE ON es_streams
+    FOR EACH ROW EXECUTE FUNCTION _es_refuse_change();
+CREATE TRIGGER es_streams_no_truncate BEFORE TRUNCATE ON es_streams
+    FOR EACH STATEMENT EXECUTE FUNCTION _es_refuse_change();

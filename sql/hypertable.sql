@@ -1,0 +1,42 @@
+-- TimescaleDB: event_store becomes a hypertable on created_at when timescaledb is installed
+-- in the database, at CREATE EXTENSION or later by calling es_enable_hypertable().
+CREATE FUNCTION es_enable_hypertable(chunk_time_interval interval DEFAULT interval '7 days')
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+    ts_schema name;
+BEGIN
+    SELECT n.nspname INTO ts_schema
+      FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace
+     WHERE x.extname = 'timescaledb';
+    IF ts_schema IS NULL THEN
+        RAISE EXCEPTION 'event_store: the timescaledb extension is not installed in this database'
+            USING ERRCODE = '55000', HINT = 'Run CREATE EXTENSION timescaledb, then es_enable_hypertable().';
+    END IF;
+    IF EXISTS (SELECT FROM timescaledb_information.hypertables h
+                WHERE format('%I.%I', h.hypertable_schema, h.hypertable_name)::regclass = 'event_store'::regclass) THEN
+        RETURN false;
+    END IF;
+    -- Migrating existing rows into chunks deletes them from the parent table.
+    ALTER TABLE event_store DISABLE TRIGGER event_store_append_only;
+    ALTER TABLE event_store DISABLE TRIGGER event_store_no_truncate;
+    EXECUTE format('SELECT %I.create_hypertable($1, $2, chunk_time_interval => $3, '
+                   'create_default_indexes => false, migrate_data => true)', ts_schema)
+        USING 'event_store'::regclass, 'created_at'::name, chunk_time_interval;
+    ALTER TABLE event_store ENABLE TRIGGER event_store_append_only;
+    ALTER TABLE event_store ENABLE TRIGGER event_store_no_truncate;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION es_enable_hypertable(interval) IS
+    'Turns event_store into a TimescaleDB hypertable on created_at, moving existing events into chunks. Returns false when it already is one.';
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'timescaledb') THEN
+        PERFORM es_enable_hypertable();
+    END IF;
+END
+$$;

@@ -1,0 +1,37 @@
+-- Reading streams. Queries go through the stream's time bounds in es_streams so that a
+-- hypertable with years of chunks only scans the chunks the stream lives in.
+
+CREATE FUNCTION es_stream(stream_id text, from_version bigint DEFAULT 1, max_count bigint DEFAULT NULL)
+RETURNS SETOF event_store
+LANGUAGE plpgsql
+STABLE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+    s es_streams;
+BEGIN
+    SELECT * INTO s FROM es_streams r WHERE r.stream_id = es_stream.stream_id;
+    IF NOT FOUND OR s.version = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT * FROM event_store e
+         WHERE e.stream_id = s.stream_id
+           AND e.created_at BETWEEN s.first_at AND s.last_at
+           AND e.stream_version >= coalesce(from_version, 1)
+         ORDER BY e.stream_version
+         LIMIT max_count;
+END
+$$;
+COMMENT ON FUNCTION es_stream(text, bigint, bigint) IS
+    'Events of one stream from from_version on, in version order, at most max_count (NULL = all).';
+
+CREATE FUNCTION es_stream_version(stream_id text)
+RETURNS bigint
+LANGUAGE sql
+STABLE STRICT
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+    SELECT coalesce((SELECT version FROM es_streams r WHERE r.stream_id = $1), 0)
+$$;
+COMMENT ON FUNCTION es_stream_version(text) IS 'Current version of a stream, 0 when it does not exist.';

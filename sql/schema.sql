@@ -1,0 +1,62 @@
+-- The event log and the stream registry.
+
+-- Positions in the global feed: unique and increasing; an append that rolls back leaves a gap.
+CREATE SEQUENCE es_global_position_seq AS bigint;
+
+CREATE TABLE event_store (
+    global_position bigint      NOT NULL,
+    event_id        uuid        NOT NULL,
+    stream_id       text        NOT NULL,
+    stream_version  bigint      NOT NULL CHECK (stream_version > 0),
+    event_type      text        NOT NULL,
+    event_data      jsonb       NOT NULL,
+    metadata        jsonb       NOT NULL DEFAULT '{}',
+    event_version   integer     NOT NULL DEFAULT 1 CHECK (event_version > 0),
+    created_at      timestamptz NOT NULL,
+    -- The appending transaction: groups events written together, for forensics and the feed.
+    transaction_id  xid8        NOT NULL DEFAULT pg_current_xact_id(),
+    -- SHA-256 chained to the previous event of the stream (see src/integrity.rs).
+    hash            bytea       NOT NULL
+);
+COMMENT ON TABLE event_store IS 'Append-only event log: write with es_append, never UPDATE, DELETE or TRUNCATE.';
+
+-- No unique indexes: a hypertable's would have to include created_at. The per-stream lock in
+-- es_append keeps (stream_id, stream_version) unique and es_verify checks it.
+CREATE INDEX event_store_stream_idx   ON event_store (stream_id, stream_version);
+CREATE INDEX event_store_position_idx ON event_store (global_position);
+CREATE INDEX event_store_event_id_idx ON event_store (event_id);
+CREATE INDEX event_store_type_idx     ON event_store (event_type, created_at);
+CREATE INDEX event_store_time_idx     ON event_store (created_at);
+
+-- One row per stream: its head, and its time bounds so reads by stream exclude other chunks.
+CREATE TABLE es_streams (
+    stream_id     text        PRIMARY KEY,
+    category      text        GENERATED ALWAYS AS (split_part(stream_id, '-', 1)) STORED,
+    version       bigint      NOT NULL DEFAULT 0,
+    first_at      timestamptz,
+    last_at       timestamptz,
+    last_position bigint,
+    head_hash     bytea
+);
+CREATE INDEX es_streams_category_idx ON es_streams (category);
+COMMENT ON TABLE es_streams IS 'Stream registry maintained by es_append: current version, time bounds and head hash of every stream.';
+
+-- pg_dump keeps the data of extension configuration tables.
+SELECT pg_catalog.pg_extension_config_dump('event_store', '');
+SELECT pg_catalog.pg_extension_config_dump('es_streams', '');
+SELECT pg_catalog.pg_extension_config_dump('es_global_position_seq', '');
+
+-- Roles are cluster-wide: a second database installing the extension reuses them.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_reader') THEN
+        CREATE ROLE event_store_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_writer') THEN
+        CREATE ROLE event_store_writer NOLOGIN;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('event_store_writer', 'event_store_reader', 'MEMBER') THEN
+        GRANT event_store_reader TO event_store_writer;
+    END IF;
+END
+$$;

@@ -1,0 +1,54 @@
+//! event_store: an append-only, tamper-evident event store inside PostgreSQL.
+//!
+//! Each module is one capability; the SQL that is clearer as SQL lives in `sql/` and is
+//! pulled in here in dependency order.
+use pgrx::prelude::*;
+
+mod context;
+mod fold;
+mod guc;
+mod ids;
+mod integrity;
+mod registry;
+mod validate;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!(
+    "../sql/append.sql",
+    name = "append",
+    requires = [
+        "schema",
+        context::_es_calling_role,
+        ids::es_uuidv7,
+        integrity::_es_event_hash,
+        registry::_es_open_stream,
+        registry::_es_advance_stream,
+        validate::_es_check_event,
+        validate::_es_check_append
+    ]
+);
+extension_sql_file!("../sql/read.sql", name = "read", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/guards.sql",
+    name = "guards",
+    requires = ["schema", registry::_es_registry_write_allowed]
+);
+extension_sql_file!("../sql/hypertable.sql", name = "hypertable", requires = ["guards"]);
+extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::register();
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

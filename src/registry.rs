@@ -1,0 +1,107 @@
+//! The stream registry `es_streams`: one row per stream holding its head (version, hash,
+//! time bounds). Appends lock that row, which serialises writers of one stream only.
+//!
+//! Rows change only through the functions here: they open a write scope that the registry's
+//! guard trigger checks, so even the table owner cannot edit heads by hand.
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    static WRITE_SCOPE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Allows registry writes until dropped, also when an error unwinds through it.
+struct WriteScope;
+
+impl WriteScope {
+    fn open() -> Self {
+        WRITE_SCOPE.with(|w| w.set(true));
+        WriteScope
+    }
+}
+
+impl Drop for WriteScope {
+    fn drop(&mut self) {
+        WRITE_SCOPE.with(|w| w.set(false));
+    }
+}
+
+/// Read by the guard trigger on es_streams.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _es_registry_write_allowed() -> bool {
+    WRITE_SCOPE.with(|w| w.get())
+}
+
+const LOCK_SQL: &str =
+    "SELECT version, head_hash, first_at, last_at FROM es_streams WHERE stream_id = $1 FOR UPDATE";
+
+/// Locks the stream's registry row, creating it at version 0 when the stream is new, and
+/// returns its head. Held until the transaction ends.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _es_open_stream(
+    stream_id: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(version, i64),
+        name!(head_hash, Option<Vec<u8>>),
+        name!(first_at, Option<TimestampWithTimeZone>),
+        name!(last_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let head = Spi::connect_mut(|client| {
+        for attempt in 0..2 {
+            let rows = client.update(LOCK_SQL, Some(1), &[stream_id.into()]).expect("locking stream");
+            if let Some(row) = rows.into_iter().next() {
+                return (
+                    row.get::<i64>(1).unwrap().unwrap(),
+                    row.get::<Vec<u8>>(2).unwrap(),
+                    row.get::<TimestampWithTimeZone>(3).unwrap(),
+                    row.get::<TimestampWithTimeZone>(4).unwrap(),
+                );
+            }
+            if attempt == 0 {
+                let _scope = WriteScope::open();
+                client
+                    .update(
+                        "INSERT INTO es_streams (stream_id, version) VALUES ($1, 0) ON CONFLICT (stream_id) DO NOTHING",
+                        None,
+                        &[stream_id.into()],
+                    )
+                    .expect("registering stream");
+            }
+        }
+        unreachable!("stream row vanished while locked")
+    });
+    TableIterator::once(head)
+}
+
+/// Moves the stream's head after an append (the row is already locked by `_es_open_stream`).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _es_advance_stream(
+    stream_id: &str,
+    version: i64,
+    first_at: TimestampWithTimeZone,
+    last_at: TimestampWithTimeZone,
+    last_position: i64,
+    head_hash: &[u8],
+) {
+    let _scope = WriteScope::open();
+    Spi::connect_mut(|client| {
+        client
+            .update(
+                "UPDATE es_streams SET version = $2, first_at = coalesce(first_at, $3), last_at = $4, \
+                 last_position = $5, head_hash = $6 WHERE stream_id = $1",
+                None,
+                &[
+                    stream_id.into(),
+                    version.into(),
+                    first_at.into(),
+                    last_at.into(),
+                    last_position.into(),
+                    head_hash.into(),
+                ],
+            )
+            .expect("advancing stream head");
+    });
+}

@@ -1,0 +1,207 @@
+//! Input rules for appends. Pure functions return an [`Invalid`] carrying the SQLSTATE we
+//! document; the SQL-facing wrappers only raise it.
+use crate::guc;
+use pgrx::prelude::*;
+use pgrx::PgSqlErrorCode;
+
+/// Longest accepted `stream_id` or `event_type`, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// SQLSTATE 22004
+    Null(String),
+    /// SQLSTATE 22023
+    Value(String),
+    /// SQLSTATE 54000
+    TooLarge(String),
+}
+
+impl Invalid {
+    fn raise(self) -> ! {
+        let (code, msg) = match self {
+            Invalid::Null(m) => (PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, m),
+            Invalid::Value(m) => (PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m),
+            Invalid::TooLarge(m) => (PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, m),
+        };
+        ereport!(ERROR, code, format!("event_store: {msg}"));
+    }
+}
+
+/// Names a batch element in messages: "event 3: ..." (1-based), nothing for a single append.
+fn at(ordinal: Option<i32>) -> String {
+    ordinal.map(|n| format!("event {n}: ")).unwrap_or_default()
+}
+
+/// `stream_id` and `event_type`: present, non-empty, at most 255 bytes, no control characters
+/// (they would make psql output and log lines lie about what was stored).
+pub fn check_name(what: &str, value: Option<&str>, ordinal: Option<i32>) -> Result<(), Invalid> {
+    let p = at(ordinal);
+    let v = value.ok_or_else(|| Invalid::Null(format!("{p}{what} must not be NULL")))?;
+    if v.is_empty() {
+        return Err(Invalid::Value(format!("{p}{what} must not be empty")));
+    }
+    if v.len() > MAX_NAME_BYTES {
+        return Err(Invalid::Value(format!(
+            "{p}{what} is {} bytes long, the limit is {MAX_NAME_BYTES}",
+            v.len()
+        )));
+    }
+    if let Some(c) = v.chars().find(|c| c.is_control()) {
+        return Err(Invalid::Value(format!(
+            "{p}{what} contains the control character U+{:04X}",
+            c as u32
+        )));
+    }
+    Ok(())
+}
+
+/// A JSON document that must be an object; `kind` is `jsonb_typeof` of it (NULL for SQL NULL,
+/// `"missing"` when a batch element lacks the key).
+pub fn check_object(what: &str, kind: Option<&str>, ordinal: Option<i32>) -> Result<(), Invalid> {
+    let p = at(ordinal);
+    match kind {
+        Some("object") => Ok(()),
+        None | Some("null") => Err(Invalid::Null(format!("{p}{what} must not be NULL"))),
+        Some("missing") => Err(Invalid::Value(format!("{p}\"{what}\" is missing"))),
+        Some(other) => Err(Invalid::Value(format!(
+            "{p}{what} must be a JSON object, not {other}"
+        ))),
+    }
+}
+
+pub fn check_event(
+    event_type: Option<&str>,
+    data_kind: Option<&str>,
+    metadata_kind: Option<&str>,
+    event_version: Option<i32>,
+    size_bytes: i64,
+    max_bytes: i64,
+    ordinal: Option<i32>,
+) -> Result<(), Invalid> {
+    check_name("event_type", event_type, ordinal)?;
+    check_object("event_data", data_kind, ordinal)?;
+    check_object("metadata", metadata_kind, ordinal)?;
+    match event_version {
+        None => return Err(Invalid::Null(format!("{}event_version must not be NULL", at(ordinal)))),
+        Some(v) if v < 1 => {
+            return Err(Invalid::Value(format!(
+                "{}event_version must be 1 or more, got {v}",
+                at(ordinal)
+            )))
+        }
+        _ => {}
+    }
+    if size_bytes > max_bytes {
+        return Err(Invalid::TooLarge(format!(
+            "{}event is {size_bytes} bytes, over event_store.max_event_bytes ({max_bytes})",
+            at(ordinal)
+        )));
+    }
+    Ok(())
+}
+
+/// The parts of an append that do not depend on each event.
+pub fn check_append(
+    stream_id: Option<&str>,
+    expected_version: Option<i64>,
+    batch_kind: &str,
+    batch_len: i32,
+) -> Result<(), Invalid> {
+    check_name("stream_id", stream_id, None)?;
+    if let Some(v) = expected_version.filter(|v| *v < 0) {
+        return Err(Invalid::Value(format!(
+            "expected_version must be NULL (any), 0 (no stream) or a version, got {v}"
+        )));
+    }
+    match batch_kind {
+        "array" if batch_len > 0 => Ok(()),
+        "array" => Err(Invalid::Value("events must not be an empty array".into())),
+        "null" => Err(Invalid::Null("events must not be NULL".into())),
+        other => Err(Invalid::Value(format!("events must be a JSON array, not {other}"))),
+    }
+}
+
+/// Raises unless the append as a whole is acceptable. `batch_kind` is `jsonb_typeof(events)`.
+#[pg_extern(stable, parallel_safe)]
+fn _es_check_append(
+    stream_id: Option<&str>,
+    expected_version: Option<i64>,
+    batch_kind: Option<&str>,
+    batch_len: Option<i32>,
+) {
+    check_append(
+        stream_id,
+        expected_version,
+        batch_kind.unwrap_or("null"),
+        batch_len.unwrap_or(0),
+    )
+    .unwrap_or_else(|e| e.raise())
+}
+
+/// Raises unless one event is acceptable. `ordinal` is NULL for a single append.
+#[pg_extern(stable, parallel_safe)]
+fn _es_check_event(
+    event_type: Option<&str>,
+    data_kind: Option<&str>,
+    metadata_kind: Option<&str>,
+    event_version: Option<i32>,
+    size_bytes: Option<i64>,
+    ordinal: Option<i32>,
+) {
+    check_event(
+        event_type,
+        data_kind,
+        metadata_kind,
+        event_version,
+        size_bytes.unwrap_or(0),
+        guc::MAX_EVENT_BYTES.get() as i64,
+        ordinal,
+    )
+    .unwrap_or_else(|e| e.raise())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(check_name("stream_id", Some("user-1"), None), Ok(()));
+        assert!(matches!(check_name("stream_id", None, None), Err(Invalid::Null(_))));
+        assert!(matches!(check_name("stream_id", Some(""), None), Err(Invalid::Value(_))));
+        assert!(matches!(check_name("x", Some("a\u{7}b"), None), Err(Invalid::Value(m)) if m.contains("U+0007")));
+        assert!(matches!(check_name("x", Some("a\nb"), None), Err(Invalid::Value(_))));
+        assert_eq!(check_name("x", Some(&"é".repeat(127)), None), Ok(()));
+        assert!(matches!(check_name("x", Some(&"é".repeat(128)), None), Err(Invalid::Value(_))));
+    }
+
+    #[test]
+    fn objects() {
+        assert_eq!(check_object("event_data", Some("object"), None), Ok(()));
+        assert!(matches!(check_object("event_data", None, None), Err(Invalid::Null(_))));
+        assert!(matches!(check_object("event_data", Some("null"), None), Err(Invalid::Null(_))));
+        assert!(matches!(check_object("data", Some("missing"), Some(2)), Err(Invalid::Value(m)) if m == "event 2: \"data\" is missing"));
+        assert!(matches!(check_object("event_data", Some("array"), None), Err(Invalid::Value(m)) if m.ends_with("not array")));
+    }
+
+    #[test]
+    fn events() {
+        let ok = |v, size| check_event(Some("T"), Some("object"), Some("object"), v, size, 100, None);
+        assert_eq!(ok(Some(1), 100), Ok(()));
+        assert!(matches!(ok(Some(0), 10), Err(Invalid::Value(_))));
+        assert!(matches!(ok(None, 10), Err(Invalid::Null(_))));
+        assert!(matches!(ok(Some(1), 101), Err(Invalid::TooLarge(_))));
+    }
+
+    #[test]
+    fn appends() {
+        assert_eq!(check_append(Some("s"), None, "array", 1), Ok(()));
+        assert_eq!(check_append(Some("s"), Some(0), "array", 1), Ok(()));
+        assert!(matches!(check_append(Some("s"), Some(-1), "array", 1), Err(Invalid::Value(_))));
+        assert!(matches!(check_append(Some("s"), None, "array", 0), Err(Invalid::Value(_))));
+        assert!(matches!(check_append(Some("s"), None, "object", 1), Err(Invalid::Value(_))));
+        assert!(matches!(check_append(Some("s"), None, "null", 0), Err(Invalid::Null(_))));
+        assert!(matches!(check_append(None, None, "array", 1), Err(Invalid::Null(_))));
+    }
+}
