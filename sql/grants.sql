@@ -12,6 +12,7 @@ REVOKE EXECUTE ON FUNCTION
     _es_check_append(text, bigint, text, integer),
     _es_check_event(text, text, text, integer, bigint, integer),
     _es_calling_role(),
+    _es_guard_event_store(boolean),
     es_enable_hypertable(interval),
     es_append(text, text, jsonb, jsonb, bigint, uuid, integer),
     es_append_batch(text, jsonb, bigint),

@@ -15,10 +15,26 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER event_store_append_only BEFORE UPDATE OR DELETE ON event_store
-    FOR EACH ROW EXECUTE FUNCTION _es_refuse_change();
-CREATE TRIGGER event_store_no_truncate BEFORE TRUNCATE ON event_store
-    FOR EACH STATEMENT EXECUTE FUNCTION _es_refuse_change();
+-- Installs or removes event_store's guards; only es_enable_hypertable removes them, for the
+-- moment it moves rows into chunks (TimescaleDB cannot disable triggers on a hypertable).
+CREATE FUNCTION _es_guard_event_store(enabled boolean) RETURNS void
+LANGUAGE plpgsql
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF enabled THEN
+        CREATE TRIGGER event_store_append_only BEFORE UPDATE OR DELETE ON event_store
+            FOR EACH ROW EXECUTE FUNCTION _es_refuse_change();
+        CREATE TRIGGER event_store_no_truncate BEFORE TRUNCATE ON event_store
+            FOR EACH STATEMENT EXECUTE FUNCTION _es_refuse_change();
+    ELSE
+        DROP TRIGGER event_store_append_only ON event_store;
+        DROP TRIGGER event_store_no_truncate ON event_store;
+    END IF;
+END
+$$;
+SELECT _es_guard_event_store(true);
+
 CREATE TRIGGER es_streams_guard BEFORE UPDATE OR DELETE ON es_streams
     FOR EACH ROW EXECUTE FUNCTION _es_refuse_change();
 CREATE TRIGGER es_streams_no_truncate BEFORE TRUNCATE ON es_streams

@@ -19,14 +19,13 @@ BEGIN
                 WHERE format('%I.%I', h.hypertable_schema, h.hypertable_name)::regclass = 'event_store'::regclass) THEN
         RETURN false;
     END IF;
-    -- Migrating existing rows into chunks deletes them from the parent table.
-    ALTER TABLE event_store DISABLE TRIGGER event_store_append_only;
-    ALTER TABLE event_store DISABLE TRIGGER event_store_no_truncate;
+    -- Migrating existing rows into chunks deletes them from the parent table. All of this
+    -- is one transaction: no other session sees the table unguarded.
+    PERFORM _es_guard_event_store(false);
     EXECUTE format('SELECT %I.create_hypertable($1, $2, chunk_time_interval => $3, '
                    'create_default_indexes => false, migrate_data => true)', ts_schema)
         USING 'event_store'::regclass, 'created_at'::name, chunk_time_interval;
-    ALTER TABLE event_store ENABLE TRIGGER event_store_append_only;
-    ALTER TABLE event_store ENABLE TRIGGER event_store_no_truncate;
+    PERFORM _es_guard_event_store(true);
     RETURN true;
 END
 $$;
