@@ -46,17 +46,27 @@ SELECT pg_catalog.pg_extension_config_dump('event_store', '');
 SELECT pg_catalog.pg_extension_config_dump('es_streams', '');
 SELECT pg_catalog.pg_extension_config_dump('es_global_position_seq', '');
 
--- Roles are cluster-wide: a second database installing the extension reuses them.
+-- Roles are cluster-wide: a second database installing the extension reuses them, and two
+-- databases installing it at once must not fail on each other's CREATE ROLE.
 DO $$
+DECLARE
+    r text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_reader') THEN
-        CREATE ROLE event_store_reader NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_writer') THEN
-        CREATE ROLE event_store_writer NOLOGIN;
-    END IF;
+    FOREACH r IN ARRAY ARRAY['event_store_reader', 'event_store_writer'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
     IF NOT pg_catalog.pg_has_role('event_store_writer', 'event_store_reader', 'MEMBER') THEN
-        GRANT event_store_reader TO event_store_writer;
+        BEGIN
+            GRANT event_store_reader TO event_store_writer;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
     END IF;
 END
 $$;

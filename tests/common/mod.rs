@@ -1,0 +1,105 @@
+//! Integration tests run against a real PostgreSQL started by scripts/test.sh, which passes
+//! ES_TEST_HOST / ES_TEST_PORT and ES_TEST_TIMESCALEDB=1 for the cluster with TimescaleDB.
+//! Every test gets a fresh database with the extension installed.
+#![allow(dead_code)]
+
+use postgres::{Client, Config, NoTls};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct TestDb {
+    pub name: String,
+    admin: Config,
+}
+
+pub fn timescaledb() -> bool {
+    std::env::var("ES_TEST_TIMESCALEDB").as_deref() == Ok("1")
+}
+
+fn base_config() -> Config {
+    let host = std::env::var("ES_TEST_HOST").expect("run the integration tests through scripts/test.sh (ES_TEST_HOST is not set)");
+    let port: u16 = std::env::var("ES_TEST_PORT").expect("ES_TEST_PORT").parse().unwrap();
+    let mut c = Config::new();
+    c.host_path(host).port(port).user("postgres").dbname("postgres");
+    c
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+impl TestDb {
+    /// A new database named after the test, with timescaledb (when the cluster has it) and
+    /// event_store installed.
+    pub fn new(test: &str) -> TestDb {
+        let name = format!("es_{}_{}_{}", test, std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let admin = base_config();
+        let mut c = admin.connect(NoTls).unwrap();
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let db = TestDb { name, admin };
+        let mut c = db.connect();
+        if timescaledb() {
+            c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb").unwrap();
+        }
+        c.batch_execute("CREATE EXTENSION event_store").unwrap();
+        db
+    }
+
+    /// A new database without any extension.
+    pub fn empty(test: &str) -> TestDb {
+        let name = format!("es_{}_{}_{}", test, std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let admin = base_config();
+        let mut c = admin.connect(NoTls).unwrap();
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        TestDb { name, admin }
+    }
+
+    pub fn config(&self) -> Config {
+        let mut c = self.admin.clone();
+        c.dbname(&self.name);
+        c
+    }
+
+    /// A superuser connection.
+    pub fn connect(&self) -> Client {
+        self.config().connect(NoTls).unwrap()
+    }
+
+    /// A connection that has done SET ROLE to `role`.
+    pub fn connect_as(&self, role: &str) -> Client {
+        let mut c = self.connect();
+        c.batch_execute(&format!("SET ROLE {role}")).unwrap();
+        c
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping database {} for inspection", self.name);
+            return;
+        }
+        if let Ok(mut c) = self.admin.connect(NoTls) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+/// The SQLSTATE of a failed statement, or a panic when it did not fail.
+pub fn sqlstate<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_else(|| panic!("no SQLSTATE: {e}")),
+    }
+}
+
+/// Error message of a failed statement.
+pub fn message<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+    }
+}
+
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
