@@ -1,0 +1,172 @@
+//! Several real connections committing at once.
+mod common;
+use common::*;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const WRITERS: usize = 8;
+
+#[test]
+fn eight_writers_on_one_stream_with_expected_version_get_dense_versions() {
+    let db = Arc::new(TestDb::new("onestream"));
+    let per_writer: i32 = 25;
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            thread::spawn(move || {
+                let mut c = db.connect();
+                barrier.wait();
+                let mut conflicts = 0;
+                for i in 0..per_writer {
+                    loop {
+                        let v: i64 = c.query_one("SELECT es_stream_version('shared-1')", &[]).unwrap().get(0);
+                        let r = c.query_one(
+                            "SELECT stream_version FROM es_append('shared-1', 'Inc', jsonb_build_object('w', $1::int, 'i', $2::int), '{}', $3)",
+                            &[&(w as i32), &i, &v],
+                        );
+                        match r {
+                            Ok(row) => {
+                                assert_eq!(row.get::<_, i64>(0), v + 1);
+                                break;
+                            }
+                            Err(e) if e.code().map(|c| c.code()) == Some("ES001") => conflicts += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    let conflicts: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let mut c = db.connect();
+    let n = WRITERS as i64 * per_writer as i64;
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), n);
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT stream_version) FROM event_store"), n);
+    assert_eq!(count(&mut c, "SELECT min(stream_version) FROM event_store"), 1);
+    assert_eq!(count(&mut c, "SELECT max(stream_version) FROM event_store"), n);
+    assert_eq!(count(&mut c, "SELECT es_stream_version('shared-1')"), n);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
+    eprintln!("{conflicts} optimistic-concurrency conflicts were retried");
+}
+
+#[test]
+fn writers_on_different_streams_never_wait_for_each_other() {
+    let db = Arc::new(TestDb::new("manystreams"));
+    let mut setup = db.connect();
+    for i in 0..WRITERS {
+        setup.query("SELECT * FROM es_append($1, 'Created', '{}')", &[&format!("s-{i}")]).unwrap();
+    }
+    // Stream s-0's lock is held by an open transaction that has appended.
+    let mut holder = db.connect();
+    holder.batch_execute("BEGIN; SELECT * FROM es_append('s-0', 'Held', '{}')").unwrap();
+
+    let handles: Vec<_> = (1..WRITERS)
+        .map(|i| {
+            let db = db.clone();
+            thread::spawn(move || {
+                let mut c = db.connect();
+                c.batch_execute("SET lock_timeout = '5s'").unwrap();
+                let start = Instant::now();
+                for _ in 0..20 {
+                    c.query("SELECT * FROM es_append($1, 'Step', '{}')", &[&format!("s-{i}")]).unwrap();
+                }
+                // A stream nobody has used yet does not wait either.
+                c.query("SELECT * FROM es_append($1, 'Created', '{}')", &[&format!("new-{i}")]).unwrap();
+                start.elapsed()
+            })
+        })
+        .collect();
+    for h in handles {
+        let took = h.join().unwrap();
+        assert!(took < Duration::from_secs(5), "a writer waited {took:?}");
+    }
+    // The same stream does wait: one stream serialises on itself.
+    let mut same = db.connect();
+    same.batch_execute("SET lock_timeout = '300ms'").unwrap();
+    assert_eq!(sqlstate(same.query("SELECT * FROM es_append('s-0', 'Blocked', '{}')", &[])), "55P03");
+    holder.batch_execute("COMMIT").unwrap();
+    same.query("SELECT * FROM es_append('s-0', 'Unblocked', '{}')", &[]).unwrap();
+    assert_eq!(count(&mut setup, "SELECT es_stream_version('s-0')"), 3);
+    assert_eq!(count(&mut setup, "SELECT count(*) FROM event_store"), (WRITERS + 2 + (WRITERS - 1) * 21) as i64);
+}
+
+#[test]
+fn concurrent_retries_of_one_event_id_write_it_once() {
+    let db = Arc::new(TestDb::new("retries"));
+    let id = Uuid::new_v4();
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            thread::spawn(move || {
+                let mut c = db.connect();
+                barrier.wait();
+                let r = c
+                    .query_one(
+                        "SELECT event_id, global_position FROM es_append('pay-1', 'Charged', '{\"cents\": 500}', '{}', 0, $1)",
+                        &[&id],
+                    )
+                    .unwrap();
+                (r.get::<_, Uuid>(0), r.get::<_, i64>(1))
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
+    assert_eq!(results[0].0, id);
+    let mut c = db.connect();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 1);
+}
+
+#[test]
+fn one_event_id_raced_into_different_streams_lands_once() {
+    let db = Arc::new(TestDb::new("idrace"));
+    let id = Uuid::new_v4();
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            thread::spawn(move || {
+                let mut c = db.connect();
+                barrier.wait();
+                c.query("SELECT * FROM es_append($1, 'Charged', '{}', '{}', NULL, $2)", &[&format!("pay-{w}"), &id])
+                    .map(|_| "ok".to_string())
+                    .unwrap_or_else(|e| e.code().unwrap().code().to_string())
+            })
+        })
+        .collect();
+    let mut outcomes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    outcomes.sort();
+    let mut want = vec!["ES002".to_string(); WRITERS - 1];
+    want.push("ok".into());
+    assert_eq!(outcomes, want);
+    let mut c = db.connect();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 1);
+}
+
+#[test]
+fn racing_to_create_a_stream_with_expected_version_zero_has_one_winner() {
+    let db = Arc::new(TestDb::new("create"));
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            thread::spawn(move || {
+                let mut c = db.connect();
+                barrier.wait();
+                c.query("SELECT * FROM es_append('order-1', 'Placed', '{}', '{}', 0)", &[])
+                    .map(|_| "ok".to_string())
+                    .unwrap_or_else(|e| e.code().unwrap().code().to_string())
+            })
+        })
+        .collect();
+    let outcomes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(outcomes.iter().filter(|o| *o == "ok").count(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| o == "ok" || o == "ES001"), "{outcomes:?}");
+    let mut c = db.connect();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 1);
+}
