@@ -32,9 +32,12 @@ $$;
 COMMENT ON FUNCTION es_enable_hypertable(interval) IS
     'Turns event_store into a TimescaleDB hypertable on created_at, moving existing events into chunks. Returns false when it already is one.';
 
+-- Not while pg_restore replays a dump (timescaledb_pre_restore() sets timescaledb.restoring):
+-- the dump carries TimescaleDB's own catalog, which makes event_store a hypertable again.
 DO $$
 BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'timescaledb') THEN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'timescaledb')
+       AND coalesce(current_setting('timescaledb.restoring', true), 'off') <> 'on' THEN
         PERFORM es_enable_hypertable();
     END IF;
 END

@@ -33,18 +33,32 @@ pub fn fold(events: impl IntoIterator<Item = Value>) -> Option<Value> {
 }
 
 /// Folds the stream's events with created_at <= `at` and stream_version <= `version`.
-/// Reads inside the stream's own time bounds so a hypertable scans only its chunks.
+/// Bounds the read by the stream's first and last times: on a hypertable, chunk exclusion
+/// then skips every chunk the stream has no events in.
 fn state(stream_id: &str, at: Option<TimestampWithTimeZone>, version: Option<i64>) -> Option<pgrx::JsonB> {
     Spi::connect(|client| {
+        let bounds = client
+            .select("SELECT first_at, last_at FROM es_streams WHERE stream_id = $1", Some(1), &[stream_id.into()])
+            .expect("reading es_streams");
+        let Some(b) = bounds.into_iter().next() else {
+            return None;
+        };
+        let (Some(first), Some(last)) = (b.get::<TimestampWithTimeZone>(1).unwrap(), b.get::<TimestampWithTimeZone>(2).unwrap())
+        else {
+            return None; // registered, no events yet
+        };
+        let upto = match at {
+            Some(at) if at.into_inner() < last.into_inner() => at,
+            _ => last,
+        };
         let events = client
             .select(
-                "SELECT e.event_data::text FROM es_streams s JOIN event_store e \
-                   ON e.stream_id = s.stream_id AND e.created_at BETWEEN s.first_at AND s.last_at \
-                 WHERE s.stream_id = $1 AND ($2::timestamptz IS NULL OR e.created_at <= $2) \
-                   AND ($3::bigint IS NULL OR e.stream_version <= $3) \
-                 ORDER BY e.stream_version",
+                "SELECT event_data::text FROM event_store \
+                 WHERE stream_id = $1 AND created_at BETWEEN $2 AND $3 \
+                   AND ($4::bigint IS NULL OR stream_version <= $4) \
+                 ORDER BY stream_version",
                 None,
-                &[stream_id.into(), at.into(), version.into()],
+                &[stream_id.into(), first.into(), upto.into(), version.into()],
             )
             .expect("reading stream");
         fold(events.map(|row| {
