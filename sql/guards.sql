@@ -5,10 +5,11 @@ LANGUAGE plpgsql
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF TG_OP = 'UPDATE' AND TG_TABLE_NAME = 'es_streams' AND _es_registry_write_allowed() THEN
+    -- TG_ARGV[0] names the guarded table: on a hypertable the trigger fires on chunks.
+    IF TG_OP = 'UPDATE' AND TG_ARGV[0] = 'es_streams' AND _es_registry_write_allowed() THEN
         RETURN NEW;
     END IF;
-    RAISE EXCEPTION 'event_store: % of % is not allowed', TG_OP, TG_TABLE_NAME
+    RAISE EXCEPTION 'event_store: % of % is not allowed', TG_OP, TG_ARGV[0]
         USING ERRCODE = 'ES003',
               DETAIL = 'Events are append-only and es_streams is maintained by es_append.',
               HINT = 'Append a compensating event with es_append instead.';
@@ -24,9 +25,9 @@ AS $$
 BEGIN
     IF enabled THEN
         CREATE TRIGGER event_store_append_only BEFORE UPDATE OR DELETE ON event_store
-            FOR EACH ROW EXECUTE FUNCTION _es_refuse_change();
+            FOR EACH ROW EXECUTE FUNCTION _es_refuse_change('event_store');
         CREATE TRIGGER event_store_no_truncate BEFORE TRUNCATE ON event_store
-            FOR EACH STATEMENT EXECUTE FUNCTION _es_refuse_change();
+            FOR EACH STATEMENT EXECUTE FUNCTION _es_refuse_change('event_store');
     ELSE
         DROP TRIGGER event_store_append_only ON event_store;
         DROP TRIGGER event_store_no_truncate ON event_store;
@@ -36,6 +37,6 @@ $$;
 SELECT _es_guard_event_store(true);
 
 CREATE TRIGGER es_streams_guard BEFORE UPDATE OR DELETE ON es_streams
-    FOR EACH ROW EXECUTE FUNCTION _es_refuse_change();
+    FOR EACH ROW EXECUTE FUNCTION _es_refuse_change('es_streams');
 CREATE TRIGGER es_streams_no_truncate BEFORE TRUNCATE ON es_streams
-    FOR EACH STATEMENT EXECUTE FUNCTION _es_refuse_change();
+    FOR EACH STATEMENT EXECUTE FUNCTION _es_refuse_change('es_streams');
