@@ -1,0 +1,91 @@
+-- The investigation from the design we were handed, done with event_store's own functions:
+-- "SaaS generation failed but I was charged" - and the refund never happened.
+\set ON_ERROR_STOP 1
+\set QUIET 1
+\pset footer off
+SET client_min_messages = warning;
+
+\echo
+\echo '== 1. A day of traffic: 300 users register, submit intentions, pay, get their SaaS'
+SET event_store.correlation_id = 'seed';
+SELECT count(*) AS events_appended FROM (
+    SELECT (es_append_batch('user-' || u, jsonb_build_array(
+        jsonb_build_object('type', 'UserRegistered', 'data', jsonb_build_object(
+            'userId', u::text, 'email', 'user' || u || '@example.com', 'tenantId', 'tenant-' || (u % 7), 'role', 'user')),
+        jsonb_build_object('type', 'IntentionSubmitted', 'data', jsonb_build_object(
+            'intentionId', (1000 + u)::text, 'userId', u::text, 'intention', 'a CRM for ' || u || ' plumbers', 'status', 'submitted')),
+        jsonb_build_object('type', 'PaymentProcessed', 'data', jsonb_build_object('amount', 49.00, 'currency', 'EUR')),
+        jsonb_build_object('type', 'SaaSGenerated', 'data', jsonb_build_object(
+            'saasId', (5000 + u)::text, 'generatedBy', 'sofia-ai', 'confidence', 0.9))
+    ), expected_version => 0)).*
+    FROM generate_series(1, 300) AS u) appended;
+SELECT count(*) AS email_changes FROM (
+    SELECT es_append('user-' || u, 'UserEmailChanged', jsonb_build_object(
+        'userId', u::text, 'oldEmail', 'user' || u || '@example.com', 'newEmail', 'u' || u || '@mail.example',
+        'changedBy', 'user', 'reason', 'typo'))
+    FROM generate_series(1, 300, 3) AS u) changed;
+RESET event_store.correlation_id;
+
+\echo
+\echo '== 2. User 789 signs up, asks for a SaaS and pays; generation fails; the refund handler crashes'
+\o /dev/null
+SELECT stream_version FROM es_append('user-789', 'UserRegistered',
+    '{"userId": "789", "email": "dana@example.com", "tenantId": "tenant-3", "role": "user"}', expected_version => 0);
+SET event_store.correlation_id = 'req-7f3a';
+SELECT stream_version FROM es_append('user-789', 'IntentionSubmitted',
+    '{"intentionId": "456", "userId": "789", "intention": "booking site for my yoga studio", "status": "submitted"}');
+SELECT stream_version FROM es_append('saas-789', 'SaaSGenerationStarted',
+    '{"saasId": "789", "intentionId": "456", "generatedBy": "sofia-ai"}', expected_version => 0);
+SELECT pg_sleep(0.3) \g /dev/null
+SELECT stream_version FROM es_append('user-789', 'PaymentProcessed', '{"amount": 49.00, "currency": "EUR", "charged": true}');
+SELECT pg_sleep(0.5) \g /dev/null
+SELECT stream_version FROM es_append('saas-789', 'SaaSGenerationAborted', '{"reason": "model timeout"}');
+SELECT stream_version FROM es_append('user-789', 'SaaSGenerationFailed',
+    '{"intentionId": "456", "generatedBy": "sofia-ai", "error": "model timeout after 90s", "status": "failed"}');
+RESET event_store.correlation_id;
+\o
+-- (the refund handler should now append RefundInitiated; it threw, and nothing was written)
+
+\echo
+\echo '== 3. Support gets the ticket. What happened to user-789 today, in order?'
+SELECT stream_version AS v, to_char(created_at, 'HH24:MI:SS.MS') AS at, event_type,
+       event_data ->> 'status' AS status, metadata ->> 'correlationId' AS correlation
+  FROM es_stream('user-789')
+ WHERE created_at > now() - interval '1 day';
+
+\echo '== 4. Was a refund ever issued, for anyone whose generation failed?'
+SELECT f.stream_id, f.stream_version AS failed_at_version,
+       EXISTS (SELECT FROM es_stream(f.stream_id) r WHERE r.event_type = 'RefundInitiated') AS refunded
+  FROM event_store f
+ WHERE f.event_type = 'SaaSGenerationFailed';
+
+\echo '== 5. The account as it stood the moment generation failed (folded inside the database)'
+SELECT jsonb_pretty(es_state_at('user-789',
+    (SELECT created_at FROM es_stream('user-789') WHERE event_type = 'SaaSGenerationFailed'))) AS state_at_failure;
+
+\echo '== 6. The handler is fixed; replaying the failure through it issues the refund.'
+\echo '   expected_version guards against racing another writer; causationId links cause and effect.'
+SELECT event_id AS failure_id, stream_version AS failure_version
+  FROM es_stream('user-789') WHERE event_type = 'SaaSGenerationFailed' \gset
+SET event_store.correlation_id = 'req-7f3a';
+SELECT :'failure_id' AS causation \gset
+SET event_store.causation_id = :'causation';
+SELECT stream_version, global_position
+  FROM es_append('user-789', 'RefundInitiated', '{"amount": 49.00, "currency": "EUR", "reason": "SaaS generation failed"}',
+                 expected_version => :failure_version);
+RESET event_store.correlation_id;
+RESET event_store.causation_id;
+SELECT stream_version AS v, event_type, metadata ->> 'causationId' = :'failure_id' AS caused_by_the_failure
+  FROM es_stream('user-789', :failure_version);
+
+\echo '== 7. Everything that request touched, across streams'
+SELECT stream_id, stream_version AS v, event_type FROM event_store
+ WHERE metadata ->> 'correlationId' = 'req-7f3a' ORDER BY global_position;
+
+\echo '== 8. Evidence an auditor can trust: nobody can rewrite this, and the hash chains verify'
+\set ON_ERROR_STOP 0
+DELETE FROM event_store WHERE stream_id = 'user-789' AND event_type = 'PaymentProcessed';
+\set ON_ERROR_STOP 1
+SELECT count(*) AS events, count(DISTINCT stream_id) AS streams,
+       (SELECT count(*) FROM es_verify()) AS integrity_problems
+  FROM event_store;
