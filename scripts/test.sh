@@ -19,5 +19,5 @@ for flavour in plain tsdb; do
     if [ $flavour = plain ]; then port=54315; tsdb=0; else port=54316; tsdb=1; fi
     echo "== integration tests: PostgreSQL $PG_MAJOR, ${flavour/tsdb/with TimescaleDB}"
     ES_TEST_HOST=$ES_RUN_DIR ES_TEST_PORT=$port ES_TEST_TIMESCALEDB=$tsdb \
-        cargo test --tests --no-fail-fast -- --test-threads=2
+        cargo test --test '*' --no-fail-fast -- --test-threads=2
 done

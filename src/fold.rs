@@ -35,16 +35,24 @@ pub fn fold(events: impl IntoIterator<Item = Value>) -> Option<Value> {
 /// Folds the stream's events with created_at <= `at` and stream_version <= `version`.
 /// Bounds the read by the stream's first and last times: on a hypertable, chunk exclusion
 /// then skips every chunk the stream has no events in.
-fn state(stream_id: &str, at: Option<TimestampWithTimeZone>, version: Option<i64>) -> Option<pgrx::JsonB> {
+fn state(
+    stream_id: &str,
+    at: Option<TimestampWithTimeZone>,
+    version: Option<i64>,
+) -> Option<pgrx::JsonB> {
     Spi::connect(|client| {
         let bounds = client
-            .select("SELECT first_at, last_at FROM es_streams WHERE stream_id = $1", Some(1), &[stream_id.into()])
+            .select(
+                "SELECT first_at, last_at FROM es_streams WHERE stream_id = $1",
+                Some(1),
+                &[stream_id.into()],
+            )
             .expect("reading es_streams");
-        let Some(b) = bounds.into_iter().next() else {
-            return None;
-        };
-        let (Some(first), Some(last)) = (b.get::<TimestampWithTimeZone>(1).unwrap(), b.get::<TimestampWithTimeZone>(2).unwrap())
-        else {
+        let b = bounds.into_iter().next()?;
+        let (Some(first), Some(last)) = (
+            b.get::<TimestampWithTimeZone>(1).unwrap(),
+            b.get::<TimestampWithTimeZone>(2).unwrap(),
+        ) else {
             return None; // registered, no events yet
         };
         let upto = match at {
@@ -105,35 +113,59 @@ mod tests {
             (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
             (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
             (json!({"a":"b"}), json!({"a":null}), json!({})),
-            (json!({"a":"b","b":"c"}), json!({"a":null}), json!({"b":"c"})),
+            (
+                json!({"a":"b","b":"c"}),
+                json!({"a":null}),
+                json!({"b":"c"}),
+            ),
             (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
             (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
-            (json!({"a":{"b":"c"}}), json!({"a":{"b":"d","c":null}}), json!({"a":{"b":"d"}})),
+            (
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"d","c":null}}),
+                json!({"a":{"b":"d"}}),
+            ),
             (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
-            (json!(["a","b"]), json!(["c","d"]), json!(["c","d"])),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
             (json!({"a":"b"}), json!(["c"]), json!(["c"])),
             (json!({"a":"foo"}), json!(null), json!(null)),
             (json!({"a":"foo"}), json!("bar"), json!("bar")),
             (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
-            (json!([1,2]), json!({"a":"b","c":null}), json!({"a":"b"})),
-            (json!({}), json!({"a":{"bb":{"ccc":null}}}), json!({"a":{"bb":{}}})),
+            (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
+            (
+                json!({}),
+                json!({"a":{"bb":{"ccc":null}}}),
+                json!({"a":{"bb":{}}}),
+            ),
         ];
         for (target, patch, want) in cases {
-            assert_eq!(patched(target.clone(), patch.clone()), want, "{target} + {patch}");
+            assert_eq!(
+                patched(target.clone(), patch.clone()),
+                want,
+                "{target} + {patch}"
+            );
         }
     }
 
     #[test]
     fn fold_in_order() {
-        let events = [json!({"email":"a@x","role":"user"}), json!({"email":"b@x"}), json!({"role":null})];
+        let events = [
+            json!({"email":"a@x","role":"user"}),
+            json!({"email":"b@x"}),
+            json!({"role":null}),
+        ];
         assert_eq!(fold(events), Some(json!({"email":"b@x"})));
         assert_eq!(fold([]), None);
     }
 
     #[test]
     fn numbers_survive_exactly() {
-        let big: Value = serde_json::from_str(r#"{"n": 123456789012345678901234567890.10}"#).unwrap();
+        let big: Value =
+            serde_json::from_str(r#"{"n": 123456789012345678901234567890.10}"#).unwrap();
         let folded = fold([big]).unwrap();
-        assert_eq!(folded.to_string(), r#"{"n":123456789012345678901234567890.10}"#);
+        assert_eq!(
+            folded.to_string(),
+            r#"{"n":123456789012345678901234567890.10}"#
+        );
     }
 }

@@ -68,13 +68,21 @@ pub struct StreamCheck {
 
 impl Default for StreamCheck {
     fn default() -> Self {
-        StreamCheck { last_version: 0, chain: GENESIS.to_vec(), problems: vec![] }
+        StreamCheck {
+            last_version: 0,
+            chain: GENESIS.to_vec(),
+            problems: vec![],
+        }
     }
 }
 
 impl StreamCheck {
     fn report(&mut self, version: Option<i64>, problem: &'static str, detail: String) {
-        self.problems.push(Problem { version, problem, detail });
+        self.problems.push(Problem {
+            version,
+            problem,
+            detail,
+        });
     }
 
     pub fn push(&mut self, version: i64, stored: &[u8], content: &Content) {
@@ -83,7 +91,10 @@ impl StreamCheck {
             self.report(
                 Some(version),
                 "inserted",
-                format!("a second event claims version {version} (event {})", content.event_id),
+                format!(
+                    "a second event claims version {version} (event {})",
+                    content.event_id
+                ),
             );
             return;
         }
@@ -113,17 +124,27 @@ impl StreamCheck {
     pub fn finish(mut self, head: Option<(i64, Vec<u8>)>) -> Vec<Problem> {
         let last = self.last_version;
         match head {
-            None if last > 0 => self.report(None, "registry", "events exist but es_streams has no row for the stream".into()),
+            None if last > 0 => self.report(
+                None,
+                "registry",
+                "events exist but es_streams has no row for the stream".into(),
+            ),
             None => {}
             Some((v, _)) if v > last => self.report(
                 Some(last + 1),
                 "deleted",
-                format!("versions {} to {v} are missing (the registry says the stream is at {v})", last + 1),
+                format!(
+                    "versions {} to {v} are missing (the registry says the stream is at {v})",
+                    last + 1
+                ),
             ),
             Some((v, _)) if v < last => self.report(
                 Some(v + 1),
                 "inserted",
-                format!("versions {} to {last} are beyond the registered head {v}", v + 1),
+                format!(
+                    "versions {} to {last} are beyond the registered head {v}",
+                    v + 1
+                ),
             ),
             Some((v, hash)) if v > 0 && hash != self.chain => self.report(
                 Some(v),
@@ -166,7 +187,8 @@ fn _es_event_hash(
     event_hash(prev, &content).to_vec()
 }
 
-const EVENTS_SQL: &str = "SELECT stream_id, stream_version, hash, event_id::text, global_position, \
+const EVENTS_SQL: &str =
+    "SELECT stream_id, stream_version, hash, event_id::text, global_position, \
     event_type, event_version, created_at, event_data::text, metadata::text \
     FROM event_store WHERE $1::text IS NULL OR stream_id = $1 \
     ORDER BY stream_id, stream_version, global_position";
@@ -286,12 +308,18 @@ mod tests {
             .collect()
     }
 
-    fn check(rows: &[(i64, Vec<u8>, Content)], head: Option<(i64, Vec<u8>)>) -> Vec<(Option<i64>, &'static str)> {
+    fn check(
+        rows: &[(i64, Vec<u8>, Content)],
+        head: Option<(i64, Vec<u8>)>,
+    ) -> Vec<(Option<i64>, &'static str)> {
         let mut c = StreamCheck::default();
         for (v, h, content) in rows {
             c.push(*v, h, content);
         }
-        c.finish(head).into_iter().map(|p| (p.version, p.problem)).collect()
+        c.finish(head)
+            .into_iter()
+            .map(|p| (p.version, p.problem))
+            .collect()
     }
 
     fn head(rows: &[(i64, Vec<u8>, Content)]) -> Option<(i64, Vec<u8>)> {
@@ -304,7 +332,10 @@ mod tests {
         let h = event_hash(&GENESIS, &content("id1", 1, "{\"n\": 1}"));
         let sql_equivalent = {
             let mut bytes = GENESIS.to_vec();
-            bytes.extend_from_slice("id1\x1fuser-1\x1f1\x1f10\x1fT\x1f1\x1f1700000000000001\x1f{\"n\": 1}\x1f{}".as_bytes());
+            bytes.extend_from_slice(
+                "id1\x1fuser-1\x1f1\x1f10\x1fT\x1f1\x1f1700000000000001\x1f{\"n\": 1}\x1f{}"
+                    .as_bytes(),
+            );
             Sha256::digest(&bytes).to_vec()
         };
         assert_eq!(h.to_vec(), sql_equivalent);

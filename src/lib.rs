@@ -35,7 +35,11 @@ extension_sql_file!(
     name = "guards",
     requires = ["schema", registry::_es_registry_write_allowed]
 );
-extension_sql_file!("../sql/hypertable.sql", name = "hypertable", requires = ["guards"]);
+extension_sql_file!(
+    "../sql/hypertable.sql",
+    name = "hypertable",
+    requires = ["guards"]
+);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

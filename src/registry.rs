@@ -38,6 +38,7 @@ const LOCK_SQL: &str =
 /// Locks the stream's registry row, creating it at version 0 when the stream is new, and
 /// returns its head. Held until the transaction ends.
 #[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::type_complexity)]
 fn _es_open_stream(
     stream_id: &str,
 ) -> TableIterator<
@@ -51,7 +52,9 @@ fn _es_open_stream(
 > {
     let head = Spi::connect_mut(|client| {
         for attempt in 0..2 {
-            let rows = client.update(LOCK_SQL, Some(1), &[stream_id.into()]).expect("locking stream");
+            let rows = client
+                .update(LOCK_SQL, Some(1), &[stream_id.into()])
+                .expect("locking stream");
             if let Some(row) = rows.into_iter().next() {
                 return (
                     row.get::<i64>(1).unwrap().unwrap(),

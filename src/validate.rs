@@ -83,7 +83,12 @@ pub fn check_event(
     check_object("event_data", data_kind, ordinal)?;
     check_object("metadata", metadata_kind, ordinal)?;
     match event_version {
-        None => return Err(Invalid::Null(format!("{}event_version must not be NULL", at(ordinal)))),
+        None => {
+            return Err(Invalid::Null(format!(
+                "{}event_version must not be NULL",
+                at(ordinal)
+            )))
+        }
         Some(v) if v < 1 => {
             return Err(Invalid::Value(format!(
                 "{}event_version must be 1 or more, got {v}",
@@ -118,7 +123,9 @@ pub fn check_append(
         "array" if batch_len > 0 => Ok(()),
         "array" => Err(Invalid::Value("events must not be an empty array".into())),
         "null" => Err(Invalid::Null("events must not be NULL".into())),
-        other => Err(Invalid::Value(format!("events must be a JSON array, not {other}"))),
+        other => Err(Invalid::Value(format!(
+            "events must be a JSON array, not {other}"
+        ))),
     }
 }
 
@@ -168,26 +175,60 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(check_name("stream_id", Some("user-1"), None), Ok(()));
-        assert!(matches!(check_name("stream_id", None, None), Err(Invalid::Null(_))));
-        assert!(matches!(check_name("stream_id", Some(""), None), Err(Invalid::Value(_))));
-        assert!(matches!(check_name("x", Some("a\u{7}b"), None), Err(Invalid::Value(m)) if m.contains("U+0007")));
-        assert!(matches!(check_name("x", Some("a\nb"), None), Err(Invalid::Value(_))));
+        assert!(matches!(
+            check_name("stream_id", None, None),
+            Err(Invalid::Null(_))
+        ));
+        assert!(matches!(
+            check_name("stream_id", Some(""), None),
+            Err(Invalid::Value(_))
+        ));
+        assert!(
+            matches!(check_name("x", Some("a\u{7}b"), None), Err(Invalid::Value(m)) if m.contains("U+0007"))
+        );
+        assert!(matches!(
+            check_name("x", Some("a\nb"), None),
+            Err(Invalid::Value(_))
+        ));
         assert_eq!(check_name("x", Some(&"é".repeat(127)), None), Ok(()));
-        assert!(matches!(check_name("x", Some(&"é".repeat(128)), None), Err(Invalid::Value(_))));
+        assert!(matches!(
+            check_name("x", Some(&"é".repeat(128)), None),
+            Err(Invalid::Value(_))
+        ));
     }
 
     #[test]
     fn objects() {
         assert_eq!(check_object("event_data", Some("object"), None), Ok(()));
-        assert!(matches!(check_object("event_data", None, None), Err(Invalid::Null(_))));
-        assert!(matches!(check_object("event_data", Some("null"), None), Err(Invalid::Null(_))));
-        assert!(matches!(check_object("data", Some("missing"), Some(2)), Err(Invalid::Value(m)) if m == "event 2: \"data\" is missing"));
-        assert!(matches!(check_object("event_data", Some("array"), None), Err(Invalid::Value(m)) if m.ends_with("not array")));
+        assert!(matches!(
+            check_object("event_data", None, None),
+            Err(Invalid::Null(_))
+        ));
+        assert!(matches!(
+            check_object("event_data", Some("null"), None),
+            Err(Invalid::Null(_))
+        ));
+        assert!(
+            matches!(check_object("data", Some("missing"), Some(2)), Err(Invalid::Value(m)) if m == "event 2: \"data\" is missing")
+        );
+        assert!(
+            matches!(check_object("event_data", Some("array"), None), Err(Invalid::Value(m)) if m.ends_with("not array"))
+        );
     }
 
     #[test]
     fn events() {
-        let ok = |v, size| check_event(Some("T"), Some("object"), Some("object"), v, size, 100, None);
+        let ok = |v, size| {
+            check_event(
+                Some("T"),
+                Some("object"),
+                Some("object"),
+                v,
+                size,
+                100,
+                None,
+            )
+        };
         assert_eq!(ok(Some(1), 100), Ok(()));
         assert!(matches!(ok(Some(0), 10), Err(Invalid::Value(_))));
         assert!(matches!(ok(None, 10), Err(Invalid::Null(_))));
@@ -198,10 +239,25 @@ mod tests {
     fn appends() {
         assert_eq!(check_append(Some("s"), None, "array", 1), Ok(()));
         assert_eq!(check_append(Some("s"), Some(0), "array", 1), Ok(()));
-        assert!(matches!(check_append(Some("s"), Some(-1), "array", 1), Err(Invalid::Value(_))));
-        assert!(matches!(check_append(Some("s"), None, "array", 0), Err(Invalid::Value(_))));
-        assert!(matches!(check_append(Some("s"), None, "object", 1), Err(Invalid::Value(_))));
-        assert!(matches!(check_append(Some("s"), None, "null", 0), Err(Invalid::Null(_))));
-        assert!(matches!(check_append(None, None, "array", 1), Err(Invalid::Null(_))));
+        assert!(matches!(
+            check_append(Some("s"), Some(-1), "array", 1),
+            Err(Invalid::Value(_))
+        ));
+        assert!(matches!(
+            check_append(Some("s"), None, "array", 0),
+            Err(Invalid::Value(_))
+        ));
+        assert!(matches!(
+            check_append(Some("s"), None, "object", 1),
+            Err(Invalid::Value(_))
+        ));
+        assert!(matches!(
+            check_append(Some("s"), None, "null", 0),
+            Err(Invalid::Null(_))
+        ));
+        assert!(matches!(
+            check_append(None, None, "array", 1),
+            Err(Invalid::Null(_))
+        ));
     }
 }

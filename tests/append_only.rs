@@ -6,7 +6,11 @@ use common::*;
 fn seed(c: &mut postgres::Client, streams: &[&str], per_stream: i64) {
     for s in streams {
         for i in 1..=per_stream {
-            c.query("SELECT * FROM es_append($1, 'Step', jsonb_build_object('i', $2::bigint))", &[s, &i]).unwrap();
+            c.query(
+                "SELECT * FROM es_append($1, 'Step', jsonb_build_object('i', $2::bigint))",
+                &[s, &i],
+            )
+            .unwrap();
         }
     }
 }
@@ -69,11 +73,16 @@ fn granted_roles_cannot_write_around_es_append() {
         assert_eq!(count(&mut r, "SELECT count(*) FROM es_verify()"), 0);
     }
     let mut w = db.connect_as("es_w_t");
-    w.query("SELECT * FROM es_append('g-1', 'T', '{}')", &[]).unwrap();
+    w.query("SELECT * FROM es_append('g-1', 'T', '{}')", &[])
+        .unwrap();
     let mut r = db.connect_as("es_r_t");
-    assert_eq!(sqlstate(r.query("SELECT * FROM es_append('g-1', 'T', '{}')", &[])), "42501");
+    assert_eq!(
+        sqlstate(r.query("SELECT * FROM es_append('g-1', 'T', '{}')", &[])),
+        "42501"
+    );
     drop((w, r));
-    c.batch_execute("DROP ROLE es_w_t; DROP ROLE es_r_t").unwrap();
+    c.batch_execute("DROP ROLE es_w_t; DROP ROLE es_r_t")
+        .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 3);
 }
 
@@ -81,7 +90,13 @@ fn granted_roles_cannot_write_around_es_append() {
 fn superuser_tampering_is_detected_by_es_verify() {
     let db = TestDb::new("tamper");
     let mut c = db.connect();
-    seed(&mut c, &["mod-1", "del-1", "ins-1", "swap-1", "tail-1", "ok-1", "rehash-1"], 4);
+    seed(
+        &mut c,
+        &[
+            "mod-1", "del-1", "ins-1", "swap-1", "tail-1", "ok-1", "rehash-1",
+        ],
+        4,
+    );
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
 
     // What privileges cannot stop: a superuser with triggers switched off.
@@ -107,7 +122,10 @@ fn superuser_tampering_is_detected_by_es_verify() {
     .unwrap();
 
     let found: Vec<(String, Option<i64>, String)> = c
-        .query("SELECT stream_id, stream_version, problem FROM es_verify() ORDER BY 1, 2, 3", &[])
+        .query(
+            "SELECT stream_id, stream_version, problem FROM es_verify() ORDER BY 1, 2, 3",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -152,7 +170,11 @@ fn registry_tampering_is_detected() {
         .collect();
     assert_eq!(
         found,
-        vec![("r-1".into(), "modified".into()), ("r-2".into(), "registry".into()), ("r-3".into(), "inserted".into())]
+        vec![
+            ("r-1".into(), "modified".into()),
+            ("r-2".into(), "registry".into()),
+            ("r-3".into(), "inserted".into())
+        ]
     );
 }
 

@@ -45,9 +45,21 @@ fn eight_writers_on_one_stream_with_expected_version_get_dense_versions() {
     let mut c = db.connect();
     let n = WRITERS as i64 * per_writer as i64;
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), n);
-    assert_eq!(count(&mut c, "SELECT count(DISTINCT stream_version) FROM event_store"), n);
-    assert_eq!(count(&mut c, "SELECT min(stream_version) FROM event_store"), 1);
-    assert_eq!(count(&mut c, "SELECT max(stream_version) FROM event_store"), n);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(DISTINCT stream_version) FROM event_store"
+        ),
+        n
+    );
+    assert_eq!(
+        count(&mut c, "SELECT min(stream_version) FROM event_store"),
+        1
+    );
+    assert_eq!(
+        count(&mut c, "SELECT max(stream_version) FROM event_store"),
+        n
+    );
     assert_eq!(count(&mut c, "SELECT es_stream_version('shared-1')"), n);
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
     eprintln!("{conflicts} optimistic-concurrency conflicts were retried");
@@ -58,11 +70,18 @@ fn writers_on_different_streams_never_wait_for_each_other() {
     let db = Arc::new(TestDb::new("manystreams"));
     let mut setup = db.connect();
     for i in 0..WRITERS {
-        setup.query("SELECT * FROM es_append($1, 'Created', '{}')", &[&format!("s-{i}")]).unwrap();
+        setup
+            .query(
+                "SELECT * FROM es_append($1, 'Created', '{}')",
+                &[&format!("s-{i}")],
+            )
+            .unwrap();
     }
     // Stream s-0's lock is held by an open transaction that has appended.
     let mut holder = db.connect();
-    holder.batch_execute("BEGIN; SELECT * FROM es_append('s-0', 'Held', '{}')").unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT * FROM es_append('s-0', 'Held', '{}')")
+        .unwrap();
 
     let handles: Vec<_> = (1..WRITERS)
         .map(|i| {
@@ -72,10 +91,18 @@ fn writers_on_different_streams_never_wait_for_each_other() {
                 c.batch_execute("SET lock_timeout = '5s'").unwrap();
                 let start = Instant::now();
                 for _ in 0..20 {
-                    c.query("SELECT * FROM es_append($1, 'Step', '{}')", &[&format!("s-{i}")]).unwrap();
+                    c.query(
+                        "SELECT * FROM es_append($1, 'Step', '{}')",
+                        &[&format!("s-{i}")],
+                    )
+                    .unwrap();
                 }
                 // A stream nobody has used yet does not wait either.
-                c.query("SELECT * FROM es_append($1, 'Created', '{}')", &[&format!("new-{i}")]).unwrap();
+                c.query(
+                    "SELECT * FROM es_append($1, 'Created', '{}')",
+                    &[&format!("new-{i}")],
+                )
+                .unwrap();
                 start.elapsed()
             })
         })
@@ -87,11 +114,18 @@ fn writers_on_different_streams_never_wait_for_each_other() {
     // The same stream does wait: one stream serialises on itself.
     let mut same = db.connect();
     same.batch_execute("SET lock_timeout = '300ms'").unwrap();
-    assert_eq!(sqlstate(same.query("SELECT * FROM es_append('s-0', 'Blocked', '{}')", &[])), "55P03");
+    assert_eq!(
+        sqlstate(same.query("SELECT * FROM es_append('s-0', 'Blocked', '{}')", &[])),
+        "55P03"
+    );
     holder.batch_execute("COMMIT").unwrap();
-    same.query("SELECT * FROM es_append('s-0', 'Unblocked', '{}')", &[]).unwrap();
+    same.query("SELECT * FROM es_append('s-0', 'Unblocked', '{}')", &[])
+        .unwrap();
     assert_eq!(count(&mut setup, "SELECT es_stream_version('s-0')"), 3);
-    assert_eq!(count(&mut setup, "SELECT count(*) FROM event_store"), (WRITERS + 2 + (WRITERS - 1) * 21) as i64);
+    assert_eq!(
+        count(&mut setup, "SELECT count(*) FROM event_store"),
+        (WRITERS + 2 + (WRITERS - 1) * 21) as i64
+    );
 }
 
 #[test]
@@ -133,9 +167,12 @@ fn one_event_id_raced_into_different_streams_lands_once() {
             thread::spawn(move || {
                 let mut c = db.connect();
                 barrier.wait();
-                c.query("SELECT * FROM es_append($1, 'Charged', '{}', '{}', NULL, $2)", &[&format!("pay-{w}"), &id])
-                    .map(|_| "ok".to_string())
-                    .unwrap_or_else(|e| e.code().unwrap().code().to_string())
+                c.query(
+                    "SELECT * FROM es_append($1, 'Charged', '{}', '{}', NULL, $2)",
+                    &[&format!("pay-{w}"), &id],
+                )
+                .map(|_| "ok".to_string())
+                .unwrap_or_else(|e| e.code().unwrap().code().to_string())
             })
         })
         .collect();
@@ -158,15 +195,25 @@ fn racing_to_create_a_stream_with_expected_version_zero_has_one_winner() {
             thread::spawn(move || {
                 let mut c = db.connect();
                 barrier.wait();
-                c.query("SELECT * FROM es_append('order-1', 'Placed', '{}', '{}', 0)", &[])
-                    .map(|_| "ok".to_string())
-                    .unwrap_or_else(|e| e.code().unwrap().code().to_string())
+                c.query(
+                    "SELECT * FROM es_append('order-1', 'Placed', '{}', '{}', 0)",
+                    &[],
+                )
+                .map(|_| "ok".to_string())
+                .unwrap_or_else(|e| e.code().unwrap().code().to_string())
             })
         })
         .collect();
     let outcomes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(outcomes.iter().filter(|o| *o == "ok").count(), 1, "{outcomes:?}");
-    assert!(outcomes.iter().all(|o| o == "ok" || o == "ES001"), "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "ok").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|o| o == "ok" || o == "ES001"),
+        "{outcomes:?}"
+    );
     let mut c = db.connect();
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 1);
 }

@@ -10,7 +10,10 @@ fn examples(markdown: &str) -> Vec<(String, String)> {
     let mut lines = markdown.lines();
     while let Some(line) = lines.next() {
         if let Some(lang) = line.strip_prefix("```") {
-            let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+            let body: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !l.starts_with("```"))
+                .collect();
             blocks.push((lang.trim().to_string(), body.join("\n")));
         }
     }
@@ -43,10 +46,19 @@ fn psql(db: &TestDb, sql: &str) -> String {
     let port = std::env::var("ES_TEST_PORT").unwrap();
     // One stream for stdout and stderr keeps errors in place among results.
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "exec \"$0\" \"$@\" 2>&1", "/usr/lib/postgresql/15/bin/psql"])
-        .args(["-X", "-q", "-h", &host, "-p", &port, "-U", "postgres", "-d", &db.name])
-        .args(["-v", "SHOW_CONTEXT=never"])
-        .env("PGOPTIONS", "-c client_min_messages=warning -c TimeZone=UTC");
+    cmd.args([
+        "-c",
+        "exec \"$0\" \"$@\" 2>&1",
+        "/usr/lib/postgresql/15/bin/psql",
+    ])
+    .args([
+        "-X", "-q", "-h", &host, "-p", &port, "-U", "postgres", "-d", &db.name,
+    ])
+    .args(["-v", "SHOW_CONTEXT=never"])
+    .env(
+        "PGOPTIONS",
+        "-c client_min_messages=warning -c TimeZone=UTC",
+    );
     for s in statements(sql) {
         cmd.arg("-c").arg(s);
     }
@@ -54,7 +66,12 @@ fn psql(db: &TestDb, sql: &str) -> String {
 }
 
 fn normalize(text: &str) -> String {
-    text.lines().map(str::trim_end).collect::<Vec<_>>().join("\n").trim_matches('\n').to_string()
+    text.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim_matches('\n')
+        .to_string()
 }
 
 /// With ES_DOCS_BLESS=1 the file is rewritten with what psql printed: review the diff.
@@ -67,8 +84,13 @@ fn check_file(path: &str) {
     for (sql, want) in &examples {
         let got = psql(&db, sql);
         if got != normalize(want) {
-            failures.push(format!("--- {path}\n{sql}\n--- expected\n{want}\n--- got\n{got}\n"));
-            let (block, blessed) = (format!("```sql\n{sql}\n```\n```text\n{want}"), format!("```sql\n{sql}\n```\n```text\n{got}"));
+            failures.push(format!(
+                "--- {path}\n{sql}\n--- expected\n{want}\n--- got\n{got}\n"
+            ));
+            let (block, blessed) = (
+                format!("```sql\n{sql}\n```\n```text\n{want}"),
+                format!("```sql\n{sql}\n```\n```text\n{got}"),
+            );
             let block = block.trim_end_matches('\n');
             markdown = markdown.replacen(block, blessed.trim_end_matches('\n'), 1);
         }
@@ -77,7 +99,13 @@ fn check_file(path: &str) {
         std::fs::write(path, markdown).unwrap();
         return;
     }
-    assert!(failures.is_empty(), "{} of {} examples differ:\n{}", failures.len(), examples.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} examples differ:\n{}",
+        failures.len(),
+        examples.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -8,7 +8,11 @@ use std::sync::{Arc, Mutex};
 fn seed(c: &mut postgres::Client) {
     for s in ["user-1", "user-2"] {
         for i in 1..=3 {
-            c.query("SELECT * FROM es_append($1, 'Step', jsonb_build_object('i', $2::int))", &[&s, &i]).unwrap();
+            c.query(
+                "SELECT * FROM es_append($1, 'Step', jsonb_build_object('i', $2::int))",
+                &[&s, &i],
+            )
+            .unwrap();
         }
     }
 }
@@ -24,7 +28,10 @@ fn event_store_is_a_hypertable_exactly_when_timescaledb_is_installed() {
     let mut c = db.connect();
     assert_eq!(is_hypertable(&mut c), timescaledb());
     if !timescaledb() {
-        assert_eq!(sqlstate(c.query("SELECT es_enable_hypertable()", &[])), "55000");
+        assert_eq!(
+            sqlstate(c.query("SELECT es_enable_hypertable()", &[])),
+            "55000"
+        );
     }
 }
 
@@ -38,16 +45,34 @@ fn a_plain_store_with_events_converts_to_a_hypertable_later() {
     c.batch_execute("CREATE EXTENSION event_store").unwrap();
     seed(&mut c);
     assert!(!is_hypertable(&mut c));
-    c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb").unwrap();
-    assert!(c.query_one("SELECT es_enable_hypertable(interval '1 day')", &[]).unwrap().get::<_, bool>(0));
-    assert!(!c.query_one("SELECT es_enable_hypertable()", &[]).unwrap().get::<_, bool>(0));
+    c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
+        .unwrap();
+    assert!(c
+        .query_one("SELECT es_enable_hypertable(interval '1 day')", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    assert!(!c
+        .query_one("SELECT es_enable_hypertable()", &[])
+        .unwrap()
+        .get::<_, bool>(0));
     assert!(is_hypertable(&mut c));
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 6);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM ONLY event_store"), 0, "rows moved into chunks");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM ONLY event_store"),
+        0,
+        "rows moved into chunks"
+    );
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
-    assert_eq!(sqlstate(c.batch_execute("DELETE FROM event_store")), "ES003");
+    assert_eq!(
+        sqlstate(c.batch_execute("DELETE FROM event_store")),
+        "ES003"
+    );
     assert_eq!(sqlstate(c.batch_execute("TRUNCATE event_store")), "ES003");
-    c.query("SELECT * FROM es_append('user-1', 'Step', '{}', '{}', 3)", &[]).unwrap();
+    c.query(
+        "SELECT * FROM es_append('user-1', 'Step', '{}', '{}', 3)",
+        &[],
+    )
+    .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_stream('user-1')"), 4);
 }
 
@@ -59,15 +84,21 @@ fn reads_by_stream_touch_only_the_streams_chunks() {
     let db = TestDb::new("chunkexcl");
     let mut c = db.connect();
     // Tiny chunks so that every append below lands in chunks of its own.
-    c.batch_execute("SELECT set_chunk_time_interval('event_store', interval '20 milliseconds')").unwrap();
+    c.batch_execute("SELECT set_chunk_time_interval('event_store', interval '20 milliseconds')")
+        .unwrap();
     for i in 0..10 {
-        c.query("SELECT * FROM es_append('busy-1', 'Step', '{}')", &[]).unwrap();
+        c.query("SELECT * FROM es_append('busy-1', 'Step', '{}')", &[])
+            .unwrap();
         if i == 5 {
-            c.query("SELECT * FROM es_append('quiet-1', 'Once', '{}')", &[]).unwrap();
+            c.query("SELECT * FROM es_append('quiet-1', 'Once', '{}')", &[])
+                .unwrap();
         }
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
-    let chunks = count(&mut c, "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'event_store'");
+    let chunks = count(
+        &mut c,
+        "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'event_store'",
+    );
     assert!(chunks >= 8, "expected many chunks, got {chunks}");
     // auto_explain shows the plans of the statements inside es_stream and es_state.
     let plans = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -80,11 +111,17 @@ fn reads_by_stream_touch_only_the_streams_chunks() {
          SET auto_explain.log_timing = off; SET auto_explain.log_nested_statements = on; SET client_min_messages = log",
     )
     .unwrap();
-    for sql in ["SELECT count(*) FROM es_stream('quiet-1')", "SELECT es_state('quiet-1')"] {
+    for sql in [
+        "SELECT count(*) FROM es_stream('quiet-1')",
+        "SELECT es_state('quiet-1')",
+    ] {
         plans.lock().unwrap().clear();
         e.batch_execute(sql).unwrap();
         let log = plans.lock().unwrap().join("\n");
-        let inner = log.split("Query Text:").find(|p| p.contains("FROM event_store")).unwrap_or_else(|| panic!("no plan for {sql}:\n{log}"));
+        let inner = log
+            .split("Query Text:")
+            .find(|p| p.contains("FROM event_store"))
+            .unwrap_or_else(|| panic!("no plan for {sql}:\n{log}"));
         let scanned: std::collections::BTreeSet<&str> = inner
             .lines()
             .filter(|l| !l.contains("never executed"))
@@ -92,10 +129,19 @@ fn reads_by_stream_touch_only_the_streams_chunks() {
             .filter_map(|rel| rel.find("_chunk").map(|end| &rel[..end]))
             .collect();
         let scanned = scanned.len();
-        assert!(scanned <= 1, "{sql} scanned {scanned} of {chunks} chunks:\n{inner}");
+        assert!(
+            scanned <= 1,
+            "{sql} scanned {scanned} of {chunks} chunks:\n{inner}"
+        );
     }
-    assert_eq!(count(&mut c, "SELECT count(*) FROM es_stream('quiet-1')"), 1);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM es_stream('busy-1')"), 10);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_stream('quiet-1')"),
+        1
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_stream('busy-1')"),
+        10
+    );
 }
 
 fn pg_bin(name: &str) -> String {
@@ -111,10 +157,25 @@ fn pg_dump_and_restore_keep_events_hashes_and_positions() {
     let port = std::env::var("ES_TEST_PORT").unwrap();
     let file = std::env::temp_dir().join(format!("{}.dump", src.name));
     let dump = Command::new(pg_bin("pg_dump"))
-        .args(["-h", &host, "-p", &port, "-U", "postgres", "-Fc", "-f", file.to_str().unwrap(), &src.name])
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-Fc",
+            "-f",
+            file.to_str().unwrap(),
+            &src.name,
+        ])
         .output()
         .unwrap();
-    assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
+    assert!(
+        dump.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let dst = TestDb::empty("dumpdst");
     let mut d = dst.connect();
     if timescaledb() {
@@ -122,25 +183,46 @@ fn pg_dump_and_restore_keep_events_hashes_and_positions() {
         d.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb; SELECT timescaledb_pre_restore()").unwrap();
     }
     let out = Command::new(pg_bin("pg_restore"))
-        .args(["-h", &host, "-p", &port, "-U", "postgres", "-d", &dst.name, file.to_str().unwrap()])
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            &dst.name,
+            file.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     if timescaledb() {
-        d.batch_execute("SELECT timescaledb_post_restore()").unwrap();
+        d.batch_execute("SELECT timescaledb_post_restore()")
+            .unwrap();
     }
     let _ = std::fs::remove_file(&file);
-    assert!(out.status.success(), "pg_restore: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "pg_restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut d = dst.connect();
     assert_eq!(count(&mut d, "SELECT count(*) FROM event_store"), 6);
     assert_eq!(count(&mut d, "SELECT count(*) FROM es_streams"), 2);
     assert_eq!(count(&mut d, "SELECT count(*) FROM es_verify()"), 0);
     // The restored store goes on: versions continue and positions do not repeat.
     let pos: i64 = d
-        .query_one("SELECT global_position FROM es_append('user-1', 'Step', '{}', '{}', 3)", &[])
+        .query_one(
+            "SELECT global_position FROM es_append('user-1', 'Step', '{}', '{}', 3)",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(pos > 6);
     assert_eq!(count(&mut d, "SELECT count(*) FROM es_verify()"), 0);
-    assert_eq!(sqlstate(d.batch_execute("DELETE FROM event_store")), "ES003");
+    assert_eq!(
+        sqlstate(d.batch_execute("DELETE FROM event_store")),
+        "ES003"
+    );
     assert_eq!(is_hypertable(&mut d), timescaledb());
 }

@@ -16,10 +16,17 @@ pub fn timescaledb() -> bool {
 }
 
 fn base_config() -> Config {
-    let host = std::env::var("ES_TEST_HOST").expect("run the integration tests through scripts/test.sh (ES_TEST_HOST is not set)");
-    let port: u16 = std::env::var("ES_TEST_PORT").expect("ES_TEST_PORT").parse().unwrap();
+    let host = std::env::var("ES_TEST_HOST")
+        .expect("run the integration tests through scripts/test.sh (ES_TEST_HOST is not set)");
+    let port: u16 = std::env::var("ES_TEST_PORT")
+        .expect("ES_TEST_PORT")
+        .parse()
+        .unwrap();
     let mut c = Config::new();
-    c.host_path(host).port(port).user("postgres").dbname("postgres");
+    c.host_path(host)
+        .port(port)
+        .user("postgres")
+        .dbname("postgres");
     c
 }
 
@@ -29,15 +36,22 @@ impl TestDb {
     /// A new database named after the test, with timescaledb (when the cluster has it) and
     /// event_store installed.
     pub fn new(test: &str) -> TestDb {
-        let name = format!("es_{}_{}_{}", test, std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "es_{}_{}_{}",
+            test,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let admin = base_config();
         let mut c = admin.connect(NoTls).unwrap();
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
         c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
         let db = TestDb { name, admin };
         let mut c = db.connect();
         if timescaledb() {
-            c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb").unwrap();
+            c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
+                .unwrap();
         }
         c.batch_execute("CREATE EXTENSION event_store").unwrap();
         db
@@ -45,10 +59,16 @@ impl TestDb {
 
     /// A new database without any extension.
     pub fn empty(test: &str) -> TestDb {
-        let name = format!("es_{}_{}_{}", test, std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "es_{}_{}_{}",
+            test,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let admin = base_config();
         let mut c = admin.connect(NoTls).unwrap();
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
         c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
         TestDb { name, admin }
     }
@@ -79,7 +99,10 @@ impl Drop for TestDb {
             return;
         }
         if let Ok(mut c) = self.admin.connect(NoTls) {
-            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -88,7 +111,10 @@ impl Drop for TestDb {
 pub fn sqlstate<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.code().map(|c| c.code().to_string()).unwrap_or_else(|| panic!("no SQLSTATE: {e}")),
+        Err(e) => e
+            .code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| panic!("no SQLSTATE: {e}")),
     }
 }
 
@@ -96,7 +122,10 @@ pub fn sqlstate<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
 pub fn message<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(e) => e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()),
+        Err(e) => e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
     }
 }
 
