@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Benchmarks event_store against baselines measured in the same run on the same cluster.
+#   bash benches/run.sh [--quick] [--no-timescaledb]
+# Writes benches/results/latest.md (and latest.png when matplotlib is available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/common.sh
+
+QUICK=0; PRELOAD=timescaledb
+for arg in "$@"; do
+    case $arg in
+        --quick) QUICK=1 ;;
+        --no-timescaledb) PRELOAD="" ;;
+        *) echo "usage: $0 [--quick] [--no-timescaledb]" >&2; exit 2 ;;
+    esac
+done
+if [ $QUICK = 1 ]; then DUR=8; STREAMS=10000; else DUR=30; STREAMS=100000; fi
+PORT=54330
+OUT=benches/results
+RAW=$(mktemp -d)
+trap 'rm -rf "$RAW"' EXIT
+
+bash scripts/setup.sh >/dev/null
+echo "== building and installing the extension (release)"
+install_extension
+cluster_stop bench
+cluster_start bench $PORT "$PRELOAD"
+trap 'rm -rf "$RAW"; cluster_stop bench' EXIT
+es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench" -c "CREATE DATABASE es_bench"
+[ -n "$PRELOAD" ] && es_psql $PORT es_bench -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
+es_psql $PORT es_bench -q -c "CREATE EXTENSION event_store" -f benches/baselines.sql
+
+sql() { es_psql $PORT es_bench -qtA "$@"; }
+
+# bench NAME SCRIPT CLIENTS [extra pgbench args]: appends "name clients tps" and a latency log.
+bench() {
+    local name=$1 script=$2 clients=$3; shift 3
+    local prefix=${name//\//_}
+    echo "-- $name, $clients client(s), ${DUR}s"
+    local out
+    out=$(cd "$RAW" && "$PG_BIN/pgbench" -n -M prepared -h "$ES_RUN_DIR" -p $PORT -U postgres \
+        -c "$clients" -j "$clients" -T "$DUR" -f "$OLDPWD/benches/scenarios/$script" \
+        --log --log-prefix="$prefix" "$@" es_bench 2>&1) || { echo "$out"; exit 1; }
+    local tps
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out")
+    echo "$name $clients $tps" >>"$RAW/tps.txt"
+    cat "$RAW/$prefix".* | awk -v n="$name" '{print n, $3}' >>"$RAW/latency.txt"
+    rm -f "$RAW/$prefix".*
+}
+
+echo "== 1. single-event append"
+for c in 1 8; do
+    bench "floor/spread/c$c" floor.pgbench $c
+    bench "handed/spread/c$c" handed.pgbench $c
+    bench "catlock/spread/c$c" catlock.pgbench $c
+    bench "es_append/spread/c$c" es_append.pgbench $c
+    bench "floor/one-stream/c$c" floor_one.pgbench $c
+    bench "catlock/one-stream/c$c" catlock_one.pgbench $c
+    bench "es_append/one-stream/c$c" es_append_one.pgbench $c
+done
+
+echo "== 2. batch append, 1,000 events per call"
+bench "floor/batch1000/c1" floor_batch.pgbench 1
+bench "es_append_batch/batch1000/c1" es_append_batch.pgbench 1
+
+echo "== 3. es_stream of a 100-event stream among $STREAMS streams"
+start=$(date +%s)
+sql -c "SELECT count(*) FROM generate_series(1, $STREAMS) s,
+        LATERAL es_append_batch('load-' || s, (SELECT jsonb_agg(jsonb_build_object('type', 'Step', 'data', jsonb_build_object('i', i))) FROM generate_series(1, 100) i))" >/dev/null
+echo "loaded $((STREAMS * 100)) events in $(( $(date +%s) - start ))s"
+sql -c "VACUUM ANALYZE"
+bench "es_stream/100-of-$((STREAMS * 100))/c1" es_stream.pgbench 1 -D streams=$STREAMS
+bench "es_stream/100-of-$((STREAMS * 100))/c8" es_stream.pgbench 8 -D streams=$STREAMS
+
+echo "== 4. es_state_at against a PL/pgSQL loop"
+for n in 100 10000 100000; do
+    sql -c "SELECT count(*) FROM generate_series(0, ($n - 1) / 1000) b,
+            LATERAL es_append_batch('fold-$n', (SELECT jsonb_agg(jsonb_build_object('type', 'Set', 'data', jsonb_build_object('k' || (i % 20), i)))
+                                                 FROM generate_series(b * 1000 + 1, least($n, b * 1000 + 1000)) i))" >/dev/null
+    bench "state_at/rust/$n-events" state_rust.pgbench 1 -D stream=fold-$n
+    bench "state_at/plpgsql/$n-events" state_plpgsql.pgbench 1 -D stream=fold-$n
+done
+
+echo "== 6. storage"
+sql -F ' ' -c "
+    SELECT t, pg_size_pretty(bytes), round(bytes::numeric / rows, 1)
+      FROM (SELECT 'event_store' AS t, (SELECT count(*) FROM event_store) AS rows,
+                   coalesce((SELECT hypertable_size('event_store') WHERE EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')),
+                            pg_total_relation_size('event_store')) AS bytes
+            UNION ALL
+            SELECT 'bench_floor', (SELECT count(*) FROM bench_floor),
+                   coalesce((SELECT hypertable_size('bench_floor') WHERE EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')),
+                            pg_total_relation_size('bench_floor'))) s" >"$RAW/storage.txt"
+cat "$RAW/storage.txt"
+
+python3 benches/report.py "$RAW" "$OUT" "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, PostgreSQL 15, ${PRELOAD:-no} TimescaleDB, fsync on, ${DUR}s per scenario"
+echo "== wrote $OUT/latest.md"
