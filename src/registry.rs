@@ -3,8 +3,12 @@
 //!
 //! Rows change only through the functions here: they open a write scope that the registry's
 //! guard trigger checks, so even the table owner cannot edit heads by hand.
+use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
-use std::cell::Cell;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
+use pgrx::{datum::DatumWithOid, PgOid};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 thread_local! {
     static WRITE_SCOPE: Cell<bool> = const { Cell::new(false) };
@@ -26,6 +30,33 @@ impl Drop for WriteScope {
     }
 }
 
+thread_local! {
+    // Plans kept for the life of the backend: planning dominated the cost of an append.
+    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+fn execute<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &'static str,
+    types: &[Oid],
+    args: &[DatumWithOid],
+) -> SpiTupleTable<'conn> {
+    PLANS.with(|plans| {
+        let mut plans = plans.borrow_mut();
+        if !plans.contains_key(sql) {
+            let oids: Vec<PgOid> = types.iter().map(|t| PgOid::BuiltIn(*t)).collect();
+            let plan = client
+                .prepare_mut(sql, &oids)
+                .expect("preparing registry statement")
+                .keep();
+            plans.insert(sql, plan);
+        }
+        client
+            .update(&plans[sql], None, args)
+            .expect("registry statement")
+    })
+}
+
 /// Read by the guard trigger on es_streams.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _es_registry_write_allowed() -> bool {
@@ -34,6 +65,10 @@ fn _es_registry_write_allowed() -> bool {
 
 const LOCK_SQL: &str =
     "SELECT version, head_hash, first_at, last_at FROM es_streams WHERE stream_id = $1 FOR UPDATE";
+const REGISTER_SQL: &str =
+    "INSERT INTO es_streams (stream_id, version) VALUES ($1, 0) ON CONFLICT (stream_id) DO NOTHING";
+const ADVANCE_SQL: &str = "UPDATE es_streams SET version = $2, first_at = coalesce(first_at, $3), \
+     last_at = $4, last_position = $5, head_hash = $6 WHERE stream_id = $1";
 
 /// Locks the stream's registry row, creating it at version 0 when the stream is new, and
 /// returns its head. Held until the transaction ends.
@@ -50,11 +85,10 @@ fn _es_open_stream(
         name!(last_at, Option<TimestampWithTimeZone>),
     ),
 > {
+    use Oid::TEXTOID;
     let head = Spi::connect_mut(|client| {
         for attempt in 0..2 {
-            let rows = client
-                .update(LOCK_SQL, Some(1), &[stream_id.into()])
-                .expect("locking stream");
+            let rows = execute(client, LOCK_SQL, &[TEXTOID], &[stream_id.into()]);
             if let Some(row) = rows.into_iter().next() {
                 return (
                     row.get::<i64>(1).unwrap().unwrap(),
@@ -65,13 +99,7 @@ fn _es_open_stream(
             }
             if attempt == 0 {
                 let _scope = WriteScope::open();
-                client
-                    .update(
-                        "INSERT INTO es_streams (stream_id, version) VALUES ($1, 0) ON CONFLICT (stream_id) DO NOTHING",
-                        None,
-                        &[stream_id.into()],
-                    )
-                    .expect("registering stream");
+                execute(client, REGISTER_SQL, &[TEXTOID], &[stream_id.into()]);
             }
         }
         unreachable!("stream row vanished while locked")
@@ -89,22 +117,28 @@ fn _es_advance_stream(
     last_position: i64,
     head_hash: &[u8],
 ) {
+    use Oid::*;
     let _scope = WriteScope::open();
     Spi::connect_mut(|client| {
-        client
-            .update(
-                "UPDATE es_streams SET version = $2, first_at = coalesce(first_at, $3), last_at = $4, \
-                 last_position = $5, head_hash = $6 WHERE stream_id = $1",
-                None,
-                &[
-                    stream_id.into(),
-                    version.into(),
-                    first_at.into(),
-                    last_at.into(),
-                    last_position.into(),
-                    head_hash.into(),
-                ],
-            )
-            .expect("advancing stream head");
+        execute(
+            client,
+            ADVANCE_SQL,
+            &[
+                TEXTOID,
+                INT8OID,
+                TIMESTAMPTZOID,
+                TIMESTAMPTZOID,
+                INT8OID,
+                BYTEAOID,
+            ],
+            &[
+                stream_id.into(),
+                version.into(),
+                first_at.into(),
+                last_at.into(),
+                last_position.into(),
+                head_hash.into(),
+            ],
+        );
     });
 }
