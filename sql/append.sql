@@ -100,6 +100,8 @@ BEGIN
                   HINT = 'Read the stream again, decide, and retry with its current version.';
     END IF;
 
+    -- Visible to feed readers at once: they stop below our positions until we end.
+    PERFORM _es_feed_register();
     v := head.version;
     prev := coalesce(head.head_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
     -- Times never go backwards within a stream, so "state at an instant" follows version order.
@@ -116,6 +118,8 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     PERFORM _es_advance_stream(p_stream_id, v, at, at, pos, prev);
+    -- Delivered at commit, so listeners learn of committed events only.
+    PERFORM pg_notify('event_store', pos::text);
 END
 $$;
 

@@ -3,6 +3,8 @@ REVOKE ALL ON event_store, es_streams FROM PUBLIC;
 REVOKE ALL ON SEQUENCE es_global_position_seq FROM PUBLIC;
 GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
 GRANT SELECT ON event_store, es_streams TO event_store_reader;
+-- The feed's horizon reads how far positions have been handed out.
+GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
 
 REVOKE EXECUTE ON FUNCTION
     _es_append(text, jsonb, bigint, boolean),
@@ -21,7 +23,11 @@ REVOKE EXECUTE ON FUNCTION
     es_state(text),
     es_state_at(text, timestamptz),
     es_state_at_version(text, bigint),
-    es_verify(text)
+    es_verify(text),
+    _es_feed_register(),
+    _es_feed_horizon(),
+    es_read_all(bigint, integer, text[]),
+    es_read_category(text, bigint, integer, integer, integer)
 FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
@@ -30,7 +36,10 @@ GRANT EXECUTE ON FUNCTION
     es_state(text),
     es_state_at(text, timestamptz),
     es_state_at_version(text, bigint),
-    es_verify(text)
+    es_verify(text),
+    _es_feed_horizon(),
+    es_read_all(bigint, integer, text[]),
+    es_read_category(text, bigint, integer, integer, integer)
 TO event_store_reader;
 
 GRANT EXECUTE ON FUNCTION

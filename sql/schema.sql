@@ -27,6 +27,8 @@ CREATE INDEX event_store_position_idx ON event_store (global_position);
 CREATE INDEX event_store_event_id_idx ON event_store (event_id);
 CREATE INDEX event_store_type_idx     ON event_store (event_type, created_at);
 CREATE INDEX event_store_time_idx     ON event_store (created_at);
+-- es_read_category: a category's events in feed order.
+CREATE INDEX event_store_category_idx ON event_store (split_part(stream_id, '-', 1), global_position);
 
 -- One row per stream: its head, and its time bounds so reads by stream exclude other chunks.
 CREATE TABLE es_streams (

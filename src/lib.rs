@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 
 mod context;
+mod feed;
 mod fold;
 mod guc;
 mod ids;
@@ -30,6 +31,16 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/read.sql", name = "read", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/feed.sql",
+    name = "feed",
+    requires = [
+        "schema",
+        feed::_es_feed_horizon,
+        feed::_es_consumer_group_member,
+        validate::_es_check_feed_read
+    ]
+);
 extension_sql_file!(
     "../sql/guards.sql",
     name = "guards",

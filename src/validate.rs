@@ -129,6 +129,34 @@ pub fn check_append(
     }
 }
 
+/// Feed reads: a non-negative page size, and a consumer group given whole or not at all.
+pub fn check_feed_read(
+    max_count: Option<i32>,
+    member: Option<i32>,
+    size: Option<i32>,
+) -> Result<(), Invalid> {
+    if let Some(n) = max_count.filter(|n| *n < 0) {
+        return Err(Invalid::Value(format!(
+            "max_count must not be negative, got {n}"
+        )));
+    }
+    match (member, size) {
+        (None, None) => Ok(()),
+        (Some(m), Some(s)) if s >= 1 && (0..s).contains(&m) => Ok(()),
+        (Some(m), Some(s)) => Err(Invalid::Value(format!(
+            "consumer_group_member must be in 0..{s} and consumer_group_size at least 1, got member {m} of {s}"
+        ))),
+        _ => Err(Invalid::Value(
+            "consumer_group_member and consumer_group_size go together: give both or neither".into(),
+        )),
+    }
+}
+
+#[pg_extern(immutable, parallel_safe)]
+fn _es_check_feed_read(max_count: Option<i32>, member: Option<i32>, size: Option<i32>) {
+    check_feed_read(max_count, member, size).unwrap_or_else(|e| e.raise())
+}
+
 /// Raises unless the append as a whole is acceptable. `batch_kind` is `jsonb_typeof(events)`.
 #[pg_extern(stable, parallel_safe)]
 fn _es_check_append(
@@ -233,6 +261,19 @@ mod tests {
         assert!(matches!(ok(Some(0), 10), Err(Invalid::Value(_))));
         assert!(matches!(ok(None, 10), Err(Invalid::Null(_))));
         assert!(matches!(ok(Some(1), 101), Err(Invalid::TooLarge(_))));
+    }
+
+    #[test]
+    fn feed_reads() {
+        assert_eq!(check_feed_read(Some(10), None, None), Ok(()));
+        assert_eq!(check_feed_read(None, Some(0), Some(1)), Ok(()));
+        assert_eq!(check_feed_read(Some(0), Some(3), Some(4)), Ok(()));
+        assert!(check_feed_read(Some(-1), None, None).is_err());
+        assert!(check_feed_read(None, Some(4), Some(4)).is_err());
+        assert!(check_feed_read(None, Some(-1), Some(4)).is_err());
+        assert!(check_feed_read(None, Some(0), Some(0)).is_err());
+        assert!(check_feed_read(None, Some(0), None).is_err());
+        assert!(check_feed_read(None, None, Some(2)).is_err());
     }
 
     #[test]

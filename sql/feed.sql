@@ -1,0 +1,80 @@
+-- The global feed. Positions are taken when an append runs, but transactions commit in
+-- another order: a reader that moved past a position whose transaction commits later would
+-- lose that event for good. So every append first registers, as a shared advisory lock
+-- visible in pg_locks at once, a lower bound of the positions it may commit (the sequence's
+-- value before its first nextval); readers stop below the lowest registered bound.
+-- Transactions that append nothing never register, so they never hold the feed back.
+
+-- Registers the caller as an append in flight until its transaction ends. The bound is the
+-- last position handed out so far (the caller's will be above it); the lock key is
+-- (class, its low 32 bits offset to fit an int4), rebuilt by src/feed.rs.
+CREATE FUNCTION _es_feed_register() RETURNS void
+LANGUAGE sql
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+    SELECT pg_advisory_xact_lock_shared(1163085380, (b % 4294967296 - 2147483648)::int)
+      FROM (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS b
+              FROM es_global_position_seq) s
+$$;
+
+-- A snapshot older than the horizon could miss events that committed in between, so feed
+-- reads run in READ COMMITTED, where each statement takes a fresh snapshot.
+CREATE FUNCTION _es_check_feed_isolation() RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'event_store: feed reads need READ COMMITTED, not %', current_setting('transaction_isolation')
+            USING ERRCODE = '0A000',
+                  HINT = 'Read the feed outside REPEATABLE READ and SERIALIZABLE transactions.';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION es_read_all(after_position bigint DEFAULT 0, max_count integer DEFAULT 1000, event_types text[] DEFAULT NULL)
+RETURNS SETOF event_store
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Computed before the query below takes its snapshot: everything up to it has committed.
+    horizon bigint := _es_feed_horizon();
+BEGIN
+    PERFORM _es_check_feed_isolation();
+    PERFORM _es_check_feed_read(max_count, NULL, NULL);
+    RETURN QUERY
+        SELECT * FROM event_store e
+         WHERE e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
+           AND (event_types IS NULL OR e.event_type = ANY (event_types))
+         ORDER BY e.global_position
+         LIMIT max_count;
+END
+$$;
+COMMENT ON FUNCTION es_read_all(bigint, integer, text[]) IS
+    'Committed events after a position, in position order; called again with the last position received, it returns every committed event exactly once.';
+
+CREATE FUNCTION es_read_category(category text, after_position bigint DEFAULT 0, max_count integer DEFAULT 1000,
+                                 consumer_group_member integer DEFAULT NULL, consumer_group_size integer DEFAULT NULL)
+RETURNS SETOF event_store
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+    horizon bigint := _es_feed_horizon();
+BEGIN
+    PERFORM _es_check_feed_isolation();
+    PERFORM _es_check_feed_read(max_count, consumer_group_member, consumer_group_size);
+    RETURN QUERY
+        SELECT * FROM event_store e
+         WHERE split_part(e.stream_id, '-', 1) = category
+           AND e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
+           AND (consumer_group_size IS NULL
+                OR _es_consumer_group_member(e.stream_id, consumer_group_size) = consumer_group_member)
+         ORDER BY e.global_position
+         LIMIT max_count;
+END
+$$;
+COMMENT ON FUNCTION es_read_category(text, bigint, integer, integer, integer) IS
+    'es_read_all for the streams of one category (stream id up to its first "-"), optionally split between consumer group members by stream.';
