@@ -120,6 +120,7 @@ BEGIN
     PERFORM _es_advance_stream(p_stream_id, v, at, at, pos, prev);
     -- Delivered at commit, so listeners learn of committed events only.
     PERFORM pg_notify('event_store', pos::text);
+    PERFORM _es_wake_projections();
 END
 $$;
 

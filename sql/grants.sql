@@ -27,7 +27,18 @@ REVOKE EXECUTE ON FUNCTION
     _es_feed_register(),
     _es_feed_horizon(),
     es_read_all(bigint, integer, text[]),
-    es_read_category(text, bigint, integer, integer, integer)
+    es_read_category(text, bigint, integer, integer, integer),
+    _es_run_as(oid, oid, event_store),
+    _es_setting_int(text),
+    _es_wake_projections(),
+    _es_projection_for_update(text),
+    _es_project_batch(text, integer),
+    es_create_projection(text, regprocedure, text[], text[], regprocedure),
+    es_pause_projection(text),
+    es_resume_projection(text),
+    es_rebuild_projection(text),
+    es_drop_projection(text),
+    es_run_projections(integer)
 FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
@@ -39,8 +50,16 @@ GRANT EXECUTE ON FUNCTION
     es_verify(text),
     _es_feed_horizon(),
     es_read_all(bigint, integer, text[]),
-    es_read_category(text, bigint, integer, integer, integer)
+    es_read_category(text, bigint, integer, integer, integer),
+    es_create_projection(text, regprocedure, text[], text[], regprocedure),
+    es_pause_projection(text),
+    es_resume_projection(text),
+    es_rebuild_projection(text),
+    es_drop_projection(text),
+    es_run_projections(integer)
 TO event_store_reader;
+REVOKE ALL ON es_projection_state FROM PUBLIC;
+GRANT SELECT ON es_projection_state, es_projections TO event_store_reader;
 
 GRANT EXECUTE ON FUNCTION
     es_append(text, text, jsonb, jsonb, bigint, uuid, integer),

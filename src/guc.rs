@@ -3,6 +3,10 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// Upper bound on `octet_length(event_data::text) + octet_length(metadata::text)` per event.
 pub static MAX_EVENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+pub static PROJECTION_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
+pub static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static PROJECTION_RETRY_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static PROJECTION_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 pub fn register() {
     GucRegistry::define_int_guc(
@@ -14,5 +18,45 @@ pub fn register() {
         i32::MAX,
         GucContext::Userset,
         GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"event_store.projection_batch_size",
+        c"Events a projection applies per transaction.",
+        c"",
+        &PROJECTION_BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"event_store.projection_max_attempts",
+        c"Failed attempts at one batch before its projection is marked failed.",
+        c"",
+        &PROJECTION_MAX_ATTEMPTS,
+        1,
+        1000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"event_store.projection_retry_delay",
+        c"Delay before the first retry of a failed batch; it doubles with each attempt, up to 5 minutes.",
+        c"",
+        &PROJECTION_RETRY_DELAY,
+        0,
+        300_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"event_store.projection_poll_interval",
+        c"Longest the projection worker sleeps between checks when no commit wakes it.",
+        c"",
+        &PROJECTION_POLL_INTERVAL,
+        10,
+        3_600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
 }

@@ -10,6 +10,8 @@ mod fold;
 mod guc;
 mod ids;
 mod integrity;
+mod projection;
+mod projection_worker;
 mod registry;
 mod validate;
 
@@ -27,7 +29,8 @@ extension_sql_file!(
         registry::_es_open_stream,
         registry::_es_advance_stream,
         validate::_es_check_event,
-        validate::_es_check_append
+        validate::_es_check_append,
+        projection_worker::_es_wake_projections
     ]
 );
 extension_sql_file!("../sql/read.sql", name = "read", requires = ["schema"]);
@@ -47,6 +50,16 @@ extension_sql_file!(
     requires = ["schema", registry::_es_registry_write_allowed]
 );
 extension_sql_file!(
+    "../sql/projections.sql",
+    name = "projections",
+    requires = [
+        "feed",
+        projection::_es_run_as,
+        projection::_es_setting_int,
+        projection_worker::_es_wake_projections
+    ]
+);
+extension_sql_file!(
     "../sql/hypertable.sql",
     name = "hypertable",
     requires = ["guards"]
@@ -56,6 +69,9 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        projection_worker::register_launcher();
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,218 @@
+-- Projections: handlers applied to the feed in order, each batch committed together with the
+-- projection's checkpoint, so projection tables see every event's effect exactly once.
+
+CREATE TABLE es_projection_state (
+    name                text        PRIMARY KEY,
+    handler             regprocedure NOT NULL,
+    reset_handler       regprocedure,
+    event_types         text[],
+    categories          text[],
+    owner               regrole     NOT NULL,
+    status              text        NOT NULL DEFAULT 'running'
+                                    CHECK (status IN ('running', 'paused', 'failed', 'rebuilding')),
+    position            bigint      NOT NULL DEFAULT 0,
+    attempts            integer     NOT NULL DEFAULT 0,
+    retry_at            timestamptz,
+    last_error          text,
+    last_error_position bigint,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+SELECT pg_catalog.pg_extension_config_dump('es_projection_state', '');
+
+-- Checks that the calling role may manage the projection (its owner, a member of it, or a
+-- superuser), and returns it locked.
+CREATE FUNCTION _es_projection_for_update(p_name text) RETURNS es_projection_state
+LANGUAGE plpgsql
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+    p es_projection_state;
+BEGIN
+    SELECT * INTO p FROM es_projection_state WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event_store: projection "%" does not exist', p_name USING ERRCODE = '42704';
+    END IF;
+    IF NOT pg_has_role(_es_calling_role(), p.owner, 'MEMBER') THEN
+        RAISE EXCEPTION 'event_store: only members of % may manage projection "%"', p.owner, p_name
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN p;
+END
+$$;
+
+CREATE FUNCTION es_create_projection(name text, handler regprocedure, event_types text[] DEFAULT NULL,
+                                     categories text[] DEFAULT NULL, reset_handler regprocedure DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+    caller name := _es_calling_role();
+    f regprocedure;
+BEGIN
+    PERFORM _es_check_append(name, NULL, 'array', 1);  -- same rules as a stream id
+    IF handler IS NULL THEN
+        RAISE EXCEPTION 'event_store: handler must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = caller) THEN
+        RAISE EXCEPTION 'event_store: projection handlers never run as a superuser'
+            USING ERRCODE = '42501',
+                  HINT = 'Create the projection as the role that owns its tables: SET ROLE that_role; SELECT es_create_projection(...).';
+    END IF;
+    FOREACH f IN ARRAY array_remove(ARRAY[handler, reset_handler], NULL) LOOP
+        IF NOT has_function_privilege(caller, f, 'EXECUTE') THEN
+            RAISE EXCEPTION 'event_store: % may not execute %', caller, f USING ERRCODE = '42501';
+        END IF;
+    END LOOP;
+    IF (SELECT pronargs <> 1 OR proargtypes[0] <> 'event_store'::regtype OR prorettype <> 'void'::regtype OR proretset
+          FROM pg_proc WHERE oid = handler) THEN
+        RAISE EXCEPTION 'event_store: handler % must take (event event_store) and return void', handler
+            USING ERRCODE = '42P13';
+    END IF;
+    IF reset_handler IS NOT NULL AND (SELECT pronargs <> 0 OR prorettype <> 'void'::regtype FROM pg_proc WHERE oid = reset_handler) THEN
+        RAISE EXCEPTION 'event_store: reset_handler % must take no arguments and return void', reset_handler
+            USING ERRCODE = '42P13';
+    END IF;
+    INSERT INTO es_projection_state (name, handler, reset_handler, event_types, categories, owner)
+    VALUES (es_create_projection.name, handler, reset_handler, event_types, categories, caller::regrole);
+    PERFORM _es_wake_projections();
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'event_store: projection "%" already exists', es_create_projection.name USING ERRCODE = '42710';
+END
+$$;
+
+CREATE FUNCTION es_pause_projection(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM _es_projection_for_update(name);
+    UPDATE es_projection_state p SET status = 'paused', updated_at = now() WHERE p.name = es_pause_projection.name;
+END
+$$;
+
+-- Resuming a failed projection retries the event it failed on, then goes on.
+CREATE FUNCTION es_resume_projection(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM _es_projection_for_update(name);
+    UPDATE es_projection_state p SET status = 'running', attempts = 0, retry_at = NULL, updated_at = now()
+     WHERE p.name = es_resume_projection.name;
+    PERFORM _es_wake_projections();
+END
+$$;
+
+-- Calls the reset handler (as the projection's owner) and replays the whole history.
+CREATE FUNCTION es_rebuild_projection(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+    p es_projection_state := _es_projection_for_update(name);
+BEGIN
+    IF p.reset_handler IS NOT NULL THEN
+        PERFORM _es_run_as(p.reset_handler, p.owner, NULL);
+    END IF;
+    UPDATE es_projection_state s SET status = 'rebuilding', position = 0, attempts = 0, retry_at = NULL,
+           last_error = NULL, last_error_position = NULL, updated_at = now()
+     WHERE s.name = p.name;
+    PERFORM _es_wake_projections();
+END
+$$;
+
+CREATE FUNCTION es_drop_projection(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM _es_projection_for_update(name);
+    DELETE FROM es_projection_state p WHERE p.name = es_drop_projection.name;
+END
+$$;
+
+-- Applies one batch of one projection and returns how many events it applied. The batch and
+-- the new position commit with the caller's transaction; a failing handler rolls back the
+-- whole batch (a subtransaction) and is retried with backoff, then marked failed.
+CREATE FUNCTION _es_project_batch(p_name text, p_batch_size integer) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+DECLARE
+    p       es_projection_state;
+    horizon bigint;
+    e       event_store;
+    applied integer := 0;
+    at_pos  bigint;
+    msg     text;
+BEGIN
+    -- SKIP LOCKED: a worker and a manual es_run_projections() never apply one batch twice.
+    SELECT * INTO p FROM es_projection_state WHERE name = p_name FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND OR p.status IN ('paused', 'failed') OR p.retry_at > now() THEN
+        RETURN 0;
+    END IF;
+    horizon := _es_feed_horizon();
+    at_pos := p.position;
+    BEGIN
+        FOR e IN
+            SELECT * FROM event_store ev
+             WHERE ev.global_position > p.position AND ev.global_position <= horizon
+               AND (p.event_types IS NULL OR ev.event_type = ANY (p.event_types))
+               AND (p.categories IS NULL OR split_part(ev.stream_id, '-', 1) = ANY (p.categories))
+             ORDER BY ev.global_position
+             LIMIT p_batch_size
+        LOOP
+            at_pos := e.global_position;
+            PERFORM _es_run_as(p.handler, p.owner, e);
+            applied := applied + 1;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
+        UPDATE es_projection_state s
+           SET attempts = s.attempts + 1,
+               status = CASE WHEN s.attempts + 1 >= _es_setting_int('event_store.projection_max_attempts') THEN 'failed' ELSE s.status END,
+               retry_at = now() + least(interval '5 minutes',
+                   _es_setting_int('event_store.projection_retry_delay') * interval '1 millisecond' * 2 ^ s.attempts),
+               last_error = msg, last_error_position = at_pos, updated_at = now()
+         WHERE s.name = p.name;
+        RETURN 0;
+    END;
+    -- A short batch read everything matching up to the horizon.
+    UPDATE es_projection_state s
+       SET position = CASE WHEN applied < p_batch_size THEN greatest(horizon, p.position) ELSE at_pos END,
+           status = CASE WHEN s.status = 'rebuilding' AND applied < p_batch_size THEN 'running' ELSE s.status END,
+           attempts = 0, retry_at = NULL, updated_at = now()
+     WHERE s.name = p.name AND (applied > 0 OR s.position < horizon OR s.status = 'rebuilding');
+    RETURN applied;
+END
+$$;
+
+-- One batch of every projection that has work. Call it again while it returns > 0; the
+-- background worker does exactly that. Without the worker, a scheduler can call it.
+-- SECURITY DEFINER to keep the checkpoints; handlers still run as their projections' owners.
+CREATE FUNCTION es_run_projections(batch_size integer DEFAULT NULL) RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(sum(_es_project_batch(name, coalesce(batch_size, _es_setting_int('event_store.projection_batch_size')))), 0)::integer
+      FROM (SELECT name FROM es_projection_state ORDER BY name) p
+$$;
+
+CREATE VIEW es_projections AS
+SELECT p.name,
+       CASE WHEN p.status = 'running' AND lag.events = 0 THEN 'caught up' ELSE p.status END AS status,
+       p.position,
+       lag.events AS lag_events,
+       coalesce(extract(epoch FROM now() - lag.oldest), 0)::double precision AS lag_seconds,
+       p.last_error,
+       p.last_error_position,
+       p.attempts,
+       p.retry_at,
+       p.owner,
+       p.updated_at
+  FROM es_projection_state p,
+       LATERAL (SELECT count(*) AS events, min(e.created_at) AS oldest
+                  FROM event_store e
+                 WHERE e.global_position > p.position AND e.global_position <= _es_feed_horizon()
+                   AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
+                   AND (p.categories IS NULL OR split_part(e.stream_id, '-', 1) = ANY (p.categories))) lag;

@@ -1,0 +1,159 @@
+//! The projection worker. With `shared_preload_libraries = 'event_store'`, a launcher starts
+//! with the server and keeps one worker per database that has the extension; each worker runs
+//! `es_run_projections()` as soon as appends commit (the appending backend signals it), and
+//! otherwise every `event_store.projection_poll_interval`.
+use crate::guc;
+use pgrx::bgworkers::*;
+use pgrx::prelude::*;
+use pgrx::{register_xact_callback, PgXactCallbackEvent};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const LAUNCHER_TYPE: &str = "event_store launcher";
+const WORKER_TYPE: &str = "event_store projections";
+const RESCAN: Duration = Duration::from_secs(30);
+
+pub fn register_launcher() {
+    BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
+        .set_type(LAUNCHER_TYPE)
+        .set_library("event_store")
+        .set_function("es_launcher_main")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some("postgres"), None);
+    let mut workers: HashMap<String, DynamicBackgroundWorker> = HashMap::new();
+    loop {
+        let databases: Vec<String> = BackgroundWorker::transaction(|| {
+            Spi::connect(|c| {
+                c.select("SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate", None, &[])
+                    .expect("listing databases")
+                    .map(|r| r.get::<String>(1).unwrap().unwrap())
+                    .collect()
+            })
+        });
+        workers.retain(|db, w| databases.contains(db) && !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
+        for db in databases {
+            if workers.contains_key(&db) {
+                continue;
+            }
+            // A worker for a database without the extension exits at once and is tried again
+            // at the next scan.
+            let started = BackgroundWorkerBuilder::new(&format!("{WORKER_TYPE} {db}"))
+                .set_type(WORKER_TYPE)
+                .set_library("event_store")
+                .set_function("es_projection_worker_main")
+                .set_extra(&db)
+                .enable_spi_access()
+                .set_restart_time(Some(Duration::from_secs(5)))
+                .set_notify_pid(unsafe { pg_sys::MyProcPid })
+                .load_dynamic();
+            if let Ok(w) = started {
+                workers.insert(db, w);
+            }
+        }
+        if !BackgroundWorker::wait_latch(Some(RESCAN)) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = BackgroundWorker::get_extra().to_string();
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    let schema: Option<String> = BackgroundWorker::transaction(|| {
+        Spi::get_one("SELECT quote_ident(n.nspname) FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'event_store'")
+            .unwrap_or(None)
+    });
+    let Some(s) = schema else {
+        return; // not installed here: exit 0, not restarted
+    };
+    // One pass: apply a batch of every projection with work; also tell whether appends are in
+    // flight (the commit signal arrives before their feed registration is released).
+    let pass = format!(
+        "SELECT {s}.es_run_projections(), {s}._es_feed_horizon() < \
+         (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {s}.es_global_position_seq)"
+    );
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        let (applied, in_flight): (i32, bool) = BackgroundWorker::transaction(|| {
+            Spi::connect(|c| {
+                let row = c.select(&pass, None, &[]).expect("running projections").first();
+                (row.get(1).unwrap().unwrap_or(0), row.get(2).unwrap().unwrap_or(false))
+            })
+        });
+        let poll = Duration::from_millis(guc::PROJECTION_POLL_INTERVAL.get() as u64);
+        let wait = if applied > 0 {
+            backoff = Duration::from_millis(1);
+            Duration::ZERO
+        } else if in_flight {
+            backoff = (backoff * 2).min(poll);
+            backoff / 2
+        } else {
+            backoff = Duration::from_millis(1);
+            poll
+        };
+        if !BackgroundWorker::wait_latch(Some(wait)) {
+            break;
+        }
+    }
+}
+
+thread_local! {
+    static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
+    // (pid of this database's worker or 0, when it was looked up)
+    static WORKER: Cell<Option<(i32, Instant)>> = const { Cell::new(None) };
+}
+
+fn worker_pid() -> i32 {
+    if let Some((pid, at)) = WORKER.get() {
+        if at.elapsed() < Duration::from_secs(5) {
+            return pid;
+        }
+    }
+    let pid = Spi::get_one::<i32>(
+        "SELECT coalesce((SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store projections' \
+         AND datname = current_database() LIMIT 1), \
+         (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store launcher' LIMIT 1), 0)",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    WORKER.set(Some((pid, Instant::now())));
+    pid
+}
+
+/// Wakes this database's projection worker when the transaction commits (its launcher when
+/// it has none yet, so that a new database is served at once).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _es_wake_projections() {
+    if WAKE_PENDING.get() {
+        return;
+    }
+    let pid = worker_pid();
+    if pid == 0 {
+        return;
+    }
+    WAKE_PENDING.set(true);
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        WAKE_PENDING.set(false);
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_PENDING.set(false));
+}
