@@ -23,9 +23,11 @@ install_extension() {
     cargo pgrx install "${flags[@]}" >/dev/null
 }
 
-# cluster_start NAME PORT [timescaledb]: a scratch cluster under $ES_RUN_DIR, unix socket only.
+# cluster_start NAME PORT [PRELOAD] [EXTRA_CONF]: a scratch cluster under $ES_RUN_DIR, unix
+# socket only. PRELOAD is shared_preload_libraries; EXTRA_CONF more postgresql.conf lines.
+# A running cluster is restarted so that the settings apply.
 cluster_start() {
-    local name=$1 port=$2 preload=${3:-}
+    local name=$1 port=$2 preload=${3:-} extra=${4:-}
     local dir=$ES_RUN_DIR/$name
     $SUDO mkdir -p "$ES_RUN_DIR"
     $SUDO chmod 1777 "$ES_RUN_DIR"
@@ -41,8 +43,11 @@ shared_preload_libraries = '$preload'
 max_connections = 300
 timescaledb.telemetry_level = off
 fsync = on
+$extra
 CONF
-    if ! as_pg "$PG_BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+    if as_pg "$PG_BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -m fast -w restart >/dev/null
+    else
         as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 start >/dev/null
     fi
 }

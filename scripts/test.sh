@@ -11,13 +11,24 @@ cargo test --lib
 echo "== installing the extension"
 install_extension
 
+# Without TimescaleDB and without preloading event_store: projections run by function call.
 cluster_start test-plain 54315 ""
-cluster_start test-tsdb 54316 timescaledb
+# Both preloaded: the projection worker runs, with quick retries for the failure tests.
+cluster_start test-tsdb 54316 timescaledb,event_store "event_store.projection_max_attempts = 3
+event_store.projection_retry_delay = 20
+max_worker_processes = 64
+timescaledb.max_background_workers = 16"
 trap 'cluster_stop test-plain; cluster_stop test-tsdb' EXIT
+# Databases a failed earlier run kept for inspection.
+for port in 54315 54316; do
+    es_psql $port postgres -qtA -c "SELECT format('DROP DATABASE %I WITH (FORCE);', datname) FROM pg_database WHERE datname LIKE 'es\_%'" \
+        | es_psql $port postgres -q >/dev/null
+done
 
 for flavour in plain tsdb; do
     if [ $flavour = plain ]; then port=54315; tsdb=0; else port=54316; tsdb=1; fi
-    echo "== integration tests: PostgreSQL $PG_MAJOR, ${flavour/tsdb/with TimescaleDB}"
-    ES_TEST_HOST=$ES_RUN_DIR ES_TEST_PORT=$port ES_TEST_TIMESCALEDB=$tsdb \
+    echo "== integration tests: PostgreSQL $PG_MAJOR, ${flavour/tsdb/with TimescaleDB and the projection worker}"
+    ES_TEST_HOST=$ES_RUN_DIR ES_TEST_PORT=$port ES_TEST_TIMESCALEDB=$tsdb ES_TEST_WORKER=$tsdb \
+        ES_TEST_PGDATA=$ES_RUN_DIR/test-$flavour \
         cargo test --test '*' --no-fail-fast -- --test-threads=2
 done

@@ -7,7 +7,11 @@ use pgrx::prelude::*;
 /// like REFRESH MATERIALIZED VIEW uses, so the handler cannot SET ROLE back to the caller.
 /// On error, the (sub)transaction's abort restores the caller's identity.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _es_run_as<'a>(func: pg_sys::Oid, owner: pg_sys::Oid, event: Option<pgrx::composite_type!('a, "event_store")>) {
+fn _es_run_as<'a>(
+    func: pg_sys::Oid,
+    owner: pg_sys::Oid,
+    event: Option<pgrx::composite_type!('a, "event_store")>,
+) {
     unsafe {
         if pg_sys::superuser_arg(owner) {
             ereport!(
@@ -22,20 +26,26 @@ fn _es_run_as<'a>(func: pg_sys::Oid, owner: pg_sys::Oid, event: Option<pgrx::com
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
         pg_sys::SetUserIdAndSecContext(
             owner,
-            saved_ctx | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
+            saved_ctx
+                | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
+                    as i32,
         );
         let mut flinfo = pg_sys::FmgrInfo::default();
         pg_sys::fmgr_info(func, &mut flinfo);
         let nargs = arg.is_some() as usize;
         let fcinfo = pg_sys::palloc0(
-            std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>() + std::mem::size_of::<pg_sys::NullableDatum>() * nargs,
+            std::mem::size_of::<pg_sys::FunctionCallInfoBaseData>()
+                + std::mem::size_of::<pg_sys::NullableDatum>() * nargs,
         ) as *mut pg_sys::FunctionCallInfoBaseData;
         let f = &mut *fcinfo;
         f.flinfo = &mut flinfo;
         f.fncollation = pg_sys::InvalidOid;
         f.nargs = nargs as _;
         if let Some(d) = arg {
-            f.args.as_mut_slice(1)[0] = pg_sys::NullableDatum { value: d, isnull: false };
+            f.args.as_mut_slice(1)[0] = pg_sys::NullableDatum {
+                value: d,
+                isnull: false,
+            };
         }
         let call = flinfo.fn_addr.expect("handler has no entry point");
         // The handler's result (void) is ignored; only its effects count.

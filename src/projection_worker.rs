@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 const LAUNCHER_TYPE: &str = "event_store launcher";
 const WORKER_TYPE: &str = "event_store projections";
 const RESCAN: Duration = Duration::from_secs(30);
+const RETRY: Duration = Duration::from_secs(10);
 
 pub fn register_launcher() {
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
@@ -29,7 +30,9 @@ pub fn register_launcher() {
 pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some("postgres"), None);
-    let mut workers: HashMap<String, DynamicBackgroundWorker> = HashMap::new();
+    // Per database: its worker, and when one was last started. A worker for a database
+    // without the extension exits at once; it is tried again RETRY later, not in a loop.
+    let mut workers: HashMap<String, (Option<DynamicBackgroundWorker>, Instant)> = HashMap::new();
     loop {
         let databases: Vec<String> = BackgroundWorker::transaction(|| {
             Spi::connect(|c| {
@@ -39,14 +42,24 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
                     .collect()
             })
         });
-        workers.retain(|db, w| databases.contains(db) && !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
+        workers.retain(|db, _| databases.contains(db));
+        let mut waiting = false;
         for db in databases {
-            if workers.contains_key(&db) {
+            let (worker, started) = workers
+                .entry(db.clone())
+                .or_insert((None, Instant::now() - RETRY));
+            let running = worker
+                .as_ref()
+                .is_some_and(|w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
+            if running {
                 continue;
             }
-            // A worker for a database without the extension exits at once and is tried again
-            // at the next scan.
-            let started = BackgroundWorkerBuilder::new(&format!("{WORKER_TYPE} {db}"))
+            if started.elapsed() < RETRY {
+                waiting = true;
+                continue;
+            }
+            *started = Instant::now();
+            *worker = BackgroundWorkerBuilder::new(&format!("{WORKER_TYPE} {db}"))
                 .set_type(WORKER_TYPE)
                 .set_library("event_store")
                 .set_function("es_projection_worker_main")
@@ -54,12 +67,11 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
                 .enable_spi_access()
                 .set_restart_time(Some(Duration::from_secs(5)))
                 .set_notify_pid(unsafe { pg_sys::MyProcPid })
-                .load_dynamic();
-            if let Ok(w) = started {
-                workers.insert(db, w);
-            }
+                .load_dynamic()
+                .ok();
+            waiting |= worker.is_none();
         }
-        if !BackgroundWorker::wait_latch(Some(RESCAN)) {
+        if !BackgroundWorker::wait_latch(Some(if waiting { RETRY } else { RESCAN })) {
             break;
         }
         if BackgroundWorker::sighup_received() {
@@ -75,11 +87,15 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
     let db = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     let schema: Option<String> = BackgroundWorker::transaction(|| {
-        Spi::get_one("SELECT quote_ident(n.nspname) FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace WHERE x.extname = 'event_store'")
-            .unwrap_or(None)
+        Spi::get_one(
+            "SELECT quote_ident(n.nspname) FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace \
+             WHERE x.extname = 'event_store' \
+               AND to_regprocedure(quote_ident(n.nspname) || '.es_run_projections(integer)') IS NOT NULL",
+        )
+        .unwrap_or(None)
     });
     let Some(s) = schema else {
-        return; // not installed here: exit 0, not restarted
+        return; // not installed here (or a version without projections): exit 0, not restarted
     };
     // One pass: apply a batch of every projection with work; also tell whether appends are in
     // flight (the commit signal arrives before their feed registration is released).
@@ -94,8 +110,14 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         }
         let (applied, in_flight): (i32, bool) = BackgroundWorker::transaction(|| {
             Spi::connect(|c| {
-                let row = c.select(&pass, None, &[]).expect("running projections").first();
-                (row.get(1).unwrap().unwrap_or(0), row.get(2).unwrap().unwrap_or(false))
+                let row = c
+                    .select(&pass, None, &[])
+                    .expect("running projections")
+                    .first();
+                (
+                    row.get(1).unwrap().unwrap_or(0),
+                    row.get(2).unwrap().unwrap_or(false),
+                )
             })
         });
         let poll = Duration::from_millis(guc::PROJECTION_POLL_INTERVAL.get() as u64);
@@ -127,16 +149,20 @@ fn worker_pid() -> i32 {
             return pid;
         }
     }
-    let pid = Spi::get_one::<i32>(
-        "SELECT coalesce((SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store projections' \
-         AND datname = current_database() LIMIT 1), \
-         (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store launcher' LIMIT 1), 0)",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(0);
-    WORKER.set(Some((pid, Instant::now())));
-    pid
+    let row = Spi::get_two::<i32, i32>(
+        "SELECT (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store projections' \
+                  AND datname = current_database() LIMIT 1), \
+                (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store launcher' LIMIT 1)",
+    );
+    match row {
+        Ok((Some(worker), _)) => {
+            WORKER.set(Some((worker, Instant::now())));
+            worker
+        }
+        // No worker here yet: wake the launcher, and look again next time.
+        Ok((None, launcher)) => launcher.unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 /// Wakes this database's projection worker when the transaction commits (its launcher when
