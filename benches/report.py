@@ -50,6 +50,7 @@ for c in (1, 8):
     lines.append(f"| es_append / category-lock design, spread streams, {c} client(s) | {ratio(f'es_append/spread/c{c}', f'catlock/spread/c{c}')} | >= 2x at 8 clients |")
     lines.append(f"| es_append / handed design, spread streams, {c} client(s) | {ratio(f'es_append/spread/c{c}', f'handed/spread/c{c}')} | |")
     lines.append(f"| es_append / floor INSERT, one stream, {c} client(s) | {ratio(f'es_append/one-stream/c{c}', f'floor/one-stream/c{c}')} | |")
+lines.append(f"| projection lag p95 at 500 events/s, ms | {pct(lat['projection_lag/500-events-per-s'], 95):.2f} | < 20 ms |")
 lines.append(f"| es_append_batch / floor multi-row INSERT, 1,000 events | {ratio('es_append_batch/batch1000/c1', 'floor/batch1000/c1')} | >= 0.7x |")
 for n in (100, 10000, 100000):
     lines.append(f"| es_state_at / PL/pgSQL loop, {n:,} events (speed-up) | {ratio(f'state_at/rust/{n}-events', f'state_at/plpgsql/{n}-events')} | >= 10x at 10,000 |")

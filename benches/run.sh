@@ -24,7 +24,7 @@ bash scripts/setup.sh >/dev/null
 echo "== building and installing the extension (release)"
 install_extension
 cluster_stop bench
-cluster_start bench $PORT "$PRELOAD"
+cluster_start bench $PORT "${PRELOAD:+$PRELOAD,}event_store" "max_worker_processes = 32"
 trap 'rm -rf "$RAW"; cluster_stop bench' EXIT
 es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench" -c "CREATE DATABASE es_bench"
 [ -n "$PRELOAD" ] && es_psql $PORT es_bench -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
@@ -80,6 +80,28 @@ for n in 100 10000 100000; do
     bench "state_at/rust/$n-events" state_rust.pgbench 1 -D stream=fold-$n
     bench "state_at/plpgsql/$n-events" state_plpgsql.pgbench 1 -D stream=fold-$n
 done
+
+echo "== 5. projection lag, commit to projected row, at a steady 500 events/s"
+# The handler records how long after the event's created_at (taken just before its commit)
+# its row was projected; the worker is woken by the commit.
+sql -c "CREATE ROLE es_bench_projector; GRANT event_store_reader TO es_bench_projector;
+        GRANT CREATE ON SCHEMA public TO es_bench_projector"
+sql -c "SET ROLE es_bench_projector;
+        CREATE TABLE bench_lag (position bigint, lag_us bigint);
+        CREATE FUNCTION bench_lag_handler(e event_store) RETURNS void LANGUAGE sql AS
+            'INSERT INTO bench_lag VALUES (e.global_position, (extract(epoch FROM clock_timestamp() - e.created_at) * 1e6)::bigint)';
+        SELECT es_create_projection('bench_lag', 'bench_lag_handler(event_store)', event_types => ARRAY['LagProbe']);
+        RESET ROLE;
+        UPDATE es_projection_state SET position = _es_feed_horizon() WHERE name = 'bench_lag'" >/dev/null
+for _ in $(seq 60); do
+    [ "$(sql -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_store projections' AND datname = 'es_bench'")" = 1 ] && break
+    sleep 0.5
+done
+bench "append_at_500/s" lag_probe.pgbench 2 -R 500
+sleep 2
+sql -F ' ' -c "SELECT 'projection_lag/500-events-per-s', lag_us FROM bench_lag" >>"$RAW/latency.txt"
+echo "projection_lag/500-events-per-s 0 $(sql -c "SELECT count(*) / $DUR.0 FROM bench_lag")" >>"$RAW/tps.txt"
+sql -c "SELECT 'projected ' || count(*) || ' events, lag p95 ' || round(percentile_cont(0.95) WITHIN GROUP (ORDER BY lag_us) / 1000.0, 2) || ' ms' FROM bench_lag"
 
 echo "== 6. storage"
 sql -F ' ' -c "
