@@ -101,7 +101,7 @@ bench "append_at_500/s" lag_probe.pgbench 2 -R 500
 sleep 2
 sql -F ' ' -c "SELECT 'projection_lag/500-events-per-s', lag_us FROM bench_lag" >>"$RAW/latency.txt"
 echo "projection_lag/500-events-per-s 0 $(sql -c "SELECT count(*) / $DUR.0 FROM bench_lag")" >>"$RAW/tps.txt"
-sql -c "SELECT 'projected ' || count(*) || ' events, lag p95 ' || round(percentile_cont(0.95) WITHIN GROUP (ORDER BY lag_us) / 1000.0, 2) || ' ms' FROM bench_lag"
+sql -c "SELECT 'projected ' || count(*) || ' events, lag p95 ' || round((percentile_cont(0.95) WITHIN GROUP (ORDER BY lag_us) / 1000.0)::numeric, 2) || ' ms' FROM bench_lag"
 
 echo "== 6. storage"
 sql -F ' ' -c "

@@ -31,25 +31,38 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION es_read_all(after_position bigint DEFAULT 0, max_count integer DEFAULT 1000, event_types text[] DEFAULT NULL)
+-- Both feed functions: events after a position up to the horizon, filtered, in order.
+CREATE FUNCTION _es_read_feed(after_position bigint, max_count integer, event_types text[], category text,
+                              member integer, group_size integer)
 RETURNS SETOF event_store
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE
-    -- Computed before the query below takes its snapshot: everything up to it has committed.
+    -- Computed before the query below takes its snapshot: everything up to it has settled.
     horizon bigint := _es_feed_horizon();
 BEGIN
     PERFORM _es_check_feed_isolation();
-    PERFORM _es_check_feed_read(max_count, NULL, NULL);
+    PERFORM _es_check_feed_read(max_count, member, group_size);
     RETURN QUERY
         SELECT * FROM event_store e
          WHERE e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
            AND (event_types IS NULL OR e.event_type = ANY (event_types))
+           AND (category IS NULL OR split_part(e.stream_id, '-', 1) = category)
+           AND (group_size IS NULL OR _es_consumer_group_member(e.stream_id, group_size) = member)
          ORDER BY e.global_position
          LIMIT max_count;
 END
+$$;
+
+CREATE FUNCTION es_read_all(after_position bigint DEFAULT 0, max_count integer DEFAULT 1000, event_types text[] DEFAULT NULL)
+RETURNS SETOF event_store
+LANGUAGE sql
+VOLATILE
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+    SELECT * FROM _es_read_feed(after_position, max_count, event_types, NULL, NULL, NULL)
 $$;
 COMMENT ON FUNCTION es_read_all(bigint, integer, text[]) IS
     'Committed events after a position, in position order; called again with the last position received, it returns every committed event exactly once.';
@@ -57,24 +70,11 @@ COMMENT ON FUNCTION es_read_all(bigint, integer, text[]) IS
 CREATE FUNCTION es_read_category(category text, after_position bigint DEFAULT 0, max_count integer DEFAULT 1000,
                                  consumer_group_member integer DEFAULT NULL, consumer_group_size integer DEFAULT NULL)
 RETURNS SETOF event_store
-LANGUAGE plpgsql
+LANGUAGE sql
 VOLATILE
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
-DECLARE
-    horizon bigint := _es_feed_horizon();
-BEGIN
-    PERFORM _es_check_feed_isolation();
-    PERFORM _es_check_feed_read(max_count, consumer_group_member, consumer_group_size);
-    RETURN QUERY
-        SELECT * FROM event_store e
-         WHERE split_part(e.stream_id, '-', 1) = category
-           AND e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
-           AND (consumer_group_size IS NULL
-                OR _es_consumer_group_member(e.stream_id, consumer_group_size) = consumer_group_member)
-         ORDER BY e.global_position
-         LIMIT max_count;
-END
+    SELECT * FROM _es_read_feed(after_position, max_count, NULL, coalesce(category, ''), consumer_group_member, consumer_group_size)
 $$;
 COMMENT ON FUNCTION es_read_category(text, bigint, integer, integer, integer) IS
     'es_read_all for the streams of one category (stream id up to its first "-"), optionally split between consumer group members by stream.';

@@ -132,24 +132,15 @@ fn writers_on_different_streams_never_wait_for_each_other() {
 fn concurrent_retries_of_one_event_id_write_it_once() {
     let db = Arc::new(TestDb::new("retries"));
     let id = Uuid::new_v4();
-    let barrier = Arc::new(Barrier::new(WRITERS));
-    let handles: Vec<_> = (0..WRITERS)
-        .map(|_| {
-            let (db, barrier) = (db.clone(), barrier.clone());
-            thread::spawn(move || {
-                let mut c = db.connect();
-                barrier.wait();
-                let r = c
-                    .query_one(
-                        "SELECT event_id, global_position FROM es_append('pay-1', 'Charged', '{\"cents\": 500}', '{}', 0, $1)",
-                        &[&id],
-                    )
-                    .unwrap();
-                (r.get::<_, Uuid>(0), r.get::<_, i64>(1))
-            })
-        })
-        .collect();
-    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let results = race(&db, WRITERS, move |_, c| {
+        let r = c
+            .query_one(
+                "SELECT event_id, global_position FROM es_append('pay-1', 'Charged', '{\"cents\": 500}', '{}', 0, $1)",
+                &[&id],
+            )
+            .unwrap();
+        (r.get::<_, Uuid>(0), r.get::<_, i64>(1))
+    });
     assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
     assert_eq!(results[0].0, id);
     let mut c = db.connect();
@@ -160,23 +151,12 @@ fn concurrent_retries_of_one_event_id_write_it_once() {
 fn one_event_id_raced_into_different_streams_lands_once() {
     let db = Arc::new(TestDb::new("idrace"));
     let id = Uuid::new_v4();
-    let barrier = Arc::new(Barrier::new(WRITERS));
-    let handles: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (db, barrier) = (db.clone(), barrier.clone());
-            thread::spawn(move || {
-                let mut c = db.connect();
-                barrier.wait();
-                c.query(
-                    "SELECT * FROM es_append($1, 'Charged', '{}', '{}', NULL, $2)",
-                    &[&format!("pay-{w}"), &id],
-                )
-                .map(|_| "ok".to_string())
-                .unwrap_or_else(|e| e.code().unwrap().code().to_string())
-            })
-        })
-        .collect();
-    let mut outcomes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut outcomes = race(&db, WRITERS, move |w, c| {
+        outcome(c.query(
+            "SELECT * FROM es_append($1, 'Charged', '{}', '{}', NULL, $2)",
+            &[&format!("pay-{w}"), &id],
+        ))
+    });
     outcomes.sort();
     let mut want = vec!["ES002".to_string(); WRITERS - 1];
     want.push("ok".into());
@@ -188,23 +168,12 @@ fn one_event_id_raced_into_different_streams_lands_once() {
 #[test]
 fn racing_to_create_a_stream_with_expected_version_zero_has_one_winner() {
     let db = Arc::new(TestDb::new("create"));
-    let barrier = Arc::new(Barrier::new(WRITERS));
-    let handles: Vec<_> = (0..WRITERS)
-        .map(|_| {
-            let (db, barrier) = (db.clone(), barrier.clone());
-            thread::spawn(move || {
-                let mut c = db.connect();
-                barrier.wait();
-                c.query(
-                    "SELECT * FROM es_append('order-1', 'Placed', '{}', '{}', 0)",
-                    &[],
-                )
-                .map(|_| "ok".to_string())
-                .unwrap_or_else(|e| e.code().unwrap().code().to_string())
-            })
-        })
-        .collect();
-    let outcomes: Vec<String> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let outcomes = race(&db, WRITERS, |_, c| {
+        outcome(c.query(
+            "SELECT * FROM es_append('order-1', 'Placed', '{}', '{}', 0)",
+            &[],
+        ))
+    });
     assert_eq!(
         outcomes.iter().filter(|o| *o == "ok").count(),
         1,

@@ -36,18 +36,7 @@ impl TestDb {
     /// A new database named after the test, with timescaledb (when the cluster has it) and
     /// event_store installed.
     pub fn new(test: &str) -> TestDb {
-        let name = format!(
-            "es_{}_{}_{}",
-            test,
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let admin = base_config();
-        let mut c = admin.connect(NoTls).unwrap();
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-            .unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        let db = TestDb { name, admin };
+        let db = TestDb::empty(test);
         let mut c = db.connect();
         if timescaledb() {
             c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
@@ -127,6 +116,36 @@ pub fn message<T: std::fmt::Debug>(r: Result<T, postgres::Error>) -> String {
             .map(|d| d.message().to_string())
             .unwrap_or_else(|| e.to_string()),
     }
+}
+
+/// Runs `f` on `n` connections released at once; returns what each returned, in order.
+pub fn race<T: Send + 'static>(
+    db: &std::sync::Arc<TestDb>,
+    n: usize,
+    f: impl Fn(usize, &mut Client) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let f = std::sync::Arc::new(f);
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (db, barrier, f) = (db.clone(), barrier.clone(), f.clone());
+            std::thread::spawn(move || {
+                let mut c = db.connect();
+                barrier.wait();
+                f(i, &mut c)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// "ok", or the SQLSTATE the statement failed with.
+pub fn outcome<T>(r: Result<T, postgres::Error>) -> String {
+    r.map(|_| "ok".to_string()).unwrap_or_else(|e| {
+        e.code()
+            .map(|c| c.code().to_string())
+            .unwrap_or_else(|| e.to_string())
+    })
 }
 
 pub fn count(c: &mut Client, sql: &str) -> i64 {
