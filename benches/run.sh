@@ -21,12 +21,14 @@ RAW=$(mktemp -d)
 trap 'rm -rf "$RAW"' EXIT
 
 bash scripts/setup.sh >/dev/null
+python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install --quiet matplotlib || echo "no matplotlib: the chart is skipped"
 echo "== building and installing the extension (release)"
 install_extension
 cluster_stop bench
 cluster_start bench $PORT "${PRELOAD:+$PRELOAD,}event_store" "max_worker_processes = 32"
 trap 'rm -rf "$RAW"; cluster_stop bench' EXIT
-es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench" -c "CREATE DATABASE es_bench"
+es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench WITH (FORCE)" -c "DROP ROLE IF EXISTS es_bench_projector" \
+    -c "CREATE DATABASE es_bench"
 [ -n "$PRELOAD" ] && es_psql $PORT es_bench -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
 es_psql $PORT es_bench -q -c "CREATE EXTENSION event_store" -f benches/baselines.sql
 

@@ -16,7 +16,7 @@ echo "== building and installing the extension (release)"
 install_extension
 PORT=${ES_DEMO_PORT:-54320}
 cluster_start demo "$PORT" timescaledb
-es_psql "$PORT" postgres -q -c "DROP DATABASE IF EXISTS event_store_demo" -c "CREATE DATABASE event_store_demo"
+es_psql "$PORT" postgres -q -c "DROP DATABASE IF EXISTS event_store_demo WITH (FORCE)" -c "CREATE DATABASE event_store_demo"
 es_psql "$PORT" event_store_demo -q -c "SET client_min_messages = warning" \
     -c "CREATE EXTENSION timescaledb" -c "CREATE EXTENSION event_store"
 es_psql "$PORT" event_store_demo -c "SELECT hypertable_name, num_chunks FROM timescaledb_information.hypertables"
