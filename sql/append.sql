@@ -119,7 +119,9 @@ BEGIN
     END LOOP;
     PERFORM _es_advance_stream(p_stream_id, v, at, at, pos, prev);
     -- Delivered at commit, so listeners learn of committed events only.
-    PERFORM pg_notify('event_store', pos::text);
+    IF current_setting('event_store.notify')::boolean THEN
+        PERFORM pg_notify('event_store', pos::text);
+    END IF;
     PERFORM _es_wake_projections();
 END
 $$;

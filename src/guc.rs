@@ -3,6 +3,7 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// Upper bound on `octet_length(event_data::text) + octet_length(metadata::text)` per event.
 pub static MAX_EVENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static PROJECTION_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static PROJECTION_RETRY_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -18,6 +19,14 @@ pub fn register() {
         i32::MAX,
         GucContext::Userset,
         GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_bool_guc(
+        c"event_store.notify",
+        c"Whether appends send NOTIFY event_store at commit.",
+        c"NOTIFY serialises commits on a cluster-wide queue lock; turn it off when no client listens.",
+        &NOTIFY,
+        GucContext::Userset,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"event_store.projection_batch_size",

@@ -73,13 +73,3 @@ pub extern "C-unwind" fn _PG_init() {
         projection_worker::register_launcher();
     }
 }
-
-#[cfg(test)]
-pub mod pg_test {
-    pub fn setup(_options: Vec<&str>) {}
-
-    #[must_use]
-    pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
-    }
-}

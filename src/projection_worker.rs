@@ -139,7 +139,7 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
 
 thread_local! {
     static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
-    // (pid of this database's worker or 0, when it was looked up)
+    // (pid of this database's worker, else of the launcher, else 0; when it was looked up)
     static WORKER: Cell<Option<(i32, Instant)>> = const { Cell::new(None) };
 }
 
@@ -154,15 +154,14 @@ fn worker_pid() -> i32 {
                   AND datname = current_database() LIMIT 1), \
                 (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store launcher' LIMIT 1)",
     );
-    match row {
-        Ok((Some(worker), _)) => {
-            WORKER.set(Some((worker, Instant::now())));
-            worker
-        }
-        // No worker here yet: wake the launcher, and look again next time.
-        Ok((None, launcher)) => launcher.unwrap_or(0),
+    // No worker here yet: wake the launcher so that it starts one. Cached either way: the
+    // lookup reads every backend's status, too costly for every append.
+    let pid = match row {
+        Ok((worker, launcher)) => worker.or(launcher).unwrap_or(0),
         Err(_) => 0,
-    }
+    };
+    WORKER.set(Some((pid, Instant::now())));
+    pid
 }
 
 /// Wakes this database's projection worker when the transaction commits (its launcher when
