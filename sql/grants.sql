@@ -31,7 +31,7 @@ REVOKE EXECUTE ON FUNCTION
     es_read_category(text, bigint, integer, integer, integer),
     _es_run_as(oid, oid, event_store),
     _es_setting_int(text),
-    _es_wake_projections(),
+    _es_wake_projections(boolean),
     _es_projection_for_update(text),
     _es_project_batch(text, integer),
     es_create_projection(text, regprocedure, text[], text[], regprocedure),

@@ -77,7 +77,7 @@ BEGIN
     END IF;
     INSERT INTO es_projection_state (name, handler, reset_handler, event_types, categories, owner)
     VALUES (es_create_projection.name, handler, reset_handler, event_types, categories, caller::regrole);
-    PERFORM _es_wake_projections();
+    PERFORM _es_wake_projections(true);
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'event_store: projection "%" already exists', es_create_projection.name USING ERRCODE = '42710';
 END
@@ -100,7 +100,7 @@ BEGIN
     PERFORM _es_projection_for_update(name);
     UPDATE es_projection_state p SET status = 'running', attempts = 0, retry_at = NULL, updated_at = now()
      WHERE p.name = es_resume_projection.name;
-    PERFORM _es_wake_projections();
+    PERFORM _es_wake_projections(true);
 END
 $$;
 
@@ -117,7 +117,7 @@ BEGIN
     UPDATE es_projection_state s SET status = 'rebuilding', position = 0, attempts = 0, retry_at = NULL,
            last_error = NULL, last_error_position = NULL, updated_at = now()
      WHERE s.name = p.name;
-    PERFORM _es_wake_projections();
+    PERFORM _es_wake_projections(true);
 END
 $$;
 

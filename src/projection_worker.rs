@@ -98,10 +98,13 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         return; // not installed here (or a version without projections): exit 0, not restarted
     };
     // One pass: apply a batch of every projection with work; also tell whether appends are in
-    // flight (the commit signal arrives before their feed registration is released).
+    // flight (the commit signal arrives before their feed registration is released). Without
+    // active projections the pass stays cheap: no horizon, no pg_locks scan.
     let pass = format!(
-        "SELECT {s}.es_run_projections(), {s}._es_feed_horizon() < \
-         (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {s}.es_global_position_seq)"
+        "SELECT {s}.es_run_projections(), \
+                EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding')) \
+                AND {s}._es_feed_horizon() < (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
+                                               FROM {s}.es_global_position_seq)"
     );
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -143,35 +146,39 @@ thread_local! {
     static WORKER: Cell<Option<(i32, Instant)>> = const { Cell::new(None) };
 }
 
-fn worker_pid() -> i32 {
+/// Whom to signal at commit: this database's worker, else the launcher, else nobody (0), and
+/// nobody while no projection is active, since waking a worker costs CPU on every commit.
+fn worker_pid(fresh: bool) -> i32 {
     if let Some((pid, at)) = WORKER.get() {
-        if at.elapsed() < Duration::from_secs(5) {
+        if !fresh && at.elapsed() < Duration::from_secs(5) {
             return pid;
         }
     }
     let row = Spi::get_two::<i32, i32>(
         "SELECT (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store projections' \
                   AND datname = current_database() LIMIT 1), \
-                (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store launcher' LIMIT 1)",
+                (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store launcher' LIMIT 1) \
+          WHERE EXISTS (SELECT FROM es_projection_state WHERE status IN ('running', 'rebuilding'))",
     );
     // No worker here yet: wake the launcher so that it starts one. Cached either way: the
     // lookup reads every backend's status, too costly for every append.
     let pid = match row {
         Ok((worker, launcher)) => worker.or(launcher).unwrap_or(0),
-        Err(_) => 0,
+        Err(_) => 0, // no row: no active projection
     };
     WORKER.set(Some((pid, Instant::now())));
     pid
 }
 
 /// Wakes this database's projection worker when the transaction commits (its launcher when
-/// it has none yet, so that a new database is served at once).
+/// it has none yet, so that a new database is served at once). `fresh` skips the cached
+/// lookup: projection management calls it so that a new projection starts at once.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _es_wake_projections() {
+fn _es_wake_projections(fresh: default!(bool, false)) {
     if WAKE_PENDING.get() {
         return;
     }
-    let pid = worker_pid();
+    let pid = worker_pid(fresh);
     if pid == 0 {
         return;
     }
