@@ -130,16 +130,17 @@ BEGIN
 END
 $$;
 
--- Applies one batch of one projection and returns how many events it applied. The batch and
+-- Applies one batch of one projection, reading up to `p_horizon` (from _es_feed_horizon(),
+-- computed before this call so that the batch's snapshot is newer), and returns how many
+-- events it applied. The batch and
 -- the new position commit with the caller's transaction; a failing handler rolls back the
 -- whole batch (a subtransaction) and is retried with backoff, then marked failed.
-CREATE FUNCTION _es_project_batch(p_name text, p_batch_size integer) RETURNS integer
+CREATE FUNCTION _es_project_batch(p_name text, p_batch_size integer, p_horizon bigint) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
 DECLARE
     p       es_projection_state;
-    horizon bigint;
     e       event_store;
     applied integer := 0;
     at_pos  bigint;
@@ -150,12 +151,11 @@ BEGIN
     IF NOT FOUND OR p.status IN ('paused', 'failed') OR p.retry_at > now() THEN
         RETURN 0;
     END IF;
-    horizon := _es_feed_horizon();
     at_pos := p.position;
     BEGIN
         FOR e IN
             SELECT * FROM event_store ev
-             WHERE ev.global_position > p.position AND ev.global_position <= horizon
+             WHERE ev.global_position > p.position AND ev.global_position <= p_horizon
                AND (p.event_types IS NULL OR ev.event_type = ANY (p.event_types))
                AND (p.categories IS NULL OR split_part(ev.stream_id, '-', 1) = ANY (p.categories))
              ORDER BY ev.global_position
@@ -178,10 +178,10 @@ BEGIN
     END;
     -- A short batch read everything matching up to the horizon.
     UPDATE es_projection_state s
-       SET position = CASE WHEN applied < p_batch_size THEN greatest(horizon, p.position) ELSE at_pos END,
+       SET position = CASE WHEN applied < p_batch_size THEN greatest(p_horizon, p.position) ELSE at_pos END,
            status = CASE WHEN s.status = 'rebuilding' AND applied < p_batch_size THEN 'running' ELSE s.status END,
            attempts = 0, retry_at = NULL, updated_at = now()
-     WHERE s.name = p.name AND (applied > 0 OR s.position < horizon OR s.status = 'rebuilding');
+     WHERE s.name = p.name AND (applied > 0 OR s.position < p_horizon OR s.status = 'rebuilding');
     RETURN applied;
 END
 $$;
@@ -194,11 +194,15 @@ LANGUAGE sql
 SECURITY DEFINER
 SET search_path = @extschema@, pg_catalog, pg_temp
 AS $$
-    SELECT coalesce(sum(_es_project_batch(name, coalesce(batch_size, _es_setting_int('event_store.projection_batch_size')))), 0)::integer
-      FROM (SELECT name FROM es_projection_state ORDER BY name) p
+    -- One horizon (one pg_locks scan) for every projection of the pass.
+    WITH horizon AS MATERIALIZED (SELECT _es_feed_horizon() AS h)
+    SELECT coalesce(sum(_es_project_batch(name, coalesce(batch_size, _es_setting_int('event_store.projection_batch_size')), h)), 0)::integer
+      FROM (SELECT name FROM es_projection_state ORDER BY name) p, horizon
 $$;
 
+-- The horizon once per query: a volatile call in the WHERE below would scan pg_locks per event.
 CREATE VIEW es_projections AS
+WITH horizon AS MATERIALIZED (SELECT _es_feed_horizon() AS h)
 SELECT p.name,
        CASE WHEN p.status = 'running' AND lag.events = 0 THEN 'caught up' ELSE p.status END AS status,
        p.position,
@@ -211,8 +215,9 @@ SELECT p.name,
        p.owner,
        p.updated_at
   FROM es_projection_state p,
+       horizon,
        LATERAL (SELECT count(*) AS events, min(e.created_at) AS oldest
                   FROM event_store e
-                 WHERE e.global_position > p.position AND e.global_position <= _es_feed_horizon()
+                 WHERE e.global_position > p.position AND e.global_position <= horizon.h
                    AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
                    AND (p.categories IS NULL OR split_part(e.stream_id, '-', 1) = ANY (p.categories))) lag;

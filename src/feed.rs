@@ -26,22 +26,26 @@ pub fn horizon(seq_last: i64, keys: impl IntoIterator<Item = u32>) -> i64 {
         .fold(seq_last, |h, bound| h.min(bound))
 }
 
-/// Highest position a feed reader may go up to now. Read the sequence before the locks: an
-/// append that registers after the sequence was read only takes positions above it.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _es_feed_horizon() -> i64 {
+/// The last position handed out so far (what `nextval` returned last).
+fn seq_last(client: &pgrx::spi::SpiClient) -> i64 {
+    client
+        .select(
+            "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM es_global_position_seq",
+            None,
+            &[],
+        )
+        .expect("reading the position sequence")
+        .first()
+        .get(1)
+        .unwrap()
+        .unwrap()
+}
+
+/// (positions handed out, horizon). Reads the sequence before the locks: an append that
+/// registers after the sequence was read only takes positions above it.
+fn read_horizon() -> (i64, i64) {
     Spi::connect(|client| {
-        let seq_last: i64 = client
-            .select(
-                "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM es_global_position_seq",
-                None,
-                &[],
-            )
-            .expect("reading the position sequence")
-            .first()
-            .get(1)
-            .unwrap()
-            .unwrap();
+        let seq_last = seq_last(client);
         let keys = client
             .select(
                 "SELECT objid::bigint FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
@@ -50,11 +54,27 @@ fn _es_feed_horizon() -> i64 {
                 &[(FEED_LOCK_CLASS as i64).into()],
             )
             .expect("reading pg_locks");
-        horizon(
+        (
             seq_last,
-            keys.map(|r| r.get::<i64>(1).unwrap().unwrap() as u32),
+            horizon(
+                seq_last,
+                keys.map(|r| r.get::<i64>(1).unwrap().unwrap() as u32),
+            ),
         )
     })
+}
+
+/// Highest position a feed reader may go up to now.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _es_feed_horizon() -> i64 {
+    read_horizon().1
+}
+
+/// Whether appends are in flight, holding the horizon below the positions handed out.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _es_feed_in_flight() -> bool {
+    let (seq_last, horizon) = read_horizon();
+    horizon < seq_last
 }
 
 /// FNV-1a, 64 bits, over the stream id's UTF-8 bytes: simple enough to reimplement in any

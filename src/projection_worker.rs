@@ -103,8 +103,7 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
     let pass = format!(
         "SELECT {s}.es_run_projections(), \
                 EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding')) \
-                AND {s}._es_feed_horizon() < (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
-                                               FROM {s}.es_global_position_seq)"
+                AND {s}._es_feed_in_flight()"
     );
     let mut backoff = Duration::from_millis(1);
     loop {
