@@ -118,6 +118,7 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     PERFORM _es_advance_stream(p_stream_id, v, at, at, pos, prev);
+    PERFORM _es_snapshot_after_append(p_stream_id, head.version, v);
     -- Delivered at commit, so listeners learn of committed events only.
     IF current_setting('event_store.notify')::boolean THEN
         PERFORM pg_notify('event_store', pos::text);

@@ -1,8 +1,8 @@
 -- Least privilege: nobody but the owner writes tables directly; readers read, writers append.
-REVOKE ALL ON event_store, es_streams FROM PUBLIC;
+REVOKE ALL ON event_store, es_streams, es_reducers, es_snapshots FROM PUBLIC;
 REVOKE ALL ON SEQUENCE es_global_position_seq FROM PUBLIC;
 GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
-GRANT SELECT ON event_store, es_streams TO event_store_reader;
+GRANT SELECT ON event_store, es_streams, es_reducers TO event_store_reader;
 -- The feed's horizon reads how far positions have been handed out.
 GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
 
@@ -40,7 +40,23 @@ REVOKE EXECUTE ON FUNCTION
     es_resume_projection(text),
     es_rebuild_projection(text),
     es_drop_projection(text),
-    es_run_projections(integer)
+    es_run_projections(integer),
+    _es_check_reducer(text, text, jsonb),
+    _es_take_snapshot(text),
+    _es_snapshot_after_append(text, bigint, bigint),
+    es_define_reducer(text, text, jsonb),
+    es_drop_reducer(text, text),
+    es_snapshot(text),
+    es_drop_snapshots(text),
+    _es_fold_step(internal, event_store),
+    _es_fold_final(internal),
+    _es_fold_with(jsonb, event_store, regprocedure),
+    es_fold(event_store),
+    es_fold(event_store, regprocedure),
+    es_state(text, regprocedure),
+    es_state_at(text, timestamptz, regprocedure),
+    es_state_at_version(text, bigint, regprocedure),
+    es_diff(text, timestamptz, timestamptz)
 FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
@@ -59,12 +75,22 @@ GRANT EXECUTE ON FUNCTION
     es_resume_projection(text),
     es_rebuild_projection(text),
     es_drop_projection(text),
-    es_run_projections(integer)
+    es_run_projections(integer),
+    _es_fold_step(internal, event_store),
+    _es_fold_final(internal),
+    _es_fold_with(jsonb, event_store, regprocedure),
+    es_fold(event_store),
+    es_fold(event_store, regprocedure),
+    es_state(text, regprocedure),
+    es_state_at(text, timestamptz, regprocedure),
+    es_state_at_version(text, bigint, regprocedure),
+    es_diff(text, timestamptz, timestamptz)
 TO event_store_reader;
 REVOKE ALL ON es_projection_state FROM PUBLIC;
 GRANT SELECT ON es_projection_state, es_projections TO event_store_reader;
 
 GRANT EXECUTE ON FUNCTION
     es_append(text, text, jsonb, jsonb, bigint, uuid, integer),
-    es_append_batch(text, jsonb, bigint)
+    es_append_batch(text, jsonb, bigint),
+    es_snapshot(text)
 TO event_store_writer;

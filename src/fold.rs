@@ -1,80 +1,190 @@
-//! Time travel: a stream's state at an instant or version, folded from its events by
-//! RFC 7396 JSON Merge Patch.
+//! Time travel: a stream's state at an instant or version, folded from its events by the
+//! reducers of its category (src/reducer.rs), starting from the latest usable snapshot.
+use crate::reducer::{initial_state, RuleSet};
+use crate::jsonb::Json;
+use crate::{guc, plans};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
-use serde_json::{Map, Value};
+use pgrx::spi::SpiClient;
+use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
-/// Applies `patch` to `target` as RFC 7396 says: objects merge key by key, `null` removes a
-/// key, anything else replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(p) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
+/// Streams are named `category-id`; reducers are defined per category.
+pub fn category(stream_id: &str) -> &str {
+    stream_id.split('-').next().unwrap_or_default()
+}
+
+type StatementKey = (u32, i64, u32);
+
+thread_local! {
+    static RULES: RefCell<(StatementKey, HashMap<String, Rc<RuleSet>>)> = RefCell::new(Default::default());
+}
+
+/// Reducers are read once per statement (and again after the statement changes data), so an
+/// aggregate over many streams reads them once per category.
+fn statement_key() -> StatementKey {
+    unsafe {
+        (
+            (*pg_sys::MyProc).lxid,
+            pg_sys::GetCurrentStatementStartTimestamp(),
+            pg_sys::GetCurrentCommandId(false),
+        )
     }
-    let t = target.as_object_mut().expect("made an object above");
-    for (k, v) in p {
-        if v.is_null() {
-            t.remove(k);
-        } else {
-            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+}
+
+const RULES_SQL: &str =
+    "SELECT category, event_type, rule FROM es_reducers WHERE category = $1 OR category = '*'";
+
+/// The reducers that apply to a category.
+pub fn rules(category: &str) -> Rc<RuleSet> {
+    let key = statement_key();
+    RULES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != key {
+            *cache = (key, HashMap::new());
         }
+        if let Some(set) = cache.1.get(category) {
+            return set.clone();
+        }
+        let defs = Spi::connect(|client| {
+            let plan = plans::kept(&client, RULES_SQL, &[Oid::TEXTOID], false);
+            client
+                .select(&*plan, None, &[category.into()])
+                .expect("reading es_reducers")
+                .map(|row| {
+                    (
+                        row.get::<String>(1).unwrap().unwrap(),
+                        row.get::<String>(2).unwrap().unwrap(),
+                        row.get::<Json>(3).unwrap().unwrap().0,
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        let set = RuleSet::new(category, defs).unwrap_or_else(|e| {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!("event_store: {e}"),
+                "es_reducers was changed by hand; fix the rule with es_define_reducer"
+            );
+        });
+        let set = Rc::new(set);
+        cache.1.insert(category.to_string(), set.clone());
+        set
+    })
+}
+
+/// A stream's state after `version`, whose event was written at `last_at`.
+pub struct Folded {
+    pub state: Value,
+    pub version: i64,
+    pub last_at: TimestampWithTimeZone,
+    pub rules: Rc<RuleSet>,
+}
+
+const BOUNDS_SQL: &str = "SELECT version, first_at, last_at FROM es_streams WHERE stream_id = $1";
+const SNAPSHOT_SQL: &str = "SELECT stream_version, last_at, state FROM es_snapshots \
+     WHERE stream_id = $1 AND reducers = $2 AND stream_version <= $3 AND last_at <= $4 \
+     ORDER BY stream_version DESC LIMIT 1";
+// Bounded by the stream's first and last times: on a hypertable, chunk exclusion then skips
+// every chunk the stream has no events in.
+const EVENTS_SQL: &str = "SELECT event_type, event_data, stream_version, created_at FROM event_store \
+     WHERE stream_id = $1 AND created_at BETWEEN $2 AND $3 \
+       AND stream_version > $4 AND stream_version <= $5 \
+     ORDER BY stream_version";
+const FETCH: i64 = 1000;
+
+fn ts_min(a: TimestampWithTimeZone, b: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {
+    match b {
+        Some(b) if b.into_inner() < a.into_inner() => b,
+        _ => a,
     }
 }
 
-/// Folds the event data in order; `None` when there were no events.
-pub fn fold(events: impl IntoIterator<Item = Value>) -> Option<Value> {
-    let mut state: Option<Value> = None;
-    for e in events {
-        merge_patch(state.get_or_insert(Value::Null), &e);
-    }
-    state
-}
-
-/// Folds the stream's events with created_at <= `at` and stream_version <= `version`.
-/// Bounds the read by the stream's first and last times: on a hypertable, chunk exclusion
-/// then skips every chunk the stream has no events in.
-fn state(
+/// Folds the stream's events with created_at <= `at` and stream_version <= `version`
+/// (stream times never go backwards, so that is a prefix of the stream). `None` when the
+/// stream had no events by then.
+pub fn fold_stream(
+    client: &SpiClient<'_>,
     stream_id: &str,
     at: Option<TimestampWithTimeZone>,
     version: Option<i64>,
-) -> Option<pgrx::JsonB> {
-    Spi::connect(|client| {
-        let bounds = client
-            .select(
-                "SELECT first_at, last_at FROM es_streams WHERE stream_id = $1",
-                Some(1),
-                &[stream_id.into()],
-            )
-            .expect("reading es_streams");
-        let b = bounds.into_iter().next()?;
-        let (Some(first), Some(last)) = (
-            b.get::<TimestampWithTimeZone>(1).unwrap(),
-            b.get::<TimestampWithTimeZone>(2).unwrap(),
-        ) else {
-            return None; // registered, no events yet
-        };
-        let upto = match at {
-            Some(at) if at.into_inner() < last.into_inner() => at,
-            _ => last,
-        };
-        let events = client
-            .select(
-                "SELECT event_data::text FROM event_store \
-                 WHERE stream_id = $1 AND created_at BETWEEN $2 AND $3 \
-                   AND ($4::bigint IS NULL OR stream_version <= $4) \
-                 ORDER BY stream_version",
-                None,
-                &[stream_id.into(), first.into(), upto.into(), version.into()],
-            )
-            .expect("reading stream");
-        fold(events.map(|row| {
-            let text: String = row.get(1).unwrap().unwrap();
-            serde_json::from_str(&text).expect("jsonb text is JSON")
-        }))
-        .map(pgrx::JsonB)
-    })
+) -> Option<Folded> {
+    use Oid::*;
+    let bounds = plans::kept(client, BOUNDS_SQL, &[TEXTOID], false);
+    let row = client
+        .select(&*bounds, Some(1), &[stream_id.into()])
+        .expect("reading es_streams")
+        .into_iter()
+        .next()?;
+    let head: i64 = row.get(1).unwrap().unwrap();
+    let (Some(first), Some(last)) = (
+        row.get::<TimestampWithTimeZone>(2).unwrap(),
+        row.get::<TimestampWithTimeZone>(3).unwrap(),
+    ) else {
+        return None; // registered, no events yet
+    };
+    let upto_at = ts_min(last, at);
+    let upto_v = version.map_or(head, |v| v.min(head));
+    if upto_v < 1 || upto_at.into_inner() < first.into_inner() {
+        return None;
+    }
+    let rules = rules(category(stream_id));
+
+    let snapshot = plans::kept(client, SNAPSHOT_SQL, &[TEXTOID, BYTEAOID, INT8OID, TIMESTAMPTZOID], false);
+    let mut folded = client
+        .select(
+            &*snapshot,
+            Some(1),
+            &[stream_id.into(), rules.fingerprint.as_slice().into(), upto_v.into(), upto_at.into()],
+        )
+        .expect("reading es_snapshots")
+        .into_iter()
+        .next()
+        .map(|s| Folded {
+            version: s.get(1).unwrap().unwrap(),
+            last_at: s.get(2).unwrap().unwrap(),
+            state: s.get::<Json>(3).unwrap().unwrap().0,
+            rules: rules.clone(),
+        })
+        .unwrap_or_else(|| Folded {
+            state: initial_state(),
+            version: 0,
+            last_at: first,
+            rules: rules.clone(),
+        });
+
+    let events = plans::kept(client, EVENTS_SQL, &[TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID], false);
+    let args: [DatumWithOid; 5] = [
+        stream_id.into(),
+        first.into(),
+        upto_at.into(),
+        folded.version.into(),
+        upto_v.into(),
+    ];
+    let mut cursor = client.open_cursor(&*events, &args);
+    loop {
+        let batch = cursor.fetch(FETCH).expect("reading the stream");
+        let n = batch.len() as i64;
+        for row in batch {
+            let event_type: String = row.get(1).unwrap().unwrap();
+            let data = row.get::<Json>(2).unwrap().unwrap().0;
+            rules.apply(&mut folded.state, &event_type, &data);
+            folded.version = row.get(3).unwrap().unwrap();
+            folded.last_at = row.get(4).unwrap().unwrap();
+        }
+        if n < FETCH {
+            break;
+        }
+    }
+    (folded.version > 0).then_some(folded)
+}
+
+fn state(stream_id: &str, at: Option<TimestampWithTimeZone>, version: Option<i64>) -> Option<pgrx::JsonB> {
+    Spi::connect(|client| fold_stream(&client, stream_id, at, version).map(|f| pgrx::JsonB(f.state)))
 }
 
 /// The stream's state as it was at `at`: NULL when the stream had no events by then.
@@ -95,77 +205,44 @@ fn es_state_at_version(stream_id: &str, version: i64) -> Option<pgrx::JsonB> {
     state(stream_id, None, Some(version))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
+const SAVE_SQL: &str = "INSERT INTO es_snapshots (stream_id, stream_version, reducers, last_at, state) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 
-    fn patched(target: Value, patch: Value) -> Value {
-        let mut t = target;
-        merge_patch(&mut t, &patch);
-        t
-    }
-
-    #[test]
-    fn rfc7396_examples() {
-        // The table in RFC 7396, appendix A.
-        let cases = [
-            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
-            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
-            (json!({"a":"b"}), json!({"a":null}), json!({})),
-            (
-                json!({"a":"b","b":"c"}),
-                json!({"a":null}),
-                json!({"b":"c"}),
-            ),
-            (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
-            (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
-            (
-                json!({"a":{"b":"c"}}),
-                json!({"a":{"b":"d","c":null}}),
-                json!({"a":{"b":"d"}}),
-            ),
-            (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
-            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
-            (json!({"a":"b"}), json!(["c"]), json!(["c"])),
-            (json!({"a":"foo"}), json!(null), json!(null)),
-            (json!({"a":"foo"}), json!("bar"), json!("bar")),
-            (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
-            (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
-            (
-                json!({}),
-                json!({"a":{"bb":{"ccc":null}}}),
-                json!({"a":{"bb":{}}}),
-            ),
-        ];
-        for (target, patch, want) in cases {
-            assert_eq!(
-                patched(target.clone(), patch.clone()),
-                want,
-                "{target} + {patch}"
-            );
-        }
-    }
-
-    #[test]
-    fn fold_in_order() {
-        let events = [
-            json!({"email":"a@x","role":"user"}),
-            json!({"email":"b@x"}),
-            json!({"role":null}),
-        ];
-        assert_eq!(fold(events), Some(json!({"email":"b@x"})));
-        assert_eq!(fold([]), None);
-    }
-
-    #[test]
-    fn numbers_survive_exactly() {
-        let big: Value =
-            serde_json::from_str(r#"{"n": 123456789012345678901234567890.10}"#).unwrap();
-        let folded = fold([big]).unwrap();
-        assert_eq!(
-            folded.to_string(),
-            r#"{"n":123456789012345678901234567890.10}"#
+/// Folds the stream to its head and stores the state as a snapshot; returns the version
+/// snapshotted, NULL for a stream without events. Called by es_snapshot and by appends.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
+    Spi::connect_mut(|client| {
+        let f = fold_stream(client, stream_id, None, None)?;
+        let plan = plans::kept(
+            client,
+            SAVE_SQL,
+            &[Oid::TEXTOID, Oid::INT8OID, Oid::BYTEAOID, Oid::TIMESTAMPTZOID, Oid::JSONBOID],
+            true,
         );
+        client
+            .update(
+                &*plan,
+                None,
+                &[
+                    stream_id.into(),
+                    f.version.into(),
+                    f.rules.fingerprint.as_slice().into(),
+                    f.last_at.into(),
+                    pgrx::JsonB(f.state).into(),
+                ],
+            )
+            .expect("storing a snapshot");
+        Some(f.version)
+    })
+}
+
+/// After an append moved a stream from `from_version` to `to_version`: takes a snapshot when
+/// it crossed a multiple of `event_store.snapshot_every`.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn _es_snapshot_after_append(stream_id: &str, from_version: i64, to_version: i64) {
+    let every = i64::from(guc::SNAPSHOT_EVERY.get());
+    if every > 0 && from_version / every != to_version / every {
+        _es_take_snapshot(stream_id);
     }
 }

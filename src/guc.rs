@@ -7,6 +7,7 @@ pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static PROJECTION_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static PROJECTION_RETRY_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static SNAPSHOT_EVERY: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static PROJECTION_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 pub fn register() {
@@ -26,6 +27,16 @@ pub fn register() {
         c"NOTIFY serialises commits on a cluster-wide queue lock; turn it off when no client listens.",
         &NOTIFY,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"event_store.snapshot_every",
+        c"An append that takes a stream past a multiple of this many events stores a snapshot of its state; 0 turns automatic snapshots off.",
+        c"Snapshots let the state functions fold only the events after them.",
+        &SNAPSHOT_EVERY,
+        0,
+        i32::MAX,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -4,14 +4,19 @@
 //! pulled in here in dependency order.
 use pgrx::prelude::*;
 
+mod aggregate;
 mod context;
+mod diff;
 mod feed;
 mod fold;
 mod guc;
 mod ids;
 mod integrity;
+mod jsonb;
+mod plans;
 mod projection;
 mod projection_worker;
+mod reducer;
 mod registry;
 mod validate;
 
@@ -30,7 +35,8 @@ extension_sql_file!(
         registry::_es_advance_stream,
         validate::_es_check_event,
         validate::_es_check_append,
-        projection_worker::_es_wake_projections
+        projection_worker::_es_wake_projections,
+        fold::_es_snapshot_after_append
     ]
 );
 extension_sql_file!("../sql/read.sql", name = "read", requires = ["schema"]);
@@ -58,6 +64,11 @@ extension_sql_file!(
         projection::_es_setting_int,
         projection_worker::_es_wake_projections
     ]
+);
+extension_sql_file!(
+    "../sql/fold.sql",
+    name = "fold",
+    requires = ["schema", validate::_es_check_reducer, fold::_es_take_snapshot]
 );
 extension_sql_file!(
     "../sql/hypertable.sql",

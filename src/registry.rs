@@ -5,10 +5,9 @@
 //! guard trigger checks, so even the table owner cannot edit heads by hand.
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable};
-use pgrx::{datum::DatumWithOid, PgOid};
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use pgrx::datum::DatumWithOid;
+use pgrx::spi::{SpiClient, SpiTupleTable};
+use std::cell::Cell;
 
 thread_local! {
     static WRITE_SCOPE: Cell<bool> = const { Cell::new(false) };
@@ -30,31 +29,16 @@ impl Drop for WriteScope {
     }
 }
 
-thread_local! {
-    // Plans kept for the life of the backend: planning dominated the cost of an append.
-    static PLANS: RefCell<HashMap<&'static str, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-}
-
 fn execute<'conn>(
     client: &mut SpiClient<'conn>,
     sql: &'static str,
     types: &[Oid],
     args: &[DatumWithOid],
 ) -> SpiTupleTable<'conn> {
-    PLANS.with(|plans| {
-        let mut plans = plans.borrow_mut();
-        if !plans.contains_key(sql) {
-            let oids: Vec<PgOid> = types.iter().map(|t| PgOid::BuiltIn(*t)).collect();
-            let plan = client
-                .prepare_mut(sql, &oids)
-                .expect("preparing registry statement")
-                .keep();
-            plans.insert(sql, plan);
-        }
-        client
-            .update(&plans[sql], None, args)
-            .expect("registry statement")
-    })
+    let plan = crate::plans::kept(client, sql, types, true);
+    client
+        .update(&*plan, None, args)
+        .expect("registry statement")
 }
 
 /// Read by the guard trigger on es_streams.

@@ -152,6 +152,31 @@ pub fn check_feed_read(
     }
 }
 
+/// A reducer definition: category `*` or a category name without `-` (stream ids are
+/// `category-id`), event type `*` or a valid name, and a rule that parses.
+pub fn check_reducer(
+    category: Option<&str>,
+    event_type: Option<&str>,
+    rule: Option<&serde_json::Value>,
+) -> Result<(), Invalid> {
+    check_name("category", category, None)?;
+    if category.is_some_and(|c| c.contains('-')) {
+        return Err(Invalid::Value(
+            "category must not contain \"-\": a stream's category is its id up to the first \"-\"".into(),
+        ));
+    }
+    check_name("event_type", event_type, None)?;
+    let rule = rule.ok_or_else(|| Invalid::Null("rule must not be NULL".into()))?;
+    crate::reducer::parse_rule(rule)
+        .map(drop)
+        .map_err(|e| Invalid::Value(format!("invalid reducer rule: {e}")))
+}
+
+#[pg_extern(immutable, parallel_safe)]
+fn _es_check_reducer(category: Option<&str>, event_type: Option<&str>, rule: Option<pgrx::JsonB>) {
+    check_reducer(category, event_type, rule.as_ref().map(|r| &r.0)).unwrap_or_else(|e| e.raise())
+}
+
 #[pg_extern(immutable, parallel_safe)]
 fn _es_check_feed_read(max_count: Option<i32>, member: Option<i32>, size: Option<i32>) {
     check_feed_read(max_count, member, size).unwrap_or_else(|e| e.raise())
@@ -300,5 +325,17 @@ mod tests {
             check_append(None, None, "array", 1),
             Err(Invalid::Null(_))
         ));
+    }
+
+    #[test]
+    fn reducers() {
+        let rule = serde_json::json!({"op": "set", "path": "/email", "from": "/newEmail"});
+        assert_eq!(check_reducer(Some("user"), Some("UserEmailChanged"), Some(&rule)), Ok(()));
+        assert_eq!(check_reducer(Some("*"), Some("*"), Some(&rule)), Ok(()));
+        assert!(matches!(check_reducer(Some("user-1"), Some("T"), Some(&rule)), Err(Invalid::Value(_))));
+        assert!(matches!(check_reducer(None, Some("T"), Some(&rule)), Err(Invalid::Null(_))));
+        assert!(matches!(check_reducer(Some("user"), Some("T"), None), Err(Invalid::Null(_))));
+        let bad = serde_json::json!({"op": "set"});
+        assert!(matches!(check_reducer(Some("user"), Some("T"), Some(&bad)), Err(Invalid::Value(m)) if m.contains("needs a \"path\"")));
     }
 }

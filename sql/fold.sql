@@ -1,0 +1,135 @@
+-- Reducers, snapshots, and es_fold: the state functions' machinery (src/fold.rs,
+-- src/reducer.rs, src/aggregate.rs) as far as it is tables and SQL.
+
+-- How events change state, per category and event type ('*' = any). Rules are checked by
+-- es_define_reducer; folding applies the most specific one, or merges the event data.
+CREATE TABLE es_reducers (
+    category   text        NOT NULL,
+    event_type text        NOT NULL,
+    rule       jsonb       NOT NULL,
+    defined_at timestamptz NOT NULL DEFAULT now(),
+    defined_by text        NOT NULL,
+    PRIMARY KEY (category, event_type)
+);
+COMMENT ON TABLE es_reducers IS 'Declarative reducers: change with es_define_reducer and es_drop_reducer.';
+SELECT pg_catalog.pg_extension_config_dump('es_reducers', '');
+
+-- Derived data: a stream's state after stream_version under the reducers whose fingerprint
+-- is `reducers`. Never dumped, safe to delete; only ever a shortcut.
+CREATE TABLE es_snapshots (
+    stream_id      text        NOT NULL,
+    reducers       bytea       NOT NULL,
+    stream_version bigint      NOT NULL,
+    last_at        timestamptz NOT NULL,
+    state          jsonb       NOT NULL,
+    taken_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (stream_id, reducers, stream_version)
+);
+COMMENT ON TABLE es_snapshots IS 'Snapshots of stream states (derived data, safe to delete with es_drop_snapshots).';
+
+CREATE FUNCTION es_define_reducer(category text, event_type text, rule jsonb)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM _es_check_reducer($1, $2, $3);
+    INSERT INTO es_reducers (category, event_type, rule, defined_by)
+    VALUES ($1, $2, $3, _es_calling_role())
+    ON CONFLICT (category, event_type) DO UPDATE
+        SET rule = EXCLUDED.rule, defined_at = now(), defined_by = EXCLUDED.defined_by;
+    -- Snapshots under the old rules can never be used again.
+    DELETE FROM es_snapshots s WHERE $1 = '*' OR split_part(s.stream_id, '-', 1) = $1;
+END
+$$;
+COMMENT ON FUNCTION es_define_reducer(text, text, jsonb) IS
+    'Defines or replaces how events of a type change the state of streams of a category (''*'' = any).';
+
+CREATE FUNCTION es_drop_reducer(category text, event_type text)
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE STRICT SECURITY DEFINER
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    DELETE FROM es_reducers r WHERE r.category = $1 AND r.event_type = $2;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    DELETE FROM es_snapshots s WHERE $1 = '*' OR split_part(s.stream_id, '-', 1) = $1;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION es_snapshot(stream_id text)
+RETURNS bigint
+LANGUAGE sql
+VOLATILE STRICT SECURITY DEFINER
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$ SELECT _es_take_snapshot($1) $$;
+COMMENT ON FUNCTION es_snapshot(text) IS
+    'Stores a snapshot of the stream''s current state; returns its version (NULL for a stream without events).';
+
+CREATE FUNCTION es_drop_snapshots(stream_id text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+VOLATILE SECURITY DEFINER
+SET search_path = @extschema@, pg_catalog, pg_temp
+AS $$
+    WITH gone AS (DELETE FROM es_snapshots s WHERE $1 IS NULL OR s.stream_id = $1 RETURNING 1)
+    SELECT count(*) FROM gone
+$$;
+COMMENT ON FUNCTION es_drop_snapshots(text) IS
+    'Deletes the snapshots of one stream, or all of them for NULL; answers do not change.';
+
+-- es_fold(e ORDER BY e.stream_version): the same fold as es_state_at, over any rows.
+CREATE FUNCTION _es_fold_step(internal, event_store) RETURNS internal
+    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_step';
+CREATE FUNCTION _es_fold_final(internal) RETURNS jsonb
+    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_final';
+CREATE AGGREGATE es_fold(event_store) (
+    SFUNC = _es_fold_step,
+    STYPE = internal,
+    FINALFUNC = _es_fold_final,
+    FINALFUNC_MODIFY = READ_ONLY
+);
+
+-- es_fold(e, 'my_reducer(jsonb, event_store)' ORDER BY e.stream_version): a custom reducer.
+CREATE FUNCTION _es_fold_with(jsonb, event_store, regprocedure) RETURNS jsonb
+    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_with';
+CREATE AGGREGATE es_fold(event_store, regprocedure) (
+    SFUNC = _es_fold_with,
+    STYPE = jsonb
+);
+
+-- The state functions with a custom reducer. Bounded by the stream's first and last times,
+-- so a hypertable skips chunks the stream has no events in.
+CREATE FUNCTION es_state_at(stream_id text, at timestamptz, reducer regprocedure)
+RETURNS jsonb
+LANGUAGE sql STABLE STRICT
+AS $$
+    SELECT es_fold(e, $3 ORDER BY e.stream_version)
+      FROM event_store e
+     WHERE e.stream_id = $1
+       AND e.created_at BETWEEN (SELECT s.first_at FROM es_streams s WHERE s.stream_id = $1)
+                            AND least($2, (SELECT s.last_at FROM es_streams s WHERE s.stream_id = $1))
+$$;
+
+CREATE FUNCTION es_state_at_version(stream_id text, version bigint, reducer regprocedure)
+RETURNS jsonb
+LANGUAGE sql STABLE STRICT
+AS $$
+    SELECT es_fold(e, $3 ORDER BY e.stream_version)
+      FROM event_store e
+     WHERE e.stream_id = $1 AND e.stream_version <= $2
+       AND e.created_at BETWEEN (SELECT s.first_at FROM es_streams s WHERE s.stream_id = $1)
+                            AND (SELECT s.last_at FROM es_streams s WHERE s.stream_id = $1)
+$$;
+
+CREATE FUNCTION es_state(stream_id text, reducer regprocedure)
+RETURNS jsonb
+LANGUAGE sql STABLE STRICT
+AS $$ SELECT es_state_at_version($1, 9223372036854775807, $2) $$;

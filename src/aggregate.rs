@@ -1,0 +1,194 @@
+//! `es_fold`: the fold as an aggregate any query can use, with the declarative reducers or
+//! with a custom reducer function. Written against the fmgr directly: the transition state
+//! stays a Rust value for the whole group, and rows and jsonb are read without conversion.
+use crate::{fold, jsonb, reducer::initial_state};
+use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw, pg_return_null};
+use pgrx::pg_sys::{self, Datum, FunctionCallInfo};
+use pgrx::prelude::*;
+use pgrx::IntoDatum;
+use serde_json::Value;
+use std::ffi::{c_void, CStr};
+
+/// The V1 calling-convention marker the fmgr looks up (what `#[pg_extern]` emits).
+macro_rules! v1_function {
+    ($finfo:ident) => {
+        #[no_mangle]
+        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
+struct Acc {
+    state: Value,
+    events: u64,
+}
+
+unsafe extern "C-unwind" fn drop_acc(arg: *mut c_void) {
+    drop(Box::from_raw(arg.cast::<Acc>()));
+}
+
+/// A column of an event_store row.
+unsafe fn column(row: pg_sys::HeapTupleHeader, name: &CStr) -> Datum {
+    let mut isnull = false;
+    let d = pg_sys::GetAttributeByName(row, name.as_ptr(), &mut isnull);
+    assert!(!isnull, "event_store.{name:?} is NOT NULL");
+    d
+}
+
+v1_function!(pg_finfo__es_fold_step);
+/// Transition function of `es_fold(event_store)`.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum {
+    let mut aggctx: pg_sys::MemoryContext = std::ptr::null_mut();
+    if pg_sys::AggCheckCallContext(fcinfo, &mut aggctx) == 0 {
+        error!("_es_fold_step is the transition function of es_fold; call es_fold");
+    }
+    let acc = if pg_arg_is_null(fcinfo, 0) {
+        // Freed with the aggregate's memory, also when the query fails.
+        let acc = Box::into_raw(Box::new(Acc {
+            state: initial_state(),
+            events: 0,
+        }));
+        let cb = pg_sys::MemoryContextAllocZero(aggctx, size_of::<pg_sys::MemoryContextCallback>())
+            .cast::<pg_sys::MemoryContextCallback>();
+        (*cb).func = Some(drop_acc);
+        (*cb).arg = acc.cast();
+        pg_sys::MemoryContextRegisterResetCallback(aggctx, cb);
+        acc
+    } else {
+        pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<Acc>()
+    };
+    if !pg_arg_is_null(fcinfo, 1) {
+        let row = pg_sys::pg_detoast_datum(pg_getarg_datum_raw(fcinfo, 1).cast_mut_ptr())
+            as pg_sys::HeapTupleHeader;
+        let stream_id = String::from_datum(column(row, c"stream_id"), false).unwrap();
+        let event_type = String::from_datum(column(row, c"event_type"), false).unwrap();
+        let data = jsonb::to_value(column(row, c"event_data"));
+        fold::rules(fold::category(&stream_id)).apply(&mut (*acc).state, &event_type, &data);
+        (*acc).events += 1;
+    }
+    Datum::from(acc)
+}
+
+v1_function!(pg_finfo__es_fold_final);
+/// Final function of `es_fold(event_store)`: NULL when no (non-NULL) event was folded.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_fold_final(fcinfo: FunctionCallInfo) -> Datum {
+    if pg_arg_is_null(fcinfo, 0) {
+        return pg_return_null(fcinfo);
+    }
+    let acc = pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<Acc>();
+    if (*acc).events == 0 {
+        return pg_return_null(fcinfo);
+    }
+    pgrx::JsonB((*acc).state.clone()).into_datum().unwrap()
+}
+
+/// A custom reducer, checked and looked up once per query.
+struct Reducer {
+    oid: pg_sys::Oid,
+    flinfo: pg_sys::FmgrInfo,
+}
+
+const CHECK_REDUCER_SQL: &str = "SELECT p.prokind = 'f' AND NOT p.proretset AND p.pronargs = 2 \
+        AND p.prorettype = 'jsonb'::regtype AND p.proargtypes[0] = 'jsonb'::regtype \
+        AND p.proargtypes[1] = $2, \
+        has_function_privilege(p.oid, 'EXECUTE') \
+     FROM pg_proc p WHERE p.oid = $1";
+
+fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
+    let found = Spi::connect(|client| {
+        client
+            .select(CHECK_REDUCER_SQL, Some(1), &[oid.into(), event_type.into()])
+            .expect("reading pg_proc")
+            .into_iter()
+            .next()
+            .map(|r| (r.get::<bool>(1).unwrap().unwrap(), r.get::<bool>(2).unwrap().unwrap()))
+    });
+    let name = || unsafe {
+        CStr::from_ptr(pg_sys::format_procedure(oid))
+            .to_string_lossy()
+            .into_owned()
+    };
+    match found {
+        None => {ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
+            format!("event_store: reducer function {} does not exist", u32::from(oid))
+        );},
+        Some((false, _)) => {ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("event_store: reducer {} must be a function (state jsonb, event event_store) RETURNS jsonb", name())
+        );},
+        Some((true, false)) => {ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("event_store: permission denied for reducer {}", name())
+        );},
+        Some((true, true)) => {}
+    }
+}
+
+v1_function!(pg_finfo__es_fold_with);
+/// Transition function of `es_fold(event_store, regprocedure)`: calls the reducer with the
+/// state (`{}` in place of NULL) and the event row; a NULL event leaves the state alone.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum {
+    if pg_arg_is_null(fcinfo, 2) {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "event_store: the reducer must not be NULL"
+        );
+    }
+    if pg_arg_is_null(fcinfo, 1) {
+        return if pg_arg_is_null(fcinfo, 0) {
+            pg_return_null(fcinfo)
+        } else {
+            pg_getarg_datum_raw(fcinfo, 0)
+        };
+    }
+    let oid = pg_sys::Oid::from(pg_getarg_datum_raw(fcinfo, 2).value() as u32);
+    let flinfo = (*fcinfo).flinfo;
+    let mut reducer = (*flinfo).fn_extra.cast::<Reducer>();
+    if reducer.is_null() || (*reducer).oid != oid {
+        check_reducer(oid, pg_sys::get_fn_expr_argtype(flinfo, 1));
+        reducer = pg_sys::MemoryContextAllocZero((*flinfo).fn_mcxt, size_of::<Reducer>()).cast();
+        (*reducer).oid = oid;
+        pg_sys::fmgr_info_cxt(oid, &mut (*reducer).flinfo, (*flinfo).fn_mcxt);
+        (*flinfo).fn_extra = reducer.cast();
+    }
+    let state = if pg_arg_is_null(fcinfo, 0) {
+        pgrx::JsonB(initial_state()).into_datum().unwrap()
+    } else {
+        pg_getarg_datum_raw(fcinfo, 0)
+    };
+    let call = pg_sys::palloc0(
+        size_of::<pg_sys::FunctionCallInfoBaseData>() + 2 * size_of::<pg_sys::NullableDatum>(),
+    )
+    .cast::<pg_sys::FunctionCallInfoBaseData>();
+    (*call).flinfo = &mut (*reducer).flinfo;
+    (*call).nargs = 2;
+    (*call).fncollation = pg_sys::InvalidOid;
+    let args = (*call).args.as_mut_slice(2);
+    args[0] = pg_sys::NullableDatum {
+        value: state,
+        isnull: false,
+    };
+    args[1] = pg_sys::NullableDatum {
+        value: pg_getarg_datum_raw(fcinfo, 1),
+        isnull: false,
+    };
+    let result = ((*reducer).flinfo.fn_addr.expect("fmgr_info sets fn_addr"))(call);
+    if (*call).isnull {
+        pg_return_null(fcinfo)
+    } else {
+        result
+    }
+}
