@@ -97,6 +97,16 @@ CREATE AGGREGATE es_fold(event_store) (
     FINALFUNC_MODIFY = READ_ONLY
 );
 
+-- The state functions' fold (src/fold.rs): from a starting state, over columns.
+CREATE FUNCTION _es_fold_events_step(internal, jsonb, text, text, jsonb) RETURNS internal
+    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_events_step';
+CREATE AGGREGATE _es_fold_events(jsonb, text, text, jsonb) (
+    SFUNC = _es_fold_events_step,
+    STYPE = internal,
+    FINALFUNC = _es_fold_final,
+    FINALFUNC_MODIFY = READ_ONLY
+);
+
 -- es_fold(e, 'my_reducer(jsonb, event_store)' ORDER BY e.stream_version): a custom reducer.
 CREATE FUNCTION _es_fold_with(jsonb, event_store, regprocedure) RETURNS jsonb
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_with';

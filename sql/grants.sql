@@ -2,7 +2,8 @@
 REVOKE ALL ON event_store, es_streams, es_reducers, es_snapshots FROM PUBLIC;
 REVOKE ALL ON SEQUENCE es_global_position_seq FROM PUBLIC;
 GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
-GRANT SELECT ON event_store, es_streams, es_reducers TO event_store_reader;
+-- Snapshots hold nothing a reader cannot fold from event_store.
+GRANT SELECT ON event_store, es_streams, es_reducers, es_snapshots TO event_store_reader;
 -- The feed's horizon reads how far positions have been handed out.
 GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
 
@@ -50,6 +51,8 @@ REVOKE EXECUTE ON FUNCTION
     es_drop_snapshots(text),
     _es_fold_step(internal, event_store),
     _es_fold_final(internal),
+    _es_fold_events_step(internal, jsonb, text, text, jsonb),
+    _es_fold_events(jsonb, text, text, jsonb),
     _es_fold_with(jsonb, event_store, regprocedure),
     es_fold(event_store),
     es_fold(event_store, regprocedure),
@@ -78,6 +81,8 @@ GRANT EXECUTE ON FUNCTION
     es_run_projections(integer),
     _es_fold_step(internal, event_store),
     _es_fold_final(internal),
+    _es_fold_events_step(internal, jsonb, text, text, jsonb),
+    _es_fold_events(jsonb, text, text, jsonb),
     _es_fold_with(jsonb, event_store, regprocedure),
     es_fold(event_store),
     es_fold(event_store, regprocedure),

@@ -1,13 +1,15 @@
 //! `es_fold`: the fold as an aggregate any query can use, with the declarative reducers or
 //! with a custom reducer function. Written against the fmgr directly: the transition state
 //! stays a Rust value for the whole group, and rows and jsonb are read without conversion.
-use crate::{fold, jsonb, reducer::initial_state};
+use crate::reducer::{initial_state, RuleSet};
+use crate::{fold, jsonb};
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw, pg_return_null};
 use pgrx::pg_sys::{self, Datum, FunctionCallInfo};
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
 use serde_json::Value;
 use std::ffi::{c_void, CStr};
+use std::rc::Rc;
 
 /// The V1 calling-convention marker the fmgr looks up (what `#[pg_extern]` emits).
 macro_rules! v1_function {
@@ -23,10 +25,46 @@ macro_rules! v1_function {
 struct Acc {
     state: Value,
     events: u64,
+    /// The last category's reducers: rows mostly come grouped by stream.
+    rules: Option<(String, Rc<RuleSet>)>,
+}
+
+impl Acc {
+    fn fold(&mut self, category: &str, event_type: &str, data: &Value) {
+        if self.rules.as_ref().is_none_or(|(c, _)| c != category) {
+            self.rules = Some((category.to_string(), fold::rules(category)));
+        }
+        let (_, rules) = self.rules.as_ref().unwrap();
+        rules.apply(&mut self.state, event_type, data);
+        self.events += 1;
+    }
 }
 
 unsafe extern "C-unwind" fn drop_acc(arg: *mut c_void) {
     drop(Box::from_raw(arg.cast::<Acc>()));
+}
+
+/// The transition state, created on the first call of a group in the aggregate's memory and
+/// freed with it (also when the query fails).
+unsafe fn acc(fcinfo: FunctionCallInfo, start: impl FnOnce() -> Value) -> *mut Acc {
+    if !pg_arg_is_null(fcinfo, 0) {
+        return pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<Acc>();
+    }
+    let mut aggctx: pg_sys::MemoryContext = std::ptr::null_mut();
+    if pg_sys::AggCheckCallContext(fcinfo, &mut aggctx) == 0 {
+        error!("event_store: a transition function of es_fold was called outside an aggregate");
+    }
+    let acc = Box::into_raw(Box::new(Acc {
+        state: start(),
+        events: 0,
+        rules: None,
+    }));
+    let cb = pg_sys::MemoryContextAllocZero(aggctx, size_of::<pg_sys::MemoryContextCallback>())
+        .cast::<pg_sys::MemoryContextCallback>();
+    (*cb).func = Some(drop_acc);
+    (*cb).arg = acc.cast();
+    pg_sys::MemoryContextRegisterResetCallback(aggctx, cb);
+    acc
 }
 
 /// A column of an event_store row.
@@ -38,43 +76,48 @@ unsafe fn column(row: pg_sys::HeapTupleHeader, name: &CStr) -> Datum {
 }
 
 v1_function!(pg_finfo__es_fold_step);
-/// Transition function of `es_fold(event_store)`.
+/// Transition function of `es_fold(event_store)`; NULL rows are skipped.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum {
-    let mut aggctx: pg_sys::MemoryContext = std::ptr::null_mut();
-    if pg_sys::AggCheckCallContext(fcinfo, &mut aggctx) == 0 {
-        error!("_es_fold_step is the transition function of es_fold; call es_fold");
-    }
-    let acc = if pg_arg_is_null(fcinfo, 0) {
-        // Freed with the aggregate's memory, also when the query fails.
-        let acc = Box::into_raw(Box::new(Acc {
-            state: initial_state(),
-            events: 0,
-        }));
-        let cb = pg_sys::MemoryContextAllocZero(aggctx, size_of::<pg_sys::MemoryContextCallback>())
-            .cast::<pg_sys::MemoryContextCallback>();
-        (*cb).func = Some(drop_acc);
-        (*cb).arg = acc.cast();
-        pg_sys::MemoryContextRegisterResetCallback(aggctx, cb);
-        acc
-    } else {
-        pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<Acc>()
-    };
+    let acc = acc(fcinfo, initial_state);
     if !pg_arg_is_null(fcinfo, 1) {
         let row = pg_sys::pg_detoast_datum(pg_getarg_datum_raw(fcinfo, 1).cast_mut_ptr())
             as pg_sys::HeapTupleHeader;
-        let stream_id = String::from_datum(column(row, c"stream_id"), false).unwrap();
-        let event_type = String::from_datum(column(row, c"event_type"), false).unwrap();
+        let stream_id = jsonb::text_datum(column(row, c"stream_id"));
+        let event_type = jsonb::text_datum(column(row, c"event_type"));
         let data = jsonb::to_value(column(row, c"event_data"));
-        fold::rules(fold::category(&stream_id)).apply(&mut (*acc).state, &event_type, &data);
-        (*acc).events += 1;
+        (*acc).fold(fold::category(&stream_id), &event_type, &data);
     }
     Datum::from(acc)
 }
 
+v1_function!(pg_finfo__es_fold_events_step);
+/// Transition function of `_es_fold_events(start jsonb, category text, event_type text,
+/// event_data jsonb)`, the state functions' fold: columns instead of rows, and a starting
+/// state (a snapshot's, or `{}` for NULL).
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -> Datum {
+    let acc = acc(fcinfo, || {
+        if pg_arg_is_null(fcinfo, 1) {
+            initial_state()
+        } else {
+            jsonb::to_value(pg_getarg_datum_raw(fcinfo, 1))
+        }
+    });
+    if (2..=4).any(|i| pg_arg_is_null(fcinfo, i)) {
+        return Datum::from(acc);
+    }
+    let category = jsonb::text_datum(pg_getarg_datum_raw(fcinfo, 2));
+    let event_type = jsonb::text_datum(pg_getarg_datum_raw(fcinfo, 3));
+    let data = jsonb::to_value(pg_getarg_datum_raw(fcinfo, 4));
+    (*acc).fold(&category, &event_type, &data);
+    Datum::from(acc)
+}
+
 v1_function!(pg_finfo__es_fold_final);
-/// Final function of `es_fold(event_store)`: NULL when no (non-NULL) event was folded.
+/// Final function of both: NULL when no (non-NULL) event was folded.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_final(fcinfo: FunctionCallInfo) -> Datum {

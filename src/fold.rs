@@ -1,6 +1,6 @@
 //! Time travel: a stream's state at an instant or version, folded from its events by the
 //! reducers of its category (src/reducer.rs), starting from the latest usable snapshot.
-use crate::reducer::{initial_state, RuleSet};
+use crate::reducer::RuleSet;
 use crate::jsonb::Json;
 use crate::{guc, plans};
 use pgrx::datum::DatumWithOid;
@@ -86,16 +86,21 @@ pub struct Folded {
 }
 
 const BOUNDS_SQL: &str = "SELECT version, first_at, last_at FROM es_streams WHERE stream_id = $1";
-const SNAPSHOT_SQL: &str = "SELECT stream_version, last_at, state FROM es_snapshots \
-     WHERE stream_id = $1 AND reducers = $2 AND stream_version <= $3 AND last_at <= $4 \
-     ORDER BY stream_version DESC LIMIT 1";
-// Bounded by the stream's first and last times: on a hypertable, chunk exclusion then skips
-// every chunk the stream has no events in.
-const EVENTS_SQL: &str = "SELECT event_type, event_data, stream_version, created_at FROM event_store \
-     WHERE stream_id = $1 AND created_at BETWEEN $2 AND $3 \
-       AND stream_version > $4 AND stream_version <= $5 \
-     ORDER BY stream_version";
-const FETCH: i64 = 1000;
+// One statement: the latest usable snapshot, then the fold of the events after it by the
+// _es_fold_events aggregate, fed in stream order by the subquery (the executor hands it the
+// columns directly). Bounded by the stream's time range so a hypertable excludes other
+// chunks; planned for these values each time, since a generic plan could exclude none.
+const FOLD_SQL: &str = "WITH snap AS MATERIALIZED ( \
+         SELECT stream_version, last_at, state FROM es_snapshots \
+          WHERE stream_id = $1 AND reducers = $4 AND stream_version <= $5 AND last_at <= $3 \
+          ORDER BY stream_version DESC LIMIT 1) \
+     SELECT (SELECT stream_version FROM snap), (SELECT last_at FROM snap), (SELECT state FROM snap), \
+            _es_fold_events((SELECT state FROM snap), $6, e.event_type, e.event_data), \
+            max(e.stream_version), max(e.created_at) \
+       FROM (SELECT event_type, event_data, stream_version, created_at FROM event_store \
+              WHERE stream_id = $1 AND created_at BETWEEN $2 AND $3 AND stream_version <= $5 \
+                AND stream_version > coalesce((SELECT stream_version FROM snap), 0) \
+              ORDER BY stream_version) e";
 
 fn ts_min(a: TimestampWithTimeZone, b: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {
     match b {
@@ -113,8 +118,7 @@ pub fn fold_stream(
     at: Option<TimestampWithTimeZone>,
     version: Option<i64>,
 ) -> Option<Folded> {
-    use Oid::*;
-    let bounds = plans::kept(client, BOUNDS_SQL, &[TEXTOID], false);
+    let bounds = plans::kept(client, BOUNDS_SQL, &[Oid::TEXTOID], false);
     let row = client
         .select(&*bounds, Some(1), &[stream_id.into()])
         .expect("reading es_streams")
@@ -132,55 +136,37 @@ pub fn fold_stream(
     if upto_v < 1 || upto_at.into_inner() < first.into_inner() {
         return None;
     }
-    let rules = rules(category(stream_id));
-
-    let snapshot = plans::kept(client, SNAPSHOT_SQL, &[TEXTOID, BYTEAOID, INT8OID, TIMESTAMPTZOID], false);
-    let mut folded = client
-        .select(
-            &*snapshot,
-            Some(1),
-            &[stream_id.into(), rules.fingerprint.as_slice().into(), upto_v.into(), upto_at.into()],
-        )
-        .expect("reading es_snapshots")
-        .into_iter()
-        .next()
-        .map(|s| Folded {
-            version: s.get(1).unwrap().unwrap(),
-            last_at: s.get(2).unwrap().unwrap(),
-            state: s.get::<Json>(3).unwrap().unwrap().0,
-            rules: rules.clone(),
-        })
-        .unwrap_or_else(|| Folded {
-            state: initial_state(),
-            version: 0,
-            last_at: first,
-            rules: rules.clone(),
-        });
-
-    let events = plans::kept(client, EVENTS_SQL, &[TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID], false);
-    let args: [DatumWithOid; 5] = [
+    let category = category(stream_id);
+    let rules = rules(category);
+    let args: [DatumWithOid; 6] = [
         stream_id.into(),
         first.into(),
         upto_at.into(),
-        folded.version.into(),
+        rules.fingerprint.as_slice().into(),
         upto_v.into(),
+        category.into(),
     ];
-    let mut cursor = client.open_cursor(&*events, &args);
-    loop {
-        let batch = cursor.fetch(FETCH).expect("reading the stream");
-        let n = batch.len() as i64;
-        for row in batch {
-            let event_type: String = row.get(1).unwrap().unwrap();
-            let data = row.get::<Json>(2).unwrap().unwrap().0;
-            rules.apply(&mut folded.state, &event_type, &data);
-            folded.version = row.get(3).unwrap().unwrap();
-            folded.last_at = row.get(4).unwrap().unwrap();
-        }
-        if n < FETCH {
-            break;
-        }
-    }
-    (folded.version > 0).then_some(folded)
+    let row = client
+        .select(FOLD_SQL, Some(1), &args)
+        .expect("folding the stream")
+        .into_iter()
+        .next()
+        .expect("an aggregate returns a row");
+    let snapshot_version: Option<i64> = row.get(1).unwrap();
+    let (version, last_at, state) = match row.get::<i64>(5).unwrap() {
+        Some(v) => (v, row.get(6).unwrap().unwrap(), row.get::<Json>(4).unwrap().unwrap().0),
+        None => (
+            snapshot_version?,
+            row.get(2).unwrap().unwrap(),
+            row.get::<Json>(3).unwrap().unwrap().0,
+        ),
+    };
+    Some(Folded {
+        state,
+        version,
+        last_at,
+        rules,
+    })
 }
 
 fn state(stream_id: &str, at: Option<TimestampWithTimeZone>, version: Option<i64>) -> Option<pgrx::JsonB> {
