@@ -30,7 +30,7 @@ struct Acc {
 }
 
 impl Acc {
-    fn fold(&mut self, category: &str, event_type: &str, data: &Value) {
+    fn fold(&mut self, category: &str, event_type: &str, data: Value) {
         if self.rules.as_ref().is_none_or(|(c, _)| c != category) {
             self.rules = Some((category.to_string(), fold::rules(category)));
         }
@@ -87,7 +87,7 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
         let stream_id = jsonb::text_datum(column(row, c"stream_id"));
         let event_type = jsonb::text_datum(column(row, c"event_type"));
         let data = jsonb::to_value(column(row, c"event_data"));
-        (*acc).fold(fold::category(&stream_id), &event_type, &data);
+        (*acc).fold(fold::category(&stream_id), &event_type, data);
     }
     Datum::from(acc)
 }
@@ -112,7 +112,7 @@ pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -
     let category = jsonb::text_datum(pg_getarg_datum_raw(fcinfo, 2));
     let event_type = jsonb::text_datum(pg_getarg_datum_raw(fcinfo, 3));
     let data = jsonb::to_value(pg_getarg_datum_raw(fcinfo, 4));
-    (*acc).fold(&category, &event_type, &data);
+    (*acc).fold(&category, &event_type, data);
     Datum::from(acc)
 }
 

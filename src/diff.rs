@@ -87,7 +87,7 @@ fn es_diff(
             let event_type: String = e.get(1).unwrap().unwrap();
             let data = e.get::<Json>(2).unwrap().unwrap().0;
             let before = state.clone();
-            rules.apply(&mut state, &event_type, &data);
+            rules.apply(&mut state, &event_type, data);
             let mut changed = Vec::new();
             changes(Some(&before), Some(&state), "", &mut changed);
             for c in changed {

@@ -88,7 +88,8 @@ pub struct Folded {
 const BOUNDS_SQL: &str = "SELECT version, first_at, last_at FROM es_streams WHERE stream_id = $1";
 // One statement: the latest usable snapshot, then the fold of the events after it by the
 // _es_fold_events aggregate, fed in stream order by the subquery (the executor hands it the
-// columns directly). Bounded by the stream's time range so a hypertable excludes other
+// columns directly). The first snapshot after `at` bounds the scan from above: without it a
+// state in the past would read the stream's later events only to filter them out by time. Bounded by the stream's time range so a hypertable excludes other
 // chunks; planned for these values each time, since a generic plan could exclude none.
 const FOLD_SQL: &str = "WITH snap AS MATERIALIZED ( \
          SELECT stream_version, last_at, state FROM es_snapshots \
@@ -100,6 +101,8 @@ const FOLD_SQL: &str = "WITH snap AS MATERIALIZED ( \
        FROM (SELECT event_type, event_data, stream_version, created_at FROM event_store \
               WHERE stream_id = $1 AND created_at BETWEEN $2 AND $3 AND stream_version <= $5 \
                 AND stream_version > coalesce((SELECT stream_version FROM snap), 0) \
+                AND stream_version < coalesce((SELECT min(stream_version) FROM es_snapshots \
+                     WHERE stream_id = $1 AND reducers = $4 AND last_at > $3), $5 + 1) \
               ORDER BY stream_version) e";
 
 fn ts_min(a: TimestampWithTimeZone, b: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {

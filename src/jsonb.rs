@@ -39,10 +39,18 @@ fn varlena_payload(b: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Whether the database stores text as UTF-8, which PostgreSQL then has validated.
+fn utf8_database() -> bool {
+    static UTF8: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *UTF8.get_or_init(|| unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32)
+}
+
 fn text(b: &[u8]) -> String {
-    match std::str::from_utf8(b) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    if utf8_database() {
+        // SAFETY: PostgreSQL checks every string stored in a UTF-8 database.
+        unsafe { std::str::from_utf8_unchecked(b) }.to_owned()
+    } else {
+        String::from_utf8_lossy(b).into_owned()
     }
 }
 

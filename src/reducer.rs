@@ -4,7 +4,6 @@
 use bigdecimal::BigDecimal;
 use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::str::FromStr;
 
 /// Changing what a rule means must change every fingerprint, so no snapshot outlives it.
@@ -193,8 +192,9 @@ pub fn parse_rule(rule: &Value) -> Result<Rule, String> {
 /// The rules that apply to one category: its own and those of category `*`.
 #[derive(Debug, Default)]
 pub struct RuleSet {
-    own: HashMap<String, Rule>,
-    everywhere: HashMap<String, Rule>,
+    // A handful of rules each: a scan beats hashing the event type.
+    own: Vec<(String, Rule)>,
+    everywhere: Vec<(String, Rule)>,
     /// Identifies the definitions: snapshots made under other rules are never used.
     pub fingerprint: Vec<u8>,
 }
@@ -220,7 +220,7 @@ impl RuleSet {
             } else {
                 &mut set.everywhere
             };
-            map.insert(event_type, parsed);
+            map.push((event_type, parsed));
         }
         set.fingerprint = hash.finalize().to_vec();
         Ok(set)
@@ -229,32 +229,40 @@ impl RuleSet {
     /// Most specific first: the category's rule for the type, its `*` rule, the `*` category's
     /// rule for the type, its `*` rule, then merge.
     pub fn rule_for(&self, event_type: &str) -> &Rule {
-        self.own
-            .get(event_type)
-            .or_else(|| self.own.get("*"))
-            .or_else(|| self.everywhere.get(event_type))
-            .or_else(|| self.everywhere.get("*"))
+        fn find<'a>(rules: &'a [(String, Rule)], t: &str) -> Option<&'a Rule> {
+            rules.iter().find(|(name, _)| name == t).map(|(_, r)| r)
+        }
+        find(&self.own, event_type)
+            .or_else(|| find(&self.own, "*"))
+            .or_else(|| find(&self.everywhere, event_type))
+            .or_else(|| find(&self.everywhere, "*"))
             .unwrap_or_else(|| default_rule())
     }
 
-    pub fn apply(&self, state: &mut Value, event_type: &str, data: &Value) {
+    pub fn apply(&self, state: &mut Value, event_type: &str, data: Value) {
         apply(self.rule_for(event_type), state, data)
     }
 }
 
 /// Applies `patch` to `target` as RFC 7396 says: objects merge key by key, `null` removes a
-/// key, anything else replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
+/// key, anything else replaces. Takes the patch so its parts move into the state.
+pub fn merge_patch(target: &mut Value, patch: Value) {
     let Value::Object(p) = patch else {
-        *target = patch.clone();
+        *target = patch;
         return;
     };
     let t = as_object(target);
     for (k, v) in p {
-        if v.is_null() {
-            t.remove(k);
-        } else {
-            merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        match (t.get_mut(&k), v) {
+            (_, Value::Null) => {
+                t.remove(&k);
+            }
+            (Some(slot), v) => merge_patch(slot, v),
+            (None, v) => {
+                let mut slot = Value::Null;
+                merge_patch(&mut slot, v);
+                t.insert(k, slot);
+            }
         }
     }
 }
@@ -295,11 +303,25 @@ fn existing<'a>(state: &'a mut Value, path: &[String]) -> Option<&'a mut Value> 
     })
 }
 
-fn resolve<'a>(source: &'a Source, data: &'a Value) -> Option<&'a Value> {
+/// The value a source names: copied, or (`take`) moved out of the event.
+fn resolve(source: &Source, data: &mut Value, take: bool) -> Option<Value> {
     match source {
-        Source::Event(p) => lookup(data, p),
-        Source::Value(v) => Some(v),
+        Source::Value(v) => Some(v.clone()),
+        Source::Event(p) => from_event(data, p, take),
     }
+}
+
+fn from_event(data: &mut Value, path: &[String], take: bool) -> Option<Value> {
+    if !take {
+        return lookup(data, path).cloned();
+    }
+    path.iter()
+        .try_fold(data, |v, token| match v {
+            Value::Object(m) => m.get_mut(token),
+            Value::Array(a) => token.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
+            _ => None,
+        })
+        .map(std::mem::take)
 }
 
 /// Exact decimal addition, as PostgreSQL's numeric does it.
@@ -337,17 +359,20 @@ pub fn same(a: &Value, b: &Value) -> bool {
 /// Folds one event's data into the state. An operation whose source is absent or of the
 /// wrong type does nothing; a target of the wrong type starts over from the operation's
 /// empty value (an object, 0, an empty array).
-pub fn apply(rule: &Rule, state: &mut Value, data: &Value) {
-    for op in rule {
+pub fn apply(rule: &Rule, state: &mut Value, mut data: Value) {
+    let last = rule.len() - 1;
+    for (i, op) in rule.iter().enumerate() {
+        // The last operation moves what it needs out of the event; earlier ones copy.
+        let take = i == last;
         match op {
             Op::Merge { path, from } => {
-                if let Some(patch) = lookup(data, from) {
+                if let Some(patch) = from_event(&mut data, from, take) {
                     merge_patch(slot(state, path), patch);
                 }
             }
             Op::Set { path, source } => {
-                if let Some(v) = resolve(source, data) {
-                    *slot(state, path) = v.clone();
+                if let Some(v) = resolve(source, &mut data, take) {
+                    *slot(state, path) = v;
                 }
             }
             Op::Remove { path } => {
@@ -357,33 +382,33 @@ pub fn apply(rule: &Rule, state: &mut Value, data: &Value) {
                 }
             }
             Op::Increment { path, source } => {
-                if let Some(Value::Number(n)) = resolve(source, data) {
+                if let Some(Value::Number(n)) = resolve(source, &mut data, take) {
                     let target = slot(state, path);
                     *target = Value::Number(match target {
-                        Value::Number(t) => add_numbers(t, n),
-                        _ => n.clone(),
+                        Value::Number(t) => add_numbers(t, &n),
+                        _ => n,
                     });
                 }
             }
             Op::Append { path, source } => {
-                if let Some(v) = resolve(source, data) {
+                if let Some(v) = resolve(source, &mut data, take) {
                     let target = slot(state, path);
                     match target {
-                        Value::Array(a) => a.push(v.clone()),
-                        _ => *target = Value::Array(vec![v.clone()]),
+                        Value::Array(a) => a.push(v),
+                        _ => *target = Value::Array(vec![v]),
                     }
                 }
             }
             Op::RemoveValue { path, source } => {
                 if let (Some(v), Some(Value::Array(a))) =
-                    (resolve(source, data), existing(state, path))
+                    (resolve(source, &mut data, take), existing(state, path))
                 {
-                    a.retain(|x| !same(x, v));
+                    a.retain(|x| !same(x, &v));
                 }
             }
             Op::Replace { source } => {
-                if let Some(v) = resolve(source, data) {
-                    *state = v.clone();
+                if let Some(v) = resolve(source, &mut data, take) {
+                    *state = v;
                 }
             }
             Op::Ignore => {}
@@ -409,7 +434,7 @@ mod tests {
     fn fold(set: &RuleSet, events: &[(&str, Value)]) -> Value {
         let mut state = initial_state();
         for (t, d) in events {
-            set.apply(&mut state, t, d);
+            set.apply(&mut state, t, d.clone());
         }
         state
     }
@@ -436,7 +461,7 @@ mod tests {
         ];
         for (target, patch, want) in cases {
             let mut t = target.clone();
-            merge_patch(&mut t, &patch);
+            merge_patch(&mut t, patch.clone());
             assert_eq!(t, want, "{target} + {patch}");
         }
     }
@@ -500,32 +525,32 @@ mod tests {
     #[test]
     fn operations_and_their_defined_edge_cases() {
         let mut s = json!({"n": 1, "tags": ["a", "b", "a"], "x": "scalar"});
-        apply(&rule(json!({"op": "increment", "path": "/n", "from": "/by"})), &mut s, &json!({"by": 2.5}));
+        apply(&rule(json!({"op": "increment", "path": "/n", "from": "/by"})), &mut s, json!({"by": 2.5}));
         assert_eq!(s["n"], json!(3.5));
         // Source of the wrong type or absent: nothing happens.
-        apply(&rule(json!({"op": "increment", "path": "/n", "from": "/by"})), &mut s, &json!({"by": "2"}));
-        apply(&rule(json!({"op": "set", "path": "/n", "from": "/missing"})), &mut s, &json!({}));
+        apply(&rule(json!({"op": "increment", "path": "/n", "from": "/by"})), &mut s, json!({"by": "2"}));
+        apply(&rule(json!({"op": "set", "path": "/n", "from": "/missing"})), &mut s, json!({}));
         assert_eq!(s["n"], json!(3.5));
         // Target of the wrong type: starts from the op's empty value.
-        apply(&rule(json!({"op": "increment", "path": "/x", "value": 1})), &mut s, &json!({}));
+        apply(&rule(json!({"op": "increment", "path": "/x", "value": 1})), &mut s, json!({}));
         assert_eq!(s["x"], json!(1));
-        apply(&rule(json!({"op": "remove_value", "path": "/tags", "value": "a"})), &mut s, &json!({}));
+        apply(&rule(json!({"op": "remove_value", "path": "/tags", "value": "a"})), &mut s, json!({}));
         assert_eq!(s["tags"], json!(["b"]));
-        apply(&rule(json!({"op": "append", "path": "/tags", "from": "/t"})), &mut s, &json!({"t": {"k": 1}}));
+        apply(&rule(json!({"op": "append", "path": "/tags", "from": "/t"})), &mut s, json!({"t": {"k": 1}}));
         assert_eq!(s["tags"], json!(["b", {"k": 1}]));
-        apply(&rule(json!({"op": "append", "path": "/x", "value": 0})), &mut s, &json!({}));
+        apply(&rule(json!({"op": "append", "path": "/x", "value": 0})), &mut s, json!({}));
         assert_eq!(s["x"], json!([0]));
         // Missing intermediate objects are created, scalars in the way replaced.
-        apply(&rule(json!({"op": "set", "path": "/n/deep/er", "value": true})), &mut s, &json!({}));
+        apply(&rule(json!({"op": "set", "path": "/n/deep/er", "value": true})), &mut s, json!({}));
         assert_eq!(s["n"], json!({"deep": {"er": true}}));
-        apply(&rule(json!({"op": "remove", "path": "/nope/deeper"})), &mut s, &json!({}));
-        apply(&rule(json!([{"op": "remove", "path": "/n"}, {"op": "merge", "path": "/m", "from": "/p"}])), &mut s, &json!({"p": {"q": 1}}));
+        apply(&rule(json!({"op": "remove", "path": "/nope/deeper"})), &mut s, json!({}));
+        apply(&rule(json!([{"op": "remove", "path": "/n"}, {"op": "merge", "path": "/m", "from": "/p"}])), &mut s, json!({"p": {"q": 1}}));
         assert_eq!(s, json!({"tags": ["b", {"k": 1}], "x": [0], "m": {"q": 1}}));
-        apply(&rule(json!({"op": "replace", "value": {"reset": true}})), &mut s, &json!({}));
+        apply(&rule(json!({"op": "replace", "value": {"reset": true}})), &mut s, json!({}));
         assert_eq!(s, json!({"reset": true}));
-        apply(&rule(json!({"op": "replace"})), &mut s, &json!([1]));
+        apply(&rule(json!({"op": "replace"})), &mut s, json!([1]));
         assert_eq!(s, json!([1]));
-        apply(&rule(json!({"op": "ignore"})), &mut s, &json!({"a": 1}));
+        apply(&rule(json!({"op": "ignore"})), &mut s, json!({"a": 1}));
         assert_eq!(s, json!([1]));
     }
 
@@ -619,7 +644,7 @@ mod tests {
             let cut = rng.gen_range(0..=events.len());
             let mut resumed = fold(&set, &events[..cut]);
             for (t, d) in &events[cut..] {
-                set.apply(&mut resumed, t, d);
+                set.apply(&mut resumed, t, d.clone());
             }
             assert_eq!(whole, resumed, "seed {seed}");
         }
