@@ -150,7 +150,12 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
             .expect("reading pg_proc")
             .into_iter()
             .next()
-            .map(|r| (r.get::<bool>(1).unwrap().unwrap(), r.get::<bool>(2).unwrap().unwrap()))
+            .map(|r| {
+                (
+                    r.get::<bool>(1).unwrap().unwrap(),
+                    r.get::<bool>(2).unwrap().unwrap(),
+                )
+            })
     });
     let name = || unsafe {
         CStr::from_ptr(pg_sys::format_procedure(oid))
@@ -158,21 +163,30 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
             .into_owned()
     };
     match found {
-        None => {ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
-            format!("event_store: reducer function {} does not exist", u32::from(oid))
-        );},
-        Some((false, _)) => {ereport!(
+        None => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
+                format!(
+                    "event_store: reducer function {} does not exist",
+                    u32::from(oid)
+                )
+            );
+        }
+        Some((false, _)) => {
+            ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
             format!("event_store: reducer {} must be a function (state jsonb, event event_store) RETURNS jsonb", name())
-        );},
-        Some((true, false)) => {ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("event_store: permission denied for reducer {}", name())
-        );},
+        );
+        }
+        Some((true, false)) => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!("event_store: permission denied for reducer {}", name())
+            );
+        }
         Some((true, true)) => {}
     }
 }

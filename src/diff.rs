@@ -81,7 +81,11 @@ fn es_diff(
         };
         let mut rows = Vec::new();
         let events = client
-            .select(EVENTS_SQL, None, &[stream_id.into(), from.into(), to.into(), version.into()])
+            .select(
+                EVENTS_SQL,
+                None,
+                &[stream_id.into(), from.into(), to.into(), version.into()],
+            )
             .expect("reading the stream");
         for e in events {
             let event_type: String = e.get(1).unwrap().unwrap();
@@ -116,7 +120,9 @@ mod tests {
     fn diff(b: Value, a: Value) -> Vec<(String, Option<Value>, Option<Value>)> {
         let mut out = Vec::new();
         changes(Some(&b), Some(&a), "", &mut out);
-        out.into_iter().map(|c| (c.path, c.before, c.after)).collect()
+        out.into_iter()
+            .map(|c| (c.path, c.before, c.after))
+            .collect()
     }
 
     #[test]
@@ -133,8 +139,14 @@ mod tests {
                 ("/new".into(), None, Some(json!(true))),
             ]
         );
-        assert_eq!(diff(json!({"a": 1}), json!([1])), vec![("".into(), Some(json!({"a": 1})), Some(json!([1])))]);
-        assert_eq!(diff(json!({"a/b": 1}), json!({})), vec![("/a~1b".into(), Some(json!(1)), None)]);
+        assert_eq!(
+            diff(json!({"a": 1}), json!([1])),
+            vec![("".into(), Some(json!({"a": 1})), Some(json!([1])))]
+        );
+        assert_eq!(
+            diff(json!({"a/b": 1}), json!({})),
+            vec![("/a~1b".into(), Some(json!(1)), None)]
+        );
         assert!(diff(json!({"a": {"b": 1}}), json!({"a": {"b": 1}})).is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! Time travel: a stream's state at an instant or version, folded from its events by the
 //! reducers of its category (src/reducer.rs), starting from the latest usable snapshot.
-use crate::reducer::RuleSet;
 use crate::jsonb::Json;
+use crate::reducer::RuleSet;
 use crate::{guc, plans};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid as Oid;
@@ -157,7 +157,11 @@ pub fn fold_stream(
         .expect("an aggregate returns a row");
     let snapshot_version: Option<i64> = row.get(1).unwrap();
     let (version, last_at, state) = match row.get::<i64>(5).unwrap() {
-        Some(v) => (v, row.get(6).unwrap().unwrap(), row.get::<Json>(4).unwrap().unwrap().0),
+        Some(v) => (
+            v,
+            row.get(6).unwrap().unwrap(),
+            row.get::<Json>(4).unwrap().unwrap().0,
+        ),
         None => (
             snapshot_version?,
             row.get(2).unwrap().unwrap(),
@@ -172,8 +176,14 @@ pub fn fold_stream(
     })
 }
 
-fn state(stream_id: &str, at: Option<TimestampWithTimeZone>, version: Option<i64>) -> Option<pgrx::JsonB> {
-    Spi::connect(|client| fold_stream(&client, stream_id, at, version).map(|f| pgrx::JsonB(f.state)))
+fn state(
+    stream_id: &str,
+    at: Option<TimestampWithTimeZone>,
+    version: Option<i64>,
+) -> Option<pgrx::JsonB> {
+    Spi::connect(|client| {
+        fold_stream(&client, stream_id, at, version).map(|f| pgrx::JsonB(f.state))
+    })
 }
 
 /// The stream's state as it was at `at`: NULL when the stream had no events by then.
@@ -194,7 +204,8 @@ fn es_state_at_version(stream_id: &str, version: i64) -> Option<pgrx::JsonB> {
     state(stream_id, None, Some(version))
 }
 
-const SAVE_SQL: &str = "INSERT INTO es_snapshots (stream_id, stream_version, reducers, last_at, state) \
+const SAVE_SQL: &str =
+    "INSERT INTO es_snapshots (stream_id, stream_version, reducers, last_at, state) \
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 
 /// Folds the stream to its head and stores the state as a snapshot; returns the version
@@ -206,7 +217,13 @@ fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
         let plan = plans::kept(
             client,
             SAVE_SQL,
-            &[Oid::TEXTOID, Oid::INT8OID, Oid::BYTEAOID, Oid::TIMESTAMPTZOID, Oid::JSONBOID],
+            &[
+                Oid::TEXTOID,
+                Oid::INT8OID,
+                Oid::BYTEAOID,
+                Oid::TIMESTAMPTZOID,
+                Oid::JSONBOID,
+            ],
             true,
         );
         client

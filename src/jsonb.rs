@@ -61,10 +61,20 @@ fn numeric(b: &[u8]) -> Number {
     let (negative, dscale, weight, digits) = match h & 0xC000 {
         0x8000 => {
             let weight = (h & 0x003F) as i16 | if h & 0x0040 != 0 { !0x003F } else { 0 };
-            (h & 0x2000 != 0, ((h & 0x1F80) >> 7) as i32, weight as i32, &data[2..])
+            (
+                h & 0x2000 != 0,
+                ((h & 0x1F80) >> 7) as i32,
+                weight as i32,
+                &data[2..],
+            )
         }
         0xC000 => panic!("jsonb holds no NaN or infinite numerics"),
-        sign => (sign == 0x4000, (h & 0x3FFF) as i32, u16_at(data, 2) as i16 as i32, &data[4..]),
+        sign => (
+            sign == 0x4000,
+            (h & 0x3FFF) as i32,
+            u16_at(data, 2) as i16 as i32,
+            &data[4..],
+        ),
     };
     let digit = |i: i32| -> u16 {
         if i < 0 || (i as usize) * 2 >= digits.len() {
@@ -119,7 +129,11 @@ fn child(entry: u32, data: &[u8], off: usize) -> Value {
 fn container(b: &[u8]) -> Value {
     let header = u32_at(b, 0);
     let count = (header & COUNT_MASK) as usize;
-    let entries = if header & F_OBJECT != 0 { 2 * count } else { count };
+    let entries = if header & F_OBJECT != 0 {
+        2 * count
+    } else {
+        count
+    };
     let base = 4 + 4 * entries;
     // Each JEntry holds either its length or (every few entries) its end offset.
     let mut start = 0usize;
@@ -127,13 +141,18 @@ fn container(b: &[u8]) -> Value {
         .map(|i| {
             let entry = u32_at(b, 4 + 4 * i);
             let field = (entry & OFFLEN_MASK) as usize;
-            let end = if entry & HAS_OFF != 0 { field } else { start + field };
+            let end = if entry & HAS_OFF != 0 {
+                field
+            } else {
+                start + field
+            };
             let span = (entry, start, end);
             start = end;
             span
         })
         .collect();
-    let value = |(entry, from, to): (u32, usize, usize)| child(entry, &b[base + from..base + to], from);
+    let value =
+        |(entry, from, to): (u32, usize, usize)| child(entry, &b[base + from..base + to], from);
     if header & F_OBJECT != 0 {
         let mut m = Map::new();
         for i in 0..count {
@@ -178,7 +197,11 @@ unsafe fn with_payload<R>(datum: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R
 pub struct Json(pub Value);
 
 impl pgrx::FromDatum for Json {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
         (!is_null).then(|| Json(to_value(datum)))
     }
 }

@@ -68,7 +68,11 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/fold.sql",
     name = "fold",
-    requires = ["schema", validate::_es_check_reducer, fold::_es_take_snapshot]
+    requires = [
+        "schema",
+        validate::_es_check_reducer,
+        fold::_es_take_snapshot
+    ]
 );
 extension_sql_file!(
     "../sql/hypertable.sql",

@@ -143,7 +143,9 @@ fn parse_op(v: &Value) -> Result<Op, String> {
             let source = source()?;
             if let Source::Value(v) = &source {
                 if !v.is_number() {
-                    return Err(format!("op \"increment\": \"value\" must be a number, not {v}"));
+                    return Err(format!(
+                        "op \"increment\": \"value\" must be a number, not {v}"
+                    ));
                 }
             }
             Op::Increment {
@@ -174,7 +176,10 @@ fn parse_op(v: &Value) -> Result<Op, String> {
 pub fn parse_rule(rule: &Value) -> Result<Rule, String> {
     let ops = match rule {
         Value::Array(items) if items.is_empty() => {
-            return Err("a rule needs at least one operation; use {\"op\": \"ignore\"} to skip events".into())
+            return Err(
+                "a rule needs at least one operation; use {\"op\": \"ignore\"} to skip events"
+                    .into(),
+            )
         }
         Value::Array(items) => items
             .iter()
@@ -348,9 +353,7 @@ pub fn same(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
         }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, a)| y.get(k).is_some_and(|b| same(a, b)))
+            x.len() == y.len() && x.iter().all(|(k, a)| y.get(k).is_some_and(|b| same(a, b)))
         }
         _ => a == b,
     }
@@ -446,10 +449,18 @@ mod tests {
             (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
             (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
             (json!({"a":"b"}), json!({"a":null}), json!({})),
-            (json!({"a":"b","b":"c"}), json!({"a":null}), json!({"b":"c"})),
+            (
+                json!({"a":"b","b":"c"}),
+                json!({"a":null}),
+                json!({"b":"c"}),
+            ),
             (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
             (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
-            (json!({"a":{"b":"c"}}), json!({"a":{"b":"d","c":null}}), json!({"a":{"b":"d"}})),
+            (
+                json!({"a":{"b":"c"}}),
+                json!({"a":{"b":"d","c":null}}),
+                json!({"a":{"b":"d"}}),
+            ),
             (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
             (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
             (json!({"a":"b"}), json!(["c"]), json!(["c"])),
@@ -457,7 +468,11 @@ mod tests {
             (json!({"a":"foo"}), json!("bar"), json!("bar")),
             (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
             (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
-            (json!({}), json!({"a":{"bb":{"ccc":null}}}), json!({"a":{"bb":{}}})),
+            (
+                json!({}),
+                json!({"a":{"bb":{"ccc":null}}}),
+                json!({"a":{"bb":{}}}),
+            ),
         ];
         for (target, patch, want) in cases {
             let mut t = target.clone();
@@ -474,8 +489,14 @@ mod tests {
         assert_eq!(parse_pointer("/").unwrap(), vec![""]);
         assert!(parse_pointer("a").is_err());
         assert!(parse_pointer("/a~2").is_err());
-        assert_eq!(lookup(&json!({"a":[10, 20]}), &parse_pointer("/a/1").unwrap()), Some(&json!(20)));
-        assert_eq!(lookup(&json!({"a":"x"}), &parse_pointer("/a/b").unwrap()), None);
+        assert_eq!(
+            lookup(&json!({"a":[10, 20]}), &parse_pointer("/a/1").unwrap()),
+            Some(&json!(20))
+        );
+        assert_eq!(
+            lookup(&json!({"a":"x"}), &parse_pointer("/a/b").unwrap()),
+            None
+        );
     }
 
     #[test]
@@ -484,16 +505,34 @@ mod tests {
             (json!([]), "at least one operation"),
             (json!("merge"), "must be a JSON object"),
             (json!({"op": "upsert"}), "unknown op \"upsert\""),
-            (json!({"op": "set", "path": "/a"}), "needs \"from\" or \"value\""),
+            (
+                json!({"op": "set", "path": "/a"}),
+                "needs \"from\" or \"value\"",
+            ),
             (json!({"op": "set", "from": "/a"}), "needs a \"path\""),
-            (json!({"op": "set", "path": "/a", "from": "/b", "value": 1}), "not both"),
-            (json!({"op": "set", "path": "a", "value": 1}), "not a JSON pointer"),
-            (json!({"op": "set", "path": 3, "value": 1}), "must be a JSON pointer string"),
+            (
+                json!({"op": "set", "path": "/a", "from": "/b", "value": 1}),
+                "not both",
+            ),
+            (
+                json!({"op": "set", "path": "a", "value": 1}),
+                "not a JSON pointer",
+            ),
+            (
+                json!({"op": "set", "path": 3, "value": 1}),
+                "must be a JSON pointer string",
+            ),
             (json!({"op": "remove", "path": ""}), "non-empty"),
-            (json!({"op": "increment", "path": "/n", "value": "1"}), "must be a number"),
+            (
+                json!({"op": "increment", "path": "/n", "value": "1"}),
+                "must be a number",
+            ),
             (json!({"op": "ignore", "path": "/a"}), "not \"path\""),
             (json!([{"op": "ignore"}, {"op": "merge"}]), "only operation"),
-            (json!([{"op": "merge"}, {"op": "nope"}]), "operation 2: unknown op"),
+            (
+                json!([{"op": "merge"}, {"op": "nope"}]),
+                "operation 2: unknown op",
+            ),
         ];
         for (r, want) in cases {
             let err = parse_rule(&r).unwrap_err();
@@ -506,47 +545,107 @@ mod tests {
         let set = RuleSet::new(
             "user",
             vec![
-                ("user".into(), "UserEmailChanged".into(), json!({"op": "set", "path": "/email", "from": "/newEmail"})),
-                ("user".into(), "UserRoleChanged".into(), json!({"op": "set", "path": "/role", "from": "/newRole"})),
+                (
+                    "user".into(),
+                    "UserEmailChanged".into(),
+                    json!({"op": "set", "path": "/email", "from": "/newEmail"}),
+                ),
+                (
+                    "user".into(),
+                    "UserRoleChanged".into(),
+                    json!({"op": "set", "path": "/role", "from": "/newRole"}),
+                ),
             ],
         )
         .unwrap();
         let state = fold(
             &set,
             &[
-                ("UserRegistered", json!({"email": "a@x", "role": "user", "name": "Ann"})),
+                (
+                    "UserRegistered",
+                    json!({"email": "a@x", "role": "user", "name": "Ann"}),
+                ),
                 ("UserEmailChanged", json!({"newEmail": "b@x"})),
                 ("UserRoleChanged", json!({"newRole": "admin"})),
             ],
         );
-        assert_eq!(state, json!({"email": "b@x", "role": "admin", "name": "Ann"}));
+        assert_eq!(
+            state,
+            json!({"email": "b@x", "role": "admin", "name": "Ann"})
+        );
     }
 
     #[test]
     fn operations_and_their_defined_edge_cases() {
         let mut s = json!({"n": 1, "tags": ["a", "b", "a"], "x": "scalar"});
-        apply(&rule(json!({"op": "increment", "path": "/n", "from": "/by"})), &mut s, json!({"by": 2.5}));
+        apply(
+            &rule(json!({"op": "increment", "path": "/n", "from": "/by"})),
+            &mut s,
+            json!({"by": 2.5}),
+        );
         assert_eq!(s["n"], json!(3.5));
         // Source of the wrong type or absent: nothing happens.
-        apply(&rule(json!({"op": "increment", "path": "/n", "from": "/by"})), &mut s, json!({"by": "2"}));
-        apply(&rule(json!({"op": "set", "path": "/n", "from": "/missing"})), &mut s, json!({}));
+        apply(
+            &rule(json!({"op": "increment", "path": "/n", "from": "/by"})),
+            &mut s,
+            json!({"by": "2"}),
+        );
+        apply(
+            &rule(json!({"op": "set", "path": "/n", "from": "/missing"})),
+            &mut s,
+            json!({}),
+        );
         assert_eq!(s["n"], json!(3.5));
         // Target of the wrong type: starts from the op's empty value.
-        apply(&rule(json!({"op": "increment", "path": "/x", "value": 1})), &mut s, json!({}));
+        apply(
+            &rule(json!({"op": "increment", "path": "/x", "value": 1})),
+            &mut s,
+            json!({}),
+        );
         assert_eq!(s["x"], json!(1));
-        apply(&rule(json!({"op": "remove_value", "path": "/tags", "value": "a"})), &mut s, json!({}));
+        apply(
+            &rule(json!({"op": "remove_value", "path": "/tags", "value": "a"})),
+            &mut s,
+            json!({}),
+        );
         assert_eq!(s["tags"], json!(["b"]));
-        apply(&rule(json!({"op": "append", "path": "/tags", "from": "/t"})), &mut s, json!({"t": {"k": 1}}));
+        apply(
+            &rule(json!({"op": "append", "path": "/tags", "from": "/t"})),
+            &mut s,
+            json!({"t": {"k": 1}}),
+        );
         assert_eq!(s["tags"], json!(["b", {"k": 1}]));
-        apply(&rule(json!({"op": "append", "path": "/x", "value": 0})), &mut s, json!({}));
+        apply(
+            &rule(json!({"op": "append", "path": "/x", "value": 0})),
+            &mut s,
+            json!({}),
+        );
         assert_eq!(s["x"], json!([0]));
         // Missing intermediate objects are created, scalars in the way replaced.
-        apply(&rule(json!({"op": "set", "path": "/n/deep/er", "value": true})), &mut s, json!({}));
+        apply(
+            &rule(json!({"op": "set", "path": "/n/deep/er", "value": true})),
+            &mut s,
+            json!({}),
+        );
         assert_eq!(s["n"], json!({"deep": {"er": true}}));
-        apply(&rule(json!({"op": "remove", "path": "/nope/deeper"})), &mut s, json!({}));
-        apply(&rule(json!([{"op": "remove", "path": "/n"}, {"op": "merge", "path": "/m", "from": "/p"}])), &mut s, json!({"p": {"q": 1}}));
+        apply(
+            &rule(json!({"op": "remove", "path": "/nope/deeper"})),
+            &mut s,
+            json!({}),
+        );
+        apply(
+            &rule(
+                json!([{"op": "remove", "path": "/n"}, {"op": "merge", "path": "/m", "from": "/p"}]),
+            ),
+            &mut s,
+            json!({"p": {"q": 1}}),
+        );
         assert_eq!(s, json!({"tags": ["b", {"k": 1}], "x": [0], "m": {"q": 1}}));
-        apply(&rule(json!({"op": "replace", "value": {"reset": true}})), &mut s, json!({}));
+        apply(
+            &rule(json!({"op": "replace", "value": {"reset": true}})),
+            &mut s,
+            json!({}),
+        );
         assert_eq!(s, json!({"reset": true}));
         apply(&rule(json!({"op": "replace"})), &mut s, json!([1]));
         assert_eq!(s, json!([1]));
@@ -566,7 +665,10 @@ mod tests {
             add_numbers(&n("123456789012345678901234567890.10"), &n("-0.10")).to_string(),
             "123456789012345678901234567890.00"
         );
-        assert!(same(&json!([1.0, {"a": 2}]), &Value::from_str("[1, {\"a\": 2.00}]").unwrap()));
+        assert!(same(
+            &json!([1.0, {"a": 2}]),
+            &Value::from_str("[1, {\"a\": 2.00}]").unwrap()
+        ));
         assert!(!same(&json!(1), &json!("1")));
     }
 
@@ -574,9 +676,17 @@ mod tests {
     fn precedence_and_fingerprints() {
         let defs = |extra: Option<(&str, &str, Value)>| {
             let mut d = vec![
-                ("*".to_string(), "Deleted".to_string(), json!({"op": "replace", "value": {"deleted": true}})),
+                (
+                    "*".to_string(),
+                    "Deleted".to_string(),
+                    json!({"op": "replace", "value": {"deleted": true}}),
+                ),
                 ("*".to_string(), "*".to_string(), json!({"op": "ignore"})),
-                ("order".to_string(), "Placed".to_string(), json!({"op": "set", "path": "/placed", "value": true})),
+                (
+                    "order".to_string(),
+                    "Placed".to_string(),
+                    json!({"op": "set", "path": "/placed", "value": true}),
+                ),
             ];
             if let Some((c, t, r)) = extra {
                 d.push((c.into(), t.into(), r));
@@ -584,19 +694,35 @@ mod tests {
             d
         };
         let set = RuleSet::new("order", defs(None)).unwrap();
-        assert_eq!(fold(&set, &[("Placed", json!({}))]), json!({"placed": true}));
+        assert_eq!(
+            fold(&set, &[("Placed", json!({}))]),
+            json!({"placed": true})
+        );
         assert_eq!(fold(&set, &[("Other", json!({"a": 1}))]), json!({}));
-        assert_eq!(fold(&set, &[("Deleted", json!({}))]), json!({"deleted": true}));
-        let with_any = RuleSet::new("order", defs(Some(("order", "*", json!({"op": "merge"}))))).unwrap();
-        assert_eq!(fold(&with_any, &[("Other", json!({"a": 1}))]), json!({"a": 1}));
+        assert_eq!(
+            fold(&set, &[("Deleted", json!({}))]),
+            json!({"deleted": true})
+        );
+        let with_any =
+            RuleSet::new("order", defs(Some(("order", "*", json!({"op": "merge"}))))).unwrap();
+        assert_eq!(
+            fold(&with_any, &[("Other", json!({"a": 1}))]),
+            json!({"a": 1})
+        );
         // The category's own "*" rule comes before the "*" category's rule for the type.
         assert_eq!(fold(&with_any, &[("Deleted", json!({}))]), json!({}));
         assert_ne!(set.fingerprint, with_any.fingerprint);
         // Order of definition does not matter; content does.
         let mut reversed = defs(None);
         reversed.reverse();
-        assert_eq!(RuleSet::new("order", reversed).unwrap().fingerprint, set.fingerprint);
-        assert_eq!(RuleSet::new("x", vec![]).unwrap().rule_for("Any"), default_rule());
+        assert_eq!(
+            RuleSet::new("order", reversed).unwrap().fingerprint,
+            set.fingerprint
+        );
+        assert_eq!(
+            RuleSet::new("x", vec![]).unwrap().rule_for("Any"),
+            default_rule()
+        );
     }
 
     fn random_value(rng: &mut StdRng, depth: u32) -> Value {
@@ -605,10 +731,19 @@ mod tests {
             1 => json!(rng.gen_range(-5..5)),
             2 => json!(["a", "b", "c"][rng.gen_range(0..3)]),
             3 => json!(rng.gen_range(0..100) as f64 / 10.0),
-            4 => Value::Array((0..rng.gen_range(0..3)).map(|_| random_value(rng, depth - 1)).collect()),
+            4 => Value::Array(
+                (0..rng.gen_range(0..3))
+                    .map(|_| random_value(rng, depth - 1))
+                    .collect(),
+            ),
             _ => Value::Object(
                 (0..rng.gen_range(0..4))
-                    .map(|_| (["a", "b", "c", "d"][rng.gen_range(0..4)].to_string(), random_value(rng, depth - 1)))
+                    .map(|_| {
+                        (
+                            ["a", "b", "c", "d"][rng.gen_range(0..4)].to_string(),
+                            random_value(rng, depth - 1),
+                        )
+                    })
                     .collect(),
             ),
         }
@@ -626,7 +761,9 @@ mod tests {
             for t in ["A", "B", "C"] {
                 let op = match rng.gen_range(0..8) {
                     0 => json!({"op": "merge", "path": pick(&mut rng), "from": pick(&mut rng)}),
-                    1 => json!({"op": "set", "path": pick(&mut rng).replace("", "/z"), "from": pick(&mut rng)}),
+                    1 => {
+                        json!({"op": "set", "path": pick(&mut rng).replace("", "/z"), "from": pick(&mut rng)})
+                    }
                     2 => json!({"op": "remove", "path": "/a"}),
                     3 => json!({"op": "increment", "path": "/n", "from": pick(&mut rng)}),
                     4 => json!({"op": "append", "path": "/l", "from": pick(&mut rng)}),
@@ -638,7 +775,12 @@ mod tests {
             }
             let set = RuleSet::new("cat", defs).unwrap();
             let events: Vec<(&str, Value)> = (0..rng.gen_range(1..30))
-                .map(|_| (["A", "B", "C", "D"][rng.gen_range(0..4)], random_value(&mut rng, 3)))
+                .map(|_| {
+                    (
+                        ["A", "B", "C", "D"][rng.gen_range(0..4)],
+                        random_value(&mut rng, 3),
+                    )
+                })
                 .collect();
             let whole = fold(&set, &events);
             let cut = rng.gen_range(0..=events.len());

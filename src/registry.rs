@@ -3,9 +3,9 @@
 //!
 //! Rows change only through the functions here: they open a write scope that the registry's
 //! guard trigger checks, so even the table owner cannot edit heads by hand.
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
-use pgrx::datum::DatumWithOid;
 use pgrx::spi::{SpiClient, SpiTupleTable};
 use std::cell::Cell;
 

@@ -162,7 +162,8 @@ pub fn check_reducer(
     check_name("category", category, None)?;
     if category.is_some_and(|c| c.contains('-')) {
         return Err(Invalid::Value(
-            "category must not contain \"-\": a stream's category is its id up to the first \"-\"".into(),
+            "category must not contain \"-\": a stream's category is its id up to the first \"-\""
+                .into(),
         ));
     }
     check_name("event_type", event_type, None)?;
@@ -330,12 +331,26 @@ mod tests {
     #[test]
     fn reducers() {
         let rule = serde_json::json!({"op": "set", "path": "/email", "from": "/newEmail"});
-        assert_eq!(check_reducer(Some("user"), Some("UserEmailChanged"), Some(&rule)), Ok(()));
+        assert_eq!(
+            check_reducer(Some("user"), Some("UserEmailChanged"), Some(&rule)),
+            Ok(())
+        );
         assert_eq!(check_reducer(Some("*"), Some("*"), Some(&rule)), Ok(()));
-        assert!(matches!(check_reducer(Some("user-1"), Some("T"), Some(&rule)), Err(Invalid::Value(_))));
-        assert!(matches!(check_reducer(None, Some("T"), Some(&rule)), Err(Invalid::Null(_))));
-        assert!(matches!(check_reducer(Some("user"), Some("T"), None), Err(Invalid::Null(_))));
+        assert!(matches!(
+            check_reducer(Some("user-1"), Some("T"), Some(&rule)),
+            Err(Invalid::Value(_))
+        ));
+        assert!(matches!(
+            check_reducer(None, Some("T"), Some(&rule)),
+            Err(Invalid::Null(_))
+        ));
+        assert!(matches!(
+            check_reducer(Some("user"), Some("T"), None),
+            Err(Invalid::Null(_))
+        ));
         let bad = serde_json::json!({"op": "set"});
-        assert!(matches!(check_reducer(Some("user"), Some("T"), Some(&bad)), Err(Invalid::Value(m)) if m.contains("needs a \"path\"")));
+        assert!(
+            matches!(check_reducer(Some("user"), Some("T"), Some(&bad)), Err(Invalid::Value(m)) if m.contains("needs a \"path\""))
+        );
     }
 }
