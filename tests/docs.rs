@@ -117,3 +117,8 @@ fn reference_examples_run_as_documented() {
 fn integrity_examples_run_as_documented() {
     check_file("docs/integrity.md");
 }
+
+#[test]
+fn time_travel_examples_run_as_documented() {
+    check_file("docs/time-travel.md");
+}
