@@ -60,17 +60,48 @@ SELECT jsonb_agg(jsonb_build_object('type', 'ItemAdded', 'data',
 
 -- The same fold as es_state_at, as a PL/pgSQL loop (events here are flat objects without
 -- nulls, for which jsonb || is exactly JSON Merge Patch).
+-- The fold of scenario 4, as reducers (category '*': every bench stream) and as the PL/pgSQL
+-- loop a team would write by hand: UserEmailChanged sets email from newEmail,
+-- UserRoleChanged sets role from newRole, anything else merges its data.
+SELECT es_define_reducer('*', 'UserEmailChanged', '{"op": "set", "path": "/email", "from": "/newEmail"}');
+SELECT es_define_reducer('*', 'UserRoleChanged', '{"op": "set", "path": "/role", "from": "/newRole"}');
+
 CREATE FUNCTION bench_plpgsql_state_at(p_stream text, p_at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     state jsonb;
     r record;
 BEGIN
-    FOR r IN SELECT event_data FROM event_store WHERE stream_id = p_stream AND created_at <= p_at
+    FOR r IN SELECT event_type, event_data FROM event_store WHERE stream_id = p_stream AND created_at <= p_at
              ORDER BY stream_version LOOP
-        state := coalesce(state, '{}') || r.event_data;
+        state := coalesce(state, '{}');
+        CASE r.event_type
+            WHEN 'UserEmailChanged' THEN state := jsonb_set(state, '{email}', r.event_data -> 'newEmail');
+            WHEN 'UserRoleChanged' THEN state := jsonb_set(state, '{role}', r.event_data -> 'newRole');
+            ELSE state := state || r.event_data;
+        END CASE;
     END LOOP;
     RETURN state;
+END $$;
+
+-- A user stream of p_events events, appended p_batch at a time (each batch shares a time).
+CREATE FUNCTION bench_load_user_stream(p_stream text, p_events int, p_batch int) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR b IN 0 .. (p_events - 1) / p_batch LOOP
+        PERFORM es_append_batch(p_stream, (
+            SELECT jsonb_agg(CASE
+                WHEN i = 1 THEN jsonb_build_object('type', 'UserRegistered', 'data',
+                    jsonb_build_object('userId', p_stream, 'email', 'first@example.com', 'role', 'user', 'name', 'Ann'))
+                WHEN i % 3 = 0 THEN jsonb_build_object('type', 'UserEmailChanged', 'data',
+                    jsonb_build_object('newEmail', 'u' || i || '@example.com'))
+                WHEN i % 3 = 1 THEN jsonb_build_object('type', 'UserRoleChanged', 'data',
+                    jsonb_build_object('newRole', 'role' || i % 7))
+                ELSE jsonb_build_object('type', 'ProfileUpdated', 'data',
+                    jsonb_build_object('field' || i % 20, i, 'updatedBy', 'svc-' || i % 5))
+                END ORDER BY i)
+              FROM generate_series(b * p_batch + 1, least(p_events, b * p_batch + p_batch)) i));
+    END LOOP;
 END $$;
 
 DO $$

@@ -53,7 +53,9 @@ for c in (1, 8):
 lines.append(f"| projection lag p95 at 500 events/s, ms | {pct(lat['projection_lag/500-events-per-s'], 95):.2f} | < 20 ms |")
 lines.append(f"| es_append_batch / floor multi-row INSERT, 1,000 events | {ratio('es_append_batch/batch1000/c1', 'floor/batch1000/c1')} | >= 0.7x |")
 for n in (100, 10000, 100000):
-    lines.append(f"| es_state_at / PL/pgSQL loop, {n:,} events (speed-up) | {ratio(f'state_at/rust/{n}-events', f'state_at/plpgsql/{n}-events')} | >= 10x at 10,000 |")
+    lines.append(f"| es_state_at without snapshots / PL/pgSQL loop, {n:,} events (speed-up) | {ratio(f'state_at/rust/{n}-events', f'state_at/plpgsql/{n}-events')} | >= 10x at 10,000 |")
+for n in (10000, 100000):
+    lines.append(f"| es_state_at with snapshots, 100 / {n:,} events (how much slower) | {ratio('state_at/snapshots/100-events', f'state_at/snapshots/{n}-events')} | <= 2x at 100,000 |")
 
 storage = [l.split() for l in open(os.path.join(raw, "storage.txt")) if l.strip()]
 if storage:

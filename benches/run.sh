@@ -14,7 +14,7 @@ for arg in "$@"; do
         *) echo "usage: $0 [--quick] [--no-timescaledb]" >&2; exit 2 ;;
     esac
 done
-if [ $QUICK = 1 ]; then DUR=8; STREAMS=10000; else DUR=30; STREAMS=100000; fi
+if [ $QUICK = 1 ]; then DUR=5; STREAMS=10000; else DUR=30; STREAMS=100000; fi
 PORT=54330
 OUT=benches/results
 RAW=$(mktemp -d)
@@ -74,11 +74,12 @@ sql -c "VACUUM ANALYZE"
 bench "es_stream/100-of-$((STREAMS * 100))/c1" es_stream.pgbench 1 -D streams=$STREAMS
 bench "es_stream/100-of-$((STREAMS * 100))/c8" es_stream.pgbench 8 -D streams=$STREAMS
 
-echo "== 4. es_state_at against a PL/pgSQL loop"
+echo "== 4. es_state_at with reducers: with snapshots, without, and as a PL/pgSQL loop"
 for n in 100 10000 100000; do
-    sql -c "SELECT count(*) FROM generate_series(0, ($n - 1) / 1000) b,
-            LATERAL es_append_batch('fold-$n', (SELECT jsonb_agg(jsonb_build_object('type', 'Set', 'data', jsonb_build_object('k' || (i % 20), i)))
-                                                 FROM generate_series(b * 1000 + 1, least($n, b * 1000 + 1000)) i))" >/dev/null
+    # Appended 50 at a time with automatic snapshots every 100 events (the default).
+    sql -c "SET event_store.snapshot_every = 100" -c "SELECT bench_load_user_stream('fold-$n', $n, 50)" >/dev/null
+    bench "state_at/snapshots/$n-events" state_snapshots.pgbench 1 -D stream=fold-$n -D n=$n
+    sql -c "SELECT es_drop_snapshots('fold-$n')" >/dev/null
     bench "state_at/rust/$n-events" state_rust.pgbench 1 -D stream=fold-$n
     bench "state_at/plpgsql/$n-events" state_plpgsql.pgbench 1 -D stream=fold-$n
 done
