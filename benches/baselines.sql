@@ -63,8 +63,11 @@ SELECT jsonb_agg(jsonb_build_object('type', 'ItemAdded', 'data',
 -- The fold of scenario 4, as reducers (category '*': every bench stream) and as the PL/pgSQL
 -- loop a team would write by hand: UserEmailChanged sets email from newEmail,
 -- UserRoleChanged sets role from newRole, anything else merges its data.
-SELECT es_define_reducer('*', 'UserEmailChanged', '{"op": "set", "path": "/email", "from": "/newEmail"}');
-SELECT es_define_reducer('*', 'UserRoleChanged', '{"op": "set", "path": "/role", "from": "/newRole"}');
+DO $$
+BEGIN
+    PERFORM es_define_reducer('*', 'UserEmailChanged', '{"op": "set", "path": "/email", "from": "/newEmail"}');
+    PERFORM es_define_reducer('*', 'UserRoleChanged', '{"op": "set", "path": "/role", "from": "/newRole"}');
+END $$;
 
 CREATE FUNCTION bench_plpgsql_state_at(p_stream text, p_at timestamptz) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$

@@ -54,6 +54,7 @@ lines.append(f"| projection lag p95 at 500 events/s, ms | {pct(lat['projection_l
 lines.append(f"| es_append_batch / floor multi-row INSERT, 1,000 events | {ratio('es_append_batch/batch1000/c1', 'floor/batch1000/c1')} | >= 0.7x |")
 for n in (100, 10000, 100000):
     lines.append(f"| es_state_at without snapshots / PL/pgSQL loop, {n:,} events (speed-up) | {ratio(f'state_at/rust/{n}-events', f'state_at/plpgsql/{n}-events')} | >= 10x at 10,000 |")
+lines.append(f"| time of es_state_at without snapshots / time of only reading its 10,000 events in order | {ratio('state_at/read-only/10000-events', 'state_at/rust/10000-events')} | |")
 for n in (10000, 100000):
     lines.append(f"| es_state_at with snapshots, 100 / {n:,} events (how much slower) | {ratio('state_at/snapshots/100-events', f'state_at/snapshots/{n}-events')} | <= 2x at 100,000 |")
 

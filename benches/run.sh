@@ -67,8 +67,14 @@ bench "es_append_batch/batch1000/c1" es_append_batch.pgbench 1
 
 echo "== 3. es_stream of a 100-event stream among $STREAMS streams"
 start=$(date +%s)
-sql -c "SELECT count(*) FROM generate_series(1, $STREAMS) s,
-        LATERAL es_append_batch('load-' || s, (SELECT jsonb_agg(jsonb_build_object('type', 'Step', 'data', jsonb_build_object('i', i))) FROM generate_series(1, 100) i))" >/dev/null
+# Two loaders (one per core), committing every 1,000 streams.
+load_streams() {
+    for ((s = $1; s <= $2; s += 1000)); do
+        sql -c "SELECT count(*) FROM generate_series($s, least($2, $s + 999)) s,
+                LATERAL es_append_batch('load-' || s, (SELECT jsonb_agg(jsonb_build_object('type', 'Step', 'data', jsonb_build_object('i', i))) FROM generate_series(1, 100) i))" >/dev/null
+    done
+}
+load_streams 1 $((STREAMS / 2)) & load_streams $((STREAMS / 2 + 1)) $STREAMS & wait
 echo "loaded $((STREAMS * 100)) events in $(( $(date +%s) - start ))s"
 sql -c "VACUUM ANALYZE"
 bench "es_stream/100-of-$((STREAMS * 100))/c1" es_stream.pgbench 1 -D streams=$STREAMS
@@ -81,6 +87,8 @@ for n in 100 10000 100000; do
     bench "state_at/snapshots/$n-events" state_snapshots.pgbench 1 -D stream=fold-$n -D n=$n
     sql -c "SELECT es_drop_snapshots('fold-$n')" >/dev/null
     bench "state_at/rust/$n-events" state_rust.pgbench 1 -D stream=fold-$n
+    # What any fold pays before folding: reading the stream in order.
+    [ $n = 10000 ] && bench "state_at/read-only/$n-events" state_read.pgbench 1 -D stream=fold-$n
     bench "state_at/plpgsql/$n-events" state_plpgsql.pgbench 1 -D stream=fold-$n
 done
 

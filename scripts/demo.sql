@@ -6,6 +6,18 @@
 SET client_min_messages = warning;
 
 \echo
+\echo '== 0. How events change an account: reducers, checked when defined (other events merge their data)'
+\o /dev/null
+SELECT es_define_reducer('user', 'UserEmailChanged', '{"op": "set", "path": "/email", "from": "/newEmail"}');
+SELECT es_define_reducer('user', 'PaymentProcessed', '[{"op": "increment", "path": "/paid", "from": "/amount"},
+                                                       {"op": "set", "path": "/currency", "from": "/currency"}]');
+SELECT es_define_reducer('user', 'RefundInitiated', '{"op": "increment", "path": "/refunded", "from": "/amount"}');
+SELECT es_define_reducer('user', 'SaaSGenerationFailed', '[{"op": "set", "path": "/status", "from": "/status"},
+                                                           {"op": "set", "path": "/lastError", "from": "/error"}]');
+\o
+SELECT event_type, rule FROM es_reducers ORDER BY event_type;
+
+\echo
 \echo '== 1. A day of traffic: 300 users register, submit intentions, pay, get their SaaS'
 SET event_store.correlation_id = 'seed';
 SELECT count(*) AS events_appended FROM (
@@ -77,6 +89,9 @@ RESET event_store.correlation_id;
 RESET event_store.causation_id;
 SELECT stream_version AS v, event_type, metadata ->> 'causationId' = :'failure_id' AS caused_by_the_failure
   FROM es_stream('user-789', :failure_version);
+\echo '   What the refund changed in the account, and which event changed it:'
+SELECT stream_version AS v, event_type, correlation_id, path, before, after
+  FROM es_diff('user-789', (SELECT created_at FROM es_stream('user-789') WHERE event_type = 'SaaSGenerationFailed'), now());
 
 \echo '== 7. Everything that request touched, across streams'
 SELECT stream_id, stream_version AS v, event_type FROM event_store

@@ -148,7 +148,6 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
         client
             .select(CHECK_REDUCER_SQL, Some(1), &[oid.into(), event_type.into()])
             .expect("reading pg_proc")
-            .into_iter()
             .next()
             .map(|r| {
                 (

@@ -74,7 +74,7 @@ fn es_diff(
         );
     }
     let rows = Spi::connect(|client| {
-        let start = fold_stream(&client, stream_id, Some(from), None);
+        let start = fold_stream(client, stream_id, Some(from), None);
         let (mut state, version, rules) = match start {
             Some(f) => (f.state, f.version, f.rules),
             None => (initial_state(), 0, rules(category(stream_id))),

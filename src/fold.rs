@@ -50,7 +50,7 @@ pub fn rules(category: &str) -> Rc<RuleSet> {
             return set.clone();
         }
         let defs = Spi::connect(|client| {
-            let plan = plans::kept(&client, RULES_SQL, &[Oid::TEXTOID], false);
+            let plan = plans::kept(client, RULES_SQL, &[Oid::TEXTOID], false);
             client
                 .select(&*plan, None, &[category.into()])
                 .expect("reading es_reducers")
@@ -125,7 +125,6 @@ pub fn fold_stream(
     let row = client
         .select(&*bounds, Some(1), &[stream_id.into()])
         .expect("reading es_streams")
-        .into_iter()
         .next()?;
     let head: i64 = row.get(1).unwrap().unwrap();
     let (Some(first), Some(last)) = (
@@ -152,7 +151,6 @@ pub fn fold_stream(
     let row = client
         .select(FOLD_SQL, Some(1), &args)
         .expect("folding the stream")
-        .into_iter()
         .next()
         .expect("an aggregate returns a row");
     let snapshot_version: Option<i64> = row.get(1).unwrap();
@@ -181,9 +179,7 @@ fn state(
     at: Option<TimestampWithTimeZone>,
     version: Option<i64>,
 ) -> Option<pgrx::JsonB> {
-    Spi::connect(|client| {
-        fold_stream(&client, stream_id, at, version).map(|f| pgrx::JsonB(f.state))
-    })
+    Spi::connect(|client| fold_stream(client, stream_id, at, version).map(|f| pgrx::JsonB(f.state)))
 }
 
 /// The stream's state as it was at `at`: NULL when the stream had no events by then.

@@ -489,7 +489,7 @@ fn es_diff_names_each_change_and_the_event_that_made_it() {
             &[],
         )
         .unwrap();
-    let got: Vec<(
+    type Change = (
         i64,
         String,
         Option<String>,
@@ -497,7 +497,8 @@ fn es_diff_names_each_change_and_the_event_that_made_it() {
         Option<Value>,
         Option<Value>,
         bool,
-    )> = rows
+    );
+    let got: Vec<Change> = rows
         .iter()
         .map(|r| {
             (

@@ -152,7 +152,12 @@ fn pg_bin(name: &str) -> String {
 fn pg_dump_and_restore_keep_events_hashes_and_positions() {
     let src = TestDb::new("dumpsrc");
     let mut c = src.connect();
+    c.batch_execute(
+        "SELECT es_define_reducer('user', 'Step', '{\"op\": \"increment\", \"path\": \"/sum\", \"from\": \"/i\"}')",
+    )
+    .unwrap();
     seed(&mut c);
+    c.batch_execute("SELECT es_snapshot('user-1')").unwrap();
     let host = std::env::var("ES_TEST_HOST").unwrap();
     let port = std::env::var("ES_TEST_PORT").unwrap();
     let file = std::env::temp_dir().join(format!("{}.dump", src.name));
@@ -210,6 +215,13 @@ fn pg_dump_and_restore_keep_events_hashes_and_positions() {
     assert_eq!(count(&mut d, "SELECT count(*) FROM event_store"), 6);
     assert_eq!(count(&mut d, "SELECT count(*) FROM es_streams"), 2);
     assert_eq!(count(&mut d, "SELECT count(*) FROM es_verify()"), 0);
+    // Reducers are definitions and come back; snapshots are derived data and do not.
+    assert_eq!(count(&mut d, "SELECT count(*) FROM es_reducers"), 1);
+    assert_eq!(count(&mut d, "SELECT count(*) FROM es_snapshots"), 0);
+    assert_eq!(
+        count(&mut d, "SELECT (es_state('user-1') ->> 'sum')::bigint"),
+        6
+    );
     // The restored store goes on: versions continue and positions do not repeat.
     let pos: i64 = d
         .query_one(
