@@ -35,8 +35,23 @@ fn statement_key() -> StatementKey {
     }
 }
 
-const RULES_SQL: &str =
-    "SELECT category, event_type, rule FROM es_reducers WHERE category = $1 OR category = '*'";
+/// Qualified with the extension's schema: es_fold calls this under the caller's search_path.
+fn rules_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let schema = Spi::get_one::<String>(
+            "SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
+               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
+              WHERE e.extname = 'event_store'",
+        )
+        .expect("reading pg_extension")
+        .expect("event_store is installed");
+        String::leak(format!(
+            "SELECT category, event_type, rule FROM {schema}.es_reducers \
+              WHERE category = $1 OR category = '*'"
+        ))
+    })
+}
 
 /// The reducers that apply to a category.
 pub fn rules(category: &str) -> Rc<RuleSet> {
@@ -50,7 +65,7 @@ pub fn rules(category: &str) -> Rc<RuleSet> {
             return set.clone();
         }
         let defs = Spi::connect(|client| {
-            let plan = plans::kept(client, RULES_SQL, &[Oid::TEXTOID], false);
+            let plan = plans::kept(client, rules_sql(), &[Oid::TEXTOID], false);
             client
                 .select(&*plan, None, &[category.into()])
                 .expect("reading es_reducers")
@@ -184,18 +199,21 @@ fn state(
 
 /// The stream's state as it was at `at`: NULL when the stream had no events by then.
 #[pg_extern(stable, strict, parallel_safe)]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
 fn es_state_at(stream_id: &str, at: TimestampWithTimeZone) -> Option<pgrx::JsonB> {
     state(stream_id, Some(at), None)
 }
 
 /// The stream's current state: NULL for a stream with no events.
 #[pg_extern(stable, strict, parallel_safe)]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
 fn es_state(stream_id: &str) -> Option<pgrx::JsonB> {
     state(stream_id, None, None)
 }
 
 /// The stream's state right after `version`: NULL when version < 1 or the stream is empty.
 #[pg_extern(stable, strict, parallel_safe)]
+#[search_path(@extschema@, pg_catalog, pg_temp)]
 fn es_state_at_version(stream_id: &str, version: i64) -> Option<pgrx::JsonB> {
     state(stream_id, None, Some(version))
 }

@@ -127,6 +127,16 @@ fn the_handed_user_stream_folds_by_its_reducers_in_every_state_function() {
         None
     );
     assert_eq!(state(&mut c, "SELECT es_state_at(NULL, now())"), None);
+    // Callers whose search_path leaves out the extension's schema get the same answers.
+    c.batch_execute("SET search_path = pg_catalog").unwrap();
+    assert_eq!(
+        state(&mut c, "SELECT public.es_state('user-1')"),
+        Some(now.clone())
+    );
+    assert_eq!(
+        state(&mut c, "SELECT public.es_fold(e ORDER BY e.stream_version) FROM public.event_store e WHERE stream_id = 'user-1'"),
+        Some(now)
+    );
 }
 
 #[test]
