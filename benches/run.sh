@@ -76,7 +76,9 @@ load_streams() {
 }
 load_streams 1 $((STREAMS / 2)) & load_streams $((STREAMS / 2 + 1)) $STREAMS & wait
 echo "loaded $((STREAMS * 100)) events in $(( $(date +%s) - start ))s"
-sql -c "VACUUM ANALYZE"
+# Measure steady state, not the load's aftermath (autovacuum, a checkpoint of its writes).
+settle() { sql -c "VACUUM ANALYZE" -c "CHECKPOINT"; }
+settle
 bench "es_stream/100-of-$((STREAMS * 100))/c1" es_stream.pgbench 1 -D streams=$STREAMS
 bench "es_stream/100-of-$((STREAMS * 100))/c8" es_stream.pgbench 8 -D streams=$STREAMS
 
@@ -92,6 +94,7 @@ for n in 100 10000 100000; do
     bench "state_at/plpgsql/$n-events" state_plpgsql.pgbench 1 -D stream=fold-$n
 done
 
+settle
 echo "== 5. projection lag, commit to projected row, at a steady 500 events/s"
 # The handler records how long after the event's created_at (taken just before its commit)
 # its row was projected; the worker is woken by the commit.

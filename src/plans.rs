@@ -7,31 +7,50 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+/// A kept plan is planned for the table sizes of its first uses (a seq scan of a young,
+/// small es_streams) and only replanned when ANALYZE happens to run. Preparing it again now
+/// and then bounds how long a backend in a pool runs with a plan for yesterday's sizes.
+const REPREPARE_AFTER_USES: u32 = 1000;
+
+struct Kept {
+    plan: Rc<OwnedPreparedStatement>,
+    uses: u32,
 }
 
-/// The kept plan of `sql`, prepared on first use. `mutating` plans run with a fresh
-/// snapshot per statement, read-only ones with the calling query's.
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, Kept>> = RefCell::new(HashMap::new());
+}
+
+/// The kept plan of `sql`. `mutating` plans run with a fresh snapshot per statement,
+/// read-only ones with the calling query's.
 pub fn kept(
     client: &SpiClient<'_>,
     sql: &'static str,
     types: &[Oid],
     mutating: bool,
 ) -> Rc<OwnedPreparedStatement> {
+    let prepare = || {
+        let oids: Vec<PgOid> = types.iter().map(|t| PgOid::BuiltIn(*t)).collect();
+        let plan = if mutating {
+            client.prepare_mut(sql, &oids)
+        } else {
+            client.prepare(sql, &oids)
+        };
+        Rc::new(plan.expect("preparing a kept statement").keep())
+    };
     PLANS.with(|plans| {
-        plans
-            .borrow_mut()
-            .entry(sql)
-            .or_insert_with(|| {
-                let oids: Vec<PgOid> = types.iter().map(|t| PgOid::BuiltIn(*t)).collect();
-                let plan = if mutating {
-                    client.prepare_mut(sql, &oids)
-                } else {
-                    client.prepare(sql, &oids)
-                };
-                Rc::new(plan.expect("preparing a kept statement").keep())
-            })
-            .clone()
+        let mut plans = plans.borrow_mut();
+        let kept = plans.entry(sql).or_insert_with(|| Kept {
+            plan: prepare(),
+            uses: 0,
+        });
+        kept.uses += 1;
+        if kept.uses > REPREPARE_AFTER_USES {
+            *kept = Kept {
+                plan: prepare(),
+                uses: 1,
+            };
+        }
+        kept.plan.clone()
     })
 }
