@@ -37,24 +37,22 @@ fn append(c: &mut Client, stream: &str, ty: &str, data: Value) {
 fn the_handed_user_stream_folds_by_its_reducers_in_every_state_function() {
     let db = TestDb::new("fold_user");
     let mut c = db.connect();
-    define(
-        &mut c,
-        "user",
-        "UserEmailChanged",
-        json!({"op": "set", "path": "/email", "from": "/newEmail"}),
-    );
-    define(
-        &mut c,
-        "user",
-        "UserRoleChanged",
-        json!({"op": "set", "path": "/role", "from": "/newRole"}),
-    );
-    define(
-        &mut c,
-        "user",
-        "UserLoggedIn",
-        json!([{"op": "increment", "path": "/logins", "value": 1}, {"op": "set", "path": "/lastLogin", "from": "/at"}]),
-    );
+    for (event_type, rule) in [
+        (
+            "UserEmailChanged",
+            json!({"op": "set", "path": "/email", "from": "/newEmail"}),
+        ),
+        (
+            "UserRoleChanged",
+            json!({"op": "set", "path": "/role", "from": "/newRole"}),
+        ),
+        (
+            "UserLoggedIn",
+            json!([{"op": "increment", "path": "/logins", "value": 1}, {"op": "set", "path": "/lastLogin", "from": "/at"}]),
+        ),
+    ] {
+        define(&mut c, "user", event_type, rule);
+    }
     append(
         &mut c,
         "user-1",
@@ -233,30 +231,26 @@ fn bad_rules_are_refused_when_defined_and_leave_nothing_behind() {
 fn events_of_unexpected_shape_give_the_documented_results() {
     let db = TestDb::new("fold_shapes");
     let mut c = db.connect();
-    define(
-        &mut c,
-        "acct",
-        "Deposited",
-        json!({"op": "increment", "path": "/balance", "from": "/amount"}),
-    );
-    define(
-        &mut c,
-        "acct",
-        "Tagged",
-        json!({"op": "append", "path": "/tags", "from": "/tag"}),
-    );
-    define(
-        &mut c,
-        "acct",
-        "Untagged",
-        json!({"op": "remove_value", "path": "/tags", "from": "/tag"}),
-    );
-    define(
-        &mut c,
-        "acct",
-        "Moved",
-        json!({"op": "set", "path": "/address/city", "from": "/to/city"}),
-    );
+    for (event_type, rule) in [
+        (
+            "Deposited",
+            json!({"op": "increment", "path": "/balance", "from": "/amount"}),
+        ),
+        (
+            "Tagged",
+            json!({"op": "append", "path": "/tags", "from": "/tag"}),
+        ),
+        (
+            "Untagged",
+            json!({"op": "remove_value", "path": "/tags", "from": "/tag"}),
+        ),
+        (
+            "Moved",
+            json!({"op": "set", "path": "/address/city", "from": "/to/city"}),
+        ),
+    ] {
+        define(&mut c, "acct", event_type, rule);
+    }
     for (t, d) in [
         ("Deposited", json!({"amount": 10.25})),
         ("Deposited", json!({"amount": "lots"})), // not a number: ignored
