@@ -1,6 +1,6 @@
 //! Forensics: what changed in a stream's state between two instants, and which event
 //! changed it.
-use crate::fold::{category, fold_stream, rules};
+use crate::fold::{category, fold_stream, in_stream_order, rules};
 use crate::jsonb::Json;
 use crate::reducer::{initial_state, same};
 use pgrx::prelude::*;
@@ -81,13 +81,9 @@ fn es_diff(
             None => (initial_state(), 0, rules(category(stream_id))),
         };
         let mut rows = Vec::new();
-        let events = client
-            .select(
-                EVENTS_SQL,
-                None,
-                &[stream_id.into(), from.into(), to.into(), version.into()],
-            )
-            .expect("reading the stream");
+        let args = [stream_id.into(), from.into(), to.into(), version.into()];
+        let events =
+            in_stream_order(|| client.select(EVENTS_SQL, None, &args)).expect("reading the stream");
         for e in events {
             let event_type: String = e.get(1).unwrap().unwrap();
             let data = e.get::<Json>(2).unwrap().unwrap().0;
