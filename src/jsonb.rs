@@ -1,6 +1,7 @@
 //! jsonb datums to `serde_json::Value` without jsonb's text form or a call into PostgreSQL
-//! per token: folding reads every event, so it decodes the binary container itself. (Answers go out once per call through
-//! pgrx's `JsonB`, which parses text with jsonb_in and so also normalises numbers.)
+//! per token: folding reads every event, so it decodes the binary container itself.
+//! (Answers go out once per call through pgrx's `JsonB`, which parses text with jsonb_in and
+//! so also normalises numbers.)
 use pgrx::pg_sys;
 use serde_json::{Map, Number, Value};
 use std::str::FromStr;
