@@ -114,3 +114,15 @@ BEGIN
         PERFORM create_hypertable('bench_handed', 'created_at', chunk_time_interval => interval '7 days', create_default_indexes => false);
     END IF;
 END $$;
+
+-- Table plus indexes (and chunks, for a hypertable).
+CREATE FUNCTION bench_bytes(t regclass) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb') THEN
+        EXECUTE 'SELECT hypertable_size($1)' INTO n USING t;
+        RETURN n;
+    END IF;
+    RETURN pg_total_relation_size(t);
+END $$;

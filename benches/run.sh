@@ -120,13 +120,9 @@ sql -c "SELECT 'projected ' || count(*) || ' events, lag p95 ' || round((percent
 echo "== 6. storage"
 sql -F ' ' -c "
     SELECT t, pg_size_pretty(bytes), round(bytes::numeric / rows, 1)
-      FROM (SELECT 'event_store' AS t, (SELECT count(*) FROM event_store) AS rows,
-                   coalesce((SELECT hypertable_size('event_store') WHERE EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')),
-                            pg_total_relation_size('event_store')) AS bytes
+      FROM (SELECT 'event_store' AS t, (SELECT count(*) FROM event_store) AS rows, bench_bytes('event_store') AS bytes
             UNION ALL
-            SELECT 'bench_floor', (SELECT count(*) FROM bench_floor),
-                   coalesce((SELECT hypertable_size('bench_floor') WHERE EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb')),
-                            pg_total_relation_size('bench_floor'))) s" >"$RAW/storage.txt"
+            SELECT 'bench_floor', (SELECT count(*) FROM bench_floor), bench_bytes('bench_floor')) s" >"$RAW/storage.txt"
 cat "$RAW/storage.txt"
 
 python3 benches/report.py "$RAW" "$OUT" "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, PostgreSQL 15, ${PRELOAD:-no} TimescaleDB, fsync on, ${DUR}s per scenario"
