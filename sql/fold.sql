@@ -115,32 +115,32 @@ CREATE AGGREGATE es_fold(event_store, regprocedure) (
     STYPE = jsonb
 );
 
--- The state functions with a custom reducer. Bounded by the stream's first and last times,
--- so a hypertable skips chunks the stream has no events in. Names are qualified rather than
--- the search_path pinned: the reducer runs under its caller's search_path.
-CREATE FUNCTION es_state_at(stream_id text, at timestamptz, reducer regprocedure)
+-- The state functions with a custom reducer: the events up to `version` and up to `at`.
+-- Bounded by the stream's first and last times, so a hypertable skips chunks the stream has
+-- no events in. Names are qualified rather than the search_path pinned: the reducer runs
+-- under its caller's search_path.
+CREATE FUNCTION _es_state_with(stream_id text, at timestamptz, version bigint, reducer regprocedure)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
 AS $$
-    SELECT @extschema@.es_fold(e, $3 ORDER BY e.stream_version)
+    SELECT @extschema@.es_fold(e, $4 ORDER BY e.stream_version)
       FROM @extschema@.event_store e
-     WHERE e.stream_id = $1
+     WHERE e.stream_id = $1 AND e.stream_version <= $3
        AND e.created_at BETWEEN (SELECT s.first_at FROM @extschema@.es_streams s WHERE s.stream_id = $1)
                             AND least($2, (SELECT s.last_at FROM @extschema@.es_streams s WHERE s.stream_id = $1))
 $$;
 
+CREATE FUNCTION es_state_at(stream_id text, at timestamptz, reducer regprocedure)
+RETURNS jsonb
+LANGUAGE sql STABLE STRICT
+AS $$ SELECT @extschema@._es_state_with($1, $2, 9223372036854775807, $3) $$;
+
 CREATE FUNCTION es_state_at_version(stream_id text, version bigint, reducer regprocedure)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
-AS $$
-    SELECT @extschema@.es_fold(e, $3 ORDER BY e.stream_version)
-      FROM @extschema@.event_store e
-     WHERE e.stream_id = $1 AND e.stream_version <= $2
-       AND e.created_at BETWEEN (SELECT s.first_at FROM @extschema@.es_streams s WHERE s.stream_id = $1)
-                            AND (SELECT s.last_at FROM @extschema@.es_streams s WHERE s.stream_id = $1)
-$$;
+AS $$ SELECT @extschema@._es_state_with($1, 'infinity', $2, $3) $$;
 
 CREATE FUNCTION es_state(stream_id text, reducer regprocedure)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
-AS $$ SELECT @extschema@.es_state_at_version($1, 9223372036854775807, $2) $$;
+AS $$ SELECT @extschema@._es_state_with($1, 'infinity', 9223372036854775807, $2) $$;

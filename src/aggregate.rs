@@ -174,10 +174,14 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
         }
         Some((false, _)) => {
             ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-            format!("event_store: reducer {} must be a function (state jsonb, event event_store) RETURNS jsonb", name())
-        );
+                ERROR,
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "event_store: reducer {} must be a function \
+                     (state jsonb, event event_store) RETURNS jsonb",
+                    name()
+                )
+            );
         }
         Some((true, false)) => {
             ereport!(

@@ -104,8 +104,9 @@ const BOUNDS_SQL: &str = "SELECT version, first_at, last_at FROM es_streams WHER
 // One statement: the latest usable snapshot, then the fold of the events after it by the
 // _es_fold_events aggregate, fed in stream order by the subquery (the executor hands it the
 // columns directly). The first snapshot after `at` bounds the scan from above: without it a
-// state in the past would read the stream's later events only to filter them out by time. Bounded by the stream's time range so a hypertable excludes other
-// chunks; planned for these values each time, since a generic plan could exclude none.
+// state in the past would read the stream's later events only to filter them out by time.
+// Bounded by the stream's time range so a hypertable excludes other chunks; planned for
+// these values each time, since a generic plan could exclude none.
 const FOLD_SQL: &str = "WITH snap AS MATERIALIZED ( \
          SELECT stream_version, last_at, state FROM es_snapshots \
           WHERE stream_id = $1 AND reducers = $4 AND stream_version <= $5 AND last_at <= $3 \
