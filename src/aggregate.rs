@@ -1,7 +1,7 @@
 //! `es_fold`: the fold as an aggregate any query can use, with the declarative reducers or
 //! with a custom reducer function. Written against the fmgr directly: the transition state
 //! stays a Rust value for the whole group, and rows and jsonb are read without conversion.
-use crate::reducer::{initial_state, RuleSet};
+use crate::reducer::{initial_state, Data, RuleSet};
 use crate::{fold, jsonb};
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw, pg_return_null};
 use pgrx::pg_sys::{self, Datum, FunctionCallInfo};
@@ -30,11 +30,15 @@ struct Acc {
 }
 
 impl Acc {
-    fn fold(&mut self, category: &str, event_type: &str, data: Value) {
+    fn use_category(&mut self, category: &str) {
         if self.rules.as_ref().is_none_or(|(c, _)| c != category) {
             self.rules = Some((category.to_string(), fold::rules(category)));
         }
-        let (_, rules) = self.rules.as_ref().unwrap();
+    }
+
+    /// Folds an event with the reducers of the category last used.
+    fn fold<'a>(&mut self, event_type: &str, data: impl Data<'a>) {
+        let (_, rules) = self.rules.as_ref().expect("a category is chosen first");
         rules.apply(&mut self.state, event_type, data);
         self.events += 1;
     }
@@ -84,35 +88,47 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
     if !pg_arg_is_null(fcinfo, 1) {
         let row = pg_sys::pg_detoast_datum(pg_getarg_datum_raw(fcinfo, 1).cast_mut_ptr())
             as pg_sys::HeapTupleHeader;
-        let stream_id = jsonb::text_datum(column(row, c"stream_id"));
-        let event_type = jsonb::text_datum(column(row, c"event_type"));
-        let data = jsonb::to_value(column(row, c"event_data"));
-        (*acc).fold(fold::category(&stream_id), &event_type, data);
+        jsonb::with_text(column(row, c"stream_id"), |stream_id| {
+            jsonb::with_text(column(row, c"event_type"), |event_type| {
+                jsonb::with_jsonb(column(row, c"event_data"), |data| {
+                    (*acc).use_category(fold::category(stream_id));
+                    (*acc).fold(event_type, data)
+                })
+            })
+        });
     }
     Datum::from(acc)
 }
 
 v1_function!(pg_finfo__es_fold_events_step);
 /// Transition function of `_es_fold_events(start jsonb, category text, event_type text,
-/// event_data jsonb)`, the state functions' fold: columns instead of rows, and a starting
-/// state (a snapshot's, or `{}` for NULL).
+/// event_data jsonb)`, the state functions' fold: columns instead of rows, one category, and
+/// a starting state (a snapshot's, or `{}` for NULL). The start and the category are read
+/// from a group's first row only.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -> Datum {
+    let arg = |i| pg_getarg_datum_raw(fcinfo, i);
+    let first = pg_arg_is_null(fcinfo, 0);
     let acc = acc(fcinfo, || {
         if pg_arg_is_null(fcinfo, 1) {
             initial_state()
         } else {
-            jsonb::to_value(pg_getarg_datum_raw(fcinfo, 1))
+            jsonb::to_value(arg(1))
         }
     });
-    if (2..=4).any(|i| pg_arg_is_null(fcinfo, i)) {
+    if first {
+        if pg_arg_is_null(fcinfo, 2) {
+            error!("event_store: _es_fold_events needs a category");
+        }
+        jsonb::with_text(arg(2), |category| (*acc).use_category(category));
+    }
+    if pg_arg_is_null(fcinfo, 3) || pg_arg_is_null(fcinfo, 4) {
         return Datum::from(acc);
     }
-    let category = jsonb::text_datum(pg_getarg_datum_raw(fcinfo, 2));
-    let event_type = jsonb::text_datum(pg_getarg_datum_raw(fcinfo, 3));
-    let data = jsonb::to_value(pg_getarg_datum_raw(fcinfo, 4));
-    (*acc).fold(&category, &event_type, data);
+    jsonb::with_text(arg(3), |event_type| {
+        jsonb::with_jsonb(arg(4), |data| (*acc).fold(event_type, data))
+    });
     Datum::from(acc)
 }
 
@@ -128,7 +144,7 @@ pub unsafe extern "C-unwind" fn _es_fold_final(fcinfo: FunctionCallInfo) -> Datu
     if (*acc).events == 0 {
         return pg_return_null(fcinfo);
     }
-    pgrx::JsonB((*acc).state.clone()).into_datum().unwrap()
+    jsonb::datum(&(*acc).state)
 }
 
 /// A custom reducer, checked and looked up once per query.

@@ -76,8 +76,9 @@ fn es_diff(
     }
     let rows = Spi::connect(|client| {
         let start = fold_stream(client, stream_id, Some(from), None);
+        // Events up to `from` are filtered out by time; those in the snapshot by version.
         let (mut state, version, rules) = match start {
-            Some(f) => (f.state, f.version, f.rules),
+            Some(f) => (f.state, f.snapshot_version, f.rules),
             None => (initial_state(), 0, rules(category(stream_id))),
         };
         let mut rows = Vec::new();
@@ -88,7 +89,7 @@ fn es_diff(
             let event_type: String = e.get(1).unwrap().unwrap();
             let data = e.get::<Json>(2).unwrap().unwrap().0;
             let before = state.clone();
-            rules.apply(&mut state, &event_type, data);
+            rules.apply(&mut state, &event_type, &data);
             let mut changed = Vec::new();
             changes(Some(&before), Some(&state), "", &mut changed);
             for c in changed {

@@ -1,6 +1,6 @@
 //! Time travel: a stream's state at an instant or version, folded from its events by the
 //! reducers of its category (src/reducer.rs), starting from the latest usable snapshot.
-use crate::jsonb::Json;
+use crate::jsonb::{self, Json};
 use crate::reducer::RuleSet;
 use crate::{guc, plans};
 use pgrx::datum::DatumWithOid;
@@ -92,34 +92,62 @@ pub fn rules(category: &str) -> Rc<RuleSet> {
     })
 }
 
-/// A stream's state after `version`, whose event was written at `last_at`.
+/// A stream's state, folded from the snapshot at `snapshot_version` (0: none) over the
+/// events up to `version` and `last_at`: the stream's head and its time when folded to the
+/// head, otherwise bounds (the last event before an instant is not looked up).
 pub struct Folded {
     pub state: Value,
+    pub snapshot_version: i64,
     pub version: i64,
     pub last_at: TimestampWithTimeZone,
     pub rules: Rc<RuleSet>,
 }
 
-const BOUNDS_SQL: &str = "SELECT version, first_at, last_at FROM es_streams WHERE stream_id = $1";
-// One statement: the latest usable snapshot, then the fold of the events after it by the
-// _es_fold_events aggregate, fed in stream order by the subquery (the executor hands it the
-// columns directly). The first snapshot after `at` bounds the scan from above: without it a
-// state in the past would read the stream's later events only to filter them out by time.
-// Bounded by the stream's time range so a hypertable excludes other chunks; planned for
-// these values each time, since a generic plan could exclude none.
-const FOLD_SQL: &str = "WITH snap AS MATERIALIZED ( \
-         SELECT stream_version, last_at, state FROM es_snapshots \
-          WHERE stream_id = $1 AND reducers = $4 AND stream_version <= $5 AND last_at <= $3 \
-          ORDER BY stream_version DESC LIMIT 1) \
-     SELECT (SELECT stream_version FROM snap), (SELECT last_at FROM snap), (SELECT state FROM snap), \
-            _es_fold_events((SELECT state FROM snap), $6, e.event_type, e.event_data), \
-            max(e.stream_version), max(e.created_at) \
-       FROM (SELECT event_type, event_data, stream_version, created_at FROM event_store \
-              WHERE stream_id = $1 AND created_at BETWEEN $2 AND $3 AND stream_version <= $5 \
-                AND stream_version > coalesce((SELECT stream_version FROM snap), 0) \
-                AND stream_version < coalesce((SELECT min(stream_version) FROM es_snapshots \
-                     WHERE stream_id = $1 AND reducers = $4 AND last_at > $3), $5 + 1) \
-              ORDER BY stream_version) e";
+// The stream's head and time range, the latest usable snapshot at or before the point asked
+// for ($3 time, $4 version; NULL for the head), and the first snapshot after that instant:
+// it bounds the fold from above, so a state in the past does not read the stream's later
+// events only to filter them out by time.
+const START_SQL: &str = "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, \
+            (SELECT min(n.stream_version) FROM es_snapshots n \
+              WHERE n.stream_id = $1 AND n.reducers = $2 AND n.last_at > least(s.last_at, $3)) \
+       FROM es_streams s LEFT JOIN LATERAL ( \
+            SELECT stream_version, state FROM es_snapshots \
+             WHERE stream_id = $1 AND reducers = $2 \
+               AND stream_version <= least(s.version, $4) AND last_at <= least(s.last_at, $3) \
+             ORDER BY stream_version DESC LIMIT 1) p ON true \
+      WHERE s.stream_id = $1";
+
+/// The fold of a stream's events from state $1 by the reducers of category $2: the executor
+/// feeds the columns of an ordered index scan straight into the aggregate. Each bound is
+/// there only when it restricts something, since the scan checks every one on every event:
+/// versions after a snapshot ($4), up to a version or the next snapshot ($5), and the time
+/// range ($6, $7), which stops at an instant and lets a hypertable exclude other chunks.
+fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let variants = SQL.get_or_init(|| {
+        (0..8)
+            .map(|bits| {
+                let mut sql = "SELECT _es_fold_events($1, $2, event_type, event_data) \
+                     FROM (SELECT event_type, event_data FROM event_store WHERE stream_id = $3"
+                    .to_string();
+                for (bit, cond) in [
+                    " AND stream_version > $4",
+                    " AND stream_version <= $5",
+                    " AND created_at BETWEEN $6 AND $7",
+                ]
+                .iter()
+                .enumerate()
+                {
+                    if bits & (1 << bit) != 0 {
+                        sql.push_str(cond);
+                    }
+                }
+                sql + " ORDER BY stream_version) e"
+            })
+            .collect()
+    });
+    &variants[after_snapshot as usize | (before_head as usize) << 1 | (timed as usize) << 2]
+}
 
 /// Runs `f` with the planner reading streams through their (stream_id, stream_version)
 /// index. A stream's time range is narrow, so statistics make a bitmap AND of the stream and
@@ -147,10 +175,21 @@ pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn ts_min(a: TimestampWithTimeZone, b: Option<TimestampWithTimeZone>) -> TimestampWithTimeZone {
-    match b {
-        Some(b) if b.into_inner() < a.into_inner() => b,
-        _ => a,
+/// Whether event_store is partitioned (a hypertable has its chunks as children).
+fn partitioned() -> bool {
+    unsafe {
+        let relid = pg_sys::RelnameGetRelid(c"event_store".as_ptr());
+        let rel = if relid == pg_sys::InvalidOid {
+            std::ptr::null_mut()
+        } else {
+            pg_sys::RelationIdGetRelation(relid)
+        };
+        if rel.is_null() {
+            return false;
+        }
+        let partitioned = (*(*rel).rd_rel).relhassubclass;
+        pg_sys::RelationClose(rel);
+        partitioned
     }
 }
 
@@ -163,56 +202,124 @@ pub fn fold_stream(
     at: Option<TimestampWithTimeZone>,
     version: Option<i64>,
 ) -> Option<Folded> {
-    let bounds = plans::kept(client, BOUNDS_SQL, &[Oid::TEXTOID], false);
-    let row = client
-        .select(&*bounds, Some(1), &[stream_id.into()])
-        .expect("reading es_streams")
+    let category = category(stream_id);
+    let rules = rules(category);
+    let start = plans::kept(
+        client,
+        START_SQL,
+        &[
+            Oid::TEXTOID,
+            Oid::BYTEAOID,
+            Oid::TIMESTAMPTZOID,
+            Oid::INT8OID,
+        ],
+        false,
+    );
+    let start = client
+        .select(
+            &*start,
+            Some(1),
+            &[
+                stream_id.into(),
+                rules.fingerprint.as_slice().into(),
+                at.into(),
+                version.into(),
+            ],
+        )
+        .expect("reading es_streams and es_snapshots")
         .next()?;
-    let head: i64 = row.get(1).unwrap().unwrap();
+    let head: i64 = start.get(1).unwrap().unwrap();
     let (Some(first), Some(last)) = (
-        row.get::<TimestampWithTimeZone>(2).unwrap(),
-        row.get::<TimestampWithTimeZone>(3).unwrap(),
+        start.get::<TimestampWithTimeZone>(2).unwrap(),
+        start.get::<TimestampWithTimeZone>(3).unwrap(),
     ) else {
         return None; // registered, no events yet
     };
-    let upto_at = ts_min(last, at);
+    let upto_at = match at {
+        Some(at) if at.into_inner() < last.into_inner() => at,
+        _ => last,
+    };
     let upto_v = version.map_or(head, |v| v.min(head));
     if upto_v < 1 || upto_at.into_inner() < first.into_inner() {
         return None;
     }
-    let category = category(stream_id);
-    let rules = rules(category);
-    let args: [DatumWithOid; 6] = [
-        stream_id.into(),
-        first.into(),
-        upto_at.into(),
-        rules.fingerprint.as_slice().into(),
-        upto_v.into(),
-        category.into(),
-    ];
-    let row = in_stream_order(|| client.select(FOLD_SQL, Some(1), &args))
-        .expect("folding the stream")
-        .next()
-        .expect("an aggregate returns a row");
-    let snapshot_version: Option<i64> = row.get(1).unwrap();
-    let (version, last_at, state) = match row.get::<i64>(5).unwrap() {
-        Some(v) => (
-            v,
-            row.get(6).unwrap().unwrap(),
-            row.get::<Json>(4).unwrap().unwrap().0,
-        ),
-        None => (
-            snapshot_version?,
-            row.get(2).unwrap().unwrap(),
-            row.get::<Json>(3).unwrap().unwrap().0,
-        ),
+    let snapshot_version = start.get::<i64>(4).unwrap().unwrap_or(0);
+    let snapshot = start.get::<RawJsonb>(5).unwrap();
+    let to_v = match start.get::<i64>(6).unwrap() {
+        Some(next) => upto_v.min(next - 1),
+        None => upto_v,
+    };
+    let mut folded = None;
+    if to_v > snapshot_version {
+        // A hypertable needs the time range to exclude other chunks.
+        let sql = fold_sql(
+            snapshot_version > 0,
+            to_v < head,
+            partitioned() || upto_at != last,
+        );
+        let args: [DatumWithOid; 7] = [
+            snapshot.map_or(DatumWithOid::null_oid(pg_sys::JSONBOID), Into::into),
+            category.into(),
+            stream_id.into(),
+            snapshot_version.into(),
+            to_v.into(),
+            first.into(),
+            upto_at.into(),
+        ];
+        let types = [
+            Oid::JSONBOID,
+            Oid::TEXTOID,
+            Oid::TEXTOID,
+            Oid::INT8OID,
+            Oid::INT8OID,
+            Oid::TIMESTAMPTZOID,
+            Oid::TIMESTAMPTZOID,
+        ];
+        // Kept: the plan cache itself weighs a generic plan (no chunk excluded, but no
+        // planning) against plans for these values.
+        let plan = plans::kept(client, sql, &types, false);
+        let rows = in_stream_order(|| client.select(&*plan, Some(1), &args));
+        folded = rows
+            .expect("folding the stream")
+            .next()
+            .and_then(|row| row.get::<Json>(1).unwrap());
+    }
+    // Nothing folded after the snapshot: the events after it are later than `at`.
+    let state = match (folded, snapshot) {
+        (Some(Json(state)), _) => state,
+        (None, Some(s)) => unsafe { jsonb::to_value(s.0) },
+        (None, None) => return None,
     };
     Some(Folded {
         state,
-        version,
-        last_at,
+        snapshot_version,
+        version: upto_v,
+        last_at: upto_at,
         rules,
     })
+}
+
+/// A jsonb value passed on from one SPI result to the next statement without decoding it.
+#[derive(Clone, Copy)]
+struct RawJsonb(pg_sys::Datum);
+
+impl pgrx::FromDatum for RawJsonb {
+    unsafe fn from_polymorphic_datum(
+        d: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
+        (!is_null).then_some(RawJsonb(d))
+    }
+}
+
+impl pgrx::IntoDatum for RawJsonb {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(self.0)
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
 }
 
 fn state(

@@ -2,6 +2,7 @@
 //! per token: folding reads every event, so it decodes the binary container itself.
 //! (Answers go out once per call through pgrx's `JsonB`, which parses text with jsonb_in and
 //! so also normalises numbers.)
+use crate::reducer::Data;
 use pgrx::pg_sys;
 use serde_json::{Map, Number, Value};
 use std::str::FromStr;
@@ -46,12 +47,35 @@ fn utf8_database() -> bool {
     *UTF8.get_or_init(|| unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32)
 }
 
-fn text(b: &[u8]) -> String {
+/// Text stored by PostgreSQL in this database, as UTF-8.
+fn str_of(b: &[u8]) -> &str {
     if utf8_database() {
         // SAFETY: PostgreSQL checks every string stored in a UTF-8 database.
-        unsafe { std::str::from_utf8_unchecked(b) }.to_owned()
-    } else {
-        String::from_utf8_lossy(b).into_owned()
+        return unsafe { std::str::from_utf8_unchecked(b) };
+    }
+    // Converted by the server (into memory of the current call when it must copy); text it
+    // cannot convert, as in a SQL_ASCII database, is an error rather than a guess.
+    let utf8 = unsafe {
+        let p = pg_sys::pg_server_to_any(
+            b.as_ptr().cast(),
+            b.len() as i32,
+            pg_sys::pg_enc::PG_UTF8 as i32,
+        );
+        if p.cast_const() == b.as_ptr().cast() {
+            b
+        } else {
+            std::ffi::CStr::from_ptr(p).to_bytes()
+        }
+    };
+    match std::str::from_utf8(utf8) {
+        Ok(s) => s,
+        Err(_) => {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
+                "event_store: text in the events cannot be converted to UTF-8"
+            );
+        }
     }
 }
 
@@ -84,6 +108,12 @@ fn numeric(b: &[u8]) -> Number {
             u16_at(digits, i as usize * 2)
         }
     };
+    // Base-10000 digits, each printed as four decimal ones.
+    let push4 = |s: &mut String, d: u16| {
+        for p in [1000, 100, 10, 1] {
+            s.push((b'0' + (d / p % 10) as u8) as char);
+        }
+    };
     let mut s = String::with_capacity(8 + 4 * digits.len() + dscale as usize);
     if negative {
         s.push('-');
@@ -91,9 +121,17 @@ fn numeric(b: &[u8]) -> Number {
     if weight < 0 {
         s.push('0');
     } else {
-        s.push_str(&digit(0).to_string());
+        let first = digit(0);
+        let mut p = 1000;
+        while p > 1 && first < p {
+            p /= 10;
+        }
+        while p > 0 {
+            s.push((b'0' + (first / p % 10) as u8) as char);
+            p /= 10;
+        }
         for i in 1..=weight {
-            s.push_str(&format!("{:04}", digit(i)));
+            push4(&mut s, digit(i));
         }
     }
     if dscale > 0 {
@@ -101,7 +139,7 @@ fn numeric(b: &[u8]) -> Number {
         let end = s.len() + dscale as usize;
         let mut i = weight + 1;
         while s.len() < end {
-            s.push_str(&format!("{:04}", digit(i)));
+            push4(&mut s, digit(i));
             i += 1;
         }
         s.truncate(end);
@@ -113,59 +151,174 @@ fn intalign(off: usize) -> usize {
     (off + 3) & !3
 }
 
-/// One child of a container; `data` runs from the child's offset to its end.
-fn child(entry: u32, data: &[u8], off: usize) -> Value {
-    match entry & TYPE_MASK {
-        IS_STRING => Value::String(text(data)),
-        IS_NUMERIC => Value::Number(numeric(&data[intalign(off) - off..])),
-        IS_FALSE => Value::Bool(false),
-        IS_TRUE => Value::Bool(true),
-        IS_NULL => Value::Null,
-        _ => container(&data[intalign(off) - off..]),
+/// A value inside a jsonb datum, read in place: the fold looks up and copies only what it
+/// uses. `bytes` is a container from its header on, or a scalar's data.
+#[derive(Clone, Copy)]
+pub struct Jsonb<'a> {
+    kind: u32,
+    bytes: &'a [u8],
+}
+
+const IS_CONTAINER: u32 = 0x5000_0000;
+
+impl<'a> Jsonb<'a> {
+    /// The value of a datum's payload (a raw scalar is stored as a one-element array).
+    fn root(payload: &'a [u8]) -> Self {
+        let root = Jsonb {
+            kind: IS_CONTAINER,
+            bytes: payload,
+        };
+        if root.header() & F_SCALAR != 0 {
+            root.child(0)
+        } else {
+            root
+        }
+    }
+
+    fn header(self) -> u32 {
+        u32_at(self.bytes, 0)
+    }
+
+    fn count(self) -> usize {
+        if self.kind == IS_CONTAINER {
+            (self.header() & COUNT_MASK) as usize
+        } else {
+            0
+        }
+    }
+
+    fn is_object_container(self) -> bool {
+        self.kind == IS_CONTAINER && self.header() & F_OBJECT != 0
+    }
+
+    fn entry(self, i: usize) -> u32 {
+        u32_at(self.bytes, 4 + 4 * i)
+    }
+
+    /// Where child `i`'s data starts, relative to the data area: each JEntry holds either its
+    /// length or (every few entries) its end offset, as jsonb.h's getJsonbOffset reads them.
+    fn offset(self, i: usize) -> usize {
+        let mut off = 0;
+        for j in (0..i).rev() {
+            let e = self.entry(j);
+            off += (e & OFFLEN_MASK) as usize;
+            if e & HAS_OFF != 0 {
+                break;
+            }
+        }
+        off
+    }
+
+    /// Child `i` (an object's keys come first, then its values).
+    fn child(self, i: usize) -> Self {
+        let entries = if self.is_object_container() {
+            2 * self.count()
+        } else {
+            self.count()
+        };
+        let base = 4 + 4 * entries;
+        let e = self.entry(i);
+        let from = self.offset(i);
+        let to = if e & HAS_OFF != 0 {
+            (e & OFFLEN_MASK) as usize
+        } else {
+            from + (e & OFFLEN_MASK) as usize
+        };
+        let kind = e & TYPE_MASK;
+        // Numerics and containers are aligned to 4 bytes from the data area's start.
+        let from = match kind {
+            IS_NUMERIC | IS_CONTAINER => intalign(from),
+            _ => from,
+        };
+        Jsonb {
+            kind,
+            bytes: &self.bytes[base + from..base + to],
+        }
+    }
+
+    fn key(self, i: usize) -> &'a str {
+        str_of(self.child(i).bytes)
+    }
+
+    /// jsonb stores an object's keys sorted by length, then bytes: a binary search finds one.
+    fn member(self, key: &str) -> Option<Self> {
+        let count = self.count();
+        let (mut lo, mut hi) = (0, count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let k = self.key(mid);
+            match (k.len(), k.as_bytes()).cmp(&(key.len(), key.as_bytes())) {
+                std::cmp::Ordering::Equal => return Some(self.child(count + mid)),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
     }
 }
 
-/// Decodes a JsonbContainer: a header word, one JEntry per child (an object's keys first,
-/// then its values), then the children's data.
-fn container(b: &[u8]) -> Value {
-    let header = u32_at(b, 0);
-    let count = (header & COUNT_MASK) as usize;
-    let entries = if header & F_OBJECT != 0 {
-        2 * count
-    } else {
-        count
-    };
-    let base = 4 + 4 * entries;
-    // Each JEntry holds either its length or (every few entries) its end offset.
-    let mut start = 0usize;
-    let spans: Vec<(u32, usize, usize)> = (0..entries)
-        .map(|i| {
-            let entry = u32_at(b, 4 + 4 * i);
-            let field = (entry & OFFLEN_MASK) as usize;
-            let end = if entry & HAS_OFF != 0 {
-                field
-            } else {
-                start + field
-            };
-            let span = (entry, start, end);
-            start = end;
-            span
-        })
-        .collect();
-    let value =
-        |(entry, from, to): (u32, usize, usize)| child(entry, &b[base + from..base + to], from);
-    if header & F_OBJECT != 0 {
-        let mut m = Map::new();
-        for i in 0..count {
-            let (_, from, to) = spans[i];
-            m.insert(text(&b[base + from..base + to]), value(spans[count + i]));
+impl<'a> Data<'a> for Jsonb<'a> {
+    fn get(self, token: &str) -> Option<Self> {
+        if self.is_object_container() {
+            self.member(token)
+        } else if self.kind == IS_CONTAINER {
+            let i = token.parse::<usize>().ok()?;
+            (i < self.count()).then(|| self.child(i))
+        } else {
+            None
         }
-        Value::Object(m)
-    } else if header & F_SCALAR != 0 {
-        value(spans[0])
-    } else {
-        Value::Array(spans.into_iter().map(value).collect())
     }
+
+    fn is_object(self) -> bool {
+        self.is_object_container()
+    }
+
+    fn each_member(self, mut f: impl FnMut(&'a str, Self)) {
+        if self.is_object_container() {
+            let count = self.count();
+            for i in 0..count {
+                f(self.key(i), self.child(count + i));
+            }
+        }
+    }
+
+    fn is_null(self) -> bool {
+        self.kind == IS_NULL
+    }
+
+    fn as_str(self) -> Option<&'a str> {
+        (self.kind == IS_STRING).then(|| str_of(self.bytes))
+    }
+
+    fn to_value(self) -> Value {
+        match self.kind {
+            IS_STRING => Value::String(str_of(self.bytes).to_owned()),
+            IS_NUMERIC => Value::Number(numeric(self.bytes)),
+            IS_FALSE => Value::Bool(false),
+            IS_TRUE => Value::Bool(true),
+            IS_NULL => Value::Null,
+            _ if self.is_object_container() => {
+                let mut m = Map::new();
+                self.each_member(|k, v| {
+                    m.insert(k.to_owned(), v.to_value());
+                });
+                Value::Object(m)
+            }
+            _ => Value::Array(
+                (0..self.count())
+                    .map(|i| self.child(i).to_value())
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Calls `f` with a jsonb datum read in place (detoasted into a copy when not in line).
+///
+/// # Safety
+/// `datum` must be a non-null jsonb datum.
+pub unsafe fn with_jsonb<R>(datum: pg_sys::Datum, f: impl FnOnce(Jsonb) -> R) -> R {
+    with_payload(datum, |b| f(Jsonb::root(b)))
 }
 
 /// Reads a jsonb datum, detoasting it first when it is not in line.
@@ -173,7 +326,7 @@ fn container(b: &[u8]) -> Value {
 /// # Safety
 /// `datum` must be a non-null jsonb datum.
 pub unsafe fn to_value(datum: pg_sys::Datum) -> Value {
-    with_payload(datum, container)
+    with_jsonb(datum, |j| j.to_value())
 }
 
 /// Calls `f` with a varlena datum's payload, detoasting a copy first when it is not in line.
@@ -207,9 +360,16 @@ impl pgrx::FromDatum for Json {
     }
 }
 
+/// A jsonb datum of `v` (through jsonb_in, which also normalises numbers as jsonb does).
+pub fn datum(v: &Value) -> pg_sys::Datum {
+    let text = std::ffi::CString::new(v.to_string()).expect("JSON text has no NUL byte");
+    unsafe { pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(text.as_ptr().into())]) }
+        .expect("jsonb_in returns a value")
+}
+
 impl pgrx::IntoDatum for Json {
     fn into_datum(self) -> Option<pg_sys::Datum> {
-        pgrx::JsonB(self.0).into_datum()
+        Some(datum(&self.0))
     }
     fn type_oid() -> pg_sys::Oid {
         pg_sys::JSONBOID
@@ -220,6 +380,6 @@ impl pgrx::IntoDatum for Json {
 ///
 /// # Safety
 /// `datum` must be a non-null text datum.
-pub unsafe fn text_datum(datum: pg_sys::Datum) -> String {
-    with_payload(datum, text)
+pub unsafe fn with_text<R>(datum: pg_sys::Datum, f: impl FnOnce(&str) -> R) -> R {
+    with_payload(datum, |b| f(str_of(b)))
 }

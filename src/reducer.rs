@@ -244,31 +244,86 @@ impl RuleSet {
             .unwrap_or_else(|| default_rule())
     }
 
-    pub fn apply(&self, state: &mut Value, event_type: &str, data: Value) {
+    pub fn apply<'a>(&self, state: &mut Value, event_type: &str, data: impl Data<'a>) {
         apply(self.rule_for(event_type), state, data)
     }
 }
 
-/// Applies `patch` to `target` as RFC 7396 says: objects merge key by key, `null` removes a
-/// key, anything else replaces. Takes the patch so its parts move into the state.
-pub fn merge_patch(target: &mut Value, patch: Value) {
-    let Value::Object(p) = patch else {
-        *target = patch;
-        return;
-    };
-    let t = as_object(target);
-    for (k, v) in p {
-        match (t.get_mut(&k), v) {
-            (_, Value::Null) => {
-                t.remove(&k);
-            }
-            (Some(slot), v) => merge_patch(slot, v),
-            (None, v) => {
-                let mut slot = Value::Null;
-                merge_patch(&mut slot, v);
-                t.insert(k, slot);
-            }
+/// An event's data as the fold reads it: a `serde_json::Value`, or in the database the
+/// stored jsonb itself (src/jsonb.rs), so that folding builds no tree per event and copies
+/// only what lands in the state.
+pub trait Data<'a>: Copy {
+    /// An object's member, or an array's element at that index.
+    fn get(self, token: &str) -> Option<Self>;
+    fn is_object(self) -> bool;
+    /// Calls `f` with each member of an object, in order; nothing for anything else.
+    fn each_member(self, f: impl FnMut(&'a str, Self));
+    fn is_null(self) -> bool;
+    fn as_str(self) -> Option<&'a str>;
+    fn to_value(self) -> Value;
+}
+
+impl<'a> Data<'a> for &'a Value {
+    fn get(self, token: &str) -> Option<Self> {
+        match self {
+            Value::Object(m) => m.get(token),
+            Value::Array(a) => token.parse::<usize>().ok().and_then(|i| a.get(i)),
+            _ => None,
         }
+    }
+    fn is_object(self) -> bool {
+        self.is_object()
+    }
+    fn each_member(self, mut f: impl FnMut(&'a str, Self)) {
+        if let Value::Object(m) = self {
+            m.iter().for_each(|(k, v)| f(k, v));
+        }
+    }
+    fn is_null(self) -> bool {
+        self.is_null()
+    }
+    fn as_str(self) -> Option<&'a str> {
+        self.as_str()
+    }
+    fn to_value(self) -> Value {
+        self.clone()
+    }
+}
+
+/// Reads a pointer through objects and (by index) arrays; `None` when absent.
+pub fn lookup<'a, D: Data<'a>>(v: D, path: &[String]) -> Option<D> {
+    path.iter().try_fold(v, |v, token| v.get(token))
+}
+
+/// Applies `patch` to `target` as RFC 7396 says: objects merge key by key, `null` removes a
+/// key, anything else replaces.
+pub fn merge_patch<'a>(target: &mut Value, patch: impl Data<'a>) {
+    if !patch.is_object() {
+        return assign(target, patch);
+    }
+    let t = as_object(target);
+    patch.each_member(|k, v| {
+        if v.is_null() {
+            t.remove(k);
+        } else if let Some(slot) = t.get_mut(k) {
+            merge_patch(slot, v);
+        } else {
+            let mut slot = Value::Null;
+            merge_patch(&mut slot, v);
+            t.insert(k.to_owned(), slot);
+        }
+    });
+}
+
+/// `*target = v`, reusing the target's buffer when both are strings: most events overwrite
+/// a string with a string.
+fn assign<'a>(target: &mut Value, v: impl Data<'a>) {
+    match (target, v.as_str()) {
+        (Value::String(s), Some(new)) => {
+            s.clear();
+            s.push_str(new);
+        }
+        (target, _) => *target = v.to_value(),
     }
 }
 
@@ -283,20 +338,18 @@ fn as_object(v: &mut Value) -> &mut Map<String, Value> {
     }
 }
 
-/// Reads a pointer through objects and (by index) arrays; `None` when absent.
-pub fn lookup<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |v, token| match v {
-        Value::Object(m) => m.get(token),
-        Value::Array(a) => token.parse::<usize>().ok().and_then(|i| a.get(i)),
-        _ => None,
-    })
-}
-
 /// The slot at `path` in the state, creating objects on the way (a value of another type in
 /// the way is replaced by an object).
 fn slot<'a>(state: &'a mut Value, path: &[String]) -> &'a mut Value {
     path.iter().fold(state, |v, token| {
-        as_object(v).entry(token.clone()).or_insert(Value::Null)
+        let m = as_object(v);
+        // An existing key costs one lookup and no allocation (the entry API needs an owned key).
+        if let Some(slot) = m.get_mut(token) {
+            // SAFETY: a plain reborrow; the borrow checker cannot yet see that this branch
+            // returns before `m` is used again.
+            return unsafe { &mut *(slot as *mut Value) };
+        }
+        m.entry(token.clone()).or_insert(Value::Null)
     })
 }
 
@@ -308,27 +361,13 @@ fn existing<'a>(state: &'a mut Value, path: &[String]) -> Option<&'a mut Value> 
     })
 }
 
-/// The value a source names: copied, or (`take`) moved out of the event.
-fn resolve(source: &Source, data: &mut Value, take: bool) -> Option<Value> {
+/// The value a source names, copied out of the rule or the event.
+fn resolve<'a>(source: &Source, data: impl Data<'a>) -> Option<Value> {
     match source {
         Source::Value(v) => Some(v.clone()),
-        Source::Event(p) => from_event(data, p, take),
+        Source::Event(p) => lookup(data, p).map(Data::to_value),
     }
 }
-
-fn from_event(data: &mut Value, path: &[String], take: bool) -> Option<Value> {
-    if !take {
-        return lookup(data, path).cloned();
-    }
-    path.iter()
-        .try_fold(data, |v, token| match v {
-            Value::Object(m) => m.get_mut(token),
-            Value::Array(a) => token.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
-            _ => None,
-        })
-        .map(std::mem::take)
-}
-
 /// Exact decimal addition, as PostgreSQL's numeric does it.
 pub fn add_numbers(a: &Number, b: &Number) -> Number {
     if let (Some(x), Some(y)) = (a.as_i64(), b.as_i64()) {
@@ -362,22 +401,26 @@ pub fn same(a: &Value, b: &Value) -> bool {
 /// Folds one event's data into the state. An operation whose source is absent or of the
 /// wrong type does nothing; a target of the wrong type starts over from the operation's
 /// empty value (an object, 0, an empty array).
-pub fn apply(rule: &Rule, state: &mut Value, mut data: Value) {
-    let last = rule.len() - 1;
-    for (i, op) in rule.iter().enumerate() {
-        // The last operation moves what it needs out of the event; earlier ones copy.
-        let take = i == last;
+pub fn apply<'a>(rule: &Rule, state: &mut Value, data: impl Data<'a>) {
+    for op in rule {
         match op {
             Op::Merge { path, from } => {
-                if let Some(patch) = from_event(&mut data, from, take) {
+                if let Some(patch) = lookup(data, from) {
                     merge_patch(slot(state, path), patch);
                 }
             }
-            Op::Set { path, source } => {
-                if let Some(v) = resolve(source, &mut data, take) {
-                    *slot(state, path) = v;
+            Op::Set {
+                path,
+                source: Source::Event(from),
+            } => {
+                if let Some(v) = lookup(data, from) {
+                    assign(slot(state, path), v);
                 }
             }
+            Op::Set {
+                path,
+                source: Source::Value(v),
+            } => assign(slot(state, path), v),
             Op::Remove { path } => {
                 let (last, parent) = path.split_last().expect("checked non-empty");
                 if let Some(Value::Object(m)) = existing(state, parent) {
@@ -385,7 +428,7 @@ pub fn apply(rule: &Rule, state: &mut Value, mut data: Value) {
                 }
             }
             Op::Increment { path, source } => {
-                if let Some(Value::Number(n)) = resolve(source, &mut data, take) {
+                if let Some(Value::Number(n)) = resolve(source, data) {
                     let target = slot(state, path);
                     *target = Value::Number(match target {
                         Value::Number(t) => add_numbers(t, &n),
@@ -394,7 +437,7 @@ pub fn apply(rule: &Rule, state: &mut Value, mut data: Value) {
                 }
             }
             Op::Append { path, source } => {
-                if let Some(v) = resolve(source, &mut data, take) {
+                if let Some(v) = resolve(source, data) {
                     let target = slot(state, path);
                     match target {
                         Value::Array(a) => a.push(v),
@@ -404,13 +447,13 @@ pub fn apply(rule: &Rule, state: &mut Value, mut data: Value) {
             }
             Op::RemoveValue { path, source } => {
                 if let (Some(v), Some(Value::Array(a))) =
-                    (resolve(source, &mut data, take), existing(state, path))
+                    (resolve(source, data), existing(state, path))
                 {
                     a.retain(|x| !same(x, &v));
                 }
             }
             Op::Replace { source } => {
-                if let Some(v) = resolve(source, &mut data, take) {
+                if let Some(v) = resolve(source, data) {
                     *state = v;
                 }
             }
@@ -437,7 +480,7 @@ mod tests {
     fn fold(set: &RuleSet, events: &[(&str, Value)]) -> Value {
         let mut state = initial_state();
         for (t, d) in events {
-            set.apply(&mut state, t, d.clone());
+            set.apply(&mut state, t, d);
         }
         state
     }
@@ -476,7 +519,7 @@ mod tests {
         ];
         for (target, patch, want) in cases {
             let mut t = target.clone();
-            merge_patch(&mut t, patch.clone());
+            merge_patch(&mut t, &patch);
             assert_eq!(t, want, "{target} + {patch}");
         }
     }
@@ -581,75 +624,75 @@ mod tests {
         apply(
             &rule(json!({"op": "increment", "path": "/n", "from": "/by"})),
             &mut s,
-            json!({"by": 2.5}),
+            &json!({"by": 2.5}),
         );
         assert_eq!(s["n"], json!(3.5));
         // Source of the wrong type or absent: nothing happens.
         apply(
             &rule(json!({"op": "increment", "path": "/n", "from": "/by"})),
             &mut s,
-            json!({"by": "2"}),
+            &json!({"by": "2"}),
         );
         apply(
             &rule(json!({"op": "set", "path": "/n", "from": "/missing"})),
             &mut s,
-            json!({}),
+            &json!({}),
         );
         assert_eq!(s["n"], json!(3.5));
         // Target of the wrong type: starts from the op's empty value.
         apply(
             &rule(json!({"op": "increment", "path": "/x", "value": 1})),
             &mut s,
-            json!({}),
+            &json!({}),
         );
         assert_eq!(s["x"], json!(1));
         apply(
             &rule(json!({"op": "remove_value", "path": "/tags", "value": "a"})),
             &mut s,
-            json!({}),
+            &json!({}),
         );
         assert_eq!(s["tags"], json!(["b"]));
         apply(
             &rule(json!({"op": "append", "path": "/tags", "from": "/t"})),
             &mut s,
-            json!({"t": {"k": 1}}),
+            &json!({"t": {"k": 1}}),
         );
         assert_eq!(s["tags"], json!(["b", {"k": 1}]));
         apply(
             &rule(json!({"op": "append", "path": "/x", "value": 0})),
             &mut s,
-            json!({}),
+            &json!({}),
         );
         assert_eq!(s["x"], json!([0]));
         // Missing intermediate objects are created, scalars in the way replaced.
         apply(
             &rule(json!({"op": "set", "path": "/n/deep/er", "value": true})),
             &mut s,
-            json!({}),
+            &json!({}),
         );
         assert_eq!(s["n"], json!({"deep": {"er": true}}));
         apply(
             &rule(json!({"op": "remove", "path": "/nope/deeper"})),
             &mut s,
-            json!({}),
+            &json!({}),
         );
         apply(
             &rule(
                 json!([{"op": "remove", "path": "/n"}, {"op": "merge", "path": "/m", "from": "/p"}]),
             ),
             &mut s,
-            json!({"p": {"q": 1}}),
+            &json!({"p": {"q": 1}}),
         );
         assert_eq!(s, json!({"tags": ["b", {"k": 1}], "x": [0], "m": {"q": 1}}));
         apply(
             &rule(json!({"op": "replace", "value": {"reset": true}})),
             &mut s,
-            json!({}),
+            &json!({}),
         );
         assert_eq!(s, json!({"reset": true}));
-        apply(&rule(json!({"op": "replace"})), &mut s, json!([1]));
+        apply(&rule(json!({"op": "replace"})), &mut s, &json!([1]));
         assert_eq!(s, json!([1]));
-        apply(&rule(json!({"op": "ignore"})), &mut s, json!({"a": 1}));
+        apply(&rule(json!({"op": "ignore"})), &mut s, &json!({"a": 1}));
         assert_eq!(s, json!([1]));
     }
 
@@ -786,7 +829,7 @@ mod tests {
             let cut = rng.gen_range(0..=events.len());
             let mut resumed = fold(&set, &events[..cut]);
             for (t, d) in &events[cut..] {
-                set.apply(&mut resumed, t, d.clone());
+                set.apply(&mut resumed, t, d);
             }
             assert_eq!(whole, resumed, "seed {seed}");
         }

@@ -630,11 +630,7 @@ fn snapshots_and_es_fold_agree_with_the_model_fold_everywhere() {
             let mut expected = vec![];
             let mut model_state = reducer::initial_state();
             for e in &events {
-                model.apply(
-                    &mut model_state,
-                    e["type"].as_str().unwrap(),
-                    e["data"].clone(),
-                );
+                model.apply(&mut model_state, e["type"].as_str().unwrap(), &e["data"]);
                 expected.push(model_state.clone());
             }
             let answers = |c: &mut Client| -> Vec<(Value, Value, Value, String)> {
