@@ -2,6 +2,7 @@
 //! with a custom reducer function. Written against the fmgr directly: the transition state
 //! stays a Rust value for the whole group, and rows and jsonb are read without conversion.
 use crate::reducer::{initial_state, Data, RuleSet};
+use crate::state::State;
 use crate::{fold, jsonb};
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw, pg_return_null};
 use pgrx::pg_sys::{self, Datum, FunctionCallInfo};
@@ -23,7 +24,7 @@ macro_rules! v1_function {
 }
 
 struct Acc {
-    state: Value,
+    state: State,
     events: u64,
     /// The last category's reducers: rows mostly come grouped by stream.
     rules: Option<(String, Rc<RuleSet>)>,
@@ -50,7 +51,7 @@ unsafe extern "C-unwind" fn drop_acc(arg: *mut c_void) {
 
 /// The transition state, created on the first call of a group in the aggregate's memory and
 /// freed with it (also when the query fails).
-unsafe fn acc(fcinfo: FunctionCallInfo, start: impl FnOnce() -> Value) -> *mut Acc {
+unsafe fn acc(fcinfo: FunctionCallInfo, start: impl FnOnce() -> State) -> *mut Acc {
     if !pg_arg_is_null(fcinfo, 0) {
         return pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<Acc>();
     }
@@ -114,7 +115,7 @@ pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -
         if pg_arg_is_null(fcinfo, 1) {
             initial_state()
         } else {
-            jsonb::to_value(arg(1))
+            jsonb::with_jsonb(arg(1), |j| j.to_state())
         }
     });
     if first {
@@ -144,7 +145,7 @@ pub unsafe extern "C-unwind" fn _es_fold_final(fcinfo: FunctionCallInfo) -> Datu
     if (*acc).events == 0 {
         return pg_return_null(fcinfo);
     }
-    jsonb::datum(&(*acc).state)
+    jsonb::datum(&Value::from(&(*acc).state))
 }
 
 /// A custom reducer, checked and looked up once per query.
@@ -241,7 +242,7 @@ pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum
         (*flinfo).fn_extra = reducer.cast();
     }
     let state = if pg_arg_is_null(fcinfo, 0) {
-        pgrx::JsonB(initial_state()).into_datum().unwrap()
+        pgrx::JsonB(Value::from(&initial_state())).into_datum().unwrap()
     } else {
         pg_getarg_datum_raw(fcinfo, 0)
     };

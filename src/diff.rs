@@ -2,7 +2,8 @@
 //! changed it.
 use crate::fold::{category, fold_stream, in_stream_order, rules};
 use crate::jsonb::Json;
-use crate::reducer::{initial_state, same};
+use crate::reducer::initial_state;
+use crate::state::{same, Map, State};
 use pgrx::prelude::*;
 use serde_json::Value;
 
@@ -17,24 +18,30 @@ fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-/// What differs between two states, as JSON pointers: objects are compared key by key,
-/// anything else as a whole. `None` is "absent".
-pub fn changes(before: Option<&Value>, after: Option<&Value>, path: &str, out: &mut Vec<Change>) {
+fn sorted(m: &Map) -> Vec<&String> {
+    let mut keys: Vec<_> = m.keys().collect();
+    keys.sort();
+    keys
+}
+
+/// What differs between two states, as JSON pointers: objects are compared key by key (in
+/// key order), anything else as a whole. `None` is "absent".
+pub fn changes(before: Option<&State>, after: Option<&State>, path: &str, out: &mut Vec<Change>) {
     match (before, after) {
-        (Some(Value::Object(b)), Some(Value::Object(a))) => {
-            for (k, bv) in b {
-                changes(Some(bv), a.get(k), &format!("{path}/{}", escape(k)), out);
+        (Some(State::Object(b)), Some(State::Object(a))) => {
+            for k in sorted(b) {
+                changes(b.get(k), a.get(k), &format!("{path}/{}", escape(k)), out);
             }
-            for (k, av) in a.iter().filter(|(k, _)| !b.contains_key(*k)) {
-                changes(None, Some(av), &format!("{path}/{}", escape(k)), out);
+            for k in sorted(a).into_iter().filter(|k| !b.contains_key(*k)) {
+                changes(None, a.get(k), &format!("{path}/{}", escape(k)), out);
             }
         }
         (Some(b), Some(a)) if same(b, a) => {}
         (None, None) => {}
         (b, a) => out.push(Change {
             path: path.to_string(),
-            before: b.cloned(),
-            after: a.cloned(),
+            before: b.map(Value::from),
+            after: a.map(Value::from),
         }),
     }
 }
@@ -78,7 +85,7 @@ fn es_diff(
         let start = fold_stream(client, stream_id, Some(from), None);
         // Events up to `from` are filtered out by time; those in the snapshot by version.
         let (mut state, version, rules) = match start {
-            Some(f) => (f.state, f.snapshot_version, f.rules),
+            Some(f) => (State::from(f.state), f.snapshot_version, f.rules),
             None => (initial_state(), 0, rules(category(stream_id))),
         };
         let mut rows = Vec::new();
@@ -117,7 +124,7 @@ mod tests {
 
     fn diff(b: Value, a: Value) -> Vec<(String, Option<Value>, Option<Value>)> {
         let mut out = Vec::new();
-        changes(Some(&b), Some(&a), "", &mut out);
+        changes(Some(&b.into()), Some(&a.into()), "", &mut out);
         out.into_iter()
             .map(|c| (c.path, c.before, c.after))
             .collect()

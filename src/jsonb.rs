@@ -1,10 +1,11 @@
-//! jsonb datums to `serde_json::Value` without jsonb's text form or a call into PostgreSQL
-//! per token: folding reads every event, so it decodes the binary container itself.
-//! (Answers go out once per call through pgrx's `JsonB`, which parses text with jsonb_in and
-//! so also normalises numbers.)
+//! jsonb datums read in place, without jsonb's text form or a call into PostgreSQL per
+//! token: folding reads every event, so it walks the binary container itself and copies only
+//! what the reducers use. (States go out once per fold as text through jsonb_in, which also
+//! normalises numbers.)
 use crate::reducer::Data;
+use crate::state::{Map, State};
 use pgrx::pg_sys;
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 use std::str::FromStr;
 
 #[cfg(not(target_endian = "little"))]
@@ -108,6 +109,11 @@ fn numeric(b: &[u8]) -> Number {
             u16_at(digits, i as usize * 2)
         }
     };
+    if dscale == 0 && (0..4).contains(&weight) {
+        // Integers of up to 16 digits, the common case, need no decimal parse.
+        let n = (0..=weight).fold(0i64, |n, i| n * 10000 + digit(i) as i64);
+        return Number::from(if negative { -n } else { n });
+    }
     // Base-10000 digits, each printed as four decimal ones.
     let push4 = |s: &mut String, d: u16| {
         for p in [1000, 100, 10, 1] {
@@ -290,25 +296,21 @@ impl<'a> Data<'a> for Jsonb<'a> {
         (self.kind == IS_STRING).then(|| str_of(self.bytes))
     }
 
-    fn to_value(self) -> Value {
+    fn to_state(self) -> State {
         match self.kind {
-            IS_STRING => Value::String(str_of(self.bytes).to_owned()),
-            IS_NUMERIC => Value::Number(numeric(self.bytes)),
-            IS_FALSE => Value::Bool(false),
-            IS_TRUE => Value::Bool(true),
-            IS_NULL => Value::Null,
+            IS_STRING => State::String(str_of(self.bytes).to_owned()),
+            IS_NUMERIC => State::Number(numeric(self.bytes)),
+            IS_FALSE => State::Bool(false),
+            IS_TRUE => State::Bool(true),
+            IS_NULL => State::Null,
             _ if self.is_object_container() => {
-                let mut m = Map::new();
+                let mut m = Map::with_capacity(self.count());
                 self.each_member(|k, v| {
-                    m.insert(k.to_owned(), v.to_value());
+                    m.insert(k.to_owned(), v.to_state());
                 });
-                Value::Object(m)
+                State::Object(m)
             }
-            _ => Value::Array(
-                (0..self.count())
-                    .map(|i| self.child(i).to_value())
-                    .collect(),
-            ),
+            _ => State::Array((0..self.count()).map(|i| self.child(i).to_state()).collect()),
         }
     }
 }
@@ -326,7 +328,7 @@ pub unsafe fn with_jsonb<R>(datum: pg_sys::Datum, f: impl FnOnce(Jsonb) -> R) ->
 /// # Safety
 /// `datum` must be a non-null jsonb datum.
 pub unsafe fn to_value(datum: pg_sys::Datum) -> Value {
-    with_jsonb(datum, |j| j.to_value())
+    with_jsonb(datum, |j| Value::from(&j.to_state()))
 }
 
 /// Calls `f` with a varlena datum's payload, detoasting a copy first when it is not in line.

@@ -18,6 +18,7 @@ mod projection;
 mod projection_worker;
 mod reducer;
 mod registry;
+mod state;
 mod validate;
 
 ::pgrx::pg_module_magic!(name, version);
