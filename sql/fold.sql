@@ -25,6 +25,9 @@ CREATE TABLE es_snapshots (
     taken_at       timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (stream_id, reducers, stream_version)
 );
+-- The latest snapshot at or before an instant, and the first after it, in one probe each
+-- (a stream's snapshot times grow with its versions).
+CREATE INDEX es_snapshots_time_idx ON es_snapshots (stream_id, reducers, last_at, stream_version);
 COMMENT ON TABLE es_snapshots IS 'Snapshots of stream states (derived data, safe to delete with es_drop_snapshots).';
 
 CREATE FUNCTION es_define_reducer(category text, event_type text, rule jsonb)

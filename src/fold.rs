@@ -103,18 +103,25 @@ pub struct Folded {
     pub rules: Rc<RuleSet>,
 }
 
-// The stream's head and time range, the latest usable snapshot at or before the point asked
-// for ($3 time, $4 version; NULL for the head), and the first snapshot after that instant:
-// it bounds the fold from above, so a state in the past does not read the stream's later
-// events only to filter them out by time.
-const START_SQL: &str = "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, \
-            (SELECT min(n.stream_version) FROM es_snapshots n \
-              WHERE n.stream_id = $1 AND n.reducers = $2 AND n.last_at > least(s.last_at, $3)) \
+// The stream's head and time range, and the latest usable snapshot at or before the point
+// asked for: a version ($3; NULL for the head) or an instant ($3). For an instant, also the
+// first snapshot after it: it bounds the fold from above, so a state in the past does not
+// read the stream's later events only to filter them out by time.
+const START_AT_VERSION_SQL: &str = "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, NULL::bigint \
        FROM es_streams s LEFT JOIN LATERAL ( \
             SELECT stream_version, state FROM es_snapshots \
-             WHERE stream_id = $1 AND reducers = $2 \
-               AND stream_version <= least(s.version, $4) AND last_at <= least(s.last_at, $3) \
+             WHERE stream_id = $1 AND reducers = $2 AND stream_version <= least(s.version, $3) \
              ORDER BY stream_version DESC LIMIT 1) p ON true \
+      WHERE s.stream_id = $1";
+const START_AT_TIME_SQL: &str = "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, n.stream_version \
+       FROM es_streams s LEFT JOIN LATERAL ( \
+            SELECT stream_version, state FROM es_snapshots \
+             WHERE stream_id = $1 AND reducers = $2 AND last_at <= $3 \
+             ORDER BY last_at DESC, stream_version DESC LIMIT 1) p ON true \
+       LEFT JOIN LATERAL ( \
+            SELECT stream_version FROM es_snapshots \
+             WHERE stream_id = $1 AND reducers = $2 AND last_at > $3 \
+             ORDER BY last_at, stream_version LIMIT 1) n ON true \
       WHERE s.stream_id = $1";
 
 /// The fold of a stream's events from state $1 by the reducers of category $2: the executor
@@ -204,27 +211,18 @@ pub fn fold_stream(
 ) -> Option<Folded> {
     let category = category(stream_id);
     let rules = rules(category);
-    let start = plans::kept(
-        client,
-        START_SQL,
-        &[
-            Oid::TEXTOID,
-            Oid::BYTEAOID,
-            Oid::TIMESTAMPTZOID,
-            Oid::INT8OID,
-        ],
-        false,
-    );
+    let (sql, point, point_type): (_, DatumWithOid, _) = match (at, version) {
+        (Some(_), Some(_)) => unreachable!("a state is asked for at an instant or a version"),
+        (Some(at), None) => (START_AT_TIME_SQL, at.into(), Oid::TIMESTAMPTZOID),
+        (None, v) => (START_AT_VERSION_SQL, v.into(), Oid::INT8OID),
+    };
+    let types = [Oid::TEXTOID, Oid::BYTEAOID, point_type];
+    let start = plans::kept(client, sql, &types, false);
     let start = client
         .select(
             &*start,
             Some(1),
-            &[
-                stream_id.into(),
-                rules.fingerprint.as_slice().into(),
-                at.into(),
-                version.into(),
-            ],
+            &[stream_id.into(), rules.fingerprint.as_slice().into(), point],
         )
         .expect("reading es_streams and es_snapshots")
         .next()?;
