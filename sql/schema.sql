@@ -22,7 +22,10 @@ COMMENT ON TABLE event_store IS 'Append-only event log: write with es_append, ne
 
 -- No unique indexes: a hypertable's would have to include created_at. The per-stream lock in
 -- es_append keeps (stream_id, stream_version) unique and es_verify checks it.
-CREATE INDEX event_store_stream_idx   ON event_store (stream_id, stream_version);
+-- created_at in the stream index lets a read of a stream up to an instant (a state in the
+-- past; on a hypertable, every state query, whose time range excludes other chunks) check
+-- the time in the index instead of in every event's row.
+CREATE INDEX event_store_stream_idx   ON event_store (stream_id, stream_version, created_at);
 CREATE INDEX event_store_position_idx ON event_store (global_position);
 CREATE INDEX event_store_event_id_idx ON event_store (event_id);
 CREATE INDEX event_store_type_idx     ON event_store (event_type, created_at);
