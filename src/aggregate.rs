@@ -242,7 +242,9 @@ pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum
         (*flinfo).fn_extra = reducer.cast();
     }
     let state = if pg_arg_is_null(fcinfo, 0) {
-        pgrx::JsonB(Value::from(&initial_state())).into_datum().unwrap()
+        pgrx::JsonB(Value::from(&initial_state()))
+            .into_datum()
+            .unwrap()
     } else {
         pg_getarg_datum_raw(fcinfo, 0)
     };

@@ -107,13 +107,15 @@ pub struct Folded {
 // asked for: a version ($3; NULL for the head) or an instant ($3). For an instant, also the
 // first snapshot after it: it bounds the fold from above, so a state in the past does not
 // read the stream's later events only to filter them out by time.
-const START_AT_VERSION_SQL: &str = "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, NULL::bigint \
+const START_AT_VERSION_SQL: &str =
+    "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, NULL::bigint \
        FROM es_streams s LEFT JOIN LATERAL ( \
             SELECT stream_version, state FROM es_snapshots \
              WHERE stream_id = $1 AND reducers = $2 AND stream_version <= least(s.version, $3) \
              ORDER BY stream_version DESC LIMIT 1) p ON true \
       WHERE s.stream_id = $1";
-const START_AT_TIME_SQL: &str = "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, n.stream_version \
+const START_AT_TIME_SQL: &str =
+    "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, n.stream_version \
        FROM es_streams s LEFT JOIN LATERAL ( \
             SELECT stream_version, state FROM es_snapshots \
              WHERE stream_id = $1 AND reducers = $2 AND last_at <= $3 \

@@ -80,8 +80,8 @@ fn str_of(b: &[u8]) -> &str {
     }
 }
 
-/// A numeric varlena in the decimal form numeric_out prints ("-12.50").
-fn numeric(b: &[u8]) -> Number {
+/// A numeric varlena: an integer, or the decimal form numeric_out prints ("-12.50").
+fn numeric(b: &[u8]) -> State {
     let data = varlena_payload(b).expect("numerics inside jsonb are in line");
     let h = u16_at(data, 0);
     let (negative, dscale, weight, digits) = match h & 0xC000 {
@@ -112,7 +112,7 @@ fn numeric(b: &[u8]) -> Number {
     if dscale == 0 && (0..4).contains(&weight) {
         // Integers of up to 16 digits, the common case, need no decimal parse.
         let n = (0..=weight).fold(0i64, |n, i| n * 10000 + digit(i) as i64);
-        return Number::from(if negative { -n } else { n });
+        return State::Int(if negative { -n } else { n });
     }
     // Base-10000 digits, each printed as four decimal ones.
     let push4 = |s: &mut String, d: u16| {
@@ -150,7 +150,7 @@ fn numeric(b: &[u8]) -> Number {
         }
         s.truncate(end);
     }
-    Number::from_str(&s).expect("a numeric's decimal form is a JSON number")
+    State::Number(Number::from_str(&s).expect("a numeric's decimal form is a JSON number"))
 }
 
 fn intalign(off: usize) -> usize {
@@ -299,7 +299,7 @@ impl<'a> Data<'a> for Jsonb<'a> {
     fn to_state(self) -> State {
         match self.kind {
             IS_STRING => State::String(str_of(self.bytes).to_owned()),
-            IS_NUMERIC => State::Number(numeric(self.bytes)),
+            IS_NUMERIC => numeric(self.bytes),
             IS_FALSE => State::Bool(false),
             IS_TRUE => State::Bool(true),
             IS_NULL => State::Null,
@@ -310,7 +310,11 @@ impl<'a> Data<'a> for Jsonb<'a> {
                 });
                 State::Object(m)
             }
-            _ => State::Array((0..self.count()).map(|i| self.child(i).to_state()).collect()),
+            _ => State::Array(
+                (0..self.count())
+                    .map(|i| self.child(i).to_state())
+                    .collect(),
+            ),
         }
     }
 }
