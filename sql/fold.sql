@@ -101,9 +101,9 @@ CREATE AGGREGATE es_fold(event_store) (
 );
 
 -- The state functions' fold (src/fold.rs): from a starting state, over columns.
-CREATE FUNCTION _es_fold_events_step(internal, jsonb, text, text, jsonb) RETURNS internal
+CREATE FUNCTION _es_fold_events_step(internal, text, jsonb) RETURNS internal
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_events_step';
-CREATE AGGREGATE _es_fold_events(jsonb, text, text, jsonb) (
+CREATE AGGREGATE _es_fold_events(text, jsonb) (
     SFUNC = _es_fold_events_step,
     STYPE = internal,
     FINALFUNC = _es_fold_final,

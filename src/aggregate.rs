@@ -9,6 +9,7 @@ use pgrx::pg_sys::{self, Datum, FunctionCallInfo};
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
 use serde_json::Value;
+use std::cell::RefCell;
 use std::ffi::{c_void, CStr};
 use std::rc::Rc;
 
@@ -30,7 +31,33 @@ struct Acc {
     rules: Option<(String, Rc<RuleSet>)>,
 }
 
+thread_local! {
+    /// Where the next `_es_fold_events` group starts, handed over by fold::fold_stream: as
+    /// arguments of the aggregate they would be evaluated again for every event.
+    static START: RefCell<Option<(State, Rc<RuleSet>)>> = const { RefCell::new(None) };
+}
+
+/// Sets the starting state and reducers of the next `_es_fold_events` group.
+pub fn start_fold(state: State, rules: Rc<RuleSet>) {
+    START.with(|s| *s.borrow_mut() = Some((state, rules)));
+}
+
+/// The starting state of the last `start_fold`, when no group took it (no event was folded).
+pub fn unused_start() -> Option<State> {
+    START
+        .with(|s| s.borrow_mut().take())
+        .map(|(state, _)| state)
+}
+
 impl Acc {
+    fn new(state: State, rules: Option<(String, Rc<RuleSet>)>) -> Self {
+        Acc {
+            state,
+            events: 0,
+            rules,
+        }
+    }
+
     fn use_category(&mut self, category: &str) {
         if self.rules.as_ref().is_none_or(|(c, _)| c != category) {
             self.rules = Some((category.to_string(), fold::rules(category)));
@@ -51,7 +78,7 @@ unsafe extern "C-unwind" fn drop_acc(arg: *mut c_void) {
 
 /// The transition state, created on the first call of a group in the aggregate's memory and
 /// freed with it (also when the query fails).
-unsafe fn acc(fcinfo: FunctionCallInfo, start: impl FnOnce() -> State) -> *mut Acc {
+unsafe fn acc(fcinfo: FunctionCallInfo, start: impl FnOnce() -> Acc) -> *mut Acc {
     if !pg_arg_is_null(fcinfo, 0) {
         return pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<Acc>();
     }
@@ -59,11 +86,7 @@ unsafe fn acc(fcinfo: FunctionCallInfo, start: impl FnOnce() -> State) -> *mut A
     if pg_sys::AggCheckCallContext(fcinfo, &mut aggctx) == 0 {
         error!("event_store: a transition function of es_fold was called outside an aggregate");
     }
-    let acc = Box::into_raw(Box::new(Acc {
-        state: start(),
-        events: 0,
-        rules: None,
-    }));
+    let acc = Box::into_raw(Box::new(start()));
     let cb = pg_sys::MemoryContextAllocZero(aggctx, size_of::<pg_sys::MemoryContextCallback>())
         .cast::<pg_sys::MemoryContextCallback>();
     (*cb).func = Some(drop_acc);
@@ -85,7 +108,7 @@ v1_function!(pg_finfo__es_fold_step);
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum {
-    let acc = acc(fcinfo, initial_state);
+    let acc = acc(fcinfo, || Acc::new(initial_state(), None));
     if !pg_arg_is_null(fcinfo, 1) {
         let row = pg_sys::pg_detoast_datum(pg_getarg_datum_raw(fcinfo, 1).cast_mut_ptr())
             as pg_sys::HeapTupleHeader;
@@ -102,33 +125,22 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
 }
 
 v1_function!(pg_finfo__es_fold_events_step);
-/// Transition function of `_es_fold_events(start jsonb, category text, event_type text,
-/// event_data jsonb)`, the state functions' fold: columns instead of rows, one category, and
-/// a starting state (a snapshot's, or `{}` for NULL). The start and the category are read
-/// from a group's first row only.
+/// Transition function of `_es_fold_events(event_type text, event_data jsonb)`, the state
+/// functions' fold: columns instead of rows, from the start handed over by `start_fold`.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -> Datum {
-    let arg = |i| pg_getarg_datum_raw(fcinfo, i);
-    let first = pg_arg_is_null(fcinfo, 0);
-    let acc = acc(fcinfo, || {
-        if pg_arg_is_null(fcinfo, 1) {
-            initial_state()
-        } else {
-            jsonb::with_jsonb(arg(1), |j| j.to_state())
-        }
+    let acc = acc(fcinfo, || match START.with(|s| s.borrow_mut().take()) {
+        Some((state, rules)) => Acc::new(state, Some((String::new(), rules))),
+        None => error!("event_store: _es_fold_events only runs inside the state functions"),
     });
-    if first {
-        if pg_arg_is_null(fcinfo, 2) {
-            error!("event_store: _es_fold_events needs a category");
-        }
-        jsonb::with_text(arg(2), |category| (*acc).use_category(category));
-    }
-    if pg_arg_is_null(fcinfo, 3) || pg_arg_is_null(fcinfo, 4) {
+    if pg_arg_is_null(fcinfo, 1) || pg_arg_is_null(fcinfo, 2) {
         return Datum::from(acc);
     }
-    jsonb::with_text(arg(3), |event_type| {
-        jsonb::with_jsonb(arg(4), |data| (*acc).fold(event_type, data))
+    jsonb::with_text(pg_getarg_datum_raw(fcinfo, 1), |event_type| {
+        jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, 2), |data| {
+            (*acc).fold(event_type, data)
+        })
     });
     Datum::from(acc)
 }

@@ -1,8 +1,10 @@
 //! Time travel: a stream's state at an instant or version, folded from its events by the
 //! reducers of its category (src/reducer.rs), starting from the latest usable snapshot.
-use crate::jsonb::{self, Json};
+use crate::jsonb::Json;
+use crate::reducer::initial_state;
 use crate::reducer::RuleSet;
-use crate::{guc, plans};
+use crate::state::State;
+use crate::{aggregate, guc, plans};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
@@ -126,23 +128,23 @@ const START_AT_TIME_SQL: &str =
              ORDER BY last_at, stream_version LIMIT 1) n ON true \
       WHERE s.stream_id = $1";
 
-/// The fold of a stream's events from state $1 by the reducers of category $2: the executor
-/// feeds the columns of an ordered index scan straight into the aggregate. Each bound is
-/// there only when it restricts something, since the scan checks every one on every event:
-/// versions after a snapshot ($4), up to a version or the next snapshot ($5), and the time
-/// range ($6, $7), which stops at an instant and lets a hypertable exclude other chunks.
+/// The fold of a stream's events $1 from the start handed to the aggregate: the executor
+/// feeds the columns of an ordered index scan straight into it. Each bound is there only
+/// when it restricts something, since the scan checks every one on every event: versions
+/// after a snapshot ($2), up to a version or the next snapshot ($3), and the time range ($4,
+/// $5), which stops at an instant and lets a hypertable exclude other chunks.
 fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let variants = SQL.get_or_init(|| {
         (0..8)
             .map(|bits| {
-                let mut sql = "SELECT _es_fold_events($1, $2, event_type, event_data) \
-                     FROM (SELECT event_type, event_data FROM event_store WHERE stream_id = $3"
+                let mut sql = "SELECT _es_fold_events(event_type, event_data) \
+                     FROM (SELECT event_type, event_data FROM event_store WHERE stream_id = $1"
                     .to_string();
                 for (bit, cond) in [
-                    " AND stream_version > $4",
-                    " AND stream_version <= $5",
-                    " AND created_at BETWEEN $6 AND $7",
+                    " AND stream_version > $2",
+                    " AND stream_version <= $3",
+                    " AND created_at BETWEEN $4 AND $5",
                 ]
                 .iter()
                 .enumerate()
@@ -244,22 +246,23 @@ pub fn fold_stream(
         return None;
     }
     let snapshot_version = start.get::<i64>(4).unwrap().unwrap_or(0);
-    let snapshot = start.get::<RawJsonb>(5).unwrap();
+    let snapshot = start.get::<Json>(5).unwrap();
     let to_v = match start.get::<i64>(6).unwrap() {
         Some(next) => upto_v.min(next - 1),
         None => upto_v,
     };
+    let from_snapshot = snapshot.is_some();
+    let start_state = snapshot.map_or_else(initial_state, |Json(s)| State::from(s));
     let mut folded = None;
     if to_v > snapshot_version {
+        aggregate::start_fold(start_state, rules.clone());
         // A hypertable needs the time range to exclude other chunks.
         let sql = fold_sql(
             snapshot_version > 0,
             to_v < head,
             partitioned() || upto_at != last,
         );
-        let args: [DatumWithOid; 7] = [
-            snapshot.map_or(DatumWithOid::null_oid(pg_sys::JSONBOID), Into::into),
-            category.into(),
+        let args: [DatumWithOid; 5] = [
             stream_id.into(),
             snapshot_version.into(),
             to_v.into(),
@@ -267,8 +270,6 @@ pub fn fold_stream(
             upto_at.into(),
         ];
         let types = [
-            Oid::JSONBOID,
-            Oid::TEXTOID,
             Oid::TEXTOID,
             Oid::INT8OID,
             Oid::INT8OID,
@@ -282,44 +283,22 @@ pub fn fold_stream(
         folded = rows
             .expect("folding the stream")
             .next()
-            .and_then(|row| row.get::<Json>(1).unwrap());
+            .and_then(|row| row.get::<Json>(1).unwrap())
+            .map(|Json(v)| v);
+        // Nothing folded: the events after the snapshot are later than `at`.
+        if let Some(unused) = aggregate::unused_start() {
+            folded = from_snapshot.then(|| Value::from(&unused));
+        }
+    } else if from_snapshot {
+        folded = Some(Value::from(&start_state));
     }
-    // Nothing folded after the snapshot: the events after it are later than `at`.
-    let state = match (folded, snapshot) {
-        (Some(Json(state)), _) => state,
-        (None, Some(s)) => unsafe { jsonb::to_value(s.0) },
-        (None, None) => return None,
-    };
     Some(Folded {
-        state,
+        state: folded?,
         snapshot_version,
         version: upto_v,
         last_at: upto_at,
         rules,
     })
-}
-
-/// A jsonb value passed on from one SPI result to the next statement without decoding it.
-#[derive(Clone, Copy)]
-struct RawJsonb(pg_sys::Datum);
-
-impl pgrx::FromDatum for RawJsonb {
-    unsafe fn from_polymorphic_datum(
-        d: pg_sys::Datum,
-        is_null: bool,
-        _: pg_sys::Oid,
-    ) -> Option<Self> {
-        (!is_null).then_some(RawJsonb(d))
-    }
-}
-
-impl pgrx::IntoDatum for RawJsonb {
-    fn into_datum(self) -> Option<pg_sys::Datum> {
-        Some(self.0)
-    }
-    fn type_oid() -> pg_sys::Oid {
-        pg_sys::JSONBOID
-    }
 }
 
 fn state(
