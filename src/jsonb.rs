@@ -215,16 +215,20 @@ impl<'a> Jsonb<'a> {
         off
     }
 
-    /// Child `i` (an object's keys come first, then its values).
-    fn child(self, i: usize) -> Self {
+    /// Where the children's data starts: after the header and one JEntry per child.
+    fn data_start(self) -> usize {
         let entries = if self.is_object_container() {
             2 * self.count()
         } else {
             self.count()
         };
-        let base = 4 + 4 * entries;
+        4 + 4 * entries
+    }
+
+    /// Child `i` (an object's keys come first, then its values), whose data starts at `from`
+    /// in the data area at `base`; also where its data ends.
+    fn child_at(self, base: usize, i: usize, from: usize) -> (Self, usize) {
         let e = self.entry(i);
-        let from = self.offset(i);
         let to = if e & HAS_OFF != 0 {
             (e & OFFLEN_MASK) as usize
         } else {
@@ -232,31 +236,61 @@ impl<'a> Jsonb<'a> {
         };
         let kind = e & TYPE_MASK;
         // Numerics and containers are aligned to 4 bytes from the data area's start.
-        let from = match kind {
+        let start = match kind {
             IS_NUMERIC | IS_CONTAINER => intalign(from),
             _ => from,
         };
-        Jsonb {
+        let child = Jsonb {
             kind,
-            bytes: &self.bytes[base + from..base + to],
-        }
+            bytes: &self.bytes[base + start..base + to],
+        };
+        (child, to)
     }
 
-    fn key(self, i: usize) -> &'a str {
-        str_of(self.child(i).bytes)
+    fn child(self, i: usize) -> Self {
+        self.child_at(self.data_start(), i, self.offset(i)).0
     }
 
-    /// jsonb stores an object's keys sorted by length, then bytes: a binary search finds one.
+    /// Children `first..first + n` in one pass over their JEntries.
+    fn children(self, first: usize, n: usize) -> impl Iterator<Item = Self> {
+        let base = self.data_start();
+        let mut from = self.offset(first);
+        (first..first + n).map(move |i| {
+            let (child, to) = self.child_at(base, i, from);
+            from = to;
+            child
+        })
+    }
+
+    /// jsonb stores an object's keys sorted by length, then bytes: a scan of a few keys, or a
+    /// binary search of many, finds one.
     fn member(self, key: &str) -> Option<Self> {
+        use std::cmp::Ordering::*;
         let count = self.count();
+        if !utf8_database() {
+            // Stored in the server's encoding, sorted by those bytes: compare converted keys.
+            let found = self.children(0, count).position(|k| str_of(k.bytes) == key);
+            return found.map(|i| self.child(count + i));
+        }
+        let target = (key.len(), key.as_bytes());
+        let order = |k: Self| (k.bytes.len(), k.bytes).cmp(&target);
+        if count <= 8 {
+            for (i, k) in self.children(0, count).enumerate() {
+                match order(k) {
+                    Equal => return Some(self.child(count + i)),
+                    Greater => return None,
+                    Less => {}
+                }
+            }
+            return None;
+        }
         let (mut lo, mut hi) = (0, count);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            let k = self.key(mid);
-            match (k.len(), k.as_bytes()).cmp(&(key.len(), key.as_bytes())) {
-                std::cmp::Ordering::Equal => return Some(self.child(count + mid)),
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
+            match order(self.child(mid)) {
+                Equal => return Some(self.child(count + mid)),
+                Less => lo = mid + 1,
+                Greater => hi = mid,
             }
         }
         None
@@ -282,8 +316,8 @@ impl<'a> Data<'a> for Jsonb<'a> {
     fn each_member(self, mut f: impl FnMut(&'a str, Self)) {
         if self.is_object_container() {
             let count = self.count();
-            for i in 0..count {
-                f(self.key(i), self.child(count + i));
+            for (k, v) in self.children(0, count).zip(self.children(count, count)) {
+                f(str_of(k.bytes), v);
             }
         }
     }
@@ -311,8 +345,8 @@ impl<'a> Data<'a> for Jsonb<'a> {
                 State::Object(m)
             }
             _ => State::Array(
-                (0..self.count())
-                    .map(|i| self.child(i).to_state())
+                self.children(0, self.count())
+                    .map(|c| c.to_state())
                     .collect(),
             ),
         }

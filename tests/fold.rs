@@ -281,6 +281,51 @@ fn events_of_unexpected_shape_give_the_documented_results() {
     assert_eq!(text, "11.00", "sums keep numeric scale");
 }
 
+/// The fold reads jsonb in place: wide objects (keys found by binary search, JEntry offsets
+/// every 32 entries), long arrays, nested containers and numbers of every form must read as
+/// jsonb itself reads them.
+#[test]
+fn wide_and_nested_events_read_as_jsonb_reads_them() {
+    let db = TestDb::new("fold_wide");
+    let mut c = db.connect();
+    define(
+        &mut c,
+        "wide",
+        "Picked",
+        json!([{"op": "set", "path": "/picked", "from": "/k077"},
+               {"op": "set", "path": "/last", "from": "/list/39/n"},
+               {"op": "increment", "path": "/sum", "from": "/k150"}]),
+    );
+    let mut wide = serde_json::Map::new();
+    for i in 0..200 {
+        let v = match i % 5 {
+            0 => json!(i),
+            1 => serde_json::from_str(&format!("-{i}.{i:03}e1")).unwrap(),
+            2 => json!(format!("v{}", "x".repeat(i))),
+            3 => json!({"n": i, "deep": [i, {"k": [null, true, false]}]}),
+            _ => json!(null),
+        };
+        wide.insert(format!("k{i:03}"), v);
+    }
+    let list: Vec<Value> = (0..40i64).map(|n| json!({"n": n * 1000000007})).collect();
+    wide.insert("list".into(), json!(list));
+    let wide = Value::Object(wide);
+    append(&mut c, "wide-1", "Created", wide.clone());
+    append(&mut c, "wide-1", "Picked", wide.clone());
+    append(&mut c, "wide-1", "Picked", wide.clone());
+    // jsonb's own reading, for comparison: merge drops the nulls (RFC 7396).
+    let expected: Value = c
+        .query_one(
+            "SELECT jsonb_strip_nulls($1::jsonb) || jsonb_build_object('picked', $1::jsonb -> 'k077',
+                    'last', $1::jsonb #> '{list,39,n}', 'sum', ($1::jsonb ->> 'k150')::numeric * 2)",
+            &[&wide],
+        )
+        .unwrap()
+        .get(0);
+    let got = state(&mut c, "SELECT es_state('wide-1')").unwrap();
+    assert_eq!(got, expected);
+}
+
 #[test]
 fn a_changed_reducer_is_never_answered_from_an_old_snapshot() {
     let db = TestDb::new("fold_stale");
