@@ -6,11 +6,14 @@ from collections import defaultdict
 
 raw, out, machine = sys.argv[1], sys.argv[2], sys.argv[3]
 
-tps = {}
+rates = defaultdict(list)
 clients = {}
 for line in open(os.path.join(raw, "tps.txt")):
     name, c, t = line.split()
-    tps[name], clients[name] = float(t), int(c)
+    rates[name].append(float(t))
+    clients[name] = int(c)
+# Rounds of equal length: their mean rate is the rate over all of them.
+tps = {name: sum(r) / len(r) for name, r in rates.items()}
 
 lat = defaultdict(list)
 for line in open(os.path.join(raw, "latency.txt")):

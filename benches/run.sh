@@ -15,6 +15,7 @@ for arg in "$@"; do
     esac
 done
 if [ $QUICK = 1 ]; then DUR=5; STREAMS=10000; else DUR=30; STREAMS=100000; fi
+ROUNDS=5
 PORT=54330
 OUT=benches/results
 RAW=$(mktemp -d)
@@ -34,14 +35,16 @@ es_psql $PORT es_bench -q -c "CREATE EXTENSION event_store" -f benches/baselines
 
 sql() { es_psql $PORT es_bench -qtA "$@"; }
 
-# bench NAME SCRIPT CLIENTS [extra pgbench args]: appends "name clients tps" and a latency log.
+# bench NAME SCRIPT CLIENTS [extra pgbench args]: appends "name clients tps" and a latency log;
+# runs for $BENCH_DUR seconds when set, else $DUR. A name measured in several rounds gets the
+# mean of their rates (report.py).
 bench() {
     local name=$1 script=$2 clients=$3; shift 3
-    local prefix=${name//\//_}
-    echo "-- $name, $clients client(s), ${DUR}s"
+    local prefix=${name//\//_} dur=${BENCH_DUR:-$DUR}
+    echo "-- $name, $clients client(s), ${dur}s"
     local out
     out=$(cd "$RAW" && "$PG_BIN/pgbench" -n -M prepared -h "$ES_RUN_DIR" -p $PORT -U postgres \
-        -c "$clients" -j "$clients" -T "$DUR" -f "$OLDPWD/benches/scenarios/$script" \
+        -c "$clients" -j "$clients" -T "$dur" -f "$OLDPWD/benches/scenarios/$script" \
         --log --log-prefix="$prefix" "$@" es_bench 2>&1) || { echo "$out"; exit 1; }
     local tps
     tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out")
@@ -88,10 +91,14 @@ for n in 100 10000 100000; do
     sql -c "SET event_store.snapshot_every = 100" -c "SELECT bench_load_user_stream('fold-$n', $n, 50)" >/dev/null
     bench "state_at/snapshots/$n-events" state_snapshots.pgbench 1 -D stream=fold-$n -D n=$n
     sql -c "SELECT es_drop_snapshots('fold-$n')" >/dev/null
-    bench "state_at/rust/$n-events" state_rust.pgbench 1 -D stream=fold-$n
-    # What any fold pays before folding: reading the stream in order.
-    [ $n = 10000 ] && bench "state_at/read-only/$n-events" state_read.pgbench 1 -D stream=fold-$n
-    bench "state_at/plpgsql/$n-events" state_plpgsql.pgbench 1 -D stream=fold-$n
+    # The fold and its baselines alternate in short rounds, so that a burst of noise on this
+    # shared machine falls on all of them alike rather than on whichever ran at the time.
+    for ((round = 0; round < ROUNDS; round++)); do
+        BENCH_DUR=$((DUR / ROUNDS)) bench "state_at/rust/$n-events" state_rust.pgbench 1 -D stream=fold-$n
+        # What any fold pays before folding: reading the stream in order.
+        [ $n = 10000 ] && BENCH_DUR=$((DUR / ROUNDS)) bench "state_at/read-only/$n-events" state_read.pgbench 1 -D stream=fold-$n
+        BENCH_DUR=$((DUR / ROUNDS)) bench "state_at/plpgsql/$n-events" state_plpgsql.pgbench 1 -D stream=fold-$n
+    done
 done
 
 settle

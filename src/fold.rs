@@ -1,8 +1,7 @@
 //! Time travel: a stream's state at an instant or version, folded from its events by the
 //! reducers of its category (src/reducer.rs), starting from the latest usable snapshot.
 use crate::jsonb::Json;
-use crate::reducer::initial_state;
-use crate::reducer::RuleSet;
+use crate::reducer::{initial_state, RuleSet};
 use crate::state::State;
 use crate::{aggregate, guc, plans};
 use pgrx::datum::DatumWithOid;
