@@ -39,10 +39,13 @@ impl State {
         }
     }
 
-    fn as_number(&self) -> Option<Number> {
+    /// The number as an exact decimal; `None` for anything else.
+    fn decimal(&self) -> Option<BigDecimal> {
         match self {
             State::Int(i) => Some((*i).into()),
-            State::Number(n) => Some(n.clone()),
+            State::Number(n) => {
+                Some(BigDecimal::from_str(&n.to_string()).expect("JSON numbers are decimals"))
+            }
             _ => None,
         }
     }
@@ -55,8 +58,7 @@ pub fn add(a: &State, b: &State) -> Option<State> {
             return Some(State::Int(sum));
         }
     }
-    let dec = |n: Number| BigDecimal::from_str(&n.to_string()).expect("JSON numbers are decimals");
-    let sum = dec(a.as_number()?) + dec(b.as_number()?);
+    let sum = a.decimal()? + b.decimal()?;
     Some(State::number(
         Number::from_str(&sum.to_plain_string()).expect("a decimal's plain form is a JSON number"),
     ))
@@ -95,10 +97,7 @@ impl From<&State> for Value {
 pub fn same(a: &State, b: &State) -> bool {
     match (a, b) {
         (State::Int(x), State::Int(y)) => x == y,
-        (x, y) if x.is_number() && y.is_number() => {
-            let dec = |n: &State| BigDecimal::from_str(&n.as_number().unwrap().to_string()).ok();
-            dec(x) == dec(y)
-        }
+        (x, y) if x.is_number() && y.is_number() => x.decimal() == y.decimal(),
         (State::Array(x), State::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
         }
