@@ -85,7 +85,7 @@ fn es_diff(
         let start = fold_stream(client, stream_id, Some(from), None);
         // Events up to `from` are filtered out by time; those in the snapshot by version.
         let (mut state, version, rules) = match start {
-            Some(f) => (State::from(f.state), f.snapshot_version, f.rules),
+            Some(f) => (f.state, f.snapshot_version, f.rules),
             None => (initial_state(), 0, rules(category(stream_id))),
         };
         let mut rows = Vec::new();

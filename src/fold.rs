@@ -97,7 +97,7 @@ pub fn rules(category: &str) -> Rc<RuleSet> {
 /// events up to `version` and `last_at`: the stream's head and its time when folded to the
 /// head, otherwise bounds (the last event before an instant is not looked up).
 pub struct Folded {
-    pub state: Value,
+    pub state: State,
     pub snapshot_version: i64,
     pub version: i64,
     pub last_at: TimestampWithTimeZone,
@@ -245,13 +245,13 @@ pub fn fold_stream(
         return None;
     }
     let snapshot_version = start.get::<i64>(4).unwrap().unwrap_or(0);
-    let snapshot = start.get::<Json>(5).unwrap();
+    let snapshot = start.get::<State>(5).unwrap();
     let to_v = match start.get::<i64>(6).unwrap() {
         Some(next) => upto_v.min(next - 1),
         None => upto_v,
     };
     let from_snapshot = snapshot.is_some();
-    let start_state = snapshot.map_or_else(initial_state, |Json(s)| State::from(s));
+    let start_state = snapshot.unwrap_or_else(initial_state);
     let mut folded = None;
     if to_v > snapshot_version {
         aggregate::start_fold(start_state, rules.clone());
@@ -282,14 +282,13 @@ pub fn fold_stream(
         folded = rows
             .expect("folding the stream")
             .next()
-            .and_then(|row| row.get::<Json>(1).unwrap())
-            .map(|Json(v)| v);
+            .and_then(|row| row.get::<State>(1).unwrap());
         // Nothing folded: the events after the snapshot are later than `at`.
         if let Some(unused) = aggregate::unused_start() {
-            folded = from_snapshot.then(|| Value::from(&unused));
+            folded = from_snapshot.then_some(unused);
         }
     } else if from_snapshot {
-        folded = Some(Value::from(&start_state));
+        folded = Some(start_state);
     }
     Some(Folded {
         state: folded?,
@@ -305,7 +304,9 @@ fn state(
     at: Option<TimestampWithTimeZone>,
     version: Option<i64>,
 ) -> Option<pgrx::JsonB> {
-    Spi::connect(|client| fold_stream(client, stream_id, at, version).map(|f| pgrx::JsonB(f.state)))
+    Spi::connect(|client| {
+        fold_stream(client, stream_id, at, version).map(|f| pgrx::JsonB(Value::from(&f.state)))
+    })
 }
 
 /// The stream's state as it was at `at`: NULL when the stream had no events by then.
@@ -360,7 +361,7 @@ fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
                     f.version.into(),
                     f.rules.fingerprint.as_slice().into(),
                     f.last_at.into(),
-                    pgrx::JsonB(f.state).into(),
+                    f.state.into(),
                 ],
             )
             .expect("storing a snapshot");

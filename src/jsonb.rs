@@ -407,6 +407,27 @@ pub fn datum(v: &Value) -> pg_sys::Datum {
         .expect("jsonb_in returns a value")
 }
 
+/// A fold state read from or written as a jsonb column or argument, without a
+/// `serde_json::Value` on the way in.
+impl pgrx::FromDatum for State {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
+        (!is_null).then(|| with_jsonb(datum, |j| j.to_state()))
+    }
+}
+
+impl pgrx::IntoDatum for State {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(datum(&Value::from(&self)))
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::JSONBOID
+    }
+}
+
 impl pgrx::IntoDatum for Json {
     fn into_datum(self) -> Option<pg_sys::Datum> {
         Some(datum(&self.0))
