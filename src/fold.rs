@@ -3,7 +3,7 @@
 use crate::jsonb::Json;
 use crate::reducer::{initial_state, RuleSet};
 use crate::state::State;
-use crate::{aggregate, guc, plans};
+use crate::{aggregate, guc, plans, stream_scan};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
@@ -185,21 +185,53 @@ pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Whether event_store is partitioned (a hypertable has its chunks as children).
-fn partitioned() -> bool {
-    unsafe {
-        let relid = pg_sys::RelnameGetRelid(c"event_store".as_ptr());
-        let rel = if relid == pg_sys::InvalidOid {
-            std::ptr::null_mut()
-        } else {
-            pg_sys::RelationIdGetRelation(relid)
-        };
-        if rel.is_null() {
-            return false;
-        }
-        let partitioned = (*(*rel).rd_rel).relhassubclass;
-        pg_sys::RelationClose(rel);
-        partitioned
+/// event_store, as the search_path pinned on every state function finds it.
+fn event_store() -> pg_sys::Oid {
+    let relid = unsafe { pg_sys::RelnameGetRelid(c"event_store".as_ptr()) };
+    assert!(
+        relid != pg_sys::InvalidOid,
+        "event_store is on the search_path"
+    );
+    relid
+}
+
+/// The fold of the events `each_event` would read, as a query: for when it cannot.
+fn fold_in_sql(
+    client: &SpiClient<'_>,
+    sql: &'static str,
+    stream_id: &str,
+    b: &stream_scan::Bounds,
+    start: State,
+    rules: &Rc<RuleSet>,
+    from_snapshot: bool,
+) -> Option<State> {
+    aggregate::start_fold(start, rules.clone());
+    let args: [DatumWithOid; 5] = [
+        stream_id.into(),
+        b.after_version.into(),
+        b.upto_version.into(),
+        b.from_at.into(),
+        b.upto_at.into(),
+    ];
+    let types = [
+        Oid::TEXTOID,
+        Oid::INT8OID,
+        Oid::INT8OID,
+        Oid::TIMESTAMPTZOID,
+        Oid::TIMESTAMPTZOID,
+    ];
+    // Kept: the plan cache itself weighs a generic plan (no chunk excluded, but no
+    // planning) against plans for these values.
+    let plan = plans::kept(client, sql, &types, false);
+    let rows = in_stream_order(|| client.select(&*plan, Some(1), &args));
+    let folded = rows
+        .expect("folding the stream")
+        .next()
+        .and_then(|row| row.get::<State>(1).unwrap());
+    // Nothing folded: the events after the snapshot are later than `at`.
+    match aggregate::unused_start() {
+        Some(unused) => from_snapshot.then_some(unused),
+        None => folded,
     }
 }
 
@@ -254,39 +286,36 @@ pub fn fold_stream(
     let start_state = snapshot.unwrap_or_else(initial_state);
     let mut folded = None;
     if to_v > snapshot_version {
-        aggregate::start_fold(start_state, rules.clone());
-        // A hypertable needs the time range to exclude other chunks.
-        let sql = fold_sql(
-            snapshot_version > 0,
-            to_v < head,
-            partitioned() || upto_at != last,
-        );
-        let args: [DatumWithOid; 5] = [
-            stream_id.into(),
-            snapshot_version.into(),
-            to_v.into(),
-            first.into(),
-            upto_at.into(),
-        ];
-        let types = [
-            Oid::TEXTOID,
-            Oid::INT8OID,
-            Oid::INT8OID,
-            Oid::TIMESTAMPTZOID,
-            Oid::TIMESTAMPTZOID,
-        ];
-        // Kept: the plan cache itself weighs a generic plan (no chunk excluded, but no
-        // planning) against plans for these values.
-        let plan = plans::kept(client, sql, &types, false);
-        let rows = in_stream_order(|| client.select(&*plan, Some(1), &args));
-        folded = rows
-            .expect("folding the stream")
-            .next()
-            .and_then(|row| row.get::<State>(1).unwrap());
-        // Nothing folded: the events after the snapshot are later than `at`.
-        if let Some(unused) = aggregate::unused_start() {
-            folded = from_snapshot.then_some(unused);
-        }
+        let table = event_store();
+        let bounds = stream_scan::Bounds {
+            after_version: snapshot_version,
+            upto_version: to_v,
+            from_at: first,
+            upto_at,
+            timed: upto_at != last,
+        };
+        let mut state = start_state;
+        let mut events = 0u64;
+        let read = stream_scan::each_event(client, table, stream_id, &bounds, |ty, data| {
+            rules.apply(&mut state, ty, data);
+            events += 1;
+        });
+        folded = if read {
+            (events > 0 || from_snapshot).then_some(state)
+        } else {
+            // A hypertable needs the time range to exclude other chunks.
+            let timed = stream_scan::partitioned(table) || bounds.timed;
+            let sql = fold_sql(snapshot_version > 0, to_v < head, timed);
+            fold_in_sql(
+                client,
+                sql,
+                stream_id,
+                &bounds,
+                state,
+                &rules,
+                from_snapshot,
+            )
+        };
     } else if from_snapshot {
         folded = Some(start_state);
     }

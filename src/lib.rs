@@ -19,6 +19,7 @@ mod projection_worker;
 mod reducer;
 mod registry;
 mod state;
+mod stream_scan;
 mod validate;
 
 ::pgrx::pg_module_magic!(name, version);

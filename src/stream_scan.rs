@@ -1,0 +1,297 @@
+//! A stream's events read straight from its (stream_id, stream_version) index, in version
+//! order, for the state functions' fold: no executor, no aggregate call per event, and on a
+//! hypertable no time condition checked on every event (chunks are picked once, from
+//! TimescaleDB's catalog). Where this reading could differ from what a query would see (row
+//! level security, column-only privileges, compressed chunks, a missing index) it declines,
+//! and the caller folds through SQL instead.
+use crate::jsonb::{self, Jsonb};
+use pgrx::pg_sys::{self, BuiltinOid as Oid, Datum};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use std::ffi::CStr;
+
+/// Which events of the stream to read: versions in (after_version, upto_version], times in
+/// [from_at, upto_at]. `timed` is false when upto_at is the stream's last time (no event is
+/// later), so the scan need not read the time of each event.
+pub struct Bounds {
+    pub after_version: i64,
+    pub upto_version: i64,
+    pub from_at: TimestampWithTimeZone,
+    pub upto_at: TimestampWithTimeZone,
+    pub timed: bool,
+}
+
+/// A relation holding events (event_store, or one of its chunks) and where to read them.
+struct Source {
+    rel: pg_sys::Relation,
+    index: pg_sys::Relation,
+    version: usize,
+    created_at: usize,
+    event_type: usize,
+    event_data: usize,
+}
+
+// TimescaleDB keeps chunk ranges as microseconds since 1970.
+const UNIX_EPOCH_IN_PG_TIME: i64 = 946_684_800_000_000;
+
+// The chunks that may hold events between two instants, where they start, and whether each can
+// be read in place: a compressed chunk keeps its rows elsewhere, and with a second dimension
+// one instant spans several chunks, so time order would not be version order.
+const CHUNKS_SQL: &str = "SELECT r.oid, s.range_start, c.status & 1 = 0 AND NOT c.osm_chunk \
+            AND (SELECT count(*) FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = h.id) = 1 \
+       FROM pg_catalog.pg_class t \
+       JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
+       JOIN _timescaledb_catalog.hypertable h ON h.schema_name = tn.nspname AND h.table_name = t.relname \
+       JOIN _timescaledb_catalog.chunk c ON c.hypertable_id = h.id AND NOT c.dropped \
+       JOIN _timescaledb_catalog.chunk_constraint cc ON cc.chunk_id = c.id \
+       JOIN _timescaledb_catalog.dimension_slice s ON s.id = cc.dimension_slice_id \
+       JOIN pg_catalog.pg_namespace n ON n.nspname = c.schema_name \
+       JOIN pg_catalog.pg_class r ON r.relnamespace = n.oid AND r.relname = c.table_name \
+      WHERE t.oid = $1 AND s.range_end > $2 AND s.range_start <= $3";
+
+/// Whether event_store has children: chunks, when it is a hypertable.
+pub fn partitioned(table: pg_sys::Oid) -> bool {
+    unsafe {
+        let rel = pg_sys::RelationIdGetRelation(table);
+        let partitioned = (*(*rel).rd_rel).relhassubclass;
+        pg_sys::RelationClose(rel);
+        partitioned
+    }
+}
+
+/// The relations to read, in time order, or `None` when some cannot be read in place.
+fn relations(client: &SpiClient<'_>, table: pg_sys::Oid, b: &Bounds) -> Option<Vec<pg_sys::Oid>> {
+    if !partitioned(table) {
+        return Some(vec![table]);
+    }
+    let timescaledb = unsafe { pg_sys::get_namespace_oid(c"_timescaledb_catalog".as_ptr(), true) };
+    if timescaledb == pg_sys::InvalidOid {
+        return None; // children of another kind
+    }
+    let plan = crate::plans::kept(
+        client,
+        CHUNKS_SQL,
+        &[Oid::OIDOID, Oid::INT8OID, Oid::INT8OID],
+        false,
+    );
+    let rows = client
+        .select(
+            &*plan,
+            None,
+            &[
+                table.into(),
+                (b.from_at.into_inner() + UNIX_EPOCH_IN_PG_TIME).into(),
+                (b.upto_at.into_inner() + UNIX_EPOCH_IN_PG_TIME).into(),
+            ],
+        )
+        .expect("reading TimescaleDB's chunks");
+    let mut chunks = Vec::new();
+    for row in rows {
+        if !row.get::<bool>(3).unwrap().unwrap_or(false) {
+            return None;
+        }
+        chunks.push((
+            row.get::<i64>(2).unwrap().unwrap(),
+            row.get::<pg_sys::Oid>(1).unwrap().unwrap(),
+        ));
+    }
+    // Sorted here, not in SQL: where enable_sort is off, a sort costs the plan enough to be
+    // JIT-compiled on every call.
+    chunks.sort_unstable_by_key(|(start, _)| *start);
+    Some(chunks.into_iter().map(|(_, oid)| oid).collect())
+}
+
+fn attnum(relid: pg_sys::Oid, name: &CStr) -> Option<usize> {
+    let n = unsafe { pg_sys::get_attnum(relid, name.as_ptr()) };
+    (n > 0).then_some(n as usize)
+}
+
+/// Opens a relation of events and its stream index: a valid, whole btree index whose keys
+/// start with (stream_id, stream_version).
+unsafe fn open(relid: pg_sys::Oid) -> Option<Source> {
+    let stream = attnum(relid, c"stream_id")?;
+    let version = attnum(relid, c"stream_version")?;
+    let created_at = attnum(relid, c"created_at")?;
+    let event_type = attnum(relid, c"event_type")?;
+    let event_data = attnum(relid, c"event_data")?;
+    let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as i32);
+    if rel.is_null() {
+        return None; // dropped since the catalog was read
+    }
+    let indexes = pgrx::PgList::<pg_sys::Oid>::from_pg(pg_sys::RelationGetIndexList(rel));
+    for oid in indexes.iter_oid() {
+        let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
+        let form = (*index).rd_index;
+        let keys = (*form).indkey.values.as_slice((*form).indnatts as usize);
+        if (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && (*form).indisvalid
+            && (*form).indnkeyatts >= 2
+            && keys[0] as usize == stream
+            && keys[1] as usize == version
+            && pg_sys::RelationGetIndexPredicate(index).is_null()
+        {
+            return Some(Source {
+                rel,
+                index,
+                version,
+                created_at,
+                event_type,
+                event_data,
+            });
+        }
+        pg_sys::index_close(index, pg_sys::AccessShareLock as i32);
+    }
+    pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
+    None
+}
+
+/// Closes what `open` opened, keeping the locks to the end of the transaction as a query does.
+unsafe fn close(s: &Source) {
+    pg_sys::index_close(s.index, pg_sys::NoLock as i32);
+    pg_sys::relation_close(s.rel, pg_sys::NoLock as i32);
+}
+
+/// Whether the current user reads event_store as a query would: with table-wide SELECT and
+/// no row level security in the way.
+fn reads_like_a_query(table: pg_sys::Oid) -> bool {
+    unsafe {
+        pg_sys::pg_class_aclcheck(table, pg_sys::GetUserId(), pg_sys::ACL_SELECT)
+            == pg_sys::AclResult::ACLCHECK_OK
+            && pg_sys::check_enable_rls(table, pg_sys::InvalidOid, true)
+                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
+/// Calls `f(event_type, event_data)` for the stream's events within `bounds`, in version
+/// order. Returns false, having called nothing, when the events cannot be read in place.
+pub fn each_event(
+    client: &SpiClient<'_>,
+    table: pg_sys::Oid,
+    stream_id: &str,
+    bounds: &Bounds,
+    mut f: impl FnMut(&str, Jsonb),
+) -> bool {
+    if !reads_like_a_query(table) {
+        return false;
+    }
+    let Some(relids) = relations(client, table, bounds) else {
+        return false;
+    };
+    let mut sources = Vec::with_capacity(relids.len());
+    for relid in relids {
+        match unsafe { open(relid) } {
+            Some(s) => sources.push(s),
+            None => {
+                sources.iter().for_each(|s| unsafe { close(s) });
+                return false;
+            }
+        }
+    }
+    unsafe {
+        // The snapshot SPI gave the caller's query, or a later one (which reads the same
+        // events up to the bounds: a later append has higher versions and times).
+        let snapshot = pg_sys::RegisterSnapshot(
+            if pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId {
+                pg_sys::GetActiveSnapshot()
+            } else {
+                pg_sys::GetTransactionSnapshot()
+            },
+        );
+        let per_event = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CurrentMemoryContext,
+            c"event_store stream scan".as_ptr(),
+            0,
+            8 * 1024,
+            8 * 1024 * 1024,
+        );
+        let stream =
+            pg_sys::cstring_to_text_with_len(stream_id.as_ptr().cast(), stream_id.len() as i32);
+        let mut done = false;
+        for s in &sources {
+            if !done {
+                done = scan(s, snapshot, Datum::from(stream), bounds, per_event, &mut f);
+            }
+            close(s);
+        }
+        pg_sys::MemoryContextDelete(per_event);
+        pg_sys::UnregisterSnapshot(snapshot);
+    }
+    true
+}
+
+/// Reads one relation's events of the stream; true once past the bounds.
+unsafe fn scan(
+    s: &Source,
+    snapshot: pg_sys::Snapshot,
+    stream: Datum,
+    b: &Bounds,
+    per_event: pg_sys::MemoryContext,
+    f: &mut impl FnMut(&str, Jsonb),
+) -> bool {
+    let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+    // The index's collation: btree positions the scan with it.
+    pg_sys::ScanKeyEntryInitialize(
+        &mut keys[0],
+        0,
+        1,
+        pg_sys::BTEqualStrategyNumber as u16,
+        pg_sys::InvalidOid,
+        *(*s.index).rd_indcollation,
+        pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+        stream,
+    );
+    // Only a lower version bound is a key (it positions the scan after a snapshot); the
+    // others end the scan below, checked on the row rather than on every index entry.
+    let nkeys = if b.after_version > 0 {
+        pg_sys::ScanKeyEntryInitialize(
+            &mut keys[1],
+            0,
+            2,
+            pg_sys::BTGreaterStrategyNumber as u16,
+            pg_sys::InvalidOid,
+            pg_sys::InvalidOid,
+            pg_sys::Oid::from(pg_sys::F_INT8GT),
+            Datum::from(b.after_version),
+        );
+        2
+    } else {
+        1
+    };
+    let slot = pg_sys::table_slot_create(s.rel, std::ptr::null_mut());
+    let scan = pg_sys::index_beginscan(s.rel, s.index, snapshot, nkeys, 0);
+    pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
+    // Columns are read up to the last one used; created_at comes after the event's.
+    let mut last = s.version.max(s.event_type).max(s.event_data);
+    if b.timed {
+        last = last.max(s.created_at);
+    }
+    let upto_at = b.upto_at.into_inner();
+    let mut past = false;
+    while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+        pgrx::check_for_interrupts!();
+        if (*slot).tts_nvalid < last as i16 {
+            pg_sys::slot_getsomeattrs_int(slot, last as i32);
+        }
+        let values = std::slice::from_raw_parts((*slot).tts_values, last);
+        // Versions and times grow together within a stream: the first event past either
+        // bound ends the stream's prefix.
+        if values[s.version - 1].value() as i64 > b.upto_version
+            || b.timed && values[s.created_at - 1].value() as i64 > upto_at
+        {
+            past = true;
+            break;
+        }
+        let caller = pg_sys::CurrentMemoryContext;
+        pg_sys::CurrentMemoryContext = per_event;
+        jsonb::with_text(values[s.event_type - 1], |event_type| {
+            jsonb::with_jsonb(values[s.event_data - 1], |data| f(event_type, data))
+        });
+        pg_sys::CurrentMemoryContext = caller;
+        if !(*per_event).isReset {
+            pg_sys::MemoryContextReset(per_event);
+        }
+    }
+    pg_sys::index_endscan(scan);
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    past
+}
