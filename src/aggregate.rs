@@ -95,12 +95,44 @@ unsafe fn acc(fcinfo: FunctionCallInfo, start: impl FnOnce() -> Acc) -> *mut Acc
     acc
 }
 
-/// A column of an event_store row.
-unsafe fn column(row: pg_sys::HeapTupleHeader, name: &CStr) -> Datum {
-    let mut isnull = false;
-    let d = pg_sys::GetAttributeByName(row, name.as_ptr(), &mut isnull);
-    assert!(!isnull, "event_store.{name:?} is NOT NULL");
-    d
+/// Where an event_store row's columns are, looked up on a query's first row.
+struct RowLayout {
+    tupdesc: pg_sys::TupleDesc,
+    stream_id: usize,
+    event_type: usize,
+    event_data: usize,
+}
+
+/// More than event_store's columns, dropped ones included, are ever likely to be.
+const MAX_COLUMNS: usize = 64;
+
+unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> *mut RowLayout {
+    let flinfo = (*fcinfo).flinfo;
+    let mut layout = (*flinfo).fn_extra.cast::<RowLayout>();
+    if layout.is_null() {
+        let old = pg_sys::CurrentMemoryContext;
+        pg_sys::CurrentMemoryContext = (*flinfo).fn_mcxt;
+        let fields = (*row).t_choice.t_datum;
+        let tupdesc = pg_sys::lookup_rowtype_tupdesc_copy(fields.datum_typeid, fields.datum_typmod);
+        layout = pg_sys::palloc0(size_of::<RowLayout>()).cast();
+        pg_sys::CurrentMemoryContext = old;
+        let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
+        let column = |name: &str| {
+            attrs
+                .iter()
+                .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == name)
+                .expect("an event_store row")
+        };
+        *layout = RowLayout {
+            tupdesc,
+            stream_id: column("stream_id"),
+            event_type: column("event_type"),
+            event_data: column("event_data"),
+        };
+        assert!(attrs.len() <= MAX_COLUMNS, "event_store has too many columns");
+        (*flinfo).fn_extra = layout.cast();
+    }
+    layout
 }
 
 v1_function!(pg_finfo__es_fold_step);
@@ -112,9 +144,24 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
     if !pg_arg_is_null(fcinfo, 1) {
         let row = pg_sys::pg_detoast_datum(pg_getarg_datum_raw(fcinfo, 1).cast_mut_ptr())
             as pg_sys::HeapTupleHeader;
-        jsonb::with_text(column(row, c"stream_id"), |stream_id| {
-            jsonb::with_text(column(row, c"event_type"), |event_type| {
-                jsonb::with_jsonb(column(row, c"event_data"), |data| {
+        let layout = &*row_layout(fcinfo, row);
+        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+        tuple.t_len = (*row).t_choice.t_datum.datum_len_ as u32 >> 2;
+        tuple.t_data = row;
+        let mut values = [Datum::from(0); MAX_COLUMNS];
+        let mut nulls = [false; MAX_COLUMNS];
+        pg_sys::heap_deform_tuple(
+            &mut tuple,
+            layout.tupdesc,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
+        for column in [layout.stream_id, layout.event_type, layout.event_data] {
+            assert!(!nulls[column], "event_store's columns are NOT NULL");
+        }
+        jsonb::with_text(values[layout.stream_id], |stream_id| {
+            jsonb::with_text(values[layout.event_type], |event_type| {
+                jsonb::with_jsonb(values[layout.event_data], |data| {
                     (*acc).use_category(fold::category(stream_id));
                     (*acc).fold(event_type, data)
                 })

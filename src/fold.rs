@@ -104,21 +104,22 @@ pub struct Folded {
     pub rules: Rc<RuleSet>,
 }
 
-// The stream's head and time range, and the latest usable snapshot at or before the point
-// asked for: a version ($3; NULL for the head) or an instant ($3). For an instant, also the
-// first snapshot after it: it bounds the fold from above, so a state in the past does not
-// read the stream's later events only to filter them out by time.
+// The stream's head and time range, and the latest usable snapshot (with its time) at or
+// before the point asked for: a version ($3; NULL for the head) or an instant ($3). For an
+// instant, also the first snapshot after it: it bounds the fold from above, so a state in
+// the past does not read the stream's later events only to filter them out by time.
 const START_AT_VERSION_SQL: &str =
-    "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, NULL::bigint \
+    "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, NULL::bigint, p.last_at \
        FROM es_streams s LEFT JOIN LATERAL ( \
-            SELECT stream_version, state FROM es_snapshots \
+            SELECT stream_version, state, last_at FROM es_snapshots \
              WHERE stream_id = $1 AND reducers = $2 AND stream_version <= least(s.version, $3) \
              ORDER BY stream_version DESC LIMIT 1) p ON true \
       WHERE s.stream_id = $1";
 const START_AT_TIME_SQL: &str =
-    "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, n.stream_version \
+    "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, n.stream_version, \
+            p.last_at \
        FROM es_streams s LEFT JOIN LATERAL ( \
-            SELECT stream_version, state FROM es_snapshots \
+            SELECT stream_version, state, last_at FROM es_snapshots \
              WHERE stream_id = $1 AND reducers = $2 AND last_at <= $3 \
              ORDER BY last_at DESC, stream_version DESC LIMIT 1) p ON true \
        LEFT JOIN LATERAL ( \
@@ -276,8 +277,21 @@ pub fn fold_stream(
     if upto_v < 1 || upto_at.into_inner() < first.into_inner() {
         return None;
     }
-    let snapshot_version = start.get::<i64>(4).unwrap().unwrap_or(0);
-    let snapshot = start.get::<State>(5).unwrap();
+    // Snapshots fold every event; under row level security the caller may see fewer.
+    let table = event_store();
+    let (snapshot_version, snapshot, from_at) = if stream_scan::row_security(table) {
+        (0, None, first)
+    } else {
+        (
+            start.get::<i64>(4).unwrap().unwrap_or(0),
+            start.get::<State>(5).unwrap(),
+            // The events after a snapshot are no older than its last one.
+            start
+                .get::<TimestampWithTimeZone>(7)
+                .unwrap()
+                .unwrap_or(first),
+        )
+    };
     let to_v = match start.get::<i64>(6).unwrap() {
         Some(next) => upto_v.min(next - 1),
         None => upto_v,
@@ -286,11 +300,10 @@ pub fn fold_stream(
     let start_state = snapshot.unwrap_or_else(initial_state);
     let mut folded = None;
     if to_v > snapshot_version {
-        let table = event_store();
         let bounds = stream_scan::Bounds {
             after_version: snapshot_version,
             upto_version: to_v,
-            from_at: first,
+            from_at,
             upto_at,
             timed: upto_at != last,
         };

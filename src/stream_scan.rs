@@ -151,15 +151,22 @@ unsafe fn close(s: &Source) {
     pg_sys::relation_close(s.rel, pg_sys::NoLock as i32);
 }
 
+/// Whether row level security filters what the current user reads of event_store.
+pub fn row_security(table: pg_sys::Oid) -> bool {
+    unsafe {
+        pg_sys::check_enable_rls(table, pg_sys::InvalidOid, true)
+            == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
 /// Whether the current user reads event_store as a query would: with table-wide SELECT and
 /// no row level security in the way.
 fn reads_like_a_query(table: pg_sys::Oid) -> bool {
-    unsafe {
+    let select = unsafe {
         pg_sys::pg_class_aclcheck(table, pg_sys::GetUserId(), pg_sys::ACL_SELECT)
             == pg_sys::AclResult::ACLCHECK_OK
-            && pg_sys::check_enable_rls(table, pg_sys::InvalidOid, true)
-                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
-    }
+    };
+    select && !row_security(table)
 }
 
 /// Calls `f(event_type, event_data)` for the stream's events within `bounds`, in version
