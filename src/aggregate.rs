@@ -129,7 +129,10 @@ unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> 
             event_type: column("event_type"),
             event_data: column("event_data"),
         };
-        assert!(attrs.len() <= MAX_COLUMNS, "event_store has too many columns");
+        assert!(
+            attrs.len() <= MAX_COLUMNS,
+            "event_store has too many columns"
+        );
         (*flinfo).fn_extra = layout.cast();
     }
     layout

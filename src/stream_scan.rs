@@ -264,41 +264,87 @@ unsafe fn scan(
     } else {
         1
     };
-    let slot = pg_sys::table_slot_create(s.rel, std::ptr::null_mut());
     let scan = pg_sys::index_beginscan(s.rel, s.index, snapshot, nkeys, 0);
     pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
-    // Columns are read up to the last one used; created_at comes after the event's.
-    let mut last = s.version.max(s.event_type).max(s.event_data);
-    if b.timed {
-        last = last.max(s.created_at);
-    }
+    let tupdesc = (*s.rel).rd_att;
+    let natts = (*tupdesc).natts as usize;
+    let (mut values, mut nulls) = (vec![Datum::from(0); natts], vec![false; natts]);
     let upto_at = b.upto_at.into_inner();
-    let mut past = false;
-    while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-        pgrx::check_for_interrupts!();
-        if (*slot).tts_nvalid < last as i16 {
-            pg_sys::slot_getsomeattrs_int(slot, last as i32);
+    let block = |tid: &pg_sys::ItemPointerData| {
+        (tid.ip_blkid.bi_hi as u32) << 16 | tid.ip_blkid.bi_lo as u32
+    };
+    // A page at a time, as a sequential scan reads: the index entries of one heap page are
+    // checked for visibility under one lock, then folded with only the page pinned (which
+    // keeps its tuples in place).
+    let mut buffer: pg_sys::Buffer = 0;
+    let mut tids = Vec::with_capacity(64);
+    let mut tuples: Vec<pg_sys::HeapTupleData> = Vec::with_capacity(64);
+    let mut next = None;
+    let (mut past, mut exhausted) = (false, false);
+    while !past {
+        tids.clear();
+        tids.extend(next.take());
+        // Not asked again once exhausted: a btree scan would start over.
+        while !exhausted {
+            let tid = pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tid.is_null() {
+                exhausted = true;
+                break;
+            }
+            if tids
+                .first()
+                .is_some_and(|first| block(first) != block(&*tid))
+            {
+                next = Some(*tid);
+                break;
+            }
+            tids.push(*tid);
         }
-        let values = std::slice::from_raw_parts((*slot).tts_values, last);
-        // Versions and times grow together within a stream: the first event past either
-        // bound ends the stream's prefix.
-        if values[s.version - 1].value() as i64 > b.upto_version
-            || b.timed && values[s.created_at - 1].value() as i64 > upto_at
-        {
-            past = true;
-            break;
+        let Some(first) = tids.first() else { break };
+        buffer = pg_sys::ReleaseAndReadBuffer(buffer, s.rel, block(first));
+        pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+        tuples.clear();
+        for tid in tids.iter_mut() {
+            let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+            let mut all_dead = false;
+            if pg_sys::heap_hot_search_buffer(
+                tid,
+                s.rel,
+                buffer,
+                snapshot,
+                &mut tuple,
+                &mut all_dead,
+                true,
+            ) {
+                tuples.push(tuple);
+            }
         }
-        let caller = pg_sys::CurrentMemoryContext;
-        pg_sys::CurrentMemoryContext = per_event;
-        jsonb::with_text(values[s.event_type - 1], |event_type| {
-            jsonb::with_jsonb(values[s.event_data - 1], |data| f(event_type, data))
-        });
-        pg_sys::CurrentMemoryContext = caller;
-        if !(*per_event).isReset {
-            pg_sys::MemoryContextReset(per_event);
+        pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        for tuple in tuples.iter_mut() {
+            pgrx::check_for_interrupts!();
+            pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            // Versions and times grow together within a stream: the first event past either
+            // bound ends the stream's prefix.
+            if values[s.version - 1].value() as i64 > b.upto_version
+                || b.timed && values[s.created_at - 1].value() as i64 > upto_at
+            {
+                past = true;
+                break;
+            }
+            let caller = pg_sys::CurrentMemoryContext;
+            pg_sys::CurrentMemoryContext = per_event;
+            jsonb::with_text(values[s.event_type - 1], |event_type| {
+                jsonb::with_jsonb(values[s.event_data - 1], |data| f(event_type, data))
+            });
+            pg_sys::CurrentMemoryContext = caller;
+            if !(*per_event).isReset {
+                pg_sys::MemoryContextReset(per_event);
+            }
         }
+    }
+    if buffer != 0 {
+        pg_sys::ReleaseBuffer(buffer);
     }
     pg_sys::index_endscan(scan);
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
     past
 }

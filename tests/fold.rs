@@ -735,6 +735,17 @@ fn snapshots_and_es_fold_agree_with_the_model_fold_everywhere() {
                 )
                 .unwrap();
                 events.extend(batch);
+                if rng.gen_bool(0.3) {
+                    // Rolled back: its row stays in the index, dead, and the next append
+                    // reuses its version (on a hypertable its chunk may go with it).
+                    let mut tx = c.transaction().unwrap();
+                    tx.execute(
+                        "SELECT 1 FROM es_append($1, 'A', '{\"a\": \"rolled back\"}')",
+                        &[&stream],
+                    )
+                    .unwrap();
+                    tx.rollback().unwrap();
+                }
             }
             let mut expected = vec![];
             let mut model_state = reducer::initial_state();
