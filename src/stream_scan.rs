@@ -226,6 +226,63 @@ pub fn each_event(
     true
 }
 
+/// Reads columns 1..=values.len() of a tuple as heap_deform_tuple does, but only that far
+/// (an event's metadata, hash and later columns are not touched); false, for
+/// heap_deform_tuple to do it, when the tuple has nulls or a value in an unexpected form.
+unsafe fn deform_prefix(
+    tuple: &pg_sys::HeapTupleData,
+    attrs: &[pg_sys::FormData_pg_attribute],
+    values: &mut [Datum],
+) -> bool {
+    let header = tuple.t_data;
+    if (*header).t_infomask as u32 & pg_sys::HEAP_HASNULL != 0
+        || ((*header).t_infomask2 as u32 & pg_sys::HEAP_NATTS_MASK) < values.len() as u32
+    {
+        return false;
+    }
+    let data = header.cast::<u8>().add((*header).t_hoff as usize);
+    let mut off = 0usize;
+    for (value, a) in values.iter_mut().zip(attrs) {
+        let align = match a.attalign as u8 {
+            b'd' => 8,
+            b'i' => 4,
+            b's' => 2,
+            _ => 1,
+        };
+        if a.attlen == -1 {
+            // Padding is zeros: a varlena with a 1-byte header starts unaligned.
+            if *data.add(off) == 0 {
+                off = off.next_multiple_of(align);
+            }
+            let p = data.add(off);
+            *value = Datum::from(p);
+            off += match *p {
+                0x01 if *p.add(1) == pg_sys::vartag_external::VARTAG_ONDISK as u8 => {
+                    2 + size_of::<pg_sys::varatt_external>()
+                }
+                0x01 => return false,
+                h if h & 0x01 == 0x01 => (h >> 1) as usize,
+                _ => (p.cast::<u32>().read_unaligned() >> 2) as usize,
+            };
+        } else if a.attlen > 0 {
+            off = off.next_multiple_of(align);
+            let p = data.add(off);
+            *value = match (a.attbyval, a.attlen) {
+                (false, _) => Datum::from(p),
+                (true, 8) => Datum::from(p.cast::<i64>().read_unaligned()),
+                (true, 4) => Datum::from(p.cast::<i32>().read_unaligned()),
+                (true, 2) => Datum::from(p.cast::<i16>().read_unaligned()),
+                (true, 1) => Datum::from(p.cast::<i8>().read()),
+                _ => return false,
+            };
+            off += a.attlen as usize;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
 /// Reads one relation's events of the stream; true once past the bounds.
 unsafe fn scan(
     s: &Source,
@@ -268,7 +325,13 @@ unsafe fn scan(
     pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
     let tupdesc = (*s.rel).rd_att;
     let natts = (*tupdesc).natts as usize;
+    let attrs = (*tupdesc).attrs.as_slice(natts);
     let (mut values, mut nulls) = (vec![Datum::from(0); natts], vec![false; natts]);
+    // Columns are read up to the last one used; created_at comes after the event's.
+    let mut last = s.version.max(s.event_type).max(s.event_data);
+    if b.timed {
+        last = last.max(s.created_at);
+    }
     let upto_at = b.upto_at.into_inner();
     let block = |tid: &pg_sys::ItemPointerData| {
         (tid.ip_blkid.bi_hi as u32) << 16 | tid.ip_blkid.bi_lo as u32
@@ -322,7 +385,9 @@ unsafe fn scan(
         pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         for tuple in tuples.iter_mut() {
             pgrx::check_for_interrupts!();
-            pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            if !deform_prefix(tuple, attrs, &mut values[..last]) {
+                pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            }
             // Versions and times grow together within a stream: the first event past either
             // bound ends the stream's prefix.
             if values[s.version - 1].value() as i64 > b.upto_version
