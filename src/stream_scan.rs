@@ -49,6 +49,40 @@ const CHUNKS_SQL: &str = "SELECT r.oid, s.range_start, c.status & 1 = 0 AND NOT 
        JOIN pg_catalog.pg_class r ON r.relnamespace = n.oid AND r.relname = c.table_name \
       WHERE t.oid = $1 AND s.range_end > $2 AND s.range_start <= $3";
 
+// The catalog columns CHUNKS_SQL reads: a TimescaleDB whose catalog lacks one makes the state
+// functions fold through SQL rather than fail.
+const CATALOG_SQL: &str = "SELECT count(*) = 16 FROM pg_catalog.pg_attribute a \
+       JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+      WHERE n.nspname = '_timescaledb_catalog' AND a.attnum > 0 AND NOT a.attisdropped \
+        AND (c.relname, a.attname) IN (('hypertable', 'id'), ('hypertable', 'schema_name'), \
+            ('hypertable', 'table_name'), ('chunk', 'id'), ('chunk', 'hypertable_id'), \
+            ('chunk', 'schema_name'), ('chunk', 'table_name'), ('chunk', 'dropped'), \
+            ('chunk', 'status'), ('chunk', 'osm_chunk'), ('chunk_constraint', 'chunk_id'), \
+            ('chunk_constraint', 'dimension_slice_id'), ('dimension_slice', 'id'), \
+            ('dimension_slice', 'range_start'), ('dimension_slice', 'range_end'), \
+            ('dimension', 'hypertable_id'))";
+
+thread_local! {
+    static CATALOG_KNOWN: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether TimescaleDB's catalog has what CHUNKS_SQL reads (checked once per session).
+fn catalog_known(client: &SpiClient<'_>) -> bool {
+    if let Some(known) = CATALOG_KNOWN.with(std::cell::Cell::get) {
+        return known;
+    }
+    let known = client
+        .select(CATALOG_SQL, Some(1), &[])
+        .expect("reading TimescaleDB's catalog columns")
+        .first()
+        .get_one::<bool>()
+        .expect("a count")
+        .unwrap_or(false);
+    CATALOG_KNOWN.with(|k| k.set(Some(known)));
+    known
+}
+
 /// Whether event_store has children: chunks, when it is a hypertable.
 pub fn partitioned(table: pg_sys::Oid) -> bool {
     unsafe {
@@ -65,8 +99,8 @@ fn relations(client: &SpiClient<'_>, table: pg_sys::Oid, b: &Bounds) -> Option<V
         return Some(vec![table]);
     }
     let timescaledb = unsafe { pg_sys::get_namespace_oid(c"_timescaledb_catalog".as_ptr(), true) };
-    if timescaledb == pg_sys::InvalidOid {
-        return None; // children of another kind
+    if timescaledb == pg_sys::InvalidOid || !catalog_known(client) {
+        return None; // children of another kind, or a catalog of another shape
     }
     let plan = crate::plans::kept(
         client,
