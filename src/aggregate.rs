@@ -117,6 +117,10 @@ unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> 
         layout = pg_sys::palloc0(size_of::<RowLayout>()).cast();
         pg_sys::CurrentMemoryContext = old;
         let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
+        assert!(
+            attrs.len() <= MAX_COLUMNS,
+            "event_store has too many columns"
+        );
         let column = |name: &str| {
             attrs
                 .iter()
@@ -129,10 +133,6 @@ unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> 
             event_type: column("event_type"),
             event_data: column("event_data"),
         };
-        assert!(
-            attrs.len() <= MAX_COLUMNS,
-            "event_store has too many columns"
-        );
         (*flinfo).fn_extra = layout.cast();
     }
     layout

@@ -199,13 +199,16 @@ fn event_store() -> pg_sys::Oid {
 /// The fold of the events `each_event` would read, as a query: for when it cannot.
 fn fold_in_sql(
     client: &SpiClient<'_>,
-    sql: &'static str,
     stream_id: &str,
     b: &stream_scan::Bounds,
+    head: i64,
     start: State,
     rules: &Rc<RuleSet>,
     from_snapshot: bool,
 ) -> Option<State> {
+    // A hypertable needs the time range to exclude other chunks.
+    let timed = stream_scan::partitioned(event_store()) || b.timed;
+    let sql = fold_sql(b.after_version > 0, b.upto_version < head, timed);
     aggregate::start_fold(start, rules.clone());
     let args: [DatumWithOid; 5] = [
         stream_id.into(),
@@ -298,8 +301,7 @@ pub fn fold_stream(
     };
     let from_snapshot = snapshot.is_some();
     let start_state = snapshot.unwrap_or_else(initial_state);
-    let mut folded = None;
-    if to_v > snapshot_version {
+    let folded = if to_v > snapshot_version {
         let bounds = stream_scan::Bounds {
             after_version: snapshot_version,
             upto_version: to_v,
@@ -313,25 +315,22 @@ pub fn fold_stream(
             rules.apply(&mut state, ty, data);
             events += 1;
         });
-        folded = if read {
+        if read {
             (events > 0 || from_snapshot).then_some(state)
         } else {
-            // A hypertable needs the time range to exclude other chunks.
-            let timed = stream_scan::partitioned(table) || bounds.timed;
-            let sql = fold_sql(snapshot_version > 0, to_v < head, timed);
             fold_in_sql(
                 client,
-                sql,
                 stream_id,
                 &bounds,
+                head,
                 state,
                 &rules,
                 from_snapshot,
             )
-        };
-    } else if from_snapshot {
-        folded = Some(start_state);
-    }
+        }
+    } else {
+        from_snapshot.then_some(start_state)
+    };
     Some(Folded {
         state: folded?,
         snapshot_version,
