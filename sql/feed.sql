@@ -1,26 +1,14 @@
 -- The global feed. Positions are taken when an append runs, but transactions commit in
 -- another order: a reader that moved past a position whose transaction commits later would
--- lose that event for good. So every append first registers, as a shared advisory lock
--- visible in pg_locks at once, a lower bound of the positions it may commit (the sequence's
--- value before its first nextval); readers stop below the lowest registered bound.
+-- lose that event for good. So every appending transaction first registers a lower bound of
+-- the positions it may commit (src/feed.rs); readers stop below the lowest registered bound.
 -- Transactions that append nothing never register, so they never hold the feed back.
-
--- Registers the caller as an append in flight until its transaction ends. The bound is the
--- last position handed out so far (the caller's will be above it); the lock key is
--- (class, its low 32 bits offset to fit an int4), rebuilt by src/feed.rs.
-CREATE FUNCTION _es_feed_register() RETURNS void
-LANGUAGE sql
-SET search_path = @extschema@, pg_catalog, pg_temp
-AS $$
-    SELECT pg_advisory_xact_lock_shared(1163085380, (b % 4294967296 - 2147483648)::int)
-      FROM (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS b
-              FROM es_global_position_seq) s
-$$;
 
 -- A snapshot older than the horizon could miss events that committed in between, so feed
 -- reads run in READ COMMITTED, where each statement takes a fresh snapshot.
 CREATE FUNCTION _es_check_feed_isolation() RETURNS void
 LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -37,20 +25,20 @@ CREATE FUNCTION _es_read_feed(after_position bigint, max_count integer, event_ty
 RETURNS SETOF event_store
 LANGUAGE plpgsql
 VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     -- Computed before the query below takes its snapshot: everything up to it has settled.
-    horizon bigint := _es_feed_horizon();
+    horizon bigint := @extschema@._es_feed_horizon();
 BEGIN
-    PERFORM _es_check_feed_isolation();
-    PERFORM _es_check_feed_read(max_count, member, group_size);
+    PERFORM @extschema@._es_check_feed_isolation();
+    PERFORM @extschema@._es_check_feed_read(max_count, member, group_size);
     RETURN QUERY
-        SELECT * FROM event_store e
+        SELECT * FROM @extschema@.event_store e
          WHERE e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
            AND (event_types IS NULL OR e.event_type = ANY (event_types))
            AND (category IS NULL OR split_part(e.stream_id, '-', 1) = category)
-           AND (group_size IS NULL OR _es_consumer_group_member(e.stream_id, group_size) = member)
+           AND (group_size IS NULL OR @extschema@._es_consumer_group_member(e.stream_id, group_size) = member)
          ORDER BY e.global_position
          LIMIT max_count;
 END
@@ -60,9 +48,9 @@ CREATE FUNCTION es_read_all(after_position bigint DEFAULT 0, max_count integer D
 RETURNS SETOF event_store
 LANGUAGE sql
 VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM _es_read_feed(after_position, max_count, event_types, NULL, NULL, NULL)
+    SELECT * FROM @extschema@._es_read_feed(after_position, max_count, event_types, NULL, NULL, NULL)
 $$;
 COMMENT ON FUNCTION es_read_all(bigint, integer, text[]) IS
     'Committed events after a position, in position order; called again with the last position received, it returns every committed event exactly once.';
@@ -72,9 +60,15 @@ CREATE FUNCTION es_read_category(category text, after_position bigint DEFAULT 0,
 RETURNS SETOF event_store
 LANGUAGE sql
 VOLATILE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM _es_read_feed(after_position, max_count, NULL, coalesce(category, ''), consumer_group_member, consumer_group_size)
+    SELECT * FROM @extschema@._es_read_feed(after_position, max_count, NULL, coalesce(category, ''), consumer_group_member, consumer_group_size)
 $$;
 COMMENT ON FUNCTION es_read_category(text, bigint, integer, integer, integer) IS
     'es_read_all for the streams of one category (stream id up to its first "-"), optionally split between consumer group members by stream.';
+
+-- What holds the feed back: every append in flight (its backend, since when, the lowest
+-- position it may still commit). An open transaction that appended stays here until it ends.
+CREATE VIEW es_feed_in_flight AS
+SELECT * FROM @extschema@._es_feed_holders();
+COMMENT ON VIEW es_feed_in_flight IS 'Appends in flight that hold the feed horizon back: pid, registered_at, lowest_position.';

@@ -29,22 +29,28 @@ CREATE TABLE es_snapshots (
 -- (a stream's snapshot times grow with its versions).
 CREATE INDEX es_snapshots_time_idx ON es_snapshots (stream_id, reducers, last_at, stream_version);
 COMMENT ON TABLE es_snapshots IS 'Snapshots of stream states (derived data, safe to delete with es_drop_snapshots).';
+-- A snapshot folds every event of its stream, those a row level security policy hides from
+-- a reader included: readers see snapshots only where no policy filters event_store for them
+-- (the state functions then ignore snapshots anyway). The owner, who takes them, is exempt.
+ALTER TABLE es_snapshots ENABLE ROW LEVEL SECURITY;
+CREATE POLICY es_snapshots_unfiltered ON es_snapshots FOR SELECT
+    USING (NOT pg_catalog.row_security_active('@extschema@.event_store'::pg_catalog.regclass));
 
 CREATE FUNCTION es_define_reducer(category text, event_type text, rule jsonb)
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM _es_check_reducer($1, $2, $3);
-    INSERT INTO es_reducers (category, event_type, rule, defined_by)
-    VALUES ($1, $2, $3, _es_calling_role())
+    PERFORM @extschema@._es_check_reducer($1, $2, $3);
+    INSERT INTO @extschema@.es_reducers (category, event_type, rule, defined_by)
+    VALUES ($1, $2, $3, @extschema@._es_calling_role())
     ON CONFLICT (category, event_type) DO UPDATE
         SET rule = EXCLUDED.rule, defined_at = now(), defined_by = EXCLUDED.defined_by;
     -- Snapshots under the old rules can never be used again.
-    DELETE FROM es_snapshots s WHERE $1 = '*' OR split_part(s.stream_id, '-', 1) = $1;
+    DELETE FROM @extschema@.es_snapshots s WHERE $1 = '*' OR split_part(s.stream_id, '-', 1) = $1;
 END
 $$;
 COMMENT ON FUNCTION es_define_reducer(text, text, jsonb) IS
@@ -54,15 +60,15 @@ CREATE FUNCTION es_drop_reducer(category text, event_type text)
 RETURNS boolean
 LANGUAGE plpgsql
 VOLATILE STRICT SECURITY DEFINER
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    DELETE FROM es_reducers r WHERE r.category = $1 AND r.event_type = $2;
+    DELETE FROM @extschema@.es_reducers r WHERE r.category = $1 AND r.event_type = $2;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    DELETE FROM es_snapshots s WHERE $1 = '*' OR split_part(s.stream_id, '-', 1) = $1;
+    DELETE FROM @extschema@.es_snapshots s WHERE $1 = '*' OR split_part(s.stream_id, '-', 1) = $1;
     RETURN true;
 END
 $$;
@@ -71,8 +77,8 @@ CREATE FUNCTION es_snapshot(stream_id text)
 RETURNS bigint
 LANGUAGE sql
 VOLATILE STRICT SECURITY DEFINER
-SET search_path = @extschema@, pg_catalog, pg_temp
-AS $$ SELECT _es_take_snapshot($1) $$;
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT @extschema@._es_take_snapshot($1) $$;
 COMMENT ON FUNCTION es_snapshot(text) IS
     'Stores a snapshot of the stream''s current state; returns its version (NULL for a stream without events).';
 
@@ -80,9 +86,9 @@ CREATE FUNCTION es_drop_snapshots(stream_id text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql
 VOLATILE SECURITY DEFINER
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH gone AS (DELETE FROM es_snapshots s WHERE $1 IS NULL OR s.stream_id = $1 RETURNING 1)
+    WITH gone AS (DELETE FROM @extschema@.es_snapshots s WHERE $1 IS NULL OR s.stream_id = $1 RETURNING 1)
     SELECT count(*) FROM gone
 $$;
 COMMENT ON FUNCTION es_drop_snapshots(text) IS

@@ -22,18 +22,18 @@ SELECT pg_catalog.pg_extension_config_dump('es_projection_state', '');
 
 -- Checks that the calling role may manage the projection (its owner, a member of it, or a
 -- superuser), and returns it locked.
-CREATE FUNCTION _es_projection_for_update(p_name text) RETURNS es_projection_state
+CREATE FUNCTION _es_projection_for_update(p_name text) RETURNS @extschema@.es_projection_state
 LANGUAGE plpgsql
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p es_projection_state;
+    p @extschema@.es_projection_state;
 BEGIN
-    SELECT * INTO p FROM es_projection_state WHERE name = p_name FOR UPDATE;
+    SELECT * INTO p FROM @extschema@.es_projection_state WHERE name = p_name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'event_store: projection "%" does not exist', p_name USING ERRCODE = '42704';
     END IF;
-    IF NOT pg_has_role(_es_calling_role(), p.owner, 'MEMBER') THEN
+    IF NOT pg_has_role(@extschema@._es_calling_role(), p.owner, 'MEMBER') THEN
         RAISE EXCEPTION 'event_store: only members of % may manage projection "%"', p.owner, p_name
             USING ERRCODE = '42501';
     END IF;
@@ -46,17 +46,17 @@ CREATE FUNCTION es_create_projection(name text, handler regprocedure, event_type
 RETURNS void
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    caller name := _es_calling_role();
+    caller name := @extschema@._es_calling_role();
     f regprocedure;
 BEGIN
-    PERFORM _es_check_append(name, NULL, 'array', 1);  -- same rules as a stream id
+    PERFORM @extschema@._es_check_append(name, NULL, 'array', 1);  -- same rules as a stream id
     IF handler IS NULL THEN
         RAISE EXCEPTION 'event_store: handler must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF (SELECT rolsuper FROM pg_roles WHERE rolname = caller) THEN
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = caller) THEN
         RAISE EXCEPTION 'event_store: projection handlers never run as a superuser'
             USING ERRCODE = '42501',
                   HINT = 'Create the projection as the role that owns its tables: SET ROLE that_role; SELECT es_create_projection(...).';
@@ -66,95 +66,100 @@ BEGIN
             RAISE EXCEPTION 'event_store: % may not execute %', caller, f USING ERRCODE = '42501';
         END IF;
     END LOOP;
-    IF (SELECT pronargs <> 1 OR proargtypes[0] <> 'event_store'::regtype OR prorettype <> 'void'::regtype OR proretset
-          FROM pg_proc WHERE oid = handler) THEN
+    IF (SELECT pronargs <> 1 OR proargtypes[0] <> '@extschema@.event_store'::pg_catalog.regtype OR prorettype <> 'void'::regtype OR proretset
+          FROM pg_catalog.pg_proc WHERE oid = handler) THEN
         RAISE EXCEPTION 'event_store: handler % must take (event event_store) and return void', handler
             USING ERRCODE = '42P13';
     END IF;
-    IF reset_handler IS NOT NULL AND (SELECT pronargs <> 0 OR prorettype <> 'void'::regtype FROM pg_proc WHERE oid = reset_handler) THEN
+    IF reset_handler IS NOT NULL AND (SELECT pronargs <> 0 OR prorettype <> 'void'::regtype FROM pg_catalog.pg_proc WHERE oid = reset_handler) THEN
         RAISE EXCEPTION 'event_store: reset_handler % must take no arguments and return void', reset_handler
             USING ERRCODE = '42P13';
     END IF;
-    INSERT INTO es_projection_state (name, handler, reset_handler, event_types, categories, owner)
+    INSERT INTO @extschema@.es_projection_state (name, handler, reset_handler, event_types, categories, owner)
     VALUES (es_create_projection.name, handler, reset_handler, event_types, categories, caller::regrole);
-    PERFORM _es_wake_projections(true);
+    PERFORM @extschema@._es_wake_projections(true);
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'event_store: projection "%" already exists', es_create_projection.name USING ERRCODE = '42710';
 END
 $$;
 
 CREATE FUNCTION es_pause_projection(name text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = @extschema@, pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM _es_projection_for_update(name);
-    UPDATE es_projection_state p SET status = 'paused', updated_at = now() WHERE p.name = es_pause_projection.name;
+    PERFORM @extschema@._es_projection_for_update(name);
+    UPDATE @extschema@.es_projection_state p SET status = 'paused', updated_at = now() WHERE p.name = es_pause_projection.name;
 END
 $$;
 
 -- Resuming a failed projection retries the event it failed on, then goes on.
 CREATE FUNCTION es_resume_projection(name text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = @extschema@, pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM _es_projection_for_update(name);
-    UPDATE es_projection_state p SET status = 'running', attempts = 0, retry_at = NULL, updated_at = now()
+    PERFORM @extschema@._es_projection_for_update(name);
+    UPDATE @extschema@.es_projection_state p SET status = 'running', attempts = 0, retry_at = NULL, updated_at = now()
      WHERE p.name = es_resume_projection.name;
-    PERFORM _es_wake_projections(true);
+    PERFORM @extschema@._es_wake_projections(true);
 END
 $$;
 
 -- Calls the reset handler (as the projection's owner) and replays the whole history.
 CREATE FUNCTION es_rebuild_projection(name text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = @extschema@, pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p es_projection_state := _es_projection_for_update(name);
+    p @extschema@.es_projection_state := @extschema@._es_projection_for_update(name);
 BEGIN
     IF p.reset_handler IS NOT NULL THEN
-        PERFORM _es_run_as(p.reset_handler, p.owner, NULL);
+        PERFORM @extschema@._es_run_as(p.reset_handler, p.owner, NULL);
     END IF;
-    UPDATE es_projection_state s SET status = 'rebuilding', position = 0, attempts = 0, retry_at = NULL,
+    UPDATE @extschema@.es_projection_state s SET status = 'rebuilding', position = 0, attempts = 0, retry_at = NULL,
            last_error = NULL, last_error_position = NULL, updated_at = now()
      WHERE s.name = p.name;
-    PERFORM _es_wake_projections(true);
+    PERFORM @extschema@._es_wake_projections(true);
 END
 $$;
 
 CREATE FUNCTION es_drop_projection(name text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = @extschema@, pg_catalog, pg_temp
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM _es_projection_for_update(name);
-    DELETE FROM es_projection_state p WHERE p.name = es_drop_projection.name;
+    PERFORM @extschema@._es_projection_for_update(name);
+    DELETE FROM @extschema@.es_projection_state p WHERE p.name = es_drop_projection.name;
 END
 $$;
 
--- Applies one batch of one projection, reading up to `p_horizon` (from _es_feed_horizon(),
+-- Applies one batch of one projection, reading up to `p_horizon` (from @extschema@._es_feed_horizon(),
 -- computed before this call so that the batch's snapshot is newer), and returns how many
 -- events it applied. The batch and
 -- the new position commit with the caller's transaction; a failing handler rolls back the
 -- whole batch (a subtransaction) and is retried with backoff, then marked failed.
 CREATE FUNCTION _es_project_batch(p_name text, p_batch_size integer, p_horizon bigint) RETURNS integer
 LANGUAGE plpgsql
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p       es_projection_state;
-    e       event_store;
+    p       @extschema@.es_projection_state;
+    e       @extschema@.event_store;
     applied integer := 0;
     at_pos  bigint;
     msg     text;
+    state   text;
+    timed_out boolean;
 BEGIN
     -- SKIP LOCKED: a worker and a manual es_run_projections() never apply one batch twice.
-    SELECT * INTO p FROM es_projection_state WHERE name = p_name FOR UPDATE SKIP LOCKED;
+    SELECT * INTO p FROM @extschema@.es_projection_state WHERE name = p_name FOR UPDATE SKIP LOCKED;
     IF NOT FOUND OR p.status IN ('paused', 'failed') OR p.retry_at > now() THEN
         RETURN 0;
     END IF;
     at_pos := p.position;
     BEGIN
+        -- A handler that runs past event_store.projection_timeout is cancelled: it holds up
+        -- only its own projection, which records the timeout as a failure.
+        PERFORM @extschema@._es_projection_timer(true);
         FOR e IN
-            SELECT * FROM event_store ev
+            SELECT * FROM @extschema@.event_store ev
              WHERE ev.global_position > p.position AND ev.global_position <= p_horizon
                AND (p.event_types IS NULL OR ev.event_type = ANY (p.event_types))
                AND (p.categories IS NULL OR split_part(ev.stream_id, '-', 1) = ANY (p.categories))
@@ -162,22 +167,33 @@ BEGIN
              LIMIT p_batch_size
         LOOP
             at_pos := e.global_position;
-            PERFORM _es_run_as(p.handler, p.owner, e);
+            PERFORM @extschema@._es_run_as(p.handler, p.owner, e);
             applied := applied + 1;
         END LOOP;
-    EXCEPTION WHEN OTHERS THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-        UPDATE es_projection_state s
+        PERFORM @extschema@._es_projection_timer(false);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+        timed_out := @extschema@._es_projection_timer(false);
+        IF state = '57014' THEN
+            -- A cancel that is not the timer's (pg_cancel_backend, statement_timeout) cancels
+            -- the whole pass, as it would any statement.
+            IF NOT timed_out THEN
+                RAISE;
+            END IF;
+            msg := format('the handler ran longer than event_store.projection_timeout (%s ms)',
+                          @extschema@._es_setting_int('event_store.projection_timeout'));
+        END IF;
+        UPDATE @extschema@.es_projection_state s
            SET attempts = s.attempts + 1,
-               status = CASE WHEN s.attempts + 1 >= _es_setting_int('event_store.projection_max_attempts') THEN 'failed' ELSE s.status END,
+               status = CASE WHEN s.attempts + 1 >= @extschema@._es_setting_int('event_store.projection_max_attempts') THEN 'failed' ELSE s.status END,
                retry_at = now() + least(interval '5 minutes',
-                   _es_setting_int('event_store.projection_retry_delay') * interval '1 millisecond' * 2 ^ s.attempts),
+                   @extschema@._es_setting_int('event_store.projection_retry_delay') * interval '1 millisecond' * 2 ^ s.attempts),
                last_error = msg, last_error_position = at_pos, updated_at = now()
          WHERE s.name = p.name;
         RETURN 0;
     END;
     -- A short batch read everything matching up to the horizon.
-    UPDATE es_projection_state s
+    UPDATE @extschema@.es_projection_state s
        SET position = CASE WHEN applied < p_batch_size THEN greatest(p_horizon, p.position) ELSE at_pos END,
            status = CASE WHEN s.status = 'rebuilding' AND applied < p_batch_size THEN 'running' ELSE s.status END,
            attempts = 0, retry_at = NULL, updated_at = now()
@@ -192,17 +208,17 @@ $$;
 CREATE FUNCTION es_run_projections(batch_size integer DEFAULT NULL) RETURNS integer
 LANGUAGE sql
 SECURITY DEFINER
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
     -- One horizon (one pg_locks scan) for every projection of the pass.
-    WITH horizon AS MATERIALIZED (SELECT _es_feed_horizon() AS h)
-    SELECT coalesce(sum(_es_project_batch(name, coalesce(batch_size, _es_setting_int('event_store.projection_batch_size')), h)), 0)::integer
-      FROM (SELECT name FROM es_projection_state ORDER BY name) p, horizon
+    WITH horizon AS MATERIALIZED (SELECT @extschema@._es_feed_horizon() AS h)
+    SELECT coalesce(sum(@extschema@._es_project_batch(name, coalesce(batch_size, @extschema@._es_setting_int('event_store.projection_batch_size')), h)), 0)::integer
+      FROM (SELECT name FROM @extschema@.es_projection_state ORDER BY name) p, horizon
 $$;
 
 -- The horizon once per query: a volatile call in the WHERE below would scan pg_locks per event.
 CREATE VIEW es_projections AS
-WITH horizon AS MATERIALIZED (SELECT _es_feed_horizon() AS h)
+WITH horizon AS MATERIALIZED (SELECT @extschema@._es_feed_horizon() AS h)
 SELECT p.name,
        CASE WHEN p.status = 'running' AND lag.events = 0 THEN 'caught up' ELSE p.status END AS status,
        p.position,
@@ -214,10 +230,10 @@ SELECT p.name,
        p.retry_at,
        p.owner,
        p.updated_at
-  FROM es_projection_state p,
+  FROM @extschema@.es_projection_state p,
        horizon,
        LATERAL (SELECT count(*) AS events, min(e.created_at) AS oldest
-                  FROM event_store e
+                  FROM @extschema@.event_store e
                  WHERE e.global_position > p.position AND e.global_position <= horizon.h
                    AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
                    AND (p.categories IS NULL OR split_part(e.stream_id, '-', 1) = ANY (p.categories))) lag;

@@ -5,17 +5,17 @@ CREATE FUNCTION es_stream(stream_id text, from_version bigint DEFAULT 1, max_cou
 RETURNS SETOF event_store
 LANGUAGE plpgsql
 STABLE
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    s es_streams;
+    s @extschema@.es_streams;
 BEGIN
-    SELECT * INTO s FROM es_streams r WHERE r.stream_id = es_stream.stream_id;
+    SELECT * INTO s FROM @extschema@.es_streams r WHERE r.stream_id = es_stream.stream_id;
     IF NOT FOUND OR s.version = 0 THEN
         RETURN;
     END IF;
     RETURN QUERY
-        SELECT * FROM event_store e
+        SELECT * FROM @extschema@.event_store e
          WHERE e.stream_id = s.stream_id
            AND e.created_at BETWEEN s.first_at AND s.last_at
            AND e.stream_version >= coalesce(from_version, 1)
@@ -30,8 +30,8 @@ CREATE FUNCTION es_stream_version(stream_id text)
 RETURNS bigint
 LANGUAGE sql
 STABLE STRICT
-SET search_path = @extschema@, pg_catalog, pg_temp
+SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT coalesce((SELECT version FROM es_streams r WHERE r.stream_id = $1), 0)
+    SELECT coalesce((SELECT version FROM @extschema@.es_streams r WHERE r.stream_id = $1), 0)
 $$;
 COMMENT ON FUNCTION es_stream_version(text) IS 'Current version of a stream, 0 when it does not exist.';

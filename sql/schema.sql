@@ -46,9 +46,17 @@ CREATE TABLE es_streams (
 CREATE INDEX es_streams_category_idx ON es_streams (category);
 COMMENT ON TABLE es_streams IS 'Stream registry maintained by es_append: current version, time bounds and head hash of every stream.';
 
+-- Every caller-chosen event id, claimed by its append: concurrent appends of one id queue on
+-- its row here, since a hypertable cannot carry a unique index on event_id alone.
+CREATE TABLE es_event_ids (
+    event_id uuid PRIMARY KEY
+);
+COMMENT ON TABLE es_event_ids IS 'Caller-chosen event ids, claimed by es_append so that concurrent retries of one id are stored once.';
+
 -- pg_dump keeps the data of extension configuration tables.
 SELECT pg_catalog.pg_extension_config_dump('event_store', '');
 SELECT pg_catalog.pg_extension_config_dump('es_streams', '');
+SELECT pg_catalog.pg_extension_config_dump('es_event_ids', '');
 SELECT pg_catalog.pg_extension_config_dump('es_global_position_seq', '');
 
 -- Roles are cluster-wide: a second database installing the extension reuses them, and two

@@ -13,17 +13,6 @@ use std::cell::RefCell;
 use std::ffi::{c_void, CStr};
 use std::rc::Rc;
 
-/// The V1 calling-convention marker the fmgr looks up (what `#[pg_extern]` emits).
-macro_rules! v1_function {
-    ($finfo:ident) => {
-        #[no_mangle]
-        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
-            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-    };
-}
-
 struct Acc {
     state: State,
     events: u64,
@@ -216,25 +205,38 @@ struct Reducer {
     flinfo: pg_sys::FmgrInfo,
 }
 
-const CHECK_REDUCER_SQL: &str = "SELECT p.prokind = 'f' AND NOT p.proretset AND p.pronargs = 2 \
-        AND p.prorettype = 'jsonb'::regtype AND p.proargtypes[0] = 'jsonb'::regtype \
-        AND p.proargtypes[1] = $2, \
-        has_function_privilege(p.oid, 'EXECUTE') \
-     FROM pg_proc p WHERE p.oid = $1";
-
 fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
-    let found = Spi::connect(|client| {
-        client
-            .select(CHECK_REDUCER_SQL, Some(1), &[oid.into(), event_type.into()])
-            .expect("reading pg_proc")
-            .next()
-            .map(|r| {
-                (
-                    r.get::<bool>(1).unwrap().unwrap(),
-                    r.get::<bool>(2).unwrap().unwrap(),
-                )
-            })
-    });
+    // The signature and privilege from the catalog cache: no SQL, so no relation a caller
+    // names pg_proc can stand in for the catalog.
+    // SAFETY: a syscache lookup whose tuple is released before the block ends; pg_proc's
+    // fixed-size columns are read through its Form struct.
+    let found = unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::PROCOID as i32,
+            pg_sys::Datum::from(oid),
+        );
+        if tuple.is_null() {
+            None
+        } else {
+            let data = (*tuple).t_data;
+            // GETSTRUCT: the fixed part of the row follows the tuple header.
+            let p = &*data
+                .cast::<u8>()
+                .add((*data).t_hoff as usize)
+                .cast::<pg_sys::FormData_pg_proc>();
+            let args = p.proargtypes.values.as_slice(p.pronargs.max(0) as usize);
+            let shape = p.prokind == b'f' as std::ffi::c_char
+                && !p.proretset
+                && p.pronargs == 2
+                && p.prorettype == pg_sys::JSONBOID
+                && args[0] == pg_sys::JSONBOID
+                && args[1] == event_type;
+            pg_sys::ReleaseSysCache(tuple);
+            let may = pg_sys::pg_proc_aclcheck(oid, pg_sys::GetUserId(), pg_sys::ACL_EXECUTE)
+                == pg_sys::AclResult::ACLCHECK_OK;
+            Some((shape, may))
+        }
+    };
     let name = || unsafe {
         CStr::from_ptr(pg_sys::format_procedure(oid))
             .to_string_lossy()

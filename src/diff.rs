@@ -27,6 +27,7 @@ fn sorted(m: &Map) -> Vec<&String> {
 /// What differs between two states, as JSON pointers: objects are compared key by key (in
 /// key order), anything else as a whole. `None` is "absent".
 pub fn changes(before: Option<&State>, after: Option<&State>, path: &str, out: &mut Vec<Change>) {
+    crate::state::check_stack();
     match (before, after) {
         (Some(State::Object(b)), Some(State::Object(a))) => {
             for k in sorted(b) {
@@ -48,14 +49,14 @@ pub fn changes(before: Option<&State>, after: Option<&State>, path: &str, out: &
 
 const EVENTS_SQL: &str = "SELECT event_type, event_data, stream_version, created_at, event_id, \
             metadata ->> 'correlationId' \
-       FROM event_store \
+       FROM @extschema@.event_store \
       WHERE stream_id = $1 AND created_at > $2 AND created_at <= $3 AND stream_version > $4 \
       ORDER BY stream_version";
 
 /// One row per changed path per event, in stream order: the state at `from` is the
 /// starting point, each event after it up to `to` is folded in turn.
 #[pg_extern(stable, strict, parallel_safe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn es_diff(
     stream_id: &str,
@@ -91,7 +92,7 @@ fn es_diff(
         let mut rows = Vec::new();
         let args = [stream_id.into(), from.into(), to.into(), version.into()];
         let events =
-            in_stream_order(|| client.select(EVENTS_SQL, None, &args)).expect("reading the stream");
+            in_stream_order(|| client.select(crate::schema::qualified(EVENTS_SQL), None, &args)).expect("reading the stream");
         for e in events {
             let event_type: String = e.get(1).unwrap().unwrap();
             let data = e.get::<Json>(2).unwrap().unwrap().0;

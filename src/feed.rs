@@ -1,6 +1,9 @@
 //! The global feed's horizon: the highest position below which every event has either
 //! committed or rolled back for good (see sql/feed.sql for the registration side).
+use crate::{schema, shmem};
 use pgrx::prelude::*;
+use pgrx::{register_xact_callback, IntoDatum, PgXactCallbackEvent};
+use std::cell::Cell;
 
 /// Advisory lock class appends register under ("ESFD").
 pub const FEED_LOCK_CLASS: u32 = 0x4553_4644;
@@ -20,48 +23,59 @@ pub fn registered_bound(seq_last: i64, key: u32) -> i64 {
 
 /// Every position up to the result is settled: `seq_last` bounds what was handed out, and each
 /// in-flight append may still commit positions above its registered bound only.
-pub fn horizon(seq_last: i64, keys: impl IntoIterator<Item = u32>) -> i64 {
-    keys.into_iter()
-        .map(|k| registered_bound(seq_last, k))
-        .fold(seq_last, |h, bound| h.min(bound))
+pub fn horizon(seq_last: i64, bounds: impl IntoIterator<Item = i64>) -> i64 {
+    bounds.into_iter().fold(seq_last, i64::min)
 }
 
 /// The last position handed out so far (what `nextval` returned last).
-fn seq_last(client: &pgrx::spi::SpiClient) -> i64 {
-    client
-        .select(
-            "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM es_global_position_seq",
-            None,
-            &[],
-        )
-        .expect("reading the position sequence")
-        .first()
-        .get(1)
-        .unwrap()
-        .unwrap()
+fn seq_last() -> i64 {
+    let sql = schema::qualified(
+        "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
+           FROM @extschema@.es_global_position_seq",
+    );
+    Spi::get_one::<i64>(sql)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| error!("event_store: cannot read es_global_position_seq"))
 }
 
-/// (positions handed out, horizon). Reads the sequence before the locks: an append that
-/// registers after the sequence was read only takes positions above it.
-fn read_horizon() -> (i64, i64) {
+const LOCKS_SQL: &str = "SELECT l.pid, coalesce(a.xact_start, a.backend_start), l.objid::bigint \
+       FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+      WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.classid = $1::bigint::oid \
+        AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())";
+
+/// Appends in flight in this database: (pid, since, lowest position they may commit).
+/// Without preloading, read from advisory locks, which any role can take too (docs/security.md).
+fn in_flight(seq_last: i64) -> Vec<(i32, Option<TimestampWithTimeZone>, i64)> {
+    if shmem::available() {
+        return shmem::in_flight()
+            .into_iter()
+            .map(|(pid, since, bound)| (pid, TimestampWithTimeZone::try_from(since).ok(), bound))
+            .collect();
+    }
     Spi::connect(|client| {
-        let seq_last = seq_last(client);
-        let keys = client
-            .select(
-                "SELECT objid::bigint FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND objsubid = 2 \
-                 AND classid = $1::bigint::oid AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-                None,
-                &[(FEED_LOCK_CLASS as i64).into()],
-            )
-            .expect("reading pg_locks");
-        (
-            seq_last,
-            horizon(
-                seq_last,
-                keys.map(|r| r.get::<i64>(1).unwrap().unwrap() as u32),
-            ),
-        )
+        client
+            .select(LOCKS_SQL, None, &[(FEED_LOCK_CLASS as i64).into()])
+            .map(|rows| {
+                rows.map(|r| {
+                    (
+                        r.get::<i32>(1).ok().flatten().unwrap_or(0),
+                        r.get::<TimestampWithTimeZone>(2).ok().flatten(),
+                        registered_bound(seq_last, r.get::<i64>(3).ok().flatten().unwrap_or(0) as u32),
+                    )
+                })
+                .collect()
+            })
+            .unwrap_or_else(|e| error!("event_store: reading pg_locks: {e}"))
     })
+}
+
+/// (positions handed out, horizon). Reads the sequence before the registrations: an append
+/// that registers after the sequence was read only takes positions above it.
+fn read_horizon() -> (i64, i64) {
+    let seq_last = seq_last();
+    let bounds = in_flight(seq_last).into_iter().map(|(_, _, b)| b);
+    (seq_last, horizon(seq_last, bounds))
 }
 
 /// Highest position a feed reader may go up to now.
@@ -75,6 +89,82 @@ fn _es_feed_horizon() -> i64 {
 fn _es_feed_in_flight() -> bool {
     let (seq_last, horizon) = read_horizon();
     horizon < seq_last
+}
+
+/// The rows of the es_feed_in_flight view.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _es_feed_holders() -> TableIterator<
+    'static,
+    (
+        name!(pid, i32),
+        name!(registered_at, Option<TimestampWithTimeZone>),
+        name!(lowest_position, i64),
+    ),
+> {
+    let mut rows = in_flight(seq_last());
+    rows.sort_by_key(|r| r.2);
+    TableIterator::new(rows)
+}
+
+thread_local! {
+    /// The advisory lock key this transaction registered under, or 0 in shared memory.
+    static REGISTERED: Cell<Option<i32>> = const { Cell::new(None) };
+}
+
+fn lock_key(bound: i64) -> i32 {
+    (bound.rem_euclid(1 << 32) - (1 << 31)) as i32
+}
+
+/// Registers the calling transaction as an append in flight, once per transaction however
+/// many appends it makes, until it ends (released after its commit is visible). The bound is
+/// the last position handed out so far: the caller's will be above it. A registration made in
+/// a subtransaction that rolls back is kept: it only holds readers back a little longer.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _es_feed_register() {
+    if REGISTERED.get().is_some() {
+        return;
+    }
+    let bound = seq_last();
+    let key = if shmem::available() {
+        shmem::register(bound);
+        0
+    } else {
+        // A session lock, released below: a transaction-level one would go with a rolled-back
+        // subtransaction while the transaction goes on appending.
+        let key = lock_key(bound);
+        // SAFETY: PostgreSQL's own advisory-lock function, called with two int4 arguments.
+        unsafe {
+            pgrx::direct_function_call::<()>(
+                pg_sys::pg_advisory_lock_shared_int4,
+                &[(FEED_LOCK_CLASS as i32).into_datum(), key.into_datum()],
+            );
+        }
+        key
+    };
+    REGISTERED.set(Some(key));
+    register_xact_callback(PgXactCallbackEvent::PrePrepare, || {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "event_store: a transaction that appended events cannot be prepared (two-phase commit)"
+        );
+    });
+    register_xact_callback(PgXactCallbackEvent::Commit, release);
+    register_xact_callback(PgXactCallbackEvent::Abort, release);
+}
+
+fn release() {
+    match REGISTERED.take() {
+        Some(0) if shmem::available() => shmem::release(),
+        Some(key) => unsafe {
+            // SAFETY: releases the session lock taken above.
+            pgrx::direct_function_call::<bool>(
+                pg_sys::pg_advisory_unlock_shared_int4,
+                &[(FEED_LOCK_CLASS as i32).into_datum(), key.into_datum()],
+            );
+        },
+        None => {}
+    }
 }
 
 /// FNV-1a, 64 bits, over the stream id's UTF-8 bytes: simple enough to reimplement in any
@@ -96,8 +186,7 @@ mod tests {
     use super::*;
 
     fn key(bound: i64) -> u32 {
-        // What sql/feed.sql computes: (bound % 2^32 - 2^31)::int, read back as an oid.
-        ((bound.rem_euclid(1 << 32)) - (1 << 31)) as i32 as u32
+        lock_key(bound) as u32 // read back as an oid
     }
 
     #[test]
@@ -128,9 +217,10 @@ mod tests {
     #[test]
     fn horizon_stops_below_the_lowest_in_flight_append() {
         assert_eq!(horizon(100, []), 100);
-        assert_eq!(horizon(100, [key(90), key(95)]), 90);
+        let bounds = |keys: &[u32]| keys.iter().map(|k| registered_bound(100, *k)).collect::<Vec<_>>();
+        assert_eq!(horizon(100, bounds(&[key(90), key(95)])), 90);
         // An append that registered after the sequence was read cannot lower the horizon.
-        assert_eq!(horizon(100, [key(101)]), 100);
+        assert_eq!(horizon(100, bounds(&[key(101)])), 100);
     }
 
     #[test]

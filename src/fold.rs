@@ -36,23 +36,9 @@ fn statement_key() -> StatementKey {
     }
 }
 
-/// Qualified with the extension's schema: es_fold calls this under the caller's search_path.
-fn rules_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let schema = Spi::get_one::<String>(
-            "SELECT quote_ident(n.nspname) FROM pg_catalog.pg_extension e \
-               JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace \
-              WHERE e.extname = 'event_store'",
-        )
-        .expect("reading pg_extension")
-        .expect("event_store is installed");
-        String::leak(format!(
-            "SELECT category, event_type, rule FROM {schema}.es_reducers \
-              WHERE category = $1 OR category = '*'"
-        ))
-    })
-}
+/// Qualified: es_fold calls this under the caller's search_path.
+const RULES_SQL: &str = "SELECT category, event_type, rule FROM @extschema@.es_reducers \
+      WHERE category = $1 OR category = '*'";
 
 /// The reducers that apply to a category.
 pub fn rules(category: &str) -> Rc<RuleSet> {
@@ -66,7 +52,7 @@ pub fn rules(category: &str) -> Rc<RuleSet> {
             return set.clone();
         }
         let defs = Spi::connect(|client| {
-            let plan = plans::kept(client, rules_sql(), &[Oid::TEXTOID], false);
+            let plan = plans::kept(client, RULES_SQL, &[Oid::TEXTOID], false);
             client
                 .select(&*plan, None, &[category.into()])
                 .expect("reading es_reducers")
@@ -110,20 +96,20 @@ pub struct Folded {
 // the past does not read the stream's later events only to filter them out by time.
 const START_AT_VERSION_SQL: &str =
     "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, NULL::bigint, p.last_at \
-       FROM es_streams s LEFT JOIN LATERAL ( \
-            SELECT stream_version, state, last_at FROM es_snapshots \
+       FROM @extschema@.es_streams s LEFT JOIN LATERAL ( \
+            SELECT stream_version, state, last_at FROM @extschema@.es_snapshots \
              WHERE stream_id = $1 AND reducers = $2 AND stream_version <= least(s.version, $3) \
              ORDER BY stream_version DESC LIMIT 1) p ON true \
       WHERE s.stream_id = $1";
 const START_AT_TIME_SQL: &str =
     "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, n.stream_version, \
             p.last_at \
-       FROM es_streams s LEFT JOIN LATERAL ( \
-            SELECT stream_version, state, last_at FROM es_snapshots \
+       FROM @extschema@.es_streams s LEFT JOIN LATERAL ( \
+            SELECT stream_version, state, last_at FROM @extschema@.es_snapshots \
              WHERE stream_id = $1 AND reducers = $2 AND last_at <= $3 \
              ORDER BY last_at DESC, stream_version DESC LIMIT 1) p ON true \
        LEFT JOIN LATERAL ( \
-            SELECT stream_version FROM es_snapshots \
+            SELECT stream_version FROM @extschema@.es_snapshots \
              WHERE stream_id = $1 AND reducers = $2 AND last_at > $3 \
              ORDER BY last_at, stream_version LIMIT 1) n ON true \
       WHERE s.stream_id = $1";
@@ -138,8 +124,8 @@ fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static st
     let variants = SQL.get_or_init(|| {
         (0..8)
             .map(|bits| {
-                let mut sql = "SELECT _es_fold_events(event_type, event_data) \
-                     FROM (SELECT event_type, event_data FROM event_store WHERE stream_id = $1"
+                let mut sql = "SELECT @extschema@._es_fold_events(event_type, event_data) \
+                     FROM (SELECT event_type, event_data FROM @extschema@.event_store WHERE stream_id = $1"
                     .to_string();
                 for (bit, cond) in [
                     " AND stream_version > $2",
@@ -186,14 +172,9 @@ pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// event_store, as the search_path pinned on every state function finds it.
+/// event_store, found in the extension's schema whatever the search_path.
 fn event_store() -> pg_sys::Oid {
-    let relid = unsafe { pg_sys::RelnameGetRelid(c"event_store".as_ptr()) };
-    assert!(
-        relid != pg_sys::InvalidOid,
-        "event_store is on the search_path"
-    );
-    relid
+    crate::schema::relation("event_store")
 }
 
 /// The fold of the events `each_event` would read, as a query: for when it cannot.
@@ -352,27 +333,27 @@ fn state(
 
 /// The stream's state as it was at `at`: NULL when the stream had no events by then.
 #[pg_extern(stable, strict, parallel_safe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn es_state_at(stream_id: &str, at: TimestampWithTimeZone) -> Option<pgrx::JsonB> {
     state(stream_id, Some(at), None)
 }
 
 /// The stream's current state: NULL for a stream with no events.
 #[pg_extern(stable, strict, parallel_safe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn es_state(stream_id: &str) -> Option<pgrx::JsonB> {
     state(stream_id, None, None)
 }
 
 /// The stream's state right after `version`: NULL when version < 1 or the stream is empty.
 #[pg_extern(stable, strict, parallel_safe)]
-#[search_path(@extschema@, pg_catalog, pg_temp)]
+#[search_path(pg_catalog, pg_temp)]
 fn es_state_at_version(stream_id: &str, version: i64) -> Option<pgrx::JsonB> {
     state(stream_id, None, Some(version))
 }
 
 const SAVE_SQL: &str =
-    "INSERT INTO es_snapshots (stream_id, stream_version, reducers, last_at, state) \
+    "INSERT INTO @extschema@.es_snapshots (stream_id, stream_version, reducers, last_at, state) \
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 
 /// Folds the stream to its head and stores the state as a snapshot; returns the version
@@ -417,5 +398,87 @@ fn _es_snapshot_after_append(stream_id: &str, from_version: i64, to_version: i64
     let every = i64::from(guc::SNAPSHOT_EVERY.get());
     if every > 0 && from_version / every != to_version / every {
         _es_take_snapshot(stream_id);
+    }
+}
+
+const SNAPSHOT_STREAMS_SQL: &str = "SELECT DISTINCT stream_id FROM @extschema@.es_snapshots \
+      WHERE $1::text IS NULL OR stream_id = $1 ORDER BY 1";
+const SNAPSHOTS_SQL: &str = "SELECT stream_version, last_at, state FROM @extschema@.es_snapshots \
+      WHERE stream_id = $1 AND reducers = $2 ORDER BY stream_version";
+const REFOLD_SQL: &str = "SELECT stream_version, created_at, event_type, event_data \
+       FROM @extschema@.event_store WHERE stream_id = $1 AND stream_version <= $2 \
+      ORDER BY stream_version";
+
+/// es_verify(snapshots => true): every snapshot under the current reducers must equal a
+/// fold of its stream's events from scratch, and carry the time of its last event (a
+/// snapshot edited by hand would make the state functions lie). Snapshots under other
+/// reducers are never used, so they are not checked.
+pub fn verify_snapshots(
+    client: &SpiClient<'_>,
+    stream_id: Option<&str>,
+    out: &mut Vec<crate::integrity::Row>,
+) {
+    let fail = |e: pgrx::spi::SpiError| -> ! { error!("event_store: checking snapshots: {e}") };
+    let streams: Vec<String> = client
+        .select(
+            crate::schema::qualified(SNAPSHOT_STREAMS_SQL),
+            None,
+            &[stream_id.into()],
+        )
+        .unwrap_or_else(|e| fail(e))
+        .filter_map(|r| r.get::<String>(1).ok().flatten())
+        .collect();
+    for sid in streams {
+        let rules = rules(category(&sid));
+        let snapshots: Vec<(i64, Option<TimestampWithTimeZone>, Option<State>)> = client
+            .select(
+                crate::schema::qualified(SNAPSHOTS_SQL),
+                None,
+                &[sid.as_str().into(), rules.fingerprint.as_slice().into()],
+            )
+            .unwrap_or_else(|e| fail(e))
+            .map(|r| {
+                (
+                    r.get(1).ok().flatten().unwrap_or(0),
+                    r.get(2).ok().flatten(),
+                    r.get(3).ok().flatten(),
+                )
+            })
+            .collect();
+        let Some(last) = snapshots.last().map(|s| s.0) else {
+            continue;
+        };
+        let mut pending = snapshots.into_iter().peekable();
+        let mut state = initial_state();
+        let events = client
+            .select(
+                crate::schema::qualified(REFOLD_SQL),
+                None,
+                &[sid.as_str().into(), last.into()],
+            )
+            .unwrap_or_else(|e| fail(e));
+        let mut report = |version: i64, detail: String| {
+            out.push((sid.clone(), Some(version), "snapshot".into(), detail));
+        };
+        for e in events {
+            let version: i64 = e.get(1).ok().flatten().unwrap_or(0);
+            let at: Option<TimestampWithTimeZone> = e.get(2).ok().flatten();
+            let event_type: String = e.get(3).ok().flatten().unwrap_or_default();
+            if let Some(Json(data)) = e.get::<Json>(4).ok().flatten() {
+                rules.apply(&mut state, &event_type, &data);
+            }
+            while let Some((v, last_at, snap)) = pending.next_if(|s| s.0 <= version) {
+                if v < version {
+                    report(v, format!("snapshot of version {v}, which no event has"));
+                } else if !snap.as_ref().is_some_and(|s| crate::state::same(s, &state)) {
+                    report(v, format!("snapshot of version {v} differs from a fold of events 1 to {v}"));
+                } else if last_at != at {
+                    report(v, format!("snapshot of version {v} has another time than event {v}"));
+                }
+            }
+        }
+        for (v, _, _) in pending {
+            report(v, format!("snapshot of version {v}, beyond the stream's events"));
+        }
     }
 }

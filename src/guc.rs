@@ -1,8 +1,12 @@
-//! Settings under `event_store.*`.
+//! Settings under `event_store.*`. Those that protect the server (sizes, depths, time limits,
+//! the worker's pace) are the superuser's (`Suset`): a writer must not lift its own limits.
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// Upper bound on `octet_length(event_data::text) + octet_length(metadata::text)` per event.
 pub static MAX_EVENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
+/// Deepest nesting of arrays and objects accepted in `event_data` or `metadata`.
+pub static MAX_EVENT_DEPTH: GucSetting<i32> = GucSetting::<i32>::new(64);
+pub static PROJECTION_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 pub static NOTIFY: GucSetting<bool> = GucSetting::<bool>::new(true);
 pub static PROJECTION_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(500);
 pub static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
@@ -18,8 +22,28 @@ pub fn register() {
         &MAX_EVENT_BYTES,
         1024,
         i32::MAX,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::UNIT_BYTE,
+    );
+    GucRegistry::define_int_guc(
+        c"event_store.max_event_depth",
+        c"Deepest nesting of arrays and objects es_append accepts in event_data or metadata.",
+        c"Deeper events fail with SQLSTATE 54000 and write nothing; folds of deep events need stack.",
+        &MAX_EVENT_DEPTH,
+        1,
+        1000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"event_store.projection_timeout",
+        c"Longest one projection's batch may run before it is cancelled and counted as a failed attempt; 0 = no limit.",
+        c"A slow or hanging handler then delays only its own projection.",
+        &PROJECTION_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_bool_guc(
         c"event_store.notify",

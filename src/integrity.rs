@@ -8,6 +8,7 @@
 //! event_data::text, metadata::text), 'UTF8'))`, with 32 zero bytes as the first `prev_hash`.
 //! Unit separators cannot be ambiguous: names reject control characters and jsonb text
 //! escapes them.
+use crate::schema;
 use pgrx::prelude::*;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -59,10 +60,23 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// What es_streams says of a stream: es_append keeps it, es_stream and the fold trust it.
+#[derive(Debug, Clone, Default)]
+pub struct Head {
+    pub version: i64,
+    pub hash: Vec<u8>,
+    pub first_at: Option<i64>,
+    pub last_at: Option<i64>,
+    pub last_position: Option<i64>,
+}
+
 /// Checks one stream's rows, fed in (stream_version, global_position) order.
 pub struct StreamCheck {
     last_version: i64,
     chain: Vec<u8>,
+    first_at: Option<i64>,
+    last_at: Option<i64>,
+    last_position: Option<i64>,
     pub problems: Vec<Problem>,
 }
 
@@ -71,6 +85,9 @@ impl Default for StreamCheck {
         StreamCheck {
             last_version: 0,
             chain: GENESIS.to_vec(),
+            first_at: None,
+            last_at: None,
+            last_position: None,
             problems: vec![],
         }
     }
@@ -118,10 +135,14 @@ impl StreamCheck {
         // Chain from what is stored, so one bad event is reported once, not at every later one.
         self.last_version = version;
         self.chain = stored.to_vec();
+        self.first_at.get_or_insert(content.created_at_unix_us);
+        self.last_at = Some(content.created_at_unix_us);
+        self.last_position = Some(content.global_position);
     }
 
-    /// Compares the walked chain with the registry's head (version, hash).
-    pub fn finish(mut self, head: Option<(i64, Vec<u8>)>) -> Vec<Problem> {
+    /// Compares the walked chain with the registry's head: its version and hash, and the
+    /// time bounds and last position that reads by stream rely on.
+    pub fn finish(mut self, head: Option<Head>) -> Vec<Problem> {
         let last = self.last_version;
         match head {
             None if last > 0 => self.report(
@@ -130,31 +151,57 @@ impl StreamCheck {
                 "events exist but es_streams has no row for the stream".into(),
             ),
             None => {}
-            Some((v, _)) if v > last => self.report(
+            Some(h) if h.version > last => self.report(
                 Some(last + 1),
                 "deleted",
                 format!(
                     "versions {} to {v} are missing (the registry says the stream is at {v})",
-                    last + 1
+                    last + 1,
+                    v = h.version
                 ),
             ),
-            Some((v, _)) if v < last => self.report(
-                Some(v + 1),
+            Some(h) if h.version < last => self.report(
+                Some(h.version + 1),
                 "inserted",
                 format!(
-                    "versions {} to {last} are beyond the registered head {v}",
-                    v + 1
+                    "versions {} to {last} are beyond the registered head {}",
+                    h.version + 1,
+                    h.version
                 ),
             ),
-            Some((v, hash)) if v > 0 && hash != self.chain => self.report(
-                Some(v),
+            Some(h) if h.version > 0 && h.hash != self.chain => self.report(
+                Some(h.version),
                 "modified",
                 "the last event's hash differs from the head hash in es_streams".into(),
             ),
+            Some(h) if h.version > 0 => {
+                let bounds = [
+                    ("first_at", h.first_at, self.first_at),
+                    ("last_at", h.last_at, self.last_at),
+                    ("last_position", h.last_position, self.last_position),
+                ];
+                for (column, registered, walked) in bounds {
+                    if registered != walked {
+                        self.report(
+                            None,
+                            "registry",
+                            format!(
+                                "es_streams.{column} is {} but the events say {}: reads of the stream would miss events",
+                                show(registered),
+                                show(walked)
+                            ),
+                        );
+                    }
+                }
+            }
             Some(_) => {}
         }
         self.problems
     }
+}
+
+fn show(v: Option<i64>) -> String {
+    v.map_or("NULL".into(), |v| v.to_string())
 }
 
 /// Hash of one event chained to `prev`; used by es_append so both sides share one recipe.
@@ -190,13 +237,130 @@ fn _es_event_hash(
 const EVENTS_SQL: &str =
     "SELECT stream_id, stream_version, hash, event_id::text, global_position, \
     event_type, event_version, created_at, event_data::text, metadata::text \
-    FROM event_store WHERE $1::text IS NULL OR stream_id = $1 \
+    FROM @extschema@.event_store WHERE $1::text IS NULL OR stream_id = $1 \
     ORDER BY stream_id, stream_version, global_position";
 
-/// One row per problem found in the hash chains (all streams, or one); none when intact.
+const HEADS_SQL: &str = "SELECT stream_id, version, coalesce(head_hash, ''::bytea), first_at, last_at, \
+    last_position FROM @extschema@.es_streams WHERE $1::text IS NULL OR stream_id = $1";
+
+/// Positions that two events share, or that lie beyond what the sequence handed out (a
+/// `setval` back, which would make later appends reuse them).
+const POSITIONS_SQL: &str = "SELECT e.stream_id, e.stream_version, e.global_position, \
+         CASE WHEN e.global_position > q.last THEN 'position' ELSE 'duplicate position' END, \
+         CASE WHEN e.global_position > q.last \
+              THEN format('global position %s is beyond the last one handed out (%s): the sequence was set back', e.global_position, q.last) \
+              ELSE format('global position %s is also held by another event', e.global_position) END \
+    FROM @extschema@.event_store e, \
+         (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS last \
+            FROM @extschema@.es_global_position_seq) q \
+   WHERE ($1::text IS NULL OR e.stream_id = $1) \
+     AND (e.global_position > q.last OR EXISTS ( \
+          SELECT FROM @extschema@.event_store o WHERE o.global_position = e.global_position \
+             AND (o.stream_id, o.stream_version) <> (e.stream_id, e.stream_version))) \
+   ORDER BY e.stream_id, e.stream_version";
+
+/// A problem as es_verify reports it: stream, version, kind, detail.
+pub type Row = (String, Option<i64>, String, String);
+
+fn micros(t: Option<TimestampWithTimeZone>) -> Option<i64> {
+    t.map(|t| t.into_inner() + PG_EPOCH_US)
+}
+
+/// Walks the hash chains and checks the registry against them.
+fn verify_chains(client: &pgrx::spi::SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<Row>) {
+    let mut heads: HashMap<String, Head> = HashMap::new();
+    for row in client
+        .select(schema::qualified(HEADS_SQL), None, &[stream_id.into()])
+        .unwrap_or_else(|e| error!("event_store: reading es_streams: {e}"))
+    {
+        let id: String = row.get(1).ok().flatten().unwrap_or_default();
+        let head = Head {
+            version: row.get(2).ok().flatten().unwrap_or(0),
+            hash: row.get(3).ok().flatten().unwrap_or_default(),
+            first_at: micros(row.get(4).ok().flatten()),
+            last_at: micros(row.get(5).ok().flatten()),
+            last_position: row.get(6).ok().flatten(),
+        };
+        heads.insert(id, head);
+    }
+    let mut flush = |id: String, check: StreamCheck, head: Option<Head>| {
+        for p in check.finish(head) {
+            out.push((id.clone(), p.version, p.problem.into(), p.detail));
+        }
+    };
+    let mut cursor = client.open_cursor(schema::qualified(EVENTS_SQL), &[stream_id.into()]);
+    let mut current: Option<(String, StreamCheck)> = None;
+    loop {
+        let batch = cursor
+            .fetch(1000)
+            .unwrap_or_else(|e| error!("event_store: reading event_store: {e}"));
+        if batch.is_empty() {
+            break;
+        }
+        for row in batch {
+            let text = |i| row.get::<String>(i).ok().flatten().unwrap_or_default();
+            let sid = text(1);
+            if current.as_ref().is_none_or(|(s, _)| *s != sid) {
+                if let Some((s, c)) = current.take() {
+                    let head = heads.remove(&s);
+                    flush(s, c, head);
+                }
+                current = Some((sid.clone(), StreamCheck::default()));
+            }
+            let Some((_, check)) = current.as_mut() else {
+                continue;
+            };
+            let version: i64 = row.get(2).ok().flatten().unwrap_or(0);
+            let stored: Vec<u8> = row.get(3).ok().flatten().unwrap_or_default();
+            let (event_id, event_type, data, meta) = (text(4), text(6), text(9), text(10));
+            let content = Content {
+                event_id: &event_id,
+                stream_id: &sid,
+                stream_version: version,
+                global_position: row.get(5).ok().flatten().unwrap_or(0),
+                event_type: &event_type,
+                event_version: row.get(7).ok().flatten().unwrap_or(0),
+                created_at_unix_us: micros(row.get(8).ok().flatten()).unwrap_or(0),
+                event_data: &data,
+                metadata: &meta,
+            };
+            check.push(version, &stored, &content);
+        }
+    }
+    if let Some((s, c)) = current.take() {
+        let head = heads.remove(&s);
+        flush(s, c, head);
+    }
+    // Registered streams none of whose events were seen.
+    let mut orphans: Vec<_> = heads.into_iter().collect();
+    orphans.sort_by(|a, b| a.0.cmp(&b.0));
+    for (id, head) in orphans {
+        flush(id, StreamCheck::default(), Some(head));
+    }
+}
+
+fn verify_positions(client: &pgrx::spi::SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<Row>) {
+    let rows = client
+        .select(schema::qualified(POSITIONS_SQL), None, &[stream_id.into()])
+        .unwrap_or_else(|e| error!("event_store: checking global positions: {e}"));
+    for r in rows {
+        out.push((
+            r.get(1).ok().flatten().unwrap_or_default(),
+            r.get(2).ok().flatten(),
+            r.get(4).ok().flatten().unwrap_or_default(),
+            r.get(5).ok().flatten().unwrap_or_default(),
+        ));
+    }
+}
+
+/// One row per problem found (all streams, or one); none when intact: the hash chains, the
+/// registry against the events, unique global positions, and on request every snapshot
+/// against a refold of its events. NULL `snapshots` is false.
 #[pg_extern(stable)]
+#[search_path(pg_catalog, pg_temp)]
 fn es_verify(
     stream_id: default!(Option<&str>, "NULL"),
+    snapshots: default!(Option<bool>, "false"),
 ) -> TableIterator<
     'static,
     (
@@ -206,72 +370,12 @@ fn es_verify(
         name!(detail, String),
     ),
 > {
-    let mut out: Vec<(String, Option<i64>, String, String)> = vec![];
+    let mut out: Vec<Row> = vec![];
     Spi::connect(|client| {
-        let mut heads: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
-        for row in client
-            .select(
-                "SELECT stream_id, version, coalesce(head_hash, ''::bytea) FROM es_streams WHERE $1::text IS NULL OR stream_id = $1",
-                None,
-                &[stream_id.into()],
-            )
-            .expect("reading es_streams")
-        {
-            let id: String = row.get(1).unwrap().unwrap();
-            heads.insert(id, (row.get(2).unwrap().unwrap(), row.get(3).unwrap().unwrap()));
-        }
-        let mut flush = |id: String, check: StreamCheck, head: Option<(i64, Vec<u8>)>| {
-            for p in check.finish(head) {
-                out.push((id.clone(), p.version, p.problem.into(), p.detail));
-            }
-        };
-        let mut cursor = client.open_cursor(EVENTS_SQL, &[stream_id.into()]);
-        let mut current: Option<(String, StreamCheck)> = None;
-        loop {
-            let batch = cursor.fetch(1000).expect("reading event_store");
-            if batch.is_empty() {
-                break;
-            }
-            for row in batch {
-                let sid: String = row.get(1).unwrap().unwrap();
-                if current.as_ref().is_none_or(|(s, _)| *s != sid) {
-                    if let Some((s, c)) = current.take() {
-                        let head = heads.remove(&s);
-                        flush(s, c, head);
-                    }
-                    current = Some((sid.clone(), StreamCheck::default()));
-                }
-                let (_, check) = current.as_mut().unwrap();
-                let version: i64 = row.get(2).unwrap().unwrap();
-                let stored: Vec<u8> = row.get(3).unwrap().unwrap_or_default();
-                let event_id: String = row.get(4).unwrap().unwrap();
-                let event_type: String = row.get(6).unwrap().unwrap();
-                let created_at: TimestampWithTimeZone = row.get(8).unwrap().unwrap();
-                let data: String = row.get(9).unwrap().unwrap();
-                let meta: String = row.get(10).unwrap().unwrap();
-                let content = Content {
-                    event_id: &event_id,
-                    stream_id: &sid,
-                    stream_version: version,
-                    global_position: row.get(5).unwrap().unwrap(),
-                    event_type: &event_type,
-                    event_version: row.get(7).unwrap().unwrap(),
-                    created_at_unix_us: created_at.into_inner() + PG_EPOCH_US,
-                    event_data: &data,
-                    metadata: &meta,
-                };
-                check.push(version, &stored, &content);
-            }
-        }
-        if let Some((s, c)) = current.take() {
-            let head = heads.remove(&s);
-            flush(s, c, head);
-        }
-        // Registered streams none of whose events were seen.
-        let mut orphans: Vec<_> = heads.into_iter().collect();
-        orphans.sort();
-        for (id, head) in orphans {
-            flush(id, StreamCheck::default(), Some(head));
+        verify_chains(client, stream_id, &mut out);
+        verify_positions(client, stream_id, &mut out);
+        if snapshots.unwrap_or(false) {
+            crate::fold::verify_snapshots(client, stream_id, &mut out);
         }
     });
     TableIterator::new(out)
@@ -310,7 +414,7 @@ mod tests {
 
     fn check(
         rows: &[(i64, Vec<u8>, Content)],
-        head: Option<(i64, Vec<u8>)>,
+        head: Option<Head>,
     ) -> Vec<(Option<i64>, &'static str)> {
         let mut c = StreamCheck::default();
         for (v, h, content) in rows {
@@ -322,8 +426,14 @@ mod tests {
             .collect()
     }
 
-    fn head(rows: &[(i64, Vec<u8>, Content)]) -> Option<(i64, Vec<u8>)> {
-        rows.last().map(|(v, h, _)| (*v, h.clone()))
+    fn head(rows: &[(i64, Vec<u8>, Content)]) -> Option<Head> {
+        rows.last().map(|(v, h, c)| Head {
+            version: *v,
+            hash: h.clone(),
+            first_at: rows.first().map(|r| r.2.created_at_unix_us),
+            last_at: Some(c.created_at_unix_us),
+            last_position: Some(c.global_position),
+        })
     }
 
     #[test]
@@ -375,7 +485,16 @@ mod tests {
         let mut tail = chain(5);
         tail.pop();
         assert_eq!(check(&tail, h), vec![(Some(5), "deleted")]);
-        assert_eq!(check(&[], Some((2, vec![1]))), vec![(Some(1), "deleted")]);
+        assert_eq!(
+            check(
+                &[],
+                Some(Head {
+                    version: 2,
+                    ..Default::default()
+                })
+            ),
+            vec![(Some(1), "deleted")]
+        );
     }
 
     #[test]
@@ -389,6 +508,22 @@ mod tests {
         let longer = chain(4);
         assert_eq!(check(&longer, h), vec![(Some(4), "inserted")]);
         assert_eq!(check(&rows, None), vec![(None, "registry")]);
+    }
+
+    #[test]
+    fn registry_bounds_are_checked() {
+        let rows = chain(3);
+        let mut h = head(&rows).unwrap();
+        assert_eq!(check(&rows, Some(h.clone())), vec![]);
+        h.last_at = Some(h.last_at.unwrap() - 1);
+        assert_eq!(check(&rows, Some(h.clone())), vec![(None, "registry")]);
+        h = head(&rows).unwrap();
+        h.last_position = Some(1);
+        h.first_at = None;
+        assert_eq!(
+            check(&rows, Some(h)),
+            vec![(None, "registry"), (None, "registry")]
+        );
     }
 
     #[test]

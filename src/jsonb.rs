@@ -331,6 +331,7 @@ impl<'a> Data<'a> for Jsonb<'a> {
     }
 
     fn to_state(self) -> State {
+        crate::state::check_stack();
         match self.kind {
             IS_STRING => State::String(str_of(self.bytes).to_owned()),
             IS_NUMERIC => numeric(self.bytes),
@@ -351,6 +352,29 @@ impl<'a> Data<'a> for Jsonb<'a> {
             ),
         }
     }
+}
+
+/// How deeply arrays and objects nest in a jsonb value (0 for a scalar), counted without
+/// recursion and without looking deeper than `limit + 1`.
+pub fn depth(root: Jsonb, limit: usize) -> usize {
+    let mut deepest = 0;
+    let mut todo = vec![(root, 1)];
+    while let Some((v, d)) = todo.pop() {
+        if v.kind != IS_CONTAINER {
+            continue;
+        }
+        deepest = deepest.max(d);
+        if d > limit {
+            break;
+        }
+        let n = if v.is_object_container() {
+            2 * v.count()
+        } else {
+            v.count()
+        };
+        todo.extend(v.children(0, n).map(|c| (c, d + 1)));
+    }
+    deepest
 }
 
 /// Calls `f` with a jsonb datum read in place (detoasted into a copy when not in line).

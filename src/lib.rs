@@ -4,9 +4,22 @@
 //! pulled in here in dependency order.
 use pgrx::prelude::*;
 
+/// The V1 calling-convention marker the fmgr looks up (what `#[pg_extern]` emits), for the
+/// functions written against the fmgr directly because they read datums in place.
+macro_rules! v1_function {
+    ($finfo:ident) => {
+        #[no_mangle]
+        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
 mod aggregate;
 mod context;
 mod diff;
+mod errors;
 mod feed;
 mod fold;
 mod guc;
@@ -18,6 +31,8 @@ mod projection;
 mod projection_worker;
 mod reducer;
 mod registry;
+mod schema;
+mod shmem;
 mod state;
 mod stream_scan;
 mod validate;
@@ -31,6 +46,7 @@ extension_sql_file!(
     requires = [
         "schema",
         context::_es_calling_role,
+        feed::_es_feed_register,
         ids::es_uuidv7,
         integrity::_es_event_hash,
         registry::_es_open_stream,
@@ -48,6 +64,7 @@ extension_sql_file!(
     requires = [
         "schema",
         feed::_es_feed_horizon,
+        feed::_es_feed_holders,
         feed::_es_consumer_group_member,
         validate::_es_check_feed_read
     ]
@@ -55,7 +72,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/guards.sql",
     name = "guards",
-    requires = ["schema", registry::_es_registry_write_allowed]
+    requires = ["schema"]
 );
 extension_sql_file!(
     "../sql/projections.sql",
@@ -64,6 +81,7 @@ extension_sql_file!(
         "feed",
         projection::_es_run_as,
         projection::_es_setting_int,
+        projection::_es_projection_timer,
         projection_worker::_es_wake_projections
     ]
 );
@@ -86,7 +104,11 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
+    // SAFETY: check_stack_depth raises a PostgreSQL error (54001) when the stack is too deep.
+    state::set_stack_check(|| unsafe { pg_sys::check_stack_depth() });
+    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        shmem::init();
         projection_worker::register_launcher();
     }
 }

@@ -21,7 +21,7 @@ thread_local! {
     static PLANS: RefCell<HashMap<&'static str, Kept>> = RefCell::new(HashMap::new());
 }
 
-/// The kept plan of `sql`. `mutating` plans run with a fresh snapshot per statement,
+/// The kept plan of `sql` (with `@extschema@.` names qualified). `mutating` plans run with a fresh snapshot per statement,
 /// read-only ones with the calling query's.
 pub fn kept(
     client: &SpiClient<'_>,
@@ -31,10 +31,11 @@ pub fn kept(
 ) -> Rc<OwnedPreparedStatement> {
     let prepare = || {
         let oids: Vec<PgOid> = types.iter().map(|t| PgOid::BuiltIn(*t)).collect();
+        let text = crate::schema::qualified(sql);
         let plan = if mutating {
-            client.prepare_mut(sql, &oids)
+            client.prepare_mut(text, &oids)
         } else {
-            client.prepare(sql, &oids)
+            client.prepare(text, &oids)
         };
         Rc::new(plan.expect("preparing a kept statement").keep())
     };

@@ -1,35 +1,119 @@
-//! Running projection handlers: as the projection's owner, never as the worker's superuser.
-use crate::guc;
+//! Running projection handlers: as the projection's owner, never as the worker's superuser,
+//! sandboxed so that nothing a handler sets outlives it, within a time limit.
+use crate::context::Acting;
+use crate::{guc, schema};
 use pgrx::pg_sys::{self, ffi::pg_guard_ffi_boundary};
 use pgrx::prelude::*;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Calls `func` with `event` (or no argument) as `owner`, in a security-restricted operation
-/// like REFRESH MATERIALIZED VIEW uses, so the handler cannot SET ROLE back to the caller.
-/// On error, the (sub)transaction's abort restores the caller's identity.
+/// The handler's identity while it runs: its owner, in a security-restricted operation like
+/// REFRESH MATERIALIZED VIEW uses (no SET ROLE back to the caller, no session changes), and
+/// the owner as the acting role for what it appends. Dropping restores the caller, also when
+/// an error unwinds through it; the (sub)transaction's abort then undoes the handler's settings.
+struct AsOwner {
+    saved_user: pg_sys::Oid,
+    saved_ctx: i32,
+    _acting: Acting,
+}
+
+impl AsOwner {
+    fn enter(owner: pg_sys::Oid) -> Self {
+        let (mut saved_user, mut saved_ctx) = (pg_sys::InvalidOid, 0);
+        // SAFETY: saves and switches the backend's current user, as fmgr_security_definer does.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                saved_ctx
+                    | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
+                        as i32,
+            );
+        }
+        AsOwner {
+            saved_user,
+            saved_ctx,
+            _acting: Acting::on_behalf_of(owner),
+        }
+    }
+}
+
+impl Drop for AsOwner {
+    fn drop(&mut self) {
+        // SAFETY: restores what `enter` saved; cannot fail.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_ctx) };
+    }
+}
+
+/// Whether `owner` may see the event: row level security applies to the owner, not to the
+/// extension owner that reads the feed for it. Runs as the owner.
+fn visible_to_owner(table: pg_sys::Oid, owner: pg_sys::Oid, position: i64) -> bool {
+    // SAFETY: syscache lookups.
+    let (select, rls) = unsafe {
+        (
+            pg_sys::pg_class_aclcheck(table, owner, pg_sys::ACL_SELECT),
+            pg_sys::check_enable_rls(table, owner, true),
+        )
+    };
+    if select != pg_sys::AclResult::ACLCHECK_OK {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "event_store: the projection's owner may not read event_store",
+            "Grant event_store_reader to the projection's owner."
+        );
+    }
+    if rls != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
+        return true;
+    }
+    let sql = schema::qualified(
+        "SELECT EXISTS (SELECT FROM @extschema@.event_store WHERE global_position = $1)",
+    );
+    Spi::get_one_with_args::<bool>(sql, &[position.into()])
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Calls `func` with `event` (or no argument) as `owner`, in its own GUC nest level: a handler
+/// that runs `SET search_path` (or any setting) changes nothing for the code that called it.
+/// An event the owner may not see under row level security is skipped. Returns whether the
+/// handler ran.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _es_run_as<'a>(
     func: pg_sys::Oid,
     owner: pg_sys::Oid,
     event: Option<pgrx::composite_type!('a, "event_store")>,
-) {
-    unsafe {
-        if pg_sys::superuser_arg(owner) {
-            ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                "event_store: projection handlers never run as a superuser",
-                "The projection's owner has become a superuser; recreate it under an ordinary role."
-            );
-        }
-        let arg = event.and_then(|e| e.into_datum());
-        let (mut saved_user, mut saved_ctx) = (pg_sys::InvalidOid, 0);
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            saved_ctx
-                | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION)
-                    as i32,
+) -> bool {
+    // SAFETY: a syscache lookup.
+    if unsafe { pg_sys::superuser_arg(owner) } {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "event_store: projection handlers never run as a superuser",
+            "The projection's owner has become a superuser; recreate it under an ordinary role."
         );
+    }
+    let _as_owner = AsOwner::enter(owner);
+    let arg = match event {
+        Some(e) => {
+            let position: i64 = e
+                .get_by_name("global_position")
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            if !visible_to_owner(schema::relation("event_store"), owner, position) {
+                return false;
+            }
+            e.into_datum()
+        }
+        None => None,
+    };
+    // SAFETY: a new GUC nest level, closed below on success; on error the (sub)transaction
+    // abort pops it. The call frame is palloc'd for `nargs` arguments, as fmgr expects, and
+    // the handler's ERROR crosses back as a Rust panic through pg_guard_ffi_boundary.
+    unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
         let mut flinfo = pg_sys::FmgrInfo::default();
         pg_sys::fmgr_info(func, &mut flinfo);
         let nargs = arg.is_some() as usize;
@@ -47,11 +131,62 @@ fn _es_run_as<'a>(
                 isnull: false,
             };
         }
-        let call = flinfo.fn_addr.expect("handler has no entry point");
+        let Some(call) = flinfo.fn_addr else {
+            error!("event_store: handler {} has no entry point", u32::from(func));
+        };
         // The handler's result (void) is ignored; only its effects count.
         pg_guard_ffi_boundary(|| call(fcinfo));
         pg_sys::pfree(fcinfo.cast());
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+        pg_sys::AtEOXact_GUC(true, nest);
+    }
+    true
+}
+
+static TIMED_OUT: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static TIMER: Cell<Option<i32>> = const { Cell::new(None) };
+}
+
+// utils/timeout.h, which pgrx does not bind.
+const USER_TIMEOUT: i32 = 12;
+unsafe extern "C-unwind" {
+    fn RegisterTimeout(id: i32, handler: Option<unsafe extern "C-unwind" fn()>) -> i32;
+    fn enable_timeout_after(id: i32, delay_ms: i32);
+    fn disable_timeout(id: i32, keep_indicator: bool);
+}
+
+/// Runs in the SIGALRM handler: only async-signal-safe work. SIGINT to ourselves is a query
+/// cancel, which PostgreSQL raises at the handler's next interrupt check (also in a wait).
+unsafe extern "C-unwind" fn on_timeout() {
+    TIMED_OUT.store(true, Ordering::SeqCst);
+    // SAFETY: kill(2) is async-signal-safe.
+    unsafe { libc::kill(libc::getpid(), libc::SIGINT) };
+}
+
+/// Arms (`true`) or disarms (`false`) the time limit of one projection's batch,
+/// `event_store.projection_timeout`. Disarming returns whether it fired since it was armed.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn _es_projection_timer(on: bool) -> bool {
+    // SAFETY: PostgreSQL's timeout framework, one user timeout registered once per backend;
+    // its errors cross back through pg_guard_ffi_boundary.
+    unsafe {
+        let id = TIMER.get().unwrap_or_else(|| {
+            let id = pg_guard_ffi_boundary(|| RegisterTimeout(USER_TIMEOUT, Some(on_timeout)));
+            TIMER.set(Some(id));
+            id
+        });
+        if on {
+            TIMED_OUT.store(false, Ordering::SeqCst);
+            let ms = guc::PROJECTION_TIMEOUT.get();
+            if ms > 0 {
+                pg_guard_ffi_boundary(|| enable_timeout_after(id, ms));
+            }
+            false
+        } else {
+            pg_guard_ffi_boundary(|| disable_timeout(id, false));
+            TIMED_OUT.swap(false, Ordering::SeqCst)
+        }
     }
 }
 
@@ -62,6 +197,7 @@ fn _es_setting_int(name: &str) -> i32 {
         "event_store.projection_batch_size" => guc::PROJECTION_BATCH_SIZE.get(),
         "event_store.projection_max_attempts" => guc::PROJECTION_MAX_ATTEMPTS.get(),
         "event_store.projection_retry_delay" => guc::PROJECTION_RETRY_DELAY.get(),
+        "event_store.projection_timeout" => guc::PROJECTION_TIMEOUT.get(),
         other => error!("event_store: unknown setting {other}"),
     }
 }

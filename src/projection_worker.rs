@@ -1,8 +1,9 @@
 //! The projection worker. With `shared_preload_libraries = 'event_store'`, a launcher starts
 //! with the server and keeps one worker per database that has the extension; each worker runs
-//! `es_run_projections()` as soon as appends commit (the appending backend signals it), and
-//! otherwise every `event_store.projection_poll_interval`.
-use crate::guc;
+//! a batch of every projection, each in its own transaction, as soon as appends commit (the
+//! appending backend sets its latch, found in shared memory), and otherwise every
+//! `event_store.projection_poll_interval`.
+use crate::{guc, shmem};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use pgrx::{register_xact_callback, PgXactCallbackEvent};
@@ -30,6 +31,7 @@ pub fn register_launcher() {
 pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some("postgres"), None);
+    shmem::register_launcher();
     // Per database: its worker, and when one was last started. A worker for a database
     // without the extension exits at once; it is tried again RETRY later, not in a loop.
     let mut workers: HashMap<String, (Option<DynamicBackgroundWorker>, Instant)> = HashMap::new();
@@ -65,7 +67,10 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
                 .set_function("es_projection_worker_main")
                 .set_extra(&db)
                 .enable_spi_access()
-                .set_restart_time(Some(Duration::from_secs(5)))
+                // Never restarted by the postmaster: a database dropped meanwhile would
+                // make it fail to connect every few seconds forever. The launcher starts
+                // it again while the database exists.
+                .set_restart_time(None)
                 .set_notify_pid(unsafe { pg_sys::MyProcPid })
                 .load_dynamic()
                 .ok();
@@ -95,38 +100,56 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         .unwrap_or(None)
     });
     let Some(s) = schema else {
-        return; // not installed here (or a version without projections): exit 0, not restarted
+        return; // not installed here (or a version without projections): exit 0
     };
-    // One pass: apply a batch of every projection with work; also tell whether appends are in
-    // flight (the commit signal arrives before their feed registration is released). Without
-    // active projections the pass stays cheap: no horizon, no pg_locks scan.
-    let pass = format!(
-        "SELECT {s}.es_run_projections(), \
-                EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding')) \
-                AND {s}._es_feed_in_flight()"
+    // The worker is a superuser: its own statements resolve nothing through `public`.
+    BackgroundWorker::transaction(|| {
+        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+    })
+    .unwrap_or_else(|e| error!("event_store: {e}"));
+    shmem::register_worker();
+    let due = format!(
+        "SELECT name FROM {s}.es_projection_state \
+          WHERE status IN ('running', 'rebuilding') AND (retry_at IS NULL OR retry_at <= now()) \
+          ORDER BY name"
+    );
+    let batch = format!(
+        "SELECT {s}._es_project_batch($1, {s}._es_setting_int('event_store.projection_batch_size'), \
+                {s}._es_feed_horizon())"
+    );
+    // Whether appends are in flight (the commit wakes us before their registration is
+    // released), and whether any projection can run at all: appends wake us only then.
+    let after = format!(
+        "SELECT {s}._es_feed_in_flight(), \
+                EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding'))"
     );
     let mut backoff = Duration::from_millis(1);
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let (applied, in_flight): (i32, bool) = BackgroundWorker::transaction(|| {
+        let names: Vec<String> = BackgroundWorker::transaction(|| {
             Spi::connect(|c| {
-                let row = c
-                    .select(&pass, None, &[])
-                    .expect("running projections")
-                    .first();
-                (
-                    row.get(1).unwrap().unwrap_or(0),
-                    row.get(2).unwrap().unwrap_or(false),
-                )
+                c.select(&due, None, &[]).map(|rows| {
+                    rows.filter_map(|r| r.get::<String>(1).ok().flatten())
+                        .collect()
+                })
             })
-        });
+        })
+        .unwrap_or_else(|e| error!("event_store: listing projections: {e}"));
+        // Each projection in a transaction of its own: one that fails or hangs (until
+        // event_store.projection_timeout) holds up no other.
+        let applied: i32 = names.iter().map(|name| run_batch(&batch, name)).sum();
+        let (in_flight, active) = BackgroundWorker::transaction(|| {
+            Spi::get_two::<bool, bool>(&after)
+        })
+        .unwrap_or_else(|e| error!("event_store: {e}"));
+        shmem::set_active(active.unwrap_or(true));
         let poll = Duration::from_millis(guc::PROJECTION_POLL_INTERVAL.get() as u64);
         let wait = if applied > 0 {
             backoff = Duration::from_millis(1);
             Duration::ZERO
-        } else if in_flight {
+        } else if in_flight.unwrap_or(false) && active.unwrap_or(false) {
             backoff = (backoff * 2).min(poll);
             backoff / 2
         } else {
@@ -139,52 +162,48 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
     }
 }
 
-thread_local! {
-    static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
-    // (pid of this database's worker, else of the launcher, else 0; when it was looked up)
-    static WORKER: Cell<Option<(i32, Instant)>> = const { Cell::new(None) };
-}
-
-/// Whom to signal at commit: this database's worker, else the launcher, else nobody (0), and
-/// nobody while no projection is active, since waking a worker costs CPU on every commit.
-fn worker_pid(fresh: bool) -> i32 {
-    if let Some((pid, at)) = WORKER.get() {
-        if !fresh && at.elapsed() < Duration::from_secs(5) {
-            return pid;
+/// One batch of one projection in its own transaction. An error that escapes the batch's
+/// own failure handling (a cancel, a lost lock) rolls back that transaction only.
+fn run_batch(sql: &str, name: &str) -> i32 {
+    PgTryBuilder::new(|| {
+        BackgroundWorker::transaction(|| {
+            Spi::get_one_with_args::<i32>(sql, &[name.into()])
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        })
+    })
+    .catch_others(|e| {
+        // SAFETY: the transaction the error left open is rolled back before the next one.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        if let pgrx::pg_sys::panic::CaughtError::PostgresError(report) = &e {
+            log!("event_store: projection \"{name}\": {}", report.message());
         }
-    }
-    let row = Spi::get_two::<i32, i32>(
-        "SELECT (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store projections' \
-                  AND datname = current_database() LIMIT 1), \
-                (SELECT pid FROM pg_stat_activity WHERE backend_type = 'event_store launcher' LIMIT 1) \
-          WHERE EXISTS (SELECT FROM es_projection_state WHERE status IN ('running', 'rebuilding'))",
-    );
-    // No worker here yet: wake the launcher so that it starts one. Cached either way: the
-    // lookup reads every backend's status, too costly for every append.
-    let pid = match row {
-        Ok((worker, launcher)) => worker.or(launcher).unwrap_or(0),
-        Err(_) => 0, // no row: no active projection
-    };
-    WORKER.set(Some((pid, Instant::now())));
-    pid
+        0
+    })
+    .execute()
 }
 
-/// Wakes this database's projection worker when the transaction commits (its launcher when
-/// it has none yet, so that a new database is served at once). `fresh` skips the cached
-/// lookup: projection management calls it so that a new projection starts at once.
+thread_local! {
+    static WAKE: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Wakes this database's projection worker through its latch when the transaction commits,
+/// when it has projections to run (its launcher when it has none yet, so that a new
+/// database is served at once). `fresh` wakes it in any case: projection management calls
+/// it so that a new or resumed projection starts at once.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _es_wake_projections(fresh: default!(bool, false)) {
-    if WAKE_PENDING.get() {
+    if !shmem::available() {
+        return; // not preloaded: no worker
+    }
+    let pending = WAKE.get();
+    WAKE.set(Some(fresh || pending.unwrap_or(false)));
+    if pending.is_some() {
         return;
     }
-    let pid = worker_pid(fresh);
-    if pid == 0 {
-        return;
-    }
-    WAKE_PENDING.set(true);
-    register_xact_callback(PgXactCallbackEvent::Commit, move || {
-        WAKE_PENDING.set(false);
-        unsafe { libc::kill(pid, libc::SIGUSR1) };
+    register_xact_callback(PgXactCallbackEvent::Commit, || {
+        shmem::wake(WAKE.take().unwrap_or(false));
     });
-    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE_PENDING.set(false));
+    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE.set(None));
 }

@@ -297,6 +297,7 @@ pub fn lookup<'a, D: Data<'a>>(v: D, path: &[String]) -> Option<D> {
 /// Applies `patch` to `target` as RFC 7396 says: objects merge key by key, `null` removes a
 /// key, anything else replaces.
 pub fn merge_patch<'a>(target: &mut State, patch: impl Data<'a>) {
+    crate::state::check_stack();
     if !patch.is_object() {
         return assign(target, patch);
     }

@@ -41,17 +41,45 @@ fn execute<'conn>(
         .expect("registry statement")
 }
 
-/// Read by the guard trigger on es_streams.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _es_registry_write_allowed() -> bool {
-    WRITE_SCOPE.with(|w| w.get())
+v1_function!(pg_finfo__es_guard_registry);
+/// The guard trigger of es_streams: refuses UPDATE, DELETE and TRUNCATE (SQLSTATE ES003) for
+/// every role, the table owner and superusers included, except the updates made inside this
+/// module's write scope. A C trigger reads the scope directly: no function a caller could
+/// be refused EXECUTE on, and no PL/pgSQL call on every append.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_guard_registry(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: called by the trigger manager, whose context is a TriggerData (checked).
+    let trigger = unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+            error!("event_store: _es_guard_registry is a trigger function");
+        }
+        &*context.cast::<pg_sys::TriggerData>()
+    };
+    let op = trigger.tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+    if op == pg_sys::TRIGGER_EVENT_UPDATE && WRITE_SCOPE.with(|w| w.get()) {
+        return pg_sys::Datum::from(trigger.tg_newtuple);
+    }
+    let op = match op {
+        pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
+        pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
+        pg_sys::TRIGGER_EVENT_TRUNCATE => "TRUNCATE",
+        _ => "INSERT",
+    };
+    crate::errors::raise(
+        b"ES003",
+        &format!("event_store: {op} of es_streams is not allowed"),
+        "Events are append-only and es_streams is maintained by es_append.",
+        "Append a compensating event with es_append instead.",
+    )
 }
 
 const LOCK_SQL: &str =
-    "SELECT version, head_hash, first_at, last_at FROM es_streams WHERE stream_id = $1 FOR UPDATE";
+    "SELECT version, head_hash, first_at, last_at FROM @extschema@.es_streams WHERE stream_id = $1 FOR UPDATE";
 const REGISTER_SQL: &str =
-    "INSERT INTO es_streams (stream_id, version) VALUES ($1, 0) ON CONFLICT (stream_id) DO NOTHING";
-const ADVANCE_SQL: &str = "UPDATE es_streams SET version = $2, first_at = coalesce(first_at, $3), \
+    "INSERT INTO @extschema@.es_streams (stream_id, version) VALUES ($1, 0) ON CONFLICT (stream_id) DO NOTHING";
+const ADVANCE_SQL: &str = "UPDATE @extschema@.es_streams SET version = $2, first_at = coalesce(first_at, $3), \
      last_at = $4, last_position = $5, head_hash = $6 WHERE stream_id = $1";
 
 /// Locks the stream's registry row, creating it at version 0 when the stream is new, and

@@ -8,6 +8,22 @@ use std::str::FromStr;
 
 pub type Map = hashbrown::HashMap<String, State>;
 
+/// Called at every level of every recursion over JSON (reading, folding, comparing, diffing):
+/// events can nest deeper than the stack allows. The extension installs PostgreSQL's
+/// `check_stack_depth`, which raises an error instead of letting the server crash.
+static STACK_CHECK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+pub fn set_stack_check(check: fn()) {
+    let _ = STACK_CHECK.set(check);
+}
+
+#[inline]
+pub fn check_stack() {
+    if let Some(check) = STACK_CHECK.get() {
+        check();
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub enum State {
     #[default]
@@ -66,6 +82,7 @@ pub fn add(a: &State, b: &State) -> Option<State> {
 
 impl From<Value> for State {
     fn from(v: Value) -> Self {
+        check_stack();
         match v {
             Value::Null => State::Null,
             Value::Bool(b) => State::Bool(b),
@@ -79,6 +96,7 @@ impl From<Value> for State {
 
 impl From<&State> for Value {
     fn from(s: &State) -> Self {
+        check_stack();
         match s {
             State::Null => Value::Null,
             State::Bool(b) => Value::Bool(*b),
@@ -95,6 +113,7 @@ impl From<&State> for Value {
 
 /// Equality as jsonb sees it: numbers compare by value (1.0 = 1).
 pub fn same(a: &State, b: &State) -> bool {
+    check_stack();
     match (a, b) {
         (State::Int(x), State::Int(y)) => x == y,
         (x, y) if x.is_number() && y.is_number() => x.decimal() == y.decimal(),

@@ -222,6 +222,43 @@ fn _es_check_event(
     .unwrap_or_else(|e| e.raise())
 }
 
+v1_function!(pg_finfo__es_check_depth);
+/// `_es_check_depth(event_data jsonb, metadata jsonb, ordinal integer)`: raises 54000 when
+/// either nests deeper than `event_store.max_event_depth`. Reads the jsonb in place, without
+/// recursion, so that no input can exhaust the stack here either. NULLs pass (they are
+/// refused by `_es_check_event`).
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_check_depth(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw};
+    let limit = guc::MAX_EVENT_DEPTH.get().max(1) as usize;
+    let ordinal = (!pg_arg_is_null(fcinfo, 2)).then(|| pg_getarg_datum_raw(fcinfo, 2).value() as i32);
+    for (arg, what) in [(0, "event_data"), (1, "metadata")] {
+        if pg_arg_is_null(fcinfo, arg) {
+            continue;
+        }
+        // SAFETY: argument `arg` is a non-null jsonb, as the SQL declaration says.
+        let depth = crate::jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, arg), |j| {
+            crate::jsonb::depth(j, limit)
+        });
+        if let Err(e) = check_depth(what, depth, limit, ordinal) {
+            e.raise();
+        }
+    }
+    pg_sys::Datum::from(0)
+}
+
+/// Nesting beyond the limit is refused: a fold recurses once per level.
+pub fn check_depth(what: &str, depth: usize, limit: usize, ordinal: Option<i32>) -> Result<(), Invalid> {
+    if depth > limit {
+        return Err(Invalid::TooLarge(format!(
+            "{}{what} nests arrays and objects more than {limit} levels deep, over event_store.max_event_depth",
+            at(ordinal)
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +324,14 @@ mod tests {
         assert!(matches!(ok(Some(0), 10), Err(Invalid::Value(_))));
         assert!(matches!(ok(None, 10), Err(Invalid::Null(_))));
         assert!(matches!(ok(Some(1), 101), Err(Invalid::TooLarge(_))));
+    }
+
+    #[test]
+    fn depths() {
+        assert_eq!(check_depth("event_data", 64, 64, None), Ok(()));
+        assert!(
+            matches!(check_depth("event_data", 65, 64, Some(2)), Err(Invalid::TooLarge(m)) if m.starts_with("event 2: event_data nests"))
+        );
     }
 
     #[test]
