@@ -27,7 +27,9 @@ impl Drop for Acting {
 /// inside a projection handler the projection's owner.
 pub fn calling_role() -> pg_sys::Oid {
     // SAFETY: reads the backend's current identity; no allocation, cannot fail.
-    ACTING.get().unwrap_or_else(|| unsafe { pg_sys::GetOuterUserId() })
+    ACTING
+        .get()
+        .unwrap_or_else(|| unsafe { pg_sys::GetOuterUserId() })
 }
 
 #[pg_extern(stable, parallel_safe)]

@@ -92,7 +92,8 @@ fn es_diff(
         let mut rows = Vec::new();
         let args = [stream_id.into(), from.into(), to.into(), version.into()];
         let events =
-            in_stream_order(|| client.select(crate::schema::qualified(EVENTS_SQL), None, &args)).expect("reading the stream");
+            in_stream_order(|| client.select(crate::schema::qualified(EVENTS_SQL), None, &args))
+                .expect("reading the stream");
         for e in events {
             let event_type: String = e.get(1).unwrap().unwrap();
             let data = e.get::<Json>(2).unwrap().unwrap().0;

@@ -1,6 +1,5 @@
 //! Errors with the extension's own SQLSTATEs (class ES), which pgrx's error-code enum cannot
 //! name: raised through PostgreSQL's ereport functions directly.
-use pgrx::pg_sys::ffi::pg_guard_ffi_boundary;
 use std::ffi::{c_char, c_int, CString};
 
 unsafe extern "C-unwind" {
@@ -20,29 +19,33 @@ pub fn sqlstate(code: &[u8; 5]) -> c_int {
         .sum()
 }
 
-/// Raises an ERROR with `code` (five characters, e.g. `b"ES003"`).
-pub fn raise(code: &[u8; 5], message: &str, detail: &str, hint: &str) -> ! {
-    let text = |s: &str| CString::new(s.replace('\0', "")).unwrap_or_default();
-    let (message, detail, hint) = (text(message), text(detail), text(hint));
-    // SAFETY: the ereport protocol (errstart, fields, errfinish) with "%s" formats; the
-    // ERROR's longjmp is turned into a Rust panic by pg_guard_ffi_boundary, which the calling
-    // #[pg_guard] function re-raises.
+/// Raises an ERROR with `code` (five characters, e.g. `b"ES003"`). Takes its texts by value:
+/// the caller must hold nothing that needs dropping, since the error leaves by longjmp.
+pub fn raise(code: &[u8; 5], message: String, detail: &str, hint: &str) -> ! {
+    let text = |s: &str| {
+        CString::new(s.replace('\0', ""))
+            .unwrap_or_default()
+            .into_raw()
+    };
+    let (message, detail, hint) = (text(&message), text(detail), text(hint));
+    // SAFETY: the ereport protocol (errstart, fields, errfinish) with "%s" formats. errfinish
+    // longjmps to PostgreSQL's handler, past this frame and the calling #[pg_guard] function,
+    // which hold nothing to drop (the texts were leaked into raw pointers above). Going
+    // through pg_guard_ffi_boundary instead would turn the SQLSTATE into XX000.
     unsafe {
-        pg_guard_ffi_boundary(|| {
-            if errstart(pgrx::PgLogLevel::ERROR as c_int, std::ptr::null()) {
-                errcode(sqlstate(code));
-                errmsg(c"%s".as_ptr(), message.as_ptr());
-                if !detail.is_empty() {
-                    errdetail(c"%s".as_ptr(), detail.as_ptr());
-                }
-                if !hint.is_empty() {
-                    errhint(c"%s".as_ptr(), hint.as_ptr());
-                }
-                errfinish(c"event_store".as_ptr(), 0, std::ptr::null());
+        if errstart(pgrx::PgLogLevel::ERROR as c_int, std::ptr::null()) {
+            errcode(sqlstate(code));
+            errmsg(c"%s".as_ptr(), message);
+            if *detail != 0 {
+                errdetail(c"%s".as_ptr(), detail);
             }
-        });
+            if *hint != 0 {
+                errhint(c"%s".as_ptr(), hint);
+            }
+            errfinish(c"event_store".as_ptr(), 0, std::ptr::null());
+        }
     }
-    unreachable!("ereport(ERROR) returns no more")
+    unreachable!("ereport(ERROR) does not return")
 }
 
 #[cfg(test)]

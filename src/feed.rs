@@ -61,7 +61,10 @@ fn in_flight(seq_last: i64) -> Vec<(i32, Option<TimestampWithTimeZone>, i64)> {
                     (
                         r.get::<i32>(1).ok().flatten().unwrap_or(0),
                         r.get::<TimestampWithTimeZone>(2).ok().flatten(),
-                        registered_bound(seq_last, r.get::<i64>(3).ok().flatten().unwrap_or(0) as u32),
+                        registered_bound(
+                            seq_last,
+                            r.get::<i64>(3).ok().flatten().unwrap_or(0) as u32,
+                        ),
                     )
                 })
                 .collect()
@@ -217,7 +220,11 @@ mod tests {
     #[test]
     fn horizon_stops_below_the_lowest_in_flight_append() {
         assert_eq!(horizon(100, []), 100);
-        let bounds = |keys: &[u32]| keys.iter().map(|k| registered_bound(100, *k)).collect::<Vec<_>>();
+        let bounds = |keys: &[u32]| {
+            keys.iter()
+                .map(|k| registered_bound(100, *k))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(horizon(100, bounds(&[key(90), key(95)])), 90);
         // An append that registered after the sequence was read cannot lower the horizon.
         assert_eq!(horizon(100, bounds(&[key(101)])), 100);

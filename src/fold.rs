@@ -471,14 +471,23 @@ pub fn verify_snapshots(
                 if v < version {
                     report(v, format!("snapshot of version {v}, which no event has"));
                 } else if !snap.as_ref().is_some_and(|s| crate::state::same(s, &state)) {
-                    report(v, format!("snapshot of version {v} differs from a fold of events 1 to {v}"));
+                    report(
+                        v,
+                        format!("snapshot of version {v} differs from a fold of events 1 to {v}"),
+                    );
                 } else if last_at != at {
-                    report(v, format!("snapshot of version {v} has another time than event {v}"));
+                    report(
+                        v,
+                        format!("snapshot of version {v} has another time than event {v}"),
+                    );
                 }
             }
         }
         for (v, _, _) in pending {
-            report(v, format!("snapshot of version {v}, beyond the stream's events"));
+            report(
+                v,
+                format!("snapshot of version {v}, beyond the stream's events"),
+            );
         }
     }
 }

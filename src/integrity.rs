@@ -240,7 +240,8 @@ const EVENTS_SQL: &str =
     FROM @extschema@.event_store WHERE $1::text IS NULL OR stream_id = $1 \
     ORDER BY stream_id, stream_version, global_position";
 
-const HEADS_SQL: &str = "SELECT stream_id, version, coalesce(head_hash, ''::bytea), first_at, last_at, \
+const HEADS_SQL: &str =
+    "SELECT stream_id, version, coalesce(head_hash, ''::bytea), first_at, last_at, \
     last_position FROM @extschema@.es_streams WHERE $1::text IS NULL OR stream_id = $1";
 
 /// Positions that two events share, or that lie beyond what the sequence handed out (a
@@ -339,7 +340,11 @@ fn verify_chains(client: &pgrx::spi::SpiClient<'_>, stream_id: Option<&str>, out
     }
 }
 
-fn verify_positions(client: &pgrx::spi::SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<Row>) {
+fn verify_positions(
+    client: &pgrx::spi::SpiClient<'_>,
+    stream_id: Option<&str>,
+    out: &mut Vec<Row>,
+) {
     let rows = client
         .select(schema::qualified(POSITIONS_SQL), None, &[stream_id.into()])
         .unwrap_or_else(|e| error!("event_store: checking global positions: {e}"));

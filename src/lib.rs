@@ -69,11 +69,7 @@ extension_sql_file!(
         validate::_es_check_feed_read
     ]
 );
-extension_sql_file!(
-    "../sql/guards.sql",
-    name = "guards",
-    requires = ["schema"]
-);
+extension_sql_file!("../sql/guards.sql", name = "guards", requires = ["schema"]);
 extension_sql_file!(
     "../sql/projections.sql",
     name = "projections",

@@ -75,6 +75,10 @@ fn visible_to_owner(table: pg_sys::Oid, owner: pg_sys::Oid, position: i64) -> bo
         .unwrap_or(false)
 }
 
+/// The search_path handlers run with; a handler that needs another sets it on itself
+/// (`ALTER FUNCTION ... SET search_path`).
+const HANDLER_SEARCH_PATH: &std::ffi::CStr = c"\"$user\", public, pg_temp";
+
 /// Calls `func` with `event` (or no argument) as `owner`, in its own GUC nest level: a handler
 /// that runs `SET search_path` (or any setting) changes nothing for the code that called it.
 /// An event the owner may not see under row level security is skipped. Returns whether the
@@ -114,6 +118,18 @@ fn _es_run_as<'a>(
     // the handler's ERROR crosses back as a Rust panic through pg_guard_ffi_boundary.
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
+        // Names in the handler resolve as in a plain session of its owner, never through the
+        // extension's pinned path nor through temp tables of whoever runs the pass.
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            HANDLER_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
         let mut flinfo = pg_sys::FmgrInfo::default();
         pg_sys::fmgr_info(func, &mut flinfo);
         let nargs = arg.is_some() as usize;
@@ -132,12 +148,17 @@ fn _es_run_as<'a>(
             };
         }
         let Some(call) = flinfo.fn_addr else {
-            error!("event_store: handler {} has no entry point", u32::from(func));
+            error!(
+                "event_store: handler {} has no entry point",
+                u32::from(func)
+            );
         };
         // The handler's result (void) is ignored; only its effects count.
         pg_guard_ffi_boundary(|| call(fcinfo));
         pg_sys::pfree(fcinfo.cast());
-        pg_sys::AtEOXact_GUC(true, nest);
+        // As after an abort: every setting the handler made, SET or SET LOCAL, is undone
+        // (a commit-style pop would hand a plain SET on to the caller's level).
+        pg_sys::AtEOXact_GUC(false, nest);
     }
     true
 }

@@ -140,10 +140,9 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         // Each projection in a transaction of its own: one that fails or hangs (until
         // event_store.projection_timeout) holds up no other.
         let applied: i32 = names.iter().map(|name| run_batch(&batch, name)).sum();
-        let (in_flight, active) = BackgroundWorker::transaction(|| {
-            Spi::get_two::<bool, bool>(&after)
-        })
-        .unwrap_or_else(|e| error!("event_store: {e}"));
+        let (in_flight, active) =
+            BackgroundWorker::transaction(|| Spi::get_two::<bool, bool>(&after))
+                .unwrap_or_else(|e| error!("event_store: {e}"));
         shmem::set_active(active.unwrap_or(true));
         let poll = Duration::from_millis(guc::PROJECTION_POLL_INTERVAL.get() as u64);
         let wait = if applied > 0 {

@@ -48,7 +48,9 @@ v1_function!(pg_finfo__es_guard_registry);
 /// be refused EXECUTE on, and no PL/pgSQL call on every append.
 #[pg_guard]
 #[no_mangle]
-pub unsafe extern "C-unwind" fn _es_guard_registry(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn _es_guard_registry(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     // SAFETY: called by the trigger manager, whose context is a TriggerData (checked).
     let trigger = unsafe {
         let context = (*fcinfo).context;
@@ -69,7 +71,7 @@ pub unsafe extern "C-unwind" fn _es_guard_registry(fcinfo: pg_sys::FunctionCallI
     };
     crate::errors::raise(
         b"ES003",
-        &format!("event_store: {op} of es_streams is not allowed"),
+        format!("event_store: {op} of es_streams is not allowed"),
         "Events are append-only and es_streams is maintained by es_append.",
         "Append a compensating event with es_append instead.",
     )
@@ -79,7 +81,8 @@ const LOCK_SQL: &str =
     "SELECT version, head_hash, first_at, last_at FROM @extschema@.es_streams WHERE stream_id = $1 FOR UPDATE";
 const REGISTER_SQL: &str =
     "INSERT INTO @extschema@.es_streams (stream_id, version) VALUES ($1, 0) ON CONFLICT (stream_id) DO NOTHING";
-const ADVANCE_SQL: &str = "UPDATE @extschema@.es_streams SET version = $2, first_at = coalesce(first_at, $3), \
+const ADVANCE_SQL: &str =
+    "UPDATE @extschema@.es_streams SET version = $2, first_at = coalesce(first_at, $3), \
      last_at = $4, last_position = $5, head_hash = $6 WHERE stream_id = $1";
 
 /// Locks the stream's registry row, creating it at version 0 when the stream is new, and

@@ -108,9 +108,11 @@ pub fn register(bound: i64) {
     // SAFETY: reads of the backend's own identity.
     let slot = unsafe { &slots(h)[pg_sys::MyBackendId as usize] };
     unsafe {
-        slot.database.store(pg_sys::MyDatabaseId.into(), Ordering::SeqCst);
+        slot.database
+            .store(pg_sys::MyDatabaseId.into(), Ordering::SeqCst);
         slot.pid.store(pg_sys::MyProcPid, Ordering::SeqCst);
-        slot.since.store(pg_sys::GetCurrentTimestamp(), Ordering::SeqCst);
+        slot.since
+            .store(pg_sys::GetCurrentTimestamp(), Ordering::SeqCst);
     }
     slot.registered.store(bound + 1, Ordering::SeqCst);
 }
@@ -179,7 +181,9 @@ pub fn register_worker() {
     }) else {
         return; // all slots taken: this worker polls instead of being woken
     };
-    h.workers[i].procno.store(own_procno() + 1, Ordering::SeqCst);
+    h.workers[i]
+        .procno
+        .store(own_procno() + 1, Ordering::SeqCst);
     h.workers[i].active.store(true, Ordering::SeqCst);
     // SAFETY: registers a callback run at process exit, before shared memory is detached.
     unsafe { pg_sys::before_shmem_exit(Some(unregister_worker), pg_sys::Datum::from(i)) };

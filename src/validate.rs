@@ -232,7 +232,8 @@ v1_function!(pg_finfo__es_check_depth);
 pub unsafe extern "C-unwind" fn _es_check_depth(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw};
     let limit = guc::MAX_EVENT_DEPTH.get().max(1) as usize;
-    let ordinal = (!pg_arg_is_null(fcinfo, 2)).then(|| pg_getarg_datum_raw(fcinfo, 2).value() as i32);
+    let ordinal =
+        (!pg_arg_is_null(fcinfo, 2)).then(|| pg_getarg_datum_raw(fcinfo, 2).value() as i32);
     for (arg, what) in [(0, "event_data"), (1, "metadata")] {
         if pg_arg_is_null(fcinfo, arg) {
             continue;
@@ -249,7 +250,12 @@ pub unsafe extern "C-unwind" fn _es_check_depth(fcinfo: pg_sys::FunctionCallInfo
 }
 
 /// Nesting beyond the limit is refused: a fold recurses once per level.
-pub fn check_depth(what: &str, depth: usize, limit: usize, ordinal: Option<i32>) -> Result<(), Invalid> {
+pub fn check_depth(
+    what: &str,
+    depth: usize,
+    limit: usize,
+    ordinal: Option<i32>,
+) -> Result<(), Invalid> {
     if depth > limit {
         return Err(Invalid::TooLarge(format!(
             "{}{what} nests arrays and objects more than {limit} levels deep, over event_store.max_event_depth",

@@ -151,3 +151,86 @@ pub fn outcome<T>(r: Result<T, postgres::Error>) -> String {
 pub fn count(c: &mut Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap().get(0)
 }
+
+/// Runs a PostgreSQL program as the cluster's OS user (`postgres` when the tests run as root).
+pub fn as_postgres(program: &str, args: &[&str]) -> std::process::ExitStatus {
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("sudo");
+        c.args(["-u", "postgres", "--", program]);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    cmd.args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+}
+
+/// A PostgreSQL cluster of a test's own, for cases that would take the whole server down if
+/// they regressed (a crash ends every session of a cluster). Removed when dropped.
+pub struct Cluster {
+    dir: String,
+    pub config: Config,
+}
+
+impl Cluster {
+    pub fn start(name: &str) -> Cluster {
+        let bin = "/usr/lib/postgresql/15/bin";
+        let run = std::env::var("ES_TEST_HOST").expect("ES_TEST_HOST");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let port = 55000 + (std::process::id() % 500) as u16 * 8 + n as u16 % 8;
+        let dir = format!("{run}/own-{name}-{}-{n}", std::process::id());
+        let status = as_postgres(
+            &format!("{bin}/initdb"),
+            &[
+                "-D",
+                &dir,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+        );
+        assert!(status.success(), "initdb {dir}");
+        let conf = format!(
+            "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{run}'\nfsync = off\n"
+        );
+        let append = format!("printf '%s' \"$0\" >> '{dir}/postgresql.conf'");
+        assert!(as_postgres("sh", &["-c", &append, &conf]).success());
+        let log = format!("{dir}/server.log");
+        let status = as_postgres(
+            &format!("{bin}/pg_ctl"),
+            &["-D", &dir, "-l", &log, "-w", "start"],
+        );
+        assert!(status.success(), "pg_ctl start {dir}");
+        let mut config = Config::new();
+        config
+            .host_path(&run)
+            .port(port)
+            .user("postgres")
+            .dbname("postgres");
+        Cluster { dir, config }
+    }
+
+    pub fn connect(&self) -> Client {
+        self.config.connect(NoTls).unwrap()
+    }
+
+    /// Whether the server still answers (a crash would restart it, ending every session).
+    pub fn alive(&self, c: &mut Client) -> bool {
+        c.simple_query("SELECT 1").is_ok()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        as_postgres(
+            "/usr/lib/postgresql/15/bin/pg_ctl",
+            &["-D", &self.dir, "-m", "immediate", "-w", "stop"],
+        );
+        as_postgres("rm", &["-rf", &self.dir]);
+    }
+}

@@ -1,0 +1,616 @@
+//! The threat model of docs/security.md, each case as real connections of the role named.
+//! Cases that crashed the server before their fix run on a cluster of their own.
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn worker() -> bool {
+    std::env::var("ES_TEST_WORKER").as_deref() == Ok("1")
+}
+
+/// Roles named after the database (roles are cluster-wide), created with `grants`.
+fn role(db: &TestDb, c: &mut postgres::Client, name: &str, grants: &str) -> String {
+    let r = format!("{}_{name}", db.name);
+    c.batch_execute(&format!("CREATE ROLE {r} {grants}"))
+        .unwrap();
+    r
+}
+
+#[test]
+fn a_handler_that_changes_search_path_runs_nothing_as_the_owner() {
+    let db = TestDb::new("sec_handler");
+    let mut c = db.connect();
+    let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
+    let mut r = db.connect_as(&reader);
+    // The attack of the issue: a temp table named like the projection state, with a trigger
+    // that fails loudly if anything owner-run ever touches it.
+    r.batch_execute(
+        "CREATE TEMP TABLE es_projection_state(name text, status text, position bigint, attempts int,
+             retry_at timestamptz, last_error text, last_error_position bigint, updated_at timestamptz);
+         CREATE FUNCTION pg_temp.pwn() RETURNS trigger LANGUAGE plpgsql AS
+             $$BEGIN RAISE EXCEPTION 'pwned as %', current_user; END$$;
+         CREATE TRIGGER t BEFORE UPDATE ON pg_temp.es_projection_state
+             FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.pwn();
+         CREATE FUNCTION pg_temp.h(e public.event_store) RETURNS void LANGUAGE plpgsql AS
+             $$BEGIN SET search_path = pg_temp, public, pg_catalog; END$$;
+         CREATE FUNCTION pg_temp.r() RETURNS void LANGUAGE plpgsql AS
+             $$BEGIN SET search_path = pg_temp, public, pg_catalog; END$$;
+         SELECT es_create_projection('x', 'pg_temp.h(public.event_store)', NULL, NULL, 'pg_temp.r()');",
+    )
+    .unwrap();
+    r.batch_execute("SELECT es_rebuild_projection('x')")
+        .unwrap();
+    assert_eq!(
+        count(&mut r, "SELECT count(*) FROM public.es_projection_state WHERE name = 'x' AND status = 'rebuilding'"),
+        1
+    );
+    // The handler's SET did not outlive it either.
+    let path: String = r.query_one("SHOW search_path", &[]).unwrap().get(0);
+    assert!(!path.starts_with("pg_temp"), "{path}");
+    // Through es_run_projections: the handler runs per event, then the checkpoint is written.
+    c.batch_execute("SELECT es_append('s-1', 'T', '{}')")
+        .unwrap();
+    if !worker() {
+        // Only this session sees its temp functions: the pass runs here.
+        r.batch_execute("SELECT es_run_projections()").unwrap();
+        assert_eq!(
+            count(
+                &mut r,
+                "SELECT position FROM public.es_projection_state WHERE name = 'x'"
+            ),
+            1
+        );
+        assert_eq!(
+            count(&mut r, "SELECT count(*) FROM pg_temp.es_projection_state"),
+            0
+        );
+        let path: String = r.query_one("SHOW search_path", &[]).unwrap().get(0);
+        assert!(!path.starts_with("pg_temp"), "{path}");
+    }
+}
+
+#[test]
+fn objects_in_public_or_pg_temp_change_nothing_owner_run_code_does() {
+    let db = TestDb::new("sec_public");
+    let mut c = db.connect();
+    let dbo = role(&db, &mut c, "dbo", "");
+    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
+    // A database owner owns public (PostgreSQL 15), so may create anything in it.
+    c.batch_execute(&format!("ALTER DATABASE {} OWNER TO {dbo}", db.name))
+        .unwrap();
+    let mut o = db.connect_as(&dbo);
+    let trap = |name: &str, args: &str, ret: &str| {
+        format!(
+            "CREATE FUNCTION public.{name}({args}) RETURNS {ret} LANGUAGE plpgsql AS
+                 $$BEGIN RAISE EXCEPTION 'pwned as %', current_user; END$$;"
+        )
+    };
+    o.batch_execute(
+        &[
+            trap("clock_timestamp", "", "timestamptz"),
+            trap("nextval", "text", "bigint"),
+            trap("now", "", "timestamptz"),
+            trap("jsonb_build_object", "text, text", "jsonb"),
+            trap("split_part", "text, text, bigint", "text"),
+            trap("coalesce_", "jsonb", "jsonb"),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let mut w = db.connect_as(&writer);
+    for _ in 0..2 {
+        w.batch_execute("SET search_path = public, pg_catalog")
+            .unwrap();
+        w.query("SELECT * FROM es_append('user-1', 'T', '{\"a\": 1}')", &[])
+            .unwrap();
+        w.query("SELECT * FROM es_append_batch('user-1', '[{\"type\": \"T\", \"data\": {}, \"id\": \"7c2a1f7e-0000-4000-8000-000000000001\"}]')", &[]).unwrap();
+        w.batch_execute("RESET search_path").unwrap();
+    }
+    // A reader's temp tables named like the extension's change no answer of es_verify,
+    // es_stream or the state functions.
+    let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
+    let mut r = db.connect_as(&reader);
+    r.batch_execute(
+        "CREATE TEMP TABLE es_streams (LIKE public.es_streams);
+         INSERT INTO es_streams (stream_id, version) VALUES ('ghost-1', 7);
+         CREATE TEMP TABLE event_store (LIKE public.event_store);
+         SET search_path = pg_temp, public, pg_catalog",
+    )
+    .unwrap();
+    assert_eq!(count(&mut r, "SELECT count(*) FROM public.es_verify()"), 0);
+    assert_eq!(
+        count(&mut r, "SELECT count(*) FROM public.es_stream('user-1')"),
+        3
+    );
+    let state: serde_json::Value = r
+        .query_one("SELECT public.es_state('user-1')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(state, serde_json::json!({"a": 1}));
+}
+
+#[test]
+fn deep_events_are_refused_and_old_ones_fail_cleanly() {
+    let cluster = Cluster::start("deep");
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE EXTENSION event_store; CREATE ROLE deep_writer IN ROLE event_store_writer",
+    )
+    .unwrap();
+    let deep = |n: usize| format!("{{\"a\": {}1{}}}", "[".repeat(n), "]".repeat(n));
+    let mut w = cluster.connect();
+    w.batch_execute("SET ROLE deep_writer").unwrap();
+    let append = "SELECT * FROM es_append('deep-1', 'T', $1::text::jsonb)";
+    assert_eq!(sqlstate(w.query(append, &[&deep(14_400)])), "54000");
+    assert_eq!(sqlstate(w.query(append, &[&deep(64)])), "54000"); // 65 levels with the object
+    w.query(append, &[&deep(63)]).unwrap();
+    let batch = format!(
+        "[{{\"type\": \"T\", \"data\": {{}}}}, {{\"type\": \"T\", \"data\": {}}}]",
+        deep(100)
+    );
+    assert!(message(w.query(
+        "SELECT * FROM es_append_batch('deep-1', $1::text::jsonb)",
+        &[&batch]
+    ))
+    .contains("event 2: event_data nests"));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 1);
+    // An event stored before the limit existed (here: by a superuser around es_append).
+    c.query(
+        "WITH s AS (INSERT INTO es_streams (stream_id, version, first_at, last_at, last_position, head_hash)
+                    VALUES ('old-1', 1, now(), now(), 99, '\\x00') RETURNING 1)
+         INSERT INTO event_store (global_position, event_id, stream_id, stream_version, event_type,
+                                  event_data, created_at, hash)
+         SELECT 99, gen_random_uuid(), 'old-1', 1, 'T', $1::text::jsonb, now(), '\\x00' FROM s",
+        &[&deep(14_400)],
+    )
+    .unwrap();
+    let mut r = cluster.connect();
+    for sql in [
+        "SELECT es_state('old-1')",
+        "SELECT es_fold(e ORDER BY stream_version) FROM event_store e WHERE stream_id = 'old-1'",
+        "SELECT count(*) FROM es_diff('old-1', '-infinity', 'infinity')",
+    ] {
+        assert_eq!(sqlstate(r.query(sql, &[])), "54001", "{sql}");
+        assert!(cluster.alive(&mut c), "the server crashed on {sql}");
+    }
+}
+
+#[test]
+fn a_shadowed_pg_proc_does_not_pass_a_reducer_check() {
+    let cluster = Cluster::start("proc");
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE EXTENSION event_store; CREATE ROLE proc_reader IN ROLE event_store_reader;
+         SELECT es_append('s-1', 'T', '{}')",
+    )
+    .unwrap();
+    let mut r = cluster.connect();
+    r.batch_execute(
+        "SET ROLE proc_reader;
+         CREATE TEMP VIEW pg_proc AS
+             SELECT p.oid, 'f'::\"char\" AS prokind, false AS proretset, 2::int2 AS pronargs,
+                    'jsonb'::regtype::oid AS prorettype,
+                    '3802 16384'::oidvector AS proargtypes
+               FROM pg_catalog.pg_proc p;
+         SET search_path = pg_temp, public, pg_catalog",
+    )
+    .unwrap();
+    let got = r.query("SELECT es_state('s-1', 'int8pl(bigint,bigint)')", &[]);
+    assert_eq!(sqlstate(got), "42804");
+    assert!(cluster.alive(&mut c));
+}
+
+#[test]
+fn writers_cannot_lift_the_servers_limits() {
+    let db = TestDb::new("sec_gucs");
+    let mut c = db.connect();
+    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
+    let mut w = db.connect_as(&writer);
+    for setting in [
+        "event_store.max_event_bytes = 2147483647",
+        "event_store.max_event_depth = 1000",
+        "event_store.projection_timeout = 0",
+        "event_store.snapshot_every = 1",
+        "event_store.projection_batch_size = 1000000",
+    ] {
+        assert_eq!(
+            sqlstate(w.batch_execute(&format!("SET {setting}"))),
+            "42501",
+            "{setting}"
+        );
+    }
+    let big = format!("{{\"a\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    assert_eq!(
+        sqlstate(w.query(
+            "SELECT * FROM es_append('big-1', 'T', $1::text::jsonb)",
+            &[&big]
+        )),
+        "54000"
+    );
+}
+
+#[test]
+fn public_gets_nothing_of_the_extension() {
+    let db = TestDb::new("sec_public_grants");
+    let mut c = db.connect();
+    let nobody = role(&db, &mut c, "nobody", "");
+    // Every member of the extension, from pg_depend, so a new one cannot slip through.
+    let leaks: Vec<String> = c
+        .query(
+            "SELECT d.objid::regprocedure::text FROM pg_depend d
+              WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+                AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'event_store')
+                AND d.classid = 'pg_proc'::regclass
+                AND has_function_privilege($1, d.objid, 'EXECUTE')
+             UNION ALL
+             SELECT d.objid::regclass::text FROM pg_depend d JOIN pg_class k ON k.oid = d.objid
+              WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+                AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'event_store')
+                AND d.classid = 'pg_class'::regclass
+                AND (CASE WHEN k.relkind = 'S' THEN has_sequence_privilege($1, d.objid, 'SELECT, USAGE, UPDATE')
+                          ELSE has_table_privilege($1, d.objid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE') END)",
+            &[&nobody],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(leaks, Vec::<String>::new());
+    // Nor does a reader get the internals that run as the owner.
+    let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
+    let mut r = db.connect_as(&reader);
+    for sql in [
+        "SELECT * FROM es_event_ids",
+        "SELECT _es_feed_register()",
+        "SELECT _es_projection_timer(true)",
+        "SELECT * FROM _es_append('s-1', '[{\"type\": \"T\", \"data\": {}}]', NULL, false)",
+    ] {
+        assert_eq!(sqlstate(r.batch_execute(sql)), "42501", "{sql}");
+    }
+}
+
+#[test]
+fn snapshots_of_streams_hidden_by_row_level_security_are_hidden_too() {
+    let db = TestDb::new("sec_snapshots");
+    let mut c = db.connect();
+    let tenant = role(&db, &mut c, "tenant", "IN ROLE event_store_reader");
+    // Row level security does not apply to a BYPASSRLS role: it may see every snapshot.
+    let reader = role(
+        &db,
+        &mut c,
+        "reader",
+        "BYPASSRLS IN ROLE event_store_reader",
+    );
+    c.batch_execute(&format!(
+        "SELECT es_append('a-1', 'T', '{{\"n\": 1}}'); SELECT es_append('b-1', 'T', '{{\"n\": 2}}');
+         SELECT es_snapshot('a-1'); SELECT es_snapshot('b-1');
+         ALTER TABLE event_store ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY tenant_a ON event_store FOR SELECT TO {tenant} USING (stream_id LIKE 'a-%');"
+    ))
+    .unwrap();
+    let mut t = db.connect_as(&tenant);
+    assert_eq!(count(&mut t, "SELECT count(*) FROM es_snapshots"), 0);
+    assert_eq!(count(&mut t, "SELECT count(*) FROM event_store"), 1);
+    let mut r = db.connect_as(&reader);
+    assert_eq!(count(&mut r, "SELECT count(*) FROM es_snapshots"), 2);
+}
+
+#[test]
+fn no_role_can_stall_the_feed_and_open_appends_are_visible() {
+    let db = TestDb::new("sec_feed");
+    let mut c = db.connect();
+    let nobody = role(&db, &mut c, "nobody", "LOGIN");
+    c.batch_execute(&format!(
+        "GRANT CONNECT ON DATABASE {} TO {nobody}",
+        db.name
+    ))
+    .unwrap();
+    let mut attacker = db.connect_as(&nobody);
+    // The lock key an append in flight at position 0 registered under before this fix.
+    attacker
+        .batch_execute("SELECT pg_advisory_lock_shared(1163085380, -2147483648)")
+        .unwrap();
+    let pid: i32 = attacker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    c.batch_execute("SELECT es_append('s-1', 'T', '{}')")
+        .unwrap();
+    let seen = count(&mut c, "SELECT count(*) FROM es_read_all(0, 10)");
+    let holders = count(
+        &mut c,
+        &format!("SELECT count(*) FROM es_feed_in_flight WHERE pid = {pid}"),
+    );
+    if worker() {
+        // Preloaded: appends register in shared memory, which only es_append writes.
+        assert_eq!((seen, holders), (1, 0));
+    } else {
+        // Without preloading the registration is an advisory lock: the documented limit.
+        // The view names the holder, so an operator can end it.
+        assert_eq!((seen, holders), (0, 1));
+        c.batch_execute(&format!("SELECT pg_terminate_backend({pid})"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(count(&mut c, "SELECT count(*) FROM es_read_all(0, 10)"), 1);
+    }
+    // An append left open shows, with its lowest position, and holds the feed.
+    let mut open = db.connect();
+    open.batch_execute("BEGIN; SELECT es_append('s-2', 'T', '{}')")
+        .unwrap();
+    let open_pid: i32 = open
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let row = c
+        .query_one("SELECT lowest_position, registered_at IS NOT NULL FROM es_feed_in_flight WHERE pid = $1", &[&open_pid])
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (1, true));
+    c.batch_execute("SELECT es_append('s-3', 'T', '{}')")
+        .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_read_all(0, 10)"), 1);
+    open.batch_execute("COMMIT").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_read_all(0, 10)"), 3);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_feed_in_flight"), 0);
+}
+
+#[test]
+fn appends_take_no_lock_per_event_or_per_append() {
+    let db = TestDb::new("sec_locks");
+    let mut c = db.connect();
+    c.batch_execute(
+        "SELECT count(*) FROM es_append_batch('bulk-1',
+            (SELECT jsonb_agg(jsonb_build_object('type', 'T', 'data', '{}'::jsonb, 'id', gen_random_uuid()))
+               FROM generate_series(1, 40000)))",
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT es_stream_version('bulk-1')"), 40000);
+    c.batch_execute("BEGIN").unwrap();
+    for i in 0..2000 {
+        c.query(
+            "SELECT * FROM es_append($1, 'T', '{}', id => gen_random_uuid())",
+            &[&format!("many-{}", i % 50)],
+        )
+        .unwrap();
+    }
+    let locks = count(
+        &mut c,
+        "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory'",
+    );
+    assert!(locks <= 1, "{locks} advisory locks");
+    c.batch_execute("COMMIT").unwrap();
+    // Retries of ids are still stored once, and reuse elsewhere still refused.
+    let id = "0191c3a0-0000-7000-8000-00000000abcd";
+    for _ in 0..2 {
+        c.query(
+            "SELECT * FROM es_append('r-1', 'T', '{}', id => $1::text::uuid)",
+            &[&id],
+        )
+        .unwrap();
+    }
+    assert_eq!(count(&mut c, "SELECT es_stream_version('r-1')"), 1);
+    assert_eq!(
+        sqlstate(c.query(
+            "SELECT * FROM es_append('r-2', 'T', '{}', id => $1::text::uuid)",
+            &[&id]
+        )),
+        "ES002"
+    );
+}
+
+/// A handler acts for its projection's owner only: what it appends is recorded as the
+/// owner's, it cannot manage other roles' projections, and it sees only what the owner may.
+#[test]
+fn handlers_act_only_for_their_owner() {
+    let db = TestDb::new("sec_owner");
+    let mut c = db.connect();
+    let alice = role(&db, &mut c, "alice", "IN ROLE event_store_writer");
+    let bob = role(&db, &mut c, "bob", "IN ROLE event_store_reader");
+    let ops = role(&db, &mut c, "ops", "IN ROLE event_store_reader");
+    c.batch_execute(&format!(
+        "GRANT CREATE ON SCHEMA public TO {alice}, {bob};
+         CREATE TABLE public.tries (what text);
+         GRANT INSERT, SELECT ON public.tries TO {alice};
+         ALTER TABLE event_store ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY alice_sees_a ON event_store FOR SELECT TO {alice} USING (stream_id LIKE 'a-%');
+         CREATE POLICY others_see_all ON event_store FOR SELECT TO {bob}, {ops} USING (true);
+         SET ROLE {bob};
+         CREATE FUNCTION public.bob_h(e event_store) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+         SELECT es_create_projection('bobs', 'public.bob_h(event_store)', ARRAY['Nothing']);
+         SET ROLE {alice};
+         CREATE FUNCTION public.alice_h(e event_store) RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO public.tries VALUES ('saw ' || e.stream_id);
+             IF e.stream_id = 'a-1' THEN
+                 PERFORM es_append('audit-1', 'Seen', '{{}}');
+                 BEGIN
+                     PERFORM es_pause_projection('bobs');
+                     INSERT INTO public.tries VALUES ('paused bobs');
+                 EXCEPTION WHEN insufficient_privilege THEN
+                     INSERT INTO public.tries VALUES ('refused');
+                 END;
+             END IF;
+         END $$;
+         SELECT es_create_projection('alices', 'public.alice_h(event_store)', NULL, ARRAY['a', 'b']);
+         RESET ROLE;
+         SELECT es_append('a-1', 'T', '{{}}'); SELECT es_append('b-1', 'T', '{{}}');"
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut o = db.connect_as(&ops);
+    while count(
+        &mut c,
+        "SELECT position FROM es_projection_state WHERE name = 'alices'",
+    ) < 2
+    {
+        if !worker() {
+            o.batch_execute("SELECT es_run_projections()").unwrap();
+        }
+        assert!(Instant::now() < deadline, "projection did not catch up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tries: Vec<String> = c
+        .query("SELECT what FROM public.tries ORDER BY what", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tries, vec!["refused", "saw a-1"]);
+    let by: String = c
+        .query_one(
+            "SELECT metadata ->> 'appendedBy' FROM event_store WHERE stream_id = 'audit-1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(by, alice);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM es_projection_state WHERE name = 'bobs' AND status = 'paused'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn a_hanging_handler_delays_only_its_own_projection() {
+    let db = TestDb::new("sec_timeout");
+    let mut c = db.connect();
+    let app = role(&db, &mut c, "app", "IN ROLE event_store_reader");
+    c.batch_execute(&format!(
+        "ALTER DATABASE {} SET event_store.projection_timeout = 300;
+         GRANT CREATE ON SCHEMA public TO {app};
+         SET ROLE {app};
+         CREATE TABLE public.fast_seen (n int);
+         CREATE FUNCTION public.slow_h(e event_store) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(30) $$;
+         CREATE FUNCTION public.fast_h(e event_store) RETURNS void LANGUAGE sql AS $$ INSERT INTO public.fast_seen VALUES (1) $$;
+         SELECT es_create_projection('a_slow', 'public.slow_h(event_store)');
+         SELECT es_create_projection('b_fast', 'public.fast_h(event_store)');
+         RESET ROLE;
+         SELECT es_append('s-1', 'T', '{{}}');",
+        db.name
+    ))
+    .unwrap();
+    if worker() {
+        // A worker that connected before the setting: restart it so that it reads it.
+        c.batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND backend_type = 'event_store projections'",
+        )
+        .unwrap();
+    }
+    let start = Instant::now();
+    let mut s = db.connect(); // a new session: it has the database's setting
+    loop {
+        if !worker() {
+            s.batch_execute("SELECT es_run_projections()").unwrap();
+        }
+        if count(&mut c, "SELECT count(*) FROM public.fast_seen") == 1
+            && count(&mut c, "SELECT count(*) FROM es_projection_state WHERE name = 'a_slow' AND last_error LIKE '%projection_timeout%'") == 1
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(25),
+            "the slow handler held up the pass"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn es_verify_checks_the_registry_positions_and_snapshots() {
+    let db = TestDb::new("sec_verify");
+    let mut c = db.connect();
+    c.batch_execute(
+        "SELECT es_append('a-1', 'T', jsonb_build_object('n', g)) FROM generate_series(1, 3) g;
+         SELECT es_append('b-1', 'T', '{\"n\": 1}');
+         SELECT es_snapshot('a-1');",
+    )
+    .unwrap();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM es_verify(NULL, snapshots => true)"
+        ),
+        0
+    );
+    let problems = |c: &mut postgres::Client, sql: &str| -> Vec<(String, String)> {
+        c.query(sql, &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(2)))
+            .collect()
+    };
+    // A registry edited so that es_stream stops before the last event.
+    c.batch_execute(
+        "SET session_replication_role = replica;
+         UPDATE es_streams SET last_at = last_at - interval '1 hour' WHERE stream_id = 'b-1';
+         RESET session_replication_role;",
+    )
+    .unwrap();
+    assert_eq!(
+        problems(&mut c, "SELECT * FROM es_verify()"),
+        vec![("b-1".to_string(), "registry".to_string())]
+    );
+    // A snapshot edited so that es_state lies; found only when asked for.
+    c.batch_execute("UPDATE es_snapshots SET state = '{\"n\": 42}' WHERE stream_id = 'a-1'")
+        .unwrap();
+    assert_eq!(problems(&mut c, "SELECT * FROM es_verify('a-1')"), vec![]);
+    assert_eq!(
+        problems(&mut c, "SELECT * FROM es_verify('a-1', snapshots => true)"),
+        vec![("a-1".to_string(), "snapshot".to_string())]
+    );
+    // The sequence set back: positions handed out twice.
+    c.batch_execute("SELECT setval('es_global_position_seq', 2)")
+        .unwrap();
+    let found = problems(&mut c, "SELECT * FROM es_verify('a-1')");
+    assert_eq!(found, vec![("a-1".to_string(), "position".to_string())]);
+    c.batch_execute("SELECT es_append('c-1', 'T', '{}')")
+        .unwrap();
+    let found = problems(&mut c, "SELECT * FROM es_verify('c-1')");
+    assert_eq!(
+        found,
+        vec![("c-1".to_string(), "duplicate position".to_string())]
+    );
+}
+
+#[test]
+fn the_worker_of_a_dropped_database_does_not_come_back() {
+    if !worker() {
+        return; // no worker without preloading
+    }
+    // Databases dropped right after the extension and a projection woke the launcher: its
+    // worker may be starting as the database goes. Such a worker fails to connect once and
+    // is not restarted (it was, every 5 s, forever).
+    for i in 0..8 {
+        let db = TestDb::new(&format!("sec_drop{i}"));
+        db.connect()
+            .batch_execute(
+                "CREATE FUNCTION h(e event_store) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+                 CREATE ROLE sec_drop_owner; GRANT event_store_reader TO sec_drop_owner;
+                 SET ROLE sec_drop_owner; SELECT es_create_projection('p', 'h(event_store)'); RESET ROLE;
+                 DROP FUNCTION h(event_store) CASCADE; DROP ROLE sec_drop_owner",
+            )
+            .ok();
+    }
+    let log = format!(
+        "{}/server.log",
+        std::env::var("ES_TEST_PGDATA").expect("ES_TEST_PGDATA")
+    );
+    let failures = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("FATAL") && l.contains("\"es_sec_drop"))
+            .count()
+    };
+    std::thread::sleep(Duration::from_secs(6));
+    let before = failures();
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(
+        failures(),
+        before,
+        "a worker keeps restarting for a dropped database"
+    );
+}
