@@ -206,6 +206,7 @@ fn writers_cannot_lift_the_servers_limits() {
     let mut c = db.connect();
     let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
     let mut w = db.connect_as(&writer);
+    w.batch_execute("SELECT es_stream_version('x')").unwrap(); // loads the library
     for setting in [
         "event_store.max_event_bytes = 2147483647",
         "event_store.max_event_depth = 1000",
@@ -219,6 +220,10 @@ fn writers_cannot_lift_the_servers_limits() {
             "{setting}"
         );
     }
+    // Set before the library is loaded (without preloading), the value is a placeholder that
+    // PostgreSQL drops for a writer when the library defines the setting.
+    let mut w = db.connect_as(&writer);
+    w.batch_execute("SET event_store.max_event_bytes = 2147483647").ok();
     let big = format!("{{\"a\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
     assert_eq!(
         sqlstate(w.query(
@@ -422,6 +427,7 @@ fn handlers_act_only_for_their_owner() {
              INSERT INTO public.tries VALUES ('saw ' || e.stream_id);
              IF e.stream_id = 'a-1' THEN
                  PERFORM es_append('audit-1', 'Seen', '{{}}');
+                 PERFORM es_create_projection('made_in_handler', 'public.alice_h(event_store)', ARRAY['Nothing']);
                  BEGIN
                      PERFORM es_pause_projection('bobs');
                      INSERT INTO public.tries VALUES ('paused bobs');
@@ -463,6 +469,11 @@ fn handlers_act_only_for_their_owner() {
         .unwrap()
         .get(0);
     assert_eq!(by, alice);
+    let owner: String = c
+        .query_one("SELECT owner::text FROM es_projection_state WHERE name = 'made_in_handler'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, alice);
     assert_eq!(
         count(
             &mut c,
