@@ -206,7 +206,7 @@ fn writers_cannot_lift_the_servers_limits() {
     let mut c = db.connect();
     let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
     let mut w = db.connect_as(&writer);
-    w.batch_execute("SELECT es_stream_version('x')").unwrap(); // loads the library
+    w.batch_execute("SELECT es_uuidv7()").unwrap(); // loads the library
     for setting in [
         "event_store.max_event_bytes = 2147483647",
         "event_store.max_event_depth = 1000",
