@@ -190,7 +190,7 @@ fn a_shadowed_pg_proc_does_not_pass_a_reducer_check() {
          CREATE TEMP VIEW pg_proc AS
              SELECT p.oid, 'f'::\"char\" AS prokind, false AS proretset, 2::int2 AS pronargs,
                     'jsonb'::regtype::oid AS prorettype,
-                    '3802 16384'::oidvector AS proargtypes
+                    (concat_ws(' ', 'jsonb'::regtype::oid, 'event_store'::regtype::oid))::oidvector AS proargtypes
                FROM pg_catalog.pg_proc p;
          SET search_path = pg_temp, public, pg_catalog",
     )
