@@ -8,17 +8,17 @@ DECLARE
     obj text;
 BEGIN
     FOR obj IN
-        SELECT format('FUNCTION %s', d.objid::pg_catalog.regprocedure)
+        SELECT pg_catalog.format('FUNCTION %s', d.objid::pg_catalog.regprocedure)
           FROM pg_catalog.pg_depend d
          WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.refobjid = ext
            AND d.deptype = 'e' AND d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
         UNION ALL
-        SELECT format(CASE c.relkind WHEN 'S' THEN 'SEQUENCE %s' ELSE 'TABLE %s' END, d.objid::pg_catalog.regclass)
+        SELECT pg_catalog.format(CASE c.relkind WHEN 'S' THEN 'SEQUENCE %s' ELSE 'TABLE %s' END, d.objid::pg_catalog.regclass)
           FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid = d.objid
          WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.refobjid = ext
            AND d.deptype = 'e' AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
     LOOP
-        EXECUTE format('REVOKE ALL ON %s FROM PUBLIC', obj);
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', obj);
     END LOOP;
 END
 $$;

@@ -37,7 +37,7 @@ COMMENT ON FUNCTION es_enable_hypertable(interval) IS
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'timescaledb')
-       AND coalesce(current_setting('timescaledb.restoring', true), 'off') <> 'on' THEN
+       AND coalesce(pg_catalog.current_setting('timescaledb.restoring', true), 'off') <> 'on' THEN
         PERFORM @extschema@.es_enable_hypertable();
     END IF;
 END

@@ -59,6 +59,10 @@ SELECT pg_catalog.pg_extension_config_dump('es_streams', '');
 SELECT pg_catalog.pg_extension_config_dump('es_event_ids', '');
 SELECT pg_catalog.pg_extension_config_dump('es_global_position_seq', '');
 
+-- Statements of this script run as the installing superuser under the script's search_path,
+-- which starts with the extension's schema: calls are qualified (a database owner may have
+-- left a better-matching overload in public).
+
 -- Roles are cluster-wide: a second database installing the extension reuses them, and two
 -- databases installing it at once must not fail on each other's CREATE ROLE.
 DO $$
@@ -68,7 +72,7 @@ BEGIN
     FOREACH r IN ARRAY ARRAY['event_store_reader', 'event_store_writer'] LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             BEGIN
-                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
             EXCEPTION WHEN duplicate_object OR unique_violation THEN
                 NULL;
             END;

@@ -31,6 +31,10 @@ pub fn register_launcher() {
 pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some("postgres"), None);
+    BackgroundWorker::transaction(|| {
+        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+    })
+    .unwrap_or_else(|e| error!("event_store: {e}"));
     shmem::register_launcher();
     // Per database: its worker, and when one was last started. A worker for a database
     // without the extension exits at once; it is tried again RETRY later, not in a loop.
@@ -38,7 +42,7 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
     loop {
         let databases: Vec<String> = BackgroundWorker::transaction(|| {
             Spi::connect(|c| {
-                c.select("SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate", None, &[])
+                c.select("SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate", None, &[])
                     .expect("listing databases")
                     .map(|r| r.get::<String>(1).unwrap().unwrap())
                     .collect()
@@ -91,22 +95,24 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // The worker is a superuser: its own statements resolve nothing through `public`, where
+    // a database owner could leave a better-matching overload of a built-in.
+    BackgroundWorker::transaction(|| {
+        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+    })
+    .unwrap_or_else(|e| error!("event_store: {e}"));
     let schema: Option<String> = BackgroundWorker::transaction(|| {
         Spi::get_one(
-            "SELECT quote_ident(n.nspname) FROM pg_extension x JOIN pg_namespace n ON n.oid = x.extnamespace \
-             WHERE x.extname = 'event_store' \
-               AND to_regprocedure(quote_ident(n.nspname) || '.es_run_projections(integer)') IS NOT NULL",
+            "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension x \
+               JOIN pg_catalog.pg_namespace n ON n.oid = x.extnamespace \
+              WHERE x.extname = 'event_store' \
+                AND pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname) || '._es_project_batch(text,integer,bigint)') IS NOT NULL",
         )
         .unwrap_or(None)
     });
     let Some(s) = schema else {
         return; // not installed here (or a version without projections): exit 0
     };
-    // The worker is a superuser: its own statements resolve nothing through `public`.
-    BackgroundWorker::transaction(|| {
-        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
-    })
-    .unwrap_or_else(|e| error!("event_store: {e}"));
     shmem::register_worker();
     let due = format!(
         "SELECT name FROM {s}.es_projection_state \

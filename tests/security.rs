@@ -223,7 +223,8 @@ fn writers_cannot_lift_the_servers_limits() {
     // Set before the library is loaded (without preloading), the value is a placeholder that
     // PostgreSQL drops for a writer when the library defines the setting.
     let mut w = db.connect_as(&writer);
-    w.batch_execute("SET event_store.max_event_bytes = 2147483647").ok();
+    w.batch_execute("SET event_store.max_event_bytes = 2147483647")
+        .ok();
     let big = format!("{{\"a\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
     assert_eq!(
         sqlstate(w.query(
@@ -470,7 +471,10 @@ fn handlers_act_only_for_their_owner() {
         .get(0);
     assert_eq!(by, alice);
     let owner: String = c
-        .query_one("SELECT owner::text FROM es_projection_state WHERE name = 'made_in_handler'", &[])
+        .query_one(
+            "SELECT owner::text FROM es_projection_state WHERE name = 'made_in_handler'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(owner, alice);
@@ -624,4 +628,60 @@ fn the_worker_of_a_dropped_database_does_not_come_back() {
         before,
         "a worker keeps restarting for a dropped database"
     );
+}
+
+/// A database owner's traps in public, laid before the extension is installed: neither the
+/// installing superuser's script nor the (superuser) projection worker may call them.
+#[test]
+fn traps_laid_before_install_never_run_as_a_superuser() {
+    let db = TestDb::empty("sec_traps");
+    let mut c = db.connect();
+    let dbo = role(&db, &mut c, "dbo", "");
+    let app = role(&db, &mut c, "app", "IN ROLE event_store_writer");
+    c.batch_execute(&format!("ALTER DATABASE {} OWNER TO {dbo}", db.name))
+        .unwrap();
+    let mut o = db.connect_as(&dbo);
+    o.batch_execute(
+        "CREATE TABLE public.fired (who text, what text);
+         GRANT INSERT ON public.fired TO PUBLIC;
+         CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE sql AS
+             $$ INSERT INTO public.fired VALUES (current_user, 'format'); SELECT pg_catalog.format($1, $2) $$;
+         CREATE FUNCTION public.format(text, regprocedure) RETURNS text LANGUAGE sql AS
+             $$ INSERT INTO public.fired VALUES (current_user, 'format'); SELECT pg_catalog.format($1, $2) $$;
+         CREATE FUNCTION public.quote_ident(name) RETURNS text LANGUAGE sql AS
+             $$ INSERT INTO public.fired VALUES (current_user, 'quote_ident'); SELECT pg_catalog.quote_ident($1::text) $$;
+         CREATE FUNCTION public.current_database() RETURNS name LANGUAGE sql AS
+             $$ INSERT INTO public.fired VALUES (current_user, 'current_database'); SELECT pg_catalog.current_database() $$;",
+    )
+    .unwrap();
+    if timescaledb() {
+        c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
+            .unwrap();
+    }
+    c.batch_execute(&format!(
+        "CREATE EXTENSION event_store;
+         GRANT CREATE ON SCHEMA public TO {app};
+         SET ROLE {app};
+         CREATE TABLE public.seen (n int);
+         CREATE FUNCTION public.h(e event_store) RETURNS void LANGUAGE sql AS $$ INSERT INTO public.seen VALUES (1) $$;
+         SELECT es_create_projection('p', 'public.h(event_store)');
+         RESET ROLE;
+         SELECT es_append('s-1', 'T', '{{}}');"
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&mut c, "SELECT count(*) FROM public.seen") == 0 {
+        if !worker() {
+            c.batch_execute("SELECT es_run_projections()").unwrap();
+        }
+        assert!(Instant::now() < deadline, "the projection never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let fired: Vec<(String, String)> = c
+        .query("SELECT who, what FROM public.fired", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(fired, vec![]);
 }
