@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 
-echo "== unit tests (pure Rust, no PostgreSQL)"
-cargo test --lib
+echo "== unit tests (pure Rust, no PostgreSQL): the core crate, then the extension's few"
+cargo test -p event_store_core
+cargo test --lib -p event_store
 
 echo "== installing the extension"
 install_extension

@@ -109,7 +109,7 @@ BEGIN
     -- Visible to feed readers at once: they stop below our positions until we end.
     PERFORM @extschema@._es_feed_register();
     v := head.version;
-    prev := coalesce(head.head_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
+    prev := head.head_hash;  -- NULL for a new stream: its chain starts from the zero hash
     -- Times never go backwards within a stream, so "state at an instant" follows version order.
     at := greatest(clock_timestamp(), head.last_at);
     FOR i IN 1..n LOOP

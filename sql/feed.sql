@@ -37,7 +37,7 @@ BEGIN
         SELECT * FROM @extschema@.event_store e
          WHERE e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
            AND (event_types IS NULL OR e.event_type = ANY (event_types))
-           AND (category IS NULL OR split_part(e.stream_id, '-', 1) = category)
+           AND (category IS NULL OR @extschema@._es_category(e.stream_id) = category)
            AND (group_size IS NULL OR @extschema@._es_consumer_group_member(e.stream_id, group_size) = member)
          ORDER BY e.global_position
          LIMIT max_count;

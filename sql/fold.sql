@@ -50,7 +50,7 @@ BEGIN
     ON CONFLICT (category, event_type) DO UPDATE
         SET rule = EXCLUDED.rule, defined_at = now(), defined_by = EXCLUDED.defined_by;
     -- Snapshots under the old rules can never be used again.
-    DELETE FROM @extschema@.es_snapshots s WHERE $1 = '*' OR split_part(s.stream_id, '-', 1) = $1;
+    DELETE FROM @extschema@.es_snapshots s WHERE $1 = '*' OR @extschema@._es_category(s.stream_id) = $1;
 END
 $$;
 COMMENT ON FUNCTION es_define_reducer(text, text, jsonb) IS
@@ -68,7 +68,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    DELETE FROM @extschema@.es_snapshots s WHERE $1 = '*' OR split_part(s.stream_id, '-', 1) = $1;
+    DELETE FROM @extschema@.es_snapshots s WHERE $1 = '*' OR @extschema@._es_category(s.stream_id) = $1;
     RETURN true;
 END
 $$;
@@ -106,10 +106,11 @@ CREATE AGGREGATE es_fold(event_store) (
     FINALFUNC_MODIFY = READ_ONLY
 );
 
--- The state functions' fold (src/fold.rs): from a starting state, over columns.
-CREATE FUNCTION _es_fold_events_step(internal, text, jsonb) RETURNS internal
+-- The state functions' fold (src/fold.rs): over columns, from a snapshot's state (NULL for
+-- none), with the reducers of the stream's category.
+CREATE FUNCTION _es_fold_events_step(internal, text, jsonb, jsonb, text) RETURNS internal
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_events_step';
-CREATE AGGREGATE _es_fold_events(text, jsonb) (
+CREATE AGGREGATE _es_fold_events(event_type text, event_data jsonb, start jsonb, stream_id text) (
     SFUNC = _es_fold_events_step,
     STYPE = internal,
     FINALFUNC = _es_fold_final,

@@ -34,6 +34,7 @@ GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
 
 GRANT EXECUTE ON FUNCTION
     es_uuidv7(),
+    _es_category(text),
     es_stream(text, bigint, bigint),
     es_stream_version(text),
     es_state(text),
@@ -58,8 +59,8 @@ GRANT EXECUTE ON FUNCTION
     -- es_fold and the state functions run as the caller and use these aggregates.
     _es_fold_step(internal, event_store),
     _es_fold_final(internal),
-    _es_fold_events_step(internal, text, jsonb),
-    _es_fold_events(text, jsonb),
+    _es_fold_events_step(internal, text, jsonb, jsonb, text),
+    _es_fold_events(text, jsonb, jsonb, text),
     _es_fold_with(jsonb, event_store, regprocedure),
     es_fold(event_store),
     es_fold(event_store, regprocedure),

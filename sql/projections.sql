@@ -162,7 +162,7 @@ BEGIN
             SELECT * FROM @extschema@.event_store ev
              WHERE ev.global_position > p.position AND ev.global_position <= p_horizon
                AND (p.event_types IS NULL OR ev.event_type = ANY (p.event_types))
-               AND (p.categories IS NULL OR split_part(ev.stream_id, '-', 1) = ANY (p.categories))
+               AND (p.categories IS NULL OR @extschema@._es_category(ev.stream_id) = ANY (p.categories))
              ORDER BY ev.global_position
              LIMIT p_batch_size
         LOOP
@@ -236,4 +236,4 @@ SELECT p.name,
                   FROM @extschema@.event_store e
                  WHERE e.global_position > p.position AND e.global_position <= horizon.h
                    AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
-                   AND (p.categories IS NULL OR split_part(e.stream_id, '-', 1) = ANY (p.categories))) lag;
+                   AND (p.categories IS NULL OR @extschema@._es_category(e.stream_id) = ANY (p.categories))) lag;

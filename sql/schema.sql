@@ -1,5 +1,13 @@
 -- The event log and the stream registry.
 
+-- A stream's category: its id up to the first '-', the rule of event_store_core::stream.
+-- A SQL-standard body, bound when created and inlined where queries use it, so they match the
+-- category index below. The index and es_streams.category spell the expression out: a
+-- function there would need EXECUTE from every role that writes those tables.
+CREATE FUNCTION _es_category(stream_id text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN pg_catalog.split_part(stream_id, '-', 1);
+
 -- Positions in the global feed: unique and increasing; an append that rolls back leaves a gap.
 CREATE SEQUENCE es_global_position_seq AS bigint;
 
@@ -31,12 +39,12 @@ CREATE INDEX event_store_event_id_idx ON event_store (event_id);
 CREATE INDEX event_store_type_idx     ON event_store (event_type, created_at);
 CREATE INDEX event_store_time_idx     ON event_store (created_at);
 -- es_read_category: a category's events in feed order.
-CREATE INDEX event_store_category_idx ON event_store (split_part(stream_id, '-', 1), global_position);
+CREATE INDEX event_store_category_idx ON event_store (pg_catalog.split_part(stream_id, '-', 1), global_position);
 
 -- One row per stream: its head, and its time bounds so reads by stream exclude other chunks.
 CREATE TABLE es_streams (
     stream_id     text        PRIMARY KEY,
-    category      text        GENERATED ALWAYS AS (split_part(stream_id, '-', 1)) STORED,
+    category      text        GENERATED ALWAYS AS (pg_catalog.split_part(stream_id, '-', 1)) STORED,
     version       bigint      NOT NULL DEFAULT 0,
     first_at      timestamptz,
     last_at       timestamptz,

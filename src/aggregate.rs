@@ -3,13 +3,13 @@
 //! stays a Rust value for the whole group, and rows and jsonb are read without conversion.
 use crate::reducer::{initial_state, Data, RuleSet};
 use crate::state::State;
-use crate::{fold, jsonb};
+use crate::{jsonb, reducers};
+use event_store_core::stream::category;
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw, pg_return_null};
 use pgrx::pg_sys::{self, Datum, FunctionCallInfo};
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
 use serde_json::Value;
-use std::cell::RefCell;
 use std::ffi::{c_void, CStr};
 use std::rc::Rc;
 
@@ -18,24 +18,6 @@ struct Acc {
     events: u64,
     /// The last category's reducers: rows mostly come grouped by stream.
     rules: Option<(String, Rc<RuleSet>)>,
-}
-
-thread_local! {
-    /// Where the next `_es_fold_events` group starts, handed over by fold::fold_stream: as
-    /// arguments of the aggregate they would be evaluated again for every event.
-    static START: RefCell<Option<(State, Rc<RuleSet>)>> = const { RefCell::new(None) };
-}
-
-/// Sets the starting state and reducers of the next `_es_fold_events` group.
-pub fn start_fold(state: State, rules: Rc<RuleSet>) {
-    START.with(|s| *s.borrow_mut() = Some((state, rules)));
-}
-
-/// The starting state of the last `start_fold`, when no group took it (no event was folded).
-pub fn unused_start() -> Option<State> {
-    START
-        .with(|s| s.borrow_mut().take())
-        .map(|(state, _)| state)
 }
 
 impl Acc {
@@ -49,7 +31,7 @@ impl Acc {
 
     fn use_category(&mut self, category: &str) {
         if self.rules.as_ref().is_none_or(|(c, _)| c != category) {
-            self.rules = Some((category.to_string(), fold::rules(category)));
+            self.rules = Some((category.to_string(), reducers::rules(category)));
         }
     }
 
@@ -154,7 +136,7 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
         jsonb::with_text(values[layout.stream_id], |stream_id| {
             jsonb::with_text(values[layout.event_type], |event_type| {
                 jsonb::with_jsonb(values[layout.event_data], |data| {
-                    (*acc).use_category(fold::category(stream_id));
+                    (*acc).use_category(category(stream_id));
                     (*acc).fold(event_type, data)
                 })
             })
@@ -164,14 +146,26 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
 }
 
 v1_function!(pg_finfo__es_fold_events_step);
-/// Transition function of `_es_fold_events(event_type text, event_data jsonb)`, the state
-/// functions' fold: columns instead of rows, from the start handed over by `start_fold`.
+/// Transition function of `_es_fold_events(event_type text, event_data jsonb, start jsonb,
+/// stream_id text)`, the state functions' fold: columns instead of rows. `start` (the
+/// snapshot to fold on from; NULL for none) and `stream_id` (whose category picks the
+/// reducers) are the same for every row and read once, when the group's state is created.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -> Datum {
-    let acc = acc(fcinfo, || match START.with(|s| s.borrow_mut().take()) {
-        Some((state, rules)) => Acc::new(state, Some((String::new(), rules))),
-        None => error!("event_store: _es_fold_events only runs inside the state functions"),
+    let acc = acc(fcinfo, || {
+        if pg_arg_is_null(fcinfo, 4) {
+            error!("event_store: _es_fold_events needs the stream id");
+        }
+        let rules = jsonb::with_text(pg_getarg_datum_raw(fcinfo, 4), |stream_id| {
+            reducers::rules(category(stream_id))
+        });
+        let start = if pg_arg_is_null(fcinfo, 3) {
+            initial_state()
+        } else {
+            jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, 3), |j| j.to_state())
+        };
+        Acc::new(start, Some((String::new(), rules)))
     });
     if pg_arg_is_null(fcinfo, 1) || pg_arg_is_null(fcinfo, 2) {
         return Datum::from(acc);

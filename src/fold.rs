@@ -1,83 +1,18 @@
 //! Time travel: a stream's state at an instant or version, folded from its events by the
 //! reducers of its category (src/reducer.rs), starting from the latest usable snapshot.
-use crate::jsonb::Json;
+use crate::jsonb::{Json, StateJsonb};
 use crate::reducer::{initial_state, RuleSet};
+use crate::reducers::rules;
 use crate::state::State;
-use crate::{aggregate, guc, plans, stream_scan};
+use crate::{guc, plans, stream_scan};
+use event_store_core::plan::{plan, Point, Snapshot, Start};
+use event_store_core::stream::category;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::Value;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
-
-/// Streams are named `category-id`; reducers are defined per category.
-pub fn category(stream_id: &str) -> &str {
-    stream_id.split('-').next().unwrap_or_default()
-}
-
-type StatementKey = (u32, i64, u32);
-
-thread_local! {
-    static RULES: RefCell<(StatementKey, HashMap<String, Rc<RuleSet>>)> = RefCell::new(Default::default());
-}
-
-/// Reducers are read once per statement (and again after the statement changes data), so an
-/// aggregate over many streams reads them once per category.
-fn statement_key() -> StatementKey {
-    unsafe {
-        (
-            (*pg_sys::MyProc).lxid,
-            pg_sys::GetCurrentStatementStartTimestamp(),
-            pg_sys::GetCurrentCommandId(false),
-        )
-    }
-}
-
-/// Qualified: es_fold calls this under the caller's search_path.
-const RULES_SQL: &str = "SELECT category, event_type, rule FROM @extschema@.es_reducers \
-      WHERE category = $1 OR category = '*'";
-
-/// The reducers that apply to a category.
-pub fn rules(category: &str) -> Rc<RuleSet> {
-    let key = statement_key();
-    RULES.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.0 != key {
-            *cache = (key, HashMap::new());
-        }
-        if let Some(set) = cache.1.get(category) {
-            return set.clone();
-        }
-        let defs = Spi::connect(|client| {
-            let plan = plans::kept(client, RULES_SQL, &[Oid::TEXTOID], false);
-            client
-                .select(&*plan, None, &[category.into()])
-                .expect("reading es_reducers")
-                .map(|row| {
-                    (
-                        row.get::<String>(1).unwrap().unwrap(),
-                        row.get::<String>(2).unwrap().unwrap(),
-                        row.get::<Json>(3).unwrap().unwrap().0,
-                    )
-                })
-                .collect::<Vec<_>>()
-        });
-        let set = RuleSet::new(category, defs).unwrap_or_else(|e| {
-            ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                format!("event_store: {e}"),
-                "es_reducers was changed by hand; fix the rule with es_define_reducer"
-            );
-        });
-        let set = Rc::new(set);
-        cache.1.insert(category.to_string(), set.clone());
-        set
-    })
-}
 
 /// A stream's state, folded from the snapshot at `snapshot_version` (0: none) over the
 /// events up to `version` and `last_at`: the stream's head and its time when folded to the
@@ -124,7 +59,7 @@ fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static st
     let variants = SQL.get_or_init(|| {
         (0..8)
             .map(|bits| {
-                let mut sql = "SELECT @extschema@._es_fold_events(event_type, event_data) \
+                let mut sql = "SELECT @extschema@._es_fold_events(event_type, event_data, $6, $1) \
                      FROM (SELECT event_type, event_data FROM @extschema@.event_store WHERE stream_id = $1"
                     .to_string();
                 for (bit, cond) in [
@@ -184,19 +119,24 @@ fn fold_in_sql(
     b: &stream_scan::Bounds,
     head: i64,
     start: State,
-    rules: &Rc<RuleSet>,
     from_snapshot: bool,
 ) -> Option<State> {
     // A hypertable needs the time range to exclude other chunks.
     let timed = stream_scan::partitioned(event_store()) || b.timed;
     let sql = fold_sql(b.after_version > 0, b.upto_version < head, timed);
-    aggregate::start_fold(start, rules.clone());
-    let args: [DatumWithOid; 5] = [
+    // The aggregate reads the snapshot to start from once, as an argument ($6).
+    let snapshot = from_snapshot.then(|| crate::jsonb::datum(&Value::from(&start)));
+    let args: [DatumWithOid; 6] = [
         stream_id.into(),
         b.after_version.into(),
         b.upto_version.into(),
         b.from_at.into(),
         b.upto_at.into(),
+        match snapshot {
+            // SAFETY: a jsonb datum made just above, alive for this call.
+            Some(d) => unsafe { DatumWithOid::new(d, pg_sys::JSONBOID) },
+            None => DatumWithOid::null_oid(pg_sys::JSONBOID),
+        },
     ];
     let types = [
         Oid::TEXTOID,
@@ -204,6 +144,7 @@ fn fold_in_sql(
         Oid::INT8OID,
         Oid::TIMESTAMPTZOID,
         Oid::TIMESTAMPTZOID,
+        Oid::JSONBOID,
     ];
     // Kept: the plan cache itself weighs a generic plan (no chunk excluded, but no
     // planning) against plans for these values.
@@ -212,85 +153,72 @@ fn fold_in_sql(
     let folded = rows
         .expect("folding the stream")
         .next()
-        .and_then(|row| row.get::<State>(1).unwrap());
+        .and_then(|row| row.get::<StateJsonb>(1).unwrap())
+        .map(|s| s.0);
     // Nothing folded: the events after the snapshot are later than `at`.
-    match aggregate::unused_start() {
-        Some(unused) => from_snapshot.then_some(unused),
-        None => folded,
-    }
+    folded.or_else(|| from_snapshot.then_some(start))
 }
 
 /// Folds the stream's events with created_at <= `at` and stream_version <= `version`
 /// (stream times never go backwards, so that is a prefix of the stream). `None` when the
 /// stream had no events by then.
-pub fn fold_stream(
-    client: &SpiClient<'_>,
-    stream_id: &str,
-    at: Option<TimestampWithTimeZone>,
-    version: Option<i64>,
-) -> Option<Folded> {
-    let category = category(stream_id);
-    let rules = rules(category);
-    let (sql, point, point_type): (_, DatumWithOid, _) = match (at, version) {
-        (Some(_), Some(_)) => unreachable!("a state is asked for at an instant or a version"),
-        (Some(at), None) => (START_AT_TIME_SQL, at.into(), Oid::TIMESTAMPTZOID),
-        (None, v) => (START_AT_VERSION_SQL, v.into(), Oid::INT8OID),
+pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Option<Folded> {
+    let rules = rules(category(stream_id));
+    let (sql, at, point_type): (_, DatumWithOid, _) = match point {
+        Point::At(at) => (START_AT_TIME_SQL, pg_time(at).into(), Oid::TIMESTAMPTZOID),
+        Point::Version(v) => (START_AT_VERSION_SQL, v.into(), Oid::INT8OID),
+        Point::Head => (
+            START_AT_VERSION_SQL,
+            Option::<i64>::None.into(),
+            Oid::INT8OID,
+        ),
     };
     let types = [Oid::TEXTOID, Oid::BYTEAOID, point_type];
     let start = plans::kept(client, sql, &types, false);
-    let start = client
+    let row = client
         .select(
             &*start,
             Some(1),
-            &[stream_id.into(), rules.fingerprint.as_slice().into(), point],
+            &[stream_id.into(), rules.fingerprint.as_slice().into(), at],
         )
-        .expect("reading es_streams and es_snapshots")
+        .unwrap_or_else(|e| error!("event_store: reading es_streams and es_snapshots: {e}"))
         .next()?;
-    let head: i64 = start.get(1).unwrap().unwrap();
-    let (Some(first), Some(last)) = (
-        start.get::<TimestampWithTimeZone>(2).unwrap(),
-        start.get::<TimestampWithTimeZone>(3).unwrap(),
-    ) else {
+    let time = |i| {
+        row.get::<TimestampWithTimeZone>(i)
+            .ok()
+            .flatten()
+            .map(|t| t.into_inner())
+    };
+    let (Some(first_at), Some(last_at)) = (time(2), time(3)) else {
         return None; // registered, no events yet
     };
-    let upto_at = match at {
-        Some(at) if at.into_inner() < last.into_inner() => at,
-        _ => last,
+    let snapshot_version: Option<i64> = row.get(4).ok().flatten();
+    let found = Start {
+        head: row.get(1).ok().flatten().unwrap_or(0),
+        first_at,
+        last_at,
+        snapshot: snapshot_version.map(|version| Snapshot {
+            version,
+            last_at: time(7).unwrap_or(first_at),
+        }),
+        next_snapshot: row.get(6).ok().flatten(),
     };
-    let upto_v = version.map_or(head, |v| v.min(head));
-    if upto_v < 1 || upto_at.into_inner() < first.into_inner() {
-        return None;
-    }
     // Snapshots fold every event; under row level security the caller may see fewer.
     let table = event_store();
-    let (snapshot_version, snapshot, from_at) = if stream_scan::row_security(table) {
-        (0, None, first)
-    } else {
-        (
-            start.get::<i64>(4).unwrap().unwrap_or(0),
-            start.get::<State>(5).unwrap(),
-            // The events after a snapshot are no older than its last one.
-            start
-                .get::<TimestampWithTimeZone>(7)
-                .unwrap()
-                .unwrap_or(first),
-        )
-    };
-    let to_v = match start.get::<i64>(6).unwrap() {
-        Some(next) => upto_v.min(next - 1),
-        None => upto_v,
-    };
+    let plan = plan(point, &found, !stream_scan::row_security(table))?;
+    let snapshot = plan
+        .snapshot
+        .and_then(|_| row.get::<StateJsonb>(5).ok().flatten().map(|s| s.0));
     let from_snapshot = snapshot.is_some();
-    let start_state = snapshot.unwrap_or_else(initial_state);
-    let folded = if to_v > snapshot_version {
+    let mut state = snapshot.unwrap_or_else(initial_state);
+    let folded = if plan.reads_events() {
         let bounds = stream_scan::Bounds {
-            after_version: snapshot_version,
-            upto_version: to_v,
-            from_at,
-            upto_at,
-            timed: upto_at != last,
+            after_version: plan.after_version,
+            upto_version: plan.upto_version,
+            from_at: pg_time(plan.from_at),
+            upto_at: pg_time(plan.upto_at),
+            timed: plan.timed,
         };
-        let mut state = start_state;
         let mut events = 0u64;
         let read = stream_scan::each_event(client, table, stream_id, &bounds, |ty, data| {
             rules.apply(&mut state, ty, data);
@@ -299,35 +227,29 @@ pub fn fold_stream(
         if read {
             (events > 0 || from_snapshot).then_some(state)
         } else {
-            fold_in_sql(
-                client,
-                stream_id,
-                &bounds,
-                head,
-                state,
-                &rules,
-                from_snapshot,
-            )
+            fold_in_sql(client, stream_id, &bounds, found.head, state, from_snapshot)
         }
     } else {
-        from_snapshot.then_some(start_state)
+        from_snapshot.then_some(state)
     };
     Some(Folded {
         state: folded?,
-        snapshot_version,
-        version: upto_v,
-        last_at: upto_at,
+        snapshot_version: plan.after_version,
+        version: plan.version,
+        last_at: pg_time(plan.upto_at),
         rules,
     })
 }
 
-fn state(
-    stream_id: &str,
-    at: Option<TimestampWithTimeZone>,
-    version: Option<i64>,
-) -> Option<pgrx::JsonB> {
+/// A PostgreSQL timestamp from its microseconds (they came from one).
+fn pg_time(us: i64) -> TimestampWithTimeZone {
+    TimestampWithTimeZone::try_from(us)
+        .unwrap_or_else(|_| error!("event_store: timestamp {us} out of range"))
+}
+
+fn state(stream_id: &str, point: Point) -> Option<pgrx::JsonB> {
     Spi::connect(|client| {
-        fold_stream(client, stream_id, at, version).map(|f| pgrx::JsonB(Value::from(&f.state)))
+        fold_stream(client, stream_id, point).map(|f| pgrx::JsonB(Value::from(&f.state)))
     })
 }
 
@@ -335,21 +257,21 @@ fn state(
 #[pg_extern(stable, strict, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn es_state_at(stream_id: &str, at: TimestampWithTimeZone) -> Option<pgrx::JsonB> {
-    state(stream_id, Some(at), None)
+    state(stream_id, Point::At(at.into_inner()))
 }
 
 /// The stream's current state: NULL for a stream with no events.
 #[pg_extern(stable, strict, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn es_state(stream_id: &str) -> Option<pgrx::JsonB> {
-    state(stream_id, None, None)
+    state(stream_id, Point::Head)
 }
 
 /// The stream's state right after `version`: NULL when version < 1 or the stream is empty.
 #[pg_extern(stable, strict, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn es_state_at_version(stream_id: &str, version: i64) -> Option<pgrx::JsonB> {
-    state(stream_id, None, Some(version))
+    state(stream_id, Point::Version(version))
 }
 
 const SAVE_SQL: &str =
@@ -361,7 +283,7 @@ const SAVE_SQL: &str =
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
     Spi::connect_mut(|client| {
-        let f = fold_stream(client, stream_id, None, None)?;
+        let f = fold_stream(client, stream_id, Point::Head)?;
         let plan = plans::kept(
             client,
             SAVE_SQL,
@@ -383,7 +305,7 @@ fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
                     f.version.into(),
                     f.rules.fingerprint.as_slice().into(),
                     f.last_at.into(),
-                    f.state.into(),
+                    StateJsonb(f.state).into(),
                 ],
             )
             .expect("storing a snapshot");
@@ -430,7 +352,7 @@ pub fn verify_snapshots(
         .collect();
     for sid in streams {
         let rules = rules(category(&sid));
-        let snapshots: Vec<(i64, Option<TimestampWithTimeZone>, Option<State>)> = client
+        let snapshots: Vec<(i64, Option<TimestampWithTimeZone>, Option<StateJsonb>)> = client
             .select(
                 crate::schema::qualified(SNAPSHOTS_SQL),
                 None,
@@ -470,7 +392,10 @@ pub fn verify_snapshots(
             while let Some((v, last_at, snap)) = pending.next_if(|s| s.0 <= version) {
                 if v < version {
                     report(v, format!("snapshot of version {v}, which no event has"));
-                } else if !snap.as_ref().is_some_and(|s| crate::state::same(s, &state)) {
+                } else if !snap
+                    .as_ref()
+                    .is_some_and(|s| crate::state::same(&s.0, &state))
+                {
                     report(
                         v,
                         format!("snapshot of version {v} differs from a fold of events 1 to {v}"),

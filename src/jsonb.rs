@@ -433,19 +433,21 @@ pub fn datum(v: &Value) -> pg_sys::Datum {
 
 /// A fold state read from or written as a jsonb column or argument, without a
 /// `serde_json::Value` on the way in.
-impl pgrx::FromDatum for State {
+pub struct StateJsonb(pub State);
+
+impl pgrx::FromDatum for StateJsonb {
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
         _: pg_sys::Oid,
     ) -> Option<Self> {
-        (!is_null).then(|| with_jsonb(datum, |j| j.to_state()))
+        (!is_null).then(|| StateJsonb(with_jsonb(datum, |j| j.to_state())))
     }
 }
 
-impl pgrx::IntoDatum for State {
+impl pgrx::IntoDatum for StateJsonb {
     fn into_datum(self) -> Option<pg_sys::Datum> {
-        Some(datum(&Value::from(&self)))
+        Some(datum(&Value::from(&self.0)))
     }
     fn type_oid() -> pg_sys::Oid {
         pg_sys::JSONBOID

@@ -16,6 +16,9 @@ macro_rules! v1_function {
     };
 }
 
+// The rule engine and the fold state, under the names the modules here use for them.
+use event_store_core::{reducer, state};
+
 mod aggregate;
 mod context;
 mod diff;
@@ -29,11 +32,10 @@ mod jsonb;
 mod plans;
 mod projection;
 mod projection_worker;
-mod reducer;
+mod reducers;
 mod registry;
 mod schema;
 mod shmem;
-mod state;
 mod stream_scan;
 mod validate;
 

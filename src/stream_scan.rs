@@ -5,6 +5,7 @@
 //! level security, column-only privileges, compressed chunks, a missing index) it declines,
 //! and the caller folds through SQL instead.
 use crate::jsonb::{self, Jsonb};
+use event_store_core::time::PG_EPOCH_US;
 use pgrx::pg_sys::{self, BuiltinOid as Oid, Datum};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -32,7 +33,6 @@ struct Source {
 }
 
 // TimescaleDB keeps chunk ranges as microseconds since 1970.
-const UNIX_EPOCH_IN_PG_TIME: i64 = 946_684_800_000_000;
 
 // The chunks that may hold events between two instants, where they start, and whether each can
 // be read in place: a compressed chunk keeps its rows elsewhere, and with a second dimension
@@ -114,8 +114,8 @@ fn relations(client: &SpiClient<'_>, table: pg_sys::Oid, b: &Bounds) -> Option<V
             None,
             &[
                 table.into(),
-                (b.from_at.into_inner() + UNIX_EPOCH_IN_PG_TIME).into(),
-                (b.upto_at.into_inner() + UNIX_EPOCH_IN_PG_TIME).into(),
+                (b.from_at.into_inner() + PG_EPOCH_US).into(),
+                (b.upto_at.into_inner() + PG_EPOCH_US).into(),
             ],
         )
         .expect("reading TimescaleDB's chunks");

@@ -3,13 +3,8 @@
 //! independent fold in plain Rust.
 mod common;
 
-// The pure rule engine, compiled into this test as the model the database must agree with.
-#[path = "../src/reducer.rs"]
-#[allow(dead_code)]
-mod reducer;
-#[path = "../src/state.rs"]
-#[allow(dead_code)]
-mod state;
+// The pure rule engine is the model the database must agree with.
+use event_store_core::reducer;
 
 use common::{sqlstate, TestDb};
 use postgres::Client;
@@ -634,7 +629,7 @@ fn state_functions_see_only_what_the_caller_may_select() {
          CREATE ROLE {none};
          GRANT USAGE ON SCHEMA public TO {columns}, {none};
          GRANT SELECT ON es_streams, es_reducers, es_snapshots TO {columns}, {none};
-         GRANT EXECUTE ON FUNCTION es_state(text), _es_fold_events(text, jsonb) TO {columns}, {none};
+         GRANT EXECUTE ON FUNCTION es_state(text), _es_fold_events(text, jsonb, jsonb, text) TO {columns}, {none};
          GRANT SELECT (stream_id, stream_version, event_type, event_data, created_at)
             ON event_store TO {columns};
          CREATE POLICY not_secret ON event_store FOR SELECT TO {tenant}
@@ -794,7 +789,7 @@ fn snapshots_and_es_fold_agree_with_the_model_fold_everywhere() {
                     ),
                 ] {
                     assert!(
-                        state::same(&got.clone().into(), &want.clone().into()),
+                        event_store_core::state::same(&got.clone().into(), &want.clone().into()),
                         "{ctx}: {what} gave {got}, the model {want}"
                     );
                 }
@@ -807,5 +802,26 @@ fn snapshots_and_es_fold_agree_with_the_model_fold_everywhere() {
             "SELECT max(n) FROM (SELECT count(DISTINCT tableoid) n FROM event_store GROUP BY stream_id) s",
         );
         assert!(chunks > 1, "no stream spans chunks");
+    }
+}
+
+#[test]
+fn the_sql_category_rule_is_the_cores() {
+    let db = TestDb::new("category");
+    let mut c = db.connect();
+    for id in [
+        "user-123",
+        "user-1-2",
+        "user",
+        "-1",
+        "a--b",
+        "é-x",
+        "order_line-7",
+    ] {
+        let sql: String = c
+            .query_one("SELECT _es_category($1)", &[&id])
+            .unwrap()
+            .get(0);
+        assert_eq!(sql, event_store_core::stream::category(id), "{id}");
     }
 }

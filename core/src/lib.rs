@@ -1,0 +1,13 @@
+//! event_store's logic without PostgreSQL: the reducers' rule engine and the fold state,
+//! state diffs, the hash chain recipe and its checker, feed arithmetic, input validation and
+//! event ids. Plain Rust with plain tests; the extension crate (`src/`) is the pgrx layer.
+pub mod chain;
+pub mod diff;
+pub mod feed;
+pub mod ids;
+pub mod plan;
+pub mod reducer;
+pub mod state;
+pub mod stream;
+pub mod time;
+pub mod validate;

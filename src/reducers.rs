@@ -1,0 +1,71 @@
+//! The reducer loader: the rules of a category, read from es_reducers once per statement and
+//! parsed by the core crate's rule engine. Used by the state functions and by es_fold.
+use crate::jsonb::Json;
+use crate::plans;
+use crate::reducer::RuleSet;
+use pgrx::pg_sys::BuiltinOid as Oid;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+type StatementKey = (u32, i64, u32);
+
+thread_local! {
+    static RULES: RefCell<(StatementKey, HashMap<String, Rc<RuleSet>>)> = RefCell::new(Default::default());
+}
+
+/// Reducers are read once per statement (and again after the statement changes data), so an
+/// aggregate over many streams reads them once per category.
+fn statement_key() -> StatementKey {
+    unsafe {
+        (
+            (*pg_sys::MyProc).lxid,
+            pg_sys::GetCurrentStatementStartTimestamp(),
+            pg_sys::GetCurrentCommandId(false),
+        )
+    }
+}
+
+/// Qualified: es_fold calls this under the caller's search_path.
+const RULES_SQL: &str = "SELECT category, event_type, rule FROM @extschema@.es_reducers \
+      WHERE category = $1 OR category = '*'";
+
+/// The reducers that apply to a category.
+pub fn rules(category: &str) -> Rc<RuleSet> {
+    let key = statement_key();
+    RULES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != key {
+            *cache = (key, HashMap::new());
+        }
+        if let Some(set) = cache.1.get(category) {
+            return set.clone();
+        }
+        let defs = Spi::connect(|client| {
+            let plan = plans::kept(client, RULES_SQL, &[Oid::TEXTOID], false);
+            client
+                .select(&*plan, None, &[category.into()])
+                .expect("reading es_reducers")
+                .map(|row| {
+                    (
+                        row.get::<String>(1).unwrap().unwrap(),
+                        row.get::<String>(2).unwrap().unwrap(),
+                        row.get::<Json>(3).unwrap().unwrap().0,
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        let set = RuleSet::new(category, defs).unwrap_or_else(|e| {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!("event_store: {e}"),
+                "es_reducers was changed by hand; fix the rule with es_define_reducer"
+            );
+        });
+        let set = Rc::new(set);
+        cache.1.insert(category.to_string(), set.clone());
+        set
+    })
+}
