@@ -22,7 +22,9 @@ pub struct Bounds {
     pub timed: bool,
 }
 
-/// A relation holding events (event_store, or one of its chunks) and where to read them.
+/// A relation holding events (event_store, or one of its chunks), opened with its stream
+/// index, and where to read them. Dropping closes both and keeps their locks to the end of
+/// the transaction, as a query does.
 struct Source {
     rel: pg_sys::Relation,
     index: pg_sys::Relation,
@@ -30,6 +32,80 @@ struct Source {
     created_at: usize,
     event_type: usize,
     event_data: usize,
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        // SAFETY: both were opened by `open` and are closed once, here.
+        unsafe {
+            pg_sys::index_close(self.index, pg_sys::NoLock as i32);
+            pg_sys::relation_close(self.rel, pg_sys::NoLock as i32);
+        }
+    }
+}
+
+/// A snapshot registered for the scan, unregistered when dropped.
+struct Registered(pg_sys::Snapshot);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // SAFETY: registered by `each_event`, unregistered once.
+        unsafe { pg_sys::UnregisterSnapshot(self.0) };
+    }
+}
+
+/// A memory context of the scan's own, deleted when dropped.
+struct OwnedContext(pg_sys::MemoryContext);
+
+impl Drop for OwnedContext {
+    fn drop(&mut self) {
+        // SAFETY: created by `each_event`, not current (`Switched` restored the caller's).
+        unsafe { pg_sys::MemoryContextDelete(self.0) };
+    }
+}
+
+/// Allocations go to `0` until dropped, then to the context that was current before.
+struct Switched(pg_sys::MemoryContext);
+
+impl Switched {
+    fn to(context: pg_sys::MemoryContext) -> Self {
+        // SAFETY: a plain global PostgreSQL reads on every palloc; restored on drop.
+        unsafe {
+            let caller = pg_sys::CurrentMemoryContext;
+            pg_sys::CurrentMemoryContext = context;
+            Switched(caller)
+        }
+    }
+}
+
+impl Drop for Switched {
+    fn drop(&mut self) {
+        // SAFETY: see `to`.
+        unsafe { pg_sys::CurrentMemoryContext = self.0 };
+    }
+}
+
+/// An index scan, ended when dropped.
+struct IndexScan(pg_sys::IndexScanDesc);
+
+impl Drop for IndexScan {
+    fn drop(&mut self) {
+        // SAFETY: begun by `scan`, ended once.
+        unsafe { pg_sys::index_endscan(self.0) };
+    }
+}
+
+/// The heap page the scan holds pinned (0: none), released when dropped.
+struct Pinned(pg_sys::Buffer);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            // SAFETY: pinned by ReleaseAndReadBuffer in `scan`, unlocked there before any
+            // call that can fail.
+            unsafe { pg_sys::ReleaseBuffer(self.0) };
+        }
+    }
 }
 
 // TimescaleDB keeps chunk ranges as microseconds since 1970.
@@ -85,6 +161,8 @@ fn catalog_known(client: &SpiClient<'_>) -> bool {
 
 /// Whether event_store has children: chunks, when it is a hypertable.
 pub fn partitioned(table: pg_sys::Oid) -> bool {
+    // SAFETY: a relcache reference to an open relation (the caller holds event_store), closed
+    // at once.
     unsafe {
         let rel = pg_sys::RelationIdGetRelation(table);
         let partitioned = (*(*rel).rd_rel).relhassubclass;
@@ -98,6 +176,7 @@ fn relations(client: &SpiClient<'_>, table: pg_sys::Oid, b: &Bounds) -> Option<V
     if !partitioned(table) {
         return Some(vec![table]);
     }
+    // SAFETY: a syscache lookup.
     let timescaledb = unsafe { pg_sys::get_namespace_oid(c"_timescaledb_catalog".as_ptr(), true) };
     if timescaledb == pg_sys::InvalidOid || !catalog_known(client) {
         return None; // children of another kind, or a catalog of another shape
@@ -136,12 +215,16 @@ fn relations(client: &SpiClient<'_>, table: pg_sys::Oid, b: &Bounds) -> Option<V
 }
 
 fn attnum(relid: pg_sys::Oid, name: &CStr) -> Option<usize> {
+    // SAFETY: a syscache lookup.
     let n = unsafe { pg_sys::get_attnum(relid, name.as_ptr()) };
     (n > 0).then_some(n as usize)
 }
 
 /// Opens a relation of events and its stream index: a valid, whole btree index whose keys
 /// start with (stream_id, stream_version).
+///
+/// # Safety
+/// Inside a transaction; `relid` names a relation (it may have been dropped since).
 unsafe fn open(relid: pg_sys::Oid) -> Option<Source> {
     let stream = attnum(relid, c"stream_id")?;
     let version = attnum(relid, c"stream_version")?;
@@ -179,14 +262,9 @@ unsafe fn open(relid: pg_sys::Oid) -> Option<Source> {
     None
 }
 
-/// Closes what `open` opened, keeping the locks to the end of the transaction as a query does.
-unsafe fn close(s: &Source) {
-    pg_sys::index_close(s.index, pg_sys::NoLock as i32);
-    pg_sys::relation_close(s.rel, pg_sys::NoLock as i32);
-}
-
 /// Whether row level security filters what the current user reads of event_store.
 pub fn row_security(table: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog check for the current user.
     unsafe {
         pg_sys::check_enable_rls(table, pg_sys::InvalidOid, true)
             == pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
@@ -196,6 +274,7 @@ pub fn row_security(table: pg_sys::Oid) -> bool {
 /// Whether the current user reads event_store as a query would: with table-wide SELECT and
 /// no row level security in the way.
 fn reads_like_a_query(table: pg_sys::Oid) -> bool {
+    // SAFETY: a privilege check for the current user.
     let select = unsafe {
         pg_sys::pg_class_aclcheck(table, pg_sys::GetUserId(), pg_sys::ACL_SELECT)
             == pg_sys::AclResult::ACLCHECK_OK
@@ -220,42 +299,45 @@ pub fn each_event(
     };
     let mut sources = Vec::with_capacity(relids.len());
     for relid in relids {
+        // SAFETY: in the caller's transaction; what was opened closes when `sources` drops.
         match unsafe { open(relid) } {
             Some(s) => sources.push(s),
-            None => {
-                sources.iter().for_each(|s| unsafe { close(s) });
-                return false;
-            }
+            None => return false,
         }
     }
+    // SAFETY: the snapshot SPI gave the caller's query, or a later one (which reads the same
+    // events up to the bounds: a later append has higher versions and times), registered
+    // for the scan; a context of the scan's own; the stream id as a palloc'd text datum.
+    // The guards release all of it, also when an error unwinds through here.
     unsafe {
-        // The snapshot SPI gave the caller's query, or a later one (which reads the same
-        // events up to the bounds: a later append has higher versions and times).
-        let snapshot = pg_sys::RegisterSnapshot(
+        let snapshot = Registered(pg_sys::RegisterSnapshot(
             if pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId {
                 pg_sys::GetActiveSnapshot()
             } else {
                 pg_sys::GetTransactionSnapshot()
             },
-        );
-        let per_event = pg_sys::AllocSetContextCreateInternal(
+        ));
+        let per_event = OwnedContext(pg_sys::AllocSetContextCreateInternal(
             pg_sys::CurrentMemoryContext,
             c"event_store stream scan".as_ptr(),
             0,
             8 * 1024,
             8 * 1024 * 1024,
-        );
+        ));
         let stream =
             pg_sys::cstring_to_text_with_len(stream_id.as_ptr().cast(), stream_id.len() as i32);
-        let mut done = false;
         for s in &sources {
-            if !done {
-                done = scan(s, snapshot, Datum::from(stream), bounds, per_event, &mut f);
+            if scan(
+                s,
+                snapshot.0,
+                Datum::from(stream),
+                bounds,
+                per_event.0,
+                &mut f,
+            ) {
+                break;
             }
-            close(s);
         }
-        pg_sys::MemoryContextDelete(per_event);
-        pg_sys::UnregisterSnapshot(snapshot);
     }
     true
 }
@@ -318,6 +400,10 @@ unsafe fn deform_prefix(
 }
 
 /// Reads one relation's events of the stream; true once past the bounds.
+///
+/// # Safety
+/// `s` is open, `snapshot` registered, `stream` a text datum and `per_event` a context
+/// that may be reset after each event.
 unsafe fn scan(
     s: &Source,
     snapshot: pg_sys::Snapshot,
@@ -355,8 +441,8 @@ unsafe fn scan(
     } else {
         1
     };
-    let scan = pg_sys::index_beginscan(s.rel, s.index, snapshot, nkeys, 0);
-    pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
+    let scan = IndexScan(pg_sys::index_beginscan(s.rel, s.index, snapshot, nkeys, 0));
+    pg_sys::index_rescan(scan.0, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
     let tupdesc = (*s.rel).rd_att;
     let natts = (*tupdesc).natts as usize;
     let attrs = (*tupdesc).attrs.as_slice(natts);
@@ -373,7 +459,7 @@ unsafe fn scan(
     // A page at a time, as a sequential scan reads: the index entries of one heap page are
     // checked for visibility under one lock, then folded with only the page pinned (which
     // keeps its tuples in place).
-    let mut buffer: pg_sys::Buffer = 0;
+    let mut buffer = Pinned(0);
     let mut tids = Vec::with_capacity(64);
     let mut tuples: Vec<pg_sys::HeapTupleData> = Vec::with_capacity(64);
     let mut next = None;
@@ -383,7 +469,8 @@ unsafe fn scan(
         tids.extend(next.take());
         // Not asked again once exhausted: a btree scan would start over.
         while !exhausted {
-            let tid = pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            let tid =
+                pg_sys::index_getnext_tid(scan.0, pg_sys::ScanDirection::ForwardScanDirection);
             if tid.is_null() {
                 exhausted = true;
                 break;
@@ -398,8 +485,8 @@ unsafe fn scan(
             tids.push(*tid);
         }
         let Some(first) = tids.first() else { break };
-        buffer = pg_sys::ReleaseAndReadBuffer(buffer, s.rel, block(first));
-        pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_SHARE as i32);
+        buffer.0 = pg_sys::ReleaseAndReadBuffer(buffer.0, s.rel, block(first));
+        pg_sys::LockBuffer(buffer.0, pg_sys::BUFFER_LOCK_SHARE as i32);
         tuples.clear();
         for tid in tids.iter_mut() {
             let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
@@ -407,7 +494,7 @@ unsafe fn scan(
             if pg_sys::heap_hot_search_buffer(
                 tid,
                 s.rel,
-                buffer,
+                buffer.0,
                 snapshot,
                 &mut tuple,
                 &mut all_dead,
@@ -416,7 +503,7 @@ unsafe fn scan(
                 tuples.push(tuple);
             }
         }
-        pg_sys::LockBuffer(buffer, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+        pg_sys::LockBuffer(buffer.0, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         for tuple in tuples.iter_mut() {
             pgrx::check_for_interrupts!();
             if !deform_prefix(tuple, attrs, &mut values[..last]) {
@@ -430,20 +517,16 @@ unsafe fn scan(
                 past = true;
                 break;
             }
-            let caller = pg_sys::CurrentMemoryContext;
-            pg_sys::CurrentMemoryContext = per_event;
-            jsonb::with_text(values[s.event_type - 1], |event_type| {
-                jsonb::with_jsonb(values[s.event_data - 1], |data| f(event_type, data))
-            });
-            pg_sys::CurrentMemoryContext = caller;
+            {
+                let _in_event = Switched::to(per_event);
+                jsonb::with_text(values[s.event_type - 1], |event_type| {
+                    jsonb::with_jsonb(values[s.event_data - 1], |data| f(event_type, data))
+                });
+            }
             if !(*per_event).isReset {
                 pg_sys::MemoryContextReset(per_event);
             }
         }
     }
-    if buffer != 0 {
-        pg_sys::ReleaseBuffer(buffer);
-    }
-    pg_sys::index_endscan(scan);
     past
 }
