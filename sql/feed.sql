@@ -6,13 +6,14 @@
 
 -- A snapshot older than the horizon could miss events that committed in between, so feed
 -- reads run in READ COMMITTED, where each statement takes a fresh snapshot.
+-- Called only from _es_read_feed, whose search_path is pinned: a SET here would cost every
+-- feed read a GUC nest level for nothing.
 CREATE FUNCTION _es_check_feed_isolation() RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'event_store: feed reads need READ COMMITTED, not %', current_setting('transaction_isolation')
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'event_store: feed reads need READ COMMITTED, not %', pg_catalog.current_setting('transaction_isolation')
             USING ERRCODE = '0A000',
                   HINT = 'Read the feed outside REPEATABLE READ and SERIALIZABLE transactions.';
     END IF;

@@ -8,6 +8,32 @@ fn worker() -> bool {
     std::env::var("ES_TEST_WORKER").as_deref() == Ok("1")
 }
 
+/// Runs projection passes (on `pass`, else on `check`; the worker runs them where preloaded)
+/// until `done` holds on `check`, failing with `what` after `secs` seconds.
+fn until_projected(
+    check: &mut postgres::Client,
+    mut pass: Option<&mut postgres::Client>,
+    secs: u64,
+    what: &str,
+    done: impl Fn(&mut postgres::Client) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if !worker() {
+            let runner = match pass.as_deref_mut() {
+                Some(p) => p,
+                None => &mut *check,
+            };
+            runner.batch_execute("SELECT es_run_projections()").unwrap();
+        }
+        if done(check) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Roles named after the database (roles are cluster-wide), created with `grants`.
 fn role(db: &TestDb, c: &mut postgres::Client, name: &str, grants: &str) -> String {
     let r = format!("{}_{name}", db.name);
@@ -442,19 +468,19 @@ fn handlers_act_only_for_their_owner() {
          SELECT es_append('a-1', 'T', '{{}}'); SELECT es_append('b-1', 'T', '{{}}');"
     ))
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
     let mut o = db.connect_as(&ops);
-    while count(
+    until_projected(
         &mut c,
-        "SELECT position FROM es_projection_state WHERE name = 'alices'",
-    ) < 2
-    {
-        if !worker() {
-            o.batch_execute("SELECT es_run_projections()").unwrap();
-        }
-        assert!(Instant::now() < deadline, "projection did not catch up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Some(&mut o),
+        20,
+        "projection did not catch up",
+        |c| {
+            count(
+                c,
+                "SELECT position FROM es_projection_state WHERE name = 'alices'",
+            ) >= 2
+        },
+    );
     let tries: Vec<String> = c
         .query("SELECT what FROM public.tries ORDER BY what", &[])
         .unwrap()
@@ -514,23 +540,17 @@ fn a_hanging_handler_delays_only_its_own_projection() {
         )
         .unwrap();
     }
-    let start = Instant::now();
     let mut s = db.connect(); // a new session: it has the database's setting
-    loop {
-        if !worker() {
-            s.batch_execute("SELECT es_run_projections()").unwrap();
-        }
-        if count(&mut c, "SELECT count(*) FROM public.fast_seen") == 1
-            && count(&mut c, "SELECT count(*) FROM es_projection_state WHERE name = 'a_slow' AND last_error LIKE '%projection_timeout%'") == 1
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(25),
-            "the slow handler held up the pass"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_projected(
+        &mut c,
+        Some(&mut s),
+        25,
+        "the slow handler held up the pass",
+        |c| {
+            count(c, "SELECT count(*) FROM public.fast_seen") == 1
+            && count(c, "SELECT count(*) FROM es_projection_state WHERE name = 'a_slow' AND last_error LIKE '%projection_timeout%'") == 1
+        },
+    );
 }
 
 #[test]
@@ -669,14 +689,9 @@ fn traps_laid_before_install_never_run_as_a_superuser() {
          SELECT es_append('s-1', 'T', '{{}}');"
     ))
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while count(&mut c, "SELECT count(*) FROM public.seen") == 0 {
-        if !worker() {
-            c.batch_execute("SELECT es_run_projections()").unwrap();
-        }
-        assert!(Instant::now() < deadline, "the projection never ran");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until_projected(&mut c, None, 30, "the projection never ran", |c| {
+        count(c, "SELECT count(*) FROM public.seen") > 0
+    });
     let fired: Vec<(String, String)> = c
         .query("SELECT who, what FROM public.fired", &[])
         .unwrap()
