@@ -74,5 +74,6 @@ TO event_store_reader;
 GRANT EXECUTE ON FUNCTION
     es_append(text, text, jsonb, jsonb, bigint, uuid, integer),
     es_append_batch(text, jsonb, bigint),
+    es_append_multi(jsonb),
     es_snapshot(text)
 TO event_store_writer;

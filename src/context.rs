@@ -33,7 +33,7 @@ pub fn calling_role() -> pg_sys::Oid {
 }
 
 #[pg_extern(stable, parallel_safe)]
-fn _es_calling_role() -> String {
+pub fn _es_calling_role() -> String {
     // SAFETY: the role exists (it is the session's or a projection's owner); the name is
     // palloc'd and copied at once.
     unsafe {

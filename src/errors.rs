@@ -19,19 +19,20 @@ pub fn sqlstate(code: &[u8; 5]) -> c_int {
         .sum()
 }
 
-/// Raises an ERROR with `code` (five characters, e.g. `b"ES003"`). Takes its texts by value:
-/// the caller must hold nothing that needs dropping, since the error leaves by longjmp.
-pub fn raise(code: &[u8; 5], message: String, detail: &str, hint: &str) -> ! {
-    let text = |s: &str| {
-        CString::new(s.replace('\0', ""))
-            .unwrap_or_default()
-            .into_raw()
+/// Raises an ERROR with `code` (five characters, e.g. `b"ES003"`). The texts are copied into
+/// PostgreSQL's memory and dropped before the error leaves by longjmp, past every Rust frame
+/// up to the calling #[pg_guard] function: callers must hold nothing else that needs dropping.
+pub fn raise(code: &[u8; 5], message: String, detail: String, hint: String) -> ! {
+    let text = |s: String| {
+        let c = CString::new(s.replace('\0', "")).unwrap_or_default();
+        // SAFETY: pstrdup copies the C string into the current memory context, which the
+        // error's cleanup resets.
+        unsafe { pgrx::pg_sys::pstrdup(c.as_ptr()) }
     };
-    let (message, detail, hint) = (text(&message), text(detail), text(hint));
+    let (message, detail, hint) = (text(message), text(detail), text(hint));
     // SAFETY: the ereport protocol (errstart, fields, errfinish) with "%s" formats. errfinish
-    // longjmps to PostgreSQL's handler, past this frame and the calling #[pg_guard] function,
-    // which hold nothing to drop (the texts were leaked into raw pointers above). Going
-    // through pg_guard_ffi_boundary instead would turn the SQLSTATE into XX000.
+    // longjmps to PostgreSQL's handler; nothing of Rust's is left to drop here. Going through
+    // pg_guard_ffi_boundary instead would turn the SQLSTATE into XX000.
     unsafe {
         if errstart(pgrx::PgLogLevel::ERROR as c_int, std::ptr::null()) {
             errcode(sqlstate(code));

@@ -6,16 +6,46 @@ use pgrx::prelude::*;
 use pgrx::{register_xact_callback, IntoDatum, PgXactCallbackEvent};
 use std::cell::Cell;
 
-/// The last position handed out so far (what `nextval` returned last).
+/// The last position handed out so far (what `nextval` returned last), read without a query.
 fn seq_last() -> i64 {
-    let sql = schema::qualified(
-        "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
-           FROM @extschema@.es_global_position_seq",
-    );
-    Spi::get_one::<i64>(sql)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| error!("event_store: cannot read es_global_position_seq"))
+    let seq = schema::relation("es_global_position_seq");
+    // SAFETY: PostgreSQL's pg_sequence_last_value(regclass), NULL until the first nextval.
+    let last = unsafe {
+        pgrx::direct_function_call::<i64>(pg_sys::pg_sequence_last_value, &[seq.into_datum()])
+    };
+    last.unwrap_or_else(|| {
+        // Never called, or set back with setval(..., false): ask the sequence's row.
+        let sql = schema::qualified(
+            "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
+               FROM @extschema@.es_global_position_seq",
+        );
+        Spi::get_one::<i64>(sql)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| error!("event_store: cannot read es_global_position_seq"))
+    })
+}
+
+/// Takes `n` consecutive global positions and returns the first. One position is one
+/// `nextval`; a block is taken under a lock held only while it is taken (an LWLock when
+/// preloaded, else a session advisory lock of its own class), so that a consumer sees the
+/// events of one call as one block.
+pub fn allocate(n: i64) -> i64 {
+    let seq = schema::relation("es_global_position_seq");
+    // SAFETY: PostgreSQL's nextval(regclass) on the extension's sequence, never NULL.
+    let next = || unsafe {
+        pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
+            .expect("nextval returns a value")
+    };
+    if n <= 1 {
+        return next();
+    }
+    let _lock = shmem::PositionLock::acquire();
+    let first = next();
+    for _ in 1..n {
+        next();
+    }
+    first
 }
 
 const LOCKS_SQL: &str = "SELECT l.pid, coalesce(a.xact_start, a.backend_start), l.objid::bigint \
@@ -97,8 +127,7 @@ thread_local! {
 /// many appends it makes, until it ends (released after its commit is visible). The bound is
 /// the last position handed out so far: the caller's will be above it. A registration made in
 /// a subtransaction that rolls back is kept: it only holds readers back a little longer.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _es_feed_register() {
+pub fn register() {
     if REGISTERED.get().is_some() {
         return;
     }

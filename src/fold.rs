@@ -315,8 +315,7 @@ fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
 
 /// After an append moved a stream from `from_version` to `to_version`: takes a snapshot when
 /// it crossed a multiple of `event_store.snapshot_every`.
-#[pg_extern(volatile, strict, parallel_unsafe)]
-fn _es_snapshot_after_append(stream_id: &str, from_version: i64, to_version: i64) {
+pub fn snapshot_after_append(stream_id: &str, from_version: i64, to_version: i64) {
     let every = i64::from(guc::SNAPSHOT_EVERY.get());
     if every > 0 && from_version / every != to_version / every {
         _es_take_snapshot(stream_id);

@@ -20,6 +20,7 @@ macro_rules! v1_function {
 use event_store_core::{reducer, state};
 
 mod aggregate;
+mod append;
 mod context;
 mod diff;
 mod errors;
@@ -29,6 +30,7 @@ mod guc;
 mod ids;
 mod integrity;
 mod jsonb;
+mod notify;
 mod plans;
 mod projection;
 mod projection_worker;
@@ -42,23 +44,7 @@ mod validate;
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!(
-    "../sql/append.sql",
-    name = "append",
-    requires = [
-        "schema",
-        context::_es_calling_role,
-        feed::_es_feed_register,
-        ids::es_uuidv7,
-        integrity::_es_event_hash,
-        registry::_es_open_stream,
-        registry::_es_advance_stream,
-        validate::_es_check_event,
-        validate::_es_check_append,
-        projection_worker::_es_wake_projections,
-        fold::_es_snapshot_after_append
-    ]
-);
+extension_sql_file!("../sql/append.sql", name = "append", requires = ["schema"]);
 extension_sql_file!("../sql/read.sql", name = "read", requires = ["schema"]);
 extension_sql_file!(
     "../sql/feed.sql",

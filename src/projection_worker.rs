@@ -130,40 +130,71 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
                 EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding'))"
     );
     let mut backoff = Duration::from_millis(1);
+    let mut announced = shmem::to_announce();
+    let mut next_pass = Instant::now();
     loop {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        let names: Vec<String> = BackgroundWorker::transaction(|| {
-            Spi::connect(|c| {
-                c.select(&due, None, &[]).map(|rows| {
-                    rows.filter_map(|r| r.get::<String>(1).ok().flatten())
-                        .collect()
-                })
-            })
-        })
-        .unwrap_or_else(|e| error!("event_store: listing projections: {e}"));
-        // Each projection in a transaction of its own: one that fails or hangs (until
-        // event_store.projection_timeout) holds up no other.
-        let applied: i32 = names.iter().map(|name| run_batch(&batch, name)).sum();
-        let (in_flight, active) =
-            BackgroundWorker::transaction(|| Spi::get_two::<bool, bool>(&after))
-                .unwrap_or_else(|e| error!("event_store: {e}"));
-        shmem::set_active(active.unwrap_or(true));
-        let poll = Duration::from_millis(guc::PROJECTION_POLL_INTERVAL.get() as u64);
-        let wait = if applied > 0 {
-            backoff = Duration::from_millis(1);
-            Duration::ZERO
-        } else if in_flight.unwrap_or(false) && active.unwrap_or(false) {
-            backoff = (backoff * 2).min(poll);
-            backoff / 2
-        } else {
-            backoff = Duration::from_millis(1);
-            poll
-        };
+        announce(&mut announced);
+        if shmem::take_wanted() || Instant::now() >= next_pass {
+            let wait = pass(&due, &batch, &after, &mut backoff, &mut announced);
+            next_pass = Instant::now() + wait;
+        }
+        let wait = next_pass.saturating_duration_since(Instant::now());
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
+    }
+}
+
+/// Sends one NOTIFY for every commit announced since the last one.
+fn announce(announced: &mut i64) {
+    let position = shmem::to_announce();
+    if position > *announced {
+        BackgroundWorker::transaction(|| crate::notify::send(position));
+        *announced = position;
+    }
+}
+
+/// One pass: a batch of every due projection. Returns how long to wait before the next pass
+/// when nothing asks for one earlier.
+fn pass(
+    due: &str,
+    batch: &str,
+    after: &str,
+    backoff: &mut Duration,
+    announced: &mut i64,
+) -> Duration {
+    let names: Vec<String> = BackgroundWorker::transaction(|| {
+        Spi::connect(|c| {
+            c.select(due, None, &[]).map(|rows| {
+                rows.filter_map(|r| r.get::<String>(1).ok().flatten())
+                    .collect()
+            })
+        })
+    })
+    .unwrap_or_else(|e| error!("event_store: listing projections: {e}"));
+    // Each projection in a transaction of its own: one that fails or hangs (until
+    // event_store.projection_timeout) holds up no other, nor the NOTIFY between them.
+    let mut applied = 0;
+    for name in &names {
+        applied += run_batch(batch, name);
+        announce(announced);
+    }
+    let (in_flight, active) = BackgroundWorker::transaction(|| Spi::get_two::<bool, bool>(after))
+        .unwrap_or_else(|e| error!("event_store: {e}"));
+    shmem::set_active(active.unwrap_or(true));
+    let poll = Duration::from_millis(guc::PROJECTION_POLL_INTERVAL.get() as u64);
+    if applied > 0 {
+        *backoff = Duration::from_millis(1);
+        Duration::ZERO
+    } else if in_flight.unwrap_or(false) && active.unwrap_or(false) {
+        *backoff = (*backoff * 2).min(poll);
+        *backoff / 2
+    } else {
+        *backoff = Duration::from_millis(1);
+        poll
     }
 }
 
@@ -198,7 +229,7 @@ thread_local! {
 /// database is served at once). `fresh` wakes it in any case: projection management calls
 /// it so that a new or resumed projection starts at once.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _es_wake_projections(fresh: default!(bool, false)) {
+pub fn _es_wake_projections(fresh: default!(bool, false)) {
     if !shmem::available() {
         return; // not preloaded: no worker
     }

@@ -38,7 +38,7 @@ fn execute<'conn>(
     let plan = crate::plans::kept(client, sql, types, true);
     client
         .update(&*plan, None, args)
-        .expect("registry statement")
+        .unwrap_or_else(|e| error!("event_store: updating es_streams: {e}"))
 }
 
 v1_function!(pg_finfo__es_guard_registry);
@@ -72,88 +72,84 @@ pub unsafe extern "C-unwind" fn _es_guard_registry(
     crate::errors::raise(
         b"ES003",
         format!("event_store: {op} of es_streams is not allowed"),
-        "Events are append-only and es_streams is maintained by es_append.",
-        "Append a compensating event with es_append instead.",
+        "Events are append-only and es_streams is maintained by es_append.".into(),
+        "Append a compensating event with es_append instead.".into(),
     )
 }
 
 const LOCK_SQL: &str =
-    "SELECT version, head_hash, first_at, last_at FROM @extschema@.es_streams WHERE stream_id = $1 FOR UPDATE";
+    "SELECT version, head_hash, last_at FROM @extschema@.es_streams WHERE stream_id = $1 FOR UPDATE";
 const REGISTER_SQL: &str =
-    "INSERT INTO @extschema@.es_streams (stream_id, version) VALUES ($1, 0) ON CONFLICT (stream_id) DO NOTHING";
+    "INSERT INTO @extschema@.es_streams (stream_id, version) VALUES ($1, 0) \
+     ON CONFLICT (stream_id) DO NOTHING RETURNING version";
 const ADVANCE_SQL: &str =
     "UPDATE @extschema@.es_streams SET version = $2, first_at = coalesce(first_at, $3), \
-     last_at = $4, last_position = $5, head_hash = $6 WHERE stream_id = $1";
+     last_at = $3, last_position = $4, head_hash = $5 WHERE stream_id = $1";
+
+/// A stream's head as its locked registry row says.
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub version: i64,
+    /// `None` for a stream without events: its chain starts from the zero hash.
+    pub hash: Option<Vec<u8>>,
+    /// Time of the last event, in PostgreSQL's microseconds.
+    pub last_at: Option<i64>,
+}
 
 /// Locks the stream's registry row, creating it at version 0 when the stream is new, and
 /// returns its head. Held until the transaction ends.
-#[pg_extern(volatile, parallel_unsafe)]
-#[allow(clippy::type_complexity)]
-fn _es_open_stream(
-    stream_id: &str,
-) -> TableIterator<
-    'static,
-    (
-        name!(version, i64),
-        name!(head_hash, Option<Vec<u8>>),
-        name!(first_at, Option<TimestampWithTimeZone>),
-        name!(last_at, Option<TimestampWithTimeZone>),
-    ),
-> {
+pub fn lock(client: &mut SpiClient<'_>, stream_id: &str) -> Head {
     use Oid::TEXTOID;
-    let head = Spi::connect_mut(|client| {
-        for attempt in 0..2 {
-            let rows = execute(client, LOCK_SQL, &[TEXTOID], &[stream_id.into()]);
-            if let Some(row) = rows.into_iter().next() {
-                return (
-                    row.get::<i64>(1).unwrap().unwrap(),
-                    row.get::<Vec<u8>>(2).unwrap(),
-                    row.get::<TimestampWithTimeZone>(3).unwrap(),
-                    row.get::<TimestampWithTimeZone>(4).unwrap(),
-                );
-            }
-            if attempt == 0 {
-                let _scope = WriteScope::open();
-                execute(client, REGISTER_SQL, &[TEXTOID], &[stream_id.into()]);
-            }
+    for _ in 0..2 {
+        let rows = execute(client, LOCK_SQL, &[TEXTOID], &[stream_id.into()]);
+        if let Some(row) = rows.into_iter().next() {
+            return Head {
+                version: row.get::<i64>(1).ok().flatten().unwrap_or(0),
+                hash: row.get::<Vec<u8>>(2).ok().flatten(),
+                last_at: row
+                    .get::<TimestampWithTimeZone>(3)
+                    .ok()
+                    .flatten()
+                    .map(|t| t.into_inner()),
+            };
         }
-        unreachable!("stream row vanished while locked")
-    });
-    TableIterator::once(head)
+        let _scope = WriteScope::open();
+        // A row this inserts is ours until the transaction ends; a conflict means another
+        // transaction created the stream meanwhile, whose row the next round locks.
+        if !execute(client, REGISTER_SQL, &[TEXTOID], &[stream_id.into()]).is_empty() {
+            return Head {
+                version: 0,
+                hash: None,
+                last_at: None,
+            };
+        }
+    }
+    error!("event_store: the registry row of stream {stream_id} vanished while being locked")
 }
 
-/// Moves the stream's head after an append (the row is already locked by `_es_open_stream`).
-#[pg_extern(volatile, parallel_unsafe)]
-fn _es_advance_stream(
+/// Moves the stream's head after an append (its row is locked by `lock`).
+pub fn advance(
+    client: &mut SpiClient<'_>,
     stream_id: &str,
     version: i64,
-    first_at: TimestampWithTimeZone,
-    last_at: TimestampWithTimeZone,
+    at: i64,
     last_position: i64,
     head_hash: &[u8],
 ) {
     use Oid::*;
     let _scope = WriteScope::open();
-    Spi::connect_mut(|client| {
-        execute(
-            client,
-            ADVANCE_SQL,
-            &[
-                TEXTOID,
-                INT8OID,
-                TIMESTAMPTZOID,
-                TIMESTAMPTZOID,
-                INT8OID,
-                BYTEAOID,
-            ],
-            &[
-                stream_id.into(),
-                version.into(),
-                first_at.into(),
-                last_at.into(),
-                last_position.into(),
-                head_hash.into(),
-            ],
-        );
-    });
+    // SAFETY: a timestamptz is passed by value as its microseconds.
+    let at = unsafe { DatumWithOid::new(pg_sys::Datum::from(at), TIMESTAMPTZOID.value()) };
+    execute(
+        client,
+        ADVANCE_SQL,
+        &[TEXTOID, INT8OID, TIMESTAMPTZOID, INT8OID, BYTEAOID],
+        &[
+            stream_id.into(),
+            version.into(),
+            at,
+            last_position.into(),
+            head_hash.into(),
+        ],
+    );
 }

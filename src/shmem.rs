@@ -23,6 +23,10 @@ struct Worker {
     procno: AtomicI32,
     /// Whether the database has projections to run: appends wake the worker only then.
     active: AtomicBool,
+    /// Set with the latch when a projection pass is wanted now (not only a NOTIFY).
+    wanted: AtomicBool,
+    /// The highest position committed appends asked the worker to announce with NOTIFY.
+    notify: AtomicI64,
 }
 
 #[repr(C)]
@@ -33,6 +37,9 @@ struct Header {
 }
 
 static SHARED: AtomicPtr<Header> = AtomicPtr::new(std::ptr::null_mut());
+/// The lock under which an append takes a block of consecutive positions.
+static POSITIONS: AtomicPtr<pg_sys::LWLock> = AtomicPtr::new(std::ptr::null_mut());
+const POSITIONS_TRANCHE: &std::ffi::CStr = c"event_store positions";
 static mut PREV_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_STARTUP: pg_sys::shmem_startup_hook_type = None;
 
@@ -61,6 +68,7 @@ unsafe extern "C-unwind" fn request() {
             prev();
         }
         pg_sys::RequestAddinShmemSpace(size());
+        pg_sys::RequestNamedLWLockTranche(POSITIONS_TRANCHE.as_ptr(), 1);
     }
 }
 
@@ -81,6 +89,8 @@ unsafe extern "C-unwind" fn startup() {
         }
         pg_sys::LWLockRelease(lock);
         SHARED.store(p.cast(), Ordering::SeqCst);
+        let tranche = pg_sys::GetNamedLWLockTranche(POSITIONS_TRANCHE.as_ptr());
+        POSITIONS.store(&raw mut (*tranche).lock, Ordering::SeqCst);
     }
 }
 
@@ -181,10 +191,11 @@ pub fn register_worker() {
     }) else {
         return; // all slots taken: this worker polls instead of being woken
     };
-    h.workers[i]
-        .procno
-        .store(own_procno() + 1, Ordering::SeqCst);
-    h.workers[i].active.store(true, Ordering::SeqCst);
+    let w = &h.workers[i];
+    w.notify.store(0, Ordering::SeqCst);
+    w.wanted.store(true, Ordering::SeqCst);
+    w.active.store(true, Ordering::SeqCst);
+    w.procno.store(own_procno() + 1, Ordering::SeqCst);
     // SAFETY: registers a callback run at process exit, before shared memory is detached.
     unsafe { pg_sys::before_shmem_exit(Some(unregister_worker), pg_sys::Datum::from(i)) };
 }
@@ -212,21 +223,23 @@ pub fn set_active(active: bool) {
     }
 }
 
-/// Wakes this database's worker (when it has projections to run, or always when `fresh`),
-/// or the launcher when the database has no worker yet.
-pub fn wake(fresh: bool) {
-    let Some(h) = header() else { return };
+fn own_worker(h: &'static Header) -> Option<&'static Worker> {
     // SAFETY: the backend's database id.
     let db: u32 = unsafe { pg_sys::MyDatabaseId }.into();
-    match h
-        .workers
+    h.workers
         .iter()
-        .find(|w| w.database.load(Ordering::SeqCst) == db)
-    {
+        .find(|w| w.database.load(Ordering::SeqCst) == db && w.procno.load(Ordering::SeqCst) > 0)
+}
+
+/// Wakes this database's worker for a projection pass (when it has projections to run, or
+/// always when `fresh`), or the launcher when the database has no worker yet.
+pub fn wake(fresh: bool) {
+    let Some(h) = header() else { return };
+    match own_worker(h) {
         Some(w) => {
-            let procno = w.procno.load(Ordering::SeqCst);
-            if procno > 0 && (fresh || w.active.load(Ordering::SeqCst)) {
-                set_latch(procno - 1);
+            if fresh || w.active.load(Ordering::SeqCst) {
+                w.wanted.store(true, Ordering::SeqCst);
+                set_latch(w.procno.load(Ordering::SeqCst) - 1);
             }
         }
         None => {
@@ -234,6 +247,77 @@ pub fn wake(fresh: bool) {
             if fresh && procno > 0 {
                 set_latch(procno - 1);
             }
+        }
+    }
+}
+
+/// Whether this database has a worker that announces commits with NOTIFY.
+pub fn has_worker() -> bool {
+    header().and_then(own_worker).is_some()
+}
+
+/// Asks this database's worker to NOTIFY that events up to `position` committed; false when
+/// it has no worker (then the caller notifies itself).
+pub fn announce(position: i64) -> bool {
+    let Some(w) = header().and_then(own_worker) else {
+        return false;
+    };
+    w.notify.fetch_max(position, Ordering::SeqCst);
+    set_latch(w.procno.load(Ordering::SeqCst) - 1);
+    true
+}
+
+/// For the worker: whether a projection pass was asked for since the last call.
+pub fn take_wanted() -> bool {
+    header()
+        .and_then(own_worker)
+        .is_some_and(|w| w.wanted.swap(false, Ordering::SeqCst))
+}
+
+/// For the worker: the highest position appends asked it to announce (0 for none yet).
+pub fn to_announce() -> i64 {
+    header()
+        .and_then(own_worker)
+        .map_or(0, |w| w.notify.load(Ordering::SeqCst))
+}
+
+/// Held while an append takes a block of positions; released when dropped, also when an
+/// error unwinds through it (and by PostgreSQL's abort, which releases every LWLock).
+pub enum PositionLock {
+    Shared(*mut pg_sys::LWLock),
+    /// Not preloaded: a session advisory lock of its own class, which any role could also
+    /// take (docs/security.md), held only for the allocation.
+    Advisory,
+}
+
+impl PositionLock {
+    pub fn acquire() -> PositionLock {
+        let lock = POSITIONS.load(Ordering::Relaxed);
+        if !lock.is_null() {
+            // SAFETY: an LWLock of our tranche in shared memory, set up at startup.
+            unsafe { pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+            return PositionLock::Shared(lock);
+        }
+        advisory(pg_sys::pg_advisory_lock_int4);
+        PositionLock::Advisory
+    }
+}
+
+fn advisory(f: unsafe fn(pg_sys::FunctionCallInfo) -> pg_sys::Datum) {
+    use pgrx::IntoDatum;
+    let class = event_store_core::feed::POSITIONS_LOCK_CLASS as i32;
+    // SAFETY: PostgreSQL's advisory-lock functions, called with two int4 arguments.
+    unsafe {
+        pgrx::direct_function_call_as_datum(f, &[class.into_datum(), 0i32.into_datum()]);
+    }
+}
+
+impl Drop for PositionLock {
+    fn drop(&mut self) {
+        match *self {
+            // SAFETY: acquired above by this process.
+            PositionLock::Shared(lock) => unsafe { pg_sys::LWLockRelease(lock) },
+            PositionLock::Advisory => advisory(pg_sys::pg_advisory_unlock_int4),
         }
     }
 }

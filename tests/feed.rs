@@ -281,3 +281,68 @@ fn listeners_are_notified_of_committed_appends_only() {
         "the rolled-back append must not notify: {more:?}"
     );
 }
+
+/// Waits for notifications until one carries `last`; returns (sender pid, payload) of each.
+fn notifications_up_to(listener: &mut postgres::Client, last: i64) -> Vec<(i32, i64)> {
+    let mut got = vec![];
+    let mut n = listener.notifications();
+    let mut it = n.timeout_iter(Duration::from_secs(10));
+    while let Some(note) = it.next().unwrap() {
+        let payload: i64 = note.payload().parse().unwrap();
+        got.push((note.process_id(), payload));
+        if payload >= last {
+            return got;
+        }
+    }
+    panic!("no notification carried position {last}: {got:?}");
+}
+
+#[test]
+fn with_the_worker_one_notify_announces_many_commits() {
+    let db = Arc::new(TestDb::new("feednotify_coalesced"));
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN event_store").unwrap();
+    let mut w = db.connect();
+    let own: i32 = w.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let worker = std::env::var("ES_TEST_WORKER").as_deref() == Ok("1");
+    if !worker {
+        // Not preloaded: each append notifies at its own commit.
+        let p = append(&mut w, "s-1");
+        assert_eq!(notifications_up_to(&mut listener, p), vec![(own, p)]);
+        return;
+    }
+    // Ask the launcher for this database's worker; until it runs, appends notify themselves.
+    w.batch_execute("SELECT _es_wake_projections(true)")
+        .unwrap();
+    let worker_pid = (0..200)
+        .find_map(|_| {
+            let p = append(&mut w, "s-1");
+            let from = notifications_up_to(&mut listener, p).last().unwrap().0;
+            thread::sleep(Duration::from_millis(50));
+            (from != own).then_some(from)
+        })
+        .expect("the worker never sent a notification");
+    let kind: String = w
+        .query_one(
+            "SELECT backend_type FROM pg_stat_activity WHERE pid = $1",
+            &[&worker_pid],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "event_store projections");
+    // A burst from several connections: every commit is announced, by the worker, in
+    // increasing positions, with fewer NOTIFYs than commits allowed.
+    let last = race(&db, 4, |i, c| {
+        (0..25)
+            .map(|_| append(c, &format!("burst-{i}")))
+            .max()
+            .unwrap()
+    })
+    .into_iter()
+    .max()
+    .unwrap();
+    let got = notifications_up_to(&mut listener, last);
+    assert!(got.iter().all(|(pid, _)| *pid == worker_pid), "{got:?}");
+    assert!(got.windows(2).all(|p| p[0].1 < p[1].1), "{got:?}");
+    assert!(got.len() <= 100);
+}

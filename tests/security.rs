@@ -293,9 +293,8 @@ fn public_gets_nothing_of_the_extension() {
     let mut r = db.connect_as(&reader);
     for sql in [
         "SELECT * FROM es_event_ids",
-        "SELECT _es_feed_register()",
         "SELECT _es_projection_timer(true)",
-        "SELECT * FROM _es_append('s-1', '[{\"type\": \"T\", \"data\": {}}]', NULL, false)",
+        "SELECT _es_wake_projections(true)",
     ] {
         assert_eq!(sqlstate(r.batch_execute(sql)), "42501", "{sql}");
     }

@@ -5,6 +5,10 @@
 /// Advisory lock class appends register under ("ESFD").
 pub const FEED_LOCK_CLASS: u32 = 0x4553_4644;
 
+/// Advisory lock class of the lock a block of positions is taken under when the library is
+/// not preloaded ("ESPA").
+pub const POSITIONS_LOCK_CLASS: u32 = 0x4553_5041;
+
 /// Rebuilds a registered lower bound from the 32 bits kept in the lock key, knowing it lies
 /// within 2^31 of the sequence's current value.
 pub fn registered_bound(seq_last: i64, key: u32) -> i64 {

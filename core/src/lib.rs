@@ -1,6 +1,7 @@
 //! event_store's logic without PostgreSQL: the reducers' rule engine and the fold state,
 //! state diffs, the hash chain recipe and its checker, feed arithmetic, input validation and
-//! event ids. Plain Rust with plain tests; the extension crate (`src/`) is the pgrx layer.
+//! event ids, and an append's decisions (lock order, retries). Plain Rust with plain tests; the extension crate (`src/`) is the pgrx layer.
+pub mod append;
 pub mod chain;
 pub mod diff;
 pub mod feed;

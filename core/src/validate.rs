@@ -115,6 +115,28 @@ pub fn check_append(
     }
 }
 
+/// es_append_multi's argument: a non-empty JSON array (`kind` is its `jsonb_typeof`).
+pub fn check_multi(kind: &str, len: i32) -> Result<(), Invalid> {
+    match kind {
+        "array" if len > 0 => Ok(()),
+        "array" => Err(Invalid::Value("appends must not be an empty array".into())),
+        "null" => Err(Invalid::Null("appends must not be NULL".into())),
+        other => Err(Invalid::Value(format!(
+            "appends must be a JSON array, not {other}"
+        ))),
+    }
+}
+
+/// Names the element of es_append_multi's array (1-based) that an error is about.
+pub fn in_entry(ordinal: i32, e: Invalid) -> Invalid {
+    let at = |m: String| format!("append {ordinal}: {m}");
+    match e {
+        Invalid::Null(m) => Invalid::Null(at(m)),
+        Invalid::Value(m) => Invalid::Value(at(m)),
+        Invalid::TooLarge(m) => Invalid::TooLarge(at(m)),
+    }
+}
+
 /// Feed reads: a non-negative page size, and a consumer group given whole or not at all.
 pub fn check_feed_read(
     max_count: Option<i32>,
@@ -312,6 +334,18 @@ mod tests {
         let bad = serde_json::json!({"op": "set"});
         assert!(
             matches!(check_reducer(Some("user"), Some("T"), Some(&bad)), Err(Invalid::Value(m)) if m.contains("needs a \"path\""))
+        );
+    }
+
+    #[test]
+    fn multi_appends() {
+        assert_eq!(check_multi("array", 2), Ok(()));
+        assert!(matches!(check_multi("array", 0), Err(Invalid::Value(_))));
+        assert!(matches!(check_multi("null", 0), Err(Invalid::Null(_))));
+        assert!(matches!(check_multi("object", 0), Err(Invalid::Value(m)) if m.contains("object")));
+        assert_eq!(
+            in_entry(3, Invalid::Null("stream_id must not be NULL".into())),
+            Invalid::Null("append 3: stream_id must not be NULL".into())
         );
     }
 }
