@@ -8,7 +8,6 @@ use event_store_core::stream::category;
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw, pg_return_null};
 use pgrx::pg_sys::{self, Datum, FunctionCallInfo};
 use pgrx::prelude::*;
-use pgrx::IntoDatum;
 use serde_json::Value;
 use std::ffi::{c_void, CStr};
 use std::rc::Rc;
@@ -37,7 +36,10 @@ impl Acc {
 
     /// Folds an event with the reducers of the category last used.
     fn fold<'a>(&mut self, event_type: &str, data: impl Data<'a>) {
-        let (_, rules) = self.rules.as_ref().expect("a category is chosen first");
+        let (_, rules) = self
+            .rules
+            .as_ref()
+            .expect("set before any fold: by use_category, or given to Acc::new");
         rules.apply(&mut self.state, event_type, data);
         self.events += 1;
     }
@@ -88,15 +90,30 @@ unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> 
         layout = pg_sys::palloc0(size_of::<RowLayout>()).cast();
         pg_sys::CurrentMemoryContext = old;
         let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
-        assert!(
-            attrs.len() <= MAX_COLUMNS,
-            "event_store has too many columns"
-        );
+        // The row type is event_store's, which its owner can alter.
+        if attrs.len() > MAX_COLUMNS {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "event_store: es_fold reads rows of at most {MAX_COLUMNS} columns, \
+                     dropped ones included; event_store has {}",
+                    attrs.len()
+                )
+            );
+        }
         let column = |name: &str| {
-            attrs
+            let found = attrs
                 .iter()
-                .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == name)
-                .expect("an event_store row")
+                .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == name);
+            let Some(at) = found else {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("event_store: es_fold: event_store has no column {name}")
+                );
+            };
+            at
         };
         *layout = RowLayout {
             tupdesc,
@@ -130,8 +147,16 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
         );
-        for column in [layout.stream_id, layout.event_type, layout.event_data] {
-            assert!(!nulls[column], "event_store's columns are NOT NULL");
+        // A stored event has none, but a row built in the query can.
+        if [layout.stream_id, layout.event_type, layout.event_data]
+            .iter()
+            .any(|&c| nulls[c])
+        {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "event_store: es_fold: an event's stream_id, event_type and event_data must not be NULL"
+            );
         }
         jsonb::with_text(values[layout.stream_id], |stream_id| {
             jsonb::with_text(values[layout.event_type], |event_type| {
@@ -300,9 +325,7 @@ pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum
         (*flinfo).fn_extra = reducer.cast();
     }
     let state = if pg_arg_is_null(fcinfo, 0) {
-        pgrx::JsonB(Value::from(&initial_state()))
-            .into_datum()
-            .unwrap()
+        jsonb::datum(&Value::from(&initial_state()))
     } else {
         pg_getarg_datum_raw(fcinfo, 0)
     };
@@ -322,7 +345,11 @@ pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum
         value: pg_getarg_datum_raw(fcinfo, 1),
         isnull: false,
     };
-    let result = ((*reducer).flinfo.fn_addr.expect("fmgr_info sets fn_addr"))(call);
+    let call_reducer = (*reducer)
+        .flinfo
+        .fn_addr
+        .expect("fmgr_info_cxt sets fn_addr or raises an error");
+    let result = call_reducer(call);
     if (*call).isnull {
         pg_return_null(fcinfo)
     } else {

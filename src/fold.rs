@@ -3,6 +3,7 @@
 use crate::jsonb::StateJsonb;
 use crate::reducer::{initial_state, RuleSet};
 use crate::reducers::rules;
+use crate::schema::{column, nullable, OrRaise};
 use crate::state::State;
 use crate::{guc, plans, stream_scan};
 use event_store_core::plan::{plan, Point, Snapshot, Start};
@@ -109,7 +110,7 @@ pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
 
 /// event_store, found in the extension's schema whatever the search_path.
 fn event_store() -> pg_sys::Oid {
-    crate::schema::relation("event_store")
+    crate::schema::relation(c"event_store")
 }
 
 /// The fold of the events `each_event` would read, as a query: for when it cannot.
@@ -151,9 +152,9 @@ fn fold_in_sql(
     let plan = plans::kept(client, sql, &types, false);
     let rows = in_stream_order(|| client.select(&*plan, Some(1), &args));
     let folded = rows
-        .expect("folding the stream")
+        .or_raise("folding the stream")
         .next()
-        .and_then(|row| row.get::<StateJsonb>(1).unwrap())
+        .and_then(|row| nullable::<StateJsonb>(&row, 1, "the fold"))
         .map(|s| s.0);
     // Nothing folded: the events after the snapshot are later than `at`.
     folded.or_else(|| from_snapshot.then_some(start))
@@ -181,34 +182,32 @@ pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Opt
             Some(1),
             &[stream_id.into(), rules.fingerprint.as_slice().into(), at],
         )
-        .unwrap_or_else(|e| error!("event_store: reading es_streams and es_snapshots: {e}"))
+        .or_raise("reading es_streams and es_snapshots")
         .next()?;
-    let time = |i| {
-        row.get::<TimestampWithTimeZone>(i)
-            .ok()
-            .flatten()
-            .map(|t| t.into_inner())
-    };
-    let (Some(first_at), Some(last_at)) = (time(2), time(3)) else {
+    let time = |i, name| nullable::<TimestampWithTimeZone>(&row, i, name).map(|t| t.into_inner());
+    let first_at = time(2, "es_streams.first_at");
+    let last_at = time(3, "es_streams.last_at");
+    let (Some(first_at), Some(last_at)) = (first_at, last_at) else {
         return None; // registered, no events yet
     };
-    let snapshot_version: Option<i64> = row.get(4).ok().flatten();
+    let snapshot_version: Option<i64> = nullable(&row, 4, "es_snapshots.stream_version");
     let found = Start {
-        head: row.get(1).ok().flatten().unwrap_or(0),
+        head: column(&row, 1, "es_streams.version"),
         first_at,
         last_at,
         snapshot: snapshot_version.map(|version| Snapshot {
             version,
-            last_at: time(7).unwrap_or(first_at),
+            last_at: time(7, "es_snapshots.last_at").unwrap_or(first_at),
         }),
-        next_snapshot: row.get(6).ok().flatten(),
+        next_snapshot: nullable(&row, 6, "es_snapshots.stream_version"),
     };
     // Snapshots fold every event; under row level security the caller may see fewer.
     let table = event_store();
     let plan = plan(point, &found, !stream_scan::row_security(table))?;
     let snapshot = plan
         .snapshot
-        .and_then(|_| row.get::<StateJsonb>(5).ok().flatten().map(|s| s.0));
+        .and_then(|_| nullable::<StateJsonb>(&row, 5, "es_snapshots.state"))
+        .map(|s| s.0);
     let from_snapshot = snapshot.is_some();
     let mut state = snapshot.unwrap_or_else(initial_state);
     let folded = if plan.reads_events() {
@@ -243,8 +242,13 @@ pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Opt
 
 /// A PostgreSQL timestamp from its microseconds (they came from one).
 fn pg_time(us: i64) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(us)
-        .unwrap_or_else(|_| error!("event_store: timestamp {us} out of range"))
+    TimestampWithTimeZone::try_from(us).unwrap_or_else(|_| {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW, // 22008, datetime_value_out_of_range too
+            format!("event_store: timestamp {us} out of range")
+        );
+    })
 }
 
 fn state(stream_id: &str, point: Point) -> Option<pgrx::JsonB> {
@@ -308,7 +312,7 @@ fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
                     StateJsonb(f.state).into(),
                 ],
             )
-            .expect("storing a snapshot");
+            .or_raise("storing a snapshot");
         Some(f.version)
     })
 }

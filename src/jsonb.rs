@@ -25,11 +25,11 @@ const IS_TRUE: u32 = 0x3000_0000;
 const IS_NULL: u32 = 0x4000_0000;
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
+    u32::from_ne_bytes(b[at..at + 4].try_into().expect("a slice of 4 bytes"))
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes(b[at..at + 2].try_into().unwrap())
+    u16::from_ne_bytes(b[at..at + 2].try_into().expect("a slice of 2 bytes"))
 }
 
 /// The payload of an in-line varlena (1- or 4-byte header), or `None` when it is toasted.
@@ -82,7 +82,7 @@ fn str_of(b: &[u8]) -> &str {
 
 /// A numeric varlena: an integer, or the decimal form numeric_out prints ("-12.50").
 fn numeric(b: &[u8]) -> State {
-    let data = varlena_payload(b).expect("numerics inside jsonb are in line");
+    let data = varlena_payload(b).expect("jsonb stores its numerics in line, uncompressed");
     let h = u16_at(data, 0);
     let (negative, dscale, weight, digits) = match h & 0xC000 {
         0x8000 => {
@@ -402,7 +402,8 @@ unsafe fn with_payload<R>(datum: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R
         _ => 0,
     };
     if len > 0 {
-        return f(varlena_payload(std::slice::from_raw_parts(p, len)).unwrap());
+        let payload = varlena_payload(std::slice::from_raw_parts(p, len));
+        return f(payload.expect("an in-line header, matched above"));
     }
     let flat = pg_sys::pg_detoast_datum(p.cast()).cast::<u8>();
     let len = (u32_at(std::slice::from_raw_parts(flat, 4), 0) >> 2) as usize;
@@ -426,9 +427,9 @@ impl pgrx::FromDatum for Json {
 
 /// A jsonb datum of `v` (through jsonb_in, which also normalises numbers as jsonb does).
 pub fn datum(v: &Value) -> pg_sys::Datum {
-    let text = std::ffi::CString::new(v.to_string()).expect("JSON text has no NUL byte");
+    let text = std::ffi::CString::new(v.to_string()).expect("JSON text escapes NUL bytes");
     unsafe { pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(text.as_ptr().into())]) }
-        .expect("jsonb_in returns a value")
+        .expect("jsonb_in never returns NULL")
 }
 
 /// A fold state read from or written as a jsonb column or argument, without a
