@@ -45,12 +45,18 @@ impl Acc {
     }
 }
 
+/// # Safety
+/// `arg` is the `Acc` `acc` leaked for this callback, freed once, here.
 unsafe extern "C-unwind" fn drop_acc(arg: *mut c_void) {
     drop(Box::from_raw(arg.cast::<Acc>()));
 }
 
 /// The transition state, created on the first call of a group in the aggregate's memory and
 /// freed with it (also when the query fails).
+///
+/// # Safety
+/// `fcinfo` is a transition function's call whose argument 0, when not NULL, is the state
+/// this function returned earlier in the group.
 unsafe fn acc(fcinfo: FunctionCallInfo, start: impl FnOnce() -> Acc) -> *mut Acc {
     if !pg_arg_is_null(fcinfo, 0) {
         return pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<Acc>();
@@ -79,6 +85,11 @@ struct RowLayout {
 /// More than event_store's columns, dropped ones included, are ever likely to be.
 const MAX_COLUMNS: usize = 64;
 
+/// The row type's layout, looked up on the first row of the query and kept in `fn_extra`.
+///
+/// # Safety
+/// `fcinfo` is a call of `_es_fold_step`, whose `fn_extra` holds nothing else, and `row` a
+/// detoasted composite datum.
 unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> *mut RowLayout {
     let flinfo = (*fcinfo).flinfo;
     let mut layout = (*flinfo).fn_extra.cast::<RowLayout>();
@@ -128,6 +139,10 @@ unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> 
 
 v1_function!(pg_finfo__es_fold_step);
 /// Transition function of `es_fold(event_store)`; NULL rows are skipped.
+///
+/// # Safety
+/// Called only by the fmgr, as that aggregate's transition function (its SQL declaration
+/// fixes the argument types).
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum {
@@ -175,6 +190,9 @@ v1_function!(pg_finfo__es_fold_events_step);
 /// stream_id text)`, the state functions' fold: columns instead of rows. `start` (the
 /// snapshot to fold on from; NULL for none) and `stream_id` (whose category picks the
 /// reducers) are the same for every row and read once, when the group's state is created.
+///
+/// # Safety
+/// Called only by the fmgr, as that aggregate's transition function.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -> Datum {
@@ -205,6 +223,10 @@ pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -
 
 v1_function!(pg_finfo__es_fold_final);
 /// Final function of both: NULL when no (non-NULL) event was folded.
+///
+/// # Safety
+/// Called only by the fmgr, as the final function of those aggregates (argument 0 is the
+/// state their transition functions made).
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_final(fcinfo: FunctionCallInfo) -> Datum {
@@ -256,6 +278,8 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
             Some((shape, may))
         }
     };
+    // SAFETY: format_procedure returns a palloc'd string (a bare oid for a missing
+    // function), copied at once.
     let name = || unsafe {
         CStr::from_ptr(pg_sys::format_procedure(oid))
             .to_string_lossy()
@@ -297,6 +321,9 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
 v1_function!(pg_finfo__es_fold_with);
 /// Transition function of `es_fold(event_store, regprocedure)`: calls the reducer with the
 /// state (`{}` in place of NULL) and the event row; a NULL event leaves the state alone.
+///
+/// # Safety
+/// Called only by the fmgr, as that aggregate's transition function.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum {

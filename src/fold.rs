@@ -87,6 +87,8 @@ fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static st
 /// time indexes, then a sort, look cheaper; measured, it took twice as long.
 pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
     use pg_sys::{GucAction, GucContext, GucSource};
+    // SAFETY: planner settings saved in a GUC nest level of their own and popped after `f`;
+    // when `f` raises an error, the (sub)transaction's abort pops the level instead.
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
         for setting in [c"enable_bitmapscan", c"enable_sort"] {
@@ -102,7 +104,6 @@ pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
             );
         }
         let r = f();
-        // An error skips this; aborting the (sub)transaction then restores the settings.
         pg_sys::AtEOXact_GUC(true, nest);
         r
     }

@@ -45,6 +45,7 @@ fn varlena_payload(b: &[u8]) -> Option<&[u8]> {
 /// Whether the database stores text as UTF-8, which PostgreSQL then has validated.
 fn utf8_database() -> bool {
     static UTF8: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: reads the database's encoding, fixed for the life of the backend.
     *UTF8.get_or_init(|| unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32)
 }
 
@@ -56,6 +57,8 @@ fn str_of(b: &[u8]) -> &str {
     }
     // Converted by the server (into memory of the current call when it must copy); text it
     // cannot convert, as in a SQL_ASCII database, is an error rather than a guess.
+    // SAFETY: `b` is valid for its length; a converted copy is NUL-terminated and palloc'd in
+    // the current memory context, which lives as long as the call or event reading `b`.
     let utf8 = unsafe {
         let p = pg_sys::pg_server_to_any(
             b.as_ptr().cast(),
@@ -394,6 +397,9 @@ pub unsafe fn to_value(datum: pg_sys::Datum) -> Value {
 }
 
 /// Calls `f` with a varlena datum's payload, detoasting a copy first when it is not in line.
+///
+/// # Safety
+/// `datum` must be a non-null varlena datum.
 unsafe fn with_payload<R>(datum: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R {
     let p = datum.cast_mut_ptr::<u8>();
     let len = match *p {
@@ -416,6 +422,8 @@ unsafe fn with_payload<R>(datum: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R
 pub struct Json(pub Value);
 
 impl pgrx::FromDatum for Json {
+    /// # Safety
+    /// As `FromDatum` requires: unless `is_null`, `datum` is a jsonb datum.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -428,6 +436,8 @@ impl pgrx::FromDatum for Json {
 /// A jsonb datum of `v` (through jsonb_in, which also normalises numbers as jsonb does).
 pub fn datum(v: &Value) -> pg_sys::Datum {
     let text = std::ffi::CString::new(v.to_string()).expect("JSON text escapes NUL bytes");
+    // SAFETY: jsonb_in with the NUL-terminated text it expects, alive for the call; its
+    // errors (a number out of numeric's range, a \u0000) are raised with their SQLSTATE.
     unsafe { pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(text.as_ptr().into())]) }
         .expect("jsonb_in never returns NULL")
 }
@@ -437,6 +447,8 @@ pub fn datum(v: &Value) -> pg_sys::Datum {
 pub struct StateJsonb(pub State);
 
 impl pgrx::FromDatum for StateJsonb {
+    /// # Safety
+    /// As `FromDatum` requires: unless `is_null`, `datum` is a jsonb datum.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,

@@ -179,6 +179,9 @@ unsafe extern "C-unwind" {
 
 /// Runs in the SIGALRM handler: only async-signal-safe work. SIGINT to ourselves is a query
 /// cancel, which PostgreSQL raises at the handler's next interrupt check (also in a wait).
+///
+/// # Safety
+/// Called only by PostgreSQL's timeout handler, registered in `_es_projection_timer`.
 unsafe extern "C-unwind" fn on_timeout() {
     TIMED_OUT.store(true, Ordering::SeqCst);
     // SAFETY: kill(2) is async-signal-safe.

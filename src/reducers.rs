@@ -19,6 +19,8 @@ thread_local! {
 /// Reducers are read once per statement (and again after the statement changes data), so an
 /// aggregate over many streams reads them once per category.
 fn statement_key() -> StatementKey {
+    // SAFETY: reads of this backend's transaction state, which exists wherever SQL runs
+    // (MyProc is set in every backend that runs SQL).
     unsafe {
         (
             (*pg_sys::MyProc).lxid,

@@ -347,6 +347,10 @@ pub fn each_event(
 /// Reads columns 1..=values.len() of a tuple as heap_deform_tuple does, but only that far
 /// (an event's metadata, hash and later columns are not touched); false, for
 /// heap_deform_tuple to do it, when the tuple has nulls or a value in an unexpected form.
+///
+/// # Safety
+/// `tuple` is a heap tuple of the relation described by `attrs`, kept in place (its page
+/// pinned) while the returned datums, which point into it, are used.
 unsafe fn deform_prefix(
     tuple: &pg_sys::HeapTupleData,
     attrs: &[pg_sys::FormData_pg_attribute],
