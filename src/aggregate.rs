@@ -8,7 +8,6 @@ use event_store_core::stream::category;
 use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw, pg_return_null};
 use pgrx::pg_sys::{self, Datum, FunctionCallInfo};
 use pgrx::prelude::*;
-use pgrx::IntoDatum;
 use serde_json::Value;
 use std::ffi::{c_void, CStr};
 use std::rc::Rc;
@@ -37,18 +36,27 @@ impl Acc {
 
     /// Folds an event with the reducers of the category last used.
     fn fold<'a>(&mut self, event_type: &str, data: impl Data<'a>) {
-        let (_, rules) = self.rules.as_ref().expect("a category is chosen first");
+        let (_, rules) = self
+            .rules
+            .as_ref()
+            .expect("set before any fold: by use_category, or given to Acc::new");
         rules.apply(&mut self.state, event_type, data);
         self.events += 1;
     }
 }
 
+/// # Safety
+/// `arg` is the `Acc` `acc` leaked for this callback, freed once, here.
 unsafe extern "C-unwind" fn drop_acc(arg: *mut c_void) {
     drop(Box::from_raw(arg.cast::<Acc>()));
 }
 
 /// The transition state, created on the first call of a group in the aggregate's memory and
 /// freed with it (also when the query fails).
+///
+/// # Safety
+/// `fcinfo` is a transition function's call whose argument 0, when not NULL, is the state
+/// this function returned earlier in the group.
 unsafe fn acc(fcinfo: FunctionCallInfo, start: impl FnOnce() -> Acc) -> *mut Acc {
     if !pg_arg_is_null(fcinfo, 0) {
         return pg_getarg_datum_raw(fcinfo, 0).cast_mut_ptr::<Acc>();
@@ -77,6 +85,11 @@ struct RowLayout {
 /// More than event_store's columns, dropped ones included, are ever likely to be.
 const MAX_COLUMNS: usize = 64;
 
+/// The row type's layout, looked up on the first row of the query and kept in `fn_extra`.
+///
+/// # Safety
+/// `fcinfo` is a call of `_es_fold_step`, whose `fn_extra` holds nothing else, and `row` a
+/// detoasted composite datum.
 unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> *mut RowLayout {
     let flinfo = (*fcinfo).flinfo;
     let mut layout = (*flinfo).fn_extra.cast::<RowLayout>();
@@ -88,15 +101,30 @@ unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> 
         layout = pg_sys::palloc0(size_of::<RowLayout>()).cast();
         pg_sys::CurrentMemoryContext = old;
         let attrs = (*tupdesc).attrs.as_slice((*tupdesc).natts as usize);
-        assert!(
-            attrs.len() <= MAX_COLUMNS,
-            "event_store has too many columns"
-        );
+        // The row type is event_store's, which its owner can alter.
+        if attrs.len() > MAX_COLUMNS {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "event_store: es_fold reads rows of at most {MAX_COLUMNS} columns, \
+                     dropped ones included; event_store has {}",
+                    attrs.len()
+                )
+            );
+        }
         let column = |name: &str| {
-            attrs
+            let found = attrs
                 .iter()
-                .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == name)
-                .expect("an event_store row")
+                .position(|a| !a.attisdropped && pgrx::name_data_to_str(&a.attname) == name);
+            let Some(at) = found else {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("event_store: es_fold: event_store has no column {name}")
+                );
+            };
+            at
         };
         *layout = RowLayout {
             tupdesc,
@@ -111,6 +139,10 @@ unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> 
 
 v1_function!(pg_finfo__es_fold_step);
 /// Transition function of `es_fold(event_store)`; NULL rows are skipped.
+///
+/// # Safety
+/// Called only by the fmgr, as that aggregate's transition function (its SQL declaration
+/// fixes the argument types).
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum {
@@ -130,8 +162,16 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
         );
-        for column in [layout.stream_id, layout.event_type, layout.event_data] {
-            assert!(!nulls[column], "event_store's columns are NOT NULL");
+        // A stored event has none, but a row built in the query can.
+        if [layout.stream_id, layout.event_type, layout.event_data]
+            .iter()
+            .any(|&c| nulls[c])
+        {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+                "event_store: es_fold: an event's stream_id, event_type and event_data must not be NULL"
+            );
         }
         jsonb::with_text(values[layout.stream_id], |stream_id| {
             jsonb::with_text(values[layout.event_type], |event_type| {
@@ -150,6 +190,9 @@ v1_function!(pg_finfo__es_fold_events_step);
 /// stream_id text)`, the state functions' fold: columns instead of rows. `start` (the
 /// snapshot to fold on from; NULL for none) and `stream_id` (whose category picks the
 /// reducers) are the same for every row and read once, when the group's state is created.
+///
+/// # Safety
+/// Called only by the fmgr, as that aggregate's transition function.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -> Datum {
@@ -180,6 +223,10 @@ pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -
 
 v1_function!(pg_finfo__es_fold_final);
 /// Final function of both: NULL when no (non-NULL) event was folded.
+///
+/// # Safety
+/// Called only by the fmgr, as the final function of those aggregates (argument 0 is the
+/// state their transition functions made).
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_final(fcinfo: FunctionCallInfo) -> Datum {
@@ -231,6 +278,8 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
             Some((shape, may))
         }
     };
+    // SAFETY: format_procedure returns a palloc'd string (a bare oid for a missing
+    // function), copied at once.
     let name = || unsafe {
         CStr::from_ptr(pg_sys::format_procedure(oid))
             .to_string_lossy()
@@ -272,6 +321,9 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
 v1_function!(pg_finfo__es_fold_with);
 /// Transition function of `es_fold(event_store, regprocedure)`: calls the reducer with the
 /// state (`{}` in place of NULL) and the event row; a NULL event leaves the state alone.
+///
+/// # Safety
+/// Called only by the fmgr, as that aggregate's transition function.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum {
@@ -300,9 +352,7 @@ pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum
         (*flinfo).fn_extra = reducer.cast();
     }
     let state = if pg_arg_is_null(fcinfo, 0) {
-        pgrx::JsonB(Value::from(&initial_state()))
-            .into_datum()
-            .unwrap()
+        jsonb::datum(&Value::from(&initial_state()))
     } else {
         pg_getarg_datum_raw(fcinfo, 0)
     };
@@ -322,7 +372,11 @@ pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum
         value: pg_getarg_datum_raw(fcinfo, 1),
         isnull: false,
     };
-    let result = ((*reducer).flinfo.fn_addr.expect("fmgr_info sets fn_addr"))(call);
+    let call_reducer = (*reducer)
+        .flinfo
+        .fn_addr
+        .expect("fmgr_info_cxt sets fn_addr or raises an error");
+    let result = call_reducer(call);
     if (*call).isnull {
         pg_return_null(fcinfo)
     } else {

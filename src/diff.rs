@@ -4,6 +4,7 @@ use crate::fold::{fold_stream, in_stream_order};
 use crate::jsonb::Json;
 use crate::reducer::initial_state;
 use crate::reducers::rules;
+use crate::schema::{column, nullable, OrRaise};
 use event_store_core::diff::changes;
 use event_store_core::plan::Point;
 use event_store_core::stream::category;
@@ -55,21 +56,21 @@ fn es_diff(
         let args = [stream_id.into(), from.into(), to.into(), version.into()];
         let events =
             in_stream_order(|| client.select(crate::schema::qualified(EVENTS_SQL), None, &args))
-                .expect("reading the stream");
+                .or_raise("reading the stream");
         for e in events {
-            let event_type: String = e.get(1).unwrap().unwrap();
-            let data = e.get::<Json>(2).unwrap().unwrap().0;
+            let event_type: String = column(&e, 1, "event_store.event_type");
+            let Json(data) = column(&e, 2, "event_store.event_data");
             let before = state.clone();
             rules.apply(&mut state, &event_type, &data);
             let mut changed = Vec::new();
             changes(Some(&before), Some(&state), "", &mut changed);
             for c in changed {
                 rows.push((
-                    e.get::<i64>(3).unwrap().unwrap(),
-                    e.get::<pgrx::Uuid>(5).unwrap().unwrap(),
+                    column(&e, 3, "event_store.stream_version"),
+                    column(&e, 5, "event_store.event_id"),
                     event_type.clone(),
-                    e.get::<TimestampWithTimeZone>(4).unwrap().unwrap(),
-                    e.get::<String>(6).unwrap(),
+                    column(&e, 4, "event_store.created_at"),
+                    nullable(&e, 6, "the correlation id"),
                     c.path,
                     c.before.map(pgrx::JsonB),
                     c.after.map(pgrx::JsonB),

@@ -1,8 +1,9 @@
 //! Time travel: a stream's state at an instant or version, folded from its events by the
 //! reducers of its category (src/reducer.rs), starting from the latest usable snapshot.
-use crate::jsonb::{Json, StateJsonb};
+use crate::jsonb::StateJsonb;
 use crate::reducer::{initial_state, RuleSet};
 use crate::reducers::rules;
+use crate::schema::{column, nullable, OrRaise};
 use crate::state::State;
 use crate::{guc, plans, stream_scan};
 use event_store_core::plan::{plan, Point, Snapshot, Start};
@@ -86,6 +87,8 @@ fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static st
 /// time indexes, then a sort, look cheaper; measured, it took twice as long.
 pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
     use pg_sys::{GucAction, GucContext, GucSource};
+    // SAFETY: planner settings saved in a GUC nest level of their own and popped after `f`;
+    // when `f` raises an error, the (sub)transaction's abort pops the level instead.
     unsafe {
         let nest = pg_sys::NewGUCNestLevel();
         for setting in [c"enable_bitmapscan", c"enable_sort"] {
@@ -101,7 +104,6 @@ pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
             );
         }
         let r = f();
-        // An error skips this; aborting the (sub)transaction then restores the settings.
         pg_sys::AtEOXact_GUC(true, nest);
         r
     }
@@ -109,7 +111,7 @@ pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
 
 /// event_store, found in the extension's schema whatever the search_path.
 fn event_store() -> pg_sys::Oid {
-    crate::schema::relation("event_store")
+    crate::schema::relation(c"event_store")
 }
 
 /// The fold of the events `each_event` would read, as a query: for when it cannot.
@@ -151,9 +153,9 @@ fn fold_in_sql(
     let plan = plans::kept(client, sql, &types, false);
     let rows = in_stream_order(|| client.select(&*plan, Some(1), &args));
     let folded = rows
-        .expect("folding the stream")
+        .or_raise("folding the stream")
         .next()
-        .and_then(|row| row.get::<StateJsonb>(1).unwrap())
+        .and_then(|row| nullable::<StateJsonb>(&row, 1, "the fold"))
         .map(|s| s.0);
     // Nothing folded: the events after the snapshot are later than `at`.
     folded.or_else(|| from_snapshot.then_some(start))
@@ -181,34 +183,32 @@ pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Opt
             Some(1),
             &[stream_id.into(), rules.fingerprint.as_slice().into(), at],
         )
-        .unwrap_or_else(|e| error!("event_store: reading es_streams and es_snapshots: {e}"))
+        .or_raise("reading es_streams and es_snapshots")
         .next()?;
-    let time = |i| {
-        row.get::<TimestampWithTimeZone>(i)
-            .ok()
-            .flatten()
-            .map(|t| t.into_inner())
-    };
-    let (Some(first_at), Some(last_at)) = (time(2), time(3)) else {
+    let time = |i, name| nullable::<TimestampWithTimeZone>(&row, i, name).map(|t| t.into_inner());
+    let first_at = time(2, "es_streams.first_at");
+    let last_at = time(3, "es_streams.last_at");
+    let (Some(first_at), Some(last_at)) = (first_at, last_at) else {
         return None; // registered, no events yet
     };
-    let snapshot_version: Option<i64> = row.get(4).ok().flatten();
+    let snapshot_version: Option<i64> = nullable(&row, 4, "es_snapshots.stream_version");
     let found = Start {
-        head: row.get(1).ok().flatten().unwrap_or(0),
+        head: column(&row, 1, "es_streams.version"),
         first_at,
         last_at,
         snapshot: snapshot_version.map(|version| Snapshot {
             version,
-            last_at: time(7).unwrap_or(first_at),
+            last_at: time(7, "es_snapshots.last_at").unwrap_or(first_at),
         }),
-        next_snapshot: row.get(6).ok().flatten(),
+        next_snapshot: nullable(&row, 6, "es_snapshots.stream_version"),
     };
     // Snapshots fold every event; under row level security the caller may see fewer.
     let table = event_store();
     let plan = plan(point, &found, !stream_scan::row_security(table))?;
     let snapshot = plan
         .snapshot
-        .and_then(|_| row.get::<StateJsonb>(5).ok().flatten().map(|s| s.0));
+        .and_then(|_| nullable::<StateJsonb>(&row, 5, "es_snapshots.state"))
+        .map(|s| s.0);
     let from_snapshot = snapshot.is_some();
     let mut state = snapshot.unwrap_or_else(initial_state);
     let folded = if plan.reads_events() {
@@ -243,8 +243,13 @@ pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Opt
 
 /// A PostgreSQL timestamp from its microseconds (they came from one).
 fn pg_time(us: i64) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(us)
-        .unwrap_or_else(|_| error!("event_store: timestamp {us} out of range"))
+    TimestampWithTimeZone::try_from(us).unwrap_or_else(|_| {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW, // 22008, datetime_value_out_of_range too
+            format!("event_store: timestamp {us} out of range")
+        );
+    })
 }
 
 fn state(stream_id: &str, point: Point) -> Option<pgrx::JsonB> {
@@ -308,7 +313,7 @@ fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
                     StateJsonb(f.state).into(),
                 ],
             )
-            .expect("storing a snapshot");
+            .or_raise("storing a snapshot");
         Some(f.version)
     })
 }
@@ -319,99 +324,5 @@ pub fn snapshot_after_append(stream_id: &str, from_version: i64, to_version: i64
     let every = i64::from(guc::SNAPSHOT_EVERY.get());
     if every > 0 && from_version / every != to_version / every {
         _es_take_snapshot(stream_id);
-    }
-}
-
-const SNAPSHOT_STREAMS_SQL: &str = "SELECT DISTINCT stream_id FROM @extschema@.es_snapshots \
-      WHERE $1::text IS NULL OR stream_id = $1 ORDER BY 1";
-const SNAPSHOTS_SQL: &str = "SELECT stream_version, last_at, state FROM @extschema@.es_snapshots \
-      WHERE stream_id = $1 AND reducers = $2 ORDER BY stream_version";
-const REFOLD_SQL: &str = "SELECT stream_version, created_at, event_type, event_data \
-       FROM @extschema@.event_store WHERE stream_id = $1 AND stream_version <= $2 \
-      ORDER BY stream_version";
-
-/// es_verify(snapshots => true): every snapshot under the current reducers must equal a
-/// fold of its stream's events from scratch, and carry the time of its last event (a
-/// snapshot edited by hand would make the state functions lie). Snapshots under other
-/// reducers are never used, so they are not checked.
-pub fn verify_snapshots(
-    client: &SpiClient<'_>,
-    stream_id: Option<&str>,
-    out: &mut Vec<crate::integrity::Row>,
-) {
-    let fail = |e: pgrx::spi::SpiError| -> ! { error!("event_store: checking snapshots: {e}") };
-    let streams: Vec<String> = client
-        .select(
-            crate::schema::qualified(SNAPSHOT_STREAMS_SQL),
-            None,
-            &[stream_id.into()],
-        )
-        .unwrap_or_else(|e| fail(e))
-        .filter_map(|r| r.get::<String>(1).ok().flatten())
-        .collect();
-    for sid in streams {
-        let rules = rules(category(&sid));
-        let snapshots: Vec<(i64, Option<TimestampWithTimeZone>, Option<StateJsonb>)> = client
-            .select(
-                crate::schema::qualified(SNAPSHOTS_SQL),
-                None,
-                &[sid.as_str().into(), rules.fingerprint.as_slice().into()],
-            )
-            .unwrap_or_else(|e| fail(e))
-            .map(|r| {
-                (
-                    r.get(1).ok().flatten().unwrap_or(0),
-                    r.get(2).ok().flatten(),
-                    r.get(3).ok().flatten(),
-                )
-            })
-            .collect();
-        let Some(last) = snapshots.last().map(|s| s.0) else {
-            continue;
-        };
-        let mut pending = snapshots.into_iter().peekable();
-        let mut state = initial_state();
-        let events = client
-            .select(
-                crate::schema::qualified(REFOLD_SQL),
-                None,
-                &[sid.as_str().into(), last.into()],
-            )
-            .unwrap_or_else(|e| fail(e));
-        let mut report = |version: i64, detail: String| {
-            out.push((sid.clone(), Some(version), "snapshot".into(), detail));
-        };
-        for e in events {
-            let version: i64 = e.get(1).ok().flatten().unwrap_or(0);
-            let at: Option<TimestampWithTimeZone> = e.get(2).ok().flatten();
-            let event_type: String = e.get(3).ok().flatten().unwrap_or_default();
-            if let Some(Json(data)) = e.get::<Json>(4).ok().flatten() {
-                rules.apply(&mut state, &event_type, &data);
-            }
-            while let Some((v, last_at, snap)) = pending.next_if(|s| s.0 <= version) {
-                if v < version {
-                    report(v, format!("snapshot of version {v}, which no event has"));
-                } else if !snap
-                    .as_ref()
-                    .is_some_and(|s| crate::state::same(&s.0, &state))
-                {
-                    report(
-                        v,
-                        format!("snapshot of version {v} differs from a fold of events 1 to {v}"),
-                    );
-                } else if last_at != at {
-                    report(
-                        v,
-                        format!("snapshot of version {v} has another time than event {v}"),
-                    );
-                }
-            }
-        }
-        for (v, _, _) in pending {
-            report(
-                v,
-                format!("snapshot of version {v}, beyond the stream's events"),
-            );
-        }
     }
 }

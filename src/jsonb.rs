@@ -25,11 +25,11 @@ const IS_TRUE: u32 = 0x3000_0000;
 const IS_NULL: u32 = 0x4000_0000;
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes(b[at..at + 4].try_into().unwrap())
+    u32::from_ne_bytes(b[at..at + 4].try_into().expect("a slice of 4 bytes"))
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes(b[at..at + 2].try_into().unwrap())
+    u16::from_ne_bytes(b[at..at + 2].try_into().expect("a slice of 2 bytes"))
 }
 
 /// The payload of an in-line varlena (1- or 4-byte header), or `None` when it is toasted.
@@ -45,6 +45,7 @@ fn varlena_payload(b: &[u8]) -> Option<&[u8]> {
 /// Whether the database stores text as UTF-8, which PostgreSQL then has validated.
 fn utf8_database() -> bool {
     static UTF8: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: reads the database's encoding, fixed for the life of the backend.
     *UTF8.get_or_init(|| unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32)
 }
 
@@ -56,6 +57,8 @@ fn str_of(b: &[u8]) -> &str {
     }
     // Converted by the server (into memory of the current call when it must copy); text it
     // cannot convert, as in a SQL_ASCII database, is an error rather than a guess.
+    // SAFETY: `b` is valid for its length; a converted copy is NUL-terminated and palloc'd in
+    // the current memory context, which lives as long as the call or event reading `b`.
     let utf8 = unsafe {
         let p = pg_sys::pg_server_to_any(
             b.as_ptr().cast(),
@@ -82,7 +85,7 @@ fn str_of(b: &[u8]) -> &str {
 
 /// A numeric varlena: an integer, or the decimal form numeric_out prints ("-12.50").
 fn numeric(b: &[u8]) -> State {
-    let data = varlena_payload(b).expect("numerics inside jsonb are in line");
+    let data = varlena_payload(b).expect("jsonb stores its numerics in line, uncompressed");
     let h = u16_at(data, 0);
     let (negative, dscale, weight, digits) = match h & 0xC000 {
         0x8000 => {
@@ -394,6 +397,9 @@ pub unsafe fn to_value(datum: pg_sys::Datum) -> Value {
 }
 
 /// Calls `f` with a varlena datum's payload, detoasting a copy first when it is not in line.
+///
+/// # Safety
+/// `datum` must be a non-null varlena datum.
 unsafe fn with_payload<R>(datum: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R {
     let p = datum.cast_mut_ptr::<u8>();
     let len = match *p {
@@ -402,7 +408,8 @@ unsafe fn with_payload<R>(datum: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R
         _ => 0,
     };
     if len > 0 {
-        return f(varlena_payload(std::slice::from_raw_parts(p, len)).unwrap());
+        let payload = varlena_payload(std::slice::from_raw_parts(p, len));
+        return f(payload.expect("an in-line header, matched above"));
     }
     let flat = pg_sys::pg_detoast_datum(p.cast()).cast::<u8>();
     let len = (u32_at(std::slice::from_raw_parts(flat, 4), 0) >> 2) as usize;
@@ -415,6 +422,8 @@ unsafe fn with_payload<R>(datum: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R
 pub struct Json(pub Value);
 
 impl pgrx::FromDatum for Json {
+    /// # Safety
+    /// As `FromDatum` requires: unless `is_null`, `datum` is a jsonb datum.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,
@@ -426,9 +435,11 @@ impl pgrx::FromDatum for Json {
 
 /// A jsonb datum of `v` (through jsonb_in, which also normalises numbers as jsonb does).
 pub fn datum(v: &Value) -> pg_sys::Datum {
-    let text = std::ffi::CString::new(v.to_string()).expect("JSON text has no NUL byte");
+    let text = std::ffi::CString::new(v.to_string()).expect("JSON text escapes NUL bytes");
+    // SAFETY: jsonb_in with the NUL-terminated text it expects, alive for the call; its
+    // errors (a number out of numeric's range, a \u0000) are raised with their SQLSTATE.
     unsafe { pgrx::direct_function_call_as_datum(pg_sys::jsonb_in, &[Some(text.as_ptr().into())]) }
-        .expect("jsonb_in returns a value")
+        .expect("jsonb_in never returns NULL")
 }
 
 /// A fold state read from or written as a jsonb column or argument, without a
@@ -436,6 +447,8 @@ pub fn datum(v: &Value) -> pg_sys::Datum {
 pub struct StateJsonb(pub State);
 
 impl pgrx::FromDatum for StateJsonb {
+    /// # Safety
+    /// As `FromDatum` requires: unless `is_null`, `datum` is a jsonb datum.
     unsafe fn from_polymorphic_datum(
         datum: pg_sys::Datum,
         is_null: bool,

@@ -1,7 +1,8 @@
 //! Running projection handlers: as the projection's owner, never as the worker's superuser,
 //! sandboxed so that nothing a handler sets outlives it, within a time limit.
 use crate::context::Acting;
-use crate::{guc, schema};
+use crate::guc;
+use crate::schema::{self, OrRaise};
 use pgrx::pg_sys::{self, ffi::pg_guard_ffi_boundary};
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -70,8 +71,7 @@ fn visible_to_owner(table: pg_sys::Oid, owner: pg_sys::Oid, position: i64) -> bo
         "SELECT EXISTS (SELECT FROM @extschema@.event_store WHERE global_position = $1)",
     );
     Spi::get_one_with_args::<bool>(sql, &[position.into()])
-        .ok()
-        .flatten()
+        .or_raise("checking whether the projection's owner may see an event")
         .unwrap_or(false)
 }
 
@@ -106,7 +106,7 @@ fn _es_run_as<'a>(
                 .ok()
                 .flatten()
                 .unwrap_or_default();
-            if !visible_to_owner(schema::relation("event_store"), owner, position) {
+            if !visible_to_owner(schema::relation(c"event_store"), owner, position) {
                 return false;
             }
             e.into_datum()
@@ -179,6 +179,9 @@ unsafe extern "C-unwind" {
 
 /// Runs in the SIGALRM handler: only async-signal-safe work. SIGINT to ourselves is a query
 /// cancel, which PostgreSQL raises at the handler's next interrupt check (also in a wait).
+///
+/// # Safety
+/// Called only by PostgreSQL's timeout handler, registered in `_es_projection_timer`.
 unsafe extern "C-unwind" fn on_timeout() {
     TIMED_OUT.store(true, Ordering::SeqCst);
     // SAFETY: kill(2) is async-signal-safe.

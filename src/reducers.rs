@@ -3,6 +3,7 @@
 use crate::jsonb::Json;
 use crate::plans;
 use crate::reducer::RuleSet;
+use crate::schema::{column, OrRaise};
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -18,6 +19,8 @@ thread_local! {
 /// Reducers are read once per statement (and again after the statement changes data), so an
 /// aggregate over many streams reads them once per category.
 fn statement_key() -> StatementKey {
+    // SAFETY: reads of this backend's transaction state, which exists wherever SQL runs
+    // (MyProc is set in every backend that runs SQL).
     unsafe {
         (
             (*pg_sys::MyProc).lxid,
@@ -46,12 +49,12 @@ pub fn rules(category: &str) -> Rc<RuleSet> {
             let plan = plans::kept(client, RULES_SQL, &[Oid::TEXTOID], false);
             client
                 .select(&*plan, None, &[category.into()])
-                .expect("reading es_reducers")
+                .or_raise("reading es_reducers")
                 .map(|row| {
                     (
-                        row.get::<String>(1).unwrap().unwrap(),
-                        row.get::<String>(2).unwrap().unwrap(),
-                        row.get::<Json>(3).unwrap().unwrap().0,
+                        column::<String>(&row, 1, "es_reducers.category"),
+                        column::<String>(&row, 2, "es_reducers.event_type"),
+                        column::<Json>(&row, 3, "es_reducers.rule").0,
                     )
                 })
                 .collect::<Vec<_>>()

@@ -1,11 +1,15 @@
 //! Where the extension's objects live. Owner-run SQL names every one of them in full
 //! (`@extschema@.event_store`) and runs under `search_path = pg_catalog, pg_temp`, so nothing a
 //! caller creates in the extension's schema, in `public` or in `pg_temp` is ever picked up
-//! instead (a better-matching function overload, a shadowing temp table).
+//! instead (a better-matching function overload, a shadowing temp table). Also how rows of
+//! those relations are read through SPI, with errors that say what failed.
 use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::{SpiError, SpiHeapTupleData};
+use pgrx::{FromDatum, IntoDatum};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::CStr;
 
 thread_local! {
     static NAMESPACE: Cell<Option<(pg_sys::Oid, &'static str)>> = const { Cell::new(None) };
@@ -18,7 +22,7 @@ fn namespace() -> (pg_sys::Oid, &'static str) {
     if let Some(ns) = NAMESPACE.get() {
         return ns;
     }
-    let found = pgrx::Spi::get_two::<pg_sys::Oid, String>(
+    let found = Spi::get_two::<pg_sys::Oid, String>(
         "SELECT n.oid, pg_catalog.quote_ident(n.nspname) \
            FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n \
              ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
@@ -27,9 +31,9 @@ fn namespace() -> (pg_sys::Oid, &'static str) {
     let ns = match found {
         Ok((Some(oid), Some(name))) => (oid, &*String::leak(name)),
         _ => {
-            pgrx::ereport!(
+            ereport!(
                 ERROR,
-                pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
                 "event_store: the extension is not installed in this database"
             );
         }
@@ -53,16 +57,71 @@ pub fn qualified(sql: &'static str) -> &'static str {
 }
 
 /// One of the extension's relations, by name in its schema (no search_path involved).
-pub fn relation(name: &str) -> pg_sys::Oid {
-    let cname = CString::new(name).expect("relation names have no NUL byte");
-    // SAFETY: a syscache lookup by (name, namespace).
-    let relid = unsafe { pg_sys::get_relname_relid(cname.as_ptr(), namespace().0) };
+pub fn relation(name: &CStr) -> pg_sys::Oid {
+    // SAFETY: a syscache lookup by (name, namespace); `name` is NUL-terminated.
+    let relid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace().0) };
     if relid == pg_sys::InvalidOid {
-        pgrx::ereport!(
+        ereport!(
             ERROR,
-            pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!("event_store: relation {name} is missing from the extension's schema")
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "event_store: relation {} is missing from the extension's schema",
+                name.to_string_lossy()
+            )
         );
     }
     relid
+}
+
+// Reading the extension's tables through SPI. A statement's own ERROR never comes back as
+// an `Err` (it leaves with its SQLSTATE); what does is SPI's failure codes, or a value of
+// another type than the code reads: a table changed by hand.
+
+/// An SPI result's value, or an ERROR naming what was being done (`"reading es_reducers"`).
+pub trait OrRaise<T> {
+    fn or_raise(self, doing: &str) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T, SpiError> {
+    fn or_raise(self, doing: &str) -> T {
+        self.unwrap_or_else(|e| spi_failed(doing, e))
+    }
+}
+
+fn spi_failed(doing: &str, e: SpiError) -> ! {
+    let code = match e {
+        SpiError::DatumError(_) => PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+        _ => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+    };
+    ereport!(ERROR, code, format!("event_store: {doing}: {e}"));
+}
+
+/// Column `ordinal` of `row`, which may be NULL; `name` ("es_streams.first_at") names it in
+/// the error when it has another type.
+pub fn nullable<T: FromDatum + IntoDatum>(
+    row: &SpiHeapTupleData<'_>,
+    ordinal: usize,
+    name: &str,
+) -> Option<T> {
+    match row.get::<T>(ordinal) {
+        Ok(v) => v,
+        Err(e) => spi_failed(&format!("reading {name}"), e),
+    }
+}
+
+/// Column `ordinal` of `row`, declared NOT NULL.
+pub fn column<T: FromDatum + IntoDatum>(
+    row: &SpiHeapTupleData<'_>,
+    ordinal: usize,
+    name: &str,
+) -> T {
+    let Some(v) = nullable(row, ordinal, name) else {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("event_store: {name} is NULL"),
+            "The column is declared NOT NULL: its table was changed by hand."
+        );
+    };
+    v
 }

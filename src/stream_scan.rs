@@ -5,6 +5,7 @@
 //! level security, column-only privileges, compressed chunks, a missing index) it declines,
 //! and the caller folds through SQL instead.
 use crate::jsonb::{self, Jsonb};
+use crate::schema::{column, nullable, OrRaise};
 use event_store_core::time::PG_EPOCH_US;
 use pgrx::pg_sys::{self, BuiltinOid as Oid, Datum};
 use pgrx::prelude::*;
@@ -148,12 +149,13 @@ fn catalog_known(client: &SpiClient<'_>) -> bool {
     if let Some(known) = CATALOG_KNOWN.with(std::cell::Cell::get) {
         return known;
     }
+    let doing = "reading TimescaleDB's catalog columns";
     let known = client
         .select(CATALOG_SQL, Some(1), &[])
-        .expect("reading TimescaleDB's catalog columns")
+        .or_raise(doing)
         .first()
         .get_one::<bool>()
-        .expect("a count")
+        .or_raise(doing)
         .unwrap_or(false);
     CATALOG_KNOWN.with(|k| k.set(Some(known)));
     known
@@ -197,15 +199,15 @@ fn relations(client: &SpiClient<'_>, table: pg_sys::Oid, b: &Bounds) -> Option<V
                 (b.upto_at.into_inner() + PG_EPOCH_US).into(),
             ],
         )
-        .expect("reading TimescaleDB's chunks");
+        .or_raise("reading TimescaleDB's chunks");
     let mut chunks = Vec::new();
     for row in rows {
-        if !row.get::<bool>(3).unwrap().unwrap_or(false) {
+        if !nullable::<bool>(&row, 3, "whether a chunk is readable").unwrap_or(false) {
             return None;
         }
         chunks.push((
-            row.get::<i64>(2).unwrap().unwrap(),
-            row.get::<pg_sys::Oid>(1).unwrap().unwrap(),
+            column::<i64>(&row, 2, "_timescaledb_catalog.dimension_slice.range_start"),
+            column::<pg_sys::Oid>(&row, 1, "pg_class.oid"),
         ));
     }
     // Sorted here, not in SQL: where enable_sort is off, a sort costs the plan enough to be
@@ -345,6 +347,10 @@ pub fn each_event(
 /// Reads columns 1..=values.len() of a tuple as heap_deform_tuple does, but only that far
 /// (an event's metadata, hash and later columns are not touched); false, for
 /// heap_deform_tuple to do it, when the tuple has nulls or a value in an unexpected form.
+///
+/// # Safety
+/// `tuple` is a heap tuple of the relation described by `attrs`, kept in place (its page
+/// pinned) while the returned datums, which point into it, are used.
 unsafe fn deform_prefix(
     tuple: &pg_sys::HeapTupleData,
     attrs: &[pg_sys::FormData_pg_attribute],
