@@ -8,6 +8,7 @@
 //! positions as one consecutive block, hashes in Rust, inserts every event in one statement
 //! and advances each stream's head. ES001/ES002 are raised only once everything Rust holds
 //! is dropped (they leave by longjmp).
+use crate::schema::{column, OrRaise};
 use crate::{context, errors, feed, fold, guc, jsonb, plans, projection_worker, registry};
 use event_store_core::append::{classify, has_duplicate, lock_order, Retry, Stored};
 use event_store_core::chain::{event_hash, Content, GENESIS};
@@ -321,12 +322,14 @@ fn check_batch(
 const CLAIM_SQL: &str =
     "INSERT INTO @extschema@.es_event_ids SELECT pg_catalog.unnest($1::uuid[]) \
     ON CONFLICT DO NOTHING RETURNING event_id";
+// unnest over several arrays is FROM-clause syntax, not a function that could be qualified;
+// the pinned search_path (pg_catalog first) is what resolves it.
 /// The stored events an append's ids name, compared with what the append carries.
 const STORED_SQL: &str = "SELECT b.ord::int, e.event_id, e.stream_id OPERATOR(pg_catalog.=) b.stream \
        AND e.event_type OPERATOR(pg_catalog.=) b.type AND e.event_data OPERATOR(pg_catalog.=) b.data \
        AND e.event_version OPERATOR(pg_catalog.=) b.version, \
        e.stream_id, e.stream_version, e.global_position, e.created_at \
-  FROM pg_catalog.unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[]) \
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[]) \
        WITH ORDINALITY AS b(id, stream, type, data, version, ord) \
   JOIN @extschema@.event_store e ON e.event_id OPERATOR(pg_catalog.=) b.id";
 const INSERT_ONE_SQL: &str = "INSERT INTO @extschema@.event_store (global_position, event_id, \
@@ -334,7 +337,7 @@ const INSERT_ONE_SQL: &str = "INSERT INTO @extschema@.event_store (global_positi
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 const INSERT_MANY_SQL: &str = "INSERT INTO @extschema@.event_store (global_position, event_id, \
     stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
-    SELECT * FROM pg_catalog.unnest($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], \
+    SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], \
     $6::jsonb[], $7::jsonb[], $8::int4[], $9::timestamptz[], $10::bytea[])";
 
 fn arg<T: IntoDatum>(v: T) -> DatumWithOid<'static> {
@@ -401,7 +404,7 @@ fn retries(
             None,
             &[arg(ids.iter().map(|b| uuid(*b)).collect::<Vec<_>>())],
         )
-        .unwrap_or_else(|e| error!("event_store: claiming event ids: {e}"))
+        .or_raise("claiming event ids")
         .len();
     if claimed == ids.len() {
         return Ok((replay, vec![])); // none was claimed before: none is stored
@@ -440,41 +443,31 @@ fn retries(
                 arg(given.iter().map(|(_, e)| e.version).collect::<Vec<_>>()),
             ],
         )
-        .unwrap_or_else(|e| error!("event_store: reading stored event ids: {e}"));
+        .or_raise("reading stored event ids");
     // (entry, ordinal in `given`, stored, row)
     let mut found: Vec<(usize, usize, Stored, Appended, String)> = vec![];
     for row in rows {
-        let get_i64 = |n| row.get::<i64>(n).ok().flatten().unwrap_or_default();
-        let ord = row.get::<i32>(1).ok().flatten().unwrap_or(1) as usize - 1;
-        let id = row
-            .get::<pgrx::Uuid>(2)
-            .ok()
-            .flatten()
-            .map(|u| *u.as_bytes())
-            .unwrap_or_default();
+        let ord = column::<i32>(&row, 1, "ordinality") as usize - 1;
+        let id: pgrx::Uuid = column(&row, 2, "event_store.event_id");
+        let position: i64 = column(&row, 6, "event_store.global_position");
         let entry = given[ord].0;
         let stored = Stored {
-            position: get_i64(6),
-            same_content: row.get::<bool>(3).ok().flatten().unwrap_or(false),
+            position,
+            same_content: column(&row, 3, "the comparison of stored events"),
         };
-        let at = row
-            .get::<TimestampWithTimeZone>(7)
-            .ok()
-            .flatten()
-            .map_or(0, |t| t.into_inner());
-        let stream = row.get::<String>(4).ok().flatten().unwrap_or_default();
+        let at: TimestampWithTimeZone = column(&row, 7, "event_store.created_at");
         found.push((
             entry,
             ord,
             stored,
             Appended {
                 entry,
-                id,
-                version: get_i64(5),
-                position: get_i64(6),
-                at,
+                id: *id.as_bytes(),
+                version: column(&row, 5, "event_store.stream_version"),
+                position,
+                at: at.into_inner(),
             },
-            stream,
+            column(&row, 4, "event_store.stream_id"),
         ));
     }
     found.sort_by_key(|f| f.1);
@@ -754,7 +747,7 @@ impl Insert {
             ];
             client.update(&*plan, None, &args).map(drop)
         };
-        result.unwrap_or_else(|e| error!("event_store: inserting events: {e}"));
+        result.or_raise("inserting events");
     }
 }
 

@@ -8,7 +8,7 @@ use std::cell::Cell;
 
 /// The last position handed out so far (what `nextval` returned last), read without a query.
 fn seq_last() -> i64 {
-    let seq = schema::relation("es_global_position_seq");
+    let seq = schema::relation(c"es_global_position_seq");
     // SAFETY: PostgreSQL's pg_sequence_last_value(regclass), NULL until the first nextval.
     let last = unsafe {
         pgrx::direct_function_call::<i64>(pg_sys::pg_sequence_last_value, &[seq.into_datum()])
@@ -31,7 +31,7 @@ fn seq_last() -> i64 {
 /// preloaded, else a session advisory lock of its own class), so that a consumer sees the
 /// events of one call as one block.
 pub fn allocate(n: i64) -> i64 {
-    let seq = schema::relation("es_global_position_seq");
+    let seq = schema::relation(c"es_global_position_seq");
     // SAFETY: PostgreSQL's nextval(regclass) on the extension's sequence, never NULL.
     let next = || unsafe {
         pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])

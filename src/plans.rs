@@ -1,5 +1,6 @@
 //! SPI plans kept for the life of the backend: planning dominated the cost of the hot
 //! statements (an append's registry updates, a fold's reads).
+use crate::schema::OrRaise;
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::PgOid;
@@ -37,7 +38,7 @@ pub fn kept(
         } else {
             client.prepare(text, &oids)
         };
-        Rc::new(plan.expect("preparing a kept statement").keep())
+        Rc::new(plan.or_raise("preparing a kept statement").keep())
     };
     PLANS.with(|plans| {
         let mut plans = plans.borrow_mut();

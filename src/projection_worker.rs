@@ -3,6 +3,7 @@
 //! a batch of every projection, each in its own transaction, as soon as appends commit (the
 //! appending backend sets its latch, found in shared memory), and otherwise every
 //! `event_store.projection_poll_interval`.
+use crate::schema::OrRaise;
 use crate::{guc, shmem};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
@@ -43,8 +44,8 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
         let databases: Vec<String> = BackgroundWorker::transaction(|| {
             Spi::connect(|c| {
                 c.select("SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate", None, &[])
-                    .expect("listing databases")
-                    .map(|r| r.get::<String>(1).unwrap().unwrap())
+                    .or_raise("listing databases")
+                    .filter_map(|r| r.get::<String>(1).ok().flatten())
                     .collect()
             })
         });
@@ -75,6 +76,7 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
                 // make it fail to connect every few seconds forever. The launcher starts
                 // it again while the database exists.
                 .set_restart_time(None)
+                // SAFETY: the launcher's own pid, set before it started.
                 .set_notify_pid(unsafe { pg_sys::MyProcPid })
                 .load_dynamic()
                 .ok();
@@ -84,6 +86,7 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
             break;
         }
         if BackgroundWorker::sighup_received() {
+            // SAFETY: rereads the configuration files, as a backend does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
     }
@@ -134,6 +137,7 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
     let mut next_pass = Instant::now();
     loop {
         if BackgroundWorker::sighup_received() {
+            // SAFETY: rereads the configuration files, as a backend does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         announce(&mut announced);

@@ -3,6 +3,7 @@
 //!
 //! Rows change only through the functions here: they open a write scope that the registry's
 //! guard trigger checks, so even the table owner cannot edit heads by hand.
+use crate::schema::{column, nullable};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
@@ -46,6 +47,9 @@ v1_function!(pg_finfo__es_guard_registry);
 /// every role, the table owner and superusers included, except the updates made inside this
 /// module's write scope. A C trigger reads the scope directly: no function a caller could
 /// be refused EXECUTE on, and no PL/pgSQL call on every append.
+///
+/// # Safety
+/// Called by PostgreSQL's trigger manager with its TriggerData as context.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_guard_registry(
@@ -104,12 +108,9 @@ pub fn lock(client: &mut SpiClient<'_>, stream_id: &str) -> Head {
         let rows = execute(client, LOCK_SQL, &[TEXTOID], &[stream_id.into()]);
         if let Some(row) = rows.into_iter().next() {
             return Head {
-                version: row.get::<i64>(1).ok().flatten().unwrap_or(0),
-                hash: row.get::<Vec<u8>>(2).ok().flatten(),
-                last_at: row
-                    .get::<TimestampWithTimeZone>(3)
-                    .ok()
-                    .flatten()
+                version: column(&row, 1, "es_streams.version"),
+                hash: nullable(&row, 2, "es_streams.head_hash"),
+                last_at: nullable::<TimestampWithTimeZone>(&row, 3, "es_streams.last_at")
                     .map(|t| t.into_inner()),
             };
         }

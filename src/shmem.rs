@@ -60,6 +60,8 @@ pub fn init() {
     }
 }
 
+/// # Safety
+/// Called by PostgreSQL as its shmem_request_hook, in the postmaster.
 #[pg_guard]
 unsafe extern "C-unwind" fn request() {
     // SAFETY: chained hook, then PostgreSQL's own request call.
@@ -72,6 +74,8 @@ unsafe extern "C-unwind" fn request() {
     }
 }
 
+/// # Safety
+/// Called by PostgreSQL as its shmem_startup_hook, once per process that attaches.
 #[pg_guard]
 unsafe extern "C-unwind" fn startup() {
     // SAFETY: ShmemInitStruct under AddinShmemInitLock, as PostgreSQL documents; zeroed memory
@@ -114,9 +118,12 @@ fn slots(h: &'static Header) -> &'static [Slot] {
 
 /// Registers this backend's transaction with the lowest position it may commit.
 pub fn register(bound: i64) {
-    let h = header().expect("shared memory is available");
+    let Some(h) = header() else {
+        error!("event_store: feed registration in shared memory without preloading");
+    };
     // SAFETY: reads of the backend's own identity.
     let slot = unsafe { &slots(h)[pg_sys::MyBackendId as usize] };
+    // SAFETY: reads of the backend's own identity and the clock.
     unsafe {
         slot.database
             .store(pg_sys::MyDatabaseId.into(), Ordering::SeqCst);
@@ -200,6 +207,8 @@ pub fn register_worker() {
     unsafe { pg_sys::before_shmem_exit(Some(unregister_worker), pg_sys::Datum::from(i)) };
 }
 
+/// # Safety
+/// Called by PostgreSQL at process exit, with the slot index registered above.
 #[pg_guard]
 unsafe extern "C-unwind" fn unregister_worker(_code: i32, slot: pg_sys::Datum) {
     if let Some(h) = header() {

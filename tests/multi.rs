@@ -113,7 +113,8 @@ fn a_multi_stream_append_with_one_wrong_expected_version_writes_nothing() {
     );
     let e = r.unwrap_err();
     assert_eq!(e.code().unwrap().code(), "ES001");
-    assert!(e.to_string().contains("stream a-1"), "{e}");
+    let m = e.as_db_error().unwrap().message().to_string();
+    assert!(m.contains("stream a-1: expected 5, actual 1"), "{m}");
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 1);
     assert_eq!(count(&mut c, "SELECT es_stream_version('a-1')"), 1);
     assert_eq!(
