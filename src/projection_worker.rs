@@ -133,7 +133,7 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
                 EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding'))"
     );
     let mut backoff = Duration::from_millis(1);
-    let mut announced = shmem::to_announce();
+    let mut announced = shmem::to_announce().0;
     let mut next_pass = Instant::now();
     loop {
         if BackgroundWorker::sighup_received() {
@@ -152,12 +152,12 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
     }
 }
 
-/// Sends one NOTIFY for every commit announced since the last one.
-fn announce(announced: &mut i64) {
-    let position = shmem::to_announce();
-    if position > *announced {
+/// Sends one NOTIFY for the commits announced since the last one (`announced` counts them).
+fn announce(announced: &mut u64) {
+    let (commits, position) = shmem::to_announce();
+    if commits != *announced {
         BackgroundWorker::transaction(|| crate::notify::send(position));
-        *announced = position;
+        *announced = commits;
     }
 }
 
@@ -168,7 +168,7 @@ fn pass(
     batch: &str,
     after: &str,
     backoff: &mut Duration,
-    announced: &mut i64,
+    announced: &mut u64,
 ) -> Duration {
     let names: Vec<String> = BackgroundWorker::transaction(|| {
         Spi::connect(|c| {

@@ -3,7 +3,9 @@
 //! role can fake one), and the latches of the projection workers and their launcher.
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering,
+};
 
 /// Databases with a projection worker at once; more are served once others stop.
 const MAX_WORKERS: usize = 256;
@@ -27,6 +29,10 @@ struct Worker {
     wanted: AtomicBool,
     /// The highest position committed appends asked the worker to announce with NOTIFY.
     notify: AtomicI64,
+    /// How many commits asked: a commit below the highest position (it took its position
+    /// before another that committed first) still needs its own NOTIFY, since a listener
+    /// woken earlier stopped below it.
+    commits: AtomicU64,
 }
 
 #[repr(C)]
@@ -200,6 +206,7 @@ pub fn register_worker() {
     };
     let w = &h.workers[i];
     w.notify.store(0, Ordering::SeqCst);
+    w.commits.store(0, Ordering::SeqCst);
     w.wanted.store(true, Ordering::SeqCst);
     w.active.store(true, Ordering::SeqCst);
     w.procno.store(own_procno() + 1, Ordering::SeqCst);
@@ -272,6 +279,7 @@ pub fn announce(position: i64) -> bool {
         return false;
     };
     w.notify.fetch_max(position, Ordering::SeqCst);
+    w.commits.fetch_add(1, Ordering::SeqCst);
     set_latch(w.procno.load(Ordering::SeqCst) - 1);
     true
 }
@@ -283,11 +291,13 @@ pub fn take_wanted() -> bool {
         .is_some_and(|w| w.wanted.swap(false, Ordering::SeqCst))
 }
 
-/// For the worker: the highest position appends asked it to announce (0 for none yet).
-pub fn to_announce() -> i64 {
-    header()
-        .and_then(own_worker)
-        .map_or(0, |w| w.notify.load(Ordering::SeqCst))
+/// For the worker: how many commits asked it to NOTIFY, and the highest position they
+/// committed.
+pub fn to_announce() -> (u64, i64) {
+    header().and_then(own_worker).map_or((0, 0), |w| {
+        let commits = w.commits.load(Ordering::SeqCst);
+        (commits, w.notify.load(Ordering::SeqCst))
+    })
 }
 
 /// Held while an append takes a block of positions; released when dropped, also when an
