@@ -66,7 +66,7 @@ if [ $MDB = 1 ]; then
         bash "$MDB_DIR/package/database/install.sh" >"$RAW/message_db_install.log" 2>&1 \
         || { cat "$RAW/message_db_install.log"; exit 1; }
     es_psql $PORT postgres -q -c "ALTER DATABASE message_store SET search_path = message_store, public"
-    echo "Message DB $(cat "$MDB_DIR/package/database/VERSION.txt") installed in database message_store"
+    echo "Message DB $(sed -n 's/.*"version": *"\(.*\)".*/\1/p' "$MDB_DIR/package/package.json") installed in database message_store"
 fi
 
 sql() { es_psql $PORT es_bench -qtA "$@"; }
