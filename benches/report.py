@@ -101,7 +101,7 @@ r = rate_ratio("state_at/snapshots/100-events", "state_at/snapshots/100000-event
 target("es_state_at with snapshots: 100,000 events <= 2x slower than 100", r, x(r), lambda v: v <= 2)
 
 storage = read("storage.txt")
-per = {s[0]: float(s[-1]) for s in storage}
+per = {s[0]: float(s[-1]) for s in storage if s[-1] != "n/a"}
 r = per["event_store"] / per["bench_floor"] if per.get("bench_floor") and "event_store" in per else None
 target("bytes per event <= 1.5x the floor's", r, x(r), lambda v: v <= 1.5)
 
@@ -131,6 +131,10 @@ if listen:
     missed = {m[0]: int(m[1]) for m in read("missed.txt")}
     for n in listen:
         lines.append(f"| {n} | {tps[n]:,.0f} | {ms(pct(n, 50))} | {ms(pct(n, 95))} | {ms(pct(n, 99))} | {missed.get(n, 0)} |")
+
+failed = [" ".join(f) for f in read("failed.txt")]
+if failed:
+    lines += ["", "## Failed scenarios (no figures)", ""] + [f"- {f}" for f in dict.fromkeys(failed)]
 
 if storage:
     lines += ["", "## Storage", "", "| table | total size | bytes per event |", "|---|---:|---:|"]

@@ -8,6 +8,7 @@
 #   ES_BENCH_OUT=DIR       write the report there instead of benches/results
 #   ES_BENCH_DUR=S         seconds per scenario (split into rounds); ES_BENCH_ROUNDS=N
 #   ES_BENCH_STREAMS=N     streams of 100 events loaded for the es_stream scenario
+#   ES_BENCH_SECTIONS="1 3" run only these numbered sections (storage and the report always)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -81,13 +82,23 @@ bench() {
     local out
     out=$(cd "$RAW" && "$PG_BIN/pgbench" -n -M prepared -h "$ES_RUN_DIR" -p $PORT -U postgres \
         -c "$clients" -j "$clients" -T "$dur" -f "$OLDPWD/benches/scenarios/$script" \
-        --log --log-prefix="$prefix" "$@" "$db" 2>&1) || { echo "$out"; exit 1; }
+        --log --log-prefix="$prefix" "$@" "$db" 2>&1) || {
+        # Recorded, reported and the run's exit status, but the other scenarios still run.
+        echo "$out" | grep -E "error|ERROR|HINT" | head -5
+        echo "$name $(grep -m1 -oE "ERROR: .*" <<<"$out" || echo "pgbench failed")" >>"$RAW/failed.txt"
+        rm -f "$RAW/$prefix".*
+        return 0
+    }
     local tps
     tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out")
     echo "$name $clients $tps" >>"$RAW/tps.txt"
     cat "$RAW/$prefix".* | awk -v n="$name" '{print n, $3}' >>"$RAW/latency.txt"
     rm -f "$RAW/$prefix".*
 }
+
+# Measure steady state, not a load's aftermath (autovacuum, a checkpoint of its writes).
+settle() { sql -c "VACUUM ANALYZE" -c "CHECKPOINT"; }
+want() { [ -z "${ES_BENCH_SECTIONS:-}" ] || [[ " $ES_BENCH_SECTIONS " == *" $1 "* ]]; }
 
 # rounds NAME:SCRIPT[:DB] ... -- CLIENTS [pgbench args]: the systems take turns in $ROUNDS short
 # rounds, each round starting with the next system, so that a burst of noise on this shared
@@ -106,6 +117,7 @@ rounds() {
     done
 }
 
+if want 1; then
 echo "== 1. single-event append, $APPEND_STREAMS user streams in one category, then over 8"
 for c in 1 8; do
     for cats in 1 8; do
@@ -115,18 +127,24 @@ for c in 1 8; do
         rounds "${systems[@]}" -- $c -D streams=$APPEND_STREAMS -D cats=$cats
     done
 done
+fi
 
+if want 2; then
 echo "== 2. batch append, 1,000 events per call to one stream"
 rounds "floor/batch1000/c1:floor_batch.pgbench" "es_append_batch/batch1000/c1:es_append_batch.pgbench" -- 1
+fi
 
-echo "== 2b. multi-stream append, 100 streams x 10 events per call"
+if want 3; then
+echo "== 3. multi-stream append, 100 streams x 10 events per call"
 if [ "$(sql -c "SELECT to_regprocedure('es_append_multi(jsonb)') IS NOT NULL")" = t ]; then
     rounds "floor/multi100x10/c1:floor_multi.pgbench" "es_append_multi/multi100x10/c1:es_append_multi.pgbench" -- 1
 else
     echo "skipped: this event_store has no es_append_multi(jsonb)"
 fi
+fi
 
-echo "== 3. es_stream of a 100-event stream among $STREAMS streams"
+if want 4; then
+echo "== 4. es_stream of a 100-event stream among $STREAMS streams"
 start=$(date +%s)
 # Two loaders (one per core), committing every 1,000 streams.
 load_streams() {
@@ -137,13 +155,13 @@ load_streams() {
 }
 load_streams 1 $((STREAMS / 2)) & load_streams $((STREAMS / 2 + 1)) $STREAMS & wait
 echo "loaded $((STREAMS * 100)) events in $(( $(date +%s) - start ))s"
-# Measure steady state, not the load's aftermath (autovacuum, a checkpoint of its writes).
-settle() { sql -c "VACUUM ANALYZE" -c "CHECKPOINT"; }
 settle
 bench "es_stream/100-of-$((STREAMS * 100))/c1" es_stream.pgbench 1 -D streams=$STREAMS
 bench "es_stream/100-of-$((STREAMS * 100))/c8" es_stream.pgbench 8 -D streams=$STREAMS
+fi
 
-echo "== 4. es_state_at with reducers: with snapshots, without, and as a PL/pgSQL loop"
+if want 5; then
+echo "== 5. es_state_at with reducers: with snapshots, without, and as a PL/pgSQL loop"
 for n in 100 10000 100000; do
     # Appended 50 at a time with automatic snapshots every 100 events (the default).
     sql -c "SET event_store.snapshot_every = 100" -c "SELECT bench_load_user_stream('fold-$n', $n, 50)" >/dev/null
@@ -154,9 +172,11 @@ for n in 100 10000 100000; do
         $([ $n = 10000 ] && echo "state_at/read-only/$n-events:state_read.pgbench") \
         "state_at/plpgsql/$n-events:state_plpgsql.pgbench" -- 1 -D stream=fold-$n
 done
+fi
 
+if want 6; then
 settle
-echo "== 5. projection lag, commit to projected row, at a steady 500 events/s"
+echo "== 6. projection lag, commit to projected row, at a steady 500 events/s"
 # The handler records how long after the event's created_at (taken just before its commit)
 # its row was projected; the worker is woken by the commit.
 sql -c "CREATE ROLE es_bench_projector; GRANT event_store_reader TO es_bench_projector;
@@ -177,8 +197,10 @@ sleep 2
 sql -F ' ' -c "SELECT 'projection_lag/500-events-per-s', lag_us FROM bench_lag" >>"$RAW/latency.txt"
 echo "projection_lag/500-events-per-s 0 $(sql -c "SELECT count(*) / $DUR.0 FROM bench_lag")" >>"$RAW/tps.txt"
 sql -c "SELECT 'projected ' || count(*) || ' events, lag p95 ' || round((percentile_cont(0.95) WITHIN GROUP (ORDER BY lag_us) / 1000.0)::numeric, 2) || ' ms' FROM bench_lag"
+fi
 
-echo "== 5b. listener wake-up, commit of an append to a LISTEN event_store client, 200 appends/s"
+if want 7; then
+echo "== 7. listener wake-up, commit of an append to a LISTEN event_store client, 200 appends/s"
 if python3 -c "import psycopg2" 2>/dev/null; then
     python3 benches/listen_probe.py "$ES_RUN_DIR" $PORT es_bench listen/idle 200 $DUR "$RAW"
     # The same while 8 clients append as fast as they can (their notifications queue too).
@@ -191,17 +213,21 @@ if python3 -c "import psycopg2" 2>/dev/null; then
 else
     echo "skipped: no psycopg2"
 fi
+fi
 
-echo "== 6. storage"
+echo "== 8. storage"
 sql -F ' ' -c "
-    SELECT t, pg_size_pretty(bytes), round(bytes::numeric / rows, 1)
+    SELECT t, pg_size_pretty(bytes), coalesce(round(bytes::numeric / nullif(rows, 0), 1)::text, 'n/a')
       FROM (SELECT 'event_store' AS t, (SELECT count(*) FROM event_store) AS rows, bench_bytes('event_store') AS bytes
             UNION ALL
             SELECT 'bench_floor', (SELECT count(*) FROM bench_floor), bench_bytes('bench_floor')) s" >"$RAW/storage.txt"
 [ $MDB = 1 ] && es_psql $PORT message_store -qtA -F ' ' -c "
-    SELECT 'message_db', pg_size_pretty(b), round(b::numeric / greatest(n, 1), 1)
+    SELECT 'message_db', pg_size_pretty(b), coalesce(round(b::numeric / nullif(n, 0), 1)::text, 'n/a')
       FROM (SELECT count(*) AS n, pg_total_relation_size('message_store.messages') AS b FROM message_store.messages) s" >>"$RAW/storage.txt"
 cat "$RAW/storage.txt"
 
 python3 benches/report.py "$RAW" "$OUT" "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, PostgreSQL 15, ${PRELOAD:-no} TimescaleDB, fsync on, ${DUR}s per scenario in $ROUNDS rounds"
 echo "== wrote $OUT/latest.md"
+if [ -s "$RAW/failed.txt" ]; then
+    echo "== FAILED scenarios:"; cat "$RAW/failed.txt"; exit 1
+fi
