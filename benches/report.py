@@ -125,12 +125,17 @@ listen = [n for n in tps if n.startswith("listen/")]
 if listen:
     lines += ["", "## Listener wake-up", "",
               "From an append's commit (the writer's call returned) to a client that LISTENs on",
-              "`event_store` holding the notification, at 200 appends/s; a notification can arrive",
-              "just before the writer reads its reply, hence latencies near or below zero.", "",
-              "| run | appends/s | p50 ms | p95 ms | p99 ms | notifications lost |", "|---|---:|---:|---:|---:|---:|"]
-    missed = {m[0]: int(m[1]) for m in read("missed.txt")}
+              "`event_store` reading a notification that covers it (payload >= its position; one",
+              "notification may cover several commits), at 200 appends/s. *Early*: covered by a",
+              "notification read before the call returned (negative latency): one that beat the",
+              "writer to its reply, or one announcing a later commit before this one committed.",
+              "*Never*: appends no notification covered before the probe stopped (1 s after the last).", "",
+              "| run | appends/s | notifications | p50 ms | p95 ms | p99 ms | early | never |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    stats = {l[0]: l[1:] for l in read("listen.txt")}
     for n in listen:
-        lines.append(f"| {n} | {tps[n]:,.0f} | {ms(pct(n, 50))} | {ms(pct(n, 95))} | {ms(pct(n, 99))} | {missed.get(n, 0)} |")
+        got, never, early = stats.get(n, ["?", "?", "?"])
+        lines.append(f"| {n} | {tps[n]:,.0f} | {got} | {ms(pct(n, 50))} | {ms(pct(n, 95))} | {ms(pct(n, 99))} | {early} | {never} |")
 
 failed = [" ".join(f) for f in read("failed.txt")]
 if failed:
