@@ -5,7 +5,8 @@
 # Writes benches/results/latest.md (and latest.png when matplotlib is available).
 # Environment knobs (for trying the script out; a committed result uses none of them):
 #   ES_BENCH_NO_INSTALL=1  skip scripts/setup.sh and building/installing the extension
-#   ES_BENCH_OUT=DIR       write the report there instead of benches/results
+#   ES_BENCH_OUT=DIR       write the report there instead of benches/results, with the raw
+#                          figures in DIR/raw (python3 benches/report.py DIR/raw DIR "...")
 #   ES_BENCH_DUR=S         seconds per scenario (split into rounds); ES_BENCH_ROUNDS=N
 #   ES_BENCH_STREAMS=N     streams of 100 events loaded for the es_stream scenario
 #   ES_BENCH_SECTIONS="1 3" run only these numbered sections (storage and the report always)
@@ -228,6 +229,7 @@ cat "$RAW/storage.txt"
 
 python3 benches/report.py "$RAW" "$OUT" "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, PostgreSQL 15, ${PRELOAD:-no} TimescaleDB, fsync on, ${DUR}s per scenario in $ROUNDS rounds"
 echo "== wrote $OUT/latest.md"
+[ "$OUT" != benches/results ] && rm -rf "$OUT/raw" && cp -r "$RAW" "$OUT/raw"
 if [ -s "$RAW/failed.txt" ]; then
     echo "== FAILED scenarios:"; cat "$RAW/failed.txt"; exit 1
 fi
