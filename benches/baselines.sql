@@ -23,40 +23,22 @@ CREATE INDEX ON bench_handed (stream_id, created_at);
 CREATE INDEX ON bench_handed (event_type, created_at);
 CREATE INDEX ON bench_handed (created_at);
 
--- category-lock design, written from the description of Message DB: an advisory lock per
--- category, read the stream's current position, compare, insert.
-CREATE SEQUENCE bench_catlock_seq;
-CREATE TABLE bench_catlock (
-    global_position bigint NOT NULL DEFAULT nextval('bench_catlock_seq'), position bigint NOT NULL,
-    time timestamptz NOT NULL DEFAULT clock_timestamp(), stream_name text NOT NULL, type text NOT NULL,
-    data jsonb, metadata jsonb, id uuid NOT NULL);
-CREATE UNIQUE INDEX ON bench_catlock (global_position);
-CREATE UNIQUE INDEX ON bench_catlock (stream_name, position);
-CREATE UNIQUE INDEX ON bench_catlock (id);
-CREATE INDEX ON bench_catlock (split_part(stream_name, '-', 1), global_position);
-
-CREATE FUNCTION bench_catlock_write(id uuid, stream_name text, type text, data jsonb,
-                                    metadata jsonb DEFAULT NULL, expected_version bigint DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    v bigint;
-BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext(split_part(stream_name, '-', 1)));
-    SELECT max(c.position) INTO v FROM bench_catlock c WHERE c.stream_name = bench_catlock_write.stream_name;
-    v := coalesce(v, -1);
-    IF expected_version IS NOT NULL AND expected_version <> v THEN
-        RAISE EXCEPTION 'Wrong expected version: % (Stream: %, Stream Version: %)', expected_version, stream_name, v;
-    END IF;
-    INSERT INTO bench_catlock (position, stream_name, type, data, metadata, id)
-    VALUES (v + 1, stream_name, type, data, metadata, id);
-    RETURN v + 1;
-END $$;
-
 -- A 1,000-event batch, prepared once so that building it is not measured.
 CREATE TABLE bench_payload AS
 SELECT jsonb_agg(jsonb_build_object('type', 'ItemAdded', 'data',
            jsonb_build_object('sku', 'sku-' || i, 'qty', i % 5 + 1, 'price', 9.99))) AS events
   FROM generate_series(1, 1000) AS i;
+
+-- 100 multi-stream appends for es_append_multi, each 100 streams x 10 events (1,000 rows),
+-- prepared once; a call picks one at random, so 10,000 streams get 10 events per pick.
+CREATE TABLE bench_multi_payload AS
+SELECT p AS id, jsonb_agg(jsonb_build_object('stream_id', 'multi-' || (p * 100 + s), 'events', (
+           SELECT jsonb_agg(jsonb_build_object('type', 'ItemAdded', 'data',
+                      jsonb_build_object('sku', 'sku-' || i, 'qty', i % 5 + 1, 'price', 9.99)) ORDER BY i)
+             FROM generate_series(1, 10) AS i)) ORDER BY s) AS appends
+  FROM generate_series(1, 100) AS p, generate_series(1, 100) AS s
+ GROUP BY p;
+ALTER TABLE bench_multi_payload ADD PRIMARY KEY (id);
 
 -- The same fold as es_state_at, as a PL/pgSQL loop (events here are flat objects without
 -- nulls, for which jsonb || is exactly JSON Merge Patch).

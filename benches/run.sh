@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# Benchmarks event_store against baselines measured in the same run on the same cluster.
+# Benchmarks event_store against baselines measured in the same run on the same cluster:
+# a plain INSERT of the same row (the floor), the handed design, and Message DB.
 #   bash benches/run.sh [--quick] [--no-timescaledb]
 # Writes benches/results/latest.md (and latest.png when matplotlib is available).
+# Environment knobs (for trying the script out; a committed result uses none of them):
+#   ES_BENCH_NO_INSTALL=1  skip scripts/setup.sh and building/installing the extension
+#   ES_BENCH_OUT=DIR       write the report there instead of benches/results, with the raw
+#                          figures in DIR/raw (python3 benches/report.py DIR/raw DIR "...")
+#   ES_BENCH_DUR=S         seconds per scenario (split into rounds); ES_BENCH_ROUNDS=N
+#   ES_BENCH_STREAMS=N     streams of 100 events loaded for the es_stream scenario
+#   ES_BENCH_SECTIONS="1 3" run only these numbered sections (storage and the report always)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -14,38 +22,74 @@ for arg in "$@"; do
         *) echo "usage: $0 [--quick] [--no-timescaledb]" >&2; exit 2 ;;
     esac
 done
-if [ $QUICK = 1 ]; then DUR=5; STREAMS=10000; else DUR=30; STREAMS=100000; fi
-ROUNDS=5
+if [ $QUICK = 1 ]; then DUR=6; ROUNDS=3; STREAMS=10000; else DUR=30; ROUNDS=5; STREAMS=100000; fi
+DUR=${ES_BENCH_DUR:-$DUR}
+ROUNDS=${ES_BENCH_ROUNDS:-$ROUNDS}
+STREAMS=${ES_BENCH_STREAMS:-$STREAMS}
+ROUND_DUR=$(( DUR / ROUNDS > 0 ? DUR / ROUNDS : 1 ))
+APPEND_STREAMS=10000   # user streams of the single-event appends
 PORT=54330
-OUT=benches/results
+OUT=${ES_BENCH_OUT:-benches/results}
+MDB_DIR=${ES_MESSAGE_DB_DIR:-/var/tmp/event_store-message-db}
 RAW=$(mktemp -d)
 trap 'rm -rf "$RAW"' EXIT
 
-bash scripts/setup.sh >/dev/null
+if [ "${ES_BENCH_NO_INSTALL:-}" != 1 ]; then
+    bash scripts/setup.sh >/dev/null
+fi
 python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install --quiet matplotlib || echo "no matplotlib: the chart is skipped"
-echo "== building and installing the extension (release)"
-install_extension
+python3 -c "import psycopg2" 2>/dev/null || python3 -m pip install --quiet psycopg2-binary || echo "no psycopg2: the listener probe is skipped"
+
+# Message DB, the real thing: its npm package holds the SQL and the installer. Cached outside
+# the repository; an unreachable registry only skips the Message DB scenarios.
+MDB=0
+if [ ! -f "$MDB_DIR/package/database/install.sh" ] && command -v npm >/dev/null; then
+    mkdir -p "$MDB_DIR"
+    (cd "$MDB_DIR" && tgz=$(npm pack --silent @eventide/message-db@1.3) && tar -xzf "$tgz") \
+        || echo "could not fetch Message DB with npm"
+fi
+[ -f "$MDB_DIR/package/database/install.sh" ] && MDB=1 || echo "no Message DB: its scenarios are skipped"
+
+if [ "${ES_BENCH_NO_INSTALL:-}" != 1 ]; then
+    echo "== building and installing the extension (release)"
+    install_extension
+fi
 cluster_stop bench
 cluster_start bench $PORT "${PRELOAD:+$PRELOAD,}event_store" "max_worker_processes = 32"
 trap 'rm -rf "$RAW"; cluster_stop bench' EXIT
-es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench WITH (FORCE)" -c "DROP ROLE IF EXISTS es_bench_projector" \
-    -c "CREATE DATABASE es_bench"
+es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench WITH (FORCE)" -c "DROP DATABASE IF EXISTS message_store WITH (FORCE)" \
+    -c "DROP ROLE IF EXISTS es_bench_projector" -c "CREATE DATABASE es_bench"
 [ -n "$PRELOAD" ] && es_psql $PORT es_bench -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
 es_psql $PORT es_bench -q -c "CREATE EXTENSION event_store" -f benches/baselines.sql
+if [ $MDB = 1 ]; then
+    # Its own installer, into its own database (message_store) of this cluster; as its
+    # functions call each other unqualified, that database searches its schema first.
+    PATH="$PG_BIN:$PATH" PGHOST="$ES_RUN_DIR" PGPORT=$PORT PGUSER=postgres DATABASE_NAME=message_store \
+        bash "$MDB_DIR/package/database/install.sh" >"$RAW/message_db_install.log" 2>&1 \
+        || { cat "$RAW/message_db_install.log"; exit 1; }
+    es_psql $PORT postgres -q -c "ALTER DATABASE message_store SET search_path = message_store, public"
+    echo "Message DB $(sed -n 's/.*"version": *"\(.*\)".*/\1/p' "$MDB_DIR/package/package.json") installed in database message_store"
+fi
 
 sql() { es_psql $PORT es_bench -qtA "$@"; }
 
 # bench NAME SCRIPT CLIENTS [extra pgbench args]: appends "name clients tps" and a latency log;
-# runs for $BENCH_DUR seconds when set, else $DUR. A name measured in several rounds gets the
-# mean of their rates (report.py).
+# runs for $BENCH_DUR seconds when set, else $DUR, against database $BENCH_DB (es_bench). A name
+# measured in several rounds gets the mean of their rates (report.py).
 bench() {
     local name=$1 script=$2 clients=$3; shift 3
-    local prefix=${name//\//_} dur=${BENCH_DUR:-$DUR}
+    local prefix=${name//\//_} dur=${BENCH_DUR:-$DUR} db=${BENCH_DB:-es_bench}
     echo "-- $name, $clients client(s), ${dur}s"
     local out
     out=$(cd "$RAW" && "$PG_BIN/pgbench" -n -M prepared -h "$ES_RUN_DIR" -p $PORT -U postgres \
         -c "$clients" -j "$clients" -T "$dur" -f "$OLDPWD/benches/scenarios/$script" \
-        --log --log-prefix="$prefix" "$@" es_bench 2>&1) || { echo "$out"; exit 1; }
+        --log --log-prefix="$prefix" "$@" "$db" 2>&1) || {
+        # Recorded, reported and the run's exit status, but the other scenarios still run.
+        echo "$out" | grep -E "error|ERROR|HINT" | head -5
+        echo "$name $(grep -m1 -oE "ERROR: .*" <<<"$out" || echo "pgbench failed")" >>"$RAW/failed.txt"
+        rm -f "$RAW/$prefix".*
+        return 0
+    }
     local tps
     tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out")
     echo "$name $clients $tps" >>"$RAW/tps.txt"
@@ -53,22 +97,55 @@ bench() {
     rm -f "$RAW/$prefix".*
 }
 
-echo "== 1. single-event append"
+# Measure steady state, not a load's aftermath (autovacuum, a checkpoint of its writes).
+settle() { sql -c "VACUUM ANALYZE" -c "CHECKPOINT"; }
+want() { [ -z "${ES_BENCH_SECTIONS:-}" ] || [[ " $ES_BENCH_SECTIONS " == *" $1 "* ]]; }
+
+# rounds NAME:SCRIPT[:DB] ... -- CLIENTS [pgbench args]: the systems take turns in $ROUNDS short
+# rounds, each round starting with the next system, so that a burst of noise on this shared
+# machine falls on all of them alike rather than on whichever ran at the time.
+rounds() {
+    local systems=()
+    while [ "$1" != -- ]; do systems+=("$1"); shift; done
+    shift
+    local clients=$1; shift
+    local n=${#systems[@]} round i name script db
+    for ((round = 0; round < ROUNDS; round++)); do
+        for ((i = 0; i < n; i++)); do
+            IFS=: read -r name script db <<<"${systems[(round + i) % n]}"
+            BENCH_DUR=$ROUND_DUR BENCH_DB=${db:-es_bench} bench "$name" "$script" "$clients" "$@"
+        done
+    done
+}
+
+if want 1; then
+echo "== 1. single-event append, $APPEND_STREAMS user streams in one category, then over 8"
 for c in 1 8; do
-    bench "floor/spread/c$c" floor.pgbench $c
-    bench "handed/spread/c$c" handed.pgbench $c
-    bench "catlock/spread/c$c" catlock.pgbench $c
-    bench "es_append/spread/c$c" es_append.pgbench $c
-    bench "floor/one-stream/c$c" floor_one.pgbench $c
-    bench "catlock/one-stream/c$c" catlock_one.pgbench $c
-    bench "es_append/one-stream/c$c" es_append_one.pgbench $c
+    for cats in 1 8; do
+        layout=$([ $cats = 1 ] && echo one-category || echo 8-categories)
+        systems=("floor/$layout/c$c:floor.pgbench" "handed/$layout/c$c:handed.pgbench" "es_append/$layout/c$c:es_append.pgbench")
+        [ $MDB = 1 ] && systems+=("message_db/$layout/c$c:message_db.pgbench:message_store")
+        rounds "${systems[@]}" -- $c -D streams=$APPEND_STREAMS -D cats=$cats
+    done
 done
+fi
 
-echo "== 2. batch append, 1,000 events per call"
-bench "floor/batch1000/c1" floor_batch.pgbench 1
-bench "es_append_batch/batch1000/c1" es_append_batch.pgbench 1
+if want 2; then
+echo "== 2. batch append, 1,000 events per call to one stream"
+rounds "floor/batch1000/c1:floor_batch.pgbench" "es_append_batch/batch1000/c1:es_append_batch.pgbench" -- 1
+fi
 
-echo "== 3. es_stream of a 100-event stream among $STREAMS streams"
+if want 3; then
+echo "== 3. multi-stream append, 100 streams x 10 events per call"
+if [ "$(sql -c "SELECT to_regprocedure('es_append_multi(jsonb)') IS NOT NULL")" = t ]; then
+    rounds "floor/multi100x10/c1:floor_multi.pgbench" "es_append_multi/multi100x10/c1:es_append_multi.pgbench" -- 1
+else
+    echo "skipped: this event_store has no es_append_multi(jsonb)"
+fi
+fi
+
+if want 4; then
+echo "== 4. es_stream of a 100-event stream among $STREAMS streams"
 start=$(date +%s)
 # Two loaders (one per core), committing every 1,000 streams.
 load_streams() {
@@ -79,30 +156,28 @@ load_streams() {
 }
 load_streams 1 $((STREAMS / 2)) & load_streams $((STREAMS / 2 + 1)) $STREAMS & wait
 echo "loaded $((STREAMS * 100)) events in $(( $(date +%s) - start ))s"
-# Measure steady state, not the load's aftermath (autovacuum, a checkpoint of its writes).
-settle() { sql -c "VACUUM ANALYZE" -c "CHECKPOINT"; }
 settle
 bench "es_stream/100-of-$((STREAMS * 100))/c1" es_stream.pgbench 1 -D streams=$STREAMS
 bench "es_stream/100-of-$((STREAMS * 100))/c8" es_stream.pgbench 8 -D streams=$STREAMS
+fi
 
-echo "== 4. es_state_at with reducers: with snapshots, without, and as a PL/pgSQL loop"
+if want 5; then
+echo "== 5. es_state_at with reducers: with snapshots, without, and as a PL/pgSQL loop"
 for n in 100 10000 100000; do
     # Appended 50 at a time with automatic snapshots every 100 events (the default).
     sql -c "SET event_store.snapshot_every = 100" -c "SELECT bench_load_user_stream('fold-$n', $n, 50)" >/dev/null
     bench "state_at/snapshots/$n-events" state_snapshots.pgbench 1 -D stream=fold-$n -D n=$n
     sql -c "SELECT es_drop_snapshots('fold-$n')" >/dev/null
-    # The fold and its baselines alternate in short rounds, so that a burst of noise on this
-    # shared machine falls on all of them alike rather than on whichever ran at the time.
-    for ((round = 0; round < ROUNDS; round++)); do
-        BENCH_DUR=$((DUR / ROUNDS)) bench "state_at/rust/$n-events" state_rust.pgbench 1 -D stream=fold-$n
-        # What any fold pays before folding: reading the stream in order.
-        [ $n = 10000 ] && BENCH_DUR=$((DUR / ROUNDS)) bench "state_at/read-only/$n-events" state_read.pgbench 1 -D stream=fold-$n
-        BENCH_DUR=$((DUR / ROUNDS)) bench "state_at/plpgsql/$n-events" state_plpgsql.pgbench 1 -D stream=fold-$n
-    done
+    # What any fold pays before folding: reading the stream in order (at 10,000 events).
+    rounds "state_at/rust/$n-events:state_rust.pgbench" \
+        $([ $n = 10000 ] && echo "state_at/read-only/$n-events:state_read.pgbench") \
+        "state_at/plpgsql/$n-events:state_plpgsql.pgbench" -- 1 -D stream=fold-$n
 done
+fi
 
+if want 6; then
 settle
-echo "== 5. projection lag, commit to projected row, at a steady 500 events/s"
+echo "== 6. projection lag, commit to projected row, at a steady 500 events/s"
 # The handler records how long after the event's created_at (taken just before its commit)
 # its row was projected; the worker is woken by the commit.
 sql -c "CREATE ROLE es_bench_projector; GRANT event_store_reader TO es_bench_projector;
@@ -123,14 +198,38 @@ sleep 2
 sql -F ' ' -c "SELECT 'projection_lag/500-events-per-s', lag_us FROM bench_lag" >>"$RAW/latency.txt"
 echo "projection_lag/500-events-per-s 0 $(sql -c "SELECT count(*) / $DUR.0 FROM bench_lag")" >>"$RAW/tps.txt"
 sql -c "SELECT 'projected ' || count(*) || ' events, lag p95 ' || round((percentile_cont(0.95) WITHIN GROUP (ORDER BY lag_us) / 1000.0)::numeric, 2) || ' ms' FROM bench_lag"
+fi
 
-echo "== 6. storage"
+if want 7; then
+echo "== 7. listener wake-up, commit of an append to a LISTEN event_store client, 200 appends/s"
+if python3 -c "import psycopg2" 2>/dev/null; then
+    python3 benches/listen_probe.py "$ES_RUN_DIR" $PORT es_bench listen/idle 200 $DUR "$RAW"
+    # The same while 8 clients append as fast as they can (their notifications queue too).
+    (cd "$RAW" && "$PG_BIN/pgbench" -n -M prepared -h "$ES_RUN_DIR" -p $PORT -U postgres -c 8 -j 8 -T $((DUR + 2)) \
+        -f "$OLDPWD/benches/scenarios/es_append.pgbench" -D streams=$APPEND_STREAMS -D cats=8 es_bench >/dev/null 2>&1) &
+    load=$!
+    sleep 1
+    python3 benches/listen_probe.py "$ES_RUN_DIR" $PORT es_bench listen/under-8-appenders 200 $DUR "$RAW"
+    wait $load
+else
+    echo "skipped: no psycopg2"
+fi
+fi
+
+echo "== 8. storage"
 sql -F ' ' -c "
-    SELECT t, pg_size_pretty(bytes), round(bytes::numeric / rows, 1)
+    SELECT t, pg_size_pretty(bytes), coalesce(round(bytes::numeric / nullif(rows, 0), 1)::text, 'n/a')
       FROM (SELECT 'event_store' AS t, (SELECT count(*) FROM event_store) AS rows, bench_bytes('event_store') AS bytes
             UNION ALL
             SELECT 'bench_floor', (SELECT count(*) FROM bench_floor), bench_bytes('bench_floor')) s" >"$RAW/storage.txt"
+[ $MDB = 1 ] && es_psql $PORT message_store -qtA -F ' ' -c "
+    SELECT 'message_db', pg_size_pretty(b), coalesce(round(b::numeric / nullif(n, 0), 1)::text, 'n/a')
+      FROM (SELECT count(*) AS n, pg_total_relation_size('message_store.messages') AS b FROM message_store.messages) s" >>"$RAW/storage.txt"
 cat "$RAW/storage.txt"
 
-python3 benches/report.py "$RAW" "$OUT" "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, PostgreSQL 15, ${PRELOAD:-no} TimescaleDB, fsync on, ${DUR}s per scenario"
+python3 benches/report.py "$RAW" "$OUT" "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, PostgreSQL 15, ${PRELOAD:-no} TimescaleDB, fsync on, ${DUR}s per scenario in $ROUNDS rounds"
 echo "== wrote $OUT/latest.md"
+[ "$OUT" != benches/results ] && rm -rf "$OUT/raw" && cp -r "$RAW" "$OUT/raw"
+if [ -s "$RAW/failed.txt" ]; then
+    echo "== FAILED scenarios:"; cat "$RAW/failed.txt"; exit 1
+fi
