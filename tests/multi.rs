@@ -23,13 +23,18 @@ fn batch(n: usize, tag: usize) -> Value {
 #[test]
 fn batches_from_concurrent_writers_take_consecutive_positions() {
     let db = Arc::new(TestDb::new("batch_positions"));
+    // Large batches: the longer a block takes to allocate, the likelier another writer
+    // would take positions in the middle of it without the allocation lock.
     let calls = race(&db, 8, |w, c| {
-        (0..15)
+        (0..8)
             .map(|k| {
                 let rows = c
                     .query(
                         "SELECT global_position FROM es_append_batch($1, $2)",
-                        &[&format!("w{w}-{}", k % 3), &batch(2 + (w + k) % 9, w)],
+                        &[
+                            &format!("w{w}-{}", k % 3),
+                            &batch(300 + 37 * ((w + k) % 5), w),
+                        ],
                     )
                     .unwrap();
                 rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()
@@ -272,17 +277,18 @@ fn multi_stream_appends_in_opposite_orders_never_deadlock() {
 #[test]
 fn multi_stream_appends_from_concurrent_writers_take_consecutive_positions() {
     let db = Arc::new(TestDb::new("multi_positions"));
-    let calls = race(&db, 6, |w, c| {
-        (0..10)
+    // As for batches: many calls of many events, so that writers allocate at the same time.
+    let calls = race(&db, 8, |w, c| {
+        (0..40)
             .map(|k| {
-                let names: Vec<String> = (0..5)
+                let names: Vec<String> = (0..10)
                     .map(|s| format!("m{}-{}", (w + s + k) % 7, s))
                     .collect();
                 let streams: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
                 let rows = c
                     .query(
                         "SELECT global_position FROM es_append_multi($1)",
-                        &[&multi(&streams, 3)],
+                        &[&multi(&streams, 30)],
                     )
                     .unwrap();
                 rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()
@@ -290,13 +296,13 @@ fn multi_stream_appends_from_concurrent_writers_take_consecutive_positions() {
             .collect::<Vec<_>>()
     });
     for positions in calls.iter().flatten() {
-        assert_eq!(positions.len(), 15);
+        assert_eq!(positions.len(), 300);
         assert_consecutive(positions);
     }
     let mut c = db.connect();
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM event_store"),
-        6 * 10 * 15
+        8 * 40 * 300
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
 }
