@@ -13,7 +13,8 @@ BEGIN
 END
 $$;
 
--- es_streams' guard lets through only the updates es_append makes (src/registry.rs).
+-- es_streams' guard refuses every UPDATE, DELETE and TRUNCATE: appends advance its rows
+-- directly, without SQL and so without triggers (src/registry.rs).
 CREATE FUNCTION _es_guard_registry() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', '_es_guard_registry';
 

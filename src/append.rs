@@ -597,7 +597,7 @@ fn append(entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> 
             }
             new.execute(client);
             for (i, _, version, at, last, hash) in &written {
-                registry::advance(client, &entries[*i].stream_id, *version, *at, *last, hash);
+                registry::advance(&heads[*i], *version, *at, *last, hash);
             }
         }
         rows.sort_by_key(|r| r.entry);

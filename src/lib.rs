@@ -26,6 +26,7 @@ mod diff;
 mod errors;
 mod feed;
 mod fold;
+mod guards;
 mod guc;
 mod ids;
 mod integrity;

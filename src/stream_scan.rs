@@ -4,6 +4,7 @@
 //! TimescaleDB's catalog). Where this reading could differ from what a query would see (row
 //! level security, column-only privileges, compressed chunks, a missing index) it declines,
 //! and the caller folds through SQL instead.
+use crate::guards::{IndexScan, Registered};
 use crate::jsonb::{self, Jsonb};
 use crate::schema::{column, nullable, OrRaise};
 use event_store_core::time::PG_EPOCH_US;
@@ -45,16 +46,6 @@ impl Drop for Source {
     }
 }
 
-/// A snapshot registered for the scan, unregistered when dropped.
-struct Registered(pg_sys::Snapshot);
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        // SAFETY: registered by `each_event`, unregistered once.
-        unsafe { pg_sys::UnregisterSnapshot(self.0) };
-    }
-}
-
 /// A memory context of the scan's own, deleted when dropped.
 struct OwnedContext(pg_sys::MemoryContext);
 
@@ -83,16 +74,6 @@ impl Drop for Switched {
     fn drop(&mut self) {
         // SAFETY: see `to`.
         unsafe { pg_sys::CurrentMemoryContext = self.0 };
-    }
-}
-
-/// An index scan, ended when dropped.
-struct IndexScan(pg_sys::IndexScanDesc);
-
-impl Drop for IndexScan {
-    fn drop(&mut self) {
-        // SAFETY: begun by `scan`, ended once.
-        unsafe { pg_sys::index_endscan(self.0) };
     }
 }
 

@@ -1,0 +1,78 @@
+//! RAII guards for PostgreSQL resources held across Rust code: released when dropped, also
+//! when an error unwinds through them.
+use pgrx::pg_sys;
+
+/// A relation (table or index) opened with a lock; closing keeps the lock to the end of the
+/// transaction, as a query does.
+pub struct Opened(pub pg_sys::Relation);
+
+impl Opened {
+    /// # Safety
+    /// Inside a transaction; `relid` names a table.
+    pub unsafe fn table(relid: pg_sys::Oid, lock: u32) -> Opened {
+        // SAFETY: as the caller promises; table_open raises when the relation is gone.
+        Opened(unsafe { pg_sys::table_open(relid, lock as i32) })
+    }
+
+    /// # Safety
+    /// Inside a transaction; `relid` names an index.
+    pub unsafe fn index(relid: pg_sys::Oid, lock: u32) -> Opened {
+        // SAFETY: as the caller promises.
+        Opened(unsafe { pg_sys::index_open(relid, lock as i32) })
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        // SAFETY: opened by `table` or `index`, closed once; relation_close closes both kinds.
+        unsafe { pg_sys::relation_close(self.0, pg_sys::NoLock as i32) };
+    }
+}
+
+/// A registered snapshot, unregistered when dropped.
+pub struct Registered(pub pg_sys::Snapshot);
+
+impl Registered {
+    /// # Safety
+    /// `snapshot` is a valid snapshot (from GetLatestSnapshot, GetTransactionSnapshot...).
+    pub unsafe fn new(snapshot: pg_sys::Snapshot) -> Registered {
+        // SAFETY: as the caller promises.
+        Registered(unsafe { pg_sys::RegisterSnapshot(snapshot) })
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // SAFETY: registered by `new`, unregistered once.
+        unsafe { pg_sys::UnregisterSnapshot(self.0) };
+    }
+}
+
+/// An index scan, ended when dropped.
+pub struct IndexScan(pub pg_sys::IndexScanDesc);
+
+impl Drop for IndexScan {
+    fn drop(&mut self) {
+        // SAFETY: begun with index_beginscan by the owner of this guard, ended once.
+        unsafe { pg_sys::index_endscan(self.0) };
+    }
+}
+
+/// A tuple slot of a table's row type, dropped (and its buffer pin released) when dropped.
+pub struct Slot(pub *mut pg_sys::TupleTableSlot);
+
+impl Slot {
+    /// # Safety
+    /// `rel` is an open table.
+    pub unsafe fn of(rel: pg_sys::Relation) -> Slot {
+        // SAFETY: as the caller promises; the slot lives in the current memory context.
+        Slot(unsafe { pg_sys::table_slot_create(rel, std::ptr::null_mut()) })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // SAFETY: created by `of`, dropped once.
+        unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.0) };
+    }
+}
