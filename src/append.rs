@@ -197,13 +197,14 @@ impl Stamp {
 /// The parts of one event as given, checked in the order the documentation gives: id, version,
 /// then type, data, metadata, version, size and depth.
 struct Given {
-    id: Option<pg_sys::Datum>,
+    id: Option<[u8; 16]>,
     event_type: Option<String>,
     data: Option<pg_sys::Datum>,
     /// `"null"` for SQL NULL data of a single append, `"missing"` for a batch's absent key.
     absent_data: &'static str,
     metadata: Option<pg_sys::Datum>,
-    version: Option<pg_sys::Datum>,
+    /// NULL (or absent) means 1.
+    version: Option<i32>,
 }
 
 fn event(
@@ -212,14 +213,7 @@ fn event(
     ordinal: Option<i32>,
     limits: (i64, usize),
 ) -> Result<Event, Invalid> {
-    let id = given.id.map(|t| {
-        let d = parse(pg_sys::uuid_in, t);
-        // SAFETY: uuid_in returns a pointer to 16 bytes.
-        unsafe { *d.cast_mut_ptr::<[u8; 16]>() }
-    });
-    let version = given
-        .version
-        .map_or(1, |t| parse(pg_sys::int4in, t).value() as i32);
+    let (id, version) = (given.id, given.version.unwrap_or(1));
     let data_kind = given.data.map_or(given.absent_data.to_string(), kind);
     let meta_kind = given.metadata.map_or("null".to_string(), kind);
     let data_text = given
@@ -285,15 +279,23 @@ fn batch_events(events: pg_sys::Datum, stamp: &Stamp) -> Result<Vec<Event>, Inva
                 .and_then(|_| field_text(ev, "type"))
                 // SAFETY: ->> returns text.
                 .map(|t| unsafe { String::from_datum(t, false) }.expect("text"));
+            // Read as a SQL cast would (22P02 for an id that is not a UUID, a version that is
+            // not an integer), before the other checks.
+            let id = field_text(ev, "id").map(|t| {
+                // SAFETY: uuid_in returns a pointer to 16 bytes.
+                unsafe { *parse(pg_sys::uuid_in, t).cast_mut_ptr::<[u8; 16]>() }
+            });
+            let version =
+                field_text(ev, "version").map(|t| parse(pg_sys::int4in, t).value() as i32);
             let given = Given {
-                id: field_text(ev, "id"),
+                id,
                 event_type,
                 data: field(ev, "data"),
                 absent_data: "missing",
                 metadata: Some(
                     field(ev, "metadata").unwrap_or_else(|| jsonb::datum(&serde_json::json!({}))),
                 ),
-                version: field_text(ev, "version"),
+                version,
             };
             event(given, stamp, Some(i + 1), limits)
         })
@@ -839,15 +841,13 @@ pub unsafe extern "C-unwind" fn es_append(fcinfo: pg_sys::FunctionCallInfo) -> p
             .unwrap_or_else(|e| raise(e));
         let stamp = Stamp::new();
         let given = Given {
-            id: datum_arg(fcinfo, 5).map(|u| {
-                let s = uuid(*u.cast_mut_ptr::<[u8; 16]>()).to_string();
-                text_datum(&s)
-            }),
+            // SAFETY: a uuid datum points to its 16 bytes.
+            id: datum_arg(fcinfo, 5).map(|u| *u.cast_mut_ptr::<[u8; 16]>()),
             event_type: text_arg(fcinfo, 1),
             data: datum_arg(fcinfo, 2).map(detoast),
             absent_data: "null",
             metadata: datum_arg(fcinfo, 3).map(detoast),
-            version: datum_arg(fcinfo, 6).map(|v| text_datum(&(v.value() as i32).to_string())),
+            version: datum_arg(fcinfo, 6).map(|v| v.value() as i32),
         };
         Entry {
             stream_id: stream_id.expect("checked"),
