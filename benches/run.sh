@@ -56,7 +56,7 @@ if [ "${ES_BENCH_NO_INSTALL:-}" != 1 ]; then
 fi
 cluster_stop bench
 cluster_start bench $PORT "${PRELOAD:+$PRELOAD,}event_store" "max_worker_processes = 32"
-trap 'rm -rf "$RAW"; cluster_stop bench' EXIT
+trap 'rm -rf "$RAW"; cluster_stop bench; cluster_stop bench-plain' EXIT
 es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench WITH (FORCE)" -c "DROP DATABASE IF EXISTS message_store WITH (FORCE)" \
     -c "DROP ROLE IF EXISTS es_bench_projector" -c "CREATE DATABASE es_bench"
 [ -n "$PRELOAD" ] && es_psql $PORT es_bench -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
@@ -203,6 +203,13 @@ fi
 if want 7; then
 echo "== 7. listener wake-up, commit of an append to a LISTEN event_store client, 200 appends/s"
 if python3 -c "import psycopg2" 2>/dev/null; then
+    # Preloaded, the database's worker sends the notifications: make sure it runs (the
+    # launcher otherwise finds a new database within 30 s, and appends notify themselves).
+    sql -c "SELECT _es_wake_projections(true)" >/dev/null
+    for _ in $(seq 60); do
+        [ "$(sql -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_store projections' AND datname = 'es_bench'")" = 1 ] && break
+        sleep 0.5
+    done
     python3 benches/listen_probe.py "$ES_RUN_DIR" $PORT es_bench listen/idle 200 $DUR "$RAW"
     # The same while 8 clients append as fast as they can (their notifications queue too).
     (cd "$RAW" && "$PG_BIN/pgbench" -n -M prepared -h "$ES_RUN_DIR" -p $PORT -U postgres -c 8 -j 8 -T $((DUR + 2)) \
@@ -211,6 +218,14 @@ if python3 -c "import psycopg2" 2>/dev/null; then
     sleep 1
     python3 benches/listen_probe.py "$ES_RUN_DIR" $PORT es_bench listen/under-8-appenders 200 $DUR "$RAW"
     wait $load
+    # Without preloading each append notifies at its own commit: the same probe on a
+    # cluster of its own that does not preload event_store.
+    cluster_stop bench-plain
+    cluster_start bench-plain $((PORT + 1)) ""
+    es_psql $((PORT + 1)) postgres -q -c "DROP DATABASE IF EXISTS es_bench WITH (FORCE)" -c "CREATE DATABASE es_bench"
+    es_psql $((PORT + 1)) es_bench -q -c "CREATE EXTENSION event_store"
+    python3 benches/listen_probe.py "$ES_RUN_DIR" $((PORT + 1)) es_bench listen/idle-not-preloaded 200 $DUR "$RAW"
+    cluster_stop bench-plain
 else
     echo "skipped: no psycopg2"
 fi

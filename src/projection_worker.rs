@@ -153,10 +153,17 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
 }
 
 /// Sends one NOTIFY for the commits announced since the last one (`announced` counts them).
+/// A NOTIFY needs a transaction id, so its commit would wait for a WAL flush; it carries no
+/// data worth that wait (a lost notification only delays a listener until the next one), so
+/// it commits asynchronously.
 fn announce(announced: &mut u64) {
     let (commits, position) = shmem::to_announce();
     if commits != *announced {
-        BackgroundWorker::transaction(|| crate::notify::send(position));
+        BackgroundWorker::transaction(|| {
+            Spi::run("SET LOCAL synchronous_commit = off")
+                .unwrap_or_else(|e| error!("event_store: {e}"));
+            crate::notify::send(position)
+        });
         *announced = commits;
     }
 }

@@ -105,26 +105,24 @@ pub fn check_append(
             "expected_version must be NULL (any), 0 (no stream) or a version, got {v}"
         )));
     }
-    match batch_kind {
-        "array" if batch_len > 0 => Ok(()),
-        "array" => Err(Invalid::Value("events must not be an empty array".into())),
-        "null" => Err(Invalid::Null("events must not be NULL".into())),
+    check_array("events", batch_kind, batch_len)
+}
+
+/// A non-empty JSON array argument; `kind` is its `jsonb_typeof` ("null" for SQL NULL).
+fn check_array(what: &str, kind: &str, len: i32) -> Result<(), Invalid> {
+    match kind {
+        "array" if len > 0 => Ok(()),
+        "array" => Err(Invalid::Value(format!("{what} must not be an empty array"))),
+        "null" => Err(Invalid::Null(format!("{what} must not be NULL"))),
         other => Err(Invalid::Value(format!(
-            "events must be a JSON array, not {other}"
+            "{what} must be a JSON array, not {other}"
         ))),
     }
 }
 
 /// es_append_multi's argument: a non-empty JSON array (`kind` is its `jsonb_typeof`).
 pub fn check_multi(kind: &str, len: i32) -> Result<(), Invalid> {
-    match kind {
-        "array" if len > 0 => Ok(()),
-        "array" => Err(Invalid::Value("appends must not be an empty array".into())),
-        "null" => Err(Invalid::Null("appends must not be NULL".into())),
-        other => Err(Invalid::Value(format!(
-            "appends must be a JSON array, not {other}"
-        ))),
-    }
+    check_array("appends", kind, len)
 }
 
 /// Names the element of es_append_multi's array (1-based) that an error is about.
