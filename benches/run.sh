@@ -231,7 +231,30 @@ else
 fi
 fi
 
-echo "== 8. storage"
+if want 8; then
+echo "== 8. catalog: a 10-field event appended with a JSON Schema to check, and without"
+if [ "$(sql -c "SELECT to_regprocedure('es_define_event_type(text, jsonb, integer, text, text[], text)') IS NOT NULL")" = t ]; then
+    sql -c "SELECT es_define_event_type('Typed', '{
+        \"type\": \"object\", \"additionalProperties\": false,
+        \"required\": [\"userId\", \"email\", \"name\", \"age\", \"plan\", \"country\", \"active\", \"score\", \"tags\", \"createdAt\"],
+        \"properties\": {
+            \"userId\": {\"type\": \"string\", \"pattern\": \"^u-[0-9]+$\"},
+            \"email\": {\"type\": \"string\", \"format\": \"email\"},
+            \"name\": {\"type\": \"string\", \"minLength\": 1, \"maxLength\": 200},
+            \"age\": {\"type\": \"integer\", \"minimum\": 0, \"maximum\": 150},
+            \"plan\": {\"enum\": [\"free\", \"pro\", \"enterprise\"]},
+            \"country\": {\"type\": \"string\", \"pattern\": \"^[A-Z]{2}$\"},
+            \"active\": {\"type\": \"boolean\"},
+            \"score\": {\"type\": \"number\"},
+            \"tags\": {\"type\": \"array\", \"items\": {\"type\": \"string\"}, \"maxItems\": 20},
+            \"createdAt\": {\"type\": \"string\", \"format\": \"date-time\"}}}')" >/dev/null
+    rounds "catalog/schema/c1:es_append_typed.pgbench" "catalog/no-schema/c1:es_append_untyped.pgbench" -- 1 -D streams=$APPEND_STREAMS
+else
+    echo "skipped: this event_store has no catalog"
+fi
+fi
+
+echo "== 9. storage"
 sql -F ' ' -c "
     SELECT t, pg_size_pretty(bytes), coalesce(round(bytes::numeric / nullif(rows, 0), 1)::text, 'n/a')
       FROM (SELECT 'event_store' AS t, (SELECT count(*) FROM event_store) AS rows, bench_bytes('event_store') AS bytes

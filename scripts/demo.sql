@@ -18,6 +18,11 @@ SELECT es_define_reducer('user', 'SaaSGenerationFailed', '[{"op": "set", "path":
 SELECT event_type, rule FROM es_reducers ORDER BY event_type;
 
 \echo
+\echo '== 0b. The event catalog: each type''s JSON Schema, its personal data and whose it is; appends are checked'
+\ir catalog.sql
+SELECT event_type, personal_data, subject, description FROM es_event_types ORDER BY event_type;
+
+\echo
 \echo '== 1. A day of traffic: 300 users register, submit intentions, pay, get their SaaS'
 SET event_store.correlation_id = 'seed';
 SELECT count(*) AS events_appended FROM (
@@ -57,6 +62,10 @@ SELECT stream_version FROM es_append('user-789', 'SaaSGenerationFailed',
 RESET event_store.correlation_id;
 \o
 -- (the refund handler should now append RefundInitiated; it threw, and nothing was written)
+\echo '   A buggy client sends a malformed payment: the catalog refuses it, and nothing is written.'
+\set ON_ERROR_STOP 0
+SELECT stream_version FROM es_append('user-789', 'PaymentProcessed', '{"amount": -49, "currency": "eur"}');
+\set ON_ERROR_STOP 1
 
 \echo
 \echo '== 3. Support gets the ticket. What happened to user-789 today, in order?'
@@ -97,7 +106,21 @@ SELECT stream_version AS v, event_type, correlation_id, path, before, after
 SELECT stream_id, stream_version AS v, event_type FROM event_store
  WHERE metadata ->> 'correlationId' = 'req-7f3a' ORDER BY global_position;
 
-\echo '== 8. Evidence an auditor can trust: nobody can rewrite this, and the hash chains verify'
+\echo '== 8. The intention''s text is renamed to "description" in version 2 of IntentionSubmitted.'
+\echo '   Stored events never change; an upcast shows old ones as version 2 to folds, handlers and readers who ask.'
+\o /dev/null
+SELECT es_define_event_type('IntentionSubmitted', '{
+    "type": "object", "required": ["intentionId", "userId", "description", "status"],
+    "properties": {"description": {"type": "string", "minLength": 1}, "status": {"const": "submitted"}}}',
+    version => 2, description => 'A user described the SaaS they want',
+    personal_data => ARRAY['/description'], subject => '/userId');
+SELECT es_define_upcast('IntentionSubmitted', 1, '{"op": "rename", "from": "/intention", "path": "/description"}');
+\o
+SELECT s.event_version AS stored_version, u.event_version AS read_as_version, u.event_data ->> 'description' AS description
+  FROM es_stream('user-789') s JOIN es_stream('user-789', upcast => true) u USING (stream_version)
+ WHERE s.event_type = 'IntentionSubmitted';
+
+\echo '== 9. Evidence an auditor can trust: nobody can rewrite this, and the hash chains verify'
 \set ON_ERROR_STOP 0
 DELETE FROM event_store WHERE stream_id = 'user-789' AND event_type = 'PaymentProcessed';
 \set ON_ERROR_STOP 1

@@ -22,7 +22,7 @@ $$;
 
 -- Both feed functions: events after a position up to the horizon, filtered, in order.
 CREATE FUNCTION _es_read_feed(after_position bigint, max_count integer, event_types text[], category text,
-                              member integer, group_size integer)
+                              member integer, group_size integer, upcast boolean)
 RETURNS SETOF event_store
 LANGUAGE plpgsql
 VOLATILE
@@ -34,6 +34,14 @@ DECLARE
 BEGIN
     PERFORM @extschema@._es_check_feed_isolation();
     PERFORM @extschema@._es_check_feed_read(max_count, member, group_size);
+    IF upcast THEN
+        RETURN QUERY
+            SELECT u.* FROM @extschema@._es_read_feed(after_position, max_count, event_types, category,
+                                                      member, group_size, false) e,
+                   LATERAL @extschema@.es_upcast(e) u
+             ORDER BY u.global_position;
+        RETURN;
+    END IF;
     RETURN QUERY
         SELECT * FROM @extschema@.event_store e
          WHERE e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
@@ -45,27 +53,29 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION es_read_all(after_position bigint DEFAULT 0, max_count integer DEFAULT 1000, event_types text[] DEFAULT NULL)
+CREATE FUNCTION es_read_all(after_position bigint DEFAULT 0, max_count integer DEFAULT 1000, event_types text[] DEFAULT NULL,
+                            upcast boolean DEFAULT false)
 RETURNS SETOF event_store
 LANGUAGE sql
 VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM @extschema@._es_read_feed(after_position, max_count, event_types, NULL, NULL, NULL)
+    SELECT * FROM @extschema@._es_read_feed(after_position, max_count, event_types, NULL, NULL, NULL, coalesce(upcast, false))
 $$;
-COMMENT ON FUNCTION es_read_all(bigint, integer, text[]) IS
+COMMENT ON FUNCTION es_read_all(bigint, integer, text[], boolean) IS
     'Committed events after a position, in position order; called again with the last position received, it returns every committed event exactly once.';
 
 CREATE FUNCTION es_read_category(category text, after_position bigint DEFAULT 0, max_count integer DEFAULT 1000,
-                                 consumer_group_member integer DEFAULT NULL, consumer_group_size integer DEFAULT NULL)
+                                 consumer_group_member integer DEFAULT NULL, consumer_group_size integer DEFAULT NULL,
+                                 upcast boolean DEFAULT false)
 RETURNS SETOF event_store
 LANGUAGE sql
 VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT * FROM @extschema@._es_read_feed(after_position, max_count, NULL, coalesce(category, ''), consumer_group_member, consumer_group_size)
+    SELECT * FROM @extschema@._es_read_feed(after_position, max_count, NULL, coalesce(category, ''), consumer_group_member, consumer_group_size, coalesce(upcast, false))
 $$;
-COMMENT ON FUNCTION es_read_category(text, bigint, integer, integer, integer) IS
+COMMENT ON FUNCTION es_read_category(text, bigint, integer, integer, integer, boolean) IS
     'es_read_all for the streams of one category (stream id up to its first "-"), optionally split between consumer group members by stream.';
 
 -- What holds the feed back: every append in flight (its backend, since when, the lowest

@@ -108,9 +108,9 @@ CREATE AGGREGATE es_fold(event_store) (
 
 -- The state functions' fold (src/fold.rs): over columns, from a snapshot's state (NULL for
 -- none), with the reducers of the stream's category.
-CREATE FUNCTION _es_fold_events_step(internal, text, jsonb, jsonb, text) RETURNS internal
+CREATE FUNCTION _es_fold_events_step(internal, text, integer, jsonb, jsonb, text) RETURNS internal
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_events_step';
-CREATE AGGREGATE _es_fold_events(event_type text, event_data jsonb, start jsonb, stream_id text) (
+CREATE AGGREGATE _es_fold_events(event_type text, event_version integer, event_data jsonb, start jsonb, stream_id text) (
     SFUNC = _es_fold_events_step,
     STYPE = internal,
     FINALFUNC = _es_fold_final,

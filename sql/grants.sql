@@ -27,7 +27,7 @@ GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
 -- Snapshots hold nothing a reader cannot fold from event_store; under row level security
 -- their policy hides them (sql/fold.sql).
 GRANT SELECT ON event_store, es_streams, es_reducers, es_snapshots, es_projection_state, es_projections,
-                es_feed_in_flight
+                es_feed_in_flight, es_catalog_types, es_upcasts, es_catalog_modes, es_event_types
    TO event_store_reader;
 -- The feed's horizon reads how far positions have been handed out.
 GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
@@ -35,7 +35,9 @@ GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
 GRANT EXECUTE ON FUNCTION
     es_uuidv7(),
     _es_category(text),
-    es_stream(text, bigint, bigint),
+    es_stream(text, bigint, bigint, boolean),
+    es_upcast(event_store),
+    es_catalog(),
     es_stream_version(text),
     es_state(text),
     es_state_at(text, timestamptz),
@@ -47,9 +49,9 @@ GRANT EXECUTE ON FUNCTION
     _es_check_feed_isolation(),
     _es_check_feed_read(integer, integer, integer),
     _es_consumer_group_member(text, integer),
-    _es_read_feed(bigint, integer, text[], text, integer, integer),
-    es_read_all(bigint, integer, text[]),
-    es_read_category(text, bigint, integer, integer, integer),
+    _es_read_feed(bigint, integer, text[], text, integer, integer, boolean),
+    es_read_all(bigint, integer, text[], boolean),
+    es_read_category(text, bigint, integer, integer, integer, boolean),
     es_create_projection(text, regprocedure, text[], text[], regprocedure),
     es_pause_projection(text),
     es_resume_projection(text),
@@ -59,8 +61,8 @@ GRANT EXECUTE ON FUNCTION
     -- es_fold and the state functions run as the caller and use these aggregates.
     _es_fold_step(internal, event_store),
     _es_fold_final(internal),
-    _es_fold_events_step(internal, text, jsonb, jsonb, text),
-    _es_fold_events(text, jsonb, jsonb, text),
+    _es_fold_events_step(internal, text, integer, jsonb, jsonb, text),
+    _es_fold_events(text, integer, jsonb, jsonb, text),
     _es_fold_with(jsonb, event_store, regprocedure),
     es_fold(event_store),
     es_fold(event_store, regprocedure),

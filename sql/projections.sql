@@ -167,7 +167,8 @@ BEGIN
              LIMIT p_batch_size
         LOOP
             at_pos := e.global_position;
-            PERFORM @extschema@._es_run_as(p.handler, p.owner, e);
+            -- Handlers see events as their types' latest versions.
+            PERFORM @extschema@._es_run_as(p.handler, p.owner, @extschema@.es_upcast(e));
             applied := applied + 1;
         END LOOP;
         PERFORM @extschema@._es_projection_timer(false);

@@ -1,7 +1,8 @@
 -- Reading streams. Queries go through the stream's time bounds in es_streams so that a
 -- hypertable with years of chunks only scans the chunks the stream lives in.
 
-CREATE FUNCTION es_stream(stream_id text, from_version bigint DEFAULT 1, max_count bigint DEFAULT NULL)
+CREATE FUNCTION es_stream(stream_id text, from_version bigint DEFAULT 1, max_count bigint DEFAULT NULL,
+                          upcast boolean DEFAULT false)
 RETURNS SETOF event_store
 LANGUAGE plpgsql
 STABLE
@@ -14,6 +15,13 @@ BEGIN
     IF NOT FOUND OR s.version = 0 THEN
         RETURN;
     END IF;
+    IF upcast THEN
+        RETURN QUERY
+            SELECT u.* FROM @extschema@.es_stream(stream_id, from_version, max_count) e,
+                   LATERAL @extschema@.es_upcast(e) u
+             ORDER BY u.stream_version;
+        RETURN;
+    END IF;
     RETURN QUERY
         SELECT * FROM @extschema@.event_store e
          WHERE e.stream_id = s.stream_id
@@ -23,8 +31,8 @@ BEGIN
          LIMIT max_count;
 END
 $$;
-COMMENT ON FUNCTION es_stream(text, bigint, bigint) IS
-    'Events of one stream from from_version on, in version order, at most max_count (NULL = all).';
+COMMENT ON FUNCTION es_stream(text, bigint, bigint, boolean) IS
+    'Events of one stream from from_version on, in version order, at most max_count (NULL = all); as stored, or upcast to their types'' latest versions.';
 
 CREATE FUNCTION es_stream_version(stream_id text)
 RETURNS bigint

@@ -35,12 +35,12 @@ impl Acc {
     }
 
     /// Folds an event with the reducers of the category last used.
-    fn fold<'a>(&mut self, event_type: &str, data: impl Data<'a>) {
+    fn fold<'a>(&mut self, event_type: &str, version: i32, data: impl Data<'a>) {
         let (_, rules) = self
             .rules
             .as_ref()
             .expect("set before any fold: by use_category, or given to Acc::new");
-        rules.apply(&mut self.state, event_type, data);
+        rules.apply(&mut self.state, event_type, version, data);
         self.events += 1;
     }
 }
@@ -80,6 +80,7 @@ struct RowLayout {
     stream_id: usize,
     event_type: usize,
     event_data: usize,
+    event_version: usize,
 }
 
 /// More than event_store's columns, dropped ones included, are ever likely to be.
@@ -131,6 +132,7 @@ unsafe fn row_layout(fcinfo: FunctionCallInfo, row: pg_sys::HeapTupleHeader) -> 
             stream_id: column("stream_id"),
             event_type: column("event_type"),
             event_data: column("event_data"),
+            event_version: column("event_version"),
         };
         (*flinfo).fn_extra = layout.cast();
     }
@@ -163,21 +165,27 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
             nulls.as_mut_ptr(),
         );
         // A stored event has none, but a row built in the query can.
-        if [layout.stream_id, layout.event_type, layout.event_data]
-            .iter()
-            .any(|&c| nulls[c])
+        if [
+            layout.stream_id,
+            layout.event_type,
+            layout.event_data,
+            layout.event_version,
+        ]
+        .iter()
+        .any(|&c| nulls[c])
         {
             ereport!(
                 ERROR,
                 PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-                "event_store: es_fold: an event's stream_id, event_type and event_data must not be NULL"
+                "event_store: es_fold: an event's stream_id, event_type, event_version and event_data must not be NULL"
             );
         }
+        let version = values[layout.event_version].value() as i32;
         jsonb::with_text(values[layout.stream_id], |stream_id| {
             jsonb::with_text(values[layout.event_type], |event_type| {
                 jsonb::with_jsonb(values[layout.event_data], |data| {
                     (*acc).use_category(category(stream_id));
-                    (*acc).fold(event_type, data)
+                    (*acc).fold(event_type, version, data)
                 })
             })
         });
@@ -186,8 +194,8 @@ pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum
 }
 
 v1_function!(pg_finfo__es_fold_events_step);
-/// Transition function of `_es_fold_events(event_type text, event_data jsonb, start jsonb,
-/// stream_id text)`, the state functions' fold: columns instead of rows. `start` (the
+/// Transition function of `_es_fold_events(event_type text, event_version integer,
+/// event_data jsonb, start jsonb, stream_id text)`, the state functions' fold: columns instead of rows. `start` (the
 /// snapshot to fold on from; NULL for none) and `stream_id` (whose category picks the
 /// reducers) are the same for every row and read once, when the group's state is created.
 ///
@@ -197,25 +205,26 @@ v1_function!(pg_finfo__es_fold_events_step);
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -> Datum {
     let acc = acc(fcinfo, || {
-        if pg_arg_is_null(fcinfo, 4) {
+        if pg_arg_is_null(fcinfo, 5) {
             error!("event_store: _es_fold_events needs the stream id");
         }
-        let rules = jsonb::with_text(pg_getarg_datum_raw(fcinfo, 4), |stream_id| {
+        let rules = jsonb::with_text(pg_getarg_datum_raw(fcinfo, 5), |stream_id| {
             reducers::rules(category(stream_id))
         });
-        let start = if pg_arg_is_null(fcinfo, 3) {
+        let start = if pg_arg_is_null(fcinfo, 4) {
             initial_state()
         } else {
-            jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, 3), |j| j.to_state())
+            jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, 4), |j| j.to_state())
         };
         Acc::new(start, Some((String::new(), rules)))
     });
-    if pg_arg_is_null(fcinfo, 1) || pg_arg_is_null(fcinfo, 2) {
+    if pg_arg_is_null(fcinfo, 1) || pg_arg_is_null(fcinfo, 2) || pg_arg_is_null(fcinfo, 3) {
         return Datum::from(acc);
     }
+    let version = pg_getarg_datum_raw(fcinfo, 2).value() as i32;
     jsonb::with_text(pg_getarg_datum_raw(fcinfo, 1), |event_type| {
-        jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, 2), |data| {
-            (*acc).fold(event_type, data)
+        jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, 3), |data| {
+            (*acc).fold(event_type, version, data)
         })
     });
     Datum::from(acc)
@@ -320,7 +329,7 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
 
 v1_function!(pg_finfo__es_fold_with);
 /// Transition function of `es_fold(event_store, regprocedure)`: calls the reducer with the
-/// state (`{}` in place of NULL) and the event row; a NULL event leaves the state alone.
+/// state (`{}` in place of NULL) and the event row upcast; a NULL event leaves the state alone.
 ///
 /// # Safety
 /// Called only by the fmgr, as that aggregate's transition function.
@@ -369,7 +378,7 @@ pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum
         isnull: false,
     };
     args[1] = pg_sys::NullableDatum {
-        value: pg_getarg_datum_raw(fcinfo, 1),
+        value: crate::catalog::upcast_row(pg_getarg_datum_raw(fcinfo, 1)),
         isnull: false,
     };
     let call_reducer = (*reducer)

@@ -8,10 +8,12 @@
 //! positions as one consecutive block, hashes in Rust, inserts every event in one statement
 //! and advances each stream's head. ES001/ES002 are raised only once everything Rust holds
 //! is dropped (they leave by longjmp).
+use crate::errors::Refused;
 use crate::schema::{column, OrRaise};
-use crate::{context, errors, feed, fold, guc, jsonb, plans, projection_worker, registry};
+use crate::{catalog, context, feed, fold, guc, jsonb, plans, projection_worker, registry};
 use event_store_core::append::{classify, has_duplicate, lock_order, Retry, Stored};
 use event_store_core::chain::{event_hash, Content, GENESIS};
+use event_store_core::stream::category;
 use event_store_core::time::PG_EPOCH_US;
 use event_store_core::validate::{self as rules, Invalid};
 use pgrx::datum::DatumWithOid;
@@ -48,14 +50,6 @@ struct Appended {
     version: i64,
     position: i64,
     at: i64,
-}
-
-/// An error with one of the extension's own SQLSTATEs.
-struct Refused {
-    code: &'static [u8; 5],
-    message: String,
-    detail: String,
-    hint: String,
 }
 
 // ---- jsonb through PostgreSQL's own functions (datums stay binary; text only for the hash)
@@ -525,6 +519,28 @@ fn append(entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> 
             "",
         ));
     }
+    // Locked as the INSERT below would, but first: a catalog change committed before the
+    // lock is seen (taking it processes invalidations), and one after waits for this append.
+    // SAFETY: a lock on event_store, held to the end of the transaction as the INSERT's is.
+    unsafe {
+        pg_sys::LockRelationOid(
+            crate::schema::relation(c"event_store"),
+            pg_sys::RowExclusiveLock as i32,
+        )
+    };
+    let catalog = catalog::current();
+    for e in &entries {
+        let stream_category = category(&e.stream_id);
+        for (n, ev) in e.events.iter().enumerate() {
+            let at = || match (entries.len(), e.events.len()) {
+                (1, 1) => String::new(),
+                (1, _) => format!("event {}: ", n + 1),
+                _ => format!("stream {}, event {}: ", e.stream_id, n + 1),
+            };
+            catalog.check(stream_category, &ev.event_type, ev.version, ev.data, &at)?;
+        }
+    }
+    drop(catalog);
     let (written, rows) = Spi::connect_mut(|client| -> Result<_, Refused> {
         let mut heads = vec![None; entries.len()];
         for &i in &order {
@@ -788,7 +804,7 @@ unsafe fn respond(
             }
             pg_sys::Datum::from(0)
         }
-        Err(r) => errors::raise(r.code, r.message, r.detail, r.hint),
+        Err(r) => r.raise(),
     }
 }
 

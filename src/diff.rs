@@ -11,7 +11,7 @@ use event_store_core::stream::category;
 use pgrx::prelude::*;
 
 const EVENTS_SQL: &str = "SELECT event_type, event_data, stream_version, created_at, event_id, \
-            metadata ->> 'correlationId' \
+            metadata ->> 'correlationId', event_version \
        FROM @extschema@.event_store \
       WHERE stream_id = $1 AND created_at > $2 AND created_at <= $3 AND stream_version > $4 \
       ORDER BY stream_version";
@@ -61,7 +61,8 @@ fn es_diff(
             let event_type: String = column(&e, 1, "event_store.event_type");
             let Json(data) = column(&e, 2, "event_store.event_data");
             let before = state.clone();
-            rules.apply(&mut state, &event_type, &data);
+            let version: i32 = column(&e, 7, "event_store.event_version");
+            rules.apply(&mut state, &event_type, version, &data);
             let mut changed = Vec::new();
             changes(Some(&before), Some(&state), "", &mut changed);
             for c in changed {

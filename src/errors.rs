@@ -49,6 +49,21 @@ pub fn raise(code: &[u8; 5], message: String, detail: String, hint: String) -> !
     unreachable!("ereport(ERROR) does not return")
 }
 
+/// An error with one of the extension's own SQLSTATEs, carried up to where nothing else needs
+/// dropping and raised there.
+pub struct Refused {
+    pub code: &'static [u8; 5],
+    pub message: String,
+    pub detail: String,
+    pub hint: String,
+}
+
+impl Refused {
+    pub fn raise(self) -> ! {
+        raise(self.code, self.message, self.detail, self.hint)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

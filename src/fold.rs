@@ -60,8 +60,8 @@ fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static st
     let variants = SQL.get_or_init(|| {
         (0..8)
             .map(|bits| {
-                let mut sql = "SELECT @extschema@._es_fold_events(event_type, event_data, $6, $1) \
-                     FROM (SELECT event_type, event_data FROM @extschema@.event_store WHERE stream_id = $1"
+                let mut sql = "SELECT @extschema@._es_fold_events(event_type, event_version, event_data, $6, $1) \
+                     FROM (SELECT event_type, event_version, event_data FROM @extschema@.event_store WHERE stream_id = $1"
                     .to_string();
                 for (bit, cond) in [
                     " AND stream_version > $2",
@@ -220,10 +220,11 @@ pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Opt
             timed: plan.timed,
         };
         let mut events = 0u64;
-        let read = stream_scan::each_event(client, table, stream_id, &bounds, |ty, data| {
-            rules.apply(&mut state, ty, data);
-            events += 1;
-        });
+        let read =
+            stream_scan::each_event(client, table, stream_id, &bounds, |ty, version, data| {
+                rules.apply(&mut state, ty, version, data);
+                events += 1;
+            });
         if read {
             (events > 0 || from_snapshot).then_some(state)
         } else {

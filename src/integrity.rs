@@ -167,7 +167,8 @@ const SNAPSHOT_STREAMS_SQL: &str = "SELECT DISTINCT stream_id FROM @extschema@.e
       WHERE $1::text IS NULL OR stream_id = $1 ORDER BY 1";
 const SNAPSHOTS_SQL: &str = "SELECT stream_version, last_at, state FROM @extschema@.es_snapshots \
       WHERE stream_id = $1 AND reducers = $2 ORDER BY stream_version";
-const REFOLD_SQL: &str = "SELECT stream_version, created_at, event_type, event_data \
+const REFOLD_SQL: &str =
+    "SELECT stream_version, created_at, event_type, event_data, event_version \
        FROM @extschema@.event_store WHERE stream_id = $1 AND stream_version <= $2 \
       ORDER BY stream_version";
 
@@ -223,7 +224,8 @@ fn verify_snapshots(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut V
             let at: TimestampWithTimeZone = column(&e, 2, "event_store.created_at");
             let event_type: String = column(&e, 3, "event_store.event_type");
             let Json(data) = column(&e, 4, "event_store.event_data");
-            rules.apply(&mut state, &event_type, &data);
+            let event_version: i32 = column(&e, 5, "event_store.event_version");
+            rules.apply(&mut state, &event_type, event_version, &data);
             while let Some((v, last_at, snap)) = pending.next_if(|s| s.0 <= version) {
                 if v < version {
                     report(v, format!("snapshot of version {v}, which no event has"));

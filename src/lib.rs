@@ -21,6 +21,7 @@ use event_store_core::{reducer, state};
 
 mod aggregate;
 mod append;
+mod catalog;
 mod context;
 mod diff;
 mod errors;
@@ -84,6 +85,17 @@ extension_sql_file!(
     name = "hypertable",
     requires = ["guards"]
 );
+extension_sql_file!(
+    "../sql/catalog.sql",
+    name = "catalog",
+    requires = [
+        "fold",
+        catalog::_es_check_event_type,
+        catalog::_es_check_upcast,
+        catalog::_es_check_catalog_mode,
+        context::_es_calling_role
+    ]
+);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
@@ -91,6 +103,7 @@ pub extern "C-unwind" fn _PG_init() {
     guc::register();
     // SAFETY: check_stack_depth raises a PostgreSQL error (54001) when the stack is too deep.
     state::set_stack_check(|| unsafe { pg_sys::check_stack_depth() });
+    catalog::register_invalidation();
     // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         shmem::init();

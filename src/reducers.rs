@@ -1,5 +1,6 @@
 //! The reducer loader: the rules of a category, read from es_reducers once per statement and
-//! parsed by the core crate's rule engine. Used by the state functions and by es_fold.
+//! parsed by the core crate's rule engine, with the catalog's upcasts. Used by the state
+//! functions, es_fold, es_diff and es_verify.
 use crate::jsonb::Json;
 use crate::plans;
 use crate::reducer::RuleSet;
@@ -67,7 +68,7 @@ pub fn rules(category: &str) -> Rc<RuleSet> {
                 "es_reducers was changed by hand; fix the rule with es_define_reducer"
             );
         });
-        let set = Rc::new(set);
+        let set = Rc::new(set.with_upcasts(crate::catalog::upcasts()));
         cache.1.insert(category.to_string(), set.clone());
         set
     })

@@ -34,6 +34,7 @@ struct Source {
     created_at: usize,
     event_type: usize,
     event_data: usize,
+    event_version: usize,
 }
 
 impl Drop for Source {
@@ -214,6 +215,7 @@ unsafe fn open(relid: pg_sys::Oid) -> Option<Source> {
     let created_at = attnum(relid, c"created_at")?;
     let event_type = attnum(relid, c"event_type")?;
     let event_data = attnum(relid, c"event_data")?;
+    let event_version = attnum(relid, c"event_version")?;
     let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as i32);
     if rel.is_null() {
         return None; // dropped since the catalog was read
@@ -237,6 +239,7 @@ unsafe fn open(relid: pg_sys::Oid) -> Option<Source> {
                 created_at,
                 event_type,
                 event_data,
+                event_version,
             });
         }
         pg_sys::index_close(index, pg_sys::AccessShareLock as i32);
@@ -265,14 +268,14 @@ fn reads_like_a_query(table: pg_sys::Oid) -> bool {
     select && !row_security(table)
 }
 
-/// Calls `f(event_type, event_data)` for the stream's events within `bounds`, in version
+/// Calls `f(event_type, event_version, event_data)` for the stream's events within `bounds`, in version
 /// order. Returns false, having called nothing, when the events cannot be read in place.
 pub fn each_event(
     client: &SpiClient<'_>,
     table: pg_sys::Oid,
     stream_id: &str,
     bounds: &Bounds,
-    mut f: impl FnMut(&str, Jsonb),
+    mut f: impl FnMut(&str, i32, Jsonb),
 ) -> bool {
     if !reads_like_a_query(table) {
         return false;
@@ -397,7 +400,7 @@ unsafe fn scan(
     stream: Datum,
     b: &Bounds,
     per_event: pg_sys::MemoryContext,
-    f: &mut impl FnMut(&str, Jsonb),
+    f: &mut impl FnMut(&str, i32, Jsonb),
 ) -> bool {
     let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
     // The index's collation: btree positions the scan with it.
@@ -435,7 +438,11 @@ unsafe fn scan(
     let attrs = (*tupdesc).attrs.as_slice(natts);
     let (mut values, mut nulls) = (vec![Datum::from(0); natts], vec![false; natts]);
     // Columns are read up to the last one used; created_at comes after the event's.
-    let mut last = s.version.max(s.event_type).max(s.event_data);
+    let mut last = s
+        .version
+        .max(s.event_type)
+        .max(s.event_data)
+        .max(s.event_version);
     if b.timed {
         last = last.max(s.created_at);
     }
@@ -507,7 +514,10 @@ unsafe fn scan(
             {
                 let _in_event = Switched::to(per_event);
                 jsonb::with_text(values[s.event_type - 1], |event_type| {
-                    jsonb::with_jsonb(values[s.event_data - 1], |data| f(event_type, data))
+                    let version = values[s.event_version - 1].value() as i32;
+                    jsonb::with_jsonb(values[s.event_data - 1], |data| {
+                        f(event_type, version, data)
+                    })
                 });
             }
             if !(*per_event).isReset {

@@ -628,9 +628,9 @@ fn state_functions_see_only_what_the_caller_may_select() {
          CREATE ROLE {columns};
          CREATE ROLE {none};
          GRANT USAGE ON SCHEMA public TO {columns}, {none};
-         GRANT SELECT ON es_streams, es_reducers, es_snapshots TO {columns}, {none};
-         GRANT EXECUTE ON FUNCTION es_state(text), _es_fold_events(text, jsonb, jsonb, text) TO {columns}, {none};
-         GRANT SELECT (stream_id, stream_version, event_type, event_data, created_at)
+         GRANT SELECT ON es_streams, es_reducers, es_snapshots, es_catalog_types, es_catalog_modes, es_upcasts TO {columns}, {none};
+         GRANT EXECUTE ON FUNCTION es_state(text), _es_fold_events(text, integer, jsonb, jsonb, text) TO {columns}, {none};
+         GRANT SELECT (stream_id, stream_version, event_type, event_version, event_data, created_at)
             ON event_store TO {columns};
          CREATE POLICY not_secret ON event_store FOR SELECT TO {tenant}
             USING (event_type <> 'Secret');
@@ -745,7 +745,7 @@ fn snapshots_and_es_fold_agree_with_the_model_fold_everywhere() {
             let mut expected = vec![];
             let mut model_state = reducer::initial_state();
             for e in &events {
-                model.apply(&mut model_state, e["type"].as_str().unwrap(), &e["data"]);
+                model.apply(&mut model_state, e["type"].as_str().unwrap(), 1, &e["data"]);
                 expected.push(Value::from(&model_state));
             }
             let answers = |c: &mut Client| -> Vec<(Value, Value, Value, String)> {

@@ -170,6 +170,12 @@ fn pg_dump_and_restore_keep_events_hashes_and_positions() {
     .unwrap();
     seed(&mut c);
     c.batch_execute("SELECT es_snapshot('user-1')").unwrap();
+    c.batch_execute(
+        "SELECT es_define_event_type('Registered', '{\"required\": [\"email\"]}', 1, 'signed up', ARRAY['/email'], '/id');
+         SELECT es_define_upcast('Registered', 1, '{\"op\": \"rename\", \"from\": \"/email\", \"path\": \"/mail\"}');
+         SELECT es_set_catalog_mode('order', 'strict');",
+    )
+    .unwrap();
     let host = std::env::var("ES_TEST_HOST").unwrap();
     let port = std::env::var("ES_TEST_PORT").unwrap();
     let file = std::env::temp_dir().join(format!("{}.dump", src.name));
@@ -227,8 +233,22 @@ fn pg_dump_and_restore_keep_events_hashes_and_positions() {
     assert_eq!(count(&mut d, "SELECT count(*) FROM event_store"), 6);
     assert_eq!(count(&mut d, "SELECT count(*) FROM es_streams"), 2);
     assert_eq!(count(&mut d, "SELECT count(*) FROM es_verify()"), 0);
-    // Reducers are definitions and come back; snapshots are derived data and do not.
+    // Reducers and the catalog are definitions and come back; snapshots are derived data and
+    // do not.
     assert_eq!(count(&mut d, "SELECT count(*) FROM es_reducers"), 1);
+    assert_eq!(
+        count(&mut d, "SELECT count(*) FROM es_event_types WHERE description = 'signed up' AND personal_data = '{/email}' AND upcast_to_next IS NOT NULL"),
+        1
+    );
+    assert_eq!(count(&mut d, "SELECT count(*) FROM es_catalog_modes"), 1);
+    assert_eq!(
+        sqlstate(d.batch_execute("SELECT es_append('x-1', 'Registered', '{}')")),
+        "ES004"
+    );
+    assert_eq!(
+        sqlstate(d.batch_execute("SELECT es_append('order-1', 'Unknown', '{}')")),
+        "ES005"
+    );
     assert_eq!(count(&mut d, "SELECT count(*) FROM es_snapshots"), 0);
     assert_eq!(
         count(&mut d, "SELECT (es_state('user-1') ->> 'sum')::bigint"),

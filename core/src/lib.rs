@@ -2,6 +2,7 @@
 //! state diffs, the hash chain recipe and its checker, feed arithmetic, input validation and
 //! event ids, and an append's decisions (lock order, retries). Plain Rust with plain tests; the extension crate (`src/`) is the pgrx layer.
 pub mod append;
+pub mod catalog;
 pub mod chain;
 pub mod diff;
 pub mod feed;

@@ -1,9 +1,11 @@
 //! Declarative reducers: per category and event type, the operations that fold an event into
 //! a stream's state. Rules are checked when defined, so folding itself never fails: every
 //! operation has a defined result for missing paths and unexpected shapes.
+use crate::catalog::Upcasts;
 use crate::state::{add, same, Map, State};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::rc::Rc;
 
 /// Changing what a rule means must change every fingerprint, so no snapshot outlives it.
 const ENGINE_VERSION: &str = "event_store fold 1";
@@ -19,13 +21,37 @@ pub enum Source {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    Merge { path: Pointer, from: Pointer },
-    Set { path: Pointer, source: Source },
-    Remove { path: Pointer },
-    Increment { path: Pointer, source: Source },
-    Append { path: Pointer, source: Source },
-    RemoveValue { path: Pointer, source: Source },
-    Replace { source: Source },
+    Merge {
+        path: Pointer,
+        from: Pointer,
+    },
+    Set {
+        path: Pointer,
+        source: Source,
+    },
+    Remove {
+        path: Pointer,
+    },
+    Increment {
+        path: Pointer,
+        source: Source,
+    },
+    Append {
+        path: Pointer,
+        source: Source,
+    },
+    RemoveValue {
+        path: Pointer,
+        source: Source,
+    },
+    Replace {
+        source: Source,
+    },
+    /// Upcasts only: moves the value at `from` to `path` within the event being upcast.
+    Rename {
+        from: Pointer,
+        path: Pointer,
+    },
     Ignore,
 }
 
@@ -73,7 +99,14 @@ pub fn parse_pointer(s: &str) -> Result<Pointer, String> {
 
 const OPS: &str = "merge, set, remove, increment, append, remove_value, replace, ignore";
 
-fn parse_op(v: &Value) -> Result<Op, String> {
+/// Reducers fold events into a state; upcasts rewrite an event, which may also rename paths.
+#[derive(Clone, Copy, PartialEq)]
+enum Language {
+    Reducer,
+    Upcast,
+}
+
+fn parse_op(v: &Value, language: Language) -> Result<Op, String> {
     let Value::Object(o) = v else {
         return Err(format!("an operation must be a JSON object, not {v}"));
     };
@@ -86,6 +119,13 @@ fn parse_op(v: &Value) -> Result<Op, String> {
         "remove" => &["op", "path"],
         "replace" => &["op", "from", "value"],
         "ignore" => &["op"],
+        "rename" if language == Language::Upcast => &["op", "from", "path"],
+        "rename" => {
+            return Err("op \"rename\" is for upcasts (es_define_upcast), not reducers".into())
+        }
+        _ if language == Language::Upcast => {
+            return Err(format!("unknown op \"{name}\": use one of {OPS}, rename"))
+        }
         _ => return Err(format!("unknown op \"{name}\": use one of {OPS}")),
     };
     if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
@@ -167,12 +207,32 @@ fn parse_op(v: &Value) -> Result<Op, String> {
                 Source::Event(vec![])
             },
         },
+        "rename" => {
+            let (Some(from), Some(path)) = (pointer("from")?, path) else {
+                return Err("op \"rename\" needs \"from\" and \"path\"".into());
+            };
+            if from.is_empty() || path.is_empty() {
+                return Err(
+                    "op \"rename\" moves a member: \"from\" and \"path\" must not be \"\"".into(),
+                );
+            }
+            Op::Rename { from, path }
+        }
         _ => Op::Ignore,
     })
 }
 
-/// Parses and checks a rule: one operation object or a non-empty array of them.
+/// Parses and checks a reducer's rule: one operation object or a non-empty array of them.
 pub fn parse_rule(rule: &Value) -> Result<Rule, String> {
+    parse_ops(rule, Language::Reducer)
+}
+
+/// Parses and checks an upcast's rule: a reducer's operations plus `rename`.
+pub fn parse_upcast_rule(rule: &Value) -> Result<Rule, String> {
+    parse_ops(rule, Language::Upcast)
+}
+
+fn parse_ops(rule: &Value, language: Language) -> Result<Rule, String> {
     let ops = match rule {
         Value::Array(items) if items.is_empty() => {
             return Err(
@@ -183,9 +243,9 @@ pub fn parse_rule(rule: &Value) -> Result<Rule, String> {
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(i, v)| parse_op(v).map_err(|e| format!("operation {}: {e}", i + 1)))
+            .map(|(i, v)| parse_op(v, language).map_err(|e| format!("operation {}: {e}", i + 1)))
             .collect::<Result<Vec<_>, _>>()?,
-        other => vec![parse_op(other)?],
+        other => vec![parse_op(other, language)?],
     };
     if ops.len() > 1 && ops.contains(&Op::Ignore) {
         return Err("\"ignore\" must be the rule's only operation".into());
@@ -199,7 +259,10 @@ pub struct RuleSet {
     // A handful of rules each: a scan beats hashing the event type.
     own: Vec<(String, Rule)>,
     everywhere: Vec<(String, Rule)>,
-    /// Identifies the definitions: snapshots made under other rules are never used.
+    /// Events are upcast to their type's latest version before a rule sees them.
+    upcasts: Rc<Upcasts>,
+    /// Identifies the definitions, upcasts included: snapshots made under other rules are
+    /// never used.
     pub fingerprint: Vec<u8>,
 }
 
@@ -230,6 +293,19 @@ impl RuleSet {
         Ok(set)
     }
 
+    /// Folds events upcast by `upcasts`; the fingerprint then covers them too (and stays as it
+    /// was without any, so snapshots taken before the catalog existed stay valid).
+    pub fn with_upcasts(mut self, upcasts: Rc<Upcasts>) -> Self {
+        if !upcasts.is_empty() {
+            let mut hash = Sha256::new();
+            hash.update(&self.fingerprint);
+            hash.update(upcasts.fingerprint());
+            self.fingerprint = hash.finalize().to_vec();
+        }
+        self.upcasts = upcasts;
+        self
+    }
+
     /// Most specific first: the category's rule for the type, its `*` rule, the `*` category's
     /// rule for the type, its `*` rule, then merge.
     pub fn rule_for(&self, event_type: &str) -> &Rule {
@@ -243,8 +319,19 @@ impl RuleSet {
             .unwrap_or_else(|| default_rule())
     }
 
-    pub fn apply<'a>(&self, state: &mut State, event_type: &str, data: impl Data<'a>) {
-        apply(self.rule_for(event_type), state, data)
+    /// Folds one event, stored at `event_version` of its type, into the state.
+    pub fn apply<'a>(
+        &self,
+        state: &mut State,
+        event_type: &str,
+        event_version: i32,
+        data: impl Data<'a>,
+    ) {
+        let rule = self.rule_for(event_type);
+        match self.upcasts.upcast(event_type, event_version, data) {
+            Some((upcast, _)) => apply(rule, state, &upcast),
+            None => apply(rule, state, data),
+        }
     }
 }
 
@@ -414,6 +501,15 @@ pub fn apply<'a>(rule: &Rule, state: &mut State, data: impl Data<'a>) {
                     *state = v;
                 }
             }
+            Op::Rename { from, path } => {
+                let (last, parent) = from.split_last().expect("checked non-empty");
+                if let Some(v) = existing(state, parent).and_then(|p| match p {
+                    State::Object(m) => m.remove(last.as_str()),
+                    _ => None,
+                }) {
+                    *slot(state, path) = v;
+                }
+            }
             Op::Ignore => {}
         }
     }
@@ -437,7 +533,7 @@ mod tests {
     fn fold(set: &RuleSet, events: &[(&str, Value)]) -> Value {
         let mut state = initial_state();
         for (t, d) in events {
-            set.apply(&mut state, t, d);
+            set.apply(&mut state, t, 1, d);
         }
         Value::from(&state)
     }
@@ -774,7 +870,7 @@ mod tests {
             let cut = rng.gen_range(0..=events.len());
             let mut resumed = State::from(fold(&set, &events[..cut]));
             for (t, d) in &events[cut..] {
-                set.apply(&mut resumed, t, d);
+                set.apply(&mut resumed, t, 1, d);
             }
             assert_eq!(whole, Value::from(&resumed), "seed {seed}");
         }

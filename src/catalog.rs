@@ -1,0 +1,338 @@
+//! The event catalog in the database (sql/catalog.sql): definitions, upcasts and category
+//! modes, read once per backend with every schema compiled once, and read again after a
+//! change (the catalog tables' trigger sends a relcache invalidation that every backend
+//! receives). Appends check events against it; `es_upcast` and the folds upcast with it.
+use crate::errors::Refused;
+use crate::jsonb::{self, Json};
+use crate::schema::{self, column, nullable, OrRaise};
+use crate::validate::raise;
+use event_store_core::catalog::{check_definition, check_upcast, Mode, Schema, Upcasts};
+use pgrx::fcinfo::pg_getarg_datum_raw;
+use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+pub struct Catalog {
+    /// Per event type, its defined versions and the schema of each (if it has one).
+    types: HashMap<String, HashMap<i32, Option<Rc<Schema>>>>,
+    /// Per category; `*` for every category without its own.
+    modes: HashMap<String, Mode>,
+    pub upcasts: Rc<Upcasts>,
+}
+
+thread_local! {
+    /// The catalog and the generation it was read at.
+    static CACHE: RefCell<Option<(u64, Rc<Catalog>)>> = const { RefCell::new(None) };
+    /// Bumped by every invalidation of a catalog table (or of every relation).
+    static GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// The catalog tables, once known.
+    static TABLES: Cell<[pg_sys::Oid; 3]> = const { Cell::new([pg_sys::InvalidOid; 3]) };
+}
+
+const TYPES_SQL: &str = "SELECT event_type, version, schema FROM @extschema@.es_catalog_types";
+const MODES_SQL: &str = "SELECT category, mode FROM @extschema@.es_catalog_modes";
+const UPCASTS_SQL: &str = "SELECT event_type, from_version, rule FROM @extschema@.es_upcasts";
+
+fn load() -> Catalog {
+    fn corrupt(e: String) -> ! {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            format!("event_store: {e}"),
+            "the catalog tables were changed by hand; redefine the entry with es_define_event_type or es_define_upcast"
+        );
+    }
+    Spi::connect(|client| {
+        let mut types: HashMap<String, HashMap<i32, Option<Rc<Schema>>>> = HashMap::new();
+        for row in client
+            .select(schema::qualified(TYPES_SQL), None, &[])
+            .or_raise("reading es_catalog_types")
+        {
+            let event_type: String = column(&row, 1, "es_catalog_types.event_type");
+            let version: i32 = column(&row, 2, "es_catalog_types.version");
+            let compiled = nullable::<Json>(&row, 3, "es_catalog_types.schema")
+                .map(|Json(s)| Schema::compile(&s).map(Rc::new))
+                .transpose()
+                .unwrap_or_else(|e| corrupt(format!("{event_type} version {version}: {e}")));
+            types
+                .entry(event_type)
+                .or_default()
+                .insert(version, compiled);
+        }
+        let modes = client
+            .select(schema::qualified(MODES_SQL), None, &[])
+            .or_raise("reading es_catalog_modes")
+            .map(|row| {
+                let mode: String = column(&row, 2, "es_catalog_modes.mode");
+                (
+                    column::<String>(&row, 1, "es_catalog_modes.category"),
+                    Mode::parse(Some(&mode)).unwrap_or_else(|_| corrupt(format!("mode {mode}"))),
+                )
+            })
+            .collect();
+        let upcasts = client
+            .select(schema::qualified(UPCASTS_SQL), None, &[])
+            .or_raise("reading es_upcasts")
+            .map(|row| {
+                (
+                    column::<String>(&row, 1, "es_upcasts.event_type"),
+                    column::<i32>(&row, 2, "es_upcasts.from_version"),
+                    column::<Json>(&row, 3, "es_upcasts.rule").0,
+                )
+            })
+            .collect();
+        let upcasts = Upcasts::new(upcasts).unwrap_or_else(|e| corrupt(e));
+        Catalog {
+            types,
+            modes,
+            upcasts: Rc::new(upcasts),
+        }
+    })
+}
+
+/// The catalog as of the last change this backend has received.
+pub fn current() -> Rc<Catalog> {
+    let generation = GENERATION.get();
+    if let Some((g, c)) = CACHE.with_borrow(|c| c.clone()) {
+        if g == generation {
+            return c;
+        }
+    }
+    if TABLES.get()[0] == pg_sys::InvalidOid {
+        TABLES.set([
+            schema::relation(c"es_catalog_types"),
+            schema::relation(c"es_catalog_modes"),
+            schema::relation(c"es_upcasts"),
+        ]);
+    }
+    // An invalidation received while loading bumps the generation: the next call reloads.
+    let catalog = Rc::new(load());
+    CACHE.set(Some((generation, catalog.clone())));
+    catalog
+}
+
+/// # Safety
+/// Called by PostgreSQL's relcache invalidation with the relation's OID (InvalidOid: all).
+unsafe extern "C-unwind" fn invalidated(_: pg_sys::Datum, relid: pg_sys::Oid) {
+    if relid == pg_sys::InvalidOid || TABLES.get().contains(&relid) {
+        GENERATION.set(GENERATION.get().wrapping_add(1));
+    }
+}
+
+/// Once per backend, when the library loads.
+pub fn register_invalidation() {
+    // SAFETY: registers a callback that only bumps a counter, valid for the backend's life.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidated), pg_sys::Datum::from(0)) }
+}
+
+impl Catalog {
+    fn mode(&self, category: &str) -> Mode {
+        self.modes
+            .get(category)
+            .or_else(|| self.modes.get("*"))
+            .copied()
+            .unwrap_or(Mode::Open)
+    }
+
+    /// Checks one event of an append against the catalog; `at` names it in messages.
+    pub fn check(
+        &self,
+        category: &str,
+        event_type: &str,
+        version: i32,
+        data: pg_sys::Datum,
+        at: &dyn Fn() -> String,
+    ) -> Result<(), Refused> {
+        let mode = self.mode(category);
+        if mode == Mode::Off {
+            return Ok(());
+        }
+        match self.types.get(event_type).and_then(|t| t.get(&version)) {
+            Some(Some(schema)) => {
+                // SAFETY: an append's event data, a non-null jsonb datum.
+                let value = unsafe { jsonb::to_value(data) };
+                schema.check(&value).map_err(|v| Refused {
+                    code: b"ES004",
+                    message: format!(
+                        "event_store: {}event_data of {event_type} (version {version}) breaks its schema at \"{}\": {}",
+                        at(), v.path, v.message
+                    ),
+                    detail: format!("rule \"{}\" at path \"{}\"", v.rule, v.path),
+                    hint: "the schema is in es_event_types".into(),
+                })
+            }
+            Some(None) => Ok(()),
+            None if mode == Mode::Strict => Err(Refused {
+                code: b"ES005",
+                message: format!(
+                    "event_store: {}event type {event_type} (version {version}) is not in the catalog, and category \"{category}\" is strict",
+                    at()
+                ),
+                detail: String::new(),
+                hint: "define it with es_define_event_type, or set the category's mode with es_set_catalog_mode".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks a definition before es_define_event_type stores it; with a schema, every stored
+/// event of that type and version must pass it (the first that fails is reported, ES006).
+#[pg_extern(stable)]
+fn _es_check_event_type(
+    event_type: Option<&str>,
+    version: Option<i32>,
+    schema: Option<pgrx::JsonB>,
+    personal_data: Option<Vec<Option<String>>>,
+    subject: Option<&str>,
+) {
+    let paths = personal_data.unwrap_or_default();
+    let paths: Vec<Option<&str>> = paths.iter().map(|p| p.as_deref()).collect();
+    let compiled = check_definition(
+        event_type,
+        version,
+        schema.as_ref().map(|s| &s.0),
+        &paths,
+        subject,
+    )
+    .unwrap_or_else(|e| raise(e));
+    if let (Some(schema), Some(t), Some(v)) = (compiled, event_type, version) {
+        if let Some(refusal) = first_stored_failure(&schema, t, v) {
+            refusal.raise();
+        }
+    }
+}
+
+const STORED_SQL: &str = "SELECT stream_id, stream_version, global_position, event_data \
+       FROM @extschema@.event_store WHERE event_type = $1 AND event_version = $2 \
+      ORDER BY global_position";
+
+fn first_stored_failure(schema: &Schema, event_type: &str, version: i32) -> Option<Refused> {
+    Spi::connect(|client| {
+        let mut cursor = client.open_cursor(
+            schema::qualified(STORED_SQL),
+            &[event_type.into(), version.into()],
+        );
+        loop {
+            let rows = cursor.fetch(1000).or_raise("reading stored events");
+            if rows.is_empty() {
+                return None;
+            }
+            for row in rows {
+                let Json(data) = column(&row, 4, "event_store.event_data");
+                if let Err(v) = schema.check(&data) {
+                    let stream: String = column(&row, 1, "event_store.stream_id");
+                    let at: i64 = column(&row, 2, "event_store.stream_version");
+                    let position: i64 = column(&row, 3, "event_store.global_position");
+                    return Some(Refused {
+                        code: b"ES006",
+                        message: format!(
+                            "event_store: the new schema of {event_type} (version {version}) rejects a stored event: stream {stream}, version {at} (position {position}) breaks it at \"{}\": {}",
+                            v.path, v.message
+                        ),
+                        detail: format!("rule \"{}\" at path \"{}\"", v.rule, v.path),
+                        hint: "stored events never change: accept them in the schema, or define a new version with an upcast".into(),
+                    });
+                }
+            }
+        }
+    })
+}
+
+#[pg_extern(immutable, parallel_safe)]
+fn _es_check_upcast(
+    event_type: Option<&str>,
+    from_version: Option<i32>,
+    rule: Option<pgrx::JsonB>,
+) {
+    check_upcast(event_type, from_version, rule.as_ref().map(|r| &r.0)).unwrap_or_else(|e| raise(e))
+}
+
+#[pg_extern(immutable, parallel_safe)]
+fn _es_check_catalog_mode(category: Option<&str>, mode: Option<&str>) {
+    if category != Some("*") {
+        event_store_core::validate::check_name("category", category, None)
+            .unwrap_or_else(|e| raise(e));
+    }
+    Mode::parse(mode).unwrap_or_else(|e| raise(e));
+}
+
+v1_function!(pg_finfo__es_catalog_changed);
+/// The catalog tables' statement trigger: every backend (this one included, at its next
+/// command) drops its copy of the catalog.
+///
+/// # Safety
+/// Called by PostgreSQL's trigger manager with its TriggerData as context.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_catalog_changed(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: called by the trigger manager, whose context is a TriggerData (checked); its
+    // relation is open for the statement.
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+            error!("event_store: _es_catalog_changed is a trigger function");
+        }
+        let trigger = &*context.cast::<pg_sys::TriggerData>();
+        pg_sys::CacheInvalidateRelcacheByRelid((*trigger.tg_relation).rd_id);
+    }
+    pg_sys::Datum::from(0)
+}
+
+/// An event_store row upcast to its type's latest version: `event_data` rewritten and
+/// `event_version` raised; the row itself when no upcast applies.
+///
+/// # Safety
+/// `row` is a non-null datum of event_store's row type.
+pub unsafe fn upcast_row(row: pg_sys::Datum) -> pg_sys::Datum {
+    let catalog = current();
+    if catalog.upcasts.is_empty() {
+        return row;
+    }
+    // SAFETY: the caller passes a composite datum.
+    let tuple = unsafe { PgHeapTuple::from_composite_datum(row) };
+    let (Ok(Some(event_type)), Ok(Some(version))) = (
+        tuple.get_by_name::<String>("event_type"),
+        tuple.get_by_name::<i32>("event_version"),
+    ) else {
+        return row;
+    };
+    if !catalog.upcasts.applies(&event_type, version) {
+        return row;
+    }
+    let Ok(Some(pgrx::JsonB(data))) = tuple.get_by_name::<pgrx::JsonB>("event_data") else {
+        return row;
+    };
+    let Some((data, latest)) = catalog.upcasts.upcast(&event_type, version, &data) else {
+        return row;
+    };
+    let mut tuple = tuple;
+    let set = tuple
+        .set_by_name("event_data", pgrx::JsonB(data))
+        .and_then(|_| tuple.set_by_name("event_version", latest));
+    if let Err(e) = set {
+        error!("event_store: es_upcast: {e}");
+    }
+    tuple.into_composite_datum().expect("a tuple has a datum")
+}
+
+v1_function!(pg_finfo_es_upcast);
+/// `es_upcast(event_store) RETURNS event_store` (STRICT).
+///
+/// # Safety
+/// Called only by the fmgr, with one non-null event_store row.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn es_upcast(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the function is STRICT over event_store rows.
+    unsafe { upcast_row(pg_getarg_datum_raw(fcinfo, 0)) }
+}
+
+/// The upcasts the folds apply.
+pub fn upcasts() -> Rc<Upcasts> {
+    current().upcasts.clone()
+}
