@@ -157,7 +157,7 @@ COMMENT ON FUNCTION es_set_catalog_mode(text, text) IS
 
 -- An event as its type's latest version: event_data upcast, event_version raised.
 CREATE FUNCTION es_upcast(event event_store) RETURNS event_store
-    LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'es_upcast';
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'es_upcast';
 COMMENT ON FUNCTION es_upcast(event_store) IS
     'The event upcast to its type''s latest version (the event itself when no upcast applies).';
 

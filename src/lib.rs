@@ -96,6 +96,11 @@ extension_sql_file!(
         context::_es_calling_role
     ]
 );
+extension_sql_file!(
+    "../sql/checkpoints.sql",
+    name = "checkpoints",
+    requires = ["feed", context::_es_calling_role, validate::_es_check_append]
+);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
