@@ -28,7 +28,7 @@ GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
 -- their policy hides them (sql/fold.sql).
 GRANT SELECT ON event_store, es_streams, es_reducers, es_snapshots, es_projection_state, es_projections,
                 es_feed_in_flight, es_catalog_types, es_upcasts, es_catalog_modes, es_event_types,
-                es_checkpoints
+                es_checkpoints, es_metrics, es_verifications
    TO event_store_reader;
 -- The feed's horizon reads how far positions have been handed out.
 GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
@@ -50,6 +50,7 @@ GRANT EXECUTE ON FUNCTION
     -- A consumer saves its position with its effects; it may only move its own.
     es_save_checkpoint(text, bigint),
     es_checkpoint(text),
+    es_metrics_prometheus(),
     _es_feed_holders(),
     _es_check_feed_isolation(),
     _es_check_feed_read(integer, integer, integer),

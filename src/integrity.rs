@@ -254,7 +254,8 @@ fn verify_snapshots(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut V
 /// One row per problem found (all streams, or one); none when intact: the hash chains, the
 /// registry against the events, unique global positions, and on request every snapshot
 /// against a refold of its events. NULL `snapshots` is false.
-#[pg_extern(stable)]
+/// Volatile: a run by a role that sees every event is logged (see `record`).
+#[pg_extern]
 #[search_path(pg_catalog, pg_temp)]
 fn es_verify(
     stream_id: default!(Option<&str>, "NULL"),
@@ -276,5 +277,53 @@ fn es_verify(
             verify_snapshots(client, stream_id, &mut out);
         }
     });
+    record(stream_id, snapshots.unwrap_or(false), out.len() as i64);
     TableIterator::new(out)
+}
+
+const RECORD_SQL: &str = "INSERT INTO @extschema@.es_verifications \
+    (stream_id, snapshots, problems, verified_by) VALUES ($1, $2, $3, $4)";
+
+/// Logs a run in es_verifications, as the log's owner: no role may write the log itself, so
+/// an entry is evidence that es_verify ran. Skipped where the caller does not see every event
+/// (its answer covers only what it sees) and where nothing can be written (a standby, a
+/// read-only transaction).
+fn record(stream_id: Option<&str>, snapshots: bool, problems: i64) {
+    // SAFETY: reads of this backend's recovery and transaction state.
+    let writable = unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly };
+    if !writable || !crate::stream_scan::reads_like_a_query(schema::relation(c"event_store")) {
+        return;
+    }
+    let by = crate::context::_es_calling_role();
+    let log = schema::relation(c"es_verifications");
+    // SAFETY: the relation exists (just looked up) and is only read for its owner, then closed.
+    let owner = unsafe {
+        let rel = pg_sys::RelationIdGetRelation(log);
+        let owner = (*(*rel).rd_rel).relowner;
+        pg_sys::RelationClose(rel);
+        owner
+    };
+    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: the user is switched for one INSERT and switched back; an error in between
+    // aborts the transaction, whose cleanup restores the user as it does after any
+    // SECURITY DEFINER function.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    Spi::run_with_args(
+        schema::qualified(RECORD_SQL),
+        &[
+            stream_id.into(),
+            snapshots.into(),
+            problems.into(),
+            by.as_str().into(),
+        ],
+    )
+    .or_raise("logging the verification");
+    // SAFETY: restores what was read above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
 }

@@ -101,6 +101,11 @@ extension_sql_file!(
     name = "checkpoints",
     requires = ["feed", context::_es_calling_role, validate::_es_check_append]
 );
+extension_sql_file!(
+    "../sql/metrics.sql",
+    name = "metrics",
+    requires = ["projections", feed::_es_feed_horizon, feed::_es_feed_holders]
+);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

@@ -259,7 +259,7 @@ pub fn row_security(table: pg_sys::Oid) -> bool {
 
 /// Whether the current user reads event_store as a query would: with table-wide SELECT and
 /// no row level security in the way.
-fn reads_like_a_query(table: pg_sys::Oid) -> bool {
+pub fn reads_like_a_query(table: pg_sys::Oid) -> bool {
     // SAFETY: a privilege check for the current user.
     let select = unsafe {
         pg_sys::pg_class_aclcheck(table, pg_sys::GetUserId(), pg_sys::ACL_SELECT)
