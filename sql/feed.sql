@@ -20,6 +20,31 @@ BEGIN
 END
 $$;
 
+-- A hot standby cannot see the primary's appends in flight, only their commits: feed reads
+-- there stop at the horizon the primary last published here (src/feed.rs). The worker
+-- publishes it on every pass; without it, a scheduler calls es_publish_feed_horizon().
+-- Not dumped: CREATE EXTENSION makes the row, and a restored store starts from 0.
+CREATE TABLE es_feed_published (
+    singleton    boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    horizon      bigint      NOT NULL,
+    published_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO es_feed_published (horizon) VALUES (0);
+COMMENT ON TABLE es_feed_published IS 'The feed horizon last published for hot standbys: written by es_publish_feed_horizon().';
+
+CREATE FUNCTION es_publish_feed_horizon() RETURNS bigint
+LANGUAGE sql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE @extschema@.es_feed_published p SET horizon = h.horizon, published_at = now()
+      FROM (SELECT @extschema@._es_feed_horizon() AS horizon) h
+     WHERE p.horizon < h.horizon;
+    SELECT horizon FROM @extschema@.es_feed_published;
+$$;
+COMMENT ON FUNCTION es_publish_feed_horizon() IS
+    'Publishes the feed horizon for reads on hot standbys (the worker does it on every pass); returns it.';
+
 -- Both feed functions: events after a position up to the horizon, filtered, in order.
 CREATE FUNCTION _es_read_feed(after_position bigint, max_count integer, event_types text[], category text,
                               member integer, group_size integer, upcast boolean)

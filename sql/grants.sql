@@ -28,7 +28,7 @@ GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
 -- their policy hides them (sql/fold.sql).
 GRANT SELECT ON event_store, es_streams, es_reducers, es_snapshots, es_projection_state, es_projections,
                 es_feed_in_flight, es_catalog_types, es_upcasts, es_catalog_modes, es_event_types,
-                es_checkpoints, es_metrics, es_verifications
+                es_checkpoints, es_metrics, es_verifications, es_feed_published
    TO event_store_reader;
 -- The feed's horizon reads how far positions have been handed out.
 GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;

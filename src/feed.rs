@@ -90,15 +90,38 @@ fn read_horizon() -> (i64, i64) {
     (seq_last, horizon(seq_last, bounds))
 }
 
+fn in_recovery() -> bool {
+    // SAFETY: reads this server's recovery state.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+/// On a standby the primary's appends in flight are invisible: the horizon is the last one
+/// the primary published (es_publish_feed_horizon), whose commit follows every commit below
+/// it in the WAL, so the standby has replayed them all once it sees it.
+fn published() -> i64 {
+    Spi::get_one::<i64>(schema::qualified(
+        "SELECT horizon FROM @extschema@.es_feed_published",
+    ))
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
 /// Highest position a feed reader may go up to now.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _es_feed_horizon() -> i64 {
+    if in_recovery() {
+        return published();
+    }
     read_horizon().1
 }
 
 /// Whether appends are in flight, holding the horizon below the positions handed out.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _es_feed_in_flight() -> bool {
+    if in_recovery() {
+        return false;
+    }
     let (seq_last, horizon) = read_horizon();
     horizon < seq_last
 }

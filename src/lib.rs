@@ -99,12 +99,20 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/checkpoints.sql",
     name = "checkpoints",
-    requires = ["feed", context::_es_calling_role, validate::_es_check_append]
+    requires = [
+        "feed",
+        context::_es_calling_role,
+        validate::_es_check_append
+    ]
 );
 extension_sql_file!(
     "../sql/metrics.sql",
     name = "metrics",
-    requires = ["projections", feed::_es_feed_horizon, feed::_es_feed_holders]
+    requires = [
+        "projections",
+        feed::_es_feed_horizon,
+        feed::_es_feed_holders
+    ]
 );
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

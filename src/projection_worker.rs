@@ -127,10 +127,12 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
                 {s}._es_feed_horizon())"
     );
     // Whether appends are in flight (the commit wakes us before their registration is
-    // released), and whether any projection can run at all: appends wake us only then.
+    // released), and whether any projection can run at all: appends wake us only then. And
+    // the horizon published for hot standbys.
     let after = format!(
         "SELECT {s}._es_feed_in_flight(), \
-                EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding'))"
+                EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding')), \
+                {s}.es_publish_feed_horizon()"
     );
     let mut backoff = Duration::from_millis(1);
     let mut announced = shmem::to_announce().0;
@@ -193,8 +195,13 @@ fn pass(
         applied += run_batch(batch, name);
         announce(announced);
     }
-    let (in_flight, active) = BackgroundWorker::transaction(|| Spi::get_two::<bool, bool>(after))
-        .unwrap_or_else(|e| error!("event_store: {e}"));
+    let (in_flight, active) = BackgroundWorker::transaction(|| {
+        // For hot standbys; a write only when the horizon moved, committed without waiting
+        // for its WAL flush (a standby then stops a little lower for a moment at most).
+        Spi::run("SET LOCAL synchronous_commit = off")
+            .and_then(|_| Spi::get_two::<bool, bool>(after))
+    })
+    .unwrap_or_else(|e| error!("event_store: {e}"));
     shmem::set_active(active.unwrap_or(true));
     let poll = Duration::from_millis(guc::PROJECTION_POLL_INTERVAL.get() as u64);
     if applied > 0 {

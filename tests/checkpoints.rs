@@ -12,10 +12,14 @@ fn a_checkpoint_commits_and_rolls_back_with_the_consumers_effects() {
          SELECT es_append('user-1', 'A', '{}'); SELECT es_append('user-1', 'B', '{}');",
     )
     .unwrap();
-    let none: Option<i64> = c.query_one("SELECT es_checkpoint('mailer')", &[]).unwrap().get(0);
+    let none: Option<i64> = c
+        .query_one("SELECT es_checkpoint('mailer')", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(none, None);
     // A consumer's pass: read from its checkpoint (NULL reads as 0), apply, save; rolled back.
-    let pass = "INSERT INTO effects SELECT global_position FROM es_read_all(es_checkpoint('mailer'), 1);
+    let pass =
+        "INSERT INTO effects SELECT global_position FROM es_read_all(es_checkpoint('mailer'), 1);
                 SELECT es_save_checkpoint('mailer', (SELECT max(position) FROM effects));";
     let mut tx = c.transaction().unwrap();
     tx.batch_execute(pass).unwrap();
@@ -33,7 +37,10 @@ fn a_checkpoint_commits_and_rolls_back_with_the_consumers_effects() {
     )
     .unwrap();
     assert_eq!(count(&mut c, "SELECT es_checkpoint('mailer')"), 2);
-    assert_eq!(count(&mut c, "SELECT count(DISTINCT position) FROM effects"), 2);
+    assert_eq!(
+        count(&mut c, "SELECT count(DISTINCT position) FROM effects"),
+        2
+    );
     // Never back, nor in place.
     for p in [2, 1] {
         assert_eq!(
@@ -52,7 +59,10 @@ fn a_checkpoint_commits_and_rolls_back_with_the_consumers_effects() {
     ] {
         assert_eq!(outcome(c.batch_execute(sql)), state, "{sql}");
     }
-    let null: Option<i64> = c.query_one("SELECT es_checkpoint(NULL)", &[]).unwrap().get(0);
+    let null: Option<i64> = c
+        .query_one("SELECT es_checkpoint(NULL)", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(null, None);
 }
 
@@ -60,10 +70,12 @@ fn a_checkpoint_commits_and_rolls_back_with_the_consumers_effects() {
 fn two_sessions_saving_one_consumer_queue_and_the_later_must_be_ahead() {
     let db = std::sync::Arc::new(TestDb::new("checkpoint_race"));
     let mut c = db.connect();
-    c.batch_execute("SELECT es_save_checkpoint('c', 10)").unwrap();
+    c.batch_execute("SELECT es_save_checkpoint('c', 10)")
+        .unwrap();
     let mut a = db.connect();
     let mut ta = a.transaction().unwrap();
-    ta.batch_execute("SELECT es_save_checkpoint('c', 20)").unwrap();
+    ta.batch_execute("SELECT es_save_checkpoint('c', 20)")
+        .unwrap();
     // b waits on a's row; once a commits, b's 15 is behind a's 20.
     let db2 = db.clone();
     let b = std::thread::spawn(move || {
@@ -71,7 +83,10 @@ fn two_sessions_saving_one_consumer_queue_and_the_later_must_be_ahead() {
         outcome(b.batch_execute("SELECT es_save_checkpoint('c', 15)"))
     });
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(!b.is_finished(), "the second save did not wait for the first");
+    assert!(
+        !b.is_finished(),
+        "the second save did not wait for the first"
+    );
     ta.commit().unwrap();
     assert_eq!(b.join().unwrap(), "ES007");
     assert_eq!(count(&mut c, "SELECT es_checkpoint('c')"), 20);
@@ -93,12 +108,17 @@ fn a_consumer_belongs_to_the_role_that_first_saved_it() {
     ))
     .unwrap();
     let mut r = db.connect_as(&one);
-    r.batch_execute("SELECT es_save_checkpoint('billing', 5)").unwrap();
+    r.batch_execute("SELECT es_save_checkpoint('billing', 5)")
+        .unwrap();
     // A member of the owner may move it; another reader may not; PUBLIC may not call it at all.
     let mut t = db.connect_as(&two);
-    t.batch_execute("SELECT es_save_checkpoint('billing', 6)").unwrap();
+    t.batch_execute("SELECT es_save_checkpoint('billing', 6)")
+        .unwrap();
     let mut o = db.connect_as(&other);
-    assert_eq!(outcome(o.batch_execute("SELECT es_save_checkpoint('billing', 7)")), "42501");
+    assert_eq!(
+        outcome(o.batch_execute("SELECT es_save_checkpoint('billing', 7)")),
+        "42501"
+    );
     assert_eq!(count(&mut o, "SELECT es_checkpoint('billing')"), 6);
     let mut n = db.connect_as(&format!("{}_none", db.name));
     for sql in [

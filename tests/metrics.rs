@@ -31,29 +31,57 @@ fn es_metrics_in_the_prometheus_text_format() {
         .query_one("SELECT es_metrics_prometheus()", &[])
         .unwrap()
         .get(0);
-    assert!(text.contains("# TYPE event_store_writes_total counter\n"), "{text}");
-    assert_eq!(sample(&text, "event_store_writes_total{category=\"user\"}"), Some(3.0), "{text}");
-    assert_eq!(sample(&text, "event_store_writes_total{category=\"order\"}"), Some(1.0));
+    assert!(
+        text.contains("# TYPE event_store_writes_total counter\n"),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "event_store_writes_total{category=\"user\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "event_store_writes_total{category=\"order\"}"),
+        Some(1.0)
+    );
     assert_eq!(sample(&text, "event_store_events"), Some(4.0));
     assert_eq!(sample(&text, "event_store_streams"), Some(3.0));
     // The paused projection has read nothing: 4 positions and the first event's age behind.
-    assert_eq!(sample(&text, "projection_lag_events{projection=\"keeper\"}"), Some(4.0));
+    assert_eq!(
+        sample(&text, "projection_lag_events{projection=\"keeper\"}"),
+        Some(4.0)
+    );
     assert!(sample(&text, "projection_lag_seconds{projection=\"keeper\"}").unwrap() > 0.0);
     assert_eq!(
-        sample(&text, "event_store_projection_status{projection=\"keeper\",status=\"paused\"}"),
+        sample(
+            &text,
+            "event_store_projection_status{projection=\"keeper\",status=\"paused\"}"
+        ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&text, "event_store_projection_status{projection=\"keeper\",status=\"running\"}"),
+        sample(
+            &text,
+            "event_store_projection_status{projection=\"keeper\",status=\"running\"}"
+        ),
         Some(0.0)
     );
-    assert_eq!(sample(&text, "event_store_feed_in_flight_positions"), Some(0.0));
+    assert_eq!(
+        sample(&text, "event_store_feed_in_flight_positions"),
+        Some(0.0)
+    );
     // No clean verification yet; then one, logged as evidence.
     assert!(!text.contains("event_store_last_clean_verify_timestamp_seconds"));
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
-    let text: String = c.query_one("SELECT es_metrics_prometheus()", &[]).unwrap().get(0);
+    let text: String = c
+        .query_one("SELECT es_metrics_prometheus()", &[])
+        .unwrap()
+        .get(0);
     let at = sample(&text, "event_store_last_clean_verify_timestamp_seconds").unwrap();
-    let now: f64 = c.query_one("SELECT extract(epoch FROM now())::float8", &[]).unwrap().get(0);
+    let now: f64 = c
+        .query_one("SELECT extract(epoch FROM now())::float8", &[])
+        .unwrap()
+        .get(0);
     assert!((now - at).abs() < 60.0, "{at} vs {now}");
     // Every line is a comment or `name{labels} value`.
     for l in text.lines().filter(|l| !l.starts_with('#')) {
@@ -63,9 +91,17 @@ fn es_metrics_in_the_prometheus_text_format() {
     // An append in flight holds the feed back, and shows.
     let mut other = db.connect();
     let mut tx = other.transaction().unwrap();
-    tx.batch_execute("SELECT es_append('user-3', 'A', '{}')").unwrap();
-    let text: String = c.query_one("SELECT es_metrics_prometheus()", &[]).unwrap().get(0);
-    assert_eq!(sample(&text, "event_store_feed_in_flight_positions"), Some(1.0), "{text}");
+    tx.batch_execute("SELECT es_append('user-3', 'A', '{}')")
+        .unwrap();
+    let text: String = c
+        .query_one("SELECT es_metrics_prometheus()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        sample(&text, "event_store_feed_in_flight_positions"),
+        Some(1.0),
+        "{text}"
+    );
     tx.rollback().unwrap();
 }
 
@@ -88,7 +124,8 @@ fn only_roles_that_see_every_event_log_a_verification_and_nobody_forges_one() {
     let mut t = db.connect_as(&tenant);
     assert_eq!(count(&mut t, "SELECT count(*) FROM es_verify()"), 0);
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verifications"), 0);
-    c.batch_execute("ALTER TABLE event_store DISABLE ROW LEVEL SECURITY").unwrap();
+    c.batch_execute("ALTER TABLE event_store DISABLE ROW LEVEL SECURITY")
+        .unwrap();
     assert_eq!(count(&mut r, "SELECT count(*) FROM es_verify()"), 0);
     assert_eq!(
         count(&mut c, &format!("SELECT count(*) FROM es_verifications WHERE verified_by = '{reader}' AND problems = 0 AND stream_id IS NULL")),
@@ -99,7 +136,8 @@ fn only_roles_that_see_every_event_log_a_verification_and_nobody_forges_one() {
         "42501"
     );
     // Read-only transactions verify without logging.
-    r.batch_execute("BEGIN READ ONLY; SELECT * FROM es_verify(); COMMIT").unwrap();
+    r.batch_execute("BEGIN READ ONLY; SELECT * FROM es_verify(); COMMIT")
+        .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verifications"), 1);
 }
 
@@ -118,12 +156,17 @@ fn the_exporter_serves_the_metrics_of_the_contrib_queries_file() {
     let mut c = db.connect();
     seed(&mut c);
     let role = format!("{}_monitor", db.name);
-    c.batch_execute(&format!("CREATE ROLE {role} LOGIN IN ROLE event_store_reader"))
-        .unwrap();
+    c.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN IN ROLE event_store_reader"
+    ))
+    .unwrap();
     let host = std::env::var("ES_TEST_HOST").unwrap();
     let port = std::env::var("ES_TEST_PORT").unwrap();
     let listen: u16 = 19000 + (port.parse::<u16>().unwrap() % 1000);
-    let queries = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus-postgres-exporter.yml");
+    let queries = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/prometheus-postgres-exporter.yml"
+    );
     let mut exporter = std::process::Command::new("prometheus-postgres-exporter")
         .args([
             "--disable-default-metrics",
@@ -133,7 +176,10 @@ fn the_exporter_serves_the_metrics_of_the_contrib_queries_file() {
         ])
         .env(
             "DATA_SOURCE_NAME",
-            format!("host={host} port={port} user={role} dbname={} sslmode=disable", db.name),
+            format!(
+                "host={host} port={port} user={role} dbname={} sslmode=disable",
+                db.name
+            ),
         )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -164,12 +210,24 @@ fn the_exporter_serves_the_metrics_of_the_contrib_queries_file() {
     };
     assert_eq!(find("event_store_events", &[]), 4.0);
     assert_eq!(find("event_store_streams", &[]), 3.0);
-    assert_eq!(find("event_store_writes_total", &["category=\"user\""]), 3.0);
-    assert_eq!(find("event_store_writes_total", &["category=\"order\""]), 1.0);
-    assert_eq!(find("projection_lag_events", &["projection=\"keeper\""]), 4.0);
+    assert_eq!(
+        find("event_store_writes_total", &["category=\"user\""]),
+        3.0
+    );
+    assert_eq!(
+        find("event_store_writes_total", &["category=\"order\""]),
+        1.0
+    );
+    assert_eq!(
+        find("projection_lag_events", &["projection=\"keeper\""]),
+        4.0
+    );
     assert!(find("projection_lag_seconds", &["projection=\"keeper\""]) > 0.0);
     assert_eq!(
-        find("event_store_projection_info", &["projection=\"keeper\"", "status=\"paused\""]),
+        find(
+            "event_store_projection_info",
+            &["projection=\"keeper\"", "status=\"paused\""]
+        ),
         1.0
     );
 }

@@ -174,13 +174,25 @@ pub struct Cluster {
     pub config: Config,
 }
 
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
 impl Cluster {
     pub fn start(name: &str) -> Cluster {
-        let bin = "/usr/lib/postgresql/15/bin";
+        Cluster::start_with(name, "")
+    }
+
+    fn place(name: &str) -> (String, String, u16) {
         let run = std::env::var("ES_TEST_HOST").expect("ES_TEST_HOST");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let port = 55000 + (std::process::id() % 500) as u16 * 8 + n as u16 % 8;
         let dir = format!("{run}/own-{name}-{}-{n}", std::process::id());
+        (run, dir, port)
+    }
+
+    /// A new cluster with `conf` added to its postgresql.conf.
+    pub fn start_with(name: &str, conf: &str) -> Cluster {
+        let bin = BIN;
+        let (run, dir, port) = Cluster::place(name);
         let status = as_postgres(
             &format!("{bin}/initdb"),
             &[
@@ -196,10 +208,16 @@ impl Cluster {
         );
         assert!(status.success(), "initdb {dir}");
         let conf = format!(
-            "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{run}'\nfsync = off\n"
+            "port = {port}\nlisten_addresses = ''\nunix_socket_directories = '{run}'\nfsync = off\n{conf}\n"
         );
+        Cluster::run(dir, port, &run, &conf)
+    }
+
+    /// Appends `conf` to the cluster's postgresql.conf and starts it.
+    fn run(dir: String, port: u16, run: &str, conf: &str) -> Cluster {
+        let bin = BIN;
         let append = format!("printf '%s' \"$0\" >> '{dir}/postgresql.conf'");
-        assert!(as_postgres("sh", &["-c", &append, &conf]).success());
+        assert!(as_postgres("sh", &["-c", &append, conf]).success());
         let log = format!("{dir}/server.log");
         let status = as_postgres(
             &format!("{bin}/pg_ctl"),
@@ -208,11 +226,30 @@ impl Cluster {
         assert!(status.success(), "pg_ctl start {dir}");
         let mut config = Config::new();
         config
-            .host_path(&run)
+            .host_path(run)
             .port(port)
             .user("postgres")
             .dbname("postgres");
         Cluster { dir, config }
+    }
+
+    /// A hot standby of this cluster: a base backup streaming from it.
+    pub fn standby(&self, name: &str) -> Cluster {
+        let (run, dir, port) = Cluster::place(name);
+        let primary = self.config.get_ports()[0].to_string();
+        let status = as_postgres(
+            &format!("{BIN}/pg_basebackup"),
+            &[
+                "-D", &dir, "-h", &run, "-p", &primary, "-U", "postgres", "-R", "-X", "stream",
+            ],
+        );
+        assert!(status.success(), "pg_basebackup {dir}");
+        Cluster::run(
+            dir,
+            port,
+            &run,
+            &format!("\nport = {port}\nhot_standby = on\n"),
+        )
     }
 
     pub fn connect(&self) -> Client {
