@@ -186,16 +186,18 @@ AS $$
          GROUP BY s.event_type
     ),
     defined AS (
-        SELECT t.event_type,
-               (array_agg(t.description ORDER BY t.version DESC))[1] AS description,
+        SELECT t.event_type, latest.description, latest.personal_data, latest.subject,
                jsonb_agg(jsonb_build_object('version', t.version, 'schema', t.schema,
                                             'upcast_to_next', u.rule, 'defined_at', t.defined_at)
-                         ORDER BY t.version) AS versions,
-               (array_agg(t.personal_data ORDER BY t.version DESC))[1] AS personal_data,
-               (array_agg(t.subject ORDER BY t.version DESC))[1] AS subject
+                         ORDER BY t.version) AS versions
           FROM @extschema@.es_catalog_types t
           LEFT JOIN @extschema@.es_upcasts u ON u.event_type = t.event_type AND u.from_version = t.version
-         GROUP BY t.event_type
+          -- The description, personal data and subject of the latest version.
+          CROSS JOIN LATERAL (SELECT l.description, l.personal_data, l.subject
+                                FROM @extschema@.es_catalog_types l
+                               WHERE l.event_type = t.event_type
+                               ORDER BY l.version DESC LIMIT 1) latest
+         GROUP BY t.event_type, latest.description, latest.personal_data, latest.subject
     )
     SELECT coalesce(d.event_type, s.event_type), d.event_type IS NOT NULL, d.description,
            coalesce(d.versions, '[]'), coalesce(d.personal_data, '{}'), d.subject,

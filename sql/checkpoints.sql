@@ -20,7 +20,7 @@ CREATE FUNCTION es_feed_horizon() RETURNS bigint
 COMMENT ON FUNCTION es_feed_horizon() IS
     'The highest position below which every event has committed or never will.';
 
-CREATE FUNCTION es_save_checkpoint(consumer text, position bigint)
+CREATE FUNCTION es_save_checkpoint(consumer text, "position" bigint)
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER

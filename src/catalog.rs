@@ -27,7 +27,7 @@ thread_local! {
     static CACHE: RefCell<Option<(u64, Rc<Catalog>)>> = const { RefCell::new(None) };
     /// Bumped by every invalidation of a catalog table (or of every relation).
     static GENERATION: Cell<u64> = const { Cell::new(0) };
-    /// The catalog tables, once known.
+    /// The catalog tables, as of the last load.
     static TABLES: Cell<[pg_sys::Oid; 3]> = const { Cell::new([pg_sys::InvalidOid; 3]) };
 }
 
@@ -100,13 +100,12 @@ pub fn current() -> Rc<Catalog> {
             return c;
         }
     }
-    if TABLES.get()[0] == pg_sys::InvalidOid {
-        TABLES.set([
-            schema::relation(c"es_catalog_types"),
-            schema::relation(c"es_catalog_modes"),
-            schema::relation(c"es_upcasts"),
-        ]);
-    }
+    // Looked up again on every load: the extension may have been dropped and created since.
+    TABLES.set([
+        schema::relation(c"es_catalog_types"),
+        schema::relation(c"es_catalog_modes"),
+        schema::relation(c"es_upcasts"),
+    ]);
     // An invalidation received while loading bumps the generation: the next call reloads.
     let catalog = Rc::new(load());
     CACHE.set(Some((generation, catalog.clone())));

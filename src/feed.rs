@@ -19,9 +19,7 @@ fn seq_last() -> i64 {
             "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
                FROM @extschema@.es_global_position_seq",
         );
-        Spi::get_one::<i64>(sql)
-            .ok()
-            .flatten()
+        schema::select_one::<i64>(sql)
             .unwrap_or_else(|| error!("event_store: cannot read es_global_position_seq"))
     })
 }
@@ -99,11 +97,9 @@ fn in_recovery() -> bool {
 /// the primary published (es_publish_feed_horizon), whose commit follows every commit below
 /// it in the WAL, so the standby has replayed them all once it sees it.
 fn published() -> i64 {
-    Spi::get_one::<i64>(schema::qualified(
+    schema::select_one::<i64>(schema::qualified(
         "SELECT horizon FROM @extschema@.es_feed_published",
     ))
-    .ok()
-    .flatten()
     .unwrap_or(0)
 }
 

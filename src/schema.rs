@@ -22,12 +22,19 @@ fn namespace() -> (pg_sys::Oid, &'static str) {
     if let Some(ns) = NAMESPACE.get() {
         return ns;
     }
-    let found = Spi::get_two::<pg_sys::Oid, String>(
-        "SELECT n.oid, pg_catalog.quote_ident(n.nspname) \
-           FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n \
-             ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
-          WHERE e.extname OPERATOR(pg_catalog.=) 'event_store'::pg_catalog.name",
-    );
+    // A select, not Spi::get_two, which assigns a transaction id (impossible on a standby).
+    let found = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT n.oid, pg_catalog.quote_ident(n.nspname) \
+                   FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n \
+                     ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
+                  WHERE e.extname OPERATOR(pg_catalog.=) 'event_store'::pg_catalog.name",
+                Some(1),
+                &[],
+            )
+            .and_then(|rows| rows.first().get_two::<pg_sys::Oid, String>())
+    });
     let ns = match found {
         Ok((Some(oid), Some(name))) => (oid, &*String::leak(name)),
         _ => {
@@ -124,4 +131,15 @@ pub fn column<T: FromDatum + IntoDatum>(
         );
     };
     v
+}
+
+/// The first column of a read-only query's first row. Spi::get_one would assign the
+/// transaction an id, which a hot standby refuses.
+pub fn select_one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+    Spi::connect(|client| {
+        client
+            .select(sql, Some(1), &[])
+            .and_then(|rows| rows.first().get_one::<T>())
+    })
+    .or_raise(sql)
 }

@@ -24,11 +24,16 @@ fn examples(markdown: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Splits a block into statements at lines ending in ';'.
+/// Splits a block into statements at lines ending in ';'; a psql meta-command (`\i file`,
+/// run from the repository's root) is a statement of its own line.
 fn statements(sql: &str) -> Vec<String> {
     let mut out = vec![];
     let mut cur = String::new();
     for line in sql.lines() {
+        if line.starts_with('\\') {
+            out.push(line.to_string());
+            continue;
+        }
         cur.push_str(line);
         cur.push('\n');
         if line.trim_end().ends_with(';') {
@@ -121,4 +126,14 @@ fn integrity_examples_run_as_documented() {
 #[test]
 fn time_travel_examples_run_as_documented() {
     check_file("docs/time-travel.md");
+}
+
+#[test]
+fn catalog_examples_run_as_documented() {
+    check_file("docs/catalog.md");
+}
+
+#[test]
+fn feed_examples_run_as_documented() {
+    check_file("docs/feed-and-projections.md");
 }

@@ -10,15 +10,21 @@ fn sample(text: &str, line: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-fn seed(c: &mut postgres::Client) {
-    c.batch_execute(
-        "SELECT es_append('user-1', 'A', '{}'); SELECT es_append('user-1', 'B', '{}');
-         SELECT es_append('user-2', 'A', '{}'); SELECT es_append('order-1', 'A', '{}');
+/// Four events in three streams, and a paused projection (owned by a role of its own:
+/// handlers never run as a superuser).
+fn seed(db: &TestDb, c: &mut postgres::Client) {
+    let owner = format!("{}_owner", db.name);
+    c.batch_execute(&format!(
+        "SELECT es_append('user-1', 'A', '{{}}'); SELECT es_append('user-1', 'B', '{{}}');
+         SELECT es_append('user-2', 'A', '{{}}'); SELECT es_append('order-1', 'A', '{{}}');
+         CREATE ROLE {owner} IN ROLE event_store_reader; GRANT CREATE ON SCHEMA public TO {owner};
+         SET ROLE {owner};
          CREATE TABLE seen (p bigint);
          CREATE FUNCTION keep(e event_store) RETURNS void LANGUAGE sql AS $$ INSERT INTO seen VALUES (e.global_position) $$;
          SELECT es_create_projection('keeper', 'keep(event_store)');
-         SELECT es_pause_projection('keeper');",
-    )
+         SELECT es_pause_projection('keeper');
+         RESET ROLE;"
+    ))
     .unwrap();
 }
 
@@ -26,7 +32,7 @@ fn seed(c: &mut postgres::Client) {
 fn es_metrics_in_the_prometheus_text_format() {
     let db = TestDb::new("metrics_text");
     let mut c = db.connect();
-    seed(&mut c);
+    seed(&db, &mut c);
     let text: String = c
         .query_one("SELECT es_metrics_prometheus()", &[])
         .unwrap()
@@ -109,7 +115,7 @@ fn es_metrics_in_the_prometheus_text_format() {
 fn only_roles_that_see_every_event_log_a_verification_and_nobody_forges_one() {
     let db = TestDb::new("metrics_verify_log");
     let mut c = db.connect();
-    seed(&mut c);
+    seed(&db, &mut c);
     let (reader, tenant) = (format!("{}_reader", db.name), format!("{}_tenant", db.name));
     c.batch_execute(&format!(
         "CREATE ROLE {reader} IN ROLE event_store_reader; CREATE ROLE {tenant} IN ROLE event_store_reader;
@@ -121,8 +127,10 @@ fn only_roles_that_see_every_event_log_a_verification_and_nobody_forges_one() {
     let mut r = db.connect_as(&reader);
     assert_eq!(count(&mut r, "SELECT count(*) FROM es_verify()"), 0);
     // Row level security filters even the reader's (permissive) view: not logged.
+    // The tenant sees one stream: es_verify reports the others' events as missing, and
+    // that answer is not evidence about the store either.
     let mut t = db.connect_as(&tenant);
-    assert_eq!(count(&mut t, "SELECT count(*) FROM es_verify()"), 0);
+    assert!(count(&mut t, "SELECT count(*) FROM es_verify()") > 0);
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verifications"), 0);
     c.batch_execute("ALTER TABLE event_store DISABLE ROW LEVEL SECURITY")
         .unwrap();
@@ -154,7 +162,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 fn the_exporter_serves_the_metrics_of_the_contrib_queries_file() {
     let db = TestDb::new("metrics_exporter");
     let mut c = db.connect();
-    seed(&mut c);
+    seed(&db, &mut c);
     let role = format!("{}_monitor", db.name);
     c.batch_execute(&format!(
         "CREATE ROLE {role} LOGIN IN ROLE event_store_reader"
