@@ -159,6 +159,10 @@ echo "loaded $((STREAMS * 100)) events in $(( $(date +%s) - start ))s"
 settle
 bench "es_stream/100-of-$((STREAMS * 100))/c1" es_stream.pgbench 1 -D streams=$STREAMS
 bench "es_stream/100-of-$((STREAMS * 100))/c8" es_stream.pgbench 8 -D streams=$STREAMS
+# A Prometheus scrape of the same store (its streams, and the projections made so far).
+if [ "$(sql -c "SELECT to_regprocedure('es_metrics_prometheus()') IS NOT NULL")" = t ]; then
+    BENCH_DUR=$ROUND_DUR bench "metrics/scrape-$((STREAMS * 100))-events" metrics.pgbench 1
+fi
 fi
 
 if want 5; then
