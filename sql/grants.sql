@@ -28,7 +28,8 @@ GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
 -- their policy hides them (sql/fold.sql).
 GRANT SELECT ON event_store, es_streams, es_reducers, es_snapshots, es_projection_state, es_projections,
                 es_feed_in_flight, es_catalog_types, es_upcasts, es_catalog_modes, es_event_types,
-                es_checkpoints, es_metrics, es_verifications, es_feed_published
+                es_checkpoints, es_metrics, es_verifications, es_feed_published, es_digests,
+                es_digest_heads
    TO event_store_reader;
 -- The feed's horizon reads how far positions have been handed out.
 GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
@@ -44,6 +45,9 @@ GRANT EXECUTE ON FUNCTION
     es_state_at(text, timestamptz),
     es_state_at_version(text, bigint),
     es_verify(text, boolean),
+    -- An auditor takes digests and checks them against the store.
+    es_digest(),
+    es_verify_digest(jsonb),
     -- The feed reads run as the reader (row level security applies) and call these.
     _es_feed_horizon(),
     es_feed_horizon(),

@@ -105,7 +105,7 @@ fn published() -> i64 {
 
 /// Highest position a feed reader may go up to now.
 #[pg_extern(volatile, parallel_unsafe)]
-fn _es_feed_horizon() -> i64 {
+pub fn _es_feed_horizon() -> i64 {
     if in_recovery() {
         return published();
     }

@@ -8,6 +8,7 @@ use event_store_core::chain::{event_hash, Content, Head, StreamCheck, GENESIS};
 use event_store_core::stream::category;
 use event_store_core::time::PG_EPOCH_US;
 use pgrx::prelude::*;
+use pgrx::datum::DatumWithOid;
 use pgrx::spi::SpiClient;
 use std::collections::HashMap;
 
@@ -42,11 +43,21 @@ fn _es_event_hash(
     event_hash(prev.unwrap_or(&GENESIS), &content).to_vec()
 }
 
-const EVENTS_SQL: &str =
-    "SELECT stream_id, stream_version, hash, event_id::text, global_position, \
-    event_type, event_version, created_at, event_data::text, metadata::text \
-    FROM @extschema@.event_store WHERE $1::text IS NULL OR stream_id = $1 \
-    ORDER BY stream_id, stream_version, global_position";
+/// The events `walk_chains` reads, those `filter` keeps, in chain order.
+macro_rules! chain_sql {
+    ($filter:literal) => {
+        concat!(
+            "SELECT stream_id, stream_version, hash, event_id::text, global_position, \
+             event_type, event_version, created_at, event_data::text, metadata::text \
+             FROM @extschema@.event_store WHERE ",
+            $filter,
+            " ORDER BY stream_id, stream_version, global_position"
+        )
+    };
+}
+pub(crate) use chain_sql;
+
+const EVENTS_SQL: &str = chain_sql!("$1::text IS NULL OR stream_id = $1");
 
 const HEADS_SQL: &str =
     "SELECT stream_id, version, coalesce(head_hash, ''::bytea), first_at, last_at, \
@@ -97,20 +108,41 @@ fn verify_chains(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<
             out.push((id.clone(), p.version, p.problem.into(), p.detail));
         }
     };
-    let mut cursor = client.open_cursor(schema::qualified(EVENTS_SQL), &[stream_id.into()]);
+    walk_chains(client, EVENTS_SQL, &[stream_id.into()], |id, check| {
+        let head = heads.remove(&id);
+        flush(id, check, head);
+    });
+    // Registered streams none of whose events were seen.
+    let mut orphans: Vec<_> = heads.into_iter().collect();
+    orphans.sort_by(|a, b| a.0.cmp(&b.0));
+    for (id, head) in orphans {
+        flush(id, StreamCheck::default(), Some(head));
+    }
+}
+
+/// Checks the chain of every stream in the events `sql` (made by `chain_sql!`) returns, and
+/// hands each stream's check to `done`. Returns the number of events read.
+pub fn walk_chains(
+    client: &SpiClient<'_>,
+    sql: &'static str,
+    args: &[DatumWithOid<'_>],
+    mut done: impl FnMut(String, StreamCheck),
+) -> i64 {
+    let mut cursor = client.open_cursor(schema::qualified(sql), args);
     let mut current: Option<(String, StreamCheck)> = None;
+    let mut events = 0;
     loop {
         let batch = cursor.fetch(1000).or_raise("reading event_store");
         if batch.is_empty() {
             break;
         }
         for row in batch {
+            events += 1;
             let text = |i, name| column::<String>(&row, i, name);
             let sid = text(1, "event_store.stream_id");
             if current.as_ref().is_none_or(|(s, _)| *s != sid) {
                 if let Some((s, c)) = current.take() {
-                    let head = heads.remove(&s);
-                    flush(s, c, head);
+                    done(s, c);
                 }
                 current = Some((sid.clone(), StreamCheck::default()));
             }
@@ -138,15 +170,9 @@ fn verify_chains(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<
         }
     }
     if let Some((s, c)) = current.take() {
-        let head = heads.remove(&s);
-        flush(s, c, head);
+        done(s, c);
     }
-    // Registered streams none of whose events were seen.
-    let mut orphans: Vec<_> = heads.into_iter().collect();
-    orphans.sort_by(|a, b| a.0.cmp(&b.0));
-    for (id, head) in orphans {
-        flush(id, StreamCheck::default(), Some(head));
-    }
+    events
 }
 
 fn verify_positions(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<Row>) {
@@ -295,35 +321,16 @@ fn record(stream_id: Option<&str>, snapshots: bool, problems: i64) {
         return;
     }
     let by = crate::context::_es_calling_role();
-    let log = schema::relation(c"es_verifications");
-    // SAFETY: the relation exists (just looked up) and is only read for its owner, then closed.
-    let owner = unsafe {
-        let rel = pg_sys::RelationIdGetRelation(log);
-        let owner = (*(*rel).rd_rel).relowner;
-        pg_sys::RelationClose(rel);
-        owner
-    };
-    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-    // SAFETY: the user is switched for one INSERT and switched back; an error in between
-    // aborts the transaction, whose cleanup restores the user as it does after any
-    // SECURITY DEFINER function.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    Spi::run_with_args(
-        schema::qualified(RECORD_SQL),
-        &[
-            stream_id.into(),
-            snapshots.into(),
-            problems.into(),
-            by.as_str().into(),
-        ],
-    )
-    .or_raise("logging the verification");
-    // SAFETY: restores what was read above.
-    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    schema::as_owner_of(schema::relation(c"es_verifications"), || {
+        Spi::run_with_args(
+            schema::qualified(RECORD_SQL),
+            &[
+                stream_id.into(),
+                snapshots.into(),
+                problems.into(),
+                by.as_str().into(),
+            ],
+        )
+        .or_raise("logging the verification")
+    });
 }

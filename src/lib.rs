@@ -24,6 +24,7 @@ mod append;
 mod catalog;
 mod context;
 mod diff;
+mod digest;
 mod errors;
 mod feed;
 mod fold;
@@ -113,6 +114,11 @@ extension_sql_file!(
         feed::_es_feed_horizon,
         feed::_es_feed_holders
     ]
+);
+extension_sql_file!(
+    "../sql/digest.sql",
+    name = "digest",
+    requires = ["schema", digest::es_digest, digest::es_verify_digest]
 );
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

@@ -143,3 +143,31 @@ pub fn select_one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
     })
     .or_raise(sql)
 }
+
+/// Runs `f` as the owner of the extension's relation `rel`, for writes no caller may make
+/// directly (a log entry, a digest's record), then switches back.
+pub fn as_owner_of<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    // SAFETY: the relation exists (the caller looked it up) and is only read for its owner,
+    // then closed.
+    let owner = unsafe {
+        let r = pg_sys::RelationIdGetRelation(rel);
+        let owner = (*(*r).rd_rel).relowner;
+        pg_sys::RelationClose(r);
+        owner
+    };
+    let (mut user, mut context) = (pg_sys::InvalidOid, 0);
+    // SAFETY: the user is switched for `f` and switched back; an error in between aborts the
+    // transaction, whose cleanup restores the user as it does after any SECURITY DEFINER
+    // function.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            owner,
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let out = f();
+    // SAFETY: restores what was read above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    out
+}

@@ -136,6 +136,11 @@ impl StreamCheck {
         self.last_position = Some(content.global_position);
     }
 
+    /// The last version walked and its stored hash (GENESIS before any).
+    pub fn head(&self) -> (i64, &[u8]) {
+        (self.last_version, &self.chain)
+    }
+
     /// Compares the walked chain with the registry's head: its version and hash, and the
     /// time bounds and last position that reads by stream rely on.
     pub fn finish(mut self, head: Option<Head>) -> Vec<Problem> {
