@@ -24,11 +24,12 @@ fn examples(markdown: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Splits a block into statements at lines ending in ';'; a psql meta-command (`\i file`,
-/// run from the repository's root) is a statement of its own line.
+/// Splits a block into statements at lines ending in ';' outside `$$` bodies; a psql
+/// meta-command (`\i file`, run from the repository's root) is a statement of its own line.
 fn statements(sql: &str) -> Vec<String> {
     let mut out = vec![];
     let mut cur = String::new();
+    let mut in_body = false;
     for line in sql.lines() {
         if line.starts_with('\\') {
             out.push(line.to_string());
@@ -36,7 +37,8 @@ fn statements(sql: &str) -> Vec<String> {
         }
         cur.push_str(line);
         cur.push('\n');
-        if line.trim_end().ends_with(';') {
+        in_body ^= line.matches("$$").count() % 2 == 1;
+        if !in_body && line.trim_end().ends_with(';') {
             out.push(std::mem::take(&mut cur));
         }
     }
@@ -131,6 +133,11 @@ fn time_travel_examples_run_as_documented() {
 #[test]
 fn catalog_examples_run_as_documented() {
     check_file("docs/catalog.md");
+}
+
+#[test]
+fn compliance_examples_run_as_documented() {
+    check_file("docs/compliance.md");
 }
 
 #[test]
