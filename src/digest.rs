@@ -91,11 +91,7 @@ fn es_digest() -> pgrx::JsonB {
     let position = crate::feed::_es_feed_horizon();
     let (mut leaves, changed) = Spi::connect(|client| {
         let previous: i64 = client
-            .select(
-                schema::qualified(PREVIOUS_SQL),
-                Some(1),
-                &[position.into()],
-            )
+            .select(schema::qualified(PREVIOUS_SQL), Some(1), &[position.into()])
             .and_then(|r| r.first().get_one())
             .or_raise("reading es_digests")
             .unwrap_or(0);
@@ -185,7 +181,12 @@ fn verify(client: &SpiClient<'_>, digest: &Digest, out: &mut Vec<Problem>) {
                 hash: if version > 0 { hash } else { &GENESIS }.to_vec(),
             });
             for p in check.problems {
-                out.push((Some(stream_id.clone()), p.version, p.problem.into(), p.detail));
+                out.push((
+                    Some(stream_id.clone()),
+                    p.version,
+                    p.problem.into(),
+                    p.detail,
+                ));
             }
         },
     );

@@ -7,8 +7,8 @@ use crate::schema::{self, column, nullable, OrRaise};
 use event_store_core::chain::{event_hash, Content, Head, StreamCheck, GENESIS};
 use event_store_core::stream::category;
 use event_store_core::time::PG_EPOCH_US;
-use pgrx::prelude::*;
 use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::collections::HashMap;
 

@@ -565,7 +565,11 @@ fn projections_and_the_feed_see_upcast_events() {
         .query_one("SELECT status, last_error FROM es_projections", &[])
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!(seen, vec![(2, "a@b".to_string()), (2, "c@d".to_string())], "{status:?}");
+    assert_eq!(
+        seen,
+        vec![(2, "a@b".to_string()), (2, "c@d".to_string())],
+        "{status:?}"
+    );
     // A custom reducer sees them upcast too.
     c.batch_execute(
         "CREATE FUNCTION emails(s jsonb, e event_store) RETURNS jsonb LANGUAGE sql

@@ -63,10 +63,8 @@ fn a_digest_covers_the_settled_store_and_appends_after_it_keep_it_valid() {
     let mut c = db.connect();
     fill(&mut c);
     let auditor = format!("{}_auditor", db.name);
-    c.batch_execute(&format!(
-        "CREATE ROLE {auditor} IN ROLE event_store_reader"
-    ))
-    .unwrap();
+    c.batch_execute(&format!("CREATE ROLE {auditor} IN ROLE event_store_reader"))
+        .unwrap();
     let mut a = db.connect_as(&auditor);
     // An append in flight holds position 6: the digest stops below it.
     let mut writer = db.connect();
@@ -88,7 +86,10 @@ fn a_digest_covers_the_settled_store_and_appends_after_it_keep_it_valid() {
     )
     .unwrap();
     let d2 = digest(&mut a);
-    assert_eq!((d2["position"].clone(), d2["events"].clone()), (8.into(), 8.into()));
+    assert_eq!(
+        (d2["position"].clone(), d2["events"].clone()),
+        (8.into(), 8.into())
+    );
     assert_ne!(d1["root"], d2["root"]);
     assert_eq!(problems(&mut a, &d1), vec![]);
     assert_eq!(problems(&mut a, &d2), vec![]);
@@ -97,7 +98,10 @@ fn a_digest_covers_the_settled_store_and_appends_after_it_keep_it_valid() {
     assert_eq!(digest(&mut a)["root"], d2["root"]);
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_digests"), 2);
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM es_digest_heads WHERE position = 8"),
+        count(
+            &mut c,
+            "SELECT count(*) FROM es_digest_heads WHERE position = 8"
+        ),
         3,
         "order-1, order-2 and order-3 changed after position 5; user-1 did not"
     );
@@ -177,7 +181,11 @@ fn edits_deletions_insertions_and_rechains_below_the_digest_are_found() {
             "{name}: expected {expected:?} among {found:?}"
         );
         if verify_passes {
-            assert_eq!(verify_problems(&mut c), 0, "{name}: es_verify cannot see it");
+            assert_eq!(
+                verify_problems(&mut c),
+                0,
+                "{name}: es_verify cannot see it"
+            );
         }
     }
 }
@@ -200,7 +208,10 @@ fn without_the_stores_record_the_digest_still_fails_but_cannot_name_streams() {
     // A digest of another store, or of this one before a restore to an earlier point.
     let mut ahead = d.clone();
     ahead["position"] = 1000.into();
-    assert_eq!(problems(&mut c, &ahead), vec![(None, None, "digest".into())]);
+    assert_eq!(
+        problems(&mut c, &ahead),
+        vec![(None, None, "digest".into())]
+    );
 }
 
 #[test]
@@ -213,18 +224,28 @@ fn bad_digests_isolation_and_roles_are_refused() {
         (Value::Null, "22004"),
         (serde_json::json!({}), "22023"),
         (serde_json::json!([1]), "22023"),
-        ({
-            let mut x = d.clone();
-            x["root"] = "00".into();
-            x
-        }, "22023"),
-        ({
-            let mut x = d.clone();
-            x["position"] = (-1).into();
-            x
-        }, "22023"),
+        (
+            {
+                let mut x = d.clone();
+                x["root"] = "00".into();
+                x
+            },
+            "22023",
+        ),
+        (
+            {
+                let mut x = d.clone();
+                x["position"] = (-1).into();
+                x
+            },
+            "22023",
+        ),
     ] {
-        let arg: Option<Value> = if bad.is_null() { None } else { Some(bad.clone()) };
+        let arg: Option<Value> = if bad.is_null() {
+            None
+        } else {
+            Some(bad.clone())
+        };
         assert_eq!(
             sqlstate(c.query("SELECT * FROM es_verify_digest($1)", &[&arg])),
             state,
@@ -232,9 +253,9 @@ fn bad_digests_isolation_and_roles_are_refused() {
         );
     }
     assert_eq!(
-        outcome(c.batch_execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT es_digest(); COMMIT"
-        )),
+        outcome(
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT es_digest(); COMMIT")
+        ),
         "0A000"
     );
     c.batch_execute("ROLLBACK").unwrap();
