@@ -13,7 +13,7 @@ use crate::schema::{column, OrRaise};
 use crate::{catalog, context, feed, fold, guc, jsonb, plans, projection_worker, registry};
 use event_store_core::append::{classify, has_duplicate, lock_order, Retry, Stored};
 use event_store_core::chain::{event_hash, Content, GENESIS};
-use event_store_core::stream::category;
+use event_store_core::stream::{category, system_stream, SYSTEM_CATEGORY};
 use event_store_core::time::PG_EPOCH_US;
 use event_store_core::validate::{self as rules, Invalid};
 use pgrx::datum::DatumWithOid;
@@ -499,8 +499,67 @@ fn retries(
     Ok((replay, rows))
 }
 
+thread_local! {
+    /// Set by `_es_record` for the one append it makes: the store's own streams take no other.
+    static SYSTEM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Allows the next append into the store's own streams; cleared when dropped, also by an error.
+struct SystemAppend;
+
+impl SystemAppend {
+    fn allow() -> SystemAppend {
+        SYSTEM.set(true);
+        SystemAppend
+    }
+}
+
+impl Drop for SystemAppend {
+    fn drop(&mut self) {
+        SYSTEM.set(false);
+    }
+}
+
+/// Appends the store's own record of `kind` (an export, an erasure) to its stream
+/// `event_store-<kind>`, which no caller may append to; returns its global position. Granted
+/// to nobody: the owner's functions call it.
+#[pg_extern(volatile)]
+#[search_path(pg_catalog, pg_temp)]
+fn _es_record(kind: &str, event_type: &str, event_data: pgrx::JsonB) -> i64 {
+    let _allowed = SystemAppend::allow();
+    Spi::get_one_with_args::<i64>(
+        crate::schema::qualified(
+            "SELECT global_position FROM @extschema@.es_append($1, $2, $3)",
+        ),
+        &[
+            system_stream(kind).into(),
+            event_type.into(),
+            event_data.into(),
+        ],
+    )
+    .or_raise("recording in the store's own stream")
+    .unwrap_or_default()
+}
+
 /// Appends every entry, all or nothing. Rows come back in input order.
 fn append(entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> {
+    // Taken by the first append after it was allowed: one a user's code (a reducer taking a
+    // snapshot) might make inside that append is refused.
+    let system = SYSTEM.take();
+    if let Some(e) = entries
+        .iter()
+        .find(|e| !system && category(&e.stream_id) == SYSTEM_CATEGORY)
+    {
+        return Err(refused(
+            b"42501",
+            format!(
+                "event_store: stream {} is in the category {SYSTEM_CATEGORY}, which holds the store's own records",
+                e.stream_id
+            ),
+            String::new(),
+            "Name the stream in another category.",
+        ));
+    }
     let streams: Vec<&str> = entries.iter().map(|e| e.stream_id.as_str()).collect();
     let order = lock_order(&streams).unwrap_or_else(|s| {
         raise(Invalid::Value(format!(
@@ -531,6 +590,9 @@ fn append(entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> 
     let catalog = catalog::current();
     for e in &entries {
         let stream_category = category(&e.stream_id);
+        if stream_category == SYSTEM_CATEGORY {
+            continue; // the store's own records are not the application's catalog
+        }
         for (n, ev) in e.events.iter().enumerate() {
             let at = || match (entries.len(), e.events.len()) {
                 (1, 1) => String::new(),

@@ -6,7 +6,10 @@ use crate::errors::Refused;
 use crate::jsonb::{self, Json};
 use crate::schema::{self, column, nullable, OrRaise};
 use crate::validate::raise;
-use event_store_core::catalog::{check_definition, check_upcast, Mode, Schema, Upcasts};
+use event_store_core::catalog::{
+    check_definition, check_upcast, parse_subject, Mode, Schema, Upcasts,
+};
+use event_store_core::validate::Invalid;
 use pgrx::fcinfo::pg_getarg_datum_raw;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
@@ -247,6 +250,17 @@ fn _es_check_upcast(
     rule: Option<pgrx::JsonB>,
 ) {
     check_upcast(event_type, from_version, rule.as_ref().map(|r| &r.0)).unwrap_or_else(|e| raise(e))
+}
+
+/// A catalog subject as `{document, key, key, ...}`: the event_store column it points into and
+/// the path there, for `#>>`. Raises 22023 for one that does not parse.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _es_subject_path(subject: &str) -> Vec<String> {
+    let s = parse_subject(subject).unwrap_or_else(|e| raise(Invalid::Value(e)));
+    let (document, pointer) = s.path();
+    std::iter::once(document.to_string())
+        .chain(pointer.iter().cloned())
+        .collect()
 }
 
 #[pg_extern(immutable, parallel_safe)]

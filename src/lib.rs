@@ -120,6 +120,18 @@ extension_sql_file!(
     name = "digest",
     requires = ["schema", digest::es_digest, digest::es_verify_digest]
 );
+extension_sql_file!(
+    "../sql/privacy.sql",
+    name = "privacy",
+    requires = [
+        "catalog",
+        "read",
+        fold::es_state,
+        append::_es_record,
+        catalog::_es_subject_path,
+        context::_es_calling_role
+    ]
+);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]

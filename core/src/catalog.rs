@@ -42,6 +42,16 @@ pub enum Subject {
     Metadata(Pointer),
 }
 
+impl Subject {
+    /// The document it points into, as the event_store column is named, and the path there.
+    pub fn path(&self) -> (&'static str, &Pointer) {
+        match self {
+            Subject::Data(p) => ("event_data", p),
+            Subject::Metadata(p) => ("metadata", p),
+        }
+    }
+}
+
 pub fn parse_subject(s: &str) -> Result<Subject, String> {
     let (metadata, pointer) = match s.strip_prefix("metadata:") {
         Some(rest) => (true, rest),
@@ -275,6 +285,12 @@ mod tests {
         assert!(parse_subject("").is_err());
         assert!(parse_subject("metadata:").is_err());
         assert!(parse_subject("userId").is_err());
+        let p = parse_subject("metadata:/a~1b/c").unwrap();
+        assert_eq!(
+            p.path(),
+            ("metadata", &vec!["a/b".to_string(), "c".to_string()])
+        );
+        assert_eq!(parse_subject("/u").unwrap().path().0, "event_data");
     }
 
     #[test]

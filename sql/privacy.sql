@@ -1,0 +1,67 @@
+-- Data subjects' rights (GDPR): what the store holds about a subject, found through the
+-- catalog's subject pointers (sql/catalog.sql). Each use is recorded in the store's own stream
+-- event_store-privacy (_es_record, src/append.rs), which the feed delivers to projections.
+
+-- The subject of an event whose type's catalog entry names one: the value at that pointer,
+-- as text (#>>); NULL when the event lacks it.
+CREATE FUNCTION _es_subject_of(subject text, event_data jsonb, metadata jsonb) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (SELECT CASE p[1] WHEN 'metadata' THEN metadata ELSE event_data END OPERATOR(pg_catalog.#>>) p[2:]
+              FROM (SELECT @extschema@._es_subject_path(subject) AS p) x);
+
+-- Art. 15: every event about the subject across all streams, with its provenance, and the
+-- current state of each stream involved. Runs as the owner (it reads every event whatever
+-- row level security shows the caller): granted to nobody, a superuser grants it to the
+-- data-protection officer's role.
+CREATE FUNCTION es_subject_export(subject text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    doc jsonb;
+BEGIN
+    IF es_subject_export.subject IS NULL THEN
+        RAISE EXCEPTION 'event_store: subject must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF es_subject_export.subject = '' THEN
+        RAISE EXCEPTION 'event_store: subject must not be empty' USING ERRCODE = '22023';
+    END IF;
+    WITH about AS (
+        SELECT e.*
+          FROM @extschema@.es_catalog_types t
+          JOIN @extschema@.event_store e ON e.event_type = t.event_type AND e.event_version = t.version
+         WHERE t.subject IS NOT NULL
+           AND @extschema@._es_subject_of(t.subject, e.event_data, e.metadata) = es_subject_export.subject
+    )
+    SELECT jsonb_build_object(
+               'subject', es_subject_export.subject,
+               'exported_at', now(),
+               'exported_by', @extschema@._es_calling_role(),
+               'events', coalesce((
+                   SELECT jsonb_agg(jsonb_build_object(
+                              'stream_id', a.stream_id, 'stream_version', a.stream_version,
+                              'global_position', a.global_position, 'event_id', a.event_id,
+                              'event_type', a.event_type, 'event_version', a.event_version,
+                              'created_at', a.created_at,
+                              'appended_by', a.metadata -> 'appendedBy',
+                              'correlation_id', a.metadata -> 'correlationId',
+                              'causation_id', a.metadata -> 'causationId',
+                              'data', a.event_data, 'metadata', a.metadata)
+                          ORDER BY a.global_position)
+                     FROM about a), '[]'),
+               'streams', coalesce((
+                   SELECT jsonb_object_agg(s.stream_id, jsonb_build_object(
+                              'version', @extschema@.es_stream_version(s.stream_id),
+                              'state', @extschema@.es_state(s.stream_id)))
+                     FROM (SELECT DISTINCT a.stream_id FROM about a) s), '{}'))
+      INTO doc;
+    -- The record holds no personal data: the subject only as a hash.
+    PERFORM @extschema@._es_record('privacy', 'SubjectExported', jsonb_build_object(
+        'subject_sha256', encode(sha256(convert_to(es_subject_export.subject, 'UTF8')), 'hex'),
+        'events', jsonb_array_length(doc -> 'events'),
+        'streams', (SELECT count(*) FROM jsonb_object_keys(doc -> 'streams'))));
+    RETURN doc;
+END
+$$;
+COMMENT ON FUNCTION es_subject_export(text) IS
+    'GDPR Art. 15: every event about a subject (by the catalog''s subject pointers) with provenance, and the state of each stream involved; recorded in event_store-privacy.';
