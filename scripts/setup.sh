@@ -68,4 +68,16 @@ if ! ls "$PKGLIBDIR"/timescaledb*.so >/dev/null 2>&1; then
   )
 fi
 
+# 4. Node.js and the client example's packages (clients/node, locked in its package-lock.json).
+if ! command -v npm >/dev/null; then
+    log "installing Node.js"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+fi
+NODE_EXAMPLE=$(cd "$(dirname "$0")/../clients/node" && pwd)
+if [ ! -d "$NODE_EXAMPLE/node_modules" ]; then
+    log "installing the Node.js example's packages"
+    (cd "$NODE_EXAMPLE" && npm ci --silent --no-audit --no-fund)
+fi
+
 log "ready: $(cargo pgrx --version), PostgreSQL $($PG_CONFIG --version), $(ls "$PKGLIBDIR"/timescaledb-2*.so | xargs -n1 basename)"

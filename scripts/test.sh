@@ -33,3 +33,26 @@ for flavour in plain tsdb; do
         ES_TEST_PGDATA=$ES_RUN_DIR/test-$flavour \
         cargo test --test '*' --no-fail-fast -- --test-threads=2
 done
+
+# The client examples (clients/): each in a database of its own, as an application role.
+echo "== client examples: Node.js (pg) and Rust (tokio-postgres)"
+cargo build -q -p event_store_example
+for port in 54315 54316; do
+    for client in node rust; do
+        db=es_client_$client
+        es_psql $port postgres -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+        [ $port = 54316 ] && es_psql $port $db -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
+        es_psql $port $db -q -c "CREATE EXTENSION event_store" -c "
+            DO \$\$ BEGIN
+                CREATE ROLE es_example_app LOGIN IN ROLE event_store_writer;
+            EXCEPTION WHEN duplicate_object THEN NULL;
+            END \$\$"
+        echo "-- $client, port $port"
+        if [ $client = node ]; then
+            PGHOST=$ES_RUN_DIR PGPORT=$port PGUSER=es_example_app PGDATABASE=$db node clients/node/example.js
+        else
+            EVENT_STORE_URL="host=$ES_RUN_DIR port=$port user=es_example_app dbname=$db" target/debug/event_store_example
+        fi
+        es_psql $port postgres -q -c "DROP DATABASE $db WITH (FORCE)"
+    done
+done
