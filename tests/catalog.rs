@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use postgres::Client;
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, Rng};
 use serde_json::{json, Map, Value};
 
 const USER_SCHEMA: &str = r#"{
@@ -385,12 +385,7 @@ fn states(c: &mut Client, stream: &str) -> Vec<(Value, Value)> {
 fn random_upcast_chains_fold_as_the_model_with_snapshots_and_without() {
     let db = TestDb::new("catalog_upcast_property");
     let mut c = db.connect();
-    let seed: u64 = std::env::var("ES_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().gen());
-    eprintln!("ES_TEST_SEED={seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = common::seeded_rng();
     for round in 0..4 {
         let stream = format!("thing-{round}");
         let latest = rng.gen_range(2..5);

@@ -8,7 +8,7 @@ use event_store_core::reducer;
 
 use common::{sqlstate, TestDb};
 use postgres::Client;
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::Rng;
 use serde_json::{json, Value};
 
 fn state(c: &mut Client, sql: &str) -> Option<Value> {
@@ -671,12 +671,7 @@ fn state_functions_see_only_what_the_caller_may_select() {
 fn snapshots_and_es_fold_agree_with_the_model_fold_everywhere() {
     let db = TestDb::new("fold_property");
     let mut c = db.connect();
-    let seed: u64 = std::env::var("ES_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().gen());
-    eprintln!("ES_TEST_SEED={seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = common::seeded_rng();
     if common::timescaledb() {
         // Each stream spread over many chunks, which the state functions read one by one.
         c.batch_execute("SELECT set_chunk_time_interval('event_store', interval '1 millisecond')")

@@ -271,3 +271,15 @@ impl Drop for Cluster {
         as_postgres("rm", &["-rf", &self.dir]);
     }
 }
+
+/// A random generator for property tests, seeded from ES_TEST_SEED when set (to replay a
+/// failure) or at random; the seed is printed, and returned for messages.
+pub fn seeded_rng() -> (u64, rand::rngs::StdRng) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("ES_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("ES_TEST_SEED={seed}");
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
+}
