@@ -34,15 +34,15 @@ SELECT count(*) AS event_types_defined FROM (VALUES
       "type": "object", "required": ["amount", "currency"],
       "properties": {"amount": {"type": "number", "exclusiveMinimum": 0, "multipleOf": 0.01},
                      "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}, "charged": {"type": "boolean"}}}',
-      description => 'A payment was taken')),
+      description => 'A payment was taken', subject => 'stream')),
   (es_define_event_type('SaaSGenerationFailed', '{
       "type": "object", "required": ["intentionId", "error", "status"],
       "properties": {"intentionId": {"type": "string"}, "generatedBy": {"type": "string"},
                      "error": {"type": "string"}, "status": {"const": "failed"}}}',
-      description => 'Generating the SaaS failed')),
+      description => 'Generating the SaaS failed', subject => 'stream')),
   (es_define_event_type('RefundInitiated', '{
       "type": "object", "required": ["amount", "currency", "reason"],
       "properties": {"amount": {"type": "number", "exclusiveMinimum": 0, "multipleOf": 0.01},
                      "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}, "reason": {"type": "string"}}}',
-      description => 'A refund was started'))
+      description => 'A refund was started', subject => 'stream'))
 ) AS defined(nothing);

@@ -2,11 +2,15 @@
 -- catalog's subject pointers (sql/catalog.sql). Each use is recorded in the store's own stream
 -- event_store-privacy (_es_record, src/append.rs), which the feed delivers to projections.
 
--- The subject of an event whose type's catalog entry names one: the value at that pointer,
--- as text (#>>); NULL when the event lacks it.
-CREATE FUNCTION _es_subject_of(subject text, event_data jsonb, metadata jsonb) RETURNS text
+-- The subject of an event whose type's catalog entry names one: the value at that pointer, as
+-- text (#>>), or for `stream` the stream's id after its category's '-'; NULL when absent.
+CREATE FUNCTION _es_subject_of(subject text, stream_id text, event_data jsonb, metadata jsonb) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN (SELECT CASE p[1] WHEN 'metadata' THEN metadata ELSE event_data END OPERATOR(pg_catalog.#>>) p[2:]
+    RETURN (SELECT CASE p[1]
+                       WHEN 'stream_id' THEN NULLIF(pg_catalog.substr(stream_id,
+                           pg_catalog.length(@extschema@._es_category(stream_id)) + 2), '')
+                       WHEN 'metadata' THEN metadata OPERATOR(pg_catalog.#>>) p[2:]
+                       ELSE event_data OPERATOR(pg_catalog.#>>) p[2:] END
               FROM (SELECT @extschema@._es_subject_path(subject) AS p) x);
 
 -- Art. 15: every event about the subject across all streams, with its provenance, and the
@@ -31,7 +35,7 @@ BEGIN
           FROM @extschema@.es_catalog_types t
           JOIN @extschema@.event_store e ON e.event_type = t.event_type AND e.event_version = t.version
          WHERE t.subject IS NOT NULL
-           AND @extschema@._es_subject_of(t.subject, e.event_data, e.metadata) = es_subject_export.subject
+           AND @extschema@._es_subject_of(t.subject, e.stream_id, e.event_data, e.metadata) = es_subject_export.subject
     )
     SELECT jsonb_build_object(
                'subject', es_subject_export.subject,

@@ -11,6 +11,8 @@ fn catalog_and_events(c: &mut Client) {
         "SELECT es_define_event_type('UserRegistered', personal_data => '{/email}', subject => '/userId');
          SELECT es_define_event_type('UserEmailChanged', personal_data => '{/email}', subject => '/userId');
          SELECT es_define_event_type('PaymentProcessed', subject => 'metadata:/customer');
+         -- Whose it is follows from the stream it is in: the id after the category.
+         SELECT es_define_event_type('SessionStarted', subject => 'stream');
          SET event_store.correlation_id = 'req-7';
          SELECT es_append('user-1', 'UserRegistered', '{\"userId\": \"u-1\", \"email\": \"ann@example.com\"}');
          SELECT es_append('user-2', 'UserRegistered', '{\"userId\": \"u-2\", \"email\": \"bob@example.com\"}');
@@ -21,6 +23,9 @@ fn catalog_and_events(c: &mut Client) {
          SELECT es_append('audit-1', 'Noted', '{\"userId\": \"u-1\"}');
          -- Same type at another version, which has no catalog entry.
          SELECT es_append('user-3', 'UserRegistered', '{\"userId\": \"u-1\"}', event_version => 2);
+         SELECT es_append('user-u-1', 'SessionStarted', '{\"ip\": \"10.0.0.1\"}');
+         SELECT es_append('user-u-2', 'SessionStarted', '{\"ip\": \"10.0.0.2\"}');
+         SELECT es_append('u-1', 'SessionStarted', '{}');
          RESET event_store.correlation_id;",
     )
     .unwrap();
@@ -57,6 +62,7 @@ fn an_export_holds_every_event_about_the_subject_and_nothing_of_others() {
             ("user-1", 1, "UserRegistered"),
             ("user-1", 2, "UserEmailChanged"),
             ("payment-9", 1, "PaymentProcessed"),
+            ("user-u-1", 1, "SessionStarted"),
         ]
     );
     // Provenance of each event.
@@ -70,13 +76,13 @@ fn an_export_holds_every_event_about_the_subject_and_nothing_of_others() {
     let streams = doc["streams"].as_object().unwrap();
     assert_eq!(
         streams.keys().collect::<Vec<_>>(),
-        vec!["payment-9", "user-1"]
+        vec!["payment-9", "user-1", "user-u-1"]
     );
     assert_eq!(streams["user-1"]["version"], 2);
     assert_eq!(streams["user-1"]["state"]["email"], "ann@example.org");
     // Nothing of anyone else.
     let text = doc.to_string();
-    for other in ["u-2", "bob@example.com", "payment-8", "audit-1", "user-3"] {
+    for other in ["u-2", "bob@example.com", "payment-8", "audit-1", "user-3", "10.0.0.2"] {
         assert!(!text.contains(other), "{other} in {text}");
     }
     assert_eq!(export(&mut c, "u-404")["events"], serde_json::json!([]));
@@ -95,7 +101,7 @@ fn an_export_holds_every_event_about_the_subject_and_nothing_of_others() {
         .unwrap()
         .get(0);
     assert_eq!(data["subject_sha256"], hash.as_str());
-    assert_eq!((data["events"].clone(), data["streams"].clone()), (3.into(), 2.into()));
+    assert_eq!((data["events"].clone(), data["streams"].clone()), (4.into(), 3.into()));
     assert!(!data.to_string().contains("u-1"));
     // The records are in the feed, for projections to act on.
     assert_eq!(
@@ -180,7 +186,7 @@ fn exports_are_for_roles_granted_them_and_bad_subjects_are_refused() {
     }
     let mut d = db.connect_as(&dpo);
     let doc = export(&mut d, "u-1");
-    assert_eq!(doc["events"].as_array().unwrap().len(), 3);
+    assert_eq!(doc["events"].as_array().unwrap().len(), 4);
     assert_eq!(doc["exported_by"], dpo.as_str());
     for (sql, state) in [
         ("SELECT es_subject_export(NULL)", "22004"),

@@ -35,24 +35,30 @@ impl Mode {
 }
 
 /// Whose personal data an event holds: a JSON Pointer into its data, or into its metadata
-/// when written `metadata:/path`.
+/// when written `metadata:/path`, or `stream`: the stream's id after its category (`user-789`
+/// is 789's), for events that live in their subject's stream without naming them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Subject {
     Data(Pointer),
     Metadata(Pointer),
+    Stream,
 }
 
 impl Subject {
-    /// The document it points into, as the event_store column is named, and the path there.
-    pub fn path(&self) -> (&'static str, &Pointer) {
+    /// Where it is, as the event_store column is named, and the path in that document.
+    pub fn path(&self) -> (&'static str, &[String]) {
         match self {
             Subject::Data(p) => ("event_data", p),
             Subject::Metadata(p) => ("metadata", p),
+            Subject::Stream => ("stream_id", &[]),
         }
     }
 }
 
 pub fn parse_subject(s: &str) -> Result<Subject, String> {
+    if s == "stream" {
+        return Ok(Subject::Stream);
+    }
     let (metadata, pointer) = match s.strip_prefix("metadata:") {
         Some(rest) => (true, rest),
         None => (false, s),
@@ -288,9 +294,11 @@ mod tests {
         let p = parse_subject("metadata:/a~1b/c").unwrap();
         assert_eq!(
             p.path(),
-            ("metadata", &vec!["a/b".to_string(), "c".to_string()])
+            ("metadata", &["a/b".to_string(), "c".to_string()][..])
         );
         assert_eq!(parse_subject("/u").unwrap().path().0, "event_data");
+        assert_eq!(parse_subject("stream"), Ok(Subject::Stream));
+        assert_eq!(parse_subject("stream").unwrap().path(), ("stream_id", &[][..]));
     }
 
     #[test]
