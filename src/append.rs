@@ -528,9 +528,7 @@ impl Drop for SystemAppend {
 fn _es_record(kind: &str, event_type: &str, event_data: pgrx::JsonB) -> i64 {
     let _allowed = SystemAppend::allow();
     Spi::get_one_with_args::<i64>(
-        crate::schema::qualified(
-            "SELECT global_position FROM @extschema@.es_append($1, $2, $3)",
-        ),
+        crate::schema::qualified("SELECT global_position FROM @extschema@.es_append($1, $2, $3)"),
         &[
             system_stream(kind).into(),
             event_type.into(),

@@ -82,7 +82,14 @@ fn an_export_holds_every_event_about_the_subject_and_nothing_of_others() {
     assert_eq!(streams["user-1"]["state"]["email"], "ann@example.org");
     // Nothing of anyone else.
     let text = doc.to_string();
-    for other in ["u-2", "bob@example.com", "payment-8", "audit-1", "user-3", "10.0.0.2"] {
+    for other in [
+        "u-2",
+        "bob@example.com",
+        "payment-8",
+        "audit-1",
+        "user-3",
+        "10.0.0.2",
+    ] {
         assert!(!text.contains(other), "{other} in {text}");
     }
     assert_eq!(export(&mut c, "u-404")["events"], serde_json::json!([]));
@@ -94,14 +101,21 @@ fn an_export_holds_every_event_about_the_subject_and_nothing_of_others() {
         )
         .unwrap();
     assert_eq!(rows.len(), 2);
-    let (kind, data, by): (String, Value, String) = (rows[0].get(0), rows[0].get(1), rows[0].get(2));
-    assert_eq!((kind.as_str(), by.as_str()), ("SubjectExported", "postgres"));
+    let (kind, data, by): (String, Value, String) =
+        (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+    assert_eq!(
+        (kind.as_str(), by.as_str()),
+        ("SubjectExported", "postgres")
+    );
     let hash: String = c
         .query_one("SELECT encode(sha256('u-1'), 'hex')", &[])
         .unwrap()
         .get(0);
     assert_eq!(data["subject_sha256"], hash.as_str());
-    assert_eq!((data["events"].clone(), data["streams"].clone()), (4.into(), 3.into()));
+    assert_eq!(
+        (data["events"].clone(), data["streams"].clone()),
+        (4.into(), 3.into())
+    );
     assert!(!data.to_string().contains("u-1"));
     // The records are in the feed, for projections to act on.
     assert_eq!(
@@ -145,9 +159,9 @@ fn only_the_store_appends_to_its_own_streams_whatever_the_catalog_mode() {
     );
     // The allowance is for that one append: a later one is refused again.
     assert_eq!(
-        outcome(c.batch_execute(
-            "SELECT es_append('event_store-privacy', 'SubjectExported', '{}')"
-        )),
+        outcome(
+            c.batch_execute("SELECT es_append('event_store-privacy', 'SubjectExported', '{}')")
+        ),
         "42501"
     );
 }

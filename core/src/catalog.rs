@@ -298,7 +298,10 @@ mod tests {
         );
         assert_eq!(parse_subject("/u").unwrap().path().0, "event_data");
         assert_eq!(parse_subject("stream"), Ok(Subject::Stream));
-        assert_eq!(parse_subject("stream").unwrap().path(), ("stream_id", &[][..]));
+        assert_eq!(
+            parse_subject("stream").unwrap().path(),
+            ("stream_id", &[][..])
+        );
     }
 
     #[test]

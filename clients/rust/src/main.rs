@@ -81,26 +81,56 @@ async fn main() -> Result<()> {
     let cart = "cart-rust-1";
 
     // Append, expecting a new stream.
-    let (v, _) = append_with_retry(&app, cart, "ItemAdded", 0, |_| json!({"sku": "A", "qty": 1})).await?;
+    let (v, _) = append_with_retry(
+        &app,
+        cart,
+        "ItemAdded",
+        0,
+        |_| json!({"sku": "A", "qty": 1}),
+    )
+    .await?;
     check(v == 1, "a new stream starts at version 1")?;
     // Another writer appends meanwhile: our next append, expecting version 1, conflicts once.
     other
-        .execute("SELECT es_append($1, 'ItemAdded', '{\"sku\": \"B\", \"qty\": 2}')", &[&cart])
+        .execute(
+            "SELECT es_append($1, 'ItemAdded', '{\"sku\": \"B\", \"qty\": 2}')",
+            &[&cart],
+        )
         .await?;
-    let (v, attempts) =
-        append_with_retry(&app, cart, "CheckedOut", 1, |seen| json!({"items_seen": seen})).await?;
-    check(v == 3 && attempts == 2, "a conflict is retried against the new version")?;
+    let (v, attempts) = append_with_retry(
+        &app,
+        cart,
+        "CheckedOut",
+        1,
+        |seen| json!({"items_seen": seen}),
+    )
+    .await?;
+    check(
+        v == 3 && attempts == 2,
+        "a conflict is retried against the new version",
+    )?;
 
     // Read the stream; fold its state (no reducers: each event's data merged in).
     let rows = app
-        .query("SELECT stream_version, event_type, event_data FROM es_stream($1)", &[&cart])
+        .query(
+            "SELECT stream_version, event_type, event_data FROM es_stream($1)",
+            &[&cart],
+        )
         .await?;
     for r in &rows {
-        println!("  {} {} {}", r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, Value>(2));
+        println!(
+            "  {} {} {}",
+            r.get::<_, i64>(0),
+            r.get::<_, String>(1),
+            r.get::<_, Value>(2)
+        );
     }
     check(rows.len() == 3, "the stream reads back in version order")?;
     let state: Value = app.query_one("SELECT es_state($1)", &[&cart]).await?.get(0);
-    check(state["items_seen"] == 2 && state["sku"] == "B", "the state folds every event")?;
+    check(
+        state["items_seen"] == 2 && state["sku"] == "B",
+        "the state folds every event",
+    )?;
 
     // Follow the feed: read after the saved checkpoint, apply, save the position with the
     // effects in one transaction; sleep until NOTIFY event_store says more has committed.
@@ -118,11 +148,15 @@ async fn main() -> Result<()> {
             .await?
             .get(0);
         let events = tx
-            .query("SELECT global_position FROM es_read_all($1, 100)", &[&after])
+            .query(
+                "SELECT global_position FROM es_read_all($1, 100)",
+                &[&after],
+            )
             .await?;
         for e in &events {
             let position: i64 = e.get(0);
-            tx.execute("INSERT INTO seen VALUES ($1)", &[&position]).await?;
+            tx.execute("INSERT INTO seen VALUES ($1)", &[&position])
+                .await?;
         }
         if let Some(last) = events.last() {
             let last: i64 = last.get(0);
@@ -130,7 +164,10 @@ async fn main() -> Result<()> {
                 .await?;
         }
         tx.commit().await?;
-        let seen: i64 = consumer.query_one("SELECT count(*) FROM seen", &[]).await?.get(0);
+        let seen: i64 = consumer
+            .query_one("SELECT count(*) FROM seen", &[])
+            .await?
+            .get(0);
         if seen == expected {
             if extra_appended {
                 break;
@@ -149,6 +186,9 @@ async fn main() -> Result<()> {
         .query_one("SELECT es_checkpoint($1)", &[&name])
         .await?
         .get(0);
-    check(checkpoint == 4, "every event consumed once, the checkpoint at the last")?;
+    check(
+        checkpoint == 4,
+        "every event consumed once, the checkpoint at the last",
+    )?;
     Ok(())
 }
