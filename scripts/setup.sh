@@ -80,4 +80,10 @@ if [ ! -d "$NODE_EXAMPLE/node_modules" ]; then
     (cd "$NODE_EXAMPLE" && npm ci --silent --no-audit --no-fund)
 fi
 
+# 5. The Python packages the eventsourcing recorders' tests need (clients/python, pinned).
+if ! python3 -c "import eventsourcing, psycopg, psycopg_pool, Crypto, msgspec, pytest" 2>/dev/null; then
+    log "installing the Python eventsourcing recorders' packages"
+    python3 -m pip install -q -r "$(dirname "$0")/../clients/python/requirements.txt"
+fi
+
 log "ready: $(cargo pgrx --version), PostgreSQL $($PG_CONFIG --version), $(ls "$PKGLIBDIR"/timescaledb-2*.so | xargs -n1 basename)"

@@ -34,8 +34,9 @@ for flavour in plain tsdb; do
         cargo test --test '*' --no-fail-fast -- --test-threads=2
 done
 
-# The client examples (clients/): each in a database of its own, as an application role.
-echo "== client examples: Node.js (pg) and Rust (tokio-postgres)"
+# The clients (clients/): the examples each in a database of its own, as an application role;
+# the eventsourcing library's own recorder and application tests on our recorders.
+echo "== clients: Node.js (pg) and Rust (tokio-postgres) examples, Python eventsourcing recorders"
 cargo build -q -p event_store_example
 for port in 54315 54316; do
     for client in node rust; do
@@ -55,4 +56,6 @@ for port in 54315 54316; do
         fi
         es_psql $port postgres -q -c "DROP DATABASE $db WITH (FORCE)"
     done
+    echo "-- python eventsourcing, port $port"
+    ES_TEST_HOST=$ES_RUN_DIR ES_TEST_PORT=$port bash clients/python/run-tests.sh
 done
