@@ -9,8 +9,9 @@ echo "== unit tests (pure Rust, no PostgreSQL): the core crate, then the extensi
 cargo test -p event_store_core
 cargo test --lib -p event_store
 
-echo "== installing the extension"
+echo "== installing the extension, and 0.1.0's SQL for the upgrade test"
 install_extension
+bash scripts/old-version.sh
 
 # Without TimescaleDB and without preloading event_store: projections run by function call.
 cluster_start test-plain 54315 ""

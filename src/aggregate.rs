@@ -204,26 +204,38 @@ v1_function!(pg_finfo__es_fold_events_step);
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -> Datum {
+    // 0.1.0's SQL declares this symbol without event_version (four arguments after the
+    // state): the library keeps serving it until ALTER EXTENSION UPDATE; its events are
+    // all at version 1, as 0.1.0 had no versions to read.
+    let legacy = (*fcinfo).nargs == 5;
+    let (data_at, start_at, stream_at) = if legacy { (2, 3, 4) } else { (3, 4, 5) };
     let acc = acc(fcinfo, || {
-        if pg_arg_is_null(fcinfo, 5) {
+        if pg_arg_is_null(fcinfo, stream_at) {
             error!("event_store: _es_fold_events needs the stream id");
         }
-        let rules = jsonb::with_text(pg_getarg_datum_raw(fcinfo, 5), |stream_id| {
+        let rules = jsonb::with_text(pg_getarg_datum_raw(fcinfo, stream_at), |stream_id| {
             reducers::rules(category(stream_id))
         });
-        let start = if pg_arg_is_null(fcinfo, 4) {
+        let start = if pg_arg_is_null(fcinfo, start_at) {
             initial_state()
         } else {
-            jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, 4), |j| j.to_state())
+            jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, start_at), |j| j.to_state())
         };
         Acc::new(start, Some((String::new(), rules)))
     });
-    if pg_arg_is_null(fcinfo, 1) || pg_arg_is_null(fcinfo, 2) || pg_arg_is_null(fcinfo, 3) {
+    if pg_arg_is_null(fcinfo, 1)
+        || pg_arg_is_null(fcinfo, data_at)
+        || (!legacy && pg_arg_is_null(fcinfo, 2))
+    {
         return Datum::from(acc);
     }
-    let version = pg_getarg_datum_raw(fcinfo, 2).value() as i32;
+    let version = if legacy {
+        1
+    } else {
+        pg_getarg_datum_raw(fcinfo, 2).value() as i32
+    };
     jsonb::with_text(pg_getarg_datum_raw(fcinfo, 1), |event_type| {
-        jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, 3), |data| {
+        jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, data_at), |data| {
             (*acc).fold(event_type, version, data)
         })
     });

@@ -38,6 +38,16 @@ const TYPES_SQL: &str = "SELECT event_type, version, schema FROM @extschema@.es_
 const MODES_SQL: &str = "SELECT category, mode FROM @extschema@.es_catalog_modes";
 const UPCASTS_SQL: &str = "SELECT event_type, from_version, rule FROM @extschema@.es_upcasts";
 
+impl Catalog {
+    fn empty() -> Catalog {
+        Catalog {
+            types: HashMap::new(),
+            modes: HashMap::new(),
+            upcasts: Rc::new(Upcasts::new(vec![]).unwrap_or_else(|e| unreachable!("{e}"))),
+        }
+    }
+}
+
 fn load() -> Catalog {
     fn corrupt(e: String) -> ! {
         ereport!(
@@ -102,6 +112,10 @@ pub fn current() -> Rc<Catalog> {
         if g == generation {
             return c;
         }
+    }
+    if schema::legacy_sql() {
+        // Not cached: the update that creates the tables must be seen at the next call.
+        return Rc::new(Catalog::empty());
     }
     // Looked up again on every load: the extension may have been dropped and created since.
     TABLES.set([

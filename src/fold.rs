@@ -55,14 +55,21 @@ const START_AT_TIME_SQL: &str =
 /// when it restricts something, since the scan checks every one on every event: versions
 /// after a snapshot ($2), up to a version or the next snapshot ($3), and the time range ($4,
 /// $5), which stops at an instant and lets a hypertable exclude other chunks.
+/// With 0.1.0's SQL (before ALTER EXTENSION UPDATE), its aggregate, which has no event_version.
 fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let variants = SQL.get_or_init(|| {
-        (0..8)
+        (0..16)
             .map(|bits| {
-                let mut sql = "SELECT @extschema@._es_fold_events(event_type, event_version, event_data, $6, $1) \
-                     FROM (SELECT event_type, event_version, event_data FROM @extschema@.event_store WHERE stream_id = $1"
-                    .to_string();
+                let fold = if bits & 8 == 0 {
+                    "_es_fold_events(event_type, event_version, event_data, $6, $1)"
+                } else {
+                    "_es_fold_events(event_type, event_data, $6, $1)"
+                };
+                let mut sql = format!(
+                    "SELECT @extschema@.{fold} FROM (SELECT event_type, event_version, event_data \
+                       FROM @extschema@.event_store WHERE stream_id = $1"
+                );
                 for (bit, cond) in [
                     " AND stream_version > $2",
                     " AND stream_version <= $3",
@@ -79,7 +86,11 @@ fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static st
             })
             .collect()
     });
-    &variants[after_snapshot as usize | (before_head as usize) << 1 | (timed as usize) << 2]
+    let legacy = crate::schema::legacy_sql();
+    &variants[after_snapshot as usize
+        | (before_head as usize) << 1
+        | (timed as usize) << 2
+        | (legacy as usize) << 3]
 }
 
 /// Runs `f` with the planner reading streams through their (stream_id, stream_version)

@@ -320,8 +320,11 @@ fn record(stream_id: Option<&str>, snapshots: bool, problems: i64) {
     if !writable || !crate::stream_scan::reads_like_a_query(schema::relation(c"event_store")) {
         return;
     }
+    let Some(log) = schema::try_relation(c"es_verifications") else {
+        return; // 0.1.0's SQL, before ALTER EXTENSION UPDATE
+    };
     let by = crate::context::_es_calling_role();
-    schema::as_owner_of(schema::relation(c"es_verifications"), || {
+    schema::as_owner_of(log, || {
         Spi::run_with_args(
             schema::qualified(RECORD_SQL),
             &[

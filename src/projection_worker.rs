@@ -3,7 +3,7 @@
 //! a batch of every projection, each in its own transaction, as soon as appends commit (the
 //! appending backend sets its latch, found in shared memory), and otherwise every
 //! `event_store.projection_poll_interval`.
-use crate::schema::OrRaise;
+use crate::schema::{self, OrRaise};
 use crate::{guc, shmem};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
@@ -129,11 +129,14 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
     // Whether appends are in flight (the commit wakes us before their registration is
     // released), and whether any projection can run at all: appends wake us only then. And
     // the horizon published for hot standbys.
-    let after = format!(
-        "SELECT {s}._es_feed_in_flight(), \
-                EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding')), \
-                {s}.es_publish_feed_horizon()"
-    );
+    // 0.1.0's SQL (until ALTER EXTENSION UPDATE) has no published horizon.
+    let after = [format!("{s}.es_publish_feed_horizon()"), "0::bigint".to_string()].map(|publish| {
+        format!(
+            "SELECT {s}._es_feed_in_flight(), \
+                    EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding')), \
+                    {publish}"
+        )
+    });
     let mut backoff = Duration::from_millis(1);
     let mut announced = shmem::to_announce().0;
     let mut next_pass = Instant::now();
@@ -175,7 +178,7 @@ fn announce(announced: &mut u64) {
 fn pass(
     due: &str,
     batch: &str,
-    after: &str,
+    after: &[String; 2],
     backoff: &mut Duration,
     announced: &mut u64,
 ) -> Duration {
@@ -199,7 +202,7 @@ fn pass(
         // For hot standbys; a write only when the horizon moved, committed without waiting
         // for its WAL flush (a standby then stops a little lower for a moment at most).
         Spi::run("SET LOCAL synchronous_commit = off")
-            .and_then(|_| Spi::get_two::<bool, bool>(after))
+            .and_then(|_| Spi::get_two::<bool, bool>(&after[schema::legacy_sql() as usize]))
     })
     .unwrap_or_else(|e| error!("event_store: {e}"));
     shmem::set_active(active.unwrap_or(true));

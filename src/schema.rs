@@ -65,9 +65,7 @@ pub fn qualified(sql: &'static str) -> &'static str {
 
 /// One of the extension's relations, by name in its schema (no search_path involved).
 pub fn relation(name: &CStr) -> pg_sys::Oid {
-    // SAFETY: a syscache lookup by (name, namespace); `name` is NUL-terminated.
-    let relid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace().0) };
-    if relid == pg_sys::InvalidOid {
+    try_relation(name).unwrap_or_else(|| {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
@@ -76,8 +74,21 @@ pub fn relation(name: &CStr) -> pg_sys::Oid {
                 name.to_string_lossy()
             )
         );
-    }
-    relid
+    })
+}
+
+/// One of the extension's relations, or None where it does not exist.
+pub fn try_relation(name: &CStr) -> Option<pg_sys::Oid> {
+    // SAFETY: a syscache lookup by (name, namespace); `name` is NUL-terminated.
+    let relid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace().0) };
+    (relid != pg_sys::InvalidOid).then_some(relid)
+}
+
+/// Whether this database still has 0.1.0's SQL: the library is updated first, and until
+/// `ALTER EXTENSION event_store UPDATE` runs, it leaves out what that SQL lacks (the catalog,
+/// the verification log, the published horizon) and folds through 0.1.0's aggregate.
+pub fn legacy_sql() -> bool {
+    try_relation(c"es_catalog_types").is_none()
 }
 
 // Reading the extension's tables through SPI. A statement's own ERROR never comes back as

@@ -1,0 +1,237 @@
+//! ALTER EXTENSION event_store UPDATE from 0.1.0 (its SQL built from the git history by
+//! scripts/old-version.sh): this library serves 0.1.0's SQL until the update, the update keeps
+//! every event, hash, reducer and projection position, and leaves the same objects, privileges
+//! and configuration as a fresh install of this version.
+mod common;
+use common::*;
+use postgres::Client;
+use std::time::{Duration, Instant};
+
+const OLD: &str = "0.1.0";
+
+fn worker() -> bool {
+    std::env::var("ES_TEST_WORKER").as_deref() == Ok("1")
+}
+
+/// Waits until the projection has applied everything (the worker, or a pass by hand).
+fn caught_up(c: &mut Client) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if !worker() {
+            c.query_one("SELECT es_run_projections()", &[]).unwrap();
+        }
+        let (status, position): (String, i64) = {
+            let r = c
+                .query_one(
+                    "SELECT status, position FROM es_projections WHERE name = 'counts'",
+                    &[],
+                )
+                .unwrap();
+            (r.get(0), r.get(1))
+        };
+        let last = count(c, "SELECT max(global_position) FROM event_store");
+        if (status == "caught up" && position == last) || Instant::now() > deadline {
+            assert_eq!((status.as_str(), position), ("caught up", last));
+            return position;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What must survive: every event with its hash, the registry, reducers, projection state.
+fn contents(c: &mut Client) -> Vec<String> {
+    let mut out = vec![];
+    for sql in [
+        "SELECT format('%s %s %s %s %s %s %s', global_position, event_id, stream_id, stream_version, event_type, event_data, encode(hash, 'hex')) FROM event_store ORDER BY 1",
+        "SELECT format('%s %s %s %s', stream_id, version, last_position, encode(head_hash, 'hex')) FROM es_streams ORDER BY 1",
+        "SELECT format('%s %s %s', category, event_type, rule) FROM es_reducers ORDER BY 1",
+        "SELECT format('%s %s %s', name, status, position) FROM es_projection_state ORDER BY 1",
+        "SELECT format('%s %s', event_type, n) FROM counts ORDER BY 1",
+    ] {
+        for r in c.query(sql, &[]).unwrap() {
+            out.push(r.get(0));
+        }
+    }
+    out
+}
+
+/// The extension's objects as the catalogs describe them, by name: functions with their
+/// whole definition, privileges and settings; tables with columns, defaults, constraints,
+/// indexes, triggers, policies and privileges; views; which tables pg_dump keeps.
+const SCHEMA_SQL: &str = "
+WITH ext AS (SELECT oid, extconfig FROM pg_extension WHERE extname = 'event_store'),
+members AS (
+    SELECT d.classid, d.objid FROM pg_depend d, ext
+     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e')
+SELECT format('function %s -> %s kind=%s volatile=%s definer=%s strict=%s config=%s acl=%s def=%s',
+              p.oid::regprocedure, pg_get_function_result(p.oid), p.prokind, p.provolatile,
+              p.prosecdef, p.proisstrict, p.proconfig, p.proacl,
+              CASE WHEN p.prokind = 'a' THEN (SELECT format('%s/%s/%s', aggtransfn, aggfinalfn, aggtranstype::regtype)
+                                                FROM pg_aggregate WHERE aggfnoid = p.oid)
+                   ELSE md5(pg_get_functiondef(p.oid)) END)
+  FROM members m JOIN pg_proc p ON p.oid = m.objid WHERE m.classid = 'pg_proc'::regclass
+UNION ALL
+SELECT format('relation %s kind=%s acl=%s', c.oid::regclass, c.relkind, c.relacl)
+  FROM members m JOIN pg_class c ON c.oid = m.objid WHERE m.classid = 'pg_class'::regclass
+UNION ALL
+SELECT format('column %s.%s %s notnull=%s default=%s generated=%s', c.oid::regclass, a.attname,
+              format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), a.attgenerated)
+  FROM members m JOIN pg_class c ON c.oid = m.objid AND m.classid = 'pg_class'::regclass
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+UNION ALL
+SELECT format('constraint %s %s', con.conrelid::regclass, pg_get_constraintdef(con.oid))
+  FROM members m JOIN pg_constraint con ON con.conrelid = m.objid AND m.classid = 'pg_class'::regclass
+UNION ALL
+SELECT format('index %s', pg_get_indexdef(i.indexrelid))
+  FROM members m JOIN pg_index i ON i.indrelid = m.objid AND m.classid = 'pg_class'::regclass
+UNION ALL
+SELECT format('trigger %s', pg_get_triggerdef(t.oid))
+  FROM members m JOIN pg_trigger t ON t.tgrelid = m.objid AND m.classid = 'pg_class'::regclass
+ WHERE NOT t.tgisinternal
+UNION ALL
+SELECT format('policy %s on %s: %s', pol.polname, pol.polrelid::regclass, pg_get_expr(pol.polqual, pol.polrelid))
+  FROM members m JOIN pg_policy pol ON pol.polrelid = m.objid AND m.classid = 'pg_class'::regclass
+UNION ALL
+SELECT format('view %s: %s', c.oid::regclass, md5(pg_get_viewdef(c.oid)))
+  FROM members m JOIN pg_class c ON c.oid = m.objid AND m.classid = 'pg_class'::regclass WHERE c.relkind = 'v'
+UNION ALL
+SELECT format('dumped %s', cfg::regclass) FROM ext, unnest(ext.extconfig) cfg
+UNION ALL
+SELECT format('comment %s: %s', pg_describe_object(d.classoid, d.objoid, d.objsubid), md5(d.description))
+  FROM members m JOIN pg_description d ON d.classoid = m.classid AND d.objoid = m.objid
+ORDER BY 1";
+
+fn schema(c: &mut Client) -> Vec<String> {
+    c.query(SCHEMA_SQL, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn a_store_made_by_0_1_0_keeps_working_then_updates_in_place() {
+    let db = TestDb::empty("upgrade");
+    let mut c = db.connect();
+    if timescaledb() {
+        c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
+            .unwrap();
+    }
+    let created = c.batch_execute(&format!("CREATE EXTENSION event_store VERSION '{OLD}'"));
+    assert!(
+        created.is_ok(),
+        "event_store {OLD}'s SQL is not installed (scripts/old-version.sh, run by scripts/test.sh): {created:?}"
+    );
+    let role = format!("{}_app", db.name);
+    // Filled through 0.1.0's SQL, served by this library: reducers, single, batch and
+    // multi-stream appends, a snapshot, a projection run by its owner's handler.
+    c.batch_execute(&format!(
+        "SELECT es_define_reducer('acct', 'Deposited', '{{\"op\": \"increment\", \"path\": \"/balance\", \"from\": \"/amount\"}}');
+         SELECT es_append('acct-1', 'Opened', '{{\"owner\": \"ann\"}}', expected_version => 0);
+         SELECT es_append_batch('acct-1', '[{{\"type\": \"Deposited\", \"data\": {{\"amount\": 10}}}},
+                                             {{\"type\": \"Deposited\", \"data\": {{\"amount\": 5}}}}]', 1);
+         SELECT es_append_multi('[{{\"stream_id\": \"acct-2\", \"events\": [{{\"type\": \"Opened\", \"data\": {{}}}}]}},
+                                  {{\"stream_id\": \"order-1\", \"events\": [{{\"type\": \"Placed\", \"data\": {{\"total\": 3}}}}]}}]');
+         SELECT es_snapshot('acct-1');
+         CREATE ROLE {role}; GRANT event_store_writer TO {role}; GRANT CREATE ON SCHEMA public TO {role};
+         SET ROLE {role};
+         CREATE TABLE counts (event_type text PRIMARY KEY, n integer NOT NULL);
+         CREATE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql AS
+             $$ INSERT INTO counts VALUES (e.event_type, 1) ON CONFLICT (event_type) DO UPDATE SET n = counts.n + 1 $$;
+         SELECT es_create_projection('counts', 'count_event(event_store)');
+         RESET ROLE;"
+    ))
+    .unwrap();
+    if timescaledb() {
+        assert!(count(&mut c, "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'event_store'") >= 1);
+    }
+    caught_up(&mut c);
+    // The reads, the fold, the feed and es_verify work on 0.1.0's SQL.
+    let balance = "SELECT (es_state('acct-1') ->> 'balance')::bigint";
+    assert_eq!(count(&mut c, balance), 15);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_stream('acct-1')"), 3);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_read_all(0, 100)"), 5);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_verify(snapshots => true)"),
+        0
+    );
+    c.batch_execute(
+        "SELECT es_append('acct-1', 'Deposited', '{\"amount\": 1}', expected_version => 3)",
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, balance), 16);
+    let position = caught_up(&mut c);
+    let before = contents(&mut c);
+
+    c.batch_execute("ALTER EXTENSION event_store UPDATE")
+        .unwrap();
+    let version: String = c
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'event_store'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_ne!(version, OLD);
+    assert_eq!(
+        contents(&mut c),
+        before,
+        "events, hashes, registry, reducers, projections"
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_verify(snapshots => true)"),
+        0
+    );
+    assert_eq!(count(&mut c, balance), 16);
+    // The projection goes on from where it was.
+    c.batch_execute("SELECT es_append('order-1', 'Paid', '{}')")
+        .unwrap();
+    assert_eq!(caught_up(&mut c), position + 1);
+    // This version's functions work on the updated store.
+    c.batch_execute(
+        "SELECT es_define_event_type('Placed', '{\"type\": \"object\", \"required\": [\"total\"]}', subject => 'stream');
+         SELECT es_save_checkpoint('mailer', 2);",
+    )
+    .unwrap();
+    assert_eq!(
+        outcome(c.batch_execute("SELECT es_append('order-2', 'Placed', '{}')")),
+        "ES004"
+    );
+    let d: serde_json::Value = c.query_one("SELECT es_digest()", &[]).unwrap().get(0);
+    assert_eq!(
+        count(
+            &mut c,
+            &format!("SELECT count(*) FROM es_verify_digest('{d}')")
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM es_stream('acct-1', upcast => true)"
+        ),
+        4
+    );
+    let metrics: String = c
+        .query_one("SELECT es_metrics_prometheus()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        metrics.contains("event_store_writes_total{category=\"acct\"} 5"),
+        "{metrics}"
+    );
+    // And the result is what a fresh install of this version makes.
+    let fresh = TestDb::new("upgrade_fresh");
+    let (updated, made) = (schema(&mut c), schema(&mut fresh.connect()));
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|x| !b.contains(x)).cloned().collect()
+    };
+    assert_eq!(
+        (only(&updated, &made), only(&made, &updated)),
+        (vec![], vec![]),
+        "(only after the update, only in a fresh install)"
+    );
+    c.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .unwrap();
+}
