@@ -32,13 +32,18 @@ cleanup() {
     dbs=$(psql_admin -d postgres -At -c \
         "SELECT datname FROM pg_database WHERE datname = '$ES_TEST_TEMPLATE_DB' OR datname LIKE '${ES_TEST_TEMPLATE_DB}\\_%'" || true)
     for db in $dbs; do
-        psql_admin -d postgres -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
+        psql_admin -d postgres -c "ALTER DATABASE \"$db\" WITH IS_TEMPLATE false" \
+            -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" || true
     done
 }
 trap cleanup EXIT
 
 psql_admin -d postgres -c "CREATE DATABASE \"$ES_TEST_TEMPLATE_DB\""
 psql_admin -d "$ES_TEST_TEMPLATE_DB" -c "CREATE EXTENSION event_store"
+# A template takes no connections, so that copies can be made of it: not even the projection
+# worker's, which a cluster preloading event_store starts in every database that has it.
+psql_admin -d postgres -c "ALTER DATABASE \"$ES_TEST_TEMPLATE_DB\" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false" \
+    -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '$ES_TEST_TEMPLATE_DB'" >/dev/null
 
 status=0
 python3 -m pytest -p no:cacheprovider -q -rsfE tests "$@" || status=$?

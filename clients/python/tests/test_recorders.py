@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from typing import Any, ClassVar
 from unittest import TestCase
 from uuid import uuid4
@@ -60,11 +61,20 @@ class FreshDatabase(TestCase):
         self.dbname = f"{TEMPLATE_DB}_{os.getpid()}_{next(_counter)}"
         assert self.dbname.startswith("es_py_")
         with _admin() as conn:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(self.dbname), sql.Identifier(TEMPLATE_DB)
-                )
-            )
+            for attempt in range(50):
+                try:
+                    conn.execute(
+                        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                            sql.Identifier(self.dbname), sql.Identifier(TEMPLATE_DB)
+                        )
+                    )
+                    break
+                except psycopg.errors.ObjectInUse:
+                    # A projection worker was still leaving the template (run-tests.sh
+                    # closed it to connections): wait for it.
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.1)
         self._saved_environ = dict(os.environ)
         self.env_vars = {
             "PERSISTENCE_MODULE": "eventsourcing_eventstore",
