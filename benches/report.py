@@ -98,6 +98,8 @@ v = pct("projection_lag/500-events-per-s", 95)
 target("projection lag p95 at 500 events/s < 20 ms", v, f"{ms(v)} ms", lambda v: v < 20)
 r = rate_ratio("catalog/schema/c1", "catalog/no-schema/c1")
 target("single-event append of a 10-field event with a JSON Schema >= 0.85x without (validation adds <= 15%)", r, x(r), lambda v: v >= 0.85)
+r = rate_ratio("personal/plain/c1", "personal/sealed/c1")
+target("append with two personal-data fields sealed <= 1.3x the time of the same append without", r, x(r), lambda v: v <= 1.3)
 scrape = [n for n in tps if n.startswith("metrics/scrape-")]
 v = pct(scrape[0], 95) if scrape else None
 target(f"es_metrics_prometheus() p95 on the {scrape[0].split('-', 1)[1] if scrape else 'loaded'} store < 1 s (a scrape every 15 s)", v, f"{ms(v)} ms", lambda v: v < 1000)

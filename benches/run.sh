@@ -253,6 +253,10 @@ if [ "$(sql -c "SELECT to_regprocedure('es_define_event_type(text, jsonb, intege
             \"tags\": {\"type\": \"array\", \"items\": {\"type\": \"string\"}, \"maxItems\": 20},
             \"createdAt\": {\"type\": \"string\", \"format\": \"date-time\"}}}')" >/dev/null
     rounds "catalog/schema/c1:es_append_typed.pgbench" "catalog/no-schema/c1:es_append_untyped.pgbench" -- 1 -D streams=$APPEND_STREAMS
+    # Two personal-data fields sealed with the subject's key (one subject per stream), against
+    # the same append of a type that declares none.
+    sql -c "SELECT es_define_event_type('Personal', personal_data => '{/email,/name}', subject => '/userId')" >/dev/null
+    rounds "personal/sealed/c1:es_append_personal.pgbench" "personal/plain/c1:es_append_personal_off.pgbench" -- 1 -D streams=$APPEND_STREAMS
 else
     echo "skipped: this event_store has no catalog"
 fi

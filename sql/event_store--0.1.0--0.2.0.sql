@@ -1,7 +1,8 @@
 -- event_store 0.1.0 -> 0.2.0 (ALTER EXTENSION event_store UPDATE).
 -- 0.1.0 is what main shipped up to commit 7b97d24. This version adds the event catalog, consumer
--- checkpoints, metrics, the published feed horizon for hot standbys, digests and subject
--- export, and gives the reads an `upcast` argument. Tested by tests/upgrade.rs, which installs
+-- checkpoints, metrics, the published feed horizon for hot standbys, digests, subject export
+-- and erasure (personal data sealed per subject), and gives the reads an `upcast` argument and
+-- their reveal of personal data. Tested by tests/upgrade.rs, which installs
 -- 0.1.0 built from that commit, fills it, updates, and compares the result with a fresh
 -- install of this version. Each statement below is this version's own (sql/*.sql, src/*.rs),
 -- in the order a fresh install runs them.
@@ -13,6 +14,49 @@ DROP FUNCTION es_read_category(text, bigint, integer, integer, integer);
 DROP FUNCTION _es_read_feed(bigint, integer, text[], text, integer, integer);
 DROP AGGREGATE _es_fold_events(text, jsonb, jsonb, text);
 DROP FUNCTION _es_fold_events_step(internal, text, jsonb, jsonb, text);
+
+-- Reading streams. Queries go through the stream's time bounds in es_streams so that a
+-- hypertable with years of chunks only scans the chunks the stream lives in.
+
+-- Personal data sealed per subject (src/personal.rs, core/src/personal.rs): the subjects' keys,
+-- the role that sees personal data, and the reads' last step that reveals it.
+
+-- Members see personal data in plaintext; every other reader sees it withheld. Cluster-wide,
+-- like the reader and writer roles.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_personal_data') THEN
+        BEGIN
+            CREATE ROLE event_store_personal_data NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
+    END IF;
+END
+$$;
+
+CREATE TABLE es_subject_keys (
+    key_id       uuid        PRIMARY KEY,
+    subject_hash bytea       NOT NULL,           -- _es_subject_hash(subject)
+    wrapped      bytea,                          -- the key, wrapped by event_store.master_key when set
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    destroyed_at timestamptz,
+    destroyed_by text,
+    CHECK ((wrapped IS NULL) = (destroyed_at IS NOT NULL))
+);
+
+CREATE UNIQUE INDEX es_subject_keys_live ON es_subject_keys (subject_hash) WHERE wrapped IS NOT NULL;
+
+COMMENT ON TABLE es_subject_keys IS 'Keys that seal each subject''s personal data: destroyed by es_forget_subject. Owner only.';
+
+SELECT pg_catalog.pg_extension_config_dump('es_subject_keys', '');
+
+CREATE FUNCTION _es_reveal(event event_store) RETURNS event_store
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
+
+COMMENT ON FUNCTION _es_reveal(event_store) IS
+    'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';
+
 
 -- Reading streams. Queries go through the stream's time bounds in es_streams so that a
 -- hypertable with years of chunks only scans the chunks the stream lives in.
@@ -38,8 +82,9 @@ BEGIN
              ORDER BY u.stream_version;
         RETURN;
     END IF;
+    -- Personal data revealed as the reader may see it (sql/personal.sql).
     RETURN QUERY
-        SELECT * FROM @extschema@.event_store e
+        SELECT r.* FROM @extschema@.event_store e, LATERAL @extschema@._es_reveal(e) r
          WHERE e.stream_id = s.stream_id
            AND e.created_at BETWEEN s.first_at AND s.last_at
            AND e.stream_version >= coalesce(from_version, 1)
@@ -124,8 +169,9 @@ BEGIN
              ORDER BY u.global_position;
         RETURN;
     END IF;
+    -- Personal data revealed as the reader may see it (sql/personal.sql).
     RETURN QUERY
-        SELECT * FROM @extschema@.event_store e
+        SELECT r.* FROM @extschema@.event_store e, LATERAL @extschema@._es_reveal(e) r
          WHERE e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
            AND (event_types IS NULL OR e.event_type = ANY (event_types))
            AND (category IS NULL OR @extschema@._es_category(e.stream_id) = category)
@@ -246,6 +292,20 @@ STRICT VOLATILE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_record_wrapper';
+
+CREATE  FUNCTION "_es_reveal_data"(
+	"doc" jsonb /* pgrx :: JsonB */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
+
+CREATE  FUNCTION "_es_subject_hash"(
+	"subject" TEXT /* & str */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
 
 CREATE  FUNCTION "_es_subject_path"(
 	"subject" TEXT /* & str */
@@ -693,11 +753,12 @@ BEGIN
         RAISE EXCEPTION 'event_store: subject must not be empty' USING ERRCODE = '22023';
     END IF;
     WITH about AS (
-        SELECT e.*
+        SELECT r.*
           FROM @extschema@.es_catalog_types t
-          JOIN @extschema@.event_store e ON e.event_type = t.event_type AND e.event_version = t.version
+          JOIN @extschema@.event_store e ON e.event_type = t.event_type AND e.event_version = t.version,
+               LATERAL @extschema@._es_reveal(e) r
          WHERE t.subject IS NOT NULL
-           AND @extschema@._es_subject_of(t.subject, e.stream_id, e.event_data, e.metadata) = es_subject_export.subject
+           AND @extschema@._es_subject_of(t.subject, r.stream_id, r.event_data, r.metadata) = es_subject_export.subject
     )
     SELECT jsonb_build_object(
                'subject', es_subject_export.subject,
@@ -723,7 +784,7 @@ BEGIN
       INTO doc;
     -- The record holds no personal data: the subject only as a hash.
     PERFORM @extschema@._es_record('privacy', 'SubjectExported', jsonb_build_object(
-        'subject_sha256', encode(sha256(convert_to(es_subject_export.subject, 'UTF8')), 'hex'),
+        'subject_sha256', encode(@extschema@._es_subject_hash(es_subject_export.subject), 'hex'),
         'events', jsonb_array_length(doc -> 'events'),
         'streams', (SELECT count(*) FROM jsonb_object_keys(doc -> 'streams'))));
     RETURN doc;
@@ -732,6 +793,34 @@ $$;
 
 COMMENT ON FUNCTION es_subject_export(text) IS
     'GDPR Art. 15: every event about a subject (by the catalog''s subject pointers) with provenance, and the state of each stream involved; recorded in event_store-privacy.';
+
+CREATE FUNCTION es_forget_subject(subject text, reason text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    destroyed bigint;
+BEGIN
+    IF es_forget_subject.subject IS NULL OR es_forget_subject.reason IS NULL THEN
+        RAISE EXCEPTION 'event_store: subject and reason must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF es_forget_subject.subject = '' OR btrim(es_forget_subject.reason) = '' THEN
+        RAISE EXCEPTION 'event_store: subject and reason must not be empty' USING ERRCODE = '22023';
+    END IF;
+    UPDATE @extschema@.es_subject_keys k
+       SET wrapped = NULL, destroyed_at = now(), destroyed_by = @extschema@._es_calling_role()
+     WHERE k.subject_hash = @extschema@._es_subject_hash(es_forget_subject.subject) AND k.wrapped IS NOT NULL;
+    GET DIAGNOSTICS destroyed = ROW_COUNT;
+    PERFORM @extschema@._es_record('privacy', 'SubjectForgotten', jsonb_build_object(
+        'subject_sha256', encode(@extschema@._es_subject_hash(es_forget_subject.subject), 'hex'),
+        'keys_destroyed', destroyed,
+        'reason', es_forget_subject.reason));
+    RETURN destroyed;
+END
+$$;
+
+COMMENT ON FUNCTION es_forget_subject(text, text) IS
+    'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';
 
 CREATE OR REPLACE FUNCTION "es_verify"(
 	"stream_id" TEXT DEFAULT NULL, /* Option < & str > */
@@ -836,6 +925,8 @@ GRANT EXECUTE ON FUNCTION
     _es_category(text),
     es_stream(text, bigint, bigint, boolean),
     es_upcast(event_store),
+    -- The reads reveal personal data as the reader may see it.
+    _es_reveal(event_store),
     es_catalog(),
     es_stream_version(text),
     es_state(text),

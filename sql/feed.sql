@@ -67,8 +67,9 @@ BEGIN
              ORDER BY u.global_position;
         RETURN;
     END IF;
+    -- Personal data revealed as the reader may see it (sql/personal.sql).
     RETURN QUERY
-        SELECT * FROM @extschema@.event_store e
+        SELECT r.* FROM @extschema@.event_store e, LATERAL @extschema@._es_reveal(e) r
          WHERE e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
            AND (event_types IS NULL OR e.event_type = ANY (event_types))
            AND (category IS NULL OR @extschema@._es_category(e.stream_id) = category)

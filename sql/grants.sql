@@ -39,6 +39,8 @@ GRANT EXECUTE ON FUNCTION
     _es_category(text),
     es_stream(text, bigint, bigint, boolean),
     es_upcast(event_store),
+    -- The reads reveal personal data as the reader may see it.
+    _es_reveal(event_store),
     es_catalog(),
     es_stream_version(text),
     es_state(text),

@@ -31,11 +31,12 @@ BEGIN
         RAISE EXCEPTION 'event_store: subject must not be empty' USING ERRCODE = '22023';
     END IF;
     WITH about AS (
-        SELECT e.*
+        SELECT r.*
           FROM @extschema@.es_catalog_types t
-          JOIN @extschema@.event_store e ON e.event_type = t.event_type AND e.event_version = t.version
+          JOIN @extschema@.event_store e ON e.event_type = t.event_type AND e.event_version = t.version,
+               LATERAL @extschema@._es_reveal(e) r
          WHERE t.subject IS NOT NULL
-           AND @extschema@._es_subject_of(t.subject, e.stream_id, e.event_data, e.metadata) = es_subject_export.subject
+           AND @extschema@._es_subject_of(t.subject, r.stream_id, r.event_data, r.metadata) = es_subject_export.subject
     )
     SELECT jsonb_build_object(
                'subject', es_subject_export.subject,
@@ -61,7 +62,7 @@ BEGIN
       INTO doc;
     -- The record holds no personal data: the subject only as a hash.
     PERFORM @extschema@._es_record('privacy', 'SubjectExported', jsonb_build_object(
-        'subject_sha256', encode(sha256(convert_to(es_subject_export.subject, 'UTF8')), 'hex'),
+        'subject_sha256', encode(@extschema@._es_subject_hash(es_subject_export.subject), 'hex'),
         'events', jsonb_array_length(doc -> 'events'),
         'streams', (SELECT count(*) FROM jsonb_object_keys(doc -> 'streams'))));
     RETURN doc;
@@ -69,3 +70,35 @@ END
 $$;
 COMMENT ON FUNCTION es_subject_export(text) IS
     'GDPR Art. 15: every event about a subject (by the catalog''s subject pointers) with provenance, and the state of each stream involved; recorded in event_store-privacy.';
+
+-- Art. 17: destroys the subject's key, which erases every value sealed with it in every event,
+-- snapshot and state, while every hash stays as it was. Recorded in event_store-privacy (who,
+-- when, why, the subject hashed), where projections see it and purge their own copies.
+-- Granted to nobody, like the export. Returns the number of keys destroyed (0: nothing of the
+-- subject was sealed, or it was forgotten already).
+CREATE FUNCTION es_forget_subject(subject text, reason text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    destroyed bigint;
+BEGIN
+    IF es_forget_subject.subject IS NULL OR es_forget_subject.reason IS NULL THEN
+        RAISE EXCEPTION 'event_store: subject and reason must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF es_forget_subject.subject = '' OR btrim(es_forget_subject.reason) = '' THEN
+        RAISE EXCEPTION 'event_store: subject and reason must not be empty' USING ERRCODE = '22023';
+    END IF;
+    UPDATE @extschema@.es_subject_keys k
+       SET wrapped = NULL, destroyed_at = now(), destroyed_by = @extschema@._es_calling_role()
+     WHERE k.subject_hash = @extschema@._es_subject_hash(es_forget_subject.subject) AND k.wrapped IS NOT NULL;
+    GET DIAGNOSTICS destroyed = ROW_COUNT;
+    PERFORM @extschema@._es_record('privacy', 'SubjectForgotten', jsonb_build_object(
+        'subject_sha256', encode(@extschema@._es_subject_hash(es_forget_subject.subject), 'hex'),
+        'keys_destroyed', destroyed,
+        'reason', es_forget_subject.reason));
+    RETURN destroyed;
+END
+$$;
+COMMENT ON FUNCTION es_forget_subject(text, text) IS
+    'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';

@@ -22,8 +22,9 @@ BEGIN
              ORDER BY u.stream_version;
         RETURN;
     END IF;
+    -- Personal data revealed as the reader may see it (sql/personal.sql).
     RETURN QUERY
-        SELECT * FROM @extschema@.event_store e
+        SELECT r.* FROM @extschema@.event_store e, LATERAL @extschema@._es_reveal(e) r
          WHERE e.stream_id = s.stream_id
            AND e.created_at BETWEEN s.first_at AND s.last_at
            AND e.stream_version >= coalesce(from_version, 1)

@@ -17,14 +17,19 @@ struct Acc {
     events: u64,
     /// The last category's reducers: rows mostly come grouped by stream.
     rules: Option<(String, Rc<RuleSet>)>,
+    /// Whether the final state goes to a reader (es_fold), with personal data revealed; the
+    /// state functions' fold keeps it sealed, since they may snapshot it (they reveal their
+    /// own result).
+    reveal: bool,
 }
 
 impl Acc {
-    fn new(state: State, rules: Option<(String, Rc<RuleSet>)>) -> Self {
+    fn new(state: State, rules: Option<(String, Rc<RuleSet>)>, reveal: bool) -> Self {
         Acc {
             state,
             events: 0,
             rules,
+            reveal,
         }
     }
 
@@ -148,7 +153,7 @@ v1_function!(pg_finfo__es_fold_step);
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn _es_fold_step(fcinfo: FunctionCallInfo) -> Datum {
-    let acc = acc(fcinfo, || Acc::new(initial_state(), None));
+    let acc = acc(fcinfo, || Acc::new(initial_state(), None, true));
     if !pg_arg_is_null(fcinfo, 1) {
         let row = pg_sys::pg_detoast_datum(pg_getarg_datum_raw(fcinfo, 1).cast_mut_ptr())
             as pg_sys::HeapTupleHeader;
@@ -221,7 +226,7 @@ pub unsafe extern "C-unwind" fn _es_fold_events_step(fcinfo: FunctionCallInfo) -
         } else {
             jsonb::with_jsonb(pg_getarg_datum_raw(fcinfo, start_at), |j| j.to_state())
         };
-        Acc::new(start, Some((String::new(), rules)))
+        Acc::new(start, Some((String::new(), rules)), false)
     });
     if pg_arg_is_null(fcinfo, 1)
         || pg_arg_is_null(fcinfo, data_at)
@@ -258,7 +263,11 @@ pub unsafe extern "C-unwind" fn _es_fold_final(fcinfo: FunctionCallInfo) -> Datu
     if (*acc).events == 0 {
         return pg_return_null(fcinfo);
     }
-    jsonb::datum(&Value::from(&(*acc).state))
+    let mut state = Value::from(&(*acc).state);
+    if (*acc).reveal {
+        crate::personal::reveal(&mut state);
+    }
+    jsonb::datum(&state)
 }
 
 /// A custom reducer, checked and looked up once per query.
@@ -390,7 +399,10 @@ pub unsafe extern "C-unwind" fn _es_fold_with(fcinfo: FunctionCallInfo) -> Datum
         isnull: false,
     };
     args[1] = pg_sys::NullableDatum {
-        value: crate::catalog::upcast_row(pg_getarg_datum_raw(fcinfo, 1)),
+        // A custom reducer sees personal data as its caller may.
+        value: crate::personal::reveal_row(crate::catalog::upcast_row(pg_getarg_datum_raw(
+            fcinfo, 1,
+        ))),
         isnull: false,
     };
     let call_reducer = (*reducer)

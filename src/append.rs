@@ -320,14 +320,28 @@ const CLAIM_SQL: &str =
     ON CONFLICT DO NOTHING RETURNING event_id";
 // unnest over several arrays is FROM-clause syntax, not a function that could be qualified;
 // the pinned search_path (pg_catalog first) is what resolves it.
-/// The stored events an append's ids name, compared with what the append carries.
-const STORED_SQL: &str = "SELECT b.ord::int, e.event_id, e.stream_id OPERATOR(pg_catalog.=) b.stream \
-       AND e.event_type OPERATOR(pg_catalog.=) b.type AND e.event_data OPERATOR(pg_catalog.=) b.data \
+/// The stored events an append's ids name, compared with what the append carries (their
+/// personal data revealed: the append sealed it with a nonce of its own); as stored with
+/// 0.1.0's SQL, before ALTER EXTENSION UPDATE.
+macro_rules! stored_sql {
+    ($data:literal) => {
+        concat!(
+            "SELECT b.ord::int, e.event_id, e.stream_id OPERATOR(pg_catalog.=) b.stream \
+       AND e.event_type OPERATOR(pg_catalog.=) b.type AND ",
+            $data,
+            " OPERATOR(pg_catalog.=) b.data \
        AND e.event_version OPERATOR(pg_catalog.=) b.version, \
        e.stream_id, e.stream_version, e.global_position, e.created_at \
   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[]) \
        WITH ORDINALITY AS b(id, stream, type, data, version, ord) \
-  JOIN @extschema@.event_store e ON e.event_id OPERATOR(pg_catalog.=) b.id";
+  JOIN @extschema@.event_store e ON e.event_id OPERATOR(pg_catalog.=) b.id"
+        )
+    };
+}
+const STORED_SQL: [&str; 2] = [
+    stored_sql!("@extschema@._es_reveal_data(e.event_data)"),
+    stored_sql!("e.event_data"),
+];
 const INSERT_ONE_SQL: &str = "INSERT INTO @extschema@.event_store (global_position, event_id, \
     stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
@@ -407,7 +421,7 @@ fn retries(
     }
     let plan = plans::kept(
         client,
-        STORED_SQL,
+        STORED_SQL[crate::schema::legacy_sql() as usize],
         &[
             Oid::UUIDARRAYOID,
             Oid::TEXTARRAYOID,
@@ -540,7 +554,7 @@ fn _es_record(kind: &str, event_type: &str, event_data: pgrx::JsonB) -> i64 {
 }
 
 /// Appends every entry, all or nothing. Rows come back in input order.
-fn append(entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> {
+fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> {
     // Taken by the first append after it was allowed: one a user's code (a reducer taking a
     // snapshot) might make inside that append is refused.
     let system = SYSTEM.take();
@@ -586,7 +600,9 @@ fn append(entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> 
         )
     };
     let catalog = catalog::current();
-    for e in &entries {
+    // The events with personal data to seal: (entry, event, what the catalog says, label).
+    let mut seals = vec![];
+    for (i, e) in entries.iter().enumerate() {
         let stream_category = category(&e.stream_id);
         if stream_category == SYSTEM_CATEGORY {
             continue; // the store's own records are not the application's catalog
@@ -598,6 +614,9 @@ fn append(entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> 
                 _ => format!("stream {}, event {}: ", e.stream_id, n + 1),
             };
             catalog.check(stream_category, &ev.event_type, ev.version, ev.data, &at)?;
+            if let Some(p) = catalog.personal(stream_category, &ev.event_type, ev.version) {
+                seals.push((i, n, p, at()));
+            }
         }
     }
     drop(catalog);
@@ -622,6 +641,11 @@ fn append(entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> 
                     ))
                 }
                 _ => {}
+            }
+        }
+        for (i, n, personal, at) in &seals {
+            if !replay[*i] {
+                seal(client, personal, &mut entries[*i], *n, at)?;
             }
         }
         let n: usize = (0..entries.len())
@@ -692,6 +716,34 @@ fn append(entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> 
         projection_worker::_es_wake_projections(false);
     }
     Ok((entries.into_iter().map(|e| e.stream_id).collect(), rows))
+}
+
+/// Seals event `n` of `entry` (crate::personal): its data is rewritten, and the text it is
+/// hashed by with it.
+fn seal(
+    client: &mut SpiClient<'_>,
+    personal: &event_store_core::catalog::Personal,
+    entry: &mut Entry,
+    n: usize,
+    at: &str,
+) -> Result<(), Refused> {
+    let ev = &mut entry.events[n];
+    // SAFETY: both are non-null jsonb datums, checked when the event was read.
+    let (data, metadata) = unsafe {
+        (
+            pgrx::JsonB::from_datum(ev.data, false),
+            pgrx::JsonB::from_datum(ev.metadata, false),
+        )
+    };
+    let (Some(pgrx::JsonB(mut data)), Some(pgrx::JsonB(metadata))) = (data, metadata) else {
+        error!("event_store: an event's data or metadata is NULL after it was checked");
+    };
+    crate::personal::seal(client, personal, &entry.stream_id, &mut data, &metadata, at)?;
+    ev.data = pgrx::JsonB(data)
+        .into_datum()
+        .expect("a jsonb document has a datum");
+    ev.data_text = out(ev.data);
+    Ok(())
 }
 
 /// The columns of the events to insert, one statement for all of them.

@@ -7,7 +7,7 @@ use crate::jsonb::{self, Json};
 use crate::schema::{self, column, nullable, OrRaise};
 use crate::validate::raise;
 use event_store_core::catalog::{
-    check_definition, check_upcast, parse_subject, Mode, Schema, Upcasts,
+    check_definition, check_upcast, parse_subject, Mode, Personal, Schema, Upcasts,
 };
 use event_store_core::validate::Invalid;
 use pgrx::fcinfo::pg_getarg_datum_raw;
@@ -22,6 +22,8 @@ pub struct Catalog {
     types: HashMap<String, HashMap<i32, Option<Rc<Schema>>>>,
     /// Per category; `*` for every category without its own.
     modes: HashMap<String, Mode>,
+    /// Per event type and version that declares personal data: which, and whose.
+    personal: HashMap<String, HashMap<i32, Rc<Personal>>>,
     pub upcasts: Rc<Upcasts>,
 }
 
@@ -34,15 +36,26 @@ thread_local! {
     static TABLES: Cell<[pg_sys::Oid; 3]> = const { Cell::new([pg_sys::InvalidOid; 3]) };
 }
 
-const TYPES_SQL: &str = "SELECT event_type, version, schema FROM @extschema@.es_catalog_types";
+const TYPES_SQL: &str =
+    "SELECT event_type, version, schema, personal_data, subject FROM @extschema@.es_catalog_types";
 const MODES_SQL: &str = "SELECT category, mode FROM @extschema@.es_catalog_modes";
 const UPCASTS_SQL: &str = "SELECT event_type, from_version, rule FROM @extschema@.es_upcasts";
 
 impl Catalog {
+    /// What the catalog says of the personal data of events of this type and version in
+    /// this category: nothing where the category's mode is off (the catalog does not apply).
+    pub fn personal(&self, category: &str, event_type: &str, version: i32) -> Option<Rc<Personal>> {
+        if self.mode(category) == Mode::Off {
+            return None;
+        }
+        self.personal.get(event_type)?.get(&version).cloned()
+    }
+
     fn empty() -> Catalog {
         Catalog {
             types: HashMap::new(),
             modes: HashMap::new(),
+            personal: HashMap::new(),
             upcasts: Rc::new(Upcasts::new(vec![]).unwrap_or_else(|e| unreachable!("{e}"))),
         }
     }
@@ -59,6 +72,7 @@ fn load() -> Catalog {
     }
     Spi::connect(|client| {
         let mut types: HashMap<String, HashMap<i32, Option<Rc<Schema>>>> = HashMap::new();
+        let mut personal: HashMap<String, HashMap<i32, Rc<Personal>>> = HashMap::new();
         for row in client
             .select(schema::qualified(TYPES_SQL), None, &[])
             .or_raise("reading es_catalog_types")
@@ -69,6 +83,18 @@ fn load() -> Catalog {
                 .map(|Json(s)| Schema::compile(&s).map(Rc::new))
                 .transpose()
                 .unwrap_or_else(|e| corrupt(format!("{event_type} version {version}: {e}")));
+            let paths: Vec<String> = column(&row, 4, "es_catalog_types.personal_data");
+            let subject: Option<String> = nullable(&row, 5, "es_catalog_types.subject");
+            match Personal::parse(&paths, subject.as_deref()) {
+                Ok(Some(p)) => {
+                    personal
+                        .entry(event_type.clone())
+                        .or_default()
+                        .insert(version, Rc::new(p));
+                }
+                Ok(None) => {}
+                Err(e) => corrupt(format!("{event_type} version {version}: {e}")),
+            }
             types
                 .entry(event_type)
                 .or_default()
@@ -100,6 +126,7 @@ fn load() -> Catalog {
         Catalog {
             types,
             modes,
+            personal,
             upcasts: Rc::new(upcasts),
         }
     })
@@ -237,7 +264,12 @@ fn first_stored_failure(schema: &Schema, event_type: &str, version: i32) -> Opti
                 return None;
             }
             for row in rows {
-                let Json(data) = column(&row, 4, "event_store.event_data");
+                let Json(mut data) = column(&row, 4, "event_store.event_data");
+                // Checked as written: personal data opened (this runs as the owner); an
+                // event whose subject was forgotten can no longer be checked, nor broken.
+                if !crate::personal::open_all(&mut data) {
+                    continue;
+                }
                 if let Err(v) = schema.check(&data) {
                     let stream: String = column(&row, 1, "event_store.stream_id");
                     let at: i64 = column(&row, 2, "event_store.stream_version");

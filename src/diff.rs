@@ -73,8 +73,10 @@ fn es_diff(
                     column(&e, 4, "event_store.created_at"),
                     nullable(&e, 6, "the correlation id"),
                     c.path,
-                    c.before.map(pgrx::JsonB),
-                    c.after.map(pgrx::JsonB),
+                    c.before
+                        .map(|v| crate::personal::reveal_jsonb(pgrx::JsonB(v))),
+                    c.after
+                        .map(|v| crate::personal::reveal_jsonb(pgrx::JsonB(v))),
                 ));
             }
         }

@@ -13,6 +13,8 @@ pub static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static PROJECTION_RETRY_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static SNAPSHOT_EVERY: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static PROJECTION_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static MASTER_KEY: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
 
 pub fn register() {
     GucRegistry::define_int_guc(
@@ -102,5 +104,13 @@ pub fn register() {
         3_600_000,
         GucContext::Suset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"event_store.master_key",
+        c"64 hexadecimal digits: the key that wraps every subject's key in es_subject_keys.",
+        c"Set by a superuser (postgresql.conf, or ALTER SYSTEM); only superusers can read it.",
+        &MASTER_KEY,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
 }

@@ -34,6 +34,7 @@ mod ids;
 mod integrity;
 mod jsonb;
 mod notify;
+mod personal;
 mod plans;
 mod projection;
 mod projection_worker;
@@ -121,9 +122,16 @@ extension_sql_file!(
     requires = ["schema", digest::es_digest, digest::es_verify_digest]
 );
 extension_sql_file!(
+    "../sql/personal.sql",
+    name = "personal",
+    requires = ["schema"]
+);
+extension_sql_file!(
     "../sql/privacy.sql",
     name = "privacy",
     requires = [
+        "personal",
+        personal::_es_subject_hash,
         "catalog",
         "read",
         fold::es_state,

@@ -44,6 +44,33 @@ pub enum Subject {
     Stream,
 }
 
+/// What a catalog entry says of personal data: the paths of `event_data` that hold it and
+/// whose it is (`subject_text` as written, for messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Personal {
+    pub paths: Vec<Pointer>,
+    pub subject: Subject,
+    pub subject_text: String,
+}
+
+impl Personal {
+    /// From a catalog row; None when it declares no personal data.
+    pub fn parse(paths: &[String], subject: Option<&str>) -> Result<Option<Personal>, String> {
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let subject_text = subject.ok_or("personal data without a subject")?;
+        Ok(Some(Personal {
+            paths: paths
+                .iter()
+                .map(|p| parse_pointer(p))
+                .collect::<Result<_, _>>()?,
+            subject: parse_subject(subject_text)?,
+            subject_text: subject_text.to_string(),
+        }))
+    }
+}
+
 impl Subject {
     /// Where it is, as the event_store column is named, and the path in that document.
     pub fn path(&self) -> (&'static str, &[String]) {

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod digest;
 pub mod feed;
 pub mod ids;
+pub mod personal;
 pub mod plan;
 pub mod reducer;
 pub mod state;

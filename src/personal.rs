@@ -1,0 +1,322 @@
+//! Personal data (event_store_core::personal): sealed at append with the key of the event's
+//! subject, revealed on every read for members of `event_store_personal_data`, erased by
+//! destroying the key (`es_forget_subject`, sql/personal.sql). Keys live in es_subject_keys,
+//! which only its owner reads and writes: reads take them as that owner, once per transaction.
+use crate::errors::Refused;
+use crate::schema::{self, nullable, OrRaise};
+use event_store_core::catalog::{Personal, Subject};
+use event_store_core::personal::{self as rules, Access, KeyBytes, KeyId};
+use event_store_core::reducer::lookup;
+use event_store_core::stream::category;
+use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::Value;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// Members of this role see personal data; everyone else sees it withheld.
+const PRIVILEGED: &std::ffi::CStr = c"event_store_personal_data";
+
+/// What this transaction has read of es_subject_keys.
+#[derive(Default)]
+struct Cache {
+    transaction: u32,
+    /// Whether any key exists (reads reveal nothing in a store that never sealed a value).
+    active: Option<bool>,
+    /// Keys by id; None once destroyed.
+    keys: HashMap<KeyId, Option<KeyBytes>>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
+fn cached<R>(f: impl FnOnce(&mut Cache) -> R) -> R {
+    // SAFETY: MyProc is this backend's PGPROC, set for the life of the backend.
+    let transaction = unsafe { (*pg_sys::MyProc).lxid };
+    CACHE.with_borrow_mut(|c| {
+        if c.transaction != transaction {
+            *c = Cache {
+                transaction,
+                ..Cache::default()
+            };
+        }
+        f(c)
+    })
+}
+
+/// `event_store.master_key` as bytes: None when unset; 22023 when it is not 64 hex digits
+/// and `strict` (an append about to wrap a key), None otherwise (a read: the key does not
+/// unwrap, and its values read as erased rather than as an error).
+fn master_key(strict: bool) -> Option<KeyBytes> {
+    let hex = crate::guc::MASTER_KEY.get()?;
+    let hex = hex.to_str().unwrap_or_default();
+    let bytes: Option<Vec<u8>> = (hex.len() == 64)
+        .then(|| {
+            (0..32)
+                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten();
+    match bytes.and_then(|b| KeyBytes::try_from(b).ok()) {
+        Some(k) => Some(k),
+        None if !strict => None,
+        None => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "event_store: event_store.master_key must be 64 hexadecimal digits"
+            );
+        }
+    }
+}
+
+fn keys_table() -> Option<pg_sys::Oid> {
+    schema::try_relation(c"es_subject_keys")
+}
+
+/// Whether the store has sealed anything (0.1.0's SQL has no key table: nothing).
+fn active() -> bool {
+    if let Some(a) = cached(|c| c.active) {
+        return a;
+    }
+    let a = keys_table().is_some_and(|rel| {
+        schema::as_owner_of(rel, || {
+            schema::select_one::<bool>(schema::qualified(
+                "SELECT EXISTS (SELECT FROM @extschema@.es_subject_keys)",
+            ))
+            .unwrap_or(false)
+        })
+    });
+    cached(|c| c.active = Some(a));
+    a
+}
+
+/// Whether the current user may see personal data.
+fn privileged() -> bool {
+    // SAFETY: a syscache lookup of a role by name, and a membership check of the current user.
+    unsafe {
+        let role = pg_sys::get_role_oid(PRIVILEGED.as_ptr(), true);
+        role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), role)
+    }
+}
+
+const KEY_SQL: &str = "SELECT wrapped FROM @extschema@.es_subject_keys WHERE key_id = $1";
+
+fn key(id: &KeyId) -> Option<KeyBytes> {
+    if let Some(k) = cached(|c| c.keys.get(id).copied()) {
+        return k;
+    }
+    let wrapped: Option<Vec<u8>> = keys_table().and_then(|rel| {
+        schema::as_owner_of(rel, || {
+            Spi::connect(|client| {
+                client
+                    .select(
+                        schema::qualified(KEY_SQL),
+                        Some(1),
+                        &[pgrx::Uuid::from_bytes(*id).into()],
+                    )
+                    .or_raise("reading es_subject_keys")
+                    .next()
+                    .and_then(|r| nullable::<Vec<u8>>(&r, 1, "es_subject_keys.wrapped"))
+            })
+        })
+    });
+    let key = wrapped.and_then(|w| rules::unwrap_key(id, &w, master_key(false).as_ref()));
+    cached(|c| c.keys.insert(*id, key));
+    key
+}
+
+/// Reveals every sealed value of `doc` for the current user: plaintext for a member of
+/// event_store_personal_data, the erased marker where the key is gone, withheld otherwise.
+/// Returns whether `doc` changed.
+pub fn reveal(doc: &mut Value) -> bool {
+    if !active() {
+        return false;
+    }
+    if privileged() {
+        rules::reveal(doc, &mut Access::Keys(&mut |id: &KeyId| key(id)))
+    } else {
+        rules::reveal(doc, &mut Access::Withheld)
+    }
+}
+
+/// Opens every sealed value of `doc` with its key, whoever the user is (callers run as the
+/// owner). Returns false when a key was destroyed: `doc` then is not the event as written.
+pub fn open_all(doc: &mut Value) -> bool {
+    if !active() {
+        return true;
+    }
+    let mut complete = true;
+    rules::reveal(
+        doc,
+        &mut Access::Keys(&mut |id: &KeyId| {
+            let k = key(id);
+            complete &= k.is_some();
+            k
+        }),
+    );
+    complete
+}
+
+/// `reveal` of a jsonb datum's document; the datum itself when nothing is sealed.
+pub fn reveal_jsonb(doc: pgrx::JsonB) -> pgrx::JsonB {
+    let mut v = doc.0;
+    reveal(&mut v);
+    pgrx::JsonB(v)
+}
+
+/// An event_store row with its data revealed; the row itself when nothing is sealed.
+///
+/// # Safety
+/// `row` is a non-null datum of event_store's row type.
+pub unsafe fn reveal_row(row: pg_sys::Datum) -> pg_sys::Datum {
+    if !active() {
+        return row;
+    }
+    // SAFETY: the caller passes a composite datum.
+    let mut tuple = unsafe { PgHeapTuple::from_composite_datum(row) };
+    let Ok(Some(pgrx::JsonB(mut data))) = tuple.get_by_name::<pgrx::JsonB>("event_data") else {
+        return row;
+    };
+    if !reveal(&mut data) {
+        return row;
+    }
+    if let Err(e) = tuple.set_by_name("event_data", pgrx::JsonB(data)) {
+        error!("event_store: revealing personal data: {e}");
+    }
+    tuple.into_composite_datum().expect("a tuple has a datum")
+}
+
+v1_function!(pg_finfo__es_reveal);
+/// `_es_reveal(event_store) RETURNS event_store` (STRICT): the reads' last step.
+///
+/// # Safety
+/// Called only by the fmgr, with one non-null event_store row.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_reveal(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the function is STRICT over event_store rows.
+    unsafe { reveal_row(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0)) }
+}
+
+/// A document revealed for the current user (the appends' retry check, as the owner).
+#[pg_extern(stable, strict, parallel_safe)]
+fn _es_reveal_data(doc: pgrx::JsonB) -> pgrx::JsonB {
+    reveal_jsonb(doc)
+}
+
+/// The hash that stands for a subject in es_subject_keys and in the store's own records.
+#[pg_extern(immutable, strict, parallel_safe)]
+fn _es_subject_hash(subject: &str) -> Vec<u8> {
+    rules::subject_hash(subject).to_vec()
+}
+
+const LIVE_KEY_SQL: &str = "SELECT key_id, wrapped FROM @extschema@.es_subject_keys \
+     WHERE subject_hash = $1 AND wrapped IS NOT NULL";
+const NEW_KEY_SQL: &str = "INSERT INTO @extschema@.es_subject_keys (key_id, subject_hash, wrapped) \
+     VALUES ($1, $2, $3) ON CONFLICT (subject_hash) WHERE wrapped IS NOT NULL DO NOTHING RETURNING key_id";
+
+/// The subject's live key, made on first use. The appends run as the table's owner.
+fn subject_key(client: &mut SpiClient<'_>, subject: &str) -> (KeyId, KeyBytes) {
+    let hash = rules::subject_hash(subject).to_vec();
+    let master = master_key(true);
+    let live = |client: &SpiClient<'_>| -> Option<(KeyId, Vec<u8>)> {
+        let row = client
+            .select(
+                schema::qualified(LIVE_KEY_SQL),
+                Some(1),
+                &[hash.clone().into()],
+            )
+            .or_raise("reading es_subject_keys")
+            .next()?;
+        let id: pgrx::Uuid = nullable(&row, 1, "es_subject_keys.key_id")?;
+        Some((
+            *id.as_bytes(),
+            nullable(&row, 2, "es_subject_keys.wrapped")?,
+        ))
+    };
+    for _ in 0..2 {
+        if let Some((id, wrapped)) = live(client) {
+            let key = rules::unwrap_key(&id, &wrapped, master.as_ref()).unwrap_or_else(|| {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    "event_store: a subject's key is wrapped under another master key than event_store.master_key"
+                );
+            });
+            return (id, key);
+        }
+        let (id, key) = (rules::new_key_id(), rules::new_key());
+        let made = client
+            .update(
+                schema::qualified(NEW_KEY_SQL),
+                Some(1),
+                &[
+                    pgrx::Uuid::from_bytes(id).into(),
+                    hash.clone().into(),
+                    rules::wrap(&id, &key, master.as_ref()).into(),
+                ],
+            )
+            .or_raise("making a subject's key")
+            .len();
+        if made == 1 {
+            cached(|c| {
+                c.active = Some(true);
+                c.keys.insert(id, Some(key));
+            });
+            return (id, key);
+        }
+        // Another append made it first: read that one.
+    }
+    error!("event_store: a subject's key could not be made");
+}
+
+/// The text naming the event's subject, per its catalog entry.
+fn subject_of(
+    subject: &Subject,
+    stream_id: &str,
+    data: &Value,
+    metadata: &Value,
+) -> Option<String> {
+    let v = match subject {
+        Subject::Data(p) => lookup(data, p),
+        Subject::Metadata(p) => lookup(metadata, p),
+        Subject::Stream => {
+            let id = stream_id.get(category(stream_id).len() + 1..)?;
+            return (!id.is_empty()).then(|| id.to_string());
+        }
+    }?;
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Seals an event's personal data with its subject's key, before it is hashed and stored.
+/// `data` and `metadata` are the event's documents; `at` names the event in messages.
+pub fn seal(
+    client: &mut SpiClient<'_>,
+    personal: &Personal,
+    stream_id: &str,
+    data: &mut Value,
+    metadata: &Value,
+    at: &str,
+) -> Result<(), Refused> {
+    let Some(subject) = subject_of(&personal.subject, stream_id, data, metadata) else {
+        return Err(Refused {
+            code: b"ES004",
+            message: format!(
+                "event_store: {at}the event holds personal data but not its subject ({})",
+                personal.subject_text
+            ),
+            detail: "Personal data is sealed with its subject's key: the subject must be a non-empty string or a number.".into(),
+            hint: String::new(),
+        });
+    };
+    let (id, key) = subject_key(client, &subject);
+    rules::seal(data, &personal.paths, &id, &key);
+    Ok(())
+}
