@@ -141,3 +141,10 @@ SELECT e ->> 'stream_id' AS stream_id, e ->> 'event_type' AS event_type, e ->> '
   FROM jsonb_array_elements(es_subject_export('789') -> 'events') e;
 \echo '   The export is recorded in the store''s own stream, without personal data:'
 SELECT event_type, event_data FROM es_stream('event_store-privacy');
+
+\echo '== 12. User 789 asks to be forgotten (GDPR Art. 17): their key is destroyed. Their email was'
+\echo '   sealed with it when it was appended; now every read shows it erased, and nothing was rewritten.'
+SELECT es_forget_subject('789', 'erasure request from the user, ticket 4711') AS keys_destroyed;
+SELECT stream_version AS v, event_type, event_data ->> 'email' AS email, event_data ->> 'intention' AS intention
+  FROM es_stream('user-789') WHERE event_type IN ('UserRegistered', 'IntentionSubmitted');
+SELECT es_state('user-789') ->> 'email' AS email_in_state, (SELECT count(*) FROM es_verify()) AS integrity_problems;

@@ -86,7 +86,8 @@ fn forgetting_a_subject_erases_them_from_every_read_and_keeps_every_chain() {
     ))
     .unwrap();
     let run_projection = |c: &mut Client| {
-        for _ in 0..200 {
+        // The worker of a new database may take a few seconds to start.
+        for _ in 0..1200 {
             if std::env::var("ES_TEST_WORKER").as_deref() != Ok("1") {
                 c.batch_execute("SELECT es_run_projections()").unwrap();
             }
