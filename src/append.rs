@@ -729,19 +729,9 @@ fn seal(
 ) -> Result<(), Refused> {
     let ev = &mut entry.events[n];
     // SAFETY: both are non-null jsonb datums, checked when the event was read.
-    let (data, metadata) = unsafe {
-        (
-            pgrx::JsonB::from_datum(ev.data, false),
-            pgrx::JsonB::from_datum(ev.metadata, false),
-        )
-    };
-    let (Some(pgrx::JsonB(mut data)), Some(pgrx::JsonB(metadata))) = (data, metadata) else {
-        error!("event_store: an event's data or metadata is NULL after it was checked");
-    };
+    let (mut data, metadata) = unsafe { (jsonb::to_value(ev.data), jsonb::to_value(ev.metadata)) };
     crate::personal::seal(client, personal, &entry.stream_id, &mut data, &metadata, at)?;
-    ev.data = pgrx::JsonB(data)
-        .into_datum()
-        .expect("a jsonb document has a datum");
+    ev.data = jsonb::datum(&data);
     ev.data_text = out(ev.data);
     Ok(())
 }

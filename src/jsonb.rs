@@ -380,6 +380,27 @@ pub fn depth(root: Jsonb, limit: usize) -> usize {
     deepest
 }
 
+/// Whether an object anywhere in a jsonb value has a member named `key`, read in place
+/// without recursion.
+pub fn holds_member(root: Jsonb, key: &str) -> bool {
+    let mut todo = vec![root];
+    while let Some(v) = todo.pop() {
+        if v.kind != IS_CONTAINER {
+            continue;
+        }
+        let n = v.count();
+        if v.is_object_container() {
+            if v.children(0, n).any(|k| str_of(k.bytes) == key) {
+                return true;
+            }
+            todo.extend(v.children(n, n));
+        } else {
+            todo.extend(v.children(0, n));
+        }
+    }
+    false
+}
+
 /// Calls `f` with a jsonb datum read in place (detoasted into a copy when not in line).
 ///
 /// # Safety

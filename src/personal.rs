@@ -9,6 +9,7 @@ use event_store_core::personal::{self as rules, Access, KeyBytes, KeyId};
 use event_store_core::reducer::lookup;
 use event_store_core::stream::category;
 use pgrx::heap_tuple::PgHeapTuple;
+use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::Value;
@@ -175,6 +176,18 @@ pub unsafe fn reveal_row(row: pg_sys::Datum) -> pg_sys::Datum {
     if !active() {
         return row;
     }
+    // Most events hold nothing sealed: looked for in place, without decoding the row.
+    // SAFETY: the caller passes a composite datum of event_store, whose event_data is jsonb;
+    // the header is detoasted (a copy when needed) and the attribute read in place.
+    let sealed = unsafe {
+        let header = pg_sys::pg_detoast_datum(row.cast_mut_ptr()) as pg_sys::HeapTupleHeader;
+        let mut isnull = false;
+        let data = pg_sys::GetAttributeByName(header, c"event_data".as_ptr(), &mut isnull);
+        !isnull && crate::jsonb::with_jsonb(data, |j| crate::jsonb::holds_member(j, rules::SEALED))
+    };
+    if !sealed {
+        return row;
+    }
     // SAFETY: the caller passes a composite datum.
     let mut tuple = unsafe { PgHeapTuple::from_composite_datum(row) };
     let Ok(Some(pgrx::JsonB(mut data))) = tuple.get_by_name::<pgrx::JsonB>("event_data") else {
@@ -223,12 +236,9 @@ fn subject_key(client: &mut SpiClient<'_>, subject: &str) -> (KeyId, KeyBytes) {
     let hash = rules::subject_hash(subject).to_vec();
     let master = master_key(true);
     let live = |client: &SpiClient<'_>| -> Option<(KeyId, Vec<u8>)> {
+        let plan = crate::plans::kept(client, LIVE_KEY_SQL, &[Oid::BYTEAOID], false);
         let row = client
-            .select(
-                schema::qualified(LIVE_KEY_SQL),
-                Some(1),
-                &[hash.clone().into()],
-            )
+            .select(&*plan, Some(1), &[hash.clone().into()])
             .or_raise("reading es_subject_keys")
             .next()?;
         let id: pgrx::Uuid = nullable(&row, 1, "es_subject_keys.key_id")?;
