@@ -103,7 +103,9 @@ fn privileged() -> bool {
     }
 }
 
-const KEY_SQL: &str = "SELECT wrapped FROM @extschema@.es_subject_keys WHERE key_id = $1";
+// Run as the owner, possibly under a reader's search_path: every operator is pg_catalog's.
+const KEY_SQL: &str = "SELECT wrapped FROM @extschema@.es_subject_keys \
+     WHERE key_id OPERATOR(pg_catalog.=) $1";
 
 fn key(id: &KeyId) -> Option<KeyBytes> {
     if let Some(k) = cached(|c| c.keys.get(id).copied()) {
@@ -227,7 +229,7 @@ fn _es_subject_hash(subject: &str) -> Vec<u8> {
 }
 
 const LIVE_KEY_SQL: &str = "SELECT key_id, wrapped FROM @extschema@.es_subject_keys \
-     WHERE subject_hash = $1 AND wrapped IS NOT NULL";
+     WHERE subject_hash OPERATOR(pg_catalog.=) $1 AND wrapped IS NOT NULL";
 const NEW_KEY_SQL: &str = "INSERT INTO @extschema@.es_subject_keys (key_id, subject_hash, wrapped) \
      VALUES ($1, $2, $3) ON CONFLICT (subject_hash) WHERE wrapped IS NOT NULL DO NOTHING RETURNING key_id";
 

@@ -302,3 +302,38 @@ fn keys_are_the_owners_wrapped_by_the_master_key_and_appends_stay_idempotent() {
         assert_eq!(outcome(c.batch_execute(sql)), state, "{sql}");
     }
 }
+
+#[test]
+fn revealing_runs_none_of_the_readers_code_as_the_owner() {
+    let db = TestDb::new("erasure_path");
+    let mut c = db.connect();
+    let sneaky = format!("{}_sneaky", db.name);
+    c.batch_execute(&format!(
+        "SELECT es_define_event_type('UserRegistered', personal_data => '{{/email}}', subject => '/userId');
+         SELECT es_append('user-1', 'UserRegistered', '{{\"userId\": \"u-1\", \"email\": \"{EMAIL}\"}}');
+         CREATE ROLE {sneaky} IN ROLE event_store_reader, event_store_personal_data;
+         CREATE SCHEMA sneaky AUTHORIZATION {sneaky};"
+    ))
+    .unwrap();
+    // Keys are read as the owner: an operator of the reader's, first on its search_path,
+    // must not be what compares them.
+    let mut s = db.connect_as(&sneaky);
+    s.batch_execute(
+        "CREATE FUNCTION sneaky.eq(uuid, uuid) RETURNS boolean LANGUAGE plpgsql AS
+             $$BEGIN RAISE EXCEPTION 'pwned as %', current_user; END$$;
+         CREATE OPERATOR sneaky.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = sneaky.eq);
+         CREATE FUNCTION sneaky.beq(bytea, bytea) RETURNS boolean LANGUAGE plpgsql AS
+             $$BEGIN RAISE EXCEPTION 'pwned as %', current_user; END$$;
+         CREATE OPERATOR sneaky.= (LEFTARG = bytea, RIGHTARG = bytea, FUNCTION = sneaky.beq);
+         SET search_path = sneaky, public, pg_catalog;",
+    )
+    .unwrap();
+    for sql in [
+        "SELECT (_es_reveal(e)).event_data->>'email' FROM event_store e",
+        "SELECT es_fold(e ORDER BY stream_version)->>'email' FROM event_store e",
+        "SELECT event_data->>'email' FROM es_stream('user-1')",
+    ] {
+        let got: String = s.query_one(sql, &[]).unwrap().get(0);
+        assert_eq!(got, EMAIL, "{sql}");
+    }
+}
