@@ -41,6 +41,9 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
     // without the extension exits at once; it is tried again RETRY later, not in a loop.
     let mut workers: HashMap<String, (Option<DynamicBackgroundWorker>, Instant)> = HashMap::new();
     loop {
+        // A database that asked for its worker gets it now, not RETRY after one that came too
+        // early (before CREATE EXTENSION) exited.
+        let requested = shmem::take_launch_request();
         let databases: Vec<String> = BackgroundWorker::transaction(|| {
             Spi::connect(|c| {
                 c.select("SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate", None, &[])
@@ -61,7 +64,7 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
             if running {
                 continue;
             }
-            if started.elapsed() < RETRY {
+            if started.elapsed() < RETRY && !requested {
                 waiting = true;
                 continue;
             }

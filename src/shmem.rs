@@ -38,6 +38,9 @@ struct Worker {
 #[repr(C)]
 struct Header {
     launcher_procno: AtomicI32,
+    /// A database without a worker asked for one: the launcher starts it now, even if one
+    /// exited there moments ago (it came before CREATE EXTENSION).
+    launch_requested: AtomicBool,
     workers: [Worker; MAX_WORKERS],
     // followed by one Slot per backend id (1..=MaxBackends)
 }
@@ -261,10 +264,16 @@ pub fn wake(fresh: bool) {
         None => {
             let procno = h.launcher_procno.load(Ordering::SeqCst);
             if fresh && procno > 0 {
+                h.launch_requested.store(true, Ordering::SeqCst);
                 set_latch(procno - 1);
             }
         }
     }
+}
+
+/// For the launcher: whether a database asked for its worker since the last call.
+pub fn take_launch_request() -> bool {
+    header().is_some_and(|h| h.launch_requested.swap(false, Ordering::SeqCst))
 }
 
 /// Whether this database has a worker that announces commits with NOTIFY.
