@@ -538,6 +538,10 @@ fn a_hanging_handler_delays_only_its_own_projection() {
               WHERE datname = current_database() AND backend_type = 'event_store projections'",
         )
         .unwrap();
+        // And ask the launcher for a new one once the old one has gone.
+        std::thread::sleep(Duration::from_millis(200));
+        c.batch_execute("SELECT _es_wake_projections(true)")
+            .unwrap();
     }
     let mut s = db.connect(); // a new session: it has the database's setting
     until_projected(
