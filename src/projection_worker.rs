@@ -16,6 +16,9 @@ const LAUNCHER_TYPE: &str = "event_store launcher";
 const WORKER_TYPE: &str = "event_store projections";
 const RESCAN: Duration = Duration::from_secs(30);
 const RETRY: Duration = Duration::from_secs(10);
+/// How long a database's request for its worker is honoured: one that comes while its old
+/// worker is still being reaped is served when the postmaster reports that worker gone.
+const REQUEST: Duration = Duration::from_secs(2);
 
 pub fn register_launcher() {
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
@@ -40,10 +43,14 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
     // Per database: its worker, and when one was last started. A worker for a database
     // without the extension exits at once; it is tried again RETRY later, not in a loop.
     let mut workers: HashMap<String, (Option<DynamicBackgroundWorker>, Instant)> = HashMap::new();
+    let mut requested_at: Option<Instant> = None;
     loop {
         // A database that asked for its worker gets it now, not RETRY after one that came too
         // early (before CREATE EXTENSION) exited.
-        let requested = shmem::take_launch_request();
+        if shmem::take_launch_request() {
+            requested_at = Some(Instant::now());
+        }
+        let requested = requested_at.filter(|t| t.elapsed() < REQUEST);
         let databases: Vec<String> = BackgroundWorker::transaction(|| {
             Spi::connect(|c| {
                 c.select("SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate", None, &[])
@@ -64,7 +71,8 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
             if running {
                 continue;
             }
-            if started.elapsed() < RETRY && !requested {
+            // A request starts each database's worker once, not in a loop for those that exit.
+            if started.elapsed() < RETRY && requested.is_none_or(|t| *started > t) {
                 waiting = true;
                 continue;
             }
@@ -85,7 +93,12 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
                 .ok();
             waiting |= worker.is_none();
         }
-        if !BackgroundWorker::wait_latch(Some(if waiting { RETRY } else { RESCAN })) {
+        let wait = match requested {
+            Some(t) => REQUEST.saturating_sub(t.elapsed()),
+            None if waiting => RETRY,
+            None => RESCAN,
+        };
+        if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
         if BackgroundWorker::sighup_received() {

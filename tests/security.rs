@@ -518,8 +518,42 @@ fn a_hanging_handler_delays_only_its_own_projection() {
     let mut c = db.connect();
     let app = role(&db, &mut c, "app", "IN ROLE event_store_reader");
     c.batch_execute(&format!(
-        "ALTER DATABASE {} SET event_store.projection_timeout = 300;
-         GRANT CREATE ON SCHEMA public TO {app};
+        "ALTER DATABASE {} SET event_store.projection_timeout = 300",
+        db.name
+    ))
+    .unwrap();
+    if worker() {
+        // The worker reads the setting when it connects: until one has connected since it
+        // was committed, stop the one there and ask the launcher for a new one.
+        let set: std::time::SystemTime = c.query_one("SELECT now()", &[]).unwrap().get(0);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let fresh: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                        AND backend_type = 'event_store projections' AND backend_start > $1",
+                    &[&set],
+                )
+                .unwrap()
+                .get(0);
+            if fresh > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no worker came back with the setting"
+            );
+            c.batch_execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = current_database() AND backend_type = 'event_store projections';
+                 SELECT _es_wake_projections(true);",
+            )
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    c.batch_execute(&format!(
+        "GRANT CREATE ON SCHEMA public TO {app};
          SET ROLE {app};
          CREATE TABLE public.fast_seen (n int);
          CREATE FUNCTION public.slow_h(e event_store) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(30) $$;
@@ -527,22 +561,9 @@ fn a_hanging_handler_delays_only_its_own_projection() {
          SELECT es_create_projection('a_slow', 'public.slow_h(event_store)');
          SELECT es_create_projection('b_fast', 'public.fast_h(event_store)');
          RESET ROLE;
-         SELECT es_append('s-1', 'T', '{{}}');",
-        db.name
+         SELECT es_append('s-1', 'T', '{{}}');"
     ))
     .unwrap();
-    if worker() {
-        // A worker that connected before the setting: restart it so that it reads it.
-        c.batch_execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-              WHERE datname = current_database() AND backend_type = 'event_store projections'",
-        )
-        .unwrap();
-        // And ask the launcher for a new one once the old one has gone.
-        std::thread::sleep(Duration::from_millis(200));
-        c.batch_execute("SELECT _es_wake_projections(true)")
-            .unwrap();
-    }
     let mut s = db.connect(); // a new session: it has the database's setting
     until_projected(
         &mut c,
