@@ -128,14 +128,15 @@ CREATE AGGREGATE es_fold(event_store, regprocedure) (
 -- The state functions with a custom reducer: the events up to `version` and up to `at`.
 -- Bounded by the stream's first and last times, so a hypertable skips chunks the stream has
 -- no events in. Names are qualified rather than the search_path pinned: the reducer runs
--- under its caller's search_path.
+-- under its caller's search_path. A custom reducer has no snapshots: a stream retention cut
+-- cannot be folded with one (ES008).
 CREATE FUNCTION _es_state_with(stream_id text, at timestamptz, version bigint, reducer regprocedure)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
 AS $$
     SELECT @extschema@.es_fold(e, $4 ORDER BY e.stream_version)
       FROM @extschema@.event_store e
-     WHERE e.stream_id = $1 AND e.stream_version <= $3
+     WHERE @extschema@._es_check_uncut($1) AND e.stream_id = $1 AND e.stream_version <= $3
        AND e.created_at BETWEEN (SELECT s.first_at FROM @extschema@.es_streams s WHERE s.stream_id = $1)
                             AND least($2, (SELECT s.last_at FROM @extschema@.es_streams s WHERE s.stream_id = $1))
 $$;

@@ -29,7 +29,7 @@ GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
 GRANT SELECT ON event_store, es_streams, es_reducers, es_snapshots, es_projection_state, es_projections,
                 es_feed_in_flight, es_catalog_types, es_upcasts, es_catalog_modes, es_event_types,
                 es_checkpoints, es_metrics, es_verifications, es_feed_published, es_digests,
-                es_digest_heads
+                es_digest_heads, es_anchors, es_retention
    TO event_store_reader;
 -- The feed's horizon reads how far positions have been handed out.
 GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
@@ -82,6 +82,7 @@ GRANT EXECUTE ON FUNCTION
     es_state(text, regprocedure),
     es_state_at(text, timestamptz, regprocedure),
     es_state_at_version(text, bigint, regprocedure),
+    _es_check_uncut(text),
     es_diff(text, timestamptz, timestamptz)
 TO event_store_reader;
 

@@ -2,7 +2,7 @@
 //! takes one at the feed's horizon, `es_verify_digest` proves the store still extends it.
 use crate::integrity::{chain_sql, walk_chains};
 use crate::schema::{self, column, OrRaise};
-use event_store_core::chain::GENESIS;
+use event_store_core::chain::{StreamCheck, GENESIS};
 use event_store_core::digest::{compare, hex, root, Digest, Leaf};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -168,12 +168,30 @@ fn verify(client: &SpiClient<'_>, digest: &Digest, out: &mut Vec<Problem>) {
         ));
         return;
     }
+    // Streams cut by retention: checked from their anchor where it lies at or below the
+    // digest's position; where it lies above, every event of the stream the digest covers was
+    // removed, and its head is the store's record of the digest (whose root is checked).
+    let anchors = crate::integrity::anchors(client, None);
+    let (below, above): (Vec<_>, Vec<_>) = anchors
+        .iter()
+        .partition(|(_, (_, prev_position))| *prev_position <= digest.position);
+    let start = |id: &str| {
+        StreamCheck::from(
+            anchors
+                .get(id)
+                .filter(|a| a.1 <= digest.position)
+                .map(|a| &a.0),
+        )
+    };
     let mut leaves = vec![];
-    let events = walk_chains(
+    let mut walked = std::collections::HashSet::new();
+    let mut events = walk_chains(
         client,
         CHAIN_AT_SQL,
         &[digest.position.into()],
+        start,
         |stream_id, check| {
+            walked.insert(stream_id.clone());
             let (version, hash) = check.head();
             leaves.push(Leaf {
                 stream_id: stream_id.clone(),
@@ -190,17 +208,46 @@ fn verify(client: &SpiClient<'_>, digest: &Digest, out: &mut Vec<Problem>) {
             }
         },
     );
+    for (stream_id, (anchor, _)) in below {
+        // The removed events count as the digest counted them.
+        let removed = anchor.first_version - 1;
+        events += removed;
+        if !walked.contains(stream_id) {
+            leaves.push(Leaf {
+                stream_id: stream_id.clone(),
+                version: removed,
+                hash: anchor.prev_hash.clone(),
+            });
+        }
+    }
+    let mut recorded: Option<Vec<Leaf>> = None;
+    let mut recorded = || -> Vec<Leaf> {
+        recorded
+            .get_or_insert_with(|| {
+                client
+                    .select(
+                        schema::qualified(RECORDED_SQL),
+                        None,
+                        &[digest.position.into()],
+                    )
+                    .or_raise("reading es_digest_heads")
+                    .map(|r| leaf(&r, "es_digest_heads"))
+                    .collect()
+            })
+            .clone()
+    };
+    if !above.is_empty() {
+        let heads = recorded();
+        for (stream_id, _) in above {
+            if let Some(l) = heads.iter().find(|l| &l.stream_id == stream_id) {
+                events += l.version;
+                leaves.push(l.clone());
+            }
+        }
+    }
     let now = root(&mut leaves);
     if now != digest.root {
-        let mut recorded: Vec<Leaf> = client
-            .select(
-                schema::qualified(RECORDED_SQL),
-                None,
-                &[digest.position.into()],
-            )
-            .or_raise("reading es_digest_heads")
-            .map(|r| leaf(&r, "es_digest_heads"))
-            .collect();
+        let mut recorded = recorded();
         if !recorded.is_empty() && root(&mut recorded) == digest.root {
             for (stream_id, p) in compare(&recorded, &leaves) {
                 out.push((Some(stream_id), p.version, p.problem.into(), p.detail));

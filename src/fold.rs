@@ -30,25 +30,43 @@ pub struct Folded {
 // before the point asked for: a version ($3; NULL for the head) or an instant ($3). For an
 // instant, also the first snapshot after it: it bounds the fold from above, so a state in
 // the past does not read the stream's later events only to filter them out by time.
-const START_AT_VERSION_SQL: &str =
-    "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, NULL::bigint, p.last_at \
-       FROM @extschema@.es_streams s LEFT JOIN LATERAL ( \
-            SELECT stream_version, state, last_at FROM @extschema@.es_snapshots \
-             WHERE stream_id = $1 AND reducers = $2 AND stream_version <= least(s.version, $3) \
-             ORDER BY stream_version DESC LIMIT 1) p ON true \
-      WHERE s.stream_id = $1";
-const START_AT_TIME_SQL: &str =
-    "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, n.stream_version, \
-            p.last_at \
-       FROM @extschema@.es_streams s LEFT JOIN LATERAL ( \
-            SELECT stream_version, state, last_at FROM @extschema@.es_snapshots \
-             WHERE stream_id = $1 AND reducers = $2 AND last_at <= $3 \
-             ORDER BY last_at DESC, stream_version DESC LIMIT 1) p ON true \
-       LEFT JOIN LATERAL ( \
-            SELECT stream_version FROM @extschema@.es_snapshots \
-             WHERE stream_id = $1 AND reducers = $2 AND last_at > $3 \
-             ORDER BY last_at, stream_version LIMIT 1) n ON true \
-      WHERE s.stream_id = $1";
+// Column 8: where retention cut the stream (its first kept version), NULL when never cut.
+// 0.1.0's SQL (before ALTER EXTENSION UPDATE) has no anchors.
+macro_rules! start_sql {
+    ($anchor:literal) => {
+        [
+            concat!(
+                "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, NULL::bigint, \
+                        p.last_at, ",
+                $anchor,
+                " FROM @extschema@.es_streams s LEFT JOIN LATERAL ( \
+                    SELECT stream_version, state, last_at FROM @extschema@.es_snapshots \
+                     WHERE stream_id = $1 AND reducers = $2 AND stream_version <= least(s.version, $3) \
+                     ORDER BY stream_version DESC LIMIT 1) p ON true \
+                 WHERE s.stream_id = $1"
+            ),
+            concat!(
+                "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, n.stream_version, \
+                        p.last_at, ",
+                $anchor,
+                " FROM @extschema@.es_streams s LEFT JOIN LATERAL ( \
+                    SELECT stream_version, state, last_at FROM @extschema@.es_snapshots \
+                     WHERE stream_id = $1 AND reducers = $2 AND last_at <= $3 \
+                     ORDER BY last_at DESC, stream_version DESC LIMIT 1) p ON true \
+                 LEFT JOIN LATERAL ( \
+                    SELECT stream_version FROM @extschema@.es_snapshots \
+                     WHERE stream_id = $1 AND reducers = $2 AND last_at > $3 \
+                     ORDER BY last_at, stream_version LIMIT 1) n ON true \
+                 WHERE s.stream_id = $1"
+            ),
+        ]
+    };
+}
+/// [at a version, at an instant] for [this version's SQL, 0.1.0's].
+const START_SQL: [[&str; 2]; 2] = [
+    start_sql!("(SELECT a.first_version FROM @extschema@.es_anchors a WHERE a.stream_id = $1)"),
+    start_sql!("NULL::bigint"),
+];
 
 /// The fold of a stream's events $1 from the start handed to the aggregate: the executor
 /// feeds the columns of an ordered index scan straight into it. Each bound is there only
@@ -176,15 +194,32 @@ fn fold_in_sql(
 /// (stream times never go backwards, so that is a prefix of the stream). `None` when the
 /// stream had no events by then.
 pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Option<Folded> {
+    fold_reachable(client, stream_id, point).unwrap_or_else(|first_kept| {
+        crate::errors::raise(
+            b"ES008",
+            format!("event_store: the state of {stream_id} needs events that retention removed"),
+            format!(
+                "Retention removed versions 1 to {} of the stream; no snapshot under its current reducers stands for them.",
+                first_kept - 1
+            ),
+            "Ask for a state at or after the retention cut. Redefining a category's reducers after retention, or row level security, leaves its cut streams without that snapshot.".into(),
+        )
+    })
+}
+
+/// `fold_stream`, or Err(the first kept version) when the fold needs events that retention
+/// removed.
+fn fold_reachable(
+    client: &SpiClient<'_>,
+    stream_id: &str,
+    point: Point,
+) -> Result<Option<Folded>, i64> {
     let rules = rules(category(stream_id));
+    let sql = &START_SQL[crate::schema::legacy_sql() as usize];
     let (sql, at, point_type): (_, DatumWithOid, _) = match point {
-        Point::At(at) => (START_AT_TIME_SQL, pg_time(at).into(), Oid::TIMESTAMPTZOID),
-        Point::Version(v) => (START_AT_VERSION_SQL, v.into(), Oid::INT8OID),
-        Point::Head => (
-            START_AT_VERSION_SQL,
-            Option::<i64>::None.into(),
-            Oid::INT8OID,
-        ),
+        Point::At(at) => (sql[1], pg_time(at).into(), Oid::TIMESTAMPTZOID),
+        Point::Version(v) => (sql[0], v.into(), Oid::INT8OID),
+        Point::Head => (sql[0], Option::<i64>::None.into(), Oid::INT8OID),
     };
     let types = [Oid::TEXTOID, Oid::BYTEAOID, point_type];
     let start = plans::kept(client, sql, &types, false);
@@ -195,12 +230,13 @@ pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Opt
             &[stream_id.into(), rules.fingerprint.as_slice().into(), at],
         )
         .or_raise("reading es_streams and es_snapshots")
-        .next()?;
+        .next();
+    let Some(row) = row else { return Ok(None) };
     let time = |i, name| nullable::<TimestampWithTimeZone>(&row, i, name).map(|t| t.into_inner());
     let first_at = time(2, "es_streams.first_at");
     let last_at = time(3, "es_streams.last_at");
     let (Some(first_at), Some(last_at)) = (first_at, last_at) else {
-        return None; // registered, no events yet
+        return Ok(None); // registered, no events yet
     };
     let snapshot_version: Option<i64> = nullable(&row, 4, "es_snapshots.stream_version");
     let found = Start {
@@ -215,7 +251,14 @@ pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Opt
     };
     // Snapshots fold every event; under row level security the caller may see fewer.
     let table = event_store();
-    let plan = plan(point, &found, !stream_scan::row_security(table))?;
+    let Some(plan) = plan(point, &found, !stream_scan::row_security(table)) else {
+        return Ok(None);
+    };
+    if let Some(first_kept) = nullable::<i64>(&row, 8, "es_anchors.first_version") {
+        if plan.needs_removed_events(first_kept) {
+            return Err(first_kept);
+        }
+    }
     let snapshot = plan
         .snapshot
         .and_then(|_| nullable::<StateJsonb>(&row, 5, "es_snapshots.state"))
@@ -244,13 +287,13 @@ pub fn fold_stream(client: &SpiClient<'_>, stream_id: &str, point: Point) -> Opt
     } else {
         from_snapshot.then_some(state)
     };
-    Some(Folded {
-        state: folded?,
+    Ok(folded.map(|state| Folded {
+        state,
         snapshot_version: plan.after_version,
         version: plan.version,
         last_at: pg_time(plan.upto_at),
         rules,
-    })
+    }))
 }
 
 /// A PostgreSQL timestamp from its microseconds (they came from one).
@@ -302,33 +345,55 @@ const SAVE_SQL: &str =
 fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
     Spi::connect_mut(|client| {
         let f = fold_stream(client, stream_id, Point::Head)?;
-        let plan = plans::kept(
-            client,
-            SAVE_SQL,
-            &[
-                Oid::TEXTOID,
-                Oid::INT8OID,
-                Oid::BYTEAOID,
-                Oid::TIMESTAMPTZOID,
-                Oid::JSONBOID,
-            ],
-            true,
-        );
-        client
-            .update(
-                &*plan,
-                None,
-                &[
-                    stream_id.into(),
-                    f.version.into(),
-                    f.rules.fingerprint.as_slice().into(),
-                    f.last_at.into(),
-                    StateJsonb(f.state).into(),
-                ],
-            )
-            .or_raise("storing a snapshot");
-        Some(f.version)
+        save(client, stream_id, f.version, f.last_at, f)
     })
+}
+
+/// Stores a snapshot of the stream right after `version`, whose event was written at
+/// `last_at`: es_apply_retention calls it before it removes the events up to it. NULL when
+/// no fold reaches it: the stream has no such version, or an earlier cut left no snapshot
+/// under the current reducers.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn _es_snapshot_at(stream_id: &str, version: i64, last_at: TimestampWithTimeZone) -> Option<i64> {
+    Spi::connect_mut(|client| {
+        let f = fold_reachable(client, stream_id, Point::Version(version)).ok()??;
+        (f.version == version).then(|| save(client, stream_id, version, last_at, f))?
+    })
+}
+
+fn save(
+    client: &mut SpiClient<'_>,
+    stream_id: &str,
+    version: i64,
+    last_at: TimestampWithTimeZone,
+    f: Folded,
+) -> Option<i64> {
+    let plan = plans::kept(
+        client,
+        SAVE_SQL,
+        &[
+            Oid::TEXTOID,
+            Oid::INT8OID,
+            Oid::BYTEAOID,
+            Oid::TIMESTAMPTZOID,
+            Oid::JSONBOID,
+        ],
+        true,
+    );
+    client
+        .update(
+            &*plan,
+            None,
+            &[
+                stream_id.into(),
+                version.into(),
+                f.rules.fingerprint.as_slice().into(),
+                last_at.into(),
+                StateJsonb(f.state).into(),
+            ],
+        )
+        .or_raise("storing a snapshot");
+    Some(version)
 }
 
 /// After an append moved a stream from `from_version` to `to_version`: takes a snapshot when

@@ -4,7 +4,7 @@ use crate::jsonb::{Json, StateJsonb};
 use crate::reducer::initial_state;
 use crate::reducers::rules;
 use crate::schema::{self, column, nullable, OrRaise};
-use event_store_core::chain::{event_hash, Content, Head, StreamCheck, GENESIS};
+use event_store_core::chain::{event_hash, Anchor, Content, Head, StreamCheck, GENESIS};
 use event_store_core::stream::category;
 use event_store_core::time::PG_EPOCH_US;
 use pgrx::datum::DatumWithOid;
@@ -79,6 +79,32 @@ const POSITIONS_SQL: &str = "SELECT e.stream_id, e.stream_version, e.global_posi
              AND (o.stream_id, o.stream_version) <> (e.stream_id, e.stream_version))) \
    ORDER BY e.stream_id, e.stream_version";
 
+const ANCHORS_SQL: &str =
+    "SELECT stream_id, first_version, prev_hash, prev_position FROM @extschema@.es_anchors \
+      WHERE $1::text IS NULL OR stream_id = $1";
+
+/// Where es_apply_retention cut streams (all, or one), with the position of the last removed
+/// event; none with 0.1.0's SQL, before ALTER EXTENSION UPDATE.
+pub fn anchors(client: &SpiClient<'_>, stream_id: Option<&str>) -> HashMap<String, (Anchor, i64)> {
+    if schema::try_relation(c"es_anchors").is_none() {
+        return HashMap::new();
+    }
+    client
+        .select(schema::qualified(ANCHORS_SQL), None, &[stream_id.into()])
+        .or_raise("reading es_anchors")
+        .map(|r| {
+            let anchor = Anchor {
+                first_version: column(&r, 2, "es_anchors.first_version"),
+                prev_hash: column(&r, 3, "es_anchors.prev_hash"),
+            };
+            (
+                column(&r, 1, "es_anchors.stream_id"),
+                (anchor, column(&r, 4, "es_anchors.prev_position")),
+            )
+        })
+        .collect()
+}
+
 /// A problem as es_verify reports it: stream, version, kind, detail.
 pub type Row = (String, Option<i64>, String, String);
 
@@ -103,29 +129,39 @@ fn verify_chains(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<
         };
         heads.insert(id, head);
     }
+    let anchors = anchors(client, stream_id);
+    let start = |id: &str| StreamCheck::from(anchors.get(id).map(|a| &a.0));
     let mut flush = |id: String, check: StreamCheck, head: Option<Head>| {
         for p in check.finish(head) {
             out.push((id.clone(), p.version, p.problem.into(), p.detail));
         }
     };
-    walk_chains(client, EVENTS_SQL, &[stream_id.into()], |id, check| {
-        let head = heads.remove(&id);
-        flush(id, check, head);
-    });
-    // Registered streams none of whose events were seen.
+    walk_chains(
+        client,
+        EVENTS_SQL,
+        &[stream_id.into()],
+        start,
+        |id, check| {
+            let head = heads.remove(&id);
+            flush(id, check, head);
+        },
+    );
+    // Registered streams none of whose events were seen (or retention removed them all).
     let mut orphans: Vec<_> = heads.into_iter().collect();
     orphans.sort_by(|a, b| a.0.cmp(&b.0));
     for (id, head) in orphans {
-        flush(id, StreamCheck::default(), Some(head));
+        flush(id.clone(), start(&id), Some(head));
     }
 }
 
-/// Checks the chain of every stream in the events `sql` (made by `chain_sql!`) returns, and
-/// hands each stream's check to `done`. Returns the number of events read.
+/// Checks the chain of every stream in the events `sql` (made by `chain_sql!`) returns, each
+/// from the check `start` gives it (where retention cut it), and hands each stream's check to
+/// `done`. Returns the number of events read.
 pub fn walk_chains(
     client: &SpiClient<'_>,
     sql: &'static str,
     args: &[DatumWithOid<'_>],
+    start: impl Fn(&str) -> StreamCheck,
     mut done: impl FnMut(String, StreamCheck),
 ) -> i64 {
     let mut cursor = client.open_cursor(schema::qualified(sql), args);
@@ -144,7 +180,7 @@ pub fn walk_chains(
                 if let Some((s, c)) = current.take() {
                     done(s, c);
                 }
-                current = Some((sid.clone(), StreamCheck::default()));
+                current = Some((sid.clone(), start(&sid)));
             }
             let Some((_, check)) = current.as_mut() else {
                 continue;
@@ -195,15 +231,17 @@ const SNAPSHOTS_SQL: &str = "SELECT stream_version, last_at, state FROM @extsche
       WHERE stream_id = $1 AND reducers = $2 ORDER BY stream_version";
 const REFOLD_SQL: &str =
     "SELECT stream_version, created_at, event_type, event_data, event_version \
-       FROM @extschema@.event_store WHERE stream_id = $1 AND stream_version <= $2 \
-      ORDER BY stream_version";
+       FROM @extschema@.event_store WHERE stream_id = $1 AND stream_version > $3 \
+        AND stream_version <= $2 ORDER BY stream_version";
 
 /// es_verify(snapshots => true): every snapshot under the current reducers must equal a
 /// fold of its stream's events from scratch, and carry the time of its last event (a
 /// snapshot edited by hand would make the state functions lie). Snapshots under other
-/// reducers are never used, so they are not checked.
+/// reducers are never used, so they are not checked. A stream cut by retention is refolded
+/// from the snapshot taken at its cut.
 fn verify_snapshots(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<Row>) {
     let doing = "checking snapshots";
+    let anchors = anchors(client, stream_id);
     let streams: Vec<String> = client
         .select(
             schema::qualified(SNAPSHOT_STREAMS_SQL),
@@ -233,18 +271,37 @@ fn verify_snapshots(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut V
         let Some(last) = snapshots.last().map(|s| s.0) else {
             continue;
         };
+        let mut report = |version: i64, detail: String| {
+            out.push((sid.clone(), Some(version), "snapshot".into(), detail));
+        };
         let mut pending = snapshots.into_iter().peekable();
         let mut state = initial_state();
+        let cut = anchors.get(&sid).map_or(0, |a| a.0.first_version - 1);
+        if cut > 0 {
+            // Retention removed the snapshots before its cut, and the events under them.
+            while let Some((v, _, _)) = pending.next_if(|s| s.0 < cut) {
+                report(
+                    v,
+                    format!("snapshot of version {v}, before the retention cut at {cut}"),
+                );
+            }
+            match pending.next_if(|s| s.0 == cut) {
+                Some((_, _, snap)) => state = snap.0,
+                None => {
+                    for (v, _, _) in pending {
+                        report(v, format!("snapshot of version {v} cannot be refolded: retention removed versions 1 to {cut} and left no snapshot of them under these reducers"));
+                    }
+                    continue;
+                }
+            }
+        }
         let events = client
             .select(
                 schema::qualified(REFOLD_SQL),
                 None,
-                &[sid.as_str().into(), last.into()],
+                &[sid.as_str().into(), last.into(), cut.into()],
             )
             .or_raise(doing);
-        let mut report = |version: i64, detail: String| {
-            out.push((sid.clone(), Some(version), "snapshot".into(), detail));
-        };
         for e in events {
             let version: i64 = column(&e, 1, "event_store.stream_version");
             let at: TimestampWithTimeZone = column(&e, 2, "event_store.created_at");

@@ -79,7 +79,8 @@ extension_sql_file!(
     requires = [
         "schema",
         validate::_es_check_reducer,
-        fold::_es_take_snapshot
+        fold::_es_take_snapshot,
+        "retention"
     ]
 );
 extension_sql_file!(
@@ -138,6 +139,17 @@ extension_sql_file!(
         append::_es_record,
         catalog::_es_subject_path,
         context::_es_calling_role
+    ]
+);
+extension_sql_file!(
+    "../sql/retention.sql",
+    name = "retention",
+    requires = [
+        "schema",
+        fold::_es_snapshot_at,
+        append::_es_record,
+        context::_es_calling_role,
+        projection_worker::_es_wake_projections
     ]
 );
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);

@@ -142,6 +142,7 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         "SELECT {s}._es_project_batch($1, {s}._es_setting_int('event_store.projection_batch_size'), \
                 {s}._es_feed_horizon())"
     );
+    let retention = format!("SELECT {s}._es_apply_retention_policy()");
     // Whether appends are in flight (the commit wakes us before their registration is
     // released), and whether any projection can run at all: appends wake us only then. And
     // the horizon published for hot standbys.
@@ -163,7 +164,14 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         }
         announce(&mut announced);
         if shmem::take_wanted() || Instant::now() >= next_pass {
-            let wait = pass(&due, &batch, &after, &mut backoff, &mut announced);
+            let wait = pass(
+                &due,
+                &batch,
+                &retention,
+                &after,
+                &mut backoff,
+                &mut announced,
+            );
             next_pass = Instant::now() + wait;
         }
         let wait = next_pass.saturating_duration_since(Instant::now());
@@ -194,6 +202,7 @@ fn announce(announced: &mut u64) {
 fn pass(
     due: &str,
     batch: &str,
+    retention: &str,
     after: &[String; 2],
     backoff: &mut Duration,
     announced: &mut u64,
@@ -211,8 +220,20 @@ fn pass(
     // event_store.projection_timeout) holds up no other, nor the NOTIFY between them.
     let mut applied = 0;
     for name in &names {
-        applied += run_batch(batch, name);
+        applied += alone(&format!("projection \"{name}\""), || {
+            Spi::get_one_with_args::<i32>(batch, &[name.into()])
+        })
+        .unwrap_or(0);
         announce(announced);
+    }
+    // The retention policy (es_set_retention) when due; again at once while batches remain.
+    // 0.1.0's SQL (until ALTER EXTENSION UPDATE) has none.
+    let more = alone("retention", || match schema::legacy_sql() {
+        true => Ok(None),
+        false => Spi::get_one::<bool>(retention),
+    });
+    if more == Some(true) {
+        applied += 1;
     }
     let (in_flight, active) = BackgroundWorker::transaction(|| {
         // For hot standbys; a write only when the horizon moved, committed without waiting
@@ -235,26 +256,23 @@ fn pass(
     }
 }
 
-/// One batch of one projection in its own transaction. An error that escapes the batch's
-/// own failure handling (a cancel, a lost lock) rolls back that transaction only.
-fn run_batch(sql: &str, name: &str) -> i32 {
-    PgTryBuilder::new(|| {
-        BackgroundWorker::transaction(|| {
-            Spi::get_one_with_args::<i32>(sql, &[name.into()])
-                .ok()
-                .flatten()
-                .unwrap_or(0)
+/// Runs `f` (one batch of one projection, the retention policy) in a transaction of its own.
+/// An error (a cancel, a lost lock, a failed retention run) rolls back that transaction only
+/// and is logged for `what`.
+fn alone<T: Clone>(
+    what: &str,
+    f: impl Fn() -> Result<Option<T>, pgrx::spi::Error> + std::panic::RefUnwindSafe,
+) -> Option<T> {
+    PgTryBuilder::new(|| BackgroundWorker::transaction(|| f().ok().flatten()))
+        .catch_others(|e| {
+            // SAFETY: the transaction the error left open is rolled back before the next one.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            if let pgrx::pg_sys::panic::CaughtError::PostgresError(report) = &e {
+                log!("event_store: {what}: {}", report.message());
+            }
+            None
         })
-    })
-    .catch_others(|e| {
-        // SAFETY: the transaction the error left open is rolled back before the next one.
-        unsafe { pg_sys::AbortCurrentTransaction() };
-        if let pgrx::pg_sys::panic::CaughtError::PostgresError(report) = &e {
-            log!("event_store: projection \"{name}\": {}", report.message());
-        }
-        0
-    })
-    .execute()
+        .execute()
 }
 
 thread_local! {

@@ -66,10 +66,20 @@ pub struct Head {
     pub last_position: Option<i64>,
 }
 
+/// Where retention cut a stream (es_apply_retention): its first kept version, and the hash of
+/// the last removed event, which the first kept one chains to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Anchor {
+    pub first_version: i64,
+    pub prev_hash: Vec<u8>,
+}
+
 /// Checks one stream's rows, fed in (stream_version, global_position) order.
 pub struct StreamCheck {
     last_version: i64,
     chain: Vec<u8>,
+    /// Whether the stream starts at a retention anchor instead of version 1.
+    anchored: bool,
     first_at: Option<i64>,
     last_at: Option<i64>,
     last_position: Option<i64>,
@@ -81,6 +91,7 @@ impl Default for StreamCheck {
         StreamCheck {
             last_version: 0,
             chain: GENESIS.to_vec(),
+            anchored: false,
             first_at: None,
             last_at: None,
             last_position: None,
@@ -90,6 +101,19 @@ impl Default for StreamCheck {
 }
 
 impl StreamCheck {
+    /// A check that starts where retention cut the stream (from version 1 without an anchor).
+    pub fn from(anchor: Option<&Anchor>) -> StreamCheck {
+        match anchor {
+            Some(a) => StreamCheck {
+                last_version: a.first_version - 1,
+                chain: a.prev_hash.clone(),
+                anchored: true,
+                ..Default::default()
+            },
+            None => StreamCheck::default(),
+        }
+    }
+
     fn report(&mut self, version: Option<i64>, problem: &'static str, detail: String) {
         self.problems.push(Problem {
             version,
@@ -136,7 +160,7 @@ impl StreamCheck {
         self.last_position = Some(content.global_position);
     }
 
-    /// The last version walked and its stored hash (GENESIS before any).
+    /// The last version walked and its stored hash (the anchor's, or GENESIS, before any).
     pub fn head(&self) -> (i64, &[u8]) {
         (self.last_version, &self.chain)
     }
@@ -175,7 +199,14 @@ impl StreamCheck {
                 "modified",
                 "the last event's hash differs from the head hash in es_streams".into(),
             ),
+            // Cut whole by retention: no event left to bound reads.
+            Some(_) if self.anchored && self.first_at.is_none() => {}
             Some(h) if h.version > 0 => {
+                // Retention leaves first_at at the removed first event: reads by stream then
+                // start earlier than needed, never later.
+                if self.anchored && h.first_at <= self.first_at {
+                    self.first_at = h.first_at;
+                }
                 let bounds = [
                     ("first_at", h.first_at, self.first_at),
                     ("last_at", h.last_at, self.last_at),
@@ -348,6 +379,74 @@ mod tests {
             check(&rows, Some(h)),
             vec![(None, "registry"), (None, "registry")]
         );
+    }
+
+    /// `rows` from version `first` on, checked from the anchor retention left before it.
+    fn check_cut(
+        rows: &[(i64, Vec<u8>, Content)],
+        first: usize,
+        head: Option<Head>,
+    ) -> Vec<(Option<i64>, &'static str)> {
+        let anchor = Anchor {
+            first_version: first as i64,
+            prev_hash: rows[first - 2].1.clone(),
+        };
+        let mut c = StreamCheck::from(Some(&anchor));
+        for (v, h, content) in &rows[first - 1..] {
+            c.push(*v, h, content);
+        }
+        c.finish(head)
+            .into_iter()
+            .map(|p| (p.version, p.problem))
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_cut_by_retention_verifies_from_its_anchor() {
+        let rows = chain(5);
+        let h = head(&rows);
+        assert_eq!(check_cut(&rows, 3, h.clone()), vec![]);
+        // Cut whole: the registry's head is the anchor.
+        assert_eq!(check_cut(&rows, 6, h.clone()), vec![]);
+        // Without the anchor, the same rows are a deletion.
+        assert_eq!(
+            check(&rows[2..], h.clone()),
+            vec![(Some(1), "deleted"), (None, "registry")]
+        );
+        // A forged anchor (the wrong hash) breaks the first kept link.
+        let mut c = StreamCheck::from(Some(&Anchor {
+            first_version: 3,
+            prev_hash: vec![7; 32],
+        }));
+        for (v, hash, content) in &rows[2..] {
+            c.push(*v, hash, content);
+        }
+        let found: Vec<_> = c
+            .finish(h.clone())
+            .into_iter()
+            .map(|p| (p.version, p.problem))
+            .collect();
+        assert_eq!(found, vec![(Some(3), "modified")]);
+        // A first kept event deleted after the cut is still found.
+        let mut gap = chain(5);
+        gap.remove(2);
+        let mut c = StreamCheck::from(Some(&Anchor {
+            first_version: 3,
+            prev_hash: rows[1].1.clone(),
+        }));
+        for (v, hash, content) in &gap[2..] {
+            c.push(*v, hash, content);
+        }
+        let found: Vec<_> = c
+            .finish(h.clone())
+            .into_iter()
+            .map(|p| (p.version, p.problem))
+            .collect();
+        assert_eq!(found, vec![(Some(3), "deleted")]);
+        // The registry's first_at may lie before the first kept event, never after it.
+        let mut late = h.unwrap();
+        late.first_at = Some(rows[4].2.created_at_unix_us);
+        assert_eq!(check_cut(&rows, 3, Some(late)), vec![(None, "registry")]);
     }
 
     #[test]

@@ -59,6 +59,12 @@ impl Plan {
     pub fn reads_events(&self) -> bool {
         self.upto_version > self.after_version
     }
+
+    /// Whether the fold needs events that retention removed from a stream whose first kept
+    /// version is `first_kept`: no snapshot stands for them.
+    pub fn needs_removed_events(&self, first_kept: i64) -> bool {
+        self.reads_events() && self.after_version + 1 < first_kept
+    }
 }
 
 /// Plans the fold of `point`; `None` when the stream had no event by then. Snapshots are not
@@ -173,6 +179,36 @@ mod tests {
     fn snapshots_are_ignored_where_not_allowed() {
         let p = plan(Point::Head, &with_snapshot(4, 400), false).unwrap();
         assert_eq!((p.snapshot, p.after_version, p.from_at), (None, 0, 100));
+    }
+
+    #[test]
+    fn after_retention_a_fold_starts_at_the_snapshot_of_the_cut() {
+        // Retention kept versions 5 on and took a snapshot of version 4.
+        let cut = with_snapshot(4, 400);
+        assert!(!plan(Point::Head, &cut, true)
+            .unwrap()
+            .needs_removed_events(5));
+        assert!(!plan(Point::Version(4), &cut, true)
+            .unwrap()
+            .needs_removed_events(5));
+        assert!(!plan(Point::At(400), &cut, true)
+            .unwrap()
+            .needs_removed_events(5));
+        // Before the cut, or without its snapshot (new reducers, row level security): the
+        // events the fold needs are gone.
+        assert!(plan(Point::Version(3), &cut, true)
+            .unwrap()
+            .needs_removed_events(5));
+        assert!(plan(Point::Head, &cut, false)
+            .unwrap()
+            .needs_removed_events(5));
+        assert!(plan(Point::Head, &START, true)
+            .unwrap()
+            .needs_removed_events(5));
+        // A stream never cut keeps everything.
+        assert!(!plan(Point::Head, &START, true)
+            .unwrap()
+            .needs_removed_events(1));
     }
 
     #[test]
