@@ -19,6 +19,9 @@ const RETRY: Duration = Duration::from_secs(10);
 /// How long a database's request for its worker is honoured: one that comes while its old
 /// worker is still being reaped is served when the postmaster reports that worker gone.
 const REQUEST: Duration = Duration::from_secs(2);
+/// How often the worker looks whether the retention policy is due (not at every pass: commits
+/// wake it for passes many times a second).
+const RETENTION_CHECK: Duration = Duration::from_secs(5);
 
 pub fn register_launcher() {
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
@@ -142,7 +145,10 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         "SELECT {s}._es_project_batch($1, {s}._es_setting_int('event_store.projection_batch_size'), \
                 {s}._es_feed_horizon())"
     );
-    let retention = format!("SELECT {s}._es_apply_retention_policy()");
+    let retention = (
+        format!("SELECT {s}._es_apply_retention_policy()"),
+        Cell::new(Instant::now()),
+    );
     // Whether appends are in flight (the commit wakes us before their registration is
     // released), and whether any projection can run at all: appends wake us only then. And
     // the horizon published for hot standbys.
@@ -202,7 +208,7 @@ fn announce(announced: &mut u64) {
 fn pass(
     due: &str,
     batch: &str,
-    retention: &str,
+    retention: &(String, Cell<Instant>),
     after: &[String; 2],
     backoff: &mut Duration,
     announced: &mut u64,
@@ -228,12 +234,21 @@ fn pass(
     }
     // The retention policy (es_set_retention) when due; again at once while batches remain.
     // 0.1.0's SQL (until ALTER EXTENSION UPDATE) has none.
-    let more = alone("retention", || match schema::legacy_sql() {
-        true => Ok(None),
-        false => Spi::get_one::<bool>(retention),
-    });
-    if more == Some(true) {
-        applied += 1;
+    let (sql, next_check) = retention;
+    if Instant::now() >= next_check.get() {
+        let more = alone("retention", || match schema::legacy_sql() {
+            true => Ok(None),
+            false => Spi::get_one::<bool>(sql),
+        }) == Some(true);
+        next_check.set(
+            Instant::now()
+                + if more {
+                    Duration::ZERO
+                } else {
+                    RETENTION_CHECK
+                },
+        );
+        applied += more as i32;
     }
     let (in_flight, active) = BackgroundWorker::transaction(|| {
         // For hot standbys; a write only when the horizon moved, committed without waiting

@@ -164,6 +164,15 @@ fn retention_keeps_every_check_clean_and_every_kept_read_unchanged() {
             "{d}"
         );
     }
+    // And so does one taken after.
+    let after: Value = c.query_one("SELECT es_digest()", &[]).unwrap().get(0);
+    assert_eq!(
+        problems(
+            &mut c,
+            &format!("SELECT * FROM es_verify_digest('{after}')")
+        ),
+        vec![]
+    );
     // The record says what was removed, and holds no event data.
     let (ty, data): (String, Value) = c
         .query_one(

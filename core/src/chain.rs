@@ -382,17 +382,14 @@ mod tests {
     }
 
     /// `rows` from version `first` on, checked from the anchor retention left before it.
-    fn check_cut(
+    /// Checks `rows` from `anchor` (a stream retention cut).
+    fn check_from(
+        anchor: Anchor,
         rows: &[(i64, Vec<u8>, Content)],
-        first: usize,
         head: Option<Head>,
     ) -> Vec<(Option<i64>, &'static str)> {
-        let anchor = Anchor {
-            first_version: first as i64,
-            prev_hash: rows[first - 2].1.clone(),
-        };
         let mut c = StreamCheck::from(Some(&anchor));
-        for (v, h, content) in &rows[first - 1..] {
+        for (v, h, content) in rows {
             c.push(*v, h, content);
         }
         c.finish(head)
@@ -401,52 +398,49 @@ mod tests {
             .collect()
     }
 
+    /// The anchor retention leaves when it keeps `rows` from version `first` on.
+    fn cut(rows: &[(i64, Vec<u8>, Content)], first: usize) -> Anchor {
+        Anchor {
+            first_version: first as i64,
+            prev_hash: rows[first - 2].1.clone(),
+        }
+    }
+
     #[test]
     fn a_stream_cut_by_retention_verifies_from_its_anchor() {
         let rows = chain(5);
         let h = head(&rows);
-        assert_eq!(check_cut(&rows, 3, h.clone()), vec![]);
+        assert_eq!(check_from(cut(&rows, 3), &rows[2..], h.clone()), vec![]);
         // Cut whole: the registry's head is the anchor.
-        assert_eq!(check_cut(&rows, 6, h.clone()), vec![]);
+        assert_eq!(check_from(cut(&rows, 6), &[], h.clone()), vec![]);
         // Without the anchor, the same rows are a deletion.
         assert_eq!(
             check(&rows[2..], h.clone()),
             vec![(Some(1), "deleted"), (None, "registry")]
         );
         // A forged anchor (the wrong hash) breaks the first kept link.
-        let mut c = StreamCheck::from(Some(&Anchor {
+        let forged = Anchor {
             first_version: 3,
             prev_hash: vec![7; 32],
-        }));
-        for (v, hash, content) in &rows[2..] {
-            c.push(*v, hash, content);
-        }
-        let found: Vec<_> = c
-            .finish(h.clone())
-            .into_iter()
-            .map(|p| (p.version, p.problem))
-            .collect();
-        assert_eq!(found, vec![(Some(3), "modified")]);
+        };
+        assert_eq!(
+            check_from(forged, &rows[2..], h.clone()),
+            vec![(Some(3), "modified")]
+        );
         // A first kept event deleted after the cut is still found.
         let mut gap = chain(5);
         gap.remove(2);
-        let mut c = StreamCheck::from(Some(&Anchor {
-            first_version: 3,
-            prev_hash: rows[1].1.clone(),
-        }));
-        for (v, hash, content) in &gap[2..] {
-            c.push(*v, hash, content);
-        }
-        let found: Vec<_> = c
-            .finish(h.clone())
-            .into_iter()
-            .map(|p| (p.version, p.problem))
-            .collect();
-        assert_eq!(found, vec![(Some(3), "deleted")]);
+        assert_eq!(
+            check_from(cut(&rows, 3), &gap[2..], h.clone()),
+            vec![(Some(3), "deleted")]
+        );
         // The registry's first_at may lie before the first kept event, never after it.
         let mut late = h.unwrap();
         late.first_at = Some(rows[4].2.created_at_unix_us);
-        assert_eq!(check_cut(&rows, 3, Some(late)), vec![(None, "registry")]);
+        assert_eq!(
+            check_from(cut(&rows, 3), &rows[2..], Some(late)),
+            vec![(None, "registry")]
+        );
     }
 
     #[test]
