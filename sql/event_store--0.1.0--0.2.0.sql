@@ -941,6 +941,17 @@ CREATE TABLE es_retention (
 COMMENT ON TABLE es_retention IS 'The retention policy set by es_set_retention, applied by the projection worker.';
 SELECT pg_catalog.pg_extension_config_dump('es_retention', '');
 
+-- The last event before `cut_before` of every stream that has one: where retention cuts it.
+CREATE FUNCTION _es_retention_cut(cut_before timestamptz)
+RETURNS TABLE (stream_id text, stream_version bigint, hash bytea, global_position bigint, created_at timestamptz)
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT DISTINCT ON (e.stream_id) e.stream_id, e.stream_version, e.hash, e.global_position, e.created_at
+      FROM @extschema@.event_store e WHERE e.created_at < cut_before
+     ORDER BY e.stream_id, e.stream_version DESC
+$$;
+
 CREATE FUNCTION es_apply_retention(older_than interval, batch_size integer DEFAULT 100000)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -955,7 +966,6 @@ DECLARE
     removed bigint := 0;
     deleted bigint;
     streams bigint := 0;
-    r record;
     doc jsonb;
 BEGIN
     IF older_than IS NULL OR batch_size IS NULL THEN
@@ -992,26 +1002,22 @@ BEGIN
         END IF;
     END IF;
     IF cut_before IS NOT NULL THEN
-        -- Each cut stream: a snapshot of its state at the cut (taken before its anchor, while
-        -- the fold can still read the events), then the anchor; snapshots of removed
-        -- versions go with them.
-        FOR r IN SELECT DISTINCT ON (e.stream_id) e.stream_id, e.stream_version, e.hash,
-                        e.global_position, e.created_at
-                   FROM @extschema@.event_store e WHERE e.created_at < cut_before
-                  ORDER BY e.stream_id, e.stream_version DESC
-        LOOP
-            PERFORM @extschema@._es_snapshot_at(r.stream_id, r.stream_version, r.created_at);
-            DELETE FROM @extschema@.es_snapshots s
-             WHERE s.stream_id = r.stream_id AND s.stream_version < r.stream_version;
-            INSERT INTO @extschema@.es_anchors AS a
-                   (stream_id, first_version, prev_hash, prev_position, prev_at, cut_at)
-            VALUES (r.stream_id, r.stream_version + 1, r.hash, r.global_position, r.created_at, now())
-            ON CONFLICT (stream_id) DO UPDATE
-               SET first_version = EXCLUDED.first_version, prev_hash = EXCLUDED.prev_hash,
-                   prev_position = EXCLUDED.prev_position, prev_at = EXCLUDED.prev_at,
-                   cut_at = EXCLUDED.cut_at;
-            streams := streams + 1;
-        END LOOP;
+        -- Each cut stream: a snapshot of its state at the cut, taken while every fold can still
+        -- read the events (before any anchor), then the anchor; snapshots of removed versions
+        -- go with them. One statement each: a loop would plan the folds' anchor probe once.
+        PERFORM count(@extschema@._es_snapshot_at(c.stream_id, c.stream_version, c.created_at))
+           FROM @extschema@._es_retention_cut(cut_before) c;
+        DELETE FROM @extschema@.es_snapshots s USING @extschema@._es_retention_cut(cut_before) c
+         WHERE s.stream_id = c.stream_id AND s.stream_version < c.stream_version;
+        INSERT INTO @extschema@.es_anchors AS a
+               (stream_id, first_version, prev_hash, prev_position, prev_at, cut_at)
+        SELECT c.stream_id, c.stream_version + 1, c.hash, c.global_position, c.created_at, now()
+          FROM @extschema@._es_retention_cut(cut_before) c
+        ON CONFLICT (stream_id) DO UPDATE
+           SET first_version = EXCLUDED.first_version, prev_hash = EXCLUDED.prev_hash,
+               prev_position = EXCLUDED.prev_position, prev_at = EXCLUDED.prev_at,
+               cut_at = EXCLUDED.cut_at;
+        GET DIAGNOSTICS streams = ROW_COUNT;
         IF hypertable THEN
             SELECT count(*) INTO removed FROM @extschema@.event_store e WHERE e.created_at < cut_before;
             EXECUTE pg_catalog.format('SELECT %I.drop_chunks($1, older_than => $2)', ts_schema)
