@@ -307,12 +307,15 @@ IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
 
-CREATE  FUNCTION "_es_subject_path"(
-	"subject" TEXT /* & str */
-) RETURNS TEXT[] /* Vec < String > */
+CREATE  FUNCTION "_es_subject_of"(
+	"subject" TEXT, /* & str */
+	"stream_id" TEXT, /* & str */
+	"event_data" jsonb, /* pgrx :: JsonB */
+	"metadata" jsonb /* pgrx :: JsonB */
+) RETURNS TEXT /* Option < String > */
 IMMUTABLE STRICT PARALLEL SAFE
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_path_wrapper';
+AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
 
 CREATE FUNCTION _es_fold_events_step(internal, text, integer, jsonb, jsonb, text) RETURNS internal
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_events_step';
@@ -727,17 +730,6 @@ AS 'MODULE_PATHNAME', 'es_digest_wrapper';
 -- Data subjects' rights (GDPR): what the store holds about a subject, found through the
 -- catalog's subject pointers (sql/catalog.sql). Each use is recorded in the store's own stream
 -- event_store-privacy (_es_record, src/append.rs), which the feed delivers to projections.
-
--- The subject of an event whose type's catalog entry names one: the value at that pointer, as
--- text (#>>), or for `stream` the stream's id after its category's '-'; NULL when absent.
-CREATE FUNCTION _es_subject_of(subject text, stream_id text, event_data jsonb, metadata jsonb) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN (SELECT CASE p[1]
-                       WHEN 'stream_id' THEN NULLIF(pg_catalog.substr(stream_id,
-                           pg_catalog.length(@extschema@._es_category(stream_id)) + 2), '')
-                       WHEN 'metadata' THEN metadata OPERATOR(pg_catalog.#>>) p[2:]
-                       ELSE event_data OPERATOR(pg_catalog.#>>) p[2:] END
-              FROM (SELECT @extschema@._es_subject_path(subject) AS p) x);
 
 CREATE FUNCTION es_subject_export(subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER

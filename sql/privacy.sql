@@ -2,17 +2,6 @@
 -- catalog's subject pointers (sql/catalog.sql). Each use is recorded in the store's own stream
 -- event_store-privacy (_es_record, src/append.rs), which the feed delivers to projections.
 
--- The subject of an event whose type's catalog entry names one: the value at that pointer, as
--- text (#>>), or for `stream` the stream's id after its category's '-'; NULL when absent.
-CREATE FUNCTION _es_subject_of(subject text, stream_id text, event_data jsonb, metadata jsonb) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    RETURN (SELECT CASE p[1]
-                       WHEN 'stream_id' THEN NULLIF(pg_catalog.substr(stream_id,
-                           pg_catalog.length(@extschema@._es_category(stream_id)) + 2), '')
-                       WHEN 'metadata' THEN metadata OPERATOR(pg_catalog.#>>) p[2:]
-                       ELSE event_data OPERATOR(pg_catalog.#>>) p[2:] END
-              FROM (SELECT @extschema@._es_subject_path(subject) AS p) x);
-
 -- Art. 15: every event about the subject across all streams, with its provenance, and the
 -- current state of each stream involved. Runs as the owner (it reads every event whatever
 -- row level security shows the caller): granted to nobody, a superuser grants it to the

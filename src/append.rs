@@ -728,8 +728,15 @@ fn seal(
     at: &str,
 ) -> Result<(), Refused> {
     let ev = &mut entry.events[n];
-    // SAFETY: both are non-null jsonb datums, checked when the event was read.
-    let (mut data, metadata) = unsafe { (jsonb::to_value(ev.data), jsonb::to_value(ev.metadata)) };
+    // SAFETY: both are non-null jsonb datums, checked when the event was read. The metadata
+    // is decoded only where it names the subject.
+    let (mut data, metadata) = unsafe {
+        let metadata = match personal.subject {
+            event_store_core::catalog::Subject::Metadata(_) => jsonb::to_value(ev.metadata),
+            _ => serde_json::Value::Null,
+        };
+        (jsonb::to_value(ev.data), metadata)
+    };
     crate::personal::seal(client, personal, &entry.stream_id, &mut data, &metadata, at)?;
     ev.data = jsonb::datum(&data);
     ev.data_text = out(ev.data);

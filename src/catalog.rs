@@ -298,15 +298,18 @@ fn _es_check_upcast(
     check_upcast(event_type, from_version, rule.as_ref().map(|r| &r.0)).unwrap_or_else(|e| raise(e))
 }
 
-/// A catalog subject as `{document, key, key, ...}`: the event_store column it points into and
-/// the path there, for `#>>`. Raises 22023 for one that does not parse.
+/// The subject of an event whose type's catalog entry names `subject` (`Subject::of`, as
+/// sealing reads it); NULL when it has none. For es_subject_export. Raises 22023 for a subject
+/// that does not parse; NULL arguments give NULL.
 #[pg_extern(immutable, strict, parallel_safe)]
-fn _es_subject_path(subject: &str) -> Vec<String> {
+fn _es_subject_of(
+    subject: &str,
+    stream_id: &str,
+    event_data: pgrx::JsonB,
+    metadata: pgrx::JsonB,
+) -> Option<String> {
     let s = parse_subject(subject).unwrap_or_else(|e| raise(Invalid::Value(e)));
-    let (document, pointer) = s.path();
-    std::iter::once(document.to_string())
-        .chain(pointer.iter().cloned())
-        .collect()
+    s.of(stream_id, &event_data.0, &metadata.0)
 }
 
 #[pg_extern(immutable, parallel_safe)]

@@ -137,7 +137,7 @@ extension_sql_file!(
         "read",
         fold::es_state,
         append::_es_record,
-        catalog::_es_subject_path,
+        catalog::_es_subject_of,
         context::_es_calling_role
     ]
 );

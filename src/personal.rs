@@ -4,10 +4,8 @@
 //! which only its owner reads and writes: reads take them as that owner, once per transaction.
 use crate::errors::Refused;
 use crate::schema::{self, nullable, OrRaise};
-use event_store_core::catalog::{Personal, Subject};
+use event_store_core::catalog::Personal;
 use event_store_core::personal::{self as rules, Access, KeyBytes, KeyId};
-use event_store_core::reducer::lookup;
-use event_store_core::stream::category;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
@@ -285,28 +283,6 @@ fn subject_key(client: &mut SpiClient<'_>, subject: &str) -> (KeyId, KeyBytes) {
     error!("event_store: a subject's key could not be made");
 }
 
-/// The text naming the event's subject, per its catalog entry.
-fn subject_of(
-    subject: &Subject,
-    stream_id: &str,
-    data: &Value,
-    metadata: &Value,
-) -> Option<String> {
-    let v = match subject {
-        Subject::Data(p) => lookup(data, p),
-        Subject::Metadata(p) => lookup(metadata, p),
-        Subject::Stream => {
-            let id = stream_id.get(category(stream_id).len() + 1..)?;
-            return (!id.is_empty()).then(|| id.to_string());
-        }
-    }?;
-    match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
 /// Seals an event's personal data with its subject's key, before it is hashed and stored.
 /// `data` and `metadata` are the event's documents; `at` names the event in messages.
 pub fn seal(
@@ -317,7 +293,7 @@ pub fn seal(
     metadata: &Value,
     at: &str,
 ) -> Result<(), Refused> {
-    let Some(subject) = subject_of(&personal.subject, stream_id, data, metadata) else {
+    let Some(subject) = personal.subject.of(stream_id, data, metadata) else {
         return Err(Refused {
             code: b"ES004",
             message: format!(

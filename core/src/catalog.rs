@@ -2,8 +2,9 @@
 //! its data at a version, the paths that hold personal data and whose data it is), a
 //! category's catalog mode, checking event data against a schema, and upcasting an event from
 //! its stored version to its type's latest.
-use crate::reducer::{apply, parse_pointer, parse_upcast_rule, Data, Pointer, Rule};
+use crate::reducer::{apply, lookup, parse_pointer, parse_upcast_rule, Data, Pointer, Rule};
 use crate::state::State;
+use crate::stream::category;
 use crate::validate::{check_name, Invalid};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -72,12 +73,22 @@ impl Personal {
 }
 
 impl Subject {
-    /// Where it is, as the event_store column is named, and the path in that document.
-    pub fn path(&self) -> (&'static str, &[String]) {
-        match self {
-            Subject::Data(p) => ("event_data", p),
-            Subject::Metadata(p) => ("metadata", p),
-            Subject::Stream => ("stream_id", &[]),
+    /// The text naming an event's subject: a non-empty string or a number at the pointer, or
+    /// the stream's id after its category's '-'; None when there is none. Sealing and the
+    /// subject export both ask this, so they agree on whose an event is.
+    pub fn of(&self, stream_id: &str, data: &Value, metadata: &Value) -> Option<String> {
+        let v = match self {
+            Subject::Data(p) => lookup(data, p),
+            Subject::Metadata(p) => lookup(metadata, p),
+            Subject::Stream => {
+                let id = stream_id.get(category(stream_id).len() + 1..)?;
+                return (!id.is_empty()).then(|| id.to_string());
+            }
+        }?;
+        match v {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
         }
     }
 }
@@ -318,17 +329,29 @@ mod tests {
         assert!(parse_subject("").is_err());
         assert!(parse_subject("metadata:").is_err());
         assert!(parse_subject("userId").is_err());
-        let p = parse_subject("metadata:/a~1b/c").unwrap();
         assert_eq!(
-            p.path(),
-            ("metadata", &["a/b".to_string(), "c".to_string()][..])
+            parse_subject("metadata:/a~1b/c"),
+            Ok(Subject::Metadata(vec!["a/b".into(), "c".into()]))
         );
-        assert_eq!(parse_subject("/u").unwrap().path().0, "event_data");
         assert_eq!(parse_subject("stream"), Ok(Subject::Stream));
-        assert_eq!(
-            parse_subject("stream").unwrap().path(),
-            ("stream_id", &[][..])
-        );
+    }
+
+    #[test]
+    fn whose_an_event_is() {
+        let data = json!({"userId": "u-1", "n": 7, "empty": "", "flag": true, "o": {"id": 3}});
+        let meta = json!({"actor": {"id": "a-9"}});
+        let of = |s: &str, stream: &str| parse_subject(s).unwrap().of(stream, &data, &meta);
+        assert_eq!(of("/userId", "user-1"), Some("u-1".into()));
+        assert_eq!(of("/n", "user-1"), Some("7".into()));
+        assert_eq!(of("/o/id", "user-1"), Some("3".into()));
+        assert_eq!(of("metadata:/actor/id", "user-1"), Some("a-9".into()));
+        // Nothing, an empty string, a boolean or an object names nobody.
+        for none in ["/missing", "/empty", "/flag", "/o"] {
+            assert_eq!(of(none, "user-1"), None, "{none}");
+        }
+        assert_eq!(of("stream", "user-42-b"), Some("42-b".into()));
+        assert_eq!(of("stream", "user"), None);
+        assert_eq!(of("stream", "user-"), None);
     }
 
     #[test]
