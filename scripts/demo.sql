@@ -148,3 +148,10 @@ SELECT es_forget_subject('789', 'erasure request from the user, ticket 4711') AS
 SELECT stream_version AS v, event_type, event_data ->> 'email' AS email, event_data ->> 'intention' AS intention
   FROM es_stream('user-789') WHERE event_type IN ('UserRegistered', 'IntentionSubmitted');
 SELECT es_state('user-789') ->> 'email' AS email_in_state, (SELECT count(*) FROM es_verify()) AS integrity_problems;
+
+\echo '== 13. Seven years on, retention removes what the schedule says (whole chunks here, on TimescaleDB),'
+\echo '   anchoring each cut stream so that the checks stay clean; the worker can apply it as a policy.'
+SELECT r -> 'events_removed' AS events_removed, r -> 'whole_chunks' AS whole_chunks
+  FROM es_apply_retention(interval '7 years') r;
+SELECT es_set_retention(interval '7 years');
+SELECT older_than, set_by FROM es_retention;
