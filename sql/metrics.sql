@@ -17,8 +17,10 @@ SELECT pg_catalog.pg_extension_config_dump('es_verifications', '');
 
 CREATE VIEW es_metrics AS
 WITH categories AS (
-    SELECT s.category, count(*) FILTER (WHERE s.version > 0) AS streams, sum(s.version) AS events
-      FROM @extschema@.es_streams s
+    SELECT s.category, count(*) FILTER (WHERE s.version > 0) AS streams, sum(s.version) AS events,
+           -- Removed by retention (es_anchors): appended, no longer held.
+           coalesce(sum(a.first_version - 1), 0) AS removed
+      FROM @extschema@.es_streams s LEFT JOIN @extschema@.es_anchors a ON a.stream_id = s.stream_id
      GROUP BY s.category
 ),
 feed AS (
@@ -37,7 +39,8 @@ SELECT 'event_store_writes_total' AS name, pg_catalog.jsonb_build_object('catego
        'Events appended to the streams of a category' AS help
   FROM categories c
 UNION ALL
-SELECT 'event_store_events', '{}', coalesce(sum(c.events), 0)::float8, 'gauge', 'Events in the store'
+SELECT 'event_store_events', '{}', coalesce(sum(c.events - c.removed), 0)::float8, 'gauge',
+       'Events in the store (appended, less those retention removed)'
   FROM categories c
 UNION ALL
 SELECT 'event_store_streams', '{}', coalesce(sum(c.streams), 0)::float8, 'gauge', 'Streams with at least one event'
@@ -74,6 +77,11 @@ SELECT 'event_store_last_clean_verify_timestamp_seconds', '{}', extract(epoch FR
        'When es_verify last checked the whole store and found nothing wrong (Unix time)'
   FROM @extschema@.es_verifications v
  WHERE v.stream_id IS NULL AND v.problems = 0
+HAVING count(*) > 0
+UNION ALL
+SELECT 'event_store_retention_last_cut_timestamp_seconds', '{}', extract(epoch FROM max(a.cut_at))::float8, 'gauge',
+       'When es_apply_retention last removed events (Unix time)'
+  FROM @extschema@.es_anchors a
 HAVING count(*) > 0;
 COMMENT ON VIEW es_metrics IS 'event_store''s metrics: name, labels, value, type, help (es_metrics_prometheus() formats them).';
 

@@ -113,6 +113,7 @@ extension_sql_file!(
     name = "metrics",
     requires = [
         "projections",
+        "retention",
         feed::_es_feed_horizon,
         feed::_es_feed_holders
     ]

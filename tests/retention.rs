@@ -134,6 +134,15 @@ fn retention_keeps_every_check_clean_and_every_kept_read_unchanged() {
         2
     );
     assert_eq!(states(&mut c), states_before);
+    // The metrics count the kept events (and the record), and say when retention cut.
+    let metric = |c: &mut Client, name: &str| -> Option<f64> {
+        c.query_opt("SELECT value FROM es_metrics WHERE name = $1", &[&name])
+            .unwrap()
+            .map(|r| r.get(0))
+    };
+    let held = count(&mut c, "SELECT count(*) FROM event_store") as f64;
+    assert_eq!(metric(&mut c, "event_store_events"), Some(held));
+    assert!(metric(&mut c, "event_store_retention_last_cut_timestamp_seconds").is_some());
     // A state before the cut needs the removed events: refused, never a wrong answer.
     let e = c.query_one("SELECT es_state_at_version('order-1', 2)", &[]);
     assert_eq!(sqlstate(e), "ES008");
