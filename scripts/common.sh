@@ -1,6 +1,7 @@
 # Shared by the scripts: where PostgreSQL is, how to run things as the cluster's owner.
 PG_MAJOR=15
-PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+# ES_PG_BIN: another PostgreSQL installation (a relocated copy lets checkouts test side by side).
+PG_BIN=${ES_PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
 PG_CONFIG=$PG_BIN/pg_config
 ES_RUN_DIR=${ES_RUN_DIR:-/var/tmp/event_store}
 

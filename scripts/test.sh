@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
+# ES_TEST_PORT_BASE: the two clusters' ports (base, base + 1).
+PLAIN_PORT=${ES_TEST_PORT_BASE:-54315}
+TSDB_PORT=$((PLAIN_PORT + 1))
 
 echo "== unit tests (pure Rust, no PostgreSQL): the core crate, then the extension's few"
 cargo test -p event_store_core
@@ -14,24 +17,24 @@ install_extension
 bash scripts/old-version.sh
 
 # Without TimescaleDB and without preloading event_store: projections run by function call.
-cluster_start test-plain 54315 ""
+cluster_start test-plain $PLAIN_PORT ""
 # Both preloaded: the projection worker runs, with quick retries for the failure tests.
-cluster_start test-tsdb 54316 timescaledb,event_store "event_store.projection_max_attempts = 3
+cluster_start test-tsdb $TSDB_PORT timescaledb,event_store "event_store.projection_max_attempts = 3
 event_store.projection_retry_delay = 20
 max_worker_processes = 64
 timescaledb.max_background_workers = 16"
 trap 'cluster_stop test-plain; cluster_stop test-tsdb' EXIT
 # Databases a failed earlier run kept for inspection.
-for port in 54315 54316; do
+for port in $PLAIN_PORT $TSDB_PORT; do
     es_psql $port postgres -qtA -c "SELECT format('DROP DATABASE %I WITH (FORCE);', datname) FROM pg_database WHERE datname LIKE 'es\_%'" \
         | es_psql $port postgres -q >/dev/null
 done
 
 for flavour in plain tsdb; do
-    if [ $flavour = plain ]; then port=54315; tsdb=0; else port=54316; tsdb=1; fi
+    if [ $flavour = plain ]; then port=$PLAIN_PORT; tsdb=0; else port=$TSDB_PORT; tsdb=1; fi
     echo "== integration tests: PostgreSQL $PG_MAJOR, ${flavour/tsdb/with TimescaleDB and the projection worker}"
     ES_TEST_HOST=$ES_RUN_DIR ES_TEST_PORT=$port ES_TEST_TIMESCALEDB=$tsdb ES_TEST_WORKER=$tsdb \
-        ES_TEST_PGDATA=$ES_RUN_DIR/test-$flavour \
+        ES_TEST_PGDATA=$ES_RUN_DIR/test-$flavour ES_TEST_PG_BIN=$PG_BIN \
         cargo test --test '*' --no-fail-fast -- --test-threads=2
 done
 
@@ -39,11 +42,11 @@ done
 # the eventsourcing library's own recorder and application tests on our recorders.
 echo "== clients: Node.js (pg) and Rust (tokio-postgres) examples, Python eventsourcing recorders"
 cargo build -q -p event_store_example
-for port in 54315 54316; do
+for port in $PLAIN_PORT $TSDB_PORT; do
     for client in node rust; do
         db=es_client_$client
         es_psql $port postgres -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-        [ $port = 54316 ] && es_psql $port $db -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
+        [ $port = $TSDB_PORT ] && es_psql $port $db -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
         es_psql $port $db -q -c "CREATE EXTENSION event_store" -c "
             DO \$\$ BEGIN
                 CREATE ROLE es_example_app LOGIN IN ROLE event_store_writer;

@@ -237,9 +237,12 @@ fn verify(client: &SpiClient<'_>, digest: &Digest, out: &mut Vec<Problem>) {
             .clone()
     };
     if !above.is_empty() {
-        let heads = recorded();
+        let heads: std::collections::HashMap<String, Leaf> = recorded()
+            .into_iter()
+            .map(|l| (l.stream_id.clone(), l))
+            .collect();
         for (stream_id, _) in above {
-            if let Some(l) = heads.iter().find(|l| &l.stream_id == stream_id) {
+            if let Some(l) = heads.get(stream_id) {
                 events += l.version;
                 leaves.push(l.clone());
             }

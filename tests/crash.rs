@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 fn pg_ctl(args: &[&str]) {
     let data = std::env::var("ES_TEST_PGDATA").expect("ES_TEST_PGDATA");
-    let pg_ctl = "/usr/lib/postgresql/15/bin/pg_ctl";
+    let pg_ctl = pg_bin("pg_ctl");
     let log = format!("{data}/server.log");
-    let mut full = vec![pg_ctl, "-D", &data, "-l", &log, "-w"];
+    let mut full = vec![pg_ctl.as_str(), "-D", &data, "-l", &log, "-w"];
     full.extend_from_slice(args);
     let status = if unsafe { libc::geteuid() } == 0 {
         Command::new("sudo")

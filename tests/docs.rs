@@ -56,7 +56,7 @@ fn psql(db: &TestDb, sql: &str) -> String {
     cmd.args([
         "-c",
         "exec \"$0\" \"$@\" 2>&1",
-        "/usr/lib/postgresql/15/bin/psql",
+        &pg_bin("psql"),
     ])
     .args([
         "-X", "-q", "-h", &host, "-p", &port, "-U", "postgres", "-d", &db.name,

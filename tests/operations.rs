@@ -156,10 +156,6 @@ fn reads_by_stream_touch_only_the_streams_chunks() {
     );
 }
 
-fn pg_bin(name: &str) -> String {
-    format!("/usr/lib/postgresql/15/bin/{name}")
-}
-
 #[test]
 fn pg_dump_and_restore_keep_events_hashes_and_positions() {
     let src = TestDb::new("dumpsrc");

@@ -174,7 +174,12 @@ pub struct Cluster {
     pub config: Config,
 }
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
+/// A PostgreSQL program: from ES_TEST_PG_BIN (scripts/test.sh passes its installation), or
+/// Debian's PostgreSQL 15.
+pub fn pg_bin(name: &str) -> String {
+    let dir = std::env::var("ES_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    format!("{dir}/{name}")
+}
 
 impl Cluster {
     pub fn start(name: &str) -> Cluster {
@@ -191,10 +196,9 @@ impl Cluster {
 
     /// A new cluster with `conf` added to its postgresql.conf.
     pub fn start_with(name: &str, conf: &str) -> Cluster {
-        let bin = BIN;
         let (run, dir, port) = Cluster::place(name);
         let status = as_postgres(
-            &format!("{bin}/initdb"),
+            &pg_bin("initdb"),
             &[
                 "-D",
                 &dir,
@@ -215,12 +219,11 @@ impl Cluster {
 
     /// Appends `conf` to the cluster's postgresql.conf and starts it.
     fn run(dir: String, port: u16, run: &str, conf: &str) -> Cluster {
-        let bin = BIN;
         let append = format!("printf '%s' \"$0\" >> '{dir}/postgresql.conf'");
         assert!(as_postgres("sh", &["-c", &append, conf]).success());
         let log = format!("{dir}/server.log");
         let status = as_postgres(
-            &format!("{bin}/pg_ctl"),
+            &pg_bin("pg_ctl"),
             &["-D", &dir, "-l", &log, "-w", "start"],
         );
         assert!(status.success(), "pg_ctl start {dir}");
@@ -238,7 +241,7 @@ impl Cluster {
         let (run, dir, port) = Cluster::place(name);
         let primary = self.config.get_ports()[0].to_string();
         let status = as_postgres(
-            &format!("{BIN}/pg_basebackup"),
+            &pg_bin("pg_basebackup"),
             &[
                 "-D", &dir, "-h", &run, "-p", &primary, "-U", "postgres", "-R", "-X", "stream",
             ],
@@ -265,7 +268,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         as_postgres(
-            "/usr/lib/postgresql/15/bin/pg_ctl",
+            &pg_bin("pg_ctl"),
             &["-D", &self.dir, "-m", "immediate", "-w", "stop"],
         );
         as_postgres("rm", &["-rf", &self.dir]);
