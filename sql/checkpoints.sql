@@ -2,25 +2,25 @@
 -- saved in the consumer's own transaction so that its effects and its position commit (or
 -- roll back) together. A consumer belongs to the role that first saved it.
 
-CREATE TABLE es_checkpoints (
+CREATE TABLE _event_store.es_checkpoints (
     consumer text        PRIMARY KEY,
     position bigint      NOT NULL CHECK (position >= 0),
     owner    regrole     NOT NULL,
     saved_at timestamptz NOT NULL DEFAULT now()
 );
-COMMENT ON TABLE es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
-SELECT pg_catalog.pg_extension_config_dump('es_checkpoints', '');
+COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
+SELECT pg_catalog.pg_extension_config_dump('_event_store.es_checkpoints', '');
+CREATE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
 
 -- The feed's horizon: every event at or below it has committed or never will; a consumer may
 -- read up to it without missing a late commit (es_read_all stops there by itself).
-CREATE FUNCTION es_feed_horizon() RETURNS bigint
+CREATE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
     LANGUAGE sql VOLATILE
-    SET search_path = pg_catalog, pg_temp
-    RETURN @extschema@._es_feed_horizon();
-COMMENT ON FUNCTION es_feed_horizon() IS
+    RETURN _event_store._es_feed_horizon();
+COMMENT ON FUNCTION @extschema@.es_feed_horizon() IS
     'The highest position below which every event has committed or never will.';
 
-CREATE FUNCTION es_save_checkpoint(consumer text, "position" bigint)
+CREATE FUNCTION @extschema@.es_save_checkpoint(consumer text, "position" bigint)
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
@@ -28,10 +28,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    caller name := @extschema@._es_calling_role();
-    saved @extschema@.es_checkpoints;
+    caller name := _event_store._es_calling_role();
+    saved _event_store.es_checkpoints;
 BEGIN
-    PERFORM @extschema@._es_check_append($1, NULL, 'array', 1);  -- same rules as a stream id
+    PERFORM _event_store._es_check_append($1, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
     IF $2 IS NULL THEN
         RAISE EXCEPTION 'event_store: position must not be NULL' USING ERRCODE = '22004';
     ELSIF $2 < 0 THEN
@@ -39,14 +39,14 @@ BEGIN
     END IF;
     -- Two transactions saving one consumer queue on its row; the second sees the first's
     -- position (ON CONFLICT locks the row before its WHERE is checked).
-    INSERT INTO @extschema@.es_checkpoints AS c (consumer, position, owner)
+    INSERT INTO _event_store.es_checkpoints AS c (consumer, position, owner)
     VALUES ($1, $2, caller::regrole)
     ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, saved_at = now()
      WHERE pg_catalog.pg_has_role(caller, c.owner, 'MEMBER') AND c.position < EXCLUDED.position;
     IF FOUND THEN
         RETURN;
     END IF;
-    SELECT * INTO saved FROM @extschema@.es_checkpoints c WHERE c.consumer = $1;
+    SELECT * INTO saved FROM _event_store.es_checkpoints c WHERE c.consumer = $1;
     IF NOT pg_catalog.pg_has_role(caller, saved.owner, 'MEMBER') THEN
         RAISE EXCEPTION 'event_store: consumer "%" belongs to %', $1, saved.owner USING ERRCODE = '42501';
     END IF;
@@ -55,16 +55,13 @@ BEGIN
               HINT = 'A consumer that saves a position at or below its last one has handled events twice or read out of order.';
 END
 $$;
-COMMENT ON FUNCTION es_save_checkpoint(text, bigint) IS
+COMMENT ON FUNCTION @extschema@.es_save_checkpoint(text, bigint) IS
     'Saves a consumer''s position in the caller''s transaction; it must be later than the saved one.';
 
-CREATE FUNCTION es_checkpoint(consumer text)
+CREATE FUNCTION @extschema@.es_checkpoint(consumer text)
 RETURNS bigint
 LANGUAGE sql
 STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT c.position FROM @extschema@.es_checkpoints c WHERE c.consumer = $1
-$$;
-COMMENT ON FUNCTION es_checkpoint(text) IS
+RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
+COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
     'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';

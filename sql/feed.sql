@@ -8,11 +8,11 @@
 -- reads run in READ COMMITTED, where each statement takes a fresh snapshot.
 -- Called only from _es_read_feed, whose search_path is pinned: a SET here would cost every
 -- feed read a GUC nest level for nothing.
-CREATE FUNCTION _es_check_feed_isolation() RETURNS void
+CREATE FUNCTION _event_store._es_check_feed_isolation() RETURNS void
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+    IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed' THEN
         RAISE EXCEPTION 'event_store: feed reads need READ COMMITTED, not %', pg_catalog.current_setting('transaction_isolation')
             USING ERRCODE = '0A000',
                   HINT = 'Read the feed outside REPEATABLE READ and SERIALIZABLE transactions.';
@@ -24,88 +24,106 @@ $$;
 -- there stop at the horizon the primary last published here (src/feed.rs). The worker
 -- publishes it on every pass; without it, a scheduler calls es_publish_feed_horizon().
 -- Not dumped: CREATE EXTENSION makes the row, and a restored store starts from 0.
-CREATE TABLE es_feed_published (
+CREATE TABLE _event_store.es_feed_published (
     singleton    boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
     horizon      bigint      NOT NULL,
     published_at timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO es_feed_published (horizon) VALUES (0);
-COMMENT ON TABLE es_feed_published IS 'The feed horizon last published for hot standbys: written by es_publish_feed_horizon().';
+INSERT INTO _event_store.es_feed_published (horizon) VALUES (0);
+COMMENT ON TABLE _event_store.es_feed_published IS 'The feed horizon last published for hot standbys: written by es_publish_feed_horizon().';
+CREATE VIEW @extschema@.es_feed_published WITH (security_invoker = true) AS SELECT * FROM _event_store.es_feed_published;
 
-CREATE FUNCTION es_publish_feed_horizon() RETURNS bigint
+CREATE FUNCTION @extschema@.es_publish_feed_horizon() RETURNS bigint
 LANGUAGE sql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$
-    UPDATE @extschema@.es_feed_published p SET horizon = h.horizon, published_at = now()
-      FROM (SELECT @extschema@._es_feed_horizon() AS horizon) h
-     WHERE p.horizon < h.horizon;
-    SELECT horizon FROM @extschema@.es_feed_published;
-$$;
-COMMENT ON FUNCTION es_publish_feed_horizon() IS
+BEGIN ATOMIC
+    UPDATE _event_store.es_feed_published p SET horizon = h.horizon, published_at = pg_catalog.now()
+      FROM (SELECT _event_store._es_feed_horizon() AS horizon) h
+     WHERE p.horizon OPERATOR(pg_catalog.<) h.horizon;
+    SELECT p.horizon FROM _event_store.es_feed_published p;
+END;
+COMMENT ON FUNCTION @extschema@.es_publish_feed_horizon() IS
     'Publishes the feed horizon for reads on hot standbys (the worker does it on every pass); returns it.';
 
--- Both feed functions: events after a position up to the horizon, filtered, in order.
-CREATE FUNCTION _es_read_feed(after_position bigint, max_count integer, event_types text[], category text,
-                              member integer, group_size integer, upcast boolean)
-RETURNS SETOF event_store
+-- The events of both feed functions: after a position up to the horizon, filtered, in order,
+-- revealed as the reader may see them (sql/personal.sql). Bound when created, like every
+-- SQL-standard body; run as the reader, so row level security applies.
+CREATE FUNCTION _event_store._es_feed_events(after_position bigint, horizon bigint, max_count integer,
+                                             event_types text[], category text, member integer,
+                                             group_size integer)
+RETURNS SETOF @extschema@.event_store
+LANGUAGE sql
+STABLE
+BEGIN ATOMIC
+    SELECT (r.e).*
+      FROM @extschema@.event_store e,
+           LATERAL (SELECT _event_store._es_reveal(e) AS e OFFSET 0) r
+     WHERE e.global_position OPERATOR(pg_catalog.>) COALESCE(_es_feed_events.after_position, 0::bigint)
+       AND e.global_position OPERATOR(pg_catalog.<=) _es_feed_events.horizon
+       AND (_es_feed_events.event_types IS NULL OR e.event_type OPERATOR(pg_catalog.=) ANY (_es_feed_events.event_types))
+       AND (_es_feed_events.category IS NULL OR _event_store._es_category(e.stream_id) OPERATOR(pg_catalog.=) _es_feed_events.category)
+       AND (_es_feed_events.group_size IS NULL
+            OR _event_store._es_consumer_group_member(e.stream_id, _es_feed_events.group_size) OPERATOR(pg_catalog.=) _es_feed_events.member)
+     ORDER BY e.global_position
+     LIMIT _es_feed_events.max_count;
+END;
+
+CREATE FUNCTION _event_store._es_read_feed(after_position bigint, max_count integer, event_types text[], category text,
+                                           member integer, group_size integer, upcast boolean)
+RETURNS SETOF @extschema@.event_store
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     -- Computed before the query below takes its snapshot: everything up to it has settled.
-    horizon bigint := @extschema@._es_feed_horizon();
+    horizon bigint := _event_store._es_feed_horizon();
 BEGIN
-    PERFORM @extschema@._es_check_feed_isolation();
-    PERFORM @extschema@._es_check_feed_read(max_count, member, group_size);
+    PERFORM _event_store._es_check_feed_isolation();
+    PERFORM _event_store._es_check_feed_read(max_count, member, group_size);
     IF upcast THEN
         RETURN QUERY
-            SELECT u.* FROM @extschema@._es_read_feed(after_position, max_count, event_types, category,
-                                                      member, group_size, false) e,
-                   LATERAL @extschema@.es_upcast(e) u
-             ORDER BY u.global_position;
+            SELECT (u.e).* FROM _event_store._es_feed_events(after_position, horizon, max_count, event_types,
+                                                              category, member, group_size) e,
+                   LATERAL (SELECT _event_store._es_upcast(e) AS e OFFSET 0) u
+             ORDER BY (u.e).global_position;
         RETURN;
     END IF;
-    -- Personal data revealed as the reader may see it (sql/personal.sql).
     RETURN QUERY
-        SELECT r.* FROM @extschema@.event_store e, LATERAL @extschema@._es_reveal(e) r
-         WHERE e.global_position > coalesce(after_position, 0) AND e.global_position <= horizon
-           AND (event_types IS NULL OR e.event_type = ANY (event_types))
-           AND (category IS NULL OR @extschema@._es_category(e.stream_id) = category)
-           AND (group_size IS NULL OR @extschema@._es_consumer_group_member(e.stream_id, group_size) = member)
-         ORDER BY e.global_position
-         LIMIT max_count;
+        SELECT * FROM _event_store._es_feed_events(after_position, horizon, max_count, event_types,
+                                                   category, member, group_size);
 END
 $$;
 
-CREATE FUNCTION es_read_all(after_position bigint DEFAULT 0, max_count integer DEFAULT 1000, event_types text[] DEFAULT NULL,
-                            upcast boolean DEFAULT false)
-RETURNS SETOF event_store
+CREATE FUNCTION @extschema@.es_read_all(after_position bigint DEFAULT 0, max_count integer DEFAULT 1000, event_types text[] DEFAULT NULL,
+                                        upcast boolean DEFAULT false)
+RETURNS SETOF @extschema@.event_store
 LANGUAGE sql
 VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT * FROM @extschema@._es_read_feed(after_position, max_count, event_types, NULL, NULL, NULL, coalesce(upcast, false))
-$$;
-COMMENT ON FUNCTION es_read_all(bigint, integer, text[], boolean) IS
+BEGIN ATOMIC
+    SELECT * FROM _event_store._es_read_feed(es_read_all.after_position, es_read_all.max_count, es_read_all.event_types,
+                                             NULL::text, NULL::integer, NULL::integer, COALESCE(es_read_all.upcast, false));
+END;
+COMMENT ON FUNCTION @extschema@.es_read_all(bigint, integer, text[], boolean) IS
     'Committed events after a position, in position order; called again with the last position received, it returns every committed event exactly once.';
 
-CREATE FUNCTION es_read_category(category text, after_position bigint DEFAULT 0, max_count integer DEFAULT 1000,
-                                 consumer_group_member integer DEFAULT NULL, consumer_group_size integer DEFAULT NULL,
-                                 upcast boolean DEFAULT false)
-RETURNS SETOF event_store
+CREATE FUNCTION @extschema@.es_read_category(category text, after_position bigint DEFAULT 0, max_count integer DEFAULT 1000,
+                                             consumer_group_member integer DEFAULT NULL, consumer_group_size integer DEFAULT NULL,
+                                             upcast boolean DEFAULT false)
+RETURNS SETOF @extschema@.event_store
 LANGUAGE sql
 VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT * FROM @extschema@._es_read_feed(after_position, max_count, NULL, coalesce(category, ''), consumer_group_member, consumer_group_size, coalesce(upcast, false))
-$$;
-COMMENT ON FUNCTION es_read_category(text, bigint, integer, integer, integer, boolean) IS
+BEGIN ATOMIC
+    SELECT * FROM _event_store._es_read_feed(es_read_category.after_position, es_read_category.max_count, NULL::text[],
+                                             COALESCE(es_read_category.category, ''::text), es_read_category.consumer_group_member,
+                                             es_read_category.consumer_group_size, COALESCE(es_read_category.upcast, false));
+END;
+COMMENT ON FUNCTION @extschema@.es_read_category(text, bigint, integer, integer, integer, boolean) IS
     'es_read_all for the streams of one category (stream id up to its first "-"), optionally split between consumer group members by stream.';
 
 -- What holds the feed back: every append in flight (its backend, since when, the lowest
 -- position it may still commit). An open transaction that appended stays here until it ends.
-CREATE VIEW es_feed_in_flight AS
-SELECT * FROM @extschema@._es_feed_holders();
-COMMENT ON VIEW es_feed_in_flight IS 'Appends in flight that hold the feed horizon back: pid, registered_at, lowest_position.';
+CREATE VIEW @extschema@.es_feed_in_flight AS
+SELECT * FROM _event_store._es_feed_holders();
+COMMENT ON VIEW @extschema@.es_feed_in_flight IS 'Appends in flight that hold the feed horizon back: pid, registered_at, lowest_position.';

@@ -3,7 +3,7 @@
 
 -- How events change state, per category and event type ('*' = any). Rules are checked by
 -- es_define_reducer; folding applies the most specific one, or merges the event data.
-CREATE TABLE es_reducers (
+CREATE TABLE _event_store.es_reducers (
     category   text        NOT NULL,
     event_type text        NOT NULL,
     rule       jsonb       NOT NULL,
@@ -11,12 +11,13 @@ CREATE TABLE es_reducers (
     defined_by text        NOT NULL,
     PRIMARY KEY (category, event_type)
 );
-COMMENT ON TABLE es_reducers IS 'Declarative reducers: change with es_define_reducer and es_drop_reducer.';
-SELECT pg_catalog.pg_extension_config_dump('es_reducers', '');
+COMMENT ON TABLE _event_store.es_reducers IS 'Declarative reducers: change with es_define_reducer and es_drop_reducer.';
+SELECT pg_catalog.pg_extension_config_dump('_event_store.es_reducers', '');
+CREATE VIEW @extschema@.es_reducers WITH (security_invoker = true) AS SELECT * FROM _event_store.es_reducers;
 
 -- Derived data: a stream's state after stream_version under the reducers whose fingerprint
 -- is `reducers`. Never dumped, safe to delete; only ever a shortcut.
-CREATE TABLE es_snapshots (
+CREATE TABLE _event_store.es_snapshots (
     stream_id      text        NOT NULL,
     reducers       bytea       NOT NULL,
     stream_version bigint      NOT NULL,
@@ -27,16 +28,17 @@ CREATE TABLE es_snapshots (
 );
 -- The latest snapshot at or before an instant, and the first after it, in one probe each
 -- (a stream's snapshot times grow with its versions).
-CREATE INDEX es_snapshots_time_idx ON es_snapshots (stream_id, reducers, last_at, stream_version);
-COMMENT ON TABLE es_snapshots IS 'Snapshots of stream states (derived data, safe to delete with es_drop_snapshots).';
+CREATE INDEX es_snapshots_time_idx ON _event_store.es_snapshots (stream_id, reducers, last_at, stream_version);
+COMMENT ON TABLE _event_store.es_snapshots IS 'Snapshots of stream states (derived data, safe to delete with es_drop_snapshots).';
 -- A snapshot folds every event of its stream, those a row level security policy hides from
 -- a reader included: readers see snapshots only where no policy filters event_store for them
 -- (the state functions then ignore snapshots anyway). The owner, who takes them, is exempt.
-ALTER TABLE es_snapshots ENABLE ROW LEVEL SECURITY;
-CREATE POLICY es_snapshots_unfiltered ON es_snapshots FOR SELECT
+ALTER TABLE _event_store.es_snapshots ENABLE ROW LEVEL SECURITY;
+CREATE POLICY es_snapshots_unfiltered ON _event_store.es_snapshots FOR SELECT
     USING (NOT pg_catalog.row_security_active('@extschema@.event_store'::pg_catalog.regclass));
+CREATE VIEW @extschema@.es_snapshots WITH (security_invoker = true) AS SELECT * FROM _event_store.es_snapshots;
 
-CREATE FUNCTION es_define_reducer(category text, event_type text, rule jsonb)
+CREATE FUNCTION @extschema@.es_define_reducer(category text, event_type text, rule jsonb)
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
@@ -44,19 +46,19 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    PERFORM @extschema@._es_check_reducer($1, $2, $3);
-    INSERT INTO @extschema@.es_reducers (category, event_type, rule, defined_by)
-    VALUES ($1, $2, $3, @extschema@._es_calling_role())
+    PERFORM _event_store._es_check_reducer($1, $2, $3);
+    INSERT INTO _event_store.es_reducers (category, event_type, rule, defined_by)
+    VALUES ($1, $2, $3, _event_store._es_calling_role())
     ON CONFLICT (category, event_type) DO UPDATE
         SET rule = EXCLUDED.rule, defined_at = now(), defined_by = EXCLUDED.defined_by;
     -- Snapshots under the old rules can never be used again.
-    DELETE FROM @extschema@.es_snapshots s WHERE $1 = '*' OR @extschema@._es_category(s.stream_id) = $1;
+    DELETE FROM _event_store.es_snapshots s WHERE $1 = '*' OR _event_store._es_category(s.stream_id) = $1;
 END
 $$;
-COMMENT ON FUNCTION es_define_reducer(text, text, jsonb) IS
+COMMENT ON FUNCTION @extschema@.es_define_reducer(text, text, jsonb) IS
     'Defines or replaces how events of a type change the state of streams of a category (''*'' = any).';
 
-CREATE FUNCTION es_drop_reducer(category text, event_type text)
+CREATE FUNCTION @extschema@.es_drop_reducer(category text, event_type text)
 RETURNS boolean
 LANGUAGE plpgsql
 VOLATILE STRICT SECURITY DEFINER
@@ -64,94 +66,117 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 BEGIN
-    DELETE FROM @extschema@.es_reducers r WHERE r.category = $1 AND r.event_type = $2;
+    DELETE FROM _event_store.es_reducers r WHERE r.category = $1 AND r.event_type = $2;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    DELETE FROM @extschema@.es_snapshots s WHERE $1 = '*' OR @extschema@._es_category(s.stream_id) = $1;
+    DELETE FROM _event_store.es_snapshots s WHERE $1 = '*' OR _event_store._es_category(s.stream_id) = $1;
     RETURN true;
 END
 $$;
 
-CREATE FUNCTION es_snapshot(stream_id text)
+CREATE FUNCTION @extschema@.es_snapshot(stream_id text)
 RETURNS bigint
 LANGUAGE sql
 VOLATILE STRICT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $$ SELECT @extschema@._es_take_snapshot($1) $$;
-COMMENT ON FUNCTION es_snapshot(text) IS
+AS $$ SELECT _event_store._es_take_snapshot($1) $$;
+COMMENT ON FUNCTION @extschema@.es_snapshot(text) IS
     'Stores a snapshot of the stream''s current state; returns its version (NULL for a stream without events).';
 
-CREATE FUNCTION es_drop_snapshots(stream_id text DEFAULT NULL)
+CREATE FUNCTION @extschema@.es_drop_snapshots(stream_id text DEFAULT NULL)
 RETURNS bigint
 LANGUAGE sql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH gone AS (DELETE FROM @extschema@.es_snapshots s WHERE $1 IS NULL OR s.stream_id = $1 RETURNING 1)
+    WITH gone AS (DELETE FROM _event_store.es_snapshots s WHERE $1 IS NULL OR s.stream_id = $1 RETURNING 1)
     SELECT count(*) FROM gone
 $$;
-COMMENT ON FUNCTION es_drop_snapshots(text) IS
+COMMENT ON FUNCTION @extschema@.es_drop_snapshots(text) IS
     'Deletes the snapshots of one stream, or all of them for NULL; answers do not change.';
 
+-- The state functions (src/fold.rs): the stream folded by its category's reducers, from the
+-- latest snapshot that applies.
+CREATE FUNCTION @extschema@.es_state(stream_id text) RETURNS jsonb
+    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_state_wrapper';
+CREATE FUNCTION @extschema@.es_state_at(stream_id text, at timestamptz) RETURNS jsonb
+    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_state_at_wrapper';
+CREATE FUNCTION @extschema@.es_state_at_version(stream_id text, version bigint) RETURNS jsonb
+    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_state_at_version_wrapper';
+
+-- What changed in a stream's state between two instants, path by path (src/diff.rs).
+CREATE FUNCTION @extschema@.es_diff(stream_id text, "from" timestamptz, "to" timestamptz)
+RETURNS TABLE (stream_version bigint, event_id uuid, event_type text, created_at timestamptz,
+               correlation_id text, path text, before jsonb, after jsonb)
+    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_diff_wrapper';
+
 -- es_fold(e ORDER BY e.stream_version): the same fold as es_state_at, over any rows.
-CREATE FUNCTION _es_fold_step(internal, event_store) RETURNS internal
+CREATE FUNCTION _event_store._es_fold_step(internal, @extschema@.event_store) RETURNS internal
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_step';
-CREATE FUNCTION _es_fold_final(internal) RETURNS jsonb
+CREATE FUNCTION _event_store._es_fold_final(internal) RETURNS jsonb
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_final';
-CREATE AGGREGATE es_fold(event_store) (
-    SFUNC = _es_fold_step,
+CREATE AGGREGATE @extschema@.es_fold(@extschema@.event_store) (
+    SFUNC = _event_store._es_fold_step,
     STYPE = internal,
-    FINALFUNC = _es_fold_final,
+    FINALFUNC = _event_store._es_fold_final,
     FINALFUNC_MODIFY = READ_ONLY
 );
 
 -- The state functions' fold (src/fold.rs): over columns, from a snapshot's state (NULL for
 -- none), with the reducers of the stream's category.
-CREATE FUNCTION _es_fold_events_step(internal, text, integer, jsonb, jsonb, text) RETURNS internal
+CREATE FUNCTION _event_store._es_fold_events_step(internal, text, integer, jsonb, jsonb, text) RETURNS internal
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_events_step';
-CREATE AGGREGATE _es_fold_events(event_type text, event_version integer, event_data jsonb, start jsonb, stream_id text) (
-    SFUNC = _es_fold_events_step,
+CREATE AGGREGATE _event_store._es_fold_events(event_type text, event_version integer, event_data jsonb, start jsonb, stream_id text) (
+    SFUNC = _event_store._es_fold_events_step,
     STYPE = internal,
-    FINALFUNC = _es_fold_final,
+    FINALFUNC = _event_store._es_fold_final,
     FINALFUNC_MODIFY = READ_ONLY
 );
 
 -- es_fold(e, 'my_reducer(jsonb, event_store)' ORDER BY e.stream_version): a custom reducer.
-CREATE FUNCTION _es_fold_with(jsonb, event_store, regprocedure) RETURNS jsonb
+CREATE FUNCTION _event_store._es_fold_with(jsonb, @extschema@.event_store, regprocedure) RETURNS jsonb
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_with';
-CREATE AGGREGATE es_fold(event_store, regprocedure) (
-    SFUNC = _es_fold_with,
+CREATE AGGREGATE @extschema@.es_fold(@extschema@.event_store, regprocedure) (
+    SFUNC = _event_store._es_fold_with,
     STYPE = jsonb
 );
 
 -- The state functions with a custom reducer: the events up to `version` and up to `at`.
 -- Bounded by the stream's first and last times, so a hypertable skips chunks the stream has
--- no events in. Names are qualified rather than the search_path pinned: the reducer runs
--- under its caller's search_path. A custom reducer has no snapshots: a stream retention cut
+-- no events in. SQL-standard bodies, bound when created: no search_path is involved, and the
+-- reducer runs under its caller's. A custom reducer has no snapshots: a stream retention cut
 -- cannot be folded with one (ES008).
-CREATE FUNCTION _es_state_with(stream_id text, at timestamptz, version bigint, reducer regprocedure)
+CREATE FUNCTION _event_store._es_state_with(stream_id text, at timestamptz, version bigint, reducer regprocedure)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
-AS $$
-    SELECT @extschema@.es_fold(e, $4 ORDER BY e.stream_version)
+BEGIN ATOMIC
+    SELECT @extschema@.es_fold(e, _es_state_with.reducer ORDER BY e.stream_version)
       FROM @extschema@.event_store e
-     WHERE @extschema@._es_check_uncut($1) AND e.stream_id = $1 AND e.stream_version <= $3
-       AND e.created_at BETWEEN (SELECT s.first_at FROM @extschema@.es_streams s WHERE s.stream_id = $1)
-                            AND least($2, (SELECT s.last_at FROM @extschema@.es_streams s WHERE s.stream_id = $1))
-$$;
+     WHERE _event_store._es_check_uncut(_es_state_with.stream_id)
+       AND e.stream_id OPERATOR(pg_catalog.=) _es_state_with.stream_id
+       AND e.stream_version OPERATOR(pg_catalog.<=) _es_state_with.version
+       AND e.created_at OPERATOR(pg_catalog.>=) (SELECT s.first_at FROM _event_store.es_streams s
+                                                  WHERE s.stream_id OPERATOR(pg_catalog.=) _es_state_with.stream_id)
+       AND e.created_at OPERATOR(pg_catalog.<=) LEAST(_es_state_with.at,
+               (SELECT s.last_at FROM _event_store.es_streams s WHERE s.stream_id OPERATOR(pg_catalog.=) _es_state_with.stream_id));
+END;
 
-CREATE FUNCTION es_state_at(stream_id text, at timestamptz, reducer regprocedure)
+CREATE FUNCTION @extschema@.es_state_at(stream_id text, at timestamptz, reducer regprocedure)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
-AS $$ SELECT @extschema@._es_state_with($1, $2, 9223372036854775807, $3) $$;
+RETURN _event_store._es_state_with(es_state_at.stream_id, es_state_at.at, 9223372036854775807::bigint, es_state_at.reducer);
 
-CREATE FUNCTION es_state_at_version(stream_id text, version bigint, reducer regprocedure)
+CREATE FUNCTION @extschema@.es_state_at_version(stream_id text, version bigint, reducer regprocedure)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
-AS $$ SELECT @extschema@._es_state_with($1, 'infinity', $2, $3) $$;
+RETURN _event_store._es_state_with(es_state_at_version.stream_id, 'infinity'::timestamptz, es_state_at_version.version, es_state_at_version.reducer);
 
-CREATE FUNCTION es_state(stream_id text, reducer regprocedure)
+CREATE FUNCTION @extschema@.es_state(stream_id text, reducer regprocedure)
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
-AS $$ SELECT @extschema@._es_state_with($1, 'infinity', 9223372036854775807, $2) $$;
+RETURN _event_store._es_state_with(es_state.stream_id, 'infinity'::timestamptz, 9223372036854775807::bigint, es_state.reducer);

@@ -4,91 +4,112 @@
 -- grant below is on purpose. tests/security.rs checks the result from pg_depend too.
 DO $$
 DECLARE
-    ext oid := (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'event_store');
+    ext oid := (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'event_store'::name);
     obj text;
 BEGIN
     FOR obj IN
         SELECT pg_catalog.format('FUNCTION %s', d.objid::pg_catalog.regprocedure)
           FROM pg_catalog.pg_depend d
-         WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.refobjid = ext
-           AND d.deptype = 'e' AND d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass::pg_catalog.oid
+           AND d.refobjid OPERATOR(pg_catalog.=) ext
+           AND d.deptype OPERATOR(pg_catalog.=) 'e'::"char"
+           AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass::pg_catalog.oid
         UNION ALL
         SELECT pg_catalog.format(CASE c.relkind WHEN 'S' THEN 'SEQUENCE %s' ELSE 'TABLE %s' END, d.objid::pg_catalog.regclass)
-          FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid = d.objid
-         WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND d.refobjid = ext
-           AND d.deptype = 'e' AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+          FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) d.objid
+         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass::pg_catalog.oid
+           AND d.refobjid OPERATOR(pg_catalog.=) ext
+           AND d.deptype OPERATOR(pg_catalog.=) 'e'::"char"
+           AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', obj);
     END LOOP;
 END
 $$;
 
-GRANT USAGE ON SCHEMA @extschema@ TO event_store_reader;
+GRANT USAGE ON SCHEMA @extschema@, _event_store TO event_store_reader;
 -- Snapshots hold nothing a reader cannot fold from event_store; under row level security
--- their policy hides them (sql/fold.sql).
-GRANT SELECT ON event_store, es_streams, es_reducers, es_snapshots, es_projection_state, es_projections,
-                es_feed_in_flight, es_catalog_types, es_upcasts, es_catalog_modes, es_event_types,
-                es_checkpoints, es_metrics, es_verifications, es_feed_published, es_digests,
-                es_digest_heads, es_anchors, es_retention
+-- their policy hides them (sql/fold.sql). The views in the extension's schema read the
+-- internal tables as their caller, who needs both.
+GRANT SELECT ON @extschema@.event_store, _event_store.log,
+                _event_store.es_streams, @extschema@.es_streams,
+                _event_store.es_reducers, @extschema@.es_reducers,
+                _event_store.es_snapshots, @extschema@.es_snapshots,
+                _event_store.es_projection_state, @extschema@.es_projection_state,
+                @extschema@.es_projections, @extschema@.es_feed_in_flight,
+                _event_store.es_catalog_types, @extschema@.es_catalog_types,
+                _event_store.es_upcasts, @extschema@.es_upcasts,
+                _event_store.es_catalog_modes, @extschema@.es_catalog_modes,
+                @extschema@.es_event_types,
+                _event_store.es_checkpoints, @extschema@.es_checkpoints,
+                @extschema@.es_metrics,
+                _event_store.es_verifications, @extschema@.es_verifications,
+                _event_store.es_feed_published, @extschema@.es_feed_published,
+                _event_store.es_digests, @extschema@.es_digests,
+                _event_store.es_digest_heads, @extschema@.es_digest_heads,
+                _event_store.es_anchors, @extschema@.es_anchors,
+                _event_store.es_retention, @extschema@.es_retention
    TO event_store_reader;
 -- The feed's horizon reads how far positions have been handed out.
-GRANT SELECT ON SEQUENCE es_global_position_seq TO event_store_reader;
+GRANT SELECT ON SEQUENCE _event_store.es_global_position_seq TO event_store_reader;
 
 GRANT EXECUTE ON FUNCTION
-    es_uuidv7(),
-    _es_category(text),
-    es_stream(text, bigint, bigint, boolean),
-    es_upcast(event_store),
+    @extschema@.es_uuidv7(),
+    _event_store._es_category(text),
+    @extschema@.es_stream(text, bigint, bigint, boolean),
+    @extschema@.es_upcast(@extschema@.event_store),
+    _event_store._es_upcast(@extschema@.event_store),
     -- The reads reveal personal data as the reader may see it.
-    _es_reveal(event_store),
-    es_catalog(),
-    es_stream_version(text),
-    es_state(text),
-    es_state_at(text, timestamptz),
-    es_state_at_version(text, bigint),
-    es_verify(text, boolean),
+    _event_store._es_reveal(@extschema@.event_store),
+    @extschema@.es_catalog(),
+    @extschema@.es_stream_version(text),
+    @extschema@.es_state(text),
+    @extschema@.es_state_at(text, timestamptz),
+    @extschema@.es_state_at_version(text, bigint),
+    @extschema@.es_verify(text, boolean),
     -- An auditor takes digests and checks them against the store.
-    es_digest(),
-    es_verify_digest(jsonb),
+    @extschema@.es_digest(),
+    @extschema@.es_verify_digest(jsonb),
     -- The feed reads run as the reader (row level security applies) and call these.
-    _es_feed_horizon(),
-    es_feed_horizon(),
+    _event_store._es_feed_horizon(),
+    @extschema@.es_feed_horizon(),
     -- A consumer saves its position with its effects; it may only move its own.
-    es_save_checkpoint(text, bigint),
-    es_checkpoint(text),
-    es_metrics_prometheus(),
-    _es_feed_holders(),
-    _es_check_feed_isolation(),
-    _es_check_feed_read(integer, integer, integer),
-    _es_consumer_group_member(text, integer),
-    _es_read_feed(bigint, integer, text[], text, integer, integer, boolean),
-    es_read_all(bigint, integer, text[], boolean),
-    es_read_category(text, bigint, integer, integer, integer, boolean),
-    es_create_projection(text, regprocedure, text[], text[], regprocedure),
-    es_pause_projection(text),
-    es_resume_projection(text),
-    es_rebuild_projection(text),
-    es_drop_projection(text),
-    es_run_projections(integer),
+    @extschema@.es_save_checkpoint(text, bigint),
+    @extschema@.es_checkpoint(text),
+    @extschema@.es_metrics_prometheus(),
+    _event_store._es_feed_holders(),
+    _event_store._es_check_feed_isolation(),
+    _event_store._es_check_feed_read(integer, integer, integer),
+    _event_store._es_consumer_group_member(text, integer),
+    _event_store._es_feed_events(bigint, bigint, integer, text[], text, integer, integer),
+    _event_store._es_read_feed(bigint, integer, text[], text, integer, integer, boolean),
+    @extschema@.es_read_all(bigint, integer, text[], boolean),
+    @extschema@.es_read_category(text, bigint, integer, integer, integer, boolean),
+    @extschema@.es_create_projection(text, regprocedure, text[], text[], regprocedure),
+    @extschema@.es_pause_projection(text),
+    @extschema@.es_resume_projection(text),
+    @extschema@.es_rebuild_projection(text),
+    @extschema@.es_drop_projection(text),
+    @extschema@.es_run_projections(integer),
     -- es_fold and the state functions run as the caller and use these aggregates.
-    _es_fold_step(internal, event_store),
-    _es_fold_final(internal),
-    _es_fold_events_step(internal, text, integer, jsonb, jsonb, text),
-    _es_fold_events(text, integer, jsonb, jsonb, text),
-    _es_fold_with(jsonb, event_store, regprocedure),
-    es_fold(event_store),
-    es_fold(event_store, regprocedure),
-    _es_state_with(text, timestamptz, bigint, regprocedure),
-    es_state(text, regprocedure),
-    es_state_at(text, timestamptz, regprocedure),
-    es_state_at_version(text, bigint, regprocedure),
-    _es_check_uncut(text),
-    es_diff(text, timestamptz, timestamptz)
+    _event_store._es_fold_step(internal, @extschema@.event_store),
+    _event_store._es_fold_final(internal),
+    _event_store._es_fold_events_step(internal, text, integer, jsonb, jsonb, text),
+    _event_store._es_fold_events(text, integer, jsonb, jsonb, text),
+    _event_store._es_fold_with(jsonb, @extschema@.event_store, regprocedure),
+    @extschema@.es_fold(@extschema@.event_store),
+    @extschema@.es_fold(@extschema@.event_store, regprocedure),
+    _event_store._es_state_with(text, timestamptz, bigint, regprocedure),
+    @extschema@.es_state(text, regprocedure),
+    @extschema@.es_state_at(text, timestamptz, regprocedure),
+    @extschema@.es_state_at_version(text, bigint, regprocedure),
+    _event_store._es_check_uncut(text),
+    @extschema@.es_diff(text, timestamptz, timestamptz)
 TO event_store_reader;
 
 GRANT EXECUTE ON FUNCTION
-    es_append(text, text, jsonb, jsonb, bigint, uuid, integer),
-    es_append_batch(text, jsonb, bigint),
-    es_append_multi(jsonb),
-    es_snapshot(text)
+    @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer),
+    @extschema@.es_append_batch(text, jsonb, bigint),
+    @extschema@.es_append_multi(jsonb),
+    @extschema@.es_snapshot(text)
 TO event_store_writer;

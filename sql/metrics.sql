@@ -5,34 +5,35 @@
 
 -- Every es_verify run (src/integrity.rs writes it as the extension owner, on a primary, when
 -- the caller sees every event): the time of the last clean one is evidence and a metric.
-CREATE TABLE es_verifications (
+CREATE TABLE _event_store.es_verifications (
     verified_at timestamptz NOT NULL DEFAULT now(),
     stream_id   text,                     -- NULL: the whole store
     snapshots   boolean     NOT NULL,
     problems    bigint      NOT NULL,
     verified_by text        NOT NULL
 );
-COMMENT ON TABLE es_verifications IS 'Every es_verify run by a role that sees all events: when, over what, and how many problems.';
-SELECT pg_catalog.pg_extension_config_dump('es_verifications', '');
+COMMENT ON TABLE _event_store.es_verifications IS 'Every es_verify run by a role that sees all events: when, over what, and how many problems.';
+SELECT pg_catalog.pg_extension_config_dump('_event_store.es_verifications', '');
+CREATE VIEW @extschema@.es_verifications WITH (security_invoker = true) AS SELECT * FROM _event_store.es_verifications;
 
-CREATE VIEW es_metrics AS
+CREATE VIEW @extschema@.es_metrics AS
 WITH categories AS (
     SELECT s.category, count(*) FILTER (WHERE s.version > 0) AS streams, sum(s.version) AS events,
            -- Removed by retention (es_anchors): appended, no longer held.
            coalesce(sum(a.first_version - 1), 0) AS removed
-      FROM @extschema@.es_streams s LEFT JOIN @extschema@.es_anchors a ON a.stream_id = s.stream_id
+      FROM _event_store.es_streams s LEFT JOIN _event_store.es_anchors a ON a.stream_id = s.stream_id
      GROUP BY s.category
 ),
 feed AS (
-    SELECT @extschema@._es_feed_horizon() AS horizon,
-           coalesce(pg_catalog.pg_sequence_last_value('@extschema@.es_global_position_seq'::pg_catalog.regclass), 0) AS handed_out
+    SELECT _event_store._es_feed_horizon() AS horizon,
+           coalesce(pg_catalog.pg_sequence_last_value('_event_store.es_global_position_seq'::pg_catalog.regclass), 0) AS handed_out
 ),
 projections AS (
     SELECT p.name, p.status, p.position, p.attempts, f.horizon,
            (SELECT e.created_at FROM @extschema@.event_store e
              WHERE e.global_position > p.position AND e.global_position <= f.horizon
              ORDER BY e.global_position LIMIT 1) AS oldest_pending_at
-      FROM @extschema@.es_projection_state p, feed f
+      FROM _event_store.es_projection_state p, feed f
 )
 SELECT 'event_store_writes_total' AS name, pg_catalog.jsonb_build_object('category', c.category) AS labels,
        c.events::float8 AS value, 'counter' AS type,
@@ -71,25 +72,24 @@ UNION ALL
 SELECT 'event_store_feed_oldest_in_flight_seconds', '{}',
        coalesce(extract(epoch FROM pg_catalog.now() - min(h.registered_at)), 0)::float8, 'gauge',
        'Age of the oldest append in flight, which holds the feed back (0 when none)'
-  FROM @extschema@._es_feed_holders() h
+  FROM _event_store._es_feed_holders() h
 UNION ALL
 SELECT 'event_store_last_clean_verify_timestamp_seconds', '{}', extract(epoch FROM max(v.verified_at))::float8, 'gauge',
        'When es_verify last checked the whole store and found nothing wrong (Unix time)'
-  FROM @extschema@.es_verifications v
+  FROM _event_store.es_verifications v
  WHERE v.stream_id IS NULL AND v.problems = 0
 HAVING count(*) > 0
 UNION ALL
 SELECT 'event_store_retention_last_cut_timestamp_seconds', '{}', extract(epoch FROM max(a.cut_at))::float8, 'gauge',
        'When es_apply_retention last removed events (Unix time)'
-  FROM @extschema@.es_anchors a
+  FROM _event_store.es_anchors a
 HAVING count(*) > 0;
-COMMENT ON VIEW es_metrics IS 'event_store''s metrics: name, labels, value, type, help (es_metrics_prometheus() formats them).';
+COMMENT ON VIEW @extschema@.es_metrics IS 'event_store''s metrics: name, labels, value, type, help (es_metrics_prometheus() formats them).';
 
-CREATE FUNCTION es_metrics_prometheus() RETURNS text
+CREATE FUNCTION @extschema@.es_metrics_prometheus() RETURNS text
 LANGUAGE sql
 STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
+BEGIN ATOMIC
     SELECT coalesce(string_agg(block, '' ORDER BY name), '')
       FROM (SELECT m.name,
                    format(E'# HELP %s %s\n# TYPE %s %s\n', m.name, m.help, m.name, m.type)
@@ -99,6 +99,6 @@ AS $$
                                                   replace(replace(replace(l.value, '\', '\\'), '"', '\"'), E'\n', '\n')), ',' ORDER BY l.key)
                                               FROM jsonb_each_text(x.labels) l) || '}', '') AS label_text
                       FROM @extschema@.es_metrics x) m
-             GROUP BY m.name, m.help, m.type) b
-$$;
-COMMENT ON FUNCTION es_metrics_prometheus() IS 'es_metrics in the Prometheus text exposition format.';
+             GROUP BY m.name, m.help, m.type) b;
+END;
+COMMENT ON FUNCTION @extschema@.es_metrics_prometheus() IS 'es_metrics in the Prometheus text exposition format.';

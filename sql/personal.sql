@@ -18,7 +18,7 @@ $$;
 -- One key per subject while it lives; es_forget_subject destroys it (wrapped becomes NULL),
 -- and a later event of the same subject gets a new one. Only the owner reads or writes it:
 -- appends and reads reach it as the owner (src/personal.rs). Subjects appear only hashed.
-CREATE TABLE es_subject_keys (
+CREATE TABLE _event_store.es_subject_keys (
     key_id       uuid        PRIMARY KEY,
     subject_hash bytea       NOT NULL,           -- _es_subject_hash(subject)
     wrapped      bytea,                          -- the key, wrapped by event_store.master_key when set
@@ -27,12 +27,12 @@ CREATE TABLE es_subject_keys (
     destroyed_by text,
     CHECK ((wrapped IS NULL) = (destroyed_at IS NOT NULL))
 );
-CREATE UNIQUE INDEX es_subject_keys_live ON es_subject_keys (subject_hash) WHERE wrapped IS NOT NULL;
-COMMENT ON TABLE es_subject_keys IS 'Keys that seal each subject''s personal data: destroyed by es_forget_subject. Owner only.';
+CREATE UNIQUE INDEX es_subject_keys_live ON _event_store.es_subject_keys (subject_hash) WHERE wrapped IS NOT NULL;
+COMMENT ON TABLE _event_store.es_subject_keys IS 'Keys that seal each subject''s personal data: destroyed by es_forget_subject. Owner only.';
 -- Dumped: a restore without the keys would erase everyone.
-SELECT pg_catalog.pg_extension_config_dump('es_subject_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('_event_store.es_subject_keys', '');
 
-CREATE FUNCTION _es_reveal(event event_store) RETURNS event_store
+CREATE FUNCTION _event_store._es_reveal(event @extschema@.event_store) RETURNS @extschema@.event_store
     LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
-COMMENT ON FUNCTION _es_reveal(event_store) IS
+COMMENT ON FUNCTION _event_store._es_reveal(@extschema@.event_store) IS
     'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';

@@ -2,11 +2,31 @@
 -- catalog's subject pointers (sql/catalog.sql). Each use is recorded in the store's own stream
 -- event_store-privacy (_es_record, src/append.rs), which the feed delivers to projections.
 
+-- The events about a subject, by the catalog's subject pointers, revealed as the caller may
+-- see them. Bound when created (a SQL-standard body).
+CREATE FUNCTION _event_store._es_subject_events(subject text)
+RETURNS SETOF @extschema@.event_store
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT (r.e).*
+      FROM _event_store.es_catalog_types t
+      JOIN @extschema@.event_store e
+        ON e.event_type OPERATOR(pg_catalog.=) t.event_type AND e.event_version OPERATOR(pg_catalog.=) t.version,
+           LATERAL (SELECT _event_store._es_reveal(e) AS e OFFSET 0) r
+     WHERE t.subject IS NOT NULL
+       AND _event_store._es_subject_of(t.subject, (r.e).stream_id, (r.e).event_data, (r.e).metadata)
+           OPERATOR(pg_catalog.=) _es_subject_events.subject;
+END;
+
+-- es_state for the store's own code, under a name no one else can shadow.
+CREATE FUNCTION _event_store._es_state(stream_id text) RETURNS jsonb
+    LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'es_state_wrapper';
+
 -- Art. 15: every event about the subject across all streams, with its provenance, and the
 -- current state of each stream involved. Runs as the owner (it reads every event whatever
 -- row level security shows the caller): granted to nobody, a superuser grants it to the
 -- data-protection officer's role.
-CREATE FUNCTION es_subject_export(subject text) RETURNS jsonb
+CREATE FUNCTION @extschema@.es_subject_export(subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -20,17 +40,12 @@ BEGIN
         RAISE EXCEPTION 'event_store: subject must not be empty' USING ERRCODE = '22023';
     END IF;
     WITH about AS (
-        SELECT r.*
-          FROM @extschema@.es_catalog_types t
-          JOIN @extschema@.event_store e ON e.event_type = t.event_type AND e.event_version = t.version,
-               LATERAL @extschema@._es_reveal(e) r
-         WHERE t.subject IS NOT NULL
-           AND @extschema@._es_subject_of(t.subject, r.stream_id, r.event_data, r.metadata) = es_subject_export.subject
+        SELECT * FROM _event_store._es_subject_events(es_subject_export.subject)
     )
     SELECT jsonb_build_object(
                'subject', es_subject_export.subject,
                'exported_at', now(),
-               'exported_by', @extschema@._es_calling_role(),
+               'exported_by', _event_store._es_calling_role(),
                'events', coalesce((
                    SELECT jsonb_agg(jsonb_build_object(
                               'stream_id', a.stream_id, 'stream_version', a.stream_version,
@@ -45,19 +60,19 @@ BEGIN
                      FROM about a), '[]'),
                'streams', coalesce((
                    SELECT jsonb_object_agg(s.stream_id, jsonb_build_object(
-                              'version', @extschema@.es_stream_version(s.stream_id),
-                              'state', @extschema@.es_state(s.stream_id)))
+                              'version', (SELECT v.version FROM _event_store.es_streams v WHERE v.stream_id = s.stream_id),
+                              'state', _event_store._es_state(s.stream_id)))
                      FROM (SELECT DISTINCT a.stream_id FROM about a) s), '{}'))
       INTO doc;
     -- The record holds no personal data: the subject only as a hash.
-    PERFORM @extschema@._es_record('privacy', 'SubjectExported', jsonb_build_object(
-        'subject_sha256', encode(@extschema@._es_subject_hash(es_subject_export.subject), 'hex'),
+    PERFORM _event_store._es_record('privacy', 'SubjectExported', jsonb_build_object(
+        'subject_sha256', encode(_event_store._es_subject_hash(es_subject_export.subject), 'hex'),
         'events', jsonb_array_length(doc -> 'events'),
         'streams', (SELECT count(*) FROM jsonb_object_keys(doc -> 'streams'))));
     RETURN doc;
 END
 $$;
-COMMENT ON FUNCTION es_subject_export(text) IS
+COMMENT ON FUNCTION @extschema@.es_subject_export(text) IS
     'GDPR Art. 15: every event about a subject (by the catalog''s subject pointers) with provenance, and the state of each stream involved; recorded in event_store-privacy.';
 
 -- Art. 17: destroys the subject's key, which erases every value sealed with it in every event,
@@ -65,7 +80,7 @@ COMMENT ON FUNCTION es_subject_export(text) IS
 -- when, why, the subject hashed), where projections see it and purge their own copies.
 -- Granted to nobody, like the export. Returns the number of keys destroyed (0: nothing of the
 -- subject was sealed, or it was forgotten already).
-CREATE FUNCTION es_forget_subject(subject text, reason text) RETURNS bigint
+CREATE FUNCTION @extschema@.es_forget_subject(subject text, reason text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -78,16 +93,16 @@ BEGIN
     IF es_forget_subject.subject = '' OR btrim(es_forget_subject.reason) = '' THEN
         RAISE EXCEPTION 'event_store: subject and reason must not be empty' USING ERRCODE = '22023';
     END IF;
-    UPDATE @extschema@.es_subject_keys k
-       SET wrapped = NULL, destroyed_at = now(), destroyed_by = @extschema@._es_calling_role()
-     WHERE k.subject_hash = @extschema@._es_subject_hash(es_forget_subject.subject) AND k.wrapped IS NOT NULL;
+    UPDATE _event_store.es_subject_keys k
+       SET wrapped = NULL, destroyed_at = now(), destroyed_by = _event_store._es_calling_role()
+     WHERE k.subject_hash = _event_store._es_subject_hash(es_forget_subject.subject) AND k.wrapped IS NOT NULL;
     GET DIAGNOSTICS destroyed = ROW_COUNT;
-    PERFORM @extschema@._es_record('privacy', 'SubjectForgotten', jsonb_build_object(
-        'subject_sha256', encode(@extschema@._es_subject_hash(es_forget_subject.subject), 'hex'),
+    PERFORM _event_store._es_record('privacy', 'SubjectForgotten', jsonb_build_object(
+        'subject_sha256', encode(_event_store._es_subject_hash(es_forget_subject.subject), 'hex'),
         'keys_destroyed', destroyed,
         'reason', es_forget_subject.reason));
     RETURN destroyed;
 END
 $$;
-COMMENT ON FUNCTION es_forget_subject(text, text) IS
+COMMENT ON FUNCTION @extschema@.es_forget_subject(text, text) IS
     'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';

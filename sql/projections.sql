@@ -1,7 +1,7 @@
 -- Projections: handlers applied to the feed in order, each batch committed together with the
 -- projection's checkpoint, so projection tables see every event's effect exactly once.
 
-CREATE TABLE es_projection_state (
+CREATE TABLE _event_store.es_projection_state (
     name                text        PRIMARY KEY,
     handler             regprocedure NOT NULL,
     reset_handler       regprocedure,
@@ -18,22 +18,23 @@ CREATE TABLE es_projection_state (
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
-SELECT pg_catalog.pg_extension_config_dump('es_projection_state', '');
+SELECT pg_catalog.pg_extension_config_dump('_event_store.es_projection_state', '');
+CREATE VIEW @extschema@.es_projection_state WITH (security_invoker = true) AS SELECT * FROM _event_store.es_projection_state;
 
 -- Checks that the calling role may manage the projection (its owner, a member of it, or a
 -- superuser), and returns it locked.
-CREATE FUNCTION _es_projection_for_update(p_name text) RETURNS @extschema@.es_projection_state
+CREATE FUNCTION _event_store._es_projection_for_update(p_name text) RETURNS _event_store.es_projection_state
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p @extschema@.es_projection_state;
+    p _event_store.es_projection_state;
 BEGIN
-    SELECT * INTO p FROM @extschema@.es_projection_state WHERE name = p_name FOR UPDATE;
+    SELECT * INTO p FROM _event_store.es_projection_state WHERE name = p_name FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'event_store: projection "%" does not exist', p_name USING ERRCODE = '42704';
     END IF;
-    IF NOT pg_has_role(@extschema@._es_calling_role(), p.owner, 'MEMBER') THEN
+    IF NOT pg_catalog.pg_has_role(_event_store._es_calling_role(), p.owner, 'MEMBER') THEN
         RAISE EXCEPTION 'event_store: only members of % may manage projection "%"', p.owner, p_name
             USING ERRCODE = '42501';
     END IF;
@@ -41,7 +42,7 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION es_create_projection(name text, handler regprocedure, event_types text[] DEFAULT NULL,
+CREATE FUNCTION @extschema@.es_create_projection(name text, handler regprocedure, event_types text[] DEFAULT NULL,
                                      categories text[] DEFAULT NULL, reset_handler regprocedure DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
@@ -49,10 +50,10 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    caller name := @extschema@._es_calling_role();
+    caller name := _event_store._es_calling_role();
     f regprocedure;
 BEGIN
-    PERFORM @extschema@._es_check_append(name, NULL, 'array', 1);  -- same rules as a stream id
+    PERFORM _event_store._es_check_append(name, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
     IF handler IS NULL THEN
         RAISE EXCEPTION 'event_store: handler must not be NULL' USING ERRCODE = '22004';
     END IF;
@@ -66,7 +67,7 @@ BEGIN
             RAISE EXCEPTION 'event_store: % may not execute %', caller, f USING ERRCODE = '42501';
         END IF;
     END LOOP;
-    IF (SELECT pronargs <> 1 OR proargtypes[0] <> '@extschema@.event_store'::pg_catalog.regtype OR prorettype <> 'void'::regtype OR proretset
+    IF (SELECT pronargs <> 1 OR proargtypes[0] <> (SELECT c.reltype FROM pg_catalog.pg_class c WHERE c.oid = _event_store.event_table()) OR prorettype <> 'void'::regtype OR proretset
           FROM pg_catalog.pg_proc WHERE oid = handler) THEN
         RAISE EXCEPTION 'event_store: handler % must take (event event_store) and return void', handler
             USING ERRCODE = '42P13';
@@ -75,73 +76,92 @@ BEGIN
         RAISE EXCEPTION 'event_store: reset_handler % must take no arguments and return void', reset_handler
             USING ERRCODE = '42P13';
     END IF;
-    INSERT INTO @extschema@.es_projection_state (name, handler, reset_handler, event_types, categories, owner)
+    INSERT INTO _event_store.es_projection_state (name, handler, reset_handler, event_types, categories, owner)
     VALUES (es_create_projection.name, handler, reset_handler, event_types, categories, caller::regrole);
-    PERFORM @extschema@._es_wake_projections(true);
+    PERFORM _event_store._es_wake_projections(true);
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'event_store: projection "%" already exists', es_create_projection.name USING ERRCODE = '42710';
 END
 $$;
 
-CREATE FUNCTION es_pause_projection(name text) RETURNS void
+CREATE FUNCTION @extschema@.es_pause_projection(name text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM @extschema@._es_projection_for_update(name);
-    UPDATE @extschema@.es_projection_state p SET status = 'paused', updated_at = now() WHERE p.name = es_pause_projection.name;
+    PERFORM _event_store._es_projection_for_update(name);
+    UPDATE _event_store.es_projection_state p SET status = 'paused', updated_at = now() WHERE p.name = es_pause_projection.name;
 END
 $$;
 
 -- Resuming a failed projection retries the event it failed on, then goes on.
-CREATE FUNCTION es_resume_projection(name text) RETURNS void
+CREATE FUNCTION @extschema@.es_resume_projection(name text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM @extschema@._es_projection_for_update(name);
-    UPDATE @extschema@.es_projection_state p SET status = 'running', attempts = 0, retry_at = NULL, updated_at = now()
+    PERFORM _event_store._es_projection_for_update(name);
+    UPDATE _event_store.es_projection_state p SET status = 'running', attempts = 0, retry_at = NULL, updated_at = now()
      WHERE p.name = es_resume_projection.name;
-    PERFORM @extschema@._es_wake_projections(true);
+    PERFORM _event_store._es_wake_projections(true);
 END
 $$;
 
 -- Calls the reset handler (as the projection's owner) and replays the whole history.
-CREATE FUNCTION es_rebuild_projection(name text) RETURNS void
+CREATE FUNCTION @extschema@.es_rebuild_projection(name text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p @extschema@.es_projection_state := @extschema@._es_projection_for_update(name);
+    p _event_store.es_projection_state := _event_store._es_projection_for_update(name);
 BEGIN
     IF p.reset_handler IS NOT NULL THEN
-        PERFORM @extschema@._es_run_as(p.reset_handler, p.owner, NULL);
+        PERFORM _event_store._es_run_as(p.reset_handler, p.owner, NULL);
     END IF;
-    UPDATE @extschema@.es_projection_state s SET status = 'rebuilding', position = 0, attempts = 0, retry_at = NULL,
+    UPDATE _event_store.es_projection_state s SET status = 'rebuilding', position = 0, attempts = 0, retry_at = NULL,
            last_error = NULL, last_error_position = NULL, updated_at = now()
      WHERE s.name = p.name;
-    PERFORM @extschema@._es_wake_projections(true);
+    PERFORM _event_store._es_wake_projections(true);
 END
 $$;
 
-CREATE FUNCTION es_drop_projection(name text) RETURNS void
+CREATE FUNCTION @extschema@.es_drop_projection(name text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM @extschema@._es_projection_for_update(name);
-    DELETE FROM @extschema@.es_projection_state p WHERE p.name = es_drop_projection.name;
+    PERFORM _event_store._es_projection_for_update(name);
+    DELETE FROM _event_store.es_projection_state p WHERE p.name = es_drop_projection.name;
 END
 $$;
 
--- Applies one batch of one projection, reading up to `p_horizon` (from @extschema@._es_feed_horizon(),
+-- The events a projection's batch applies: bound when created (a SQL-standard body), so the
+-- loop below never names event_store or its row type.
+CREATE FUNCTION _event_store._es_projection_events(after_position bigint, horizon bigint, event_types text[],
+                                                   categories text[], max_count integer)
+RETURNS SETOF @extschema@.event_store
+LANGUAGE sql
+STABLE
+BEGIN ATOMIC
+    SELECT e.* FROM @extschema@.event_store e
+     WHERE e.global_position OPERATOR(pg_catalog.>) _es_projection_events.after_position
+       AND e.global_position OPERATOR(pg_catalog.<=) _es_projection_events.horizon
+       AND (_es_projection_events.event_types IS NULL
+            OR e.event_type OPERATOR(pg_catalog.=) ANY (_es_projection_events.event_types))
+       AND (_es_projection_events.categories IS NULL
+            OR _event_store._es_category(e.stream_id) OPERATOR(pg_catalog.=) ANY (_es_projection_events.categories))
+     ORDER BY e.global_position
+     LIMIT _es_projection_events.max_count;
+END;
+
+-- Applies one batch of one projection, reading up to `p_horizon` (from _event_store._es_feed_horizon(),
 -- computed before this call so that the batch's snapshot is newer), and returns how many
 -- events it applied. The batch and
 -- the new position commit with the caller's transaction; a failing handler rolls back the
 -- whole batch (a subtransaction) and is retried with backoff, then marked failed.
-CREATE FUNCTION _es_project_batch(p_name text, p_batch_size integer, p_horizon bigint) RETURNS integer
+CREATE FUNCTION _event_store._es_project_batch(p_name text, p_batch_size integer, p_horizon bigint) RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p       @extschema@.es_projection_state;
-    e       @extschema@.event_store;
+    p       _event_store.es_projection_state;
+    r       record;
     applied integer := 0;
     at_pos  bigint;
     msg     text;
@@ -149,7 +169,7 @@ DECLARE
     timed_out boolean;
 BEGIN
     -- SKIP LOCKED: a worker and a manual es_run_projections() never apply one batch twice.
-    SELECT * INTO p FROM @extschema@.es_projection_state WHERE name = p_name FOR UPDATE SKIP LOCKED;
+    SELECT * INTO p FROM _event_store.es_projection_state WHERE name = p_name FOR UPDATE SKIP LOCKED;
     IF NOT FOUND OR p.status IN ('paused', 'failed') OR p.retry_at > now() THEN
         RETURN 0;
     END IF;
@@ -157,24 +177,20 @@ BEGIN
     BEGIN
         -- A handler that runs past event_store.projection_timeout is cancelled: it holds up
         -- only its own projection, which records the timeout as a failure.
-        PERFORM @extschema@._es_projection_timer(true);
-        FOR e IN
-            SELECT * FROM @extschema@.event_store ev
-             WHERE ev.global_position > p.position AND ev.global_position <= p_horizon
-               AND (p.event_types IS NULL OR ev.event_type = ANY (p.event_types))
-               AND (p.categories IS NULL OR @extschema@._es_category(ev.stream_id) = ANY (p.categories))
-             ORDER BY ev.global_position
-             LIMIT p_batch_size
+        PERFORM _event_store._es_projection_timer(true);
+        -- Handlers see events as their types' latest versions.
+        FOR r IN
+            SELECT e.global_position, _event_store._es_upcast(e) AS event
+              FROM _event_store._es_projection_events(p.position, p_horizon, p.event_types, p.categories, p_batch_size) e
         LOOP
-            at_pos := e.global_position;
-            -- Handlers see events as their types' latest versions.
-            PERFORM @extschema@._es_run_as(p.handler, p.owner, @extschema@.es_upcast(e));
+            at_pos := r.global_position;
+            PERFORM _event_store._es_run_as(p.handler, p.owner, r.event);
             applied := applied + 1;
         END LOOP;
-        PERFORM @extschema@._es_projection_timer(false);
+        PERFORM _event_store._es_projection_timer(false);
     EXCEPTION WHEN OTHERS OR query_canceled THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
-        timed_out := @extschema@._es_projection_timer(false);
+        timed_out := _event_store._es_projection_timer(false);
         IF state = '57014' THEN
             -- A cancel that is not the timer's (pg_cancel_backend, statement_timeout) cancels
             -- the whole pass, as it would any statement.
@@ -182,19 +198,19 @@ BEGIN
                 RAISE;
             END IF;
             msg := format('the handler ran longer than event_store.projection_timeout (%s ms)',
-                          @extschema@._es_setting_int('event_store.projection_timeout'));
+                          _event_store._es_setting_int('event_store.projection_timeout'));
         END IF;
-        UPDATE @extschema@.es_projection_state s
+        UPDATE _event_store.es_projection_state s
            SET attempts = s.attempts + 1,
-               status = CASE WHEN s.attempts + 1 >= @extschema@._es_setting_int('event_store.projection_max_attempts') THEN 'failed' ELSE s.status END,
+               status = CASE WHEN s.attempts + 1 >= _event_store._es_setting_int('event_store.projection_max_attempts') THEN 'failed' ELSE s.status END,
                retry_at = now() + least(interval '5 minutes',
-                   @extschema@._es_setting_int('event_store.projection_retry_delay') * interval '1 millisecond' * 2 ^ s.attempts),
+                   _event_store._es_setting_int('event_store.projection_retry_delay') * interval '1 millisecond' * 2 ^ s.attempts),
                last_error = msg, last_error_position = at_pos, updated_at = now()
          WHERE s.name = p.name;
         RETURN 0;
     END;
     -- A short batch read everything matching up to the horizon.
-    UPDATE @extschema@.es_projection_state s
+    UPDATE _event_store.es_projection_state s
        SET position = CASE WHEN applied < p_batch_size THEN greatest(p_horizon, p.position) ELSE at_pos END,
            status = CASE WHEN s.status = 'rebuilding' AND applied < p_batch_size THEN 'running' ELSE s.status END,
            attempts = 0, retry_at = NULL, updated_at = now()
@@ -206,20 +222,20 @@ $$;
 -- One batch of every projection that has work. Call it again while it returns > 0; the
 -- background worker does exactly that. Without the worker, a scheduler can call it.
 -- SECURITY DEFINER to keep the checkpoints; handlers still run as their projections' owners.
-CREATE FUNCTION es_run_projections(batch_size integer DEFAULT NULL) RETURNS integer
+CREATE FUNCTION @extschema@.es_run_projections(batch_size integer DEFAULT NULL) RETURNS integer
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- One horizon (one pg_locks scan) for every projection of the pass.
-    WITH horizon AS MATERIALIZED (SELECT @extschema@._es_feed_horizon() AS h)
-    SELECT coalesce(sum(@extschema@._es_project_batch(name, coalesce(batch_size, @extschema@._es_setting_int('event_store.projection_batch_size')), h)), 0)::integer
-      FROM (SELECT name FROM @extschema@.es_projection_state ORDER BY name) p, horizon
+    WITH horizon AS MATERIALIZED (SELECT _event_store._es_feed_horizon() AS h)
+    SELECT coalesce(sum(_event_store._es_project_batch(name, coalesce(batch_size, _event_store._es_setting_int('event_store.projection_batch_size')), h)), 0)::integer
+      FROM (SELECT name FROM _event_store.es_projection_state ORDER BY name) p, horizon
 $$;
 
 -- The horizon once per query: a volatile call in the WHERE below would scan pg_locks per event.
-CREATE VIEW es_projections AS
-WITH horizon AS MATERIALIZED (SELECT @extschema@._es_feed_horizon() AS h)
+CREATE VIEW @extschema@.es_projections AS
+WITH horizon AS MATERIALIZED (SELECT _event_store._es_feed_horizon() AS h)
 SELECT p.name,
        CASE WHEN p.status = 'running' AND lag.events = 0 THEN 'caught up' ELSE p.status END AS status,
        p.position,
@@ -231,10 +247,10 @@ SELECT p.name,
        p.retry_at,
        p.owner,
        p.updated_at
-  FROM @extschema@.es_projection_state p,
+  FROM _event_store.es_projection_state p,
        horizon,
        LATERAL (SELECT count(*) AS events, min(e.created_at) AS oldest
                   FROM @extschema@.event_store e
                  WHERE e.global_position > p.position AND e.global_position <= horizon.h
                    AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
-                   AND (p.categories IS NULL OR @extschema@._es_category(e.stream_id) = ANY (p.categories))) lag;
+                   AND (p.categories IS NULL OR _event_store._es_category(e.stream_id) = ANY (p.categories))) lag;

@@ -1,17 +1,36 @@
--- The event log and the stream registry.
+-- Where things live. The public API (the es_* functions, the event_store table whose row
+-- type handlers and reducers take, and views to read the rest) is in the extension's schema,
+-- which on managed PostgreSQL is usually `public`, owned by the database owner. Everything
+-- else is in _event_store: only the extension's owner creates objects there, and CREATE
+-- SCHEMA fails (so does CREATE EXTENSION) when someone made a schema of that name first.
+-- Code that runs with the owner's rights names only _event_store's objects, in full, and
+-- reaches event_store through _event_store.log, a view bound to it by oid: renaming the
+-- extension's schema, or creating objects, overloads or operators in it, changes nothing
+-- that code does (docs/security.md).
+CREATE SCHEMA _event_store;
+COMMENT ON SCHEMA _event_store IS 'event_store''s internals: tables, functions and views only the extension uses directly.';
+
+-- The rest of this script (and of every update script) resolves names in pg_catalog alone:
+-- nothing anyone created in the extension's schema, in public or in pg_temp is picked up
+-- while the superuser installs. So every object below is created and named in full.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- A stream's category: its id up to the first '-', the rule of event_store_core::stream.
 -- A SQL-standard body, bound when created and inlined where queries use it, so they match the
 -- category index below. The index and es_streams.category spell the expression out: a
 -- function there would need EXECUTE from every role that writes those tables.
-CREATE FUNCTION _es_category(stream_id text) RETURNS text
+CREATE FUNCTION _event_store._es_category(stream_id text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN pg_catalog.split_part(stream_id, '-', 1);
 
--- Positions in the global feed: unique and increasing; an append that rolls back leaves a gap.
-CREATE SEQUENCE es_global_position_seq AS bigint;
+-- Time-ordered event ids (src/ids.rs).
+CREATE FUNCTION @extschema@.es_uuidv7() RETURNS uuid
+    LANGUAGE c STRICT VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'es_uuidv7_wrapper';
 
-CREATE TABLE event_store (
+-- Positions in the global feed: unique and increasing; an append that rolls back leaves a gap.
+CREATE SEQUENCE _event_store.es_global_position_seq AS bigint;
+
+CREATE TABLE @extschema@.event_store (
     global_position bigint      NOT NULL,
     event_id        uuid        NOT NULL,
     stream_id       text        NOT NULL,
@@ -26,23 +45,23 @@ CREATE TABLE event_store (
     -- SHA-256 chained to the previous event of the stream (see src/integrity.rs).
     hash            bytea       NOT NULL
 );
-COMMENT ON TABLE event_store IS 'Append-only event log: write with es_append, never UPDATE, DELETE or TRUNCATE.';
+COMMENT ON TABLE @extschema@.event_store IS 'Append-only event log: write with es_append, never UPDATE, DELETE or TRUNCATE.';
 
 -- No unique indexes: a hypertable's would have to include created_at. The per-stream lock in
 -- es_append keeps (stream_id, stream_version) unique and es_verify checks it.
 -- created_at in the stream index lets a read of a stream up to an instant (a state in the
 -- past; on a hypertable, every state query, whose time range excludes other chunks) check
 -- the time in the index instead of in every event's row.
-CREATE INDEX event_store_stream_idx   ON event_store (stream_id, stream_version, created_at);
-CREATE INDEX event_store_position_idx ON event_store (global_position);
-CREATE INDEX event_store_event_id_idx ON event_store (event_id);
-CREATE INDEX event_store_type_idx     ON event_store (event_type, created_at);
-CREATE INDEX event_store_time_idx     ON event_store (created_at);
+CREATE INDEX event_store_stream_idx   ON @extschema@.event_store (stream_id, stream_version, created_at);
+CREATE INDEX event_store_position_idx ON @extschema@.event_store (global_position);
+CREATE INDEX event_store_event_id_idx ON @extschema@.event_store (event_id);
+CREATE INDEX event_store_type_idx     ON @extschema@.event_store (event_type, created_at);
+CREATE INDEX event_store_time_idx     ON @extschema@.event_store (created_at);
 -- es_read_category: a category's events in feed order.
-CREATE INDEX event_store_category_idx ON event_store (pg_catalog.split_part(stream_id, '-', 1), global_position);
+CREATE INDEX event_store_category_idx ON @extschema@.event_store (pg_catalog.split_part(stream_id, '-', 1), global_position);
 
 -- One row per stream: its head, and its time bounds so reads by stream exclude other chunks.
-CREATE TABLE es_streams (
+CREATE TABLE _event_store.es_streams (
     stream_id     text        PRIMARY KEY,
     category      text        GENERATED ALWAYS AS (pg_catalog.split_part(stream_id, '-', 1)) STORED,
     version       bigint      NOT NULL DEFAULT 0,
@@ -51,25 +70,30 @@ CREATE TABLE es_streams (
     last_position bigint,
     head_hash     bytea
 );
-CREATE INDEX es_streams_category_idx ON es_streams (category);
-COMMENT ON TABLE es_streams IS 'Stream registry maintained by es_append: current version, time bounds and head hash of every stream.';
+CREATE INDEX es_streams_category_idx ON _event_store.es_streams (category);
+COMMENT ON TABLE _event_store.es_streams IS 'Stream registry maintained by es_append: current version, time bounds and head hash of every stream.';
 
 -- Every caller-chosen event id, claimed by its append: concurrent appends of one id queue on
 -- its row here, since a hypertable cannot carry a unique index on event_id alone.
-CREATE TABLE es_event_ids (
+CREATE TABLE _event_store.es_event_ids (
     event_id uuid PRIMARY KEY
 );
-COMMENT ON TABLE es_event_ids IS 'Caller-chosen event ids, claimed by es_append so that concurrent retries of one id are stored once.';
+COMMENT ON TABLE _event_store.es_event_ids IS 'Caller-chosen event ids, claimed by es_append so that concurrent retries of one id are stored once.';
 
 -- pg_dump keeps the data of extension configuration tables.
-SELECT pg_catalog.pg_extension_config_dump('event_store', '');
-SELECT pg_catalog.pg_extension_config_dump('es_streams', '');
-SELECT pg_catalog.pg_extension_config_dump('es_event_ids', '');
-SELECT pg_catalog.pg_extension_config_dump('es_global_position_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.event_store', '');
+SELECT pg_catalog.pg_extension_config_dump('_event_store.es_streams', '');
+SELECT pg_catalog.pg_extension_config_dump('_event_store.es_event_ids', '');
+SELECT pg_catalog.pg_extension_config_dump('_event_store.es_global_position_seq', '');
 
--- Statements of this script run as the installing superuser under the script's search_path,
--- which starts with the extension's schema: calls are qualified (a database owner may have
--- left a better-matching overload in public).
+-- How owner-run code reaches event_store: a view stores the table's oid, not its name, so it
+-- is the same table whatever the extension's schema is called later. Appends insert through
+-- it; its rows are read as the caller (security_invoker: row level security applies).
+CREATE VIEW _event_store.log WITH (security_invoker = true) AS SELECT * FROM @extschema@.event_store;
+COMMENT ON VIEW _event_store.log IS 'event_store, bound by oid: what owner-run code reads and appends to.';
+
+-- Reading the registry: the table is internal, the view is the extension's public face of it.
+CREATE VIEW @extschema@.es_streams WITH (security_invoker = true) AS SELECT * FROM _event_store.es_streams;
 
 -- Roles are cluster-wide: a second database installing the extension reuses them, and two
 -- databases installing it at once must not fail on each other's CREATE ROLE.

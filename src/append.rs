@@ -316,7 +316,7 @@ fn check_batch(
 // ---- the engine
 
 const CLAIM_SQL: &str =
-    "INSERT INTO @extschema@.es_event_ids SELECT pg_catalog.unnest($1::uuid[]) \
+    "INSERT INTO _event_store.es_event_ids SELECT pg_catalog.unnest($1::uuid[]) \
     ON CONFLICT DO NOTHING RETURNING event_id";
 // unnest over several arrays is FROM-clause syntax, not a function that could be qualified;
 // the pinned search_path (pg_catalog first) is what resolves it.
@@ -334,18 +334,18 @@ macro_rules! stored_sql {
        e.stream_id, e.stream_version, e.global_position, e.created_at \
   FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[]) \
        WITH ORDINALITY AS b(id, stream, type, data, version, ord) \
-  JOIN @extschema@.event_store e ON e.event_id OPERATOR(pg_catalog.=) b.id"
+  JOIN _event_store.log e ON e.event_id OPERATOR(pg_catalog.=) b.id"
         )
     };
 }
 const STORED_SQL: [&str; 2] = [
-    stored_sql!("@extschema@._es_reveal_data(e.event_data)"),
+    stored_sql!("_event_store._es_reveal_data(e.event_data)"),
     stored_sql!("e.event_data"),
 ];
-const INSERT_ONE_SQL: &str = "INSERT INTO @extschema@.event_store (global_position, event_id, \
+const INSERT_ONE_SQL: &str = "INSERT INTO _event_store.log (global_position, event_id, \
     stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-const INSERT_MANY_SQL: &str = "INSERT INTO @extschema@.event_store (global_position, event_id, \
+const INSERT_MANY_SQL: &str = "INSERT INTO _event_store.log (global_position, event_id, \
     stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
     SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], \
     $6::jsonb[], $7::jsonb[], $8::int4[], $9::timestamptz[], $10::bytea[])";
@@ -537,12 +537,12 @@ impl Drop for SystemAppend {
 /// Appends the store's own record of `kind` (an export, an erasure) to its stream
 /// `event_store-<kind>`, which no caller may append to; returns its global position. Granted
 /// to nobody: the owner's functions call it.
-#[pg_extern(volatile)]
+#[pg_extern(volatile, schema = "_event_store")]
 #[search_path(pg_catalog, pg_temp)]
 fn _es_record(kind: &str, event_type: &str, event_data: pgrx::JsonB) -> i64 {
     let _allowed = SystemAppend::allow();
     Spi::get_one_with_args::<i64>(
-        crate::schema::qualified("SELECT global_position FROM @extschema@.es_append($1, $2, $3)"),
+        crate::schema::qualified("SELECT global_position FROM _event_store._es_append($1, $2, $3, '{}'::pg_catalog.jsonb, NULL::pg_catalog.int8, NULL::pg_catalog.uuid, 1)"),
         &[
             system_stream(kind).into(),
             event_type.into(),

@@ -37,9 +37,9 @@ thread_local! {
 }
 
 const TYPES_SQL: &str =
-    "SELECT event_type, version, schema, personal_data, subject FROM @extschema@.es_catalog_types";
-const MODES_SQL: &str = "SELECT category, mode FROM @extschema@.es_catalog_modes";
-const UPCASTS_SQL: &str = "SELECT event_type, from_version, rule FROM @extschema@.es_upcasts";
+    "SELECT event_type, version, schema, personal_data, subject FROM _event_store.es_catalog_types";
+const MODES_SQL: &str = "SELECT category, mode FROM _event_store.es_catalog_modes";
+const UPCASTS_SQL: &str = "SELECT event_type, from_version, rule FROM _event_store.es_upcasts";
 
 impl Catalog {
     /// What the catalog says of the personal data of events of this type and version in
@@ -223,7 +223,7 @@ impl Catalog {
 
 /// Checks a definition before es_define_event_type stores it; with a schema, every stored
 /// event of that type and version must pass it (the first that fails is reported, ES006).
-#[pg_extern(stable)]
+#[pg_extern(stable, schema = "_event_store")]
 fn _es_check_event_type(
     event_type: Option<&str>,
     version: Option<i32>,
@@ -249,7 +249,7 @@ fn _es_check_event_type(
 }
 
 const STORED_SQL: &str = "SELECT stream_id, stream_version, global_position, event_data \
-       FROM @extschema@.event_store WHERE event_type = $1 AND event_version = $2 \
+       FROM _event_store.log WHERE event_type = $1 AND event_version = $2 \
       ORDER BY global_position";
 
 fn first_stored_failure(schema: &Schema, event_type: &str, version: i32) -> Option<Refused> {
@@ -289,7 +289,7 @@ fn first_stored_failure(schema: &Schema, event_type: &str, version: i32) -> Opti
     })
 }
 
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "_event_store")]
 fn _es_check_upcast(
     event_type: Option<&str>,
     from_version: Option<i32>,
@@ -301,7 +301,7 @@ fn _es_check_upcast(
 /// The subject of an event whose type's catalog entry names `subject` (`Subject::of`, as
 /// sealing reads it); NULL when it has none. For es_subject_export. Raises 22023 for a subject
 /// that does not parse; NULL arguments give NULL.
-#[pg_extern(immutable, strict, parallel_safe)]
+#[pg_extern(immutable, strict, parallel_safe, schema = "_event_store")]
 fn _es_subject_of(
     subject: &str,
     stream_id: &str,
@@ -312,7 +312,7 @@ fn _es_subject_of(
     s.of(stream_id, &event_data.0, &metadata.0)
 }
 
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "_event_store")]
 fn _es_check_catalog_mode(category: Option<&str>, mode: Option<&str>) {
     if category != Some("*") {
         event_store_core::validate::check_name("category", category, None)

@@ -32,7 +32,7 @@ pub fn calling_role() -> pg_sys::Oid {
         .unwrap_or_else(|| unsafe { pg_sys::GetOuterUserId() })
 }
 
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, schema = "_event_store")]
 pub fn _es_calling_role() -> String {
     // SAFETY: the role exists (it is the session's or a projection's owner); the name is
     // palloc'd and copied at once.

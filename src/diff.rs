@@ -12,13 +12,13 @@ use pgrx::prelude::*;
 
 const EVENTS_SQL: &str = "SELECT event_type, event_data, stream_version, created_at, event_id, \
             metadata ->> 'correlationId', event_version \
-       FROM @extschema@.event_store \
+       FROM _event_store.log \
       WHERE stream_id = $1 AND created_at > $2 AND created_at <= $3 AND stream_version > $4 \
       ORDER BY stream_version";
 
 /// One row per changed path per event, in stream order: the state at `from` is the
 /// starting point, each event after it up to `to` is folded in turn.
-#[pg_extern(stable, strict, parallel_safe)]
+#[pg_extern(sql = false)]  // declared in sql/
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn es_diff(

@@ -11,25 +11,25 @@ use pgrx::spi::SpiClient;
 /// else the last such event (only streams appended to since the horizon was read). `changed`:
 /// whether the head lies after the previous digest's position $2.
 const HEADS_AT_SQL: &str = "SELECT s.stream_id, h.version, h.hash, h.position > $2 \
-       FROM @extschema@.es_streams s, \
+       FROM _event_store.es_streams s, \
     LATERAL (SELECT s.version, s.head_hash, s.last_position WHERE s.last_position <= $1 \
              UNION ALL \
-             (SELECT e.stream_version, e.hash, e.global_position FROM @extschema@.event_store e \
+             (SELECT e.stream_version, e.hash, e.global_position FROM _event_store.log e \
                WHERE s.last_position > $1 AND e.stream_id = s.stream_id AND e.global_position <= $1 \
                ORDER BY e.stream_version DESC LIMIT 1)) h(version, hash, position)";
 
 const PREVIOUS_SQL: &str =
-    "SELECT coalesce(max(position), 0) FROM @extschema@.es_digests WHERE position < $1";
+    "SELECT coalesce(max(position), 0) FROM _event_store.es_digests WHERE position < $1";
 
 const RECORD_SQL: &str = "WITH d AS ( \
-        INSERT INTO @extschema@.es_digests (position, events, streams, root, taken_by) \
+        INSERT INTO _event_store.es_digests (position, events, streams, root, taken_by) \
         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (position) DO NOTHING RETURNING position) \
-    INSERT INTO @extschema@.es_digest_heads (position, stream_id, version, hash) \
+    INSERT INTO _event_store.es_digest_heads (position, stream_id, version, hash) \
     SELECT d.position, h.* FROM d, unnest($6::text[], $7::bigint[], $8::bytea[]) h";
 
 /// The heads recorded up to a digest's position: each stream's latest record at or below it.
 const RECORDED_SQL: &str = "SELECT DISTINCT ON (stream_id) stream_id, version, hash \
-       FROM @extschema@.es_digest_heads WHERE position <= $1 \
+       FROM _event_store.es_digest_heads WHERE position <= $1 \
       ORDER BY stream_id, position DESC";
 
 const CHAIN_AT_SQL: &str = chain_sql!("global_position <= $1");
@@ -59,7 +59,7 @@ fn check_reader(function: &str) {
 /// the digest covers can no longer change by appends. Records it (and the heads changed
 /// since the previous one, so a failed verification can name streams) as the owner of
 /// es_digests, and returns the document to keep outside the database.
-#[pg_extern(volatile)]
+#[pg_extern(sql = false)]  // declared in sql/
 #[search_path(pg_catalog, pg_temp)]
 fn es_digest() -> pgrx::JsonB {
     check_reader("es_digest");
@@ -285,7 +285,7 @@ fn verify(client: &SpiClient<'_>, digest: &Digest, out: &mut Vec<Problem>) {
 /// One row per way the store fails to extend `digest` (a document es_digest returned); none
 /// when everything at or below its position is as it was. Read-only: works on a standby.
 /// NULL `digest` is an error (22004): no rows would read as a pass.
-#[pg_extern(volatile)]
+#[pg_extern(sql = false)]  // declared in sql/
 #[search_path(pg_catalog, pg_temp)]
 fn es_verify_digest(
     digest: Option<pgrx::JsonB>,

@@ -17,7 +17,7 @@ fn seq_last() -> i64 {
         // Never called, or set back with setval(..., false): ask the sequence's row.
         let sql = schema::qualified(
             "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END \
-               FROM @extschema@.es_global_position_seq",
+               FROM _event_store.es_global_position_seq",
         );
         schema::select_one::<i64>(sql)
             .unwrap_or_else(|| error!("event_store: cannot read es_global_position_seq"))
@@ -98,13 +98,13 @@ fn in_recovery() -> bool {
 /// it in the WAL, so the standby has replayed them all once it sees it.
 fn published() -> i64 {
     schema::select_one::<i64>(schema::qualified(
-        "SELECT horizon FROM @extschema@.es_feed_published",
+        "SELECT horizon FROM _event_store.es_feed_published",
     ))
     .unwrap_or(0)
 }
 
 /// Highest position a feed reader may go up to now.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "_event_store")]
 pub fn _es_feed_horizon() -> i64 {
     if in_recovery() {
         return published();
@@ -113,7 +113,7 @@ pub fn _es_feed_horizon() -> i64 {
 }
 
 /// Whether appends are in flight, holding the horizon below the positions handed out.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "_event_store")]
 fn _es_feed_in_flight() -> bool {
     if in_recovery() {
         return false;
@@ -123,7 +123,7 @@ fn _es_feed_in_flight() -> bool {
 }
 
 /// The rows of the es_feed_in_flight view.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "_event_store")]
 fn _es_feed_holders() -> TableIterator<
     'static,
     (
@@ -194,7 +194,7 @@ fn release() {
 }
 
 /// The consumer group member (0-based) that receives a stream's events.
-#[pg_extern(immutable, strict, parallel_safe)]
+#[pg_extern(immutable, strict, parallel_safe, schema = "_event_store")]
 fn _es_consumer_group_member(stream_id: &str, size: i32) -> i32 {
     (stream_hash(stream_id) % size.max(1) as u64) as i32
 }

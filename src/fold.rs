@@ -39,8 +39,8 @@ macro_rules! start_sql {
                 "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, NULL::bigint, \
                         p.last_at, ",
                 $anchor,
-                " FROM @extschema@.es_streams s LEFT JOIN LATERAL ( \
-                    SELECT stream_version, state, last_at FROM @extschema@.es_snapshots \
+                " FROM _event_store.es_streams s LEFT JOIN LATERAL ( \
+                    SELECT stream_version, state, last_at FROM _event_store.es_snapshots \
                      WHERE stream_id = $1 AND reducers = $2 AND stream_version <= least(s.version, $3) \
                      ORDER BY stream_version DESC LIMIT 1) p ON true \
                  WHERE s.stream_id = $1"
@@ -49,12 +49,12 @@ macro_rules! start_sql {
                 "SELECT s.version, s.first_at, s.last_at, p.stream_version, p.state, n.stream_version, \
                         p.last_at, ",
                 $anchor,
-                " FROM @extschema@.es_streams s LEFT JOIN LATERAL ( \
-                    SELECT stream_version, state, last_at FROM @extschema@.es_snapshots \
+                " FROM _event_store.es_streams s LEFT JOIN LATERAL ( \
+                    SELECT stream_version, state, last_at FROM _event_store.es_snapshots \
                      WHERE stream_id = $1 AND reducers = $2 AND last_at <= $3 \
                      ORDER BY last_at DESC, stream_version DESC LIMIT 1) p ON true \
                  LEFT JOIN LATERAL ( \
-                    SELECT stream_version FROM @extschema@.es_snapshots \
+                    SELECT stream_version FROM _event_store.es_snapshots \
                      WHERE stream_id = $1 AND reducers = $2 AND last_at > $3 \
                      ORDER BY last_at, stream_version LIMIT 1) n ON true \
                  WHERE s.stream_id = $1"
@@ -64,7 +64,7 @@ macro_rules! start_sql {
 }
 /// [at a version, at an instant] for [this version's SQL, 0.1.0's].
 const START_SQL: [[&str; 2]; 2] = [
-    start_sql!("(SELECT a.first_version FROM @extschema@.es_anchors a WHERE a.stream_id = $1)"),
+    start_sql!("(SELECT a.first_version FROM _event_store.es_anchors a WHERE a.stream_id = $1)"),
     start_sql!("NULL::bigint"),
 ];
 
@@ -85,8 +85,8 @@ fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static st
                     "_es_fold_events(event_type, event_data, $6, $1)"
                 };
                 let mut sql = format!(
-                    "SELECT @extschema@.{fold} FROM (SELECT event_type, event_version, event_data \
-                       FROM @extschema@.event_store WHERE stream_id = $1"
+                    "SELECT _event_store.{fold} FROM (SELECT event_type, event_version, event_data \
+                       FROM _event_store.log WHERE stream_id = $1"
                 );
                 for (bit, cond) in [
                     " AND stream_version > $2",
@@ -315,33 +315,33 @@ fn state(stream_id: &str, point: Point) -> Option<pgrx::JsonB> {
 }
 
 /// The stream's state as it was at `at`: NULL when the stream had no events by then.
-#[pg_extern(stable, strict, parallel_safe)]
+#[pg_extern(sql = false)]  // declared in sql/
 #[search_path(pg_catalog, pg_temp)]
 fn es_state_at(stream_id: &str, at: TimestampWithTimeZone) -> Option<pgrx::JsonB> {
     state(stream_id, Point::At(at.into_inner()))
 }
 
 /// The stream's current state: NULL for a stream with no events.
-#[pg_extern(stable, strict, parallel_safe)]
+#[pg_extern(sql = false)]  // declared in sql/
 #[search_path(pg_catalog, pg_temp)]
 fn es_state(stream_id: &str) -> Option<pgrx::JsonB> {
     state(stream_id, Point::Head)
 }
 
 /// The stream's state right after `version`: NULL when version < 1 or the stream is empty.
-#[pg_extern(stable, strict, parallel_safe)]
+#[pg_extern(sql = false)]  // declared in sql/
 #[search_path(pg_catalog, pg_temp)]
 fn es_state_at_version(stream_id: &str, version: i64) -> Option<pgrx::JsonB> {
     state(stream_id, Point::Version(version))
 }
 
 const SAVE_SQL: &str =
-    "INSERT INTO @extschema@.es_snapshots (stream_id, stream_version, reducers, last_at, state) \
+    "INSERT INTO _event_store.es_snapshots (stream_id, stream_version, reducers, last_at, state) \
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 
 /// Folds the stream to its head and stores the state as a snapshot; returns the version
 /// snapshotted, NULL for a stream without events. Called by es_snapshot and by appends.
-#[pg_extern(volatile, strict, parallel_unsafe)]
+#[pg_extern(volatile, strict, parallel_unsafe, schema = "_event_store")]
 fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
     Spi::connect_mut(|client| {
         let f = fold_stream(client, stream_id, Point::Head)?;
@@ -353,7 +353,7 @@ fn _es_take_snapshot(stream_id: &str) -> Option<i64> {
 /// `last_at`: es_apply_retention calls it before it removes the events up to it. NULL when
 /// no fold reaches it: the stream has no such version, or an earlier cut left no snapshot
 /// under the current reducers.
-#[pg_extern(volatile, strict, parallel_unsafe)]
+#[pg_extern(volatile, strict, parallel_unsafe, schema = "_event_store")]
 fn _es_snapshot_at(stream_id: &str, version: i64, last_at: TimestampWithTimeZone) -> Option<i64> {
     Spi::connect_mut(|client| {
         let f = fold_reachable(client, stream_id, Point::Version(version)).ok()??;

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 /// Hash of one event chained to `prev` (NULL for a stream's first event: the chain starts
 /// from event_store_core::chain::GENESIS); used by es_append so both sides share one recipe.
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "_event_store")]
 fn _es_event_hash(
     prev: Option<&[u8]>,
     event_id: pgrx::Uuid,
@@ -49,7 +49,7 @@ macro_rules! chain_sql {
         concat!(
             "SELECT stream_id, stream_version, hash, event_id::text, global_position, \
              event_type, event_version, created_at, event_data::text, metadata::text \
-             FROM @extschema@.event_store WHERE ",
+             FROM _event_store.log WHERE ",
             $filter,
             " ORDER BY stream_id, stream_version, global_position"
         )
@@ -61,7 +61,7 @@ const EVENTS_SQL: &str = chain_sql!("$1::text IS NULL OR stream_id = $1");
 
 const HEADS_SQL: &str =
     "SELECT stream_id, version, coalesce(head_hash, ''::bytea), first_at, last_at, \
-    last_position FROM @extschema@.es_streams WHERE $1::text IS NULL OR stream_id = $1";
+    last_position FROM _event_store.es_streams WHERE $1::text IS NULL OR stream_id = $1";
 
 /// Positions that two events share, or that lie beyond what the sequence handed out (a
 /// `setval` back, which would make later appends reuse them).
@@ -70,17 +70,17 @@ const POSITIONS_SQL: &str = "SELECT e.stream_id, e.stream_version, e.global_posi
          CASE WHEN e.global_position > q.last \
               THEN format('global position %s is beyond the last one handed out (%s): the sequence was set back', e.global_position, q.last) \
               ELSE format('global position %s is also held by another event', e.global_position) END \
-    FROM @extschema@.event_store e, \
+    FROM _event_store.log e, \
          (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END AS last \
-            FROM @extschema@.es_global_position_seq) q \
+            FROM _event_store.es_global_position_seq) q \
    WHERE ($1::text IS NULL OR e.stream_id = $1) \
      AND (e.global_position > q.last OR EXISTS ( \
-          SELECT FROM @extschema@.event_store o WHERE o.global_position = e.global_position \
+          SELECT FROM _event_store.log o WHERE o.global_position = e.global_position \
              AND (o.stream_id, o.stream_version) <> (e.stream_id, e.stream_version))) \
    ORDER BY e.stream_id, e.stream_version";
 
 const ANCHORS_SQL: &str =
-    "SELECT stream_id, first_version, prev_hash, prev_position FROM @extschema@.es_anchors \
+    "SELECT stream_id, first_version, prev_hash, prev_position FROM _event_store.es_anchors \
       WHERE $1::text IS NULL OR stream_id = $1";
 
 /// Where es_apply_retention cut streams (all, or one), with the position of the last removed
@@ -225,13 +225,13 @@ fn verify_positions(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut V
     }
 }
 
-const SNAPSHOT_STREAMS_SQL: &str = "SELECT DISTINCT stream_id FROM @extschema@.es_snapshots \
+const SNAPSHOT_STREAMS_SQL: &str = "SELECT DISTINCT stream_id FROM _event_store.es_snapshots \
       WHERE $1::text IS NULL OR stream_id = $1 ORDER BY 1";
-const SNAPSHOTS_SQL: &str = "SELECT stream_version, last_at, state FROM @extschema@.es_snapshots \
+const SNAPSHOTS_SQL: &str = "SELECT stream_version, last_at, state FROM _event_store.es_snapshots \
       WHERE stream_id = $1 AND reducers = $2 ORDER BY stream_version";
 const REFOLD_SQL: &str =
     "SELECT stream_version, created_at, event_type, event_data, event_version \
-       FROM @extschema@.event_store WHERE stream_id = $1 AND stream_version > $3 \
+       FROM _event_store.log WHERE stream_id = $1 AND stream_version > $3 \
         AND stream_version <= $2 ORDER BY stream_version";
 
 /// es_verify(snapshots => true): every snapshot under the current reducers must equal a
@@ -338,7 +338,7 @@ fn verify_snapshots(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut V
 /// registry against the events, unique global positions, and on request every snapshot
 /// against a refold of its events. NULL `snapshots` is false.
 /// Volatile: a run by a role that sees every event is logged (see `record`).
-#[pg_extern]
+#[pg_extern(sql = false)]  // declared in sql/
 #[search_path(pg_catalog, pg_temp)]
 fn es_verify(
     stream_id: default!(Option<&str>, "NULL"),
@@ -364,7 +364,7 @@ fn es_verify(
     TableIterator::new(out)
 }
 
-const RECORD_SQL: &str = "INSERT INTO @extschema@.es_verifications \
+const RECORD_SQL: &str = "INSERT INTO _event_store.es_verifications \
     (stream_id, snapshots, problems, verified_by) VALUES ($1, $2, $3, $4)";
 
 /// Logs a run in es_verifications, as the log's owner: no role may write the log itself, so

@@ -47,14 +47,24 @@ mod validate;
 
 ::pgrx::pg_module_magic!(name, version);
 
+/// The schema of the internals (`#[pg_extern(schema = "_event_store")]`). sql/schema.sql
+/// creates it first, without IF NOT EXISTS: a schema someone made beforehand fails the install.
+#[pg_schema]
+mod _event_store {}
+
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/append.sql", name = "append", requires = ["schema"]);
-extension_sql_file!("../sql/read.sql", name = "read", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/read.sql",
+    name = "read",
+    requires = ["schema", "catalog", "personal"]
+);
 extension_sql_file!(
     "../sql/feed.sql",
     name = "feed",
     requires = [
         "schema",
+        "personal",
         feed::_es_feed_horizon,
         feed::_es_feed_holders,
         feed::_es_consumer_group_member,
@@ -121,7 +131,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/digest.sql",
     name = "digest",
-    requires = ["schema", digest::es_digest, digest::es_verify_digest]
+    requires = ["schema"]
 );
 extension_sql_file!(
     "../sql/personal.sql",
@@ -136,7 +146,6 @@ extension_sql_file!(
         personal::_es_subject_hash,
         "catalog",
         "read",
-        fold::es_state,
         append::_es_record,
         catalog::_es_subject_of,
         context::_es_calling_role
@@ -152,6 +161,11 @@ extension_sql_file!(
         context::_es_calling_role,
         projection_worker::_es_wake_projections
     ]
+);
+extension_sql_file!(
+    "../sql/integrity.sql",
+    name = "integrity",
+    requires = ["schema"]
 );
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 

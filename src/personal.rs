@@ -83,7 +83,7 @@ fn active() -> bool {
     let a = keys_table().is_some_and(|rel| {
         schema::as_owner_of(rel, || {
             schema::select_one::<bool>(schema::qualified(
-                "SELECT EXISTS (SELECT FROM @extschema@.es_subject_keys)",
+                "SELECT EXISTS (SELECT FROM _event_store.es_subject_keys)",
             ))
             .unwrap_or(false)
         })
@@ -102,7 +102,7 @@ fn privileged() -> bool {
 }
 
 // Run as the owner, possibly under a reader's search_path: every operator is pg_catalog's.
-const KEY_SQL: &str = "SELECT wrapped FROM @extschema@.es_subject_keys \
+const KEY_SQL: &str = "SELECT wrapped FROM _event_store.es_subject_keys \
      WHERE key_id OPERATOR(pg_catalog.=) $1";
 
 fn key(id: &KeyId) -> Option<KeyBytes> {
@@ -215,20 +215,20 @@ pub unsafe extern "C-unwind" fn _es_reveal(fcinfo: pg_sys::FunctionCallInfo) -> 
 }
 
 /// A document revealed for the current user (the appends' retry check, as the owner).
-#[pg_extern(stable, strict, parallel_safe)]
+#[pg_extern(stable, strict, parallel_safe, schema = "_event_store")]
 fn _es_reveal_data(doc: pgrx::JsonB) -> pgrx::JsonB {
     reveal_jsonb(doc)
 }
 
 /// The hash that stands for a subject in es_subject_keys and in the store's own records.
-#[pg_extern(immutable, strict, parallel_safe)]
+#[pg_extern(immutable, strict, parallel_safe, schema = "_event_store")]
 fn _es_subject_hash(subject: &str) -> Vec<u8> {
     rules::subject_hash(subject).to_vec()
 }
 
-const LIVE_KEY_SQL: &str = "SELECT key_id, wrapped FROM @extschema@.es_subject_keys \
+const LIVE_KEY_SQL: &str = "SELECT key_id, wrapped FROM _event_store.es_subject_keys \
      WHERE subject_hash OPERATOR(pg_catalog.=) $1 AND wrapped IS NOT NULL";
-const NEW_KEY_SQL: &str = "INSERT INTO @extschema@.es_subject_keys (key_id, subject_hash, wrapped) \
+const NEW_KEY_SQL: &str = "INSERT INTO _event_store.es_subject_keys (key_id, subject_hash, wrapped) \
      VALUES ($1, $2, $3) ON CONFLICT (subject_hash) WHERE wrapped IS NOT NULL DO NOTHING RETURNING key_id";
 
 /// The subject's live key, made on first use. The appends run as the table's owner.

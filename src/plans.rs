@@ -19,10 +19,10 @@ struct Kept {
 }
 
 thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, Kept>> = RefCell::new(HashMap::new());
+    static PLANS: RefCell<HashMap<(&'static str, bool), Kept>> = RefCell::new(HashMap::new());
 }
 
-/// The kept plan of `sql` (with `@extschema@.` names qualified). `mutating` plans run with a fresh snapshot per statement,
+/// The kept plan of `sql` (in this database's layout, see `schema::qualified`). `mutating` plans run with a fresh snapshot per statement,
 /// read-only ones with the calling query's.
 pub fn kept(
     client: &SpiClient<'_>,
@@ -42,7 +42,7 @@ pub fn kept(
     };
     PLANS.with(|plans| {
         let mut plans = plans.borrow_mut();
-        let kept = plans.entry(sql).or_insert_with(|| Kept {
+        let kept = plans.entry((sql, crate::schema::internal_layout())).or_insert_with(|| Kept {
             plan: prepare(),
             uses: 0,
         });

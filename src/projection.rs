@@ -68,7 +68,7 @@ fn visible_to_owner(table: pg_sys::Oid, owner: pg_sys::Oid, position: i64) -> bo
         return true;
     }
     let sql = schema::qualified(
-        "SELECT EXISTS (SELECT FROM @extschema@.event_store WHERE global_position = $1)",
+        "SELECT EXISTS (SELECT FROM _event_store.log WHERE global_position = $1)",
     );
     Spi::get_one_with_args::<bool>(sql, &[position.into()])
         .or_raise("checking whether the projection's owner may see an event")
@@ -83,11 +83,11 @@ const HANDLER_SEARCH_PATH: &std::ffi::CStr = c"\"$user\", public, pg_temp";
 /// that runs `SET search_path` (or any setting) changes nothing for the code that called it.
 /// An event the owner may not see under row level security is skipped. Returns whether the
 /// handler ran.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "_event_store")]
 fn _es_run_as<'a>(
     func: pg_sys::Oid,
     owner: pg_sys::Oid,
-    event: Option<pgrx::composite_type!('a, "event_store")>,
+    event: Option<pgrx::composite_type!('a, "@extschema@.event_store")>,
 ) -> bool {
     // SAFETY: a syscache lookup.
     if unsafe { pg_sys::superuser_arg(owner) } {
@@ -193,7 +193,7 @@ unsafe extern "C-unwind" fn on_timeout() {
 
 /// Arms (`true`) or disarms (`false`) the time limit of one projection's batch,
 /// `event_store.projection_timeout`. Disarming returns whether it fired since it was armed.
-#[pg_extern(volatile, strict, parallel_unsafe)]
+#[pg_extern(volatile, strict, parallel_unsafe, schema = "_event_store")]
 fn _es_projection_timer(on: bool) -> bool {
     // SAFETY: PostgreSQL's timeout framework, one user timeout registered once per backend;
     // its errors cross back through pg_guard_ffi_boundary.
@@ -218,7 +218,7 @@ fn _es_projection_timer(on: bool) -> bool {
 }
 
 /// The projection settings, for the SQL side (the library may not be loaded before a call).
-#[pg_extern(stable, strict, parallel_safe)]
+#[pg_extern(stable, strict, parallel_safe, schema = "_event_store")]
 fn _es_setting_int(name: &str) -> i32 {
     match name {
         "event_store.projection_batch_size" => guc::PROJECTION_BATCH_SIZE.get(),

@@ -298,7 +298,7 @@ thread_local! {
 /// when it has projections to run (its launcher when it has none yet, so that a new
 /// database is served at once). `fresh` wakes it in any case: projection management calls
 /// it so that a new or resumed projection starts at once.
-#[pg_extern(volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe, schema = "_event_store")]
 pub fn _es_wake_projections(fresh: default!(bool, false)) {
     if !shmem::available() {
         return; // not preloaded: no worker

@@ -32,7 +32,7 @@ fn statement_key() -> StatementKey {
 }
 
 /// Qualified: es_fold calls this under the caller's search_path.
-const RULES_SQL: &str = "SELECT category, event_type, rule FROM @extschema@.es_reducers \
+const RULES_SQL: &str = "SELECT category, event_type, rule FROM _event_store.es_reducers \
       WHERE category = $1 OR category = '*'";
 
 /// The reducers that apply to a category.

@@ -50,7 +50,7 @@ pub unsafe extern "C-unwind" fn _es_guard_registry(
 
 /// A new stream's row, at version 0; a conflict means another transaction created it.
 const REGISTER_SQL: &str =
-    "INSERT INTO @extschema@.es_streams (stream_id, version) VALUES ($1, 0) \
+    "INSERT INTO _event_store.es_streams (stream_id, version) VALUES ($1, 0) \
      ON CONFLICT (stream_id) DO NOTHING";
 
 /// A stream's head as its locked registry row says.

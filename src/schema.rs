@@ -1,8 +1,14 @@
-//! Where the extension's objects live. Owner-run SQL names every one of them in full
-//! (`@extschema@.event_store`) and runs under `search_path = pg_catalog, pg_temp`, so nothing a
-//! caller creates in the extension's schema, in `public` or in `pg_temp` is ever picked up
-//! instead (a better-matching function overload, a shadowing temp table). Also how rows of
-//! those relations are read through SPI, with errors that say what failed.
+//! Where the extension's objects live. The public API is in the extension's schema (often
+//! `public`, which the database owner controls); every table but event_store, and every
+//! internal function, is in `_event_store`, where only the extension's owner creates objects.
+//! Owner-run SQL names only `_event_store.` objects, in full, reaches event_store through the
+//! view `_event_store.log` (bound to it by oid), and runs under `search_path = pg_catalog,
+//! pg_temp`: nothing anyone creates in the extension's schema, in `public` or in `pg_temp`,
+//! and no rename of the extension's schema, changes what it runs. Also how rows of those
+//! relations are read through SPI, with errors that say what failed.
+//!
+//! Until `ALTER EXTENSION event_store UPDATE` brings a database to 0.3.0, its objects are all
+//! in the extension's schema: this library serves that layout too, naming them there.
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::{SpiError, SpiHeapTupleData};
@@ -11,9 +17,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::CStr;
 
+/// The internal schema's name, as SQL in this crate spells it.
+const INTERNAL: &str = "_event_store";
+
 thread_local! {
+    /// Set once `_event_store` is found: a database never goes back to the older layout.
+    static INTERNAL_FOUND: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
     static NAMESPACE: Cell<Option<(pg_sys::Oid, &'static str)>> = const { Cell::new(None) };
-    static QUALIFIED: RefCell<HashMap<&'static str, &'static str>> = RefCell::new(HashMap::new());
+    static QUALIFIED: RefCell<HashMap<(&'static str, bool), &'static str>> = RefCell::new(HashMap::new());
 }
 
 /// The extension's schema (its oid and quoted name), looked up once per backend by catalog
@@ -49,28 +60,77 @@ fn namespace() -> (pg_sys::Oid, &'static str) {
     ns
 }
 
-/// `sql` with every `@extschema@.` replaced by the extension's quoted schema; computed once
-/// per statement text and backend.
+/// The `_event_store` schema, when it is the extension's: a member of the extension in
+/// pg_depend (a schema of that name someone else made is never used). None before the update
+/// to 0.3.0. Looked up through the catalogs' indexes, so it follows an update in this session.
+fn internal() -> Option<pg_sys::Oid> {
+    if let Some(ns) = INTERNAL_FOUND.get() {
+        return Some(ns);
+    }
+    // SAFETY: lookups by name (NUL-terminated) and by oid in the catalogs.
+    let found = unsafe {
+        let ns = pg_sys::get_namespace_oid(c"_event_store".as_ptr(), true);
+        let ext = pg_sys::get_extension_oid(c"event_store".as_ptr(), true);
+        (ns != pg_sys::InvalidOid
+            && ext != pg_sys::InvalidOid
+            && pg_sys::getExtensionOfObject(pg_sys::NamespaceRelationId, ns) == ext)
+            .then_some(ns)
+    };
+    INTERNAL_FOUND.set(found);
+    found
+}
+
+/// Whether this database has 0.3.0's layout (`_event_store`); plans and statement texts are
+/// kept per layout.
+pub fn internal_layout() -> bool {
+    internal().is_some()
+}
+
+fn relation_owner(rel: pg_sys::Oid) -> pg_sys::Oid {
+    // SAFETY: the relation exists (the caller looked it up) and is only read for its owner,
+    // then closed.
+    unsafe {
+        let r = pg_sys::RelationIdGetRelation(rel);
+        let owner = (*(*r).rd_rel).relowner;
+        pg_sys::RelationClose(r);
+        owner
+    }
+}
+
+/// `sql` for this database's layout: as written (`_event_store.` names) with 0.3.0's, and
+/// with every `_event_store.` name in the extension's schema before it (`_event_store.log`
+/// being event_store itself there). Computed once per statement text, layout and backend.
 pub fn qualified(sql: &'static str) -> &'static str {
+    let layout = internal_layout();
     QUALIFIED.with(|cache| {
-        if let Some(q) = cache.borrow().get(sql) {
+        if let Some(q) = cache.borrow().get(&(sql, layout)) {
             return *q;
         }
-        let q: &'static str =
-            String::leak(sql.replace("@extschema@.", &format!("{}.", namespace().1)));
-        cache.borrow_mut().insert(sql, q);
+        let q: &'static str = if layout {
+            sql
+        } else {
+            let ext = format!("{}.", namespace().1);
+            String::leak(
+                sql.replace(&format!("{INTERNAL}.log"), &format!("{ext}event_store"))
+                    .replace(&format!("{INTERNAL}._es_append("), &format!("{ext}es_append("))
+                    .replace(&format!("{INTERNAL}."), &ext),
+            )
+        };
+        cache.borrow_mut().insert((sql, layout), q);
         q
     })
 }
 
-/// One of the extension's relations, by name in its schema (no search_path involved).
+/// One of the extension's relations: event_store in the extension's schema, the others in
+/// `_event_store` (in the extension's schema before 0.3.0). By name in a schema found by oid:
+/// no search_path involved.
 pub fn relation(name: &CStr) -> pg_sys::Oid {
     try_relation(name).unwrap_or_else(|| {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
             format!(
-                "event_store: relation {} is missing from the extension's schema",
+                "event_store: relation {} is missing from the extension's schemas",
                 name.to_string_lossy()
             )
         );
@@ -79,8 +139,13 @@ pub fn relation(name: &CStr) -> pg_sys::Oid {
 
 /// One of the extension's relations, or None where it does not exist.
 pub fn try_relation(name: &CStr) -> Option<pg_sys::Oid> {
+    let ns = if name == c"event_store" {
+        namespace().0
+    } else {
+        internal().unwrap_or_else(|| namespace().0)
+    };
     // SAFETY: a syscache lookup by (name, namespace); `name` is NUL-terminated.
-    let relid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace().0) };
+    let relid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), ns) };
     (relid != pg_sys::InvalidOid).then_some(relid)
 }
 
@@ -158,14 +223,7 @@ pub fn select_one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
 /// Runs `f` as the owner of the extension's relation `rel`, for writes no caller may make
 /// directly (a log entry, a digest's record), then switches back.
 pub fn as_owner_of<R>(rel: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    // SAFETY: the relation exists (the caller looked it up) and is only read for its owner,
-    // then closed.
-    let owner = unsafe {
-        let r = pg_sys::RelationIdGetRelation(rel);
-        let owner = (*(*r).rd_rel).relowner;
-        pg_sys::RelationClose(r);
-        owner
-    };
+    let owner = relation_owner(rel);
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
     // SAFETY: the user is switched for `f` and switched back; an error in between aborts the
     // transaction, whose cleanup restores the user as it does after any SECURITY DEFINER

@@ -13,18 +13,18 @@ pub fn raise(invalid: Invalid) -> ! {
     ereport!(ERROR, code, format!("event_store: {msg}"));
 }
 
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "_event_store")]
 fn _es_check_reducer(category: Option<&str>, event_type: Option<&str>, rule: Option<pgrx::JsonB>) {
     check_reducer(category, event_type, rule.as_ref().map(|r| &r.0)).unwrap_or_else(|e| raise(e))
 }
 
-#[pg_extern(immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe, schema = "_event_store")]
 fn _es_check_feed_read(max_count: Option<i32>, member: Option<i32>, size: Option<i32>) {
     check_feed_read(max_count, member, size).unwrap_or_else(|e| raise(e))
 }
 
 /// Raises unless the append as a whole is acceptable. `batch_kind` is `jsonb_typeof(events)`.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe, schema = "_event_store")]
 fn _es_check_append(
     stream_id: Option<&str>,
     expected_version: Option<i64>,
