@@ -15,6 +15,8 @@ cargo test --lib -p event_store
 echo "== installing the extension, and 0.1.0's SQL for the upgrade test"
 install_extension
 bash scripts/old-version.sh
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+python3 scripts/update-script.py "$($PG_CONFIG --sharedir)/extension/event_store--$VERSION.sql" --check
 
 # Without TimescaleDB and without preloading event_store: projections run by function call.
 cluster_start test-plain $PLAIN_PORT ""

@@ -60,7 +60,7 @@ $$;
 COMMENT ON FUNCTION @extschema@.es_enable_hypertable(interval) IS
     'Turns event_store into a TimescaleDB hypertable on created_at, moving existing events into chunks. Returns false when it already is one.';
 
--- Not while pg_restore replays a dump (timescaledb_pre_restore() sets timescaledb.restoring):
+-- Install only (an update keeps the table as it is). Not while pg_restore replays a dump (timescaledb_pre_restore() sets timescaledb.restoring):
 -- the dump carries TimescaleDB's own catalog, which makes event_store a hypertable again.
 DO $$
 BEGIN
