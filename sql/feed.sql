@@ -33,16 +33,20 @@ INSERT INTO _event_store.es_feed_published (horizon) VALUES (0);
 COMMENT ON TABLE _event_store.es_feed_published IS 'The feed horizon last published for hot standbys: written by es_publish_feed_horizon().';
 CREATE VIEW @extschema@.es_feed_published WITH (security_invoker = true) AS SELECT * FROM _event_store.es_feed_published;
 
-CREATE FUNCTION @extschema@.es_publish_feed_horizon() RETURNS bigint
+CREATE FUNCTION _event_store._es_publish_feed_horizon() RETURNS bigint
 LANGUAGE sql
-VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
+VOLATILE
 BEGIN ATOMIC
     UPDATE _event_store.es_feed_published p SET horizon = h.horizon, published_at = pg_catalog.now()
       FROM (SELECT _event_store._es_feed_horizon() AS horizon) h
      WHERE p.horizon OPERATOR(pg_catalog.<) h.horizon;
     SELECT p.horizon FROM _event_store.es_feed_published p;
 END;
+CREATE FUNCTION @extschema@.es_publish_feed_horizon() RETURNS bigint
+LANGUAGE sql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN _event_store._es_publish_feed_horizon();
 COMMENT ON FUNCTION @extschema@.es_publish_feed_horizon() IS
     'Publishes the feed horizon for reads on hot standbys (the worker does it on every pass); returns it.';
 

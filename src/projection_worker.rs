@@ -123,43 +123,15 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
     })
     .unwrap_or_else(|e| error!("event_store: {e}"));
-    let schema: Option<String> = BackgroundWorker::transaction(|| {
-        Spi::get_one(
-            "SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_extension x \
-               JOIN pg_catalog.pg_namespace n ON n.oid = x.extnamespace \
-              WHERE x.extname = 'event_store' \
-                AND pg_catalog.to_regprocedure(pg_catalog.quote_ident(n.nspname) || '._es_project_batch(text,integer,bigint)') IS NOT NULL",
-        )
-        .unwrap_or(None)
+    // SAFETY: a catalog lookup by name (NUL-terminated), in a transaction.
+    let installed = BackgroundWorker::transaction(|| unsafe {
+        pg_sys::get_extension_oid(c"event_store".as_ptr(), true) != pg_sys::InvalidOid
     });
-    let Some(s) = schema else {
-        return; // not installed here (or a version without projections): exit 0
-    };
+    if !installed {
+        return; // exit 0: nothing to do here
+    }
     shmem::register_worker();
-    let due = format!(
-        "SELECT name FROM {s}.es_projection_state \
-          WHERE status IN ('running', 'rebuilding') AND (retry_at IS NULL OR retry_at <= now()) \
-          ORDER BY name"
-    );
-    let batch = format!(
-        "SELECT {s}._es_project_batch($1, {s}._es_setting_int('event_store.projection_batch_size'), \
-                {s}._es_feed_horizon())"
-    );
-    let retention = (
-        format!("SELECT {s}._es_apply_retention_policy()"),
-        Cell::new(Instant::now()),
-    );
-    // Whether appends are in flight (the commit wakes us before their registration is
-    // released), and whether any projection can run at all: appends wake us only then. And
-    // the horizon published for hot standbys.
-    // 0.1.0's SQL (until ALTER EXTENSION UPDATE) has no published horizon.
-    let after = [format!("{s}.es_publish_feed_horizon()"), "0::bigint".to_string()].map(|publish| {
-        format!(
-            "SELECT {s}._es_feed_in_flight(), \
-                    EXISTS (SELECT FROM {s}.es_projection_state WHERE status IN ('running', 'rebuilding')), \
-                    {publish}"
-        )
-    });
+    let retention = Cell::new(Instant::now());
     let mut backoff = Duration::from_millis(1);
     let mut announced = shmem::to_announce().0;
     let mut next_pass = Instant::now();
@@ -170,14 +142,7 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         }
         announce(&mut announced);
         if shmem::take_wanted() || Instant::now() >= next_pass {
-            let wait = pass(
-                &due,
-                &batch,
-                &retention,
-                &after,
-                &mut backoff,
-                &mut announced,
-            );
+            let wait = pass(&retention, &mut backoff, &mut announced);
             next_pass = Instant::now() + wait;
         }
         let wait = next_pass.saturating_duration_since(Instant::now());
@@ -203,19 +168,39 @@ fn announce(announced: &mut u64) {
     }
 }
 
+// What a pass runs, as the superuser: only `_event_store.` names (schema::qualified), never
+// the extension's schema, which its owner could rename or fill.
+const DUE_SQL: &str = "SELECT name FROM _event_store.es_projection_state \
+      WHERE status IN ('running', 'rebuilding') AND (retry_at IS NULL OR retry_at <= now()) \
+      ORDER BY name";
+const BATCH_SQL: &str = "SELECT _event_store._es_project_batch($1, \
+        _event_store._es_setting_int('event_store.projection_batch_size'::text), \
+        _event_store._es_feed_horizon())";
+const RETENTION_SQL: &str = "SELECT _event_store._es_apply_retention_policy()";
+// Whether appends are in flight (the commit wakes us before their registration is released),
+// and whether any projection can run at all: appends wake us only then. And the horizon
+// published for hot standbys, which 0.1.0's SQL (until ALTER EXTENSION UPDATE) lacks.
+macro_rules! after_sql {
+    ($publish:literal) => {
+        concat!(
+            "SELECT _event_store._es_feed_in_flight(), \
+                    EXISTS (SELECT FROM _event_store.es_projection_state \
+                             WHERE status IN ('running', 'rebuilding')), ",
+            $publish
+        )
+    };
+}
+const AFTER_SQL: [&str; 2] = [
+    after_sql!("_event_store._es_publish_feed_horizon()"),
+    after_sql!("0::bigint"),
+];
+
 /// One pass: a batch of every due projection. Returns how long to wait before the next pass
 /// when nothing asks for one earlier.
-fn pass(
-    due: &str,
-    batch: &str,
-    retention: &(String, Cell<Instant>),
-    after: &[String; 2],
-    backoff: &mut Duration,
-    announced: &mut u64,
-) -> Duration {
+fn pass(next_retention: &Cell<Instant>, backoff: &mut Duration, announced: &mut u64) -> Duration {
     let names: Vec<String> = BackgroundWorker::transaction(|| {
         Spi::connect(|c| {
-            c.select(due, None, &[]).map(|rows| {
+            c.select(schema::qualified(DUE_SQL), None, &[]).map(|rows| {
                 rows.filter_map(|r| r.get::<String>(1).ok().flatten())
                     .collect()
             })
@@ -227,20 +212,19 @@ fn pass(
     let mut applied = 0;
     for name in &names {
         applied += alone(&format!("projection \"{name}\""), || {
-            Spi::get_one_with_args::<i32>(batch, &[name.into()])
+            Spi::get_one_with_args::<i32>(schema::qualified(BATCH_SQL), &[name.into()])
         })
         .unwrap_or(0);
         announce(announced);
     }
     // The retention policy (es_set_retention) when due; again at once while batches remain.
     // 0.1.0's SQL (until ALTER EXTENSION UPDATE) has none.
-    let (sql, next_check) = retention;
-    if Instant::now() >= next_check.get() {
+    if Instant::now() >= next_retention.get() {
         let more = alone("retention", || match schema::legacy_sql() {
             true => Ok(None),
-            false => Spi::get_one::<bool>(sql),
+            false => Spi::get_one::<bool>(schema::qualified(RETENTION_SQL)),
         }) == Some(true);
-        next_check.set(
+        next_retention.set(
             Instant::now()
                 + if more {
                     Duration::ZERO
@@ -254,7 +238,11 @@ fn pass(
         // For hot standbys; a write only when the horizon moved, committed without waiting
         // for its WAL flush (a standby then stops a little lower for a moment at most).
         Spi::run("SET LOCAL synchronous_commit = off")
-            .and_then(|_| Spi::get_two::<bool, bool>(&after[schema::legacy_sql() as usize]))
+            .and_then(|_| {
+                Spi::get_two::<bool, bool>(schema::qualified(
+                    AFTER_SQL[schema::legacy_sql() as usize],
+                ))
+            })
     })
     .unwrap_or_else(|e| error!("event_store: {e}"));
     shmem::set_active(active.unwrap_or(true));

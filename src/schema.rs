@@ -110,11 +110,16 @@ pub fn qualified(sql: &'static str) -> &'static str {
             sql
         } else {
             let ext = format!("{}.", namespace().1);
-            String::leak(
-                sql.replace(&format!("{INTERNAL}.log"), &format!("{ext}event_store"))
-                    .replace(&format!("{INTERNAL}._es_append("), &format!("{ext}es_append("))
-                    .replace(&format!("{INTERNAL}."), &ext),
-            )
+            // The internal twins of public functions, then everything else.
+            let mut q = sql.to_string();
+            for (internal, public) in [
+                ("log", "event_store"),
+                ("_es_append(", "es_append("),
+                ("_es_publish_feed_horizon(", "es_publish_feed_horizon("),
+            ] {
+                q = q.replace(&format!("{INTERNAL}.{internal}"), &format!("{ext}{public}"));
+            }
+            String::leak(q.replace(&format!("{INTERNAL}."), &ext))
         };
         cache.borrow_mut().insert((sql, layout), q);
         q
