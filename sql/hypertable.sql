@@ -47,6 +47,22 @@ BEGIN
     IF _event_store._es_is_hypertable() THEN
         RETURN false;
     END IF;
+    -- create_hypertable is called by name in TimescaleDB's schema, usually public, where a
+    -- database owner may create functions: a better-matching create_hypertable there would run
+    -- as the caller (a superuser). None may exist, and none may appear until this transaction
+    -- ends (creating or renaming a function writes pg_proc, which this lock holds still).
+    LOCK TABLE pg_catalog.pg_proc IN SHARE MODE;
+    IF EXISTS (SELECT FROM pg_catalog.pg_proc p
+                WHERE p.proname = 'create_hypertable'
+                  AND p.pronamespace = (SELECT x.extnamespace FROM pg_catalog.pg_extension x WHERE x.extname = 'timescaledb')
+                  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension x ON x.oid = d.refobjid
+                                   WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
+                                     AND d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+                                     AND x.extname = 'timescaledb')) THEN
+        RAISE EXCEPTION 'event_store: schema % has a create_hypertable that is not TimescaleDB''s', ts_schema
+            USING ERRCODE = '42723',
+                  HINT = 'Drop it: event_store calls only TimescaleDB''s own create_hypertable.';
+    END IF;
     -- Migrating existing rows into chunks deletes them from the parent table. All of this
     -- is one transaction: no other session sees the table unguarded.
     PERFORM _event_store._es_guard_event_store(false);

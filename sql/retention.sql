@@ -67,7 +67,7 @@ AS $$
 DECLARE
     cutoff timestamptz;
     cut_before timestamptz;
-    ts_schema name;
+    chunk text;
     hypertable boolean := false;
     complete boolean := true;
     removed bigint := 0;
@@ -85,7 +85,6 @@ BEGIN
     -- One run at a time: two would anchor the same streams twice.
     LOCK TABLE _event_store.es_anchors IN SHARE ROW EXCLUSIVE MODE;
     cutoff := now() - older_than;
-    ts_schema := _event_store._es_timescaledb_schema();
     hypertable := _event_store._es_is_hypertable();
     IF hypertable THEN
         -- Whole chunks: those that end by the cutoff. Chunks do not overlap, so the events
@@ -124,8 +123,18 @@ BEGIN
         GET DIAGNOSTICS streams = ROW_COUNT;
         IF hypertable THEN
             SELECT count(*) INTO removed FROM _event_store.log e WHERE e.created_at < cut_before;
-            EXECUTE pg_catalog.format('SELECT %I.drop_chunks($1, older_than => $2)', ts_schema)
-                USING _event_store.event_table(), cut_before;
+            -- Dropped as tables (TimescaleDB removes them from its catalog), not through
+            -- drop_chunks: that is called by name in TimescaleDB's schema, usually public,
+            -- where a database owner could add a better-matching drop_chunks.
+            FOR chunk IN
+                SELECT pg_catalog.format('%I.%I', c.chunk_schema, c.chunk_name)
+                  FROM timescaledb_information.chunks c, pg_catalog.pg_class t, pg_catalog.pg_namespace n
+                 WHERE t.oid = _event_store.event_table() AND n.oid = t.relnamespace
+                   AND c.hypertable_schema = n.nspname AND c.hypertable_name = t.relname
+                   AND c.range_end <= cut_before
+            LOOP
+                EXECUTE pg_catalog.format('DROP TABLE %s', chunk);
+            END LOOP;
         END IF;
         -- The append-only trigger refuses every DELETE; replica mode skips it for this one
         -- statement of this transaction (the function's own GUC level undoes it on error).

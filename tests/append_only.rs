@@ -15,14 +15,17 @@ fn seed(c: &mut postgres::Client, streams: &[&str], per_stream: i64) {
     }
 }
 
-const MUTATIONS: [&str; 8] = [
+const MUTATIONS: [&str; 10] = [
     "UPDATE event_store SET event_data = '{}'",
     "DELETE FROM event_store",
     "TRUNCATE event_store",
-    "UPDATE es_streams SET version = 99",
-    "DELETE FROM es_streams",
-    "TRUNCATE es_streams",
+    "UPDATE _event_store.es_streams SET version = 99",
+    "DELETE FROM _event_store.es_streams",
+    "TRUNCATE _event_store.es_streams",
     "INSERT INTO event_store SELECT * FROM event_store LIMIT 1",
+    "INSERT INTO _event_store.es_streams (stream_id) VALUES ('forged')",
+    // The registry's public face, a view, passes on nothing either.
+    "UPDATE es_streams SET version = 99",
     "INSERT INTO es_streams (stream_id) VALUES ('forged')",
 ];
 
@@ -35,12 +38,12 @@ fn owner_cannot_update_delete_or_truncate() {
         assert_eq!(sqlstate(c.batch_execute(sql)), "ES003", "{sql}");
     }
     // A non-superuser owner is stopped by the same triggers.
-    c.batch_execute("CREATE ROLE es_owner_t; ALTER TABLE event_store OWNER TO es_owner_t; ALTER TABLE es_streams OWNER TO es_owner_t").unwrap();
+    c.batch_execute("CREATE ROLE es_owner_t; ALTER TABLE event_store OWNER TO es_owner_t; ALTER TABLE _event_store.es_streams OWNER TO es_owner_t").unwrap();
     c.batch_execute("SET ROLE es_owner_t").unwrap();
     for sql in &MUTATIONS[..6] {
         assert_eq!(sqlstate(c.batch_execute(sql)), "ES003", "owner: {sql}");
     }
-    c.batch_execute("RESET ROLE; ALTER TABLE event_store OWNER TO postgres; ALTER TABLE es_streams OWNER TO postgres; DROP ROLE es_owner_t").unwrap();
+    c.batch_execute("RESET ROLE; ALTER TABLE event_store OWNER TO postgres; ALTER TABLE _event_store.es_streams OWNER TO postgres; DROP ROLE es_owner_t").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 6);
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
 }
@@ -60,7 +63,7 @@ fn granted_roles_cannot_write_around_es_append() {
             assert_eq!(sqlstate(r.batch_execute(sql)), "42501", "{role}: {sql}");
         }
         for sql in [
-            "SELECT nextval('es_global_position_seq')",
+            "SELECT nextval('_event_store.es_global_position_seq')",
             "SELECT es_enable_hypertable()",
         ] {
             assert_eq!(sqlstate(r.batch_execute(sql)), "42501", "{role}: {sql}");
@@ -109,7 +112,7 @@ fn superuser_tampering_is_detected_by_es_verify() {
         DELETE FROM event_store WHERE stream_id = 'tail-1' AND stream_version = 4;
         -- Rewriting an event *and* its hash breaks the link to the next event.
         UPDATE event_store e SET event_data = '{"i": 200}',
-               hash = _es_event_hash(p.hash, e.event_id, e.stream_id, e.stream_version, e.global_position,
+               hash = _event_store._es_event_hash(p.hash, e.event_id, e.stream_id, e.stream_version, e.global_position,
                                      e.event_type, e.event_version, e.created_at, '{"i": 200}', e.metadata::text)
           FROM event_store p
          WHERE e.stream_id = 'rehash-1' AND e.stream_version = 2 AND p.stream_id = 'rehash-1' AND p.stream_version = 1;

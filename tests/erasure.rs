@@ -238,7 +238,7 @@ fn keys_are_the_owners_wrapped_by_the_master_key_and_appends_stay_idempotent() {
     assert_eq!(
         count(
             &mut c,
-            "SELECT get_byte(wrapped, 0)::bigint FROM es_subject_keys"
+            "SELECT get_byte(wrapped, 0)::bigint FROM _event_store.es_subject_keys"
         ),
         1,
         "wrapped"
@@ -283,10 +283,10 @@ fn keys_are_the_owners_wrapped_by_the_master_key_and_appends_stay_idempotent() {
         // The library defines its settings when it loads (without preloading, at first use).
         r.batch_execute("SELECT es_uuidv7()").unwrap();
         for sql in [
-            "SELECT * FROM es_subject_keys",
+            "SELECT * FROM _event_store.es_subject_keys",
             "SELECT es_forget_subject('u-1', 'because')",
-            "SELECT _es_reveal_data('{}')",
-            "SELECT _es_subject_hash('u-1')",
+            "SELECT _event_store._es_reveal_data('{}')",
+            "SELECT _event_store._es_subject_hash('u-1')",
             "SET event_store.master_key = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff'",
             "SHOW event_store.master_key",
         ] {
@@ -329,7 +329,7 @@ fn revealing_runs_none_of_the_readers_code_as_the_owner() {
     )
     .unwrap();
     for sql in [
-        "SELECT (_es_reveal(e)).event_data->>'email' FROM event_store e",
+        "SELECT (_event_store._es_reveal(e)).event_data->>'email' FROM event_store e",
         "SELECT es_fold(e ORDER BY stream_version)->>'email' FROM event_store e",
         "SELECT event_data->>'email' FROM es_stream('user-1')",
     ] {

@@ -307,7 +307,7 @@ fn notifier(listener: &mut postgres::Client, w: &mut postgres::Client) -> i32 {
         return own;
     }
     // Ask the launcher for this database's worker.
-    w.batch_execute("SELECT _es_wake_projections(true)")
+    w.batch_execute("SELECT _event_store._es_wake_projections(true)")
         .unwrap();
     let worker = (0..200)
         .find_map(|_| {

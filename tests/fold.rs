@@ -629,7 +629,7 @@ fn state_functions_see_only_what_the_caller_may_select() {
          CREATE ROLE {none};
          GRANT USAGE ON SCHEMA public TO {columns}, {none};
          GRANT SELECT ON es_streams, es_reducers, es_snapshots, es_catalog_types, es_catalog_modes, es_upcasts, es_anchors TO {columns}, {none};
-         GRANT EXECUTE ON FUNCTION es_state(text), _es_fold_events(text, integer, jsonb, jsonb, text) TO {columns}, {none};
+         GRANT EXECUTE ON FUNCTION es_state(text), _event_store._es_fold_events(text, integer, jsonb, jsonb, text) TO {columns}, {none};
          GRANT SELECT (stream_id, stream_version, event_type, event_version, event_data, created_at)
             ON event_store TO {columns};
          CREATE POLICY not_secret ON event_store FOR SELECT TO {tenant}
@@ -814,7 +814,7 @@ fn the_sql_category_rule_is_the_cores() {
         "order_line-7",
     ] {
         let sql: String = c
-            .query_one("SELECT _es_category($1)", &[&id])
+            .query_one("SELECT _event_store._es_category($1)", &[&id])
             .unwrap()
             .get(0);
         assert_eq!(sql, event_store_core::stream::category(id), "{id}");

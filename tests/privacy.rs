@@ -192,7 +192,7 @@ fn exports_are_for_roles_granted_them_and_bad_subjects_are_refused() {
         );
         assert_eq!(
             sqlstate(r.query(
-                "SELECT _es_record('privacy', 'SubjectForgotten', '{}')",
+                "SELECT _event_store._es_record('privacy', 'SubjectForgotten', '{}')",
                 &[]
             )),
             "42501"

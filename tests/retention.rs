@@ -332,12 +332,12 @@ fn a_retention_policy_is_applied_for_the_store() {
     } else {
         // What the worker runs: due now, then not again for an hour.
         let more: bool = c
-            .query_one("SELECT _es_apply_retention_policy()", &[])
+            .query_one("SELECT _event_store._es_apply_retention_policy()", &[])
             .unwrap()
             .get(0);
         assert!(!more);
         assert_eq!(removed(&mut c), 1);
-        c.query_one("SELECT _es_apply_retention_policy()", &[])
+        c.query_one("SELECT _event_store._es_apply_retention_policy()", &[])
             .unwrap();
     }
     assert_eq!(

@@ -292,9 +292,9 @@ fn public_gets_nothing_of_the_extension() {
     let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
     let mut r = db.connect_as(&reader);
     for sql in [
-        "SELECT * FROM es_event_ids",
-        "SELECT _es_projection_timer(true)",
-        "SELECT _es_wake_projections(true)",
+        "SELECT * FROM _event_store.es_event_ids",
+        "SELECT _event_store._es_projection_timer(true)",
+        "SELECT _event_store._es_wake_projections(true)",
     ] {
         assert_eq!(sqlstate(r.batch_execute(sql)), "42501", "{sql}");
     }
@@ -546,7 +546,7 @@ fn a_hanging_handler_delays_only_its_own_projection() {
             c.batch_execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                   WHERE datname = current_database() AND backend_type = 'event_store projections';
-                 SELECT _es_wake_projections(true);",
+                 SELECT _event_store._es_wake_projections(true);",
             )
             .unwrap();
             std::thread::sleep(Duration::from_millis(100));
@@ -621,7 +621,7 @@ fn es_verify_checks_the_registry_positions_and_snapshots() {
         vec![("a-1".to_string(), "snapshot".to_string())]
     );
     // The sequence set back: positions handed out twice.
-    c.batch_execute("SELECT setval('es_global_position_seq', 2)")
+    c.batch_execute("SELECT setval('_event_store.es_global_position_seq', 2)")
         .unwrap();
     let found = problems(&mut c, "SELECT * FROM es_verify('a-1')");
     assert_eq!(found, vec![("a-1".to_string(), "position".to_string())]);
