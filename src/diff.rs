@@ -18,7 +18,7 @@ const EVENTS_SQL: &str = "SELECT event_type, event_data, stream_version, created
 
 /// One row per changed path per event, in stream order: the state at `from` is the
 /// starting point, each event after it up to `to` is folded in turn.
-#[pg_extern(sql = false)]  // declared in sql/
+#[pg_extern(sql = false)] // declared in sql/
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn es_diff(

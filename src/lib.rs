@@ -128,11 +128,7 @@ extension_sql_file!(
         feed::_es_feed_holders
     ]
 );
-extension_sql_file!(
-    "../sql/digest.sql",
-    name = "digest",
-    requires = ["schema"]
-);
+extension_sql_file!("../sql/digest.sql", name = "digest", requires = ["schema"]);
 extension_sql_file!(
     "../sql/personal.sql",
     name = "personal",

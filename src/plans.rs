@@ -42,10 +42,12 @@ pub fn kept(
     };
     PLANS.with(|plans| {
         let mut plans = plans.borrow_mut();
-        let kept = plans.entry((sql, crate::schema::internal_layout())).or_insert_with(|| Kept {
-            plan: prepare(),
-            uses: 0,
-        });
+        let kept = plans
+            .entry((sql, crate::schema::internal_layout()))
+            .or_insert_with(|| Kept {
+                plan: prepare(),
+                uses: 0,
+            });
         kept.uses += 1;
         if kept.uses > REPREPARE_AFTER_USES {
             *kept = Kept {

@@ -237,12 +237,9 @@ fn pass(next_retention: &Cell<Instant>, backoff: &mut Duration, announced: &mut 
     let (in_flight, active) = BackgroundWorker::transaction(|| {
         // For hot standbys; a write only when the horizon moved, committed without waiting
         // for its WAL flush (a standby then stops a little lower for a moment at most).
-        Spi::run("SET LOCAL synchronous_commit = off")
-            .and_then(|_| {
-                Spi::get_two::<bool, bool>(schema::qualified(
-                    AFTER_SQL[schema::legacy_sql() as usize],
-                ))
-            })
+        Spi::run("SET LOCAL synchronous_commit = off").and_then(|_| {
+            Spi::get_two::<bool, bool>(schema::qualified(AFTER_SQL[schema::legacy_sql() as usize]))
+        })
     })
     .unwrap_or_else(|e| error!("event_store: {e}"));
     shmem::set_active(active.unwrap_or(true));

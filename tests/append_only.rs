@@ -38,12 +38,12 @@ fn owner_cannot_update_delete_or_truncate() {
         assert_eq!(sqlstate(c.batch_execute(sql)), "ES003", "{sql}");
     }
     // A non-superuser owner is stopped by the same triggers.
-    c.batch_execute("CREATE ROLE es_owner_t; ALTER TABLE event_store OWNER TO es_owner_t; ALTER TABLE _event_store.es_streams OWNER TO es_owner_t").unwrap();
+    c.batch_execute("CREATE ROLE es_owner_t; GRANT USAGE ON SCHEMA _event_store TO es_owner_t; ALTER TABLE event_store OWNER TO es_owner_t; ALTER TABLE _event_store.es_streams OWNER TO es_owner_t").unwrap();
     c.batch_execute("SET ROLE es_owner_t").unwrap();
     for sql in &MUTATIONS[..6] {
         assert_eq!(sqlstate(c.batch_execute(sql)), "ES003", "owner: {sql}");
     }
-    c.batch_execute("RESET ROLE; ALTER TABLE event_store OWNER TO postgres; ALTER TABLE _event_store.es_streams OWNER TO postgres; DROP ROLE es_owner_t").unwrap();
+    c.batch_execute("RESET ROLE; ALTER TABLE event_store OWNER TO postgres; ALTER TABLE _event_store.es_streams OWNER TO postgres; REVOKE USAGE ON SCHEMA _event_store FROM es_owner_t; DROP ROLE es_owner_t").unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 6);
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
 }

@@ -53,19 +53,15 @@ fn psql(db: &TestDb, sql: &str) -> String {
     let port = std::env::var("ES_TEST_PORT").unwrap();
     // One stream for stdout and stderr keeps errors in place among results.
     let mut cmd = Command::new("sh");
-    cmd.args([
-        "-c",
-        "exec \"$0\" \"$@\" 2>&1",
-        &pg_bin("psql"),
-    ])
-    .args([
-        "-X", "-q", "-h", &host, "-p", &port, "-U", "postgres", "-d", &db.name,
-    ])
-    .args(["-v", "SHOW_CONTEXT=never"])
-    .env(
-        "PGOPTIONS",
-        "-c client_min_messages=warning -c TimeZone=UTC",
-    );
+    cmd.args(["-c", "exec \"$0\" \"$@\" 2>&1", &pg_bin("psql")])
+        .args([
+            "-X", "-q", "-h", &host, "-p", &port, "-U", "postgres", "-d", &db.name,
+        ])
+        .args(["-v", "SHOW_CONTEXT=never"])
+        .env(
+            "PGOPTIONS",
+            "-c client_min_messages=warning -c TimeZone=UTC",
+        );
     for s in statements(sql) {
         cmd.arg("-c").arg(s);
     }

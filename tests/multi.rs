@@ -108,7 +108,10 @@ fn a_multi_stream_append_with_one_wrong_expected_version_writes_nothing() {
     let mut c = db.connect();
     c.query("SELECT es_append('a-1', 'Seed', '{}')", &[])
         .unwrap();
-    let before = count(&mut c, "SELECT last_value FROM _event_store.es_global_position_seq");
+    let before = count(
+        &mut c,
+        "SELECT last_value FROM _event_store.es_global_position_seq",
+    );
     let r = c.query(
         "SELECT * FROM es_append_multi($1)",
         &[&json!([
@@ -128,7 +131,10 @@ fn a_multi_stream_append_with_one_wrong_expected_version_writes_nothing() {
     );
     // Refused before any position was taken.
     assert_eq!(
-        count(&mut c, "SELECT last_value FROM _event_store.es_global_position_seq"),
+        count(
+            &mut c,
+            "SELECT last_value FROM _event_store.es_global_position_seq"
+        ),
         before
     );
     // A bad event in the second entry: nothing of the first is written either.

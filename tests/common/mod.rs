@@ -177,7 +177,8 @@ pub struct Cluster {
 /// A PostgreSQL program: from ES_TEST_PG_BIN (scripts/test.sh passes its installation), or
 /// Debian's PostgreSQL 15.
 pub fn pg_bin(name: &str) -> String {
-    let dir = std::env::var("ES_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let dir =
+        std::env::var("ES_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     format!("{dir}/{name}")
 }
 
@@ -222,10 +223,7 @@ impl Cluster {
         let append = format!("printf '%s' \"$0\" >> '{dir}/postgresql.conf'");
         assert!(as_postgres("sh", &["-c", &append, conf]).success());
         let log = format!("{dir}/server.log");
-        let status = as_postgres(
-            &pg_bin("pg_ctl"),
-            &["-D", &dir, "-l", &log, "-w", "start"],
-        );
+        let status = as_postgres(&pg_bin("pg_ctl"), &["-D", &dir, "-l", &log, "-w", "start"]);
         assert!(status.success(), "pg_ctl start {dir}");
         let mut config = Config::new();
         config
