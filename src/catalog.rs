@@ -105,10 +105,10 @@ fn each_row(sql: &str, mut each: impl FnMut(&Row)) {
         // SAFETY: SPI is connected; the result is read row by row before the connection ends.
         unsafe {
             if pg_sys::SPI_execute(sql.as_ptr(), true, 0) != pg_sys::SPI_OK_SELECT as i32 {
-                corrupt(format!(
-                    "reading the catalog failed: {}",
+                error!(
+                    "event_store: reading the catalog failed: {}",
                     sql.to_string_lossy()
-                ));
+                );
             }
             let table = &*pg_sys::SPI_tuptable;
             for i in 0..pg_sys::SPI_processed as usize {
@@ -127,11 +127,13 @@ fn each_row(sql: &str, mut each: impl FnMut(&Row)) {
 /// COMMITTED as at REPEATABLE READ (its transaction snapshot may predate the change). Never
 /// older than the transaction's own view either: the snapshot sees its own changes.
 fn load() -> Catalog {
-    // SAFETY: a new snapshot pushed for the reads below and popped after them; an error in
-    // between is cleaned up by the (sub)transaction's abort. A parallel query (es_upcast in
-    // its leader) may take no new snapshot: it reads as of its own.
+    // A parallel query (es_upcast in its leader) may take no new snapshot: it reads as of
+    // its own.
+    // SAFETY: reads a flag of the backend.
     let fresh = unsafe { !pg_sys::IsInParallelMode() };
     if fresh {
+        // SAFETY: a new snapshot pushed for the reads below and popped after them; an error
+        // in between is cleaned up by the (sub)transaction's abort.
         unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
     }
     let mut types: HashMap<String, HashMap<i32, Option<Rc<Schema>>>> = HashMap::new();
