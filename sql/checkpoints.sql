@@ -28,7 +28,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    caller name := _event_store._es_calling_role();
+    -- By oid: a role's name read back as text and cast to regrole may name another role.
+    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
     saved _event_store.es_checkpoints;
 BEGIN
     PERFORM _event_store._es_check_append($1, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
@@ -40,14 +41,14 @@ BEGIN
     -- Two transactions saving one consumer queue on its row; the second sees the first's
     -- position (ON CONFLICT locks the row before its WHERE is checked).
     INSERT INTO _event_store.es_checkpoints AS c (consumer, position, owner)
-    VALUES ($1, $2, caller::regrole)
+    VALUES ($1, $2, caller)
     ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, saved_at = now()
-     WHERE pg_catalog.pg_has_role(caller, c.owner, 'MEMBER') AND c.position < EXCLUDED.position;
+     WHERE pg_catalog.pg_has_role(caller::pg_catalog.oid, c.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) AND c.position < EXCLUDED.position;
     IF FOUND THEN
         RETURN;
     END IF;
     SELECT * INTO saved FROM _event_store.es_checkpoints c WHERE c.consumer = $1;
-    IF NOT pg_catalog.pg_has_role(caller, saved.owner, 'MEMBER') THEN
+    IF NOT pg_catalog.pg_has_role(caller::pg_catalog.oid, saved.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
         RAISE EXCEPTION 'event_store: consumer "%" belongs to %', $1, saved.owner USING ERRCODE = '42501';
     END IF;
     RAISE EXCEPTION 'event_store: checkpoint of consumer "%" is at %; a new one must be later, got %', $1, saved.position, $2

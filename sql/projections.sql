@@ -34,7 +34,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'event_store: projection "%" does not exist', p_name USING ERRCODE = '42704';
     END IF;
-    IF NOT pg_catalog.pg_has_role(_event_store._es_calling_role(), p.owner, 'MEMBER') THEN
+    IF NOT pg_catalog.pg_has_role(_event_store._es_calling_role_id(), p.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
         RAISE EXCEPTION 'event_store: only members of % may manage projection "%"', p.owner, p_name
             USING ERRCODE = '42501';
     END IF;
@@ -50,20 +50,21 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    caller name := _event_store._es_calling_role();
+    -- By oid: a role's name read back as text and cast to regrole may name another role.
+    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
     f regprocedure;
 BEGIN
     PERFORM _event_store._es_check_append(name, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
     IF handler IS NULL THEN
         RAISE EXCEPTION 'event_store: handler must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = caller) THEN
+    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) caller::pg_catalog.oid) THEN
         RAISE EXCEPTION 'event_store: projection handlers never run as a superuser'
             USING ERRCODE = '42501',
                   HINT = 'Create the projection as the role that owns its tables: SET ROLE that_role; SELECT es_create_projection(...).';
     END IF;
     FOREACH f IN ARRAY array_remove(ARRAY[handler, reset_handler], NULL) LOOP
-        IF NOT has_function_privilege(caller, f, 'EXECUTE') THEN
+        IF NOT pg_catalog.has_function_privilege(caller::pg_catalog.oid, f::pg_catalog.oid, 'EXECUTE'::pg_catalog.text) THEN
             RAISE EXCEPTION 'event_store: % may not execute %', caller, f USING ERRCODE = '42501';
         END IF;
     END LOOP;
@@ -77,7 +78,7 @@ BEGIN
             USING ERRCODE = '42P13';
     END IF;
     INSERT INTO _event_store.es_projection_state (name, handler, reset_handler, event_types, categories, owner)
-    VALUES (es_create_projection.name, handler, reset_handler, event_types, categories, caller::regrole);
+    VALUES (es_create_projection.name, handler, reset_handler, event_types, categories, caller);
     PERFORM _event_store._es_wake_projections(true);
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'event_store: projection "%" already exists', es_create_projection.name USING ERRCODE = '42710';
@@ -222,15 +223,21 @@ $$;
 -- One batch of every projection that has work. Call it again while it returns > 0; the
 -- background worker does exactly that. Without the worker, a scheduler can call it.
 -- SECURITY DEFINER to keep the checkpoints; handlers still run as their projections' owners.
+-- A superuser's pass runs every projection; anyone else's only those of roles it is a member
+-- of (those it may manage): a pass left open in a transaction then holds no other role's rows.
 CREATE FUNCTION @extschema@.es_run_projections(batch_size integer DEFAULT NULL) RETURNS integer
 LANGUAGE sql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
     -- One horizon (one pg_locks scan) for every projection of the pass.
-    WITH horizon AS MATERIALIZED (SELECT _event_store._es_feed_horizon() AS h)
+    WITH horizon AS MATERIALIZED (SELECT _event_store._es_feed_horizon() AS h),
+         caller AS MATERIALIZED (SELECT _event_store._es_calling_role_id() AS id)
     SELECT coalesce(sum(_event_store._es_project_batch(name, coalesce(batch_size, _event_store._es_setting_int('event_store.projection_batch_size')), h)), 0)::integer
-      FROM (SELECT name FROM _event_store.es_projection_state ORDER BY name) p, horizon
+      FROM (SELECT s.name FROM _event_store.es_projection_state s, caller
+             WHERE (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) caller.id)
+                OR pg_catalog.pg_has_role(caller.id, s.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text)
+             ORDER BY s.name) p, horizon
 $$;
 
 -- The horizon once per query: a volatile call in the WHERE below would scan pg_locks per event.

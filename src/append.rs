@@ -279,8 +279,15 @@ fn batch_events(events: pg_sys::Datum, stamp: &Stamp) -> Result<Vec<Event>, Inva
                 // SAFETY: uuid_in returns a pointer to 16 bytes.
                 unsafe { *parse(pg_sys::uuid_in, t).cast_mut_ptr::<[u8; 16]>() }
             });
-            let version =
-                field_text(ev, "version").map(|t| parse(pg_sys::int4in, t).value() as i32);
+            let version = match field_text(ev, "version") {
+                Some(t) => {
+                    // SAFETY: ->> returns text.
+                    let text = unsafe { String::from_datum(t, false) }.expect("text");
+                    rules::check_version_range(&text, Some(i + 1))?;
+                    Some(parse(pg_sys::int4in, t).value() as i32)
+                }
+                None => None,
+            };
             let given = Given {
                 id,
                 event_type,

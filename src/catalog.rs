@@ -4,7 +4,7 @@
 //! receives). Appends check events against it; `es_upcast` and the folds upcast with it.
 use crate::errors::Refused;
 use crate::jsonb::{self, Json};
-use crate::schema::{self, column, nullable, OrRaise};
+use crate::schema::{self, column, OrRaise};
 use crate::validate::raise;
 use event_store_core::catalog::{
     check_definition, check_upcast, parse_subject, Mode, Personal, Schema, Upcasts,
@@ -13,6 +13,7 @@ use event_store_core::validate::Invalid;
 use pgrx::fcinfo::pg_getarg_datum_raw;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
+use pgrx::{FromDatum, IntoDatum};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -61,75 +62,134 @@ impl Catalog {
     }
 }
 
-fn load() -> Catalog {
-    fn corrupt(e: String) -> ! {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-            format!("event_store: {e}"),
-            "the catalog tables were changed by hand; redefine the entry with es_define_event_type or es_define_upcast"
-        );
-    }
-    Spi::connect(|client| {
-        let mut types: HashMap<String, HashMap<i32, Option<Rc<Schema>>>> = HashMap::new();
-        let mut personal: HashMap<String, HashMap<i32, Rc<Personal>>> = HashMap::new();
-        for row in client
-            .select(schema::qualified(TYPES_SQL), None, &[])
-            .or_raise("reading es_catalog_types")
-        {
-            let event_type: String = column(&row, 1, "es_catalog_types.event_type");
-            let version: i32 = column(&row, 2, "es_catalog_types.version");
-            let compiled = nullable::<Json>(&row, 3, "es_catalog_types.schema")
-                .map(|Json(s)| Schema::compile(&s).map(Rc::new))
-                .transpose()
-                .unwrap_or_else(|e| corrupt(format!("{event_type} version {version}: {e}")));
-            let paths: Vec<String> = column(&row, 4, "es_catalog_types.personal_data");
-            let subject: Option<String> = nullable(&row, 5, "es_catalog_types.subject");
-            match Personal::parse(&paths, subject.as_deref()) {
-                Ok(Some(p)) => {
-                    personal
-                        .entry(event_type.clone())
-                        .or_default()
-                        .insert(version, Rc::new(p));
-                }
-                Ok(None) => {}
-                Err(e) => corrupt(format!("{event_type} version {version}: {e}")),
+/// One row of a catalog read, its columns checked against the types the code reads.
+struct Row {
+    tuple: pg_sys::HeapTuple,
+    desc: pg_sys::TupleDesc,
+}
+
+impl Row {
+    fn nullable<T: FromDatum + IntoDatum>(&self, ordinal: i32, name: &str) -> Option<T> {
+        // SAFETY: a row of the SPI result being read, and a column of it; the datum is read
+        // as T only once its type is T's.
+        unsafe {
+            if pg_sys::SPI_gettypeid(self.desc, ordinal) != T::type_oid() {
+                corrupt(format!("{name} has another type"));
             }
-            types
-                .entry(event_type)
-                .or_default()
-                .insert(version, compiled);
+            let mut null = false;
+            let d = pg_sys::SPI_getbinval(self.tuple, self.desc, ordinal, &mut null);
+            T::from_datum(d, null)
         }
-        let modes = client
-            .select(schema::qualified(MODES_SQL), None, &[])
-            .or_raise("reading es_catalog_modes")
-            .map(|row| {
-                let mode: String = column(&row, 2, "es_catalog_modes.mode");
-                (
-                    column::<String>(&row, 1, "es_catalog_modes.category"),
-                    Mode::parse(Some(&mode)).unwrap_or_else(|_| corrupt(format!("mode {mode}"))),
-                )
-            })
-            .collect();
-        let upcasts = client
-            .select(schema::qualified(UPCASTS_SQL), None, &[])
-            .or_raise("reading es_upcasts")
-            .map(|row| {
-                (
-                    column::<String>(&row, 1, "es_upcasts.event_type"),
-                    column::<i32>(&row, 2, "es_upcasts.from_version"),
-                    column::<Json>(&row, 3, "es_upcasts.rule").0,
-                )
-            })
-            .collect();
-        let upcasts = Upcasts::new(upcasts).unwrap_or_else(|e| corrupt(e));
-        Catalog {
-            types,
-            modes,
-            personal,
-            upcasts: Rc::new(upcasts),
+    }
+
+    fn column<T: FromDatum + IntoDatum>(&self, ordinal: i32, name: &str) -> T {
+        self.nullable(ordinal, name)
+            .unwrap_or_else(|| corrupt(format!("{name} is NULL")))
+    }
+}
+
+fn corrupt(e: String) -> ! {
+    ereport!(
+        ERROR,
+        PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+        format!("event_store: {e}"),
+        "the catalog tables were changed by hand; redefine the entry with es_define_event_type or es_define_upcast"
+    );
+}
+
+/// Calls `each` with every row of the catalog read `sql`, read under the active snapshot
+/// (read-only SPI uses it, whatever this transaction wrote before).
+fn each_row(sql: &str, mut each: impl FnMut(&Row)) {
+    let sql = std::ffi::CString::new(sql).expect("no NUL in the catalog's SQL");
+    Spi::connect(|_| {
+        // SAFETY: SPI is connected; the result is read row by row before the connection ends.
+        unsafe {
+            if pg_sys::SPI_execute(sql.as_ptr(), true, 0) != pg_sys::SPI_OK_SELECT as i32 {
+                error!(
+                    "event_store: reading the catalog failed: {}",
+                    sql.to_string_lossy()
+                );
+            }
+            let table = &*pg_sys::SPI_tuptable;
+            for i in 0..pg_sys::SPI_processed as usize {
+                each(&Row {
+                    tuple: *table.vals.add(i),
+                    desc: table.tupdesc,
+                });
+            }
         }
     })
+}
+
+/// Reads the catalog as committed now, not as of the statement's snapshot: an append that
+/// waited for a catalog change (es_define_event_type holds event_store in SHARE mode until it
+/// commits) is checked and sealed against that change once its lock is granted, at READ
+/// COMMITTED as at REPEATABLE READ (its transaction snapshot may predate the change). Never
+/// older than the transaction's own view either: the snapshot sees its own changes.
+fn load() -> Catalog {
+    // A parallel query (es_upcast in its leader) may take no new snapshot: it reads as of
+    // its own.
+    // SAFETY: reads a flag of the backend.
+    let fresh = unsafe { !pg_sys::IsInParallelMode() };
+    if fresh {
+        // SAFETY: a new snapshot pushed for the reads below and popped after them; an error
+        // in between is cleaned up by the (sub)transaction's abort.
+        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    }
+    let mut types: HashMap<String, HashMap<i32, Option<Rc<Schema>>>> = HashMap::new();
+    let mut personal: HashMap<String, HashMap<i32, Rc<Personal>>> = HashMap::new();
+    each_row(schema::qualified(TYPES_SQL), |row| {
+        let event_type: String = row.column(1, "es_catalog_types.event_type");
+        let version: i32 = row.column(2, "es_catalog_types.version");
+        let compiled = row
+            .nullable::<Json>(3, "es_catalog_types.schema")
+            .map(|Json(s)| Schema::compile(&s).map(Rc::new))
+            .transpose()
+            .unwrap_or_else(|e| corrupt(format!("{event_type} version {version}: {e}")));
+        let paths: Vec<String> = row.column(4, "es_catalog_types.personal_data");
+        let subject: Option<String> = row.nullable(5, "es_catalog_types.subject");
+        match Personal::parse(&paths, subject.as_deref()) {
+            Ok(Some(p)) => {
+                personal
+                    .entry(event_type.clone())
+                    .or_default()
+                    .insert(version, Rc::new(p));
+            }
+            Ok(None) => {}
+            Err(e) => corrupt(format!("{event_type} version {version}: {e}")),
+        }
+        types
+            .entry(event_type)
+            .or_default()
+            .insert(version, compiled);
+    });
+    let mut modes = HashMap::new();
+    each_row(schema::qualified(MODES_SQL), |row| {
+        let mode: String = row.column(2, "es_catalog_modes.mode");
+        modes.insert(
+            row.column::<String>(1, "es_catalog_modes.category"),
+            Mode::parse(Some(&mode)).unwrap_or_else(|_| corrupt(format!("mode {mode}"))),
+        );
+    });
+    let mut upcasts = vec![];
+    each_row(schema::qualified(UPCASTS_SQL), |row| {
+        upcasts.push((
+            row.column::<String>(1, "es_upcasts.event_type"),
+            row.column::<i32>(2, "es_upcasts.from_version"),
+            row.column::<Json>(3, "es_upcasts.rule").0,
+        ));
+    });
+    if fresh {
+        // SAFETY: pops the snapshot pushed above.
+        unsafe { pg_sys::PopActiveSnapshot() };
+    }
+    let upcasts = Upcasts::new(upcasts).unwrap_or_else(|e| corrupt(e));
+    Catalog {
+        types,
+        modes,
+        personal,
+        upcasts: Rc::new(upcasts),
+    }
 }
 
 /// The catalog as of the last change this backend has received.

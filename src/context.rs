@@ -32,6 +32,15 @@ pub fn calling_role() -> pg_sys::Oid {
         .unwrap_or_else(|| unsafe { pg_sys::GetOuterUserId() })
 }
 
+/// The calling role's oid (SQL casts it to regrole without a lookup by name). Who owns or may
+/// touch something is decided by this, never by the name: a name read back as text and cast
+/// (`'Sec_Mixed'::regrole`) folds its case, and one with a space does not parse.
+#[pg_extern(stable, parallel_safe, schema = "_event_store")]
+pub fn _es_calling_role_id() -> pg_sys::Oid {
+    calling_role()
+}
+
+/// The calling role's name, for records of who did something (`defined_by`, `appendedBy`).
 #[pg_extern(stable, parallel_safe, schema = "_event_store")]
 pub fn _es_calling_role() -> String {
     // SAFETY: the role exists (it is the session's or a projection's owner); the name is

@@ -1,6 +1,7 @@
 //! Digests an auditor keeps outside the database (event_store_core::digest): `es_digest`
 //! takes one at the feed's horizon, `es_verify_digest` proves the store still extends it.
 use crate::integrity::{chain_sql, walk_chains};
+use crate::jsonb;
 use crate::schema::{self, column, OrRaise};
 use event_store_core::chain::{StreamCheck, GENESIS};
 use event_store_core::digest::{compare, hex, root, Digest, Leaf};
@@ -285,10 +286,63 @@ fn verify(client: &SpiClient<'_>, digest: &Digest, out: &mut Vec<Problem>) {
 /// One row per way the store fails to extend `digest` (a document es_digest returned); none
 /// when everything at or below its position is as it was. Read-only: works on a standby.
 /// NULL `digest` is an error (22004): no rows would read as a pass.
-#[pg_extern(sql = false)] // declared in sql/
+/// How deep a document es_verify_digest reads may nest: a digest is one flat object.
+const DIGEST_DEPTH: usize = 16;
+
+/// es_verify_digest's argument, a jsonb read without pgrx's text-and-serde conversion (which
+/// fails with XX000 past 128 levels): a document nested deeper than a digest could is
+/// `Err(depth)`, refused with 22023 like any other document that is not a digest.
+pub struct DigestDoc(Result<serde_json::Value, usize>);
+
+impl pgrx::FromDatum for DigestDoc {
+    /// # Safety
+    /// As `FromDatum` requires: unless `is_null`, `datum` is a jsonb datum.
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
+        if is_null {
+            return None;
+        }
+        // SAFETY: a non-null jsonb datum; the walk stops past the limit.
+        let depth = unsafe { jsonb::with_jsonb(datum, |j| jsonb::depth(j, DIGEST_DEPTH)) };
+        Some(DigestDoc(if depth > DIGEST_DEPTH {
+            Err(depth)
+        } else {
+            // SAFETY: as above; at most DIGEST_DEPTH levels to convert.
+            Ok(unsafe { jsonb::to_value(datum) })
+        }))
+    }
+}
+
+// SAFETY: unboxed from a jsonb argument with FromDatum, as pgrx does for JsonB.
+unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for DigestDoc {
+    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
+        // SAFETY: the argument is a jsonb (the SQL declaration says so) and not NULL here.
+        unsafe { arg.unbox_arg_using_from_datum() }.expect("a non-null jsonb argument")
+    }
+}
+
+// SAFETY: declared in SQL as jsonb, which is what the datum is.
+unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for DigestDoc {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(DigestDoc);
+    const TYPE_ORIGIN: pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin =
+        pgrx::pgrx_sql_entity_graph::metadata::TypeOrigin::External;
+    const ARGUMENT_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ArgumentError,
+    > = Ok(pgrx::pgrx_sql_entity_graph::metadata::SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsRef,
+        pgrx::pgrx_sql_entity_graph::metadata::ReturnsError,
+    > = Err(pgrx::pgrx_sql_entity_graph::metadata::ReturnsError::Datum);
+}
+
+#[pg_extern(sql = false)] // declared in sql/digest.sql
 #[search_path(pg_catalog, pg_temp)]
 fn es_verify_digest(
-    digest: Option<pgrx::JsonB>,
+    digest: Option<DigestDoc>,
 ) -> TableIterator<
     'static,
     (
@@ -298,14 +352,17 @@ fn es_verify_digest(
         name!(detail, String),
     ),
 > {
-    let Some(pgrx::JsonB(doc)) = digest else {
+    let Some(DigestDoc(doc)) = digest else {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             "event_store: es_verify_digest needs a digest, not NULL"
         );
     };
-    let digest = match Digest::parse(&doc) {
+    let parsed = doc
+        .map_err(|depth| format!("it nests more than {DIGEST_DEPTH} levels deep ({depth} or more)"))
+        .and_then(|doc| Digest::parse(&doc));
+    let digest = match parsed {
         Ok(d) => d,
         Err(e) => {
             ereport!(

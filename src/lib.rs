@@ -80,7 +80,8 @@ extension_sql_file!(
         projection::_es_run_as,
         projection::_es_setting_int,
         projection::_es_projection_timer,
-        projection_worker::_es_wake_projections
+        projection_worker::_es_wake_projections,
+        context::_es_calling_role_id
     ]
 );
 extension_sql_file!(
@@ -114,7 +115,7 @@ extension_sql_file!(
     name = "checkpoints",
     requires = [
         "feed",
-        context::_es_calling_role,
+        context::_es_calling_role_id,
         validate::_es_check_append
     ]
 );

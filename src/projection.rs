@@ -157,11 +157,23 @@ fn _es_run_as<'a>(
             );
         };
         // The handler's result (void) is ignored; only its effects count.
-        pg_guard_ffi_boundary(|| call(fcinfo));
+        {
+            let _running = InHandler::enter();
+            pg_guard_ffi_boundary(|| call(fcinfo));
+        }
         pg_sys::pfree(fcinfo.cast());
         // As after an abort: every setting the handler made, SET or SET LOCAL, is undone
         // (a commit-style pop would hand a plain SET on to the caller's level).
         pg_sys::AtEOXact_GUC(false, nest);
+    }
+    // A handler that trapped every cancel and returned after the limit still fails: its
+    // batch rolls back and counts as timed out.
+    if TIMED_OUT.load(Ordering::SeqCst) {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            "event_store: the handler ran longer than event_store.projection_timeout"
+        );
     }
     true
 }
@@ -170,6 +182,57 @@ static TIMED_OUT: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static TIMER: Cell<Option<i32>> = const { Cell::new(None) };
+    /// Whether a handler is running (its code, not the pass around it).
+    static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+    /// Whether a cancel was raised again after the handler trapped one.
+    static RECANCELLED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks a handler as running until dropped (also when its error unwinds through it).
+struct InHandler(bool);
+
+impl InHandler {
+    fn enter() -> Self {
+        InHandler(IN_HANDLER.replace(true))
+    }
+}
+
+impl Drop for InHandler {
+    fn drop(&mut self) {
+        IN_HANDLER.set(self.0);
+        if RECANCELLED.replace(false) {
+            // The cancel raised for the handler is not the caller's: the pass records the
+            // timeout instead of being cancelled itself.
+            // SAFETY: a flag of this backend, read at its next interrupt check.
+            unsafe { pg_sys::QueryCancelPending = 0 };
+        }
+    }
+}
+
+/// Once the time limit has passed, every subtransaction a handler rolls back (a trapped
+/// cancel: `EXCEPTION WHEN query_canceled`, a plpy/pl/perl try) is followed by another
+/// cancel at the handler's next interrupt check, outside the block that trapped it: a
+/// handler can trap cancels but never outrun them.
+///
+/// # Safety
+/// Called by PostgreSQL at subtransaction events; registered in `_es_projection_timer`.
+unsafe extern "C-unwind" fn after_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _: pg_sys::SubTransactionId,
+    _: pg_sys::SubTransactionId,
+    _: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
+        && IN_HANDLER.get()
+        && TIMED_OUT.load(Ordering::SeqCst)
+    {
+        RECANCELLED.set(true);
+        // SAFETY: what the SIGINT handler sets; only ever read by CHECK_FOR_INTERRUPTS.
+        unsafe {
+            pg_sys::QueryCancelPending = 1;
+            pg_sys::InterruptPending = 1;
+        }
+    }
 }
 
 // utils/timeout.h, which pgrx does not bind.
@@ -200,6 +263,7 @@ fn _es_projection_timer(on: bool) -> bool {
     unsafe {
         let id = TIMER.get().unwrap_or_else(|| {
             let id = pg_guard_ffi_boundary(|| RegisterTimeout(USER_TIMEOUT, Some(on_timeout)));
+            pg_sys::RegisterSubXactCallback(Some(after_subxact), std::ptr::null_mut());
             TIMER.set(Some(id));
             id
         });

@@ -467,19 +467,14 @@ fn handlers_act_only_for_their_owner() {
          SELECT es_append('a-1', 'T', '{{}}'); SELECT es_append('b-1', 'T', '{{}}');"
     ))
     .unwrap();
-    let mut o = db.connect_as(&ops);
-    until_projected(
-        &mut c,
-        Some(&mut o),
-        20,
-        "projection did not catch up",
-        |c| {
-            count(
-                c,
-                "SELECT position FROM es_projection_state WHERE name = 'alices'",
-            ) >= 2
-        },
-    );
+    // The pass runs as a superuser, not as the owner (a non-superuser's pass runs only its
+    // own projections).
+    until_projected(&mut c, None, 20, "projection did not catch up", |c| {
+        count(
+            c,
+            "SELECT position FROM es_projection_state WHERE name = 'alices'",
+        ) >= 2
+    });
     let tries: Vec<String> = c
         .query("SELECT what FROM public.tries ORDER BY what", &[])
         .unwrap()
@@ -866,6 +861,338 @@ fn a_database_owner_runs_nothing_as_the_extension_owner() {
         30,
         "the projection stopped after the rename",
         |c| count(c, "SELECT count(*) FROM moved.seen") >= 6,
+
+// ---- Issue 22, item 5: the time limit holds, and a pass runs only the caller's projections.
+
+/// Sets a database setting the projection passes read, and (where the worker runs them)
+/// restarts the worker until one has connected since the setting was committed.
+fn set_for_passes(db: &TestDb, c: &mut postgres::Client, setting: &str) {
+    c.batch_execute(&format!("ALTER DATABASE {} SET {setting}", db.name))
+        .unwrap();
+    if !worker() {
+        return;
+    }
+    let set: std::time::SystemTime = c.query_one("SELECT now()", &[]).unwrap().get(0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let fresh: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                    AND backend_type = 'event_store projections' AND backend_start > $1",
+                &[&set],
+            )
+            .unwrap()
+            .get(0);
+        if fresh > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker came back with the setting"
+        );
+        c.batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND backend_type = 'event_store projections';
+             SELECT _event_store._es_wake_projections(true);",
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_handler_that_traps_the_cancel_is_still_stopped() {
+    let db = TestDb::new("sec_trap_cancel");
+    let mut c = db.connect();
+    let app = role(&db, &mut c, "app", "IN ROLE event_store_reader");
+    let other = role(&db, &mut c, "other", "IN ROLE event_store_reader");
+    set_for_passes(&db, &mut c, "event_store.projection_timeout = 500");
+    // Traps every cancel, in a nested block too, for 6 s: long past the 0.5 s limit.
+    c.batch_execute(&format!(
+        "GRANT CREATE ON SCHEMA public TO {app}, {other};
+         SET ROLE {app};
+         CREATE TABLE public.trapped (n bigint);
+         CREATE FUNCTION public.trap_h(e event_store) RETURNS void LANGUAGE plpgsql AS $$
+         DECLARE t0 timestamptz := clock_timestamp();
+         BEGIN
+             WHILE clock_timestamp() < t0 + interval '6 seconds' LOOP
+                 BEGIN
+                     BEGIN
+                         PERFORM pg_sleep(0.2);
+                     EXCEPTION WHEN query_canceled THEN NULL;
+                     END;
+                 EXCEPTION WHEN query_canceled OR others THEN NULL;
+                 END;
+             END LOOP;
+             INSERT INTO public.trapped VALUES (e.global_position);
+         END $$;
+         SELECT es_create_projection('a_trap', 'public.trap_h(event_store)');
+         SET ROLE {other};
+         CREATE TABLE public.fast_seen (n bigint);
+         CREATE FUNCTION public.fast_h(e event_store) RETURNS void LANGUAGE sql AS
+             $$ INSERT INTO public.fast_seen VALUES (e.global_position) $$;
+         SELECT es_create_projection('b_fast', 'public.fast_h(event_store)');
+         RESET ROLE;"
+    ))
+    .unwrap();
+    let mut s = db.connect(); // a new session: it has the database's setting
+    let started = Instant::now();
+    c.batch_execute("SELECT es_append('s-1', 'T', '{}')")
+        .unwrap();
+    until_projected(
+        &mut c,
+        Some(&mut s),
+        20,
+        "the trapping handler was never stopped",
+        |c| {
+            count(c, "SELECT count(*) FROM public.fast_seen") == 1
+                && count(c, "SELECT count(*) FROM es_projection_state WHERE name = 'a_trap' AND last_error LIKE '%projection_timeout%'") == 1
+        },
+    );
+    // The other owner's event was not held up by the trap (6 s without the limit).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "applied after {:?}",
+        started.elapsed()
+    );
+    // The trapping handler's batch failed: nothing of it committed, the position stayed.
+    assert_eq!(count(&mut c, "SELECT count(*) FROM public.trapped"), 0);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT position FROM es_projection_state WHERE name = 'a_trap'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn a_pass_by_a_non_superuser_runs_and_locks_only_its_own_projections() {
+    let db = TestDb::new("sec_own_pass");
+    let mut c = db.connect();
+    let alice = role(&db, &mut c, "alice", "IN ROLE event_store_reader");
+    let mallory = role(&db, &mut c, "mallory", "IN ROLE event_store_reader");
+    c.batch_execute(&format!(
+        "GRANT CREATE ON SCHEMA public TO {alice};
+         SET ROLE {alice};
+         CREATE TABLE public.alice_seen (n bigint);
+         CREATE FUNCTION public.alice_h(e event_store) RETURNS void LANGUAGE sql AS
+             $$ INSERT INTO public.alice_seen VALUES (e.global_position) $$;
+         SELECT es_create_projection('alices', 'public.alice_h(event_store)');
+         RESET ROLE;
+         SELECT es_append('s-1', 'T', '{{}}');"
+    ))
+    .unwrap();
+    // Mallory's pass applies nothing of alice's.
+    let mut m = db.connect_as(&mallory);
+    let applied: i32 = m
+        .query_one("SELECT es_run_projections()", &[])
+        .unwrap()
+        .get(0);
+    if !worker() {
+        assert_eq!(applied, 0, "mallory's pass ran alice's projection");
+        assert_eq!(count(&mut c, "SELECT count(*) FROM public.alice_seen"), 0);
+    }
+    until_projected(&mut c, None, 20, "alice's first event", |c| {
+        count(c, "SELECT count(*) FROM public.alice_seen") == 1
+    });
+    // A pass left open in a transaction holds no row of alice's projection.
+    m.batch_execute("BEGIN; SELECT es_run_projections();")
+        .unwrap();
+    c.batch_execute("SELECT es_append('s-1', 'T', '{}')")
+        .unwrap();
+    until_projected(
+        &mut c,
+        None,
+        10,
+        "mallory's open transaction held alice's projection",
+        |c| count(c, "SELECT count(*) FROM public.alice_seen") == 2,
+    );
+    m.batch_execute("ROLLBACK").unwrap();
+    // Alice runs her own.
+    let mut a = db.connect_as(&alice);
+    a.batch_execute("SELECT es_append('s-1', 'T', '{}')")
+        .unwrap_err(); // a reader may not append
+    c.batch_execute("SELECT es_append('s-1', 'T', '{}')")
+        .unwrap();
+    until_projected(&mut c, Some(&mut a), 10, "alice's own pass", |c| {
+        count(c, "SELECT count(*) FROM public.alice_seen") == 3
+    });
+}
+
+// ---- Issue 22, item 6: a role is identified by its oid, never by its name as text.
+
+#[test]
+fn roles_with_mixed_case_or_spaces_in_their_names_keep_their_identity() {
+    let db = TestDb::new("sec_role_names");
+    let mut c = db.connect();
+    let lower = format!("{}_mixed", db.name);
+    let mixed = format!("\"{}_Mixed\"", db.name);
+    let spaced = format!("\"{} spaced\"", db.name);
+    for r in [&lower, &mixed, &spaced] {
+        c.batch_execute(&format!(
+            "CREATE ROLE {r} IN ROLE event_store_reader; GRANT CREATE ON SCHEMA public TO {r}"
+        ))
+        .unwrap();
+    }
+    let mut m = db.connect_as(&mixed);
+    m.batch_execute("SELECT es_save_checkpoint('c-mixed', 1)")
+        .unwrap();
+    let owner: bool = c
+        .query_one(
+            &format!(
+                "SELECT owner = '{}'::regrole FROM es_checkpoints WHERE consumer = 'c-mixed'",
+                mixed.replace('\'', "''")
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        owner,
+        "the checkpoint belongs to another role than its saver"
+    );
+    // The lower-case namesake may not move it; its saver may.
+    let mut l = db.connect_as(&lower);
+    assert_eq!(
+        sqlstate(l.batch_execute("SELECT es_save_checkpoint('c-mixed', 2)")),
+        "42501"
+    );
+    m.batch_execute("SELECT es_save_checkpoint('c-mixed', 3)")
+        .unwrap();
+    // A name with a space works everywhere a role is recorded.
+    let mut s = db.connect_as(&spaced);
+    s.batch_execute(
+        "SELECT es_save_checkpoint('c-spaced', 1);
+         SELECT es_save_checkpoint('c-spaced', 2);
+         CREATE FUNCTION public.sp_h(e event_store) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+         SELECT es_create_projection('spaced', 'public.sp_h(event_store)');
+         SELECT es_pause_projection('spaced');",
+    )
+    .unwrap();
+    m.batch_execute(
+        "CREATE FUNCTION public.mx_h(e event_store) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+         SELECT es_create_projection('mixed', 'public.mx_h(event_store)');
+         SELECT es_pause_projection('mixed');",
+    )
+    .unwrap();
+    assert_eq!(
+        sqlstate(l.batch_execute("SELECT es_pause_projection('mixed')")),
+        "42501"
+    );
+    let owners: Vec<(String, bool)> = c
+        .query(
+            &format!(
+                "SELECT name, owner = CASE name WHEN 'mixed' THEN '{}' ELSE '{}' END::regrole
+                   FROM es_projection_state ORDER BY name",
+                mixed, spaced
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        owners,
+        vec![("mixed".into(), true), ("spaced".into(), true)]
+    );
+}
+
+// ---- Issue 22, item 7: every error a documented SQLSTATE.
+
+#[test]
+fn deep_digests_and_huge_versions_fail_with_documented_sqlstates() {
+    let db = TestDb::new("sec_sqlstates");
+    let mut c = db.connect();
+    let auditor = role(&db, &mut c, "auditor", "IN ROLE event_store_reader");
+    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
+    let mut a = db.connect_as(&auditor);
+    let deep = format!("{}1{}", "{\"a\": ".repeat(200), "}".repeat(200));
+    for doc in [deep.as_str(), "[]", "{\"position\": 1e400}", "\"x\""] {
+        assert_eq!(
+            sqlstate(a.query(
+                &format!("SELECT * FROM es_verify_digest('{doc}'::jsonb)"),
+                &[]
+            )),
+            "22023",
+            "{}",
+            &doc[..doc.len().min(40)]
+        );
+    }
+    let mut w = db.connect_as(&writer);
+    for v in ["2147483648", "-2147483649", "99999999999999999999999"] {
+        let r = w.query(
+            &format!("SELECT * FROM es_append_batch('s-1', '[{{\"type\": \"T\", \"data\": {{}}, \"version\": {v}}}]')"),
+            &[],
+        );
+        assert_eq!(sqlstate(r), "22023", "version {v}");
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 0);
+}
+
+// ---- Issue 22, item 4: an append that waited for a catalog change is checked against it.
+
+/// Runs `sql` as `role` on a thread; returns once the statement waits for a lock.
+fn queued(
+    db: &std::sync::Arc<TestDb>,
+    role: &str,
+    sql: &'static str,
+) -> std::thread::JoinHandle<String> {
+    let mut w = db.connect_as(role);
+    let pid: i32 = w.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let h = std::thread::spawn(move || outcome(w.batch_execute(sql)));
+    let mut c = db.connect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(
+        &mut c,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
+        ),
+    ) == 0
+    {
+        assert!(Instant::now() < deadline, "the append never waited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h
+}
+
+#[test]
+fn an_append_queued_behind_a_catalog_change_is_sealed_and_validated_by_it() {
+    let db = std::sync::Arc::new(TestDb::new("sec_catalog_queue"));
+    let mut c = db.connect();
+    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
+    // The writer's backend has read the catalog before (and would keep it).
+    let mut w = db.connect_as(&writer);
+    w.batch_execute("SELECT es_append('warm-1', 'Warm', '{}')")
+        .unwrap();
+    drop(w);
+    for isolation in ["READ COMMITTED", "REPEATABLE READ"] {
+        let mut admin = db.connect();
+        admin
+            .batch_execute(&format!(
+                "BEGIN; SELECT es_define_event_type('Signup{}', personal_data => '{{/email}}', subject => '/user')",
+                isolation.len()
+            ))
+            .unwrap();
+        let sql: &'static str = if isolation == "READ COMMITTED" {
+            "SELECT es_append('signup-1', 'Signup14', '{\"user\": \"u1\", \"email\": \"u1@plain.example\"}')"
+        } else {
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM event_store;
+             SELECT es_append('signup-2', 'Signup15', '{\"user\": \"u2\", \"email\": \"u2@plain.example\"}');
+             COMMIT;"
+        };
+        let h = queued(&db, &writer, sql);
+        admin.batch_execute("COMMIT").unwrap();
+        assert_eq!(h.join().unwrap(), "ok", "{isolation}");
+    }
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE event_data::text LIKE '%plain.example%'"
+        ),
+        0,
+        "an event was stored with its personal data in the clear"
     );
     assert_eq!(
         count(
@@ -957,4 +1284,26 @@ fn a_foreign_create_hypertable_stops_the_install() {
         1
     );
     assert_eq!(fired(&mut c), vec![]);
+
+            "SELECT count(*) FROM event_store WHERE stream_id LIKE 'signup-%'"
+        ),
+        2
+    );
+    // A new schema: the queued append is validated by it.
+    let mut admin = db.connect();
+    admin
+        .batch_execute(
+            "BEGIN; SELECT es_define_event_type('Order', '{\"type\": \"object\", \"required\": [\"total\"]}')",
+        )
+        .unwrap();
+    let h = queued(&db, &writer, "SELECT es_append('order-1', 'Order', '{}')");
+    admin.batch_execute("COMMIT").unwrap();
+    assert_eq!(h.join().unwrap(), "ES004");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE stream_id = 'order-1'"
+        ),
+        0
+    );
 }

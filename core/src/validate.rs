@@ -195,9 +195,64 @@ pub fn check_depth(
     Ok(())
 }
 
+/// A batch element's `version` as JSON text: an integer out of `integer`'s range is refused
+/// here (22023, as a version below 1 is) rather than by the cast (22003). Anything that is not
+/// an integer at all is left to the cast, which says so (22P02).
+pub fn check_version_range(text: &str, ordinal: Option<i32>) -> Result<(), Invalid> {
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(());
+    }
+    let fits = digits.trim_start_matches('0').len() <= 10
+        && text.parse::<i64>().is_ok_and(|v| i32::try_from(v).is_ok());
+    if fits {
+        return Ok(());
+    }
+    let shown: String = text.chars().take(20).collect();
+    let more = if shown.len() < text.len() { "..." } else { "" };
+    Err(Invalid::Value(format!(
+        "{}version {shown}{more} is out of range: an event version is from 1 to {}",
+        at(ordinal),
+        i32::MAX
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_out_of_integer_range() {
+        for ok in [
+            "1",
+            "2147483647",
+            "-2147483648",
+            "0",
+            "1.5",
+            "x",
+            "",
+            "-",
+            "1e3",
+            "00000000001",
+            " 7 ",
+            "+3",
+        ] {
+            assert_eq!(check_version_range(ok, Some(1)), Ok(()), "{ok}");
+        }
+        for bad in [
+            "2147483648",
+            "-2147483649",
+            "99999999999999999999999",
+            "00000000002147483648",
+            " 2147483648 ",
+        ] {
+            assert!(
+                matches!(check_version_range(bad, Some(2)), Err(Invalid::Value(m)) if m.starts_with("event 2: version")),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn names() {
