@@ -720,148 +720,6 @@ fn traps_laid_before_install_never_run_as_a_superuser() {
     assert_eq!(fired, vec![]);
 }
 
-// ---- Issue 22, item 1: a database owner runs no code as the extension's owner.
-
-/// A schema `traps` of the database owner's, where every trap records who ran it and what.
-const TRAPS: &str = "
-    CREATE SCHEMA traps;
-    CREATE TABLE traps.fired (who name, what text);
-    GRANT USAGE ON SCHEMA traps TO PUBLIC;
-    GRANT INSERT ON traps.fired TO PUBLIC;
-    CREATE FUNCTION traps.fire(what text) RETURNS boolean LANGUAGE sql AS
-        $$ INSERT INTO traps.fired VALUES (current_user, what); SELECT true $$;
-    -- Matches the grants' `refclassid = 'pg_extension'::regclass` better than pg_catalog's =.
-    CREATE FUNCTION public.trap_eq(oid, regclass) RETURNS boolean LANGUAGE sql AS
-        $$ SELECT traps.fire('=(oid, regclass)') AND $1 OPERATOR(pg_catalog.=) $2::oid $$;
-    CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.trap_eq);
-    CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE sql AS
-        $$ SELECT traps.fire('format') :: text || pg_catalog.format($1, $2) $$;";
-
-/// Overloads next to the functions owner-run code calls, better matches for what 0.2.0 passed.
-const OVERLOADS: &str = "
-    CREATE FUNCTION public._es_check_append(text, text, text, integer) RETURNS void LANGUAGE sql AS
-        $$ SELECT traps.fire('_es_check_append') $$;
-    CREATE FUNCTION public._es_run_as(regprocedure, regrole, event_store) RETURNS boolean LANGUAGE sql AS
-        $$ SELECT traps.fire('_es_run_as') $$;
-    CREATE FUNCTION public._es_state_with(text, text, bigint, regprocedure) RETURNS jsonb LANGUAGE sql AS
-        $$ SELECT traps.fire('_es_state_with') :: text :: jsonb $$;
-    CREATE FUNCTION public._es_calling_role() RETURNS name LANGUAGE sql AS
-        $$ SELECT traps.fire('_es_calling_role') :: text :: name $$;";
-
-fn fired(c: &mut postgres::Client) -> Vec<(String, String)> {
-    c.query("SELECT who::text, what FROM traps.fired ORDER BY 1, 2", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
-/// A custom reducer (a superuser's, in public) for the state functions' SQL path.
-const REDUCER: &str = "
-    CREATE FUNCTION public.keep_last(s jsonb, e event_store) RETURNS jsonb LANGUAGE sql AS
-        $$ SELECT e.event_data $$;
-    GRANT EXECUTE ON FUNCTION public.keep_last(jsonb, event_store) TO PUBLIC;";
-
-/// Everything each role does with the store, through the functions in `schema`; the reader
-/// saves checkpoint `position`.
-fn use_the_store(db: &TestDb, schema: &str, writer: &str, reader: &str, position: i64) {
-    let mut w = db.connect_as(writer);
-    w.batch_execute(&format!(
-        "SET search_path = {schema};
-         SELECT * FROM es_append('acct-1', 'Opened', '{{\"n\": 1}}');
-         SELECT * FROM es_append_batch('acct-1', '[{{\"type\": \"Deposited\", \"data\": {{\"n\": 2}}}}]');
-         SELECT * FROM es_append_multi('[{{\"stream_id\": \"acct-2\", \"events\": [{{\"type\": \"Opened\", \"data\": {{}}}}]}}]');"
-    ))
-    .unwrap();
-    let mut r = db.connect_as(reader);
-    r.batch_execute(&format!(
-        "SET search_path = {schema};
-         SELECT es_save_checkpoint('mailer', {position});
-         SELECT count(*) FROM es_read_all(0);
-         SELECT count(*) FROM es_read_category('acct', 0, 10, 0, 2);
-         SELECT count(*) FROM es_stream('acct-1', upcast => true);
-         SELECT es_state('acct-1'), es_state_at_version('acct-1', 1), es_stream_version('acct-1');
-         SELECT es_state('acct-1', '{schema}.keep_last(jsonb, {schema}.event_store)'::regprocedure);
-         SELECT count(*) FROM es_verify();
-         SELECT es_digest();
-         SELECT count(*) FROM es_catalog();
-         SELECT es_metrics_prometheus();
-         SELECT count(*) FROM es_projections;"
-    ))
-    .unwrap();
-}
-
-#[test]
-fn a_database_owner_runs_nothing_as_the_extension_owner() {
-    let db = TestDb::empty("sec_dbo");
-    let mut c = db.connect();
-    let dbo = role(&db, &mut c, "dbo", "");
-    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
-    let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
-    // On managed PostgreSQL the application's role owns its database, and so public.
-    c.batch_execute(&format!("ALTER DATABASE {} OWNER TO {dbo}", db.name))
-        .unwrap();
-    if timescaledb() {
-        c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
-            .unwrap();
-    }
-    let mut o = db.connect_as(&dbo);
-    o.batch_execute(TRAPS).unwrap();
-    if timescaledb() {
-        // A better match than TimescaleDB's own for a call by name in its schema (public).
-        o.batch_execute(
-            "CREATE FUNCTION public.drop_chunks(relation regclass, older_than timestamptz) RETURNS SETOF text
-                 LANGUAGE sql AS $$ SELECT traps.fire('drop_chunks') :: text $$;",
-        )
-        .unwrap();
-    }
-    c.batch_execute("CREATE EXTENSION event_store").unwrap();
-    c.batch_execute(REDUCER).unwrap();
-    if timescaledb() {
-        // Old events in chunks of their own, for retention below.
-        c.batch_execute("SELECT set_chunk_time_interval('event_store', interval '1 second')")
-            .unwrap();
-    }
-    o.batch_execute(OVERLOADS).unwrap();
-    // A projection of the writer's, run by the worker or by a superuser's pass.
-    c.batch_execute(&format!(
-        "GRANT CREATE ON SCHEMA public TO {writer};
-         SET ROLE {writer};
-         CREATE TABLE public.seen (n int);
-         CREATE FUNCTION public.seen(e event_store) RETURNS void LANGUAGE sql AS $$ INSERT INTO public.seen VALUES (1) $$;
-         SELECT es_create_projection('seen', 'public.seen(event_store)');
-         RESET ROLE;"
-    ))
-    .unwrap();
-    use_the_store(&db, "public", &writer, &reader, 1);
-    until_projected(&mut c, None, 30, "the projection never ran", |c| {
-        count(c, "SELECT count(*) FROM public.seen") >= 3
-    });
-
-    // The schema renamed under the store, with stubs under the old name.
-    o.batch_execute(
-        "ALTER SCHEMA public RENAME TO moved;
-         CREATE SCHEMA public;
-         CREATE TABLE public.es_checkpoints (consumer text, position bigint, owner regrole, saved_at timestamptz);
-         CREATE TABLE public.es_streams (stream_id text, version bigint);
-         CREATE FUNCTION public._es_calling_role() RETURNS name LANGUAGE sql AS
-             $$ SELECT traps.fire('renamed: _es_calling_role') :: text :: name $$;
-         CREATE FUNCTION public.es_upcast(e moved.event_store) RETURNS moved.event_store LANGUAGE sql AS
-             $$ SELECT traps.fire('renamed: es_upcast'); SELECT e $$;
-         CREATE FUNCTION public._es_feed_horizon() RETURNS bigint LANGUAGE sql AS
-             $$ SELECT traps.fire('renamed: _es_feed_horizon') :: int :: bigint $$;
-         GRANT USAGE, CREATE ON SCHEMA public TO PUBLIC;",
-    )
-    .unwrap();
-    c.batch_execute("SET search_path = moved").unwrap();
-    use_the_store(&db, "moved", &writer, &reader, 2);
-    until_projected(
-        &mut c,
-        None,
-        30,
-        "the projection stopped after the rename",
-        |c| count(c, "SELECT count(*) FROM moved.seen") >= 6,
-
 // ---- Issue 22, item 5: the time limit holds, and a pass runs only the caller's projections.
 
 /// Sets a database setting the projection passes read, and (where the worker runs them)
@@ -1197,6 +1055,174 @@ fn an_append_queued_behind_a_catalog_change_is_sealed_and_validated_by_it() {
     assert_eq!(
         count(
             &mut c,
+            "SELECT count(*) FROM event_store WHERE stream_id LIKE 'signup-%'"
+        ),
+        2
+    );
+    // A new schema: the queued append is validated by it.
+    let mut admin = db.connect();
+    admin
+        .batch_execute(
+            "BEGIN; SELECT es_define_event_type('Order', '{\"type\": \"object\", \"required\": [\"total\"]}')",
+        )
+        .unwrap();
+    let h = queued(&db, &writer, "SELECT es_append('order-1', 'Order', '{}')");
+    admin.batch_execute("COMMIT").unwrap();
+    assert_eq!(h.join().unwrap(), "ES004");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE stream_id = 'order-1'"
+        ),
+        0
+    );
+}
+
+// ---- Issue 22, item 1: a database owner runs no code as the extension's owner.
+
+/// A schema `traps` of the database owner's, where every trap records who ran it and what.
+const TRAPS: &str = "
+    CREATE SCHEMA traps;
+    CREATE TABLE traps.fired (who name, what text);
+    GRANT USAGE ON SCHEMA traps TO PUBLIC;
+    GRANT INSERT ON traps.fired TO PUBLIC;
+    CREATE FUNCTION traps.fire(what text) RETURNS boolean LANGUAGE sql AS
+        $$ INSERT INTO traps.fired VALUES (current_user, what); SELECT true $$;
+    -- Matches the grants' `refclassid = 'pg_extension'::regclass` better than pg_catalog's =.
+    CREATE FUNCTION public.trap_eq(oid, regclass) RETURNS boolean LANGUAGE sql AS
+        $$ SELECT traps.fire('=(oid, regclass)') AND $1 OPERATOR(pg_catalog.=) $2::oid $$;
+    CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = public.trap_eq);
+    CREATE FUNCTION public.format(text, text) RETURNS text LANGUAGE sql AS
+        $$ SELECT traps.fire('format') :: text || pg_catalog.format($1, $2) $$;";
+
+/// Overloads next to the functions owner-run code calls, better matches for what 0.2.0 passed.
+const OVERLOADS: &str = "
+    CREATE FUNCTION public._es_check_append(text, text, text, integer) RETURNS void LANGUAGE sql AS
+        $$ SELECT traps.fire('_es_check_append') $$;
+    CREATE FUNCTION public._es_run_as(regprocedure, regrole, event_store) RETURNS boolean LANGUAGE sql AS
+        $$ SELECT traps.fire('_es_run_as') $$;
+    CREATE FUNCTION public._es_state_with(text, text, bigint, regprocedure) RETURNS jsonb LANGUAGE sql AS
+        $$ SELECT traps.fire('_es_state_with') :: text :: jsonb $$;
+    CREATE FUNCTION public._es_calling_role() RETURNS name LANGUAGE sql AS
+        $$ SELECT traps.fire('_es_calling_role') :: text :: name $$;";
+
+fn fired(c: &mut postgres::Client) -> Vec<(String, String)> {
+    c.query("SELECT who::text, what FROM traps.fired ORDER BY 1, 2", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// A custom reducer (a superuser's, in public) for the state functions' SQL path.
+const REDUCER: &str = "
+    CREATE FUNCTION public.keep_last(s jsonb, e event_store) RETURNS jsonb LANGUAGE sql AS
+        $$ SELECT e.event_data $$;
+    GRANT EXECUTE ON FUNCTION public.keep_last(jsonb, event_store) TO PUBLIC;";
+
+/// Everything each role does with the store, through the functions in `schema`; the reader
+/// saves checkpoint `position`.
+fn use_the_store(db: &TestDb, schema: &str, writer: &str, reader: &str, position: i64) {
+    let mut w = db.connect_as(writer);
+    w.batch_execute(&format!(
+        "SET search_path = {schema};
+         SELECT * FROM es_append('acct-1', 'Opened', '{{\"n\": 1}}');
+         SELECT * FROM es_append_batch('acct-1', '[{{\"type\": \"Deposited\", \"data\": {{\"n\": 2}}}}]');
+         SELECT * FROM es_append_multi('[{{\"stream_id\": \"acct-2\", \"events\": [{{\"type\": \"Opened\", \"data\": {{}}}}]}}]');"
+    ))
+    .unwrap();
+    let mut r = db.connect_as(reader);
+    r.batch_execute(&format!(
+        "SET search_path = {schema};
+         SELECT es_save_checkpoint('mailer', {position});
+         SELECT count(*) FROM es_read_all(0);
+         SELECT count(*) FROM es_read_category('acct', 0, 10, 0, 2);
+         SELECT count(*) FROM es_stream('acct-1', upcast => true);
+         SELECT es_state('acct-1'), es_state_at_version('acct-1', 1), es_stream_version('acct-1');
+         SELECT es_state('acct-1', '{schema}.keep_last(jsonb, {schema}.event_store)'::regprocedure);
+         SELECT count(*) FROM es_verify();
+         SELECT es_digest();
+         SELECT count(*) FROM es_catalog();
+         SELECT es_metrics_prometheus();
+         SELECT count(*) FROM es_projections;"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_database_owner_runs_nothing_as_the_extension_owner() {
+    let db = TestDb::empty("sec_dbo");
+    let mut c = db.connect();
+    let dbo = role(&db, &mut c, "dbo", "");
+    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
+    let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
+    // On managed PostgreSQL the application's role owns its database, and so public.
+    c.batch_execute(&format!("ALTER DATABASE {} OWNER TO {dbo}", db.name))
+        .unwrap();
+    if timescaledb() {
+        c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
+            .unwrap();
+    }
+    let mut o = db.connect_as(&dbo);
+    o.batch_execute(TRAPS).unwrap();
+    if timescaledb() {
+        // A better match than TimescaleDB's own for a call by name in its schema (public).
+        o.batch_execute(
+            "CREATE FUNCTION public.drop_chunks(relation regclass, older_than timestamptz) RETURNS SETOF text
+                 LANGUAGE sql AS $$ SELECT traps.fire('drop_chunks') :: text $$;",
+        )
+        .unwrap();
+    }
+    c.batch_execute("CREATE EXTENSION event_store").unwrap();
+    c.batch_execute(REDUCER).unwrap();
+    if timescaledb() {
+        // Old events in chunks of their own, for retention below.
+        c.batch_execute("SELECT set_chunk_time_interval('event_store', interval '1 second')")
+            .unwrap();
+    }
+    o.batch_execute(OVERLOADS).unwrap();
+    // A projection of the writer's, run by the worker or by a superuser's pass.
+    c.batch_execute(&format!(
+        "GRANT CREATE ON SCHEMA public TO {writer};
+         SET ROLE {writer};
+         CREATE TABLE public.seen (n int);
+         CREATE FUNCTION public.seen(e event_store) RETURNS void LANGUAGE sql AS $$ INSERT INTO public.seen VALUES (1) $$;
+         SELECT es_create_projection('seen', 'public.seen(event_store)');
+         RESET ROLE;"
+    ))
+    .unwrap();
+    use_the_store(&db, "public", &writer, &reader, 1);
+    until_projected(&mut c, None, 30, "the projection never ran", |c| {
+        count(c, "SELECT count(*) FROM public.seen") >= 3
+    });
+
+    // The schema renamed under the store, with stubs under the old name.
+    o.batch_execute(
+        "ALTER SCHEMA public RENAME TO moved;
+         CREATE SCHEMA public;
+         CREATE TABLE public.es_checkpoints (consumer text, position bigint, owner regrole, saved_at timestamptz);
+         CREATE TABLE public.es_streams (stream_id text, version bigint);
+         CREATE FUNCTION public._es_calling_role() RETURNS name LANGUAGE sql AS
+             $$ SELECT traps.fire('renamed: _es_calling_role') :: text :: name $$;
+         CREATE FUNCTION public.es_upcast(e moved.event_store) RETURNS moved.event_store LANGUAGE sql AS
+             $$ SELECT traps.fire('renamed: es_upcast'); SELECT e $$;
+         CREATE FUNCTION public._es_feed_horizon() RETURNS bigint LANGUAGE sql AS
+             $$ SELECT traps.fire('renamed: _es_feed_horizon') :: int :: bigint $$;
+         GRANT USAGE, CREATE ON SCHEMA public TO PUBLIC;",
+    )
+    .unwrap();
+    c.batch_execute("SET search_path = moved").unwrap();
+    use_the_store(&db, "moved", &writer, &reader, 2);
+    until_projected(
+        &mut c,
+        None,
+        30,
+        "the projection stopped after the rename",
+        |c| count(c, "SELECT count(*) FROM moved.seen") >= 6,
+    );
+    assert_eq!(
+        count(
+            &mut c,
             "SELECT max(position) FROM _event_store.es_checkpoints WHERE consumer = 'mailer'"
         ),
         2
@@ -1284,26 +1310,4 @@ fn a_foreign_create_hypertable_stops_the_install() {
         1
     );
     assert_eq!(fired(&mut c), vec![]);
-
-            "SELECT count(*) FROM event_store WHERE stream_id LIKE 'signup-%'"
-        ),
-        2
-    );
-    // A new schema: the queued append is validated by it.
-    let mut admin = db.connect();
-    admin
-        .batch_execute(
-            "BEGIN; SELECT es_define_event_type('Order', '{\"type\": \"object\", \"required\": [\"total\"]}')",
-        )
-        .unwrap();
-    let h = queued(&db, &writer, "SELECT es_append('order-1', 'Order', '{}')");
-    admin.batch_execute("COMMIT").unwrap();
-    assert_eq!(h.join().unwrap(), "ES004");
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM event_store WHERE stream_id = 'order-1'"
-        ),
-        0
-    );
 }
