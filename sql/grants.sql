@@ -57,6 +57,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.es_uuidv7(),
     _event_store._es_category(text),
     @extschema@.es_stream(text, bigint, bigint, boolean),
+    _event_store._es_stream_events(text, timestamptz, timestamptz, bigint, bigint, boolean),
     @extschema@.es_upcast(@extschema@.event_store),
     _event_store._es_upcast(@extschema@.event_store),
     -- The reads reveal personal data as the reader may see it.
