@@ -115,6 +115,41 @@ RETURNS TABLE (stream_version bigint, event_id uuid, event_type text, created_at
     LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'es_diff_wrapper';
 
+-- The events a fold reads through SQL (src/fold.rs, when row level security or column
+-- privileges rule out reading the table directly), and those es_diff reads: only the columns
+-- each needs, so a role granted just those columns may call them. SQL-standard bodies, bound
+-- when created and inlined into the caller's statement; NULL bounds are no bounds.
+CREATE FUNCTION _event_store._es_fold_rows(stream_id text, after_version bigint, upto_version bigint,
+                                           from_at timestamptz, upto_at timestamptz)
+RETURNS TABLE (event_type text, event_version integer, event_data jsonb)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT e.event_type, e.event_version, e.event_data
+      FROM @extschema@.event_store e
+     WHERE e.stream_id OPERATOR(pg_catalog.=) _es_fold_rows.stream_id
+       AND e.stream_version OPERATOR(pg_catalog.>) COALESCE(_es_fold_rows.after_version, 0::bigint)
+       AND e.stream_version OPERATOR(pg_catalog.<=) COALESCE(_es_fold_rows.upto_version, 9223372036854775807::bigint)
+       AND e.created_at OPERATOR(pg_catalog.>=) COALESCE(_es_fold_rows.from_at, '-infinity'::timestamptz)
+       AND e.created_at OPERATOR(pg_catalog.<=) COALESCE(_es_fold_rows.upto_at, 'infinity'::timestamptz)
+     ORDER BY e.stream_version;
+END;
+
+CREATE FUNCTION _event_store._es_diff_rows(stream_id text, after_at timestamptz, upto_at timestamptz,
+                                           after_version bigint)
+RETURNS TABLE (event_type text, event_data jsonb, stream_version bigint, created_at timestamptz,
+               event_id uuid, correlation_id text, event_version integer)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT e.event_type, e.event_data, e.stream_version, e.created_at, e.event_id,
+           e.metadata OPERATOR(pg_catalog.->>) 'correlationId'::text, e.event_version
+      FROM @extschema@.event_store e
+     WHERE e.stream_id OPERATOR(pg_catalog.=) _es_diff_rows.stream_id
+       AND e.created_at OPERATOR(pg_catalog.>) _es_diff_rows.after_at
+       AND e.created_at OPERATOR(pg_catalog.<=) _es_diff_rows.upto_at
+       AND e.stream_version OPERATOR(pg_catalog.>) _es_diff_rows.after_version
+     ORDER BY e.stream_version;
+END;
+
 -- es_fold(e ORDER BY e.stream_version): the same fold as es_state_at, over any rows.
 CREATE FUNCTION _event_store._es_fold_step(internal, @extschema@.event_store) RETURNS internal
     LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_step';

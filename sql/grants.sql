@@ -105,6 +105,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.es_state_at(text, timestamptz, regprocedure),
     @extschema@.es_state_at_version(text, bigint, regprocedure),
     _event_store._es_check_uncut(text),
+    _event_store._es_fold_rows(text, bigint, bigint, timestamptz, timestamptz),
+    _event_store._es_diff_rows(text, timestamptz, timestamptz, bigint),
+    _event_store._es_event_visible(bigint),
     @extschema@.es_diff(text, timestamptz, timestamptz)
 TO event_store_reader;
 

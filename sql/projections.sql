@@ -132,6 +132,13 @@ BEGIN
 END
 $$;
 
+-- Whether the caller (a projection's owner, src/projection.rs) sees the event at a position
+-- under row level security; needs only its privilege on global_position.
+CREATE FUNCTION _event_store._es_event_visible("position" bigint) RETURNS boolean
+LANGUAGE sql STABLE STRICT
+RETURN EXISTS (SELECT FROM @extschema@.event_store e
+                WHERE e.global_position OPERATOR(pg_catalog.=) _es_event_visible."position");
+
 -- The events a projection's batch applies: bound when created (a SQL-standard body), so the
 -- loop below never names event_store or its row type.
 CREATE FUNCTION _event_store._es_projection_events(after_position bigint, horizon bigint, event_types text[],

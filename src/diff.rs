@@ -10,11 +10,17 @@ use event_store_core::plan::Point;
 use event_store_core::stream::category;
 use pgrx::prelude::*;
 
-const EVENTS_SQL: &str = "SELECT event_type, event_data, stream_version, created_at, event_id, \
+/// The events after `from` (and after the snapshot's version) up to `to`, in stream order:
+/// through a function reading only the columns it needs (sql/fold.sql); before 0.3.0's SQL,
+/// from the table.
+const EVENTS_SQL: [&str; 2] = [
+    "SELECT * FROM _event_store._es_diff_rows($1, $2, $3, $4)",
+    "SELECT event_type, event_data, stream_version, created_at, event_id, \
             metadata ->> 'correlationId', event_version \
        FROM _event_store.log \
       WHERE stream_id = $1 AND created_at > $2 AND created_at <= $3 AND stream_version > $4 \
-      ORDER BY stream_version";
+      ORDER BY stream_version",
+];
 
 /// One row per changed path per event, in stream order: the state at `from` is the
 /// starting point, each event after it up to `to` is folded in turn.
@@ -55,7 +61,11 @@ fn es_diff(
         let mut rows = Vec::new();
         let args = [stream_id.into(), from.into(), to.into(), version.into()];
         let events =
-            in_stream_order(|| client.select(crate::schema::qualified(EVENTS_SQL), None, &args))
+            in_stream_order(|| client.select(
+                    crate::schema::qualified(EVENTS_SQL[!crate::schema::internal_layout() as usize]),
+                    None,
+                    &args,
+                ))
                 .or_raise("reading the stream");
         for e in events {
             let event_type: String = column(&e, 1, "event_store.event_type");

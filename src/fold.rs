@@ -75,6 +75,12 @@ const START_SQL: [[&str; 2]; 2] = [
 /// $5), which stops at an instant and lets a hypertable exclude other chunks.
 /// With 0.1.0's SQL (before ALTER EXTENSION UPDATE), its aggregate, which has no event_version.
 fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static str {
+    // 0.3.0's SQL: a function that reads only the fold's columns (a role granted just those
+    // may fold), every bound given; the time range lets a hypertable exclude other chunks.
+    if crate::schema::internal_layout() {
+        return "SELECT _event_store._es_fold_events(event_type, event_version, event_data, $6, $1) \
+                  FROM _event_store._es_fold_rows($1, $2, $3, $4, $5)";
+    }
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let variants = SQL.get_or_init(|| {
         (0..16)

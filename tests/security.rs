@@ -1186,7 +1186,8 @@ fn a_database_owner_runs_nothing_as_the_extension_owner() {
         "GRANT CREATE ON SCHEMA public TO {writer};
          SET ROLE {writer};
          CREATE TABLE public.seen (n int);
-         CREATE FUNCTION public.seen(e event_store) RETURNS void LANGUAGE sql AS $$ INSERT INTO public.seen VALUES (1) $$;
+         CREATE FUNCTION public.seen(e event_store) RETURNS void LANGUAGE sql
+             BEGIN ATOMIC INSERT INTO public.seen VALUES (1); END;
          SELECT es_create_projection('seen', 'public.seen(event_store)');
          RESET ROLE;"
     ))
