@@ -60,13 +60,14 @@ fn es_diff(
         };
         let mut rows = Vec::new();
         let args = [stream_id.into(), from.into(), to.into(), version.into()];
-        let events =
-            in_stream_order(|| client.select(
-                    crate::schema::qualified(EVENTS_SQL[!crate::schema::internal_layout() as usize]),
-                    None,
-                    &args,
-                ))
-                .or_raise("reading the stream");
+        let events = in_stream_order(|| {
+            client.select(
+                crate::schema::qualified(EVENTS_SQL[!crate::schema::internal_layout() as usize]),
+                None,
+                &args,
+            )
+        })
+        .or_raise("reading the stream");
         for e in events {
             let event_type: String = column(&e, 1, "event_store.event_type");
             let Json(data) = column(&e, 2, "event_store.event_data");

@@ -630,8 +630,9 @@ fn state_functions_see_only_what_the_caller_may_select() {
          GRANT USAGE ON SCHEMA public, _event_store TO {columns}, {none};
          GRANT SELECT ON _event_store.es_streams, _event_store.es_reducers, _event_store.es_snapshots,
                          _event_store.es_catalog_types, _event_store.es_catalog_modes, _event_store.es_upcasts,
-                         _event_store.es_anchors, _event_store.log TO {columns}, {none};
-         GRANT EXECUTE ON FUNCTION es_state(text), _event_store._es_fold_events(text, integer, jsonb, jsonb, text) TO {columns}, {none};
+                         _event_store.es_anchors TO {columns}, {none};
+         GRANT EXECUTE ON FUNCTION es_state(text), _event_store._es_fold_events(text, integer, jsonb, jsonb, text),
+                                   _event_store._es_fold_rows(text, bigint, bigint, timestamptz, timestamptz) TO {columns}, {none};
          GRANT SELECT (stream_id, stream_version, event_type, event_version, event_data, created_at)
             ON event_store TO {columns};
          CREATE POLICY not_secret ON event_store FOR SELECT TO {tenant}

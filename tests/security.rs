@@ -1102,9 +1102,7 @@ const OVERLOADS: &str = "
     CREATE FUNCTION public._es_run_as(regprocedure, regrole, event_store) RETURNS boolean LANGUAGE sql AS
         $$ SELECT traps.fire('_es_run_as') $$;
     CREATE FUNCTION public._es_state_with(text, text, bigint, regprocedure) RETURNS jsonb LANGUAGE sql AS
-        $$ SELECT traps.fire('_es_state_with') :: text :: jsonb $$;
-    CREATE FUNCTION public._es_calling_role() RETURNS name LANGUAGE sql AS
-        $$ SELECT traps.fire('_es_calling_role') :: text :: name $$;";
+        $$ SELECT traps.fire('_es_state_with') :: text :: jsonb $$;";
 
 fn fired(c: &mut postgres::Client) -> Vec<(String, String)> {
     c.query("SELECT who::text, what FROM traps.fired ORDER BY 1, 2", &[])
@@ -1154,8 +1152,6 @@ fn a_database_owner_runs_nothing_as_the_extension_owner() {
     let db = TestDb::empty("sec_dbo");
     let mut c = db.connect();
     let dbo = role(&db, &mut c, "dbo", "");
-    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
-    let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
     // On managed PostgreSQL the application's role owns its database, and so public.
     c.batch_execute(&format!("ALTER DATABASE {} OWNER TO {dbo}", db.name))
         .unwrap();
@@ -1175,6 +1171,8 @@ fn a_database_owner_runs_nothing_as_the_extension_owner() {
     }
     c.batch_execute("CREATE EXTENSION event_store").unwrap();
     c.batch_execute(REDUCER).unwrap();
+    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
+    let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
     if timescaledb() {
         // Old events in chunks of their own, for retention below.
         c.batch_execute("SELECT set_chunk_time_interval('event_store', interval '1 second')")
@@ -1196,6 +1194,7 @@ fn a_database_owner_runs_nothing_as_the_extension_owner() {
     until_projected(&mut c, None, 30, "the projection never ran", |c| {
         count(c, "SELECT count(*) FROM public.seen") >= 3
     });
+    assert_eq!(fired(&mut c), vec![], "traps in public");
 
     // The schema renamed under the store, with stubs under the old name.
     o.batch_execute(
@@ -1250,8 +1249,6 @@ fn traps_laid_before_an_update_never_run() {
     let db = TestDb::empty("sec_dbo_update");
     let mut c = db.connect();
     let dbo = role(&db, &mut c, "dbo", "");
-    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
-    let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
     c.batch_execute(&format!("ALTER DATABASE {} OWNER TO {dbo}", db.name))
         .unwrap();
     if timescaledb() {
@@ -1265,6 +1262,8 @@ fn traps_laid_before_an_update_never_run() {
     )
     .unwrap();
     c.batch_execute(REDUCER).unwrap();
+    let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
+    let reader = role(&db, &mut c, "reader", "IN ROLE event_store_reader");
     let mut o = db.connect_as(&dbo);
     o.batch_execute(TRAPS).unwrap();
     c.batch_execute("ALTER EXTENSION event_store UPDATE")
