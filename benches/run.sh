@@ -192,7 +192,7 @@ sql -c "SET ROLE es_bench_projector;
             'INSERT INTO bench_lag VALUES (e.global_position, (extract(epoch FROM clock_timestamp() - e.created_at) * 1e6)::bigint)';
         SELECT es_create_projection('bench_lag', 'bench_lag_handler(event_store)', event_types => ARRAY['LagProbe']);
         RESET ROLE;
-        UPDATE es_projection_state SET position = _es_feed_horizon() WHERE name = 'bench_lag'" >/dev/null
+        UPDATE _event_store.es_projection_state SET position = _event_store._es_feed_horizon() WHERE name = 'bench_lag'" >/dev/null
 for _ in $(seq 60); do
     [ "$(sql -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_store projections' AND datname = 'es_bench'")" = 1 ] && break
     sleep 0.5
@@ -209,7 +209,7 @@ echo "== 7. listener wake-up, commit of an append to a LISTEN event_store client
 if python3 -c "import psycopg2" 2>/dev/null; then
     # Preloaded, the database's worker sends the notifications: make sure it runs (the
     # launcher otherwise finds a new database within 30 s, and appends notify themselves).
-    sql -c "SELECT _es_wake_projections(true)" >/dev/null
+    sql -c "SELECT _event_store._es_wake_projections(true)" >/dev/null
     for _ in $(seq 60); do
         [ "$(sql -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_store projections' AND datname = 'es_bench'")" = 1 ] && break
         sleep 0.5
