@@ -36,3 +36,9 @@ CREATE FUNCTION _es_reveal(event event_store) RETURNS event_store
     LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
 COMMENT ON FUNCTION _es_reveal(event_store) IS
     'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';
+
+-- es_subject_export's view of an event: only values sealed under that subject's own keys open.
+CREATE FUNCTION _es_reveal_for_subject(event event_store, subject text) RETURNS event_store
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
+COMMENT ON FUNCTION _es_reveal_for_subject(event_store, text) IS
+    'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';

@@ -5,7 +5,9 @@
 -- Art. 15: every event about the subject across all streams, with its provenance, and the
 -- current state of each stream involved. Runs as the owner (it reads every event whatever
 -- row level security shows the caller): granted to nobody, a superuser grants it to the
--- data-protection officer's role.
+-- data-protection officer's role. It opens only values sealed under the subject's own keys:
+-- another subject's personal data, in a stream the subject shares or copied into an event
+-- about them, shows as [personal data].
 CREATE FUNCTION es_subject_export(subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -23,7 +25,7 @@ BEGIN
         SELECT r.*
           FROM @extschema@.es_catalog_types t
           JOIN @extschema@.event_store e ON e.event_type = t.event_type AND e.event_version = t.version,
-               LATERAL @extschema@._es_reveal(e) r
+               LATERAL @extschema@._es_reveal_for_subject(e, es_subject_export.subject) r
          WHERE t.subject IS NOT NULL
            AND @extschema@._es_subject_of(t.subject, r.stream_id, r.event_data, r.metadata) = es_subject_export.subject
     )
@@ -46,7 +48,7 @@ BEGIN
                'streams', coalesce((
                    SELECT jsonb_object_agg(s.stream_id, jsonb_build_object(
                               'version', @extschema@.es_stream_version(s.stream_id),
-                              'state', @extschema@.es_state(s.stream_id)))
+                              'state', @extschema@._es_state_for_subject(s.stream_id, es_subject_export.subject)))
                      FROM (SELECT DISTINCT a.stream_id FROM about a) s), '{}'))
       INTO doc;
     -- The record holds no personal data: the subject only as a hash.

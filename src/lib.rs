@@ -137,6 +137,7 @@ extension_sql_file!(
         "catalog",
         "read",
         fold::es_state,
+        fold::_es_state_for_subject,
         append::_es_record,
         catalog::_es_subject_of,
         context::_es_calling_role
