@@ -285,6 +285,14 @@ pub unsafe extern "C-unwind" fn _es_reveal(fcinfo: pg_sys::FunctionCallInfo) -> 
     unsafe { reveal_row(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0)) }
 }
 
+/// A document revealed for the current user. No longer called (the appends' retry check
+/// compares in Rust, `append::same_data`); kept because 0.2.0's SQL declares it, so that
+/// library must still hold it until an update script drops it.
+#[pg_extern(stable, strict, parallel_safe)]
+fn _es_reveal_data(doc: pgrx::JsonB) -> pgrx::JsonB {
+    reveal_jsonb(doc)
+}
+
 v1_function!(pg_finfo__es_reveal_for_subject);
 /// `_es_reveal_for_subject(event_store, text) RETURNS event_store` (STRICT): an event as the
 /// subject's export shows it (`reveal_for_subject`).

@@ -285,6 +285,7 @@ fn keys_are_the_owners_wrapped_by_the_master_key_and_appends_stay_idempotent() {
         for sql in [
             "SELECT * FROM es_subject_keys",
             "SELECT es_forget_subject('u-1', 'because')",
+            "SELECT _es_reveal_data('{}')",
             "SELECT _es_reveal_for_subject(e, 'u-1') FROM event_store e",
             "SELECT _es_state_for_subject('user-1', 'u-1')",
             "SELECT _es_subject_hash('u-1')",
