@@ -36,3 +36,9 @@ CREATE FUNCTION _event_store._es_reveal(event @extschema@.event_store) RETURNS @
     LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
 COMMENT ON FUNCTION _event_store._es_reveal(@extschema@.event_store) IS
     'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';
+
+-- es_subject_export's view of an event: only values sealed under that subject's own keys open.
+CREATE FUNCTION _event_store._es_reveal_for_subject(event @extschema@.event_store, subject text) RETURNS @extschema@.event_store
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
+COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
+    'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';

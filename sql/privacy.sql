@@ -2,8 +2,8 @@
 -- catalog's subject pointers (sql/catalog.sql). Each use is recorded in the store's own stream
 -- event_store-privacy (_es_record, src/append.rs), which the feed delivers to projections.
 
--- The events about a subject, by the catalog's subject pointers, revealed as the caller may
--- see them. Bound when created (a SQL-standard body).
+-- The events about a subject, by the catalog's subject pointers, with only the values sealed
+-- under that subject's own keys opened. Bound when created (a SQL-standard body).
 CREATE FUNCTION _event_store._es_subject_events(subject text)
 RETURNS SETOF @extschema@.event_store
 LANGUAGE sql STABLE
@@ -12,20 +12,18 @@ BEGIN ATOMIC
       FROM _event_store.es_catalog_types t
       JOIN @extschema@.event_store e
         ON e.event_type OPERATOR(pg_catalog.=) t.event_type AND e.event_version OPERATOR(pg_catalog.=) t.version,
-           LATERAL (SELECT _event_store._es_reveal(e) AS e OFFSET 0) r
+           LATERAL (SELECT _event_store._es_reveal_for_subject(e, _es_subject_events.subject) AS e OFFSET 0) r
      WHERE t.subject IS NOT NULL
        AND _event_store._es_subject_of(t.subject, (r.e).stream_id, (r.e).event_data, (r.e).metadata)
            OPERATOR(pg_catalog.=) _es_subject_events.subject;
 END;
 
--- es_state for the store's own code, under a name no one else can shadow.
-CREATE FUNCTION _event_store._es_state(stream_id text) RETURNS jsonb
-    LANGUAGE c STABLE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'es_state_wrapper';
-
 -- Art. 15: every event about the subject across all streams, with its provenance, and the
 -- current state of each stream involved. Runs as the owner (it reads every event whatever
 -- row level security shows the caller): granted to nobody, a superuser grants it to the
--- data-protection officer's role.
+-- data-protection officer's role. It opens only values sealed under the subject's own keys:
+-- another subject's personal data, in a stream the subject shares or copied into an event
+-- about them, shows as [personal data].
 CREATE FUNCTION @extschema@.es_subject_export(subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -61,7 +59,7 @@ BEGIN
                'streams', coalesce((
                    SELECT jsonb_object_agg(s.stream_id, jsonb_build_object(
                               'version', (SELECT v.version FROM _event_store.es_streams v WHERE v.stream_id = s.stream_id),
-                              'state', _event_store._es_state(s.stream_id)))
+                              'state', _event_store._es_state_for_subject(s.stream_id, es_subject_export.subject)))
                      FROM (SELECT DISTINCT a.stream_id FROM about a) s), '{}'))
       INTO doc;
     -- The record holds no personal data: the subject only as a hash.

@@ -4,7 +4,7 @@
 //! An append reads its arguments as jsonb datums and validates every event before it locks
 //! or writes anything; then, in one SPI connection with kept plans: locks each stream's
 //! registry row in stream-id order (so calls over the same streams never deadlock), claims
-//! caller-chosen ids, checks expected versions, registers with the feed, takes the call's
+//! caller-chosen ids (generated ones are claimed by the INSERT), checks expected versions, registers with the feed, takes the call's
 //! positions as one consecutive block, hashes in Rust, inserts every event in one statement
 //! and advances each stream's head. ES001/ES002 are raised only once everything Rust holds
 //! is dropped (they leave by longjmp).
@@ -327,33 +327,25 @@ const CLAIM_SQL: &str =
     ON CONFLICT DO NOTHING RETURNING event_id";
 // unnest over several arrays is FROM-clause syntax, not a function that could be qualified;
 // the pinned search_path (pg_catalog first) is what resolves it.
-/// The stored events an append's ids name, compared with what the append carries (their
-/// personal data revealed: the append sealed it with a nonce of its own); as stored with
-/// 0.1.0's SQL, before ALTER EXTENSION UPDATE.
-macro_rules! stored_sql {
-    ($data:literal) => {
-        concat!(
-            "SELECT b.ord::int, e.event_id, e.stream_id OPERATOR(pg_catalog.=) b.stream \
-       AND e.event_type OPERATOR(pg_catalog.=) b.type AND ",
-            $data,
-            " OPERATOR(pg_catalog.=) b.data \
+/// The stored events an append's ids name, and whether each has the stream, type and version
+/// the append gives; their data is compared in Rust (`same_data`).
+const STORED_SQL: &str =
+    "SELECT b.ord::int, e.event_id, e.stream_id OPERATOR(pg_catalog.=) b.stream \
+       AND e.event_type OPERATOR(pg_catalog.=) b.type \
        AND e.event_version OPERATOR(pg_catalog.=) b.version, \
-       e.stream_id, e.stream_version, e.global_position, e.created_at \
-  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int4[]) \
-       WITH ORDINALITY AS b(id, stream, type, data, version, ord) \
-  JOIN _event_store.log e ON e.event_id OPERATOR(pg_catalog.=) b.id"
-        )
-    };
-}
-const STORED_SQL: [&str; 2] = [
-    stored_sql!("_event_store._es_reveal_data(e.event_data)"),
-    stored_sql!("e.event_data"),
-];
-const INSERT_ONE_SQL: &str = "INSERT INTO _event_store.log (global_position, event_id, \
-    stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
+       e.stream_id, e.stream_version, e.global_position, e.created_at, e.event_data \
+  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[]) \
+       WITH ORDINALITY AS b(id, stream, type, version, ord) \
+  JOIN _event_store.log e ON e.event_id OPERATOR(pg_catalog.=) b.id";
+// Each also claims the ids the store generated for the call: an id, whoever chose it, is
+// held by one event (a caller reusing one the store handed out gets ES002, as for its own).
+const INSERT_ONE_SQL: &str = "WITH claim AS (INSERT INTO _event_store.es_event_ids \
+    SELECT pg_catalog.unnest($11::uuid[])) \
+    INSERT INTO _event_store.log (global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-const INSERT_MANY_SQL: &str = "INSERT INTO _event_store.log (global_position, event_id, \
-    stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
+const INSERT_MANY_SQL: &str = "WITH claim AS (INSERT INTO _event_store.es_event_ids \
+    SELECT pg_catalog.unnest($11::uuid[])) \
+    INSERT INTO _event_store.log (global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
     SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], \
     $6::jsonb[], $7::jsonb[], $8::int4[], $9::timestamptz[], $10::bytea[])";
 
@@ -395,11 +387,40 @@ fn refused(code: &'static [u8; 5], message: String, detail: String, hint: &str) 
     }
 }
 
+/// Whether a retry's data is the stored event's. A caller who may read personal data compares
+/// plaintext (the stored event opened; the retry was not sealed yet, and the seal's nonce
+/// differs anyway). For any other caller the answer must not depend on what it cannot read:
+/// both sides are blinded (every value at a personal-data path of the type, and every sealed
+/// value, withheld), so a retry that differs from the original only there is the same append.
+fn same_data(
+    mut stored: serde_json::Value,
+    given: pg_sys::Datum,
+    personal: Option<&event_store_core::catalog::Personal>,
+    privileged: bool,
+) -> bool {
+    // SAFETY: a non-null jsonb datum, checked when the event was read.
+    let mut given = unsafe { jsonb::to_value(given) };
+    if privileged {
+        crate::personal::open_all(&mut stored);
+        crate::personal::open_all(&mut given);
+    } else {
+        let paths = personal.map_or(&[][..], |p| &p.paths[..]);
+        event_store_core::personal::blind(&mut stored, paths);
+        event_store_core::personal::blind(&mut given, paths);
+    }
+    // Compared as jsonb compares (numbers by value), as a SQL `=` did before.
+    let (a, b) = (jsonb::datum(&stored), jsonb::datum(&given));
+    // SAFETY: two non-null jsonb datums; jsonb_eq returns a bool.
+    unsafe { call(pg_sys::jsonb_eq, &[a, b]) }.is_some_and(|d| d.value() != 0)
+}
+
 /// Claims the call's caller-chosen ids and decides, entry by entry, whether it is new or a
-/// retry of an append stored whole. Returns the stored rows of replayed entries.
+/// retry of an append stored whole. Returns the stored rows of replayed entries. `personal`
+/// gives what the catalog says of an event's personal data (for the retry check).
 fn retries(
     client: &mut SpiClient<'_>,
     entries: &[Entry],
+    personal: impl Fn(usize, &Event) -> Option<std::rc::Rc<event_store_core::catalog::Personal>>,
 ) -> Result<(Vec<bool>, Vec<Appended>), Refused> {
     let mut replay = vec![false; entries.len()];
     let given: Vec<(usize, &Event)> = entries
@@ -428,17 +449,15 @@ fn retries(
     }
     let plan = plans::kept(
         client,
-        STORED_SQL[crate::schema::legacy_sql() as usize],
+        STORED_SQL,
         &[
             Oid::UUIDARRAYOID,
             Oid::TEXTARRAYOID,
             Oid::TEXTARRAYOID,
-            Oid::JSONBARRAYOID,
             Oid::INT4ARRAYOID,
         ],
         true,
     );
-    let datas: Vec<pg_sys::Datum> = given.iter().map(|(_, e)| e.data).collect();
     let rows = client
         .update(
             &*plan,
@@ -456,21 +475,26 @@ fn retries(
                     .iter()
                     .map(|(_, e)| e.event_type.as_str())
                     .collect::<Vec<_>>()),
-                jsonb_array(&datas),
                 arg(given.iter().map(|(_, e)| e.version).collect::<Vec<_>>()),
             ],
         )
         .or_raise("reading stored event ids");
+    let privileged = crate::personal::caller_privileged();
     // (entry, ordinal in `given`, stored, row)
     let mut found: Vec<(usize, usize, Stored, Appended, String)> = vec![];
     for row in rows {
         let ord = column::<i32>(&row, 1, "ordinality") as usize - 1;
         let id: pgrx::Uuid = column(&row, 2, "event_store.event_id");
         let position: i64 = column(&row, 6, "event_store.global_position");
-        let entry = given[ord].0;
+        let (entry, ev) = given[ord];
+        let same_rest: bool = column(&row, 3, "the comparison of stored events");
         let stored = Stored {
             position,
-            same_content: column(&row, 3, "the comparison of stored events"),
+            same_content: same_rest && {
+                let data: pgrx::JsonB = column(&row, 8, "event_store.event_data");
+                let personal = personal(entry, ev);
+                same_data(data.0, ev.data, personal.as_deref(), privileged)
+            },
         };
         let at: TimestampWithTimeZone = column(&row, 7, "event_store.created_at");
         found.push((
@@ -633,7 +657,13 @@ fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refus
             heads[i] = Some(registry::lock(client, &entries[i].stream_id));
         }
         let heads: Vec<registry::Head> = heads.into_iter().map(|h| h.expect("locked")).collect();
-        let (replay, mut rows) = retries(client, &entries)?;
+        let personal = |i: usize, ev: &Event| {
+            seals
+                .iter()
+                .find(|(si, n, _, _)| *si == i && std::ptr::eq(&entries[i].events[*n], ev))
+                .map(|s| s.2.clone())
+        };
+        let (replay, mut rows) = retries(client, &entries, personal)?;
         for (i, e) in entries.iter().enumerate() {
             match e.expected {
                 Some(v) if !replay[i] && v != heads[i].version => {
@@ -675,7 +705,11 @@ fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refus
                 let mut version = head.version;
                 for ev in &e.events {
                     version += 1;
-                    let id = ev.id.unwrap_or_else(event_store_core::ids::next_v7);
+                    let id = ev.id.unwrap_or_else(|| {
+                        let id = event_store_core::ids::next_v7();
+                        new.claims.push(uuid(id));
+                        id
+                    });
                     let id_text = uuid(id).to_string();
                     let hash = event_hash(
                         &prev,
@@ -762,6 +796,8 @@ struct Insert {
     event_versions: Vec<i32>,
     at: Vec<i64>,
     hashes: Vec<Vec<u8>>,
+    /// The ids the store generated (caller-chosen ones were claimed by `retries`).
+    claims: Vec<pgrx::Uuid>,
 }
 
 impl Insert {
@@ -777,6 +813,7 @@ impl Insert {
             event_versions: Vec::with_capacity(n),
             at: Vec::with_capacity(n),
             hashes: Vec::with_capacity(n),
+            claims: Vec::with_capacity(n),
         }
     }
 
@@ -828,6 +865,7 @@ impl Insert {
                     INT4OID,
                     TIMESTAMPTZOID,
                     BYTEAOID,
+                    UUIDARRAYOID,
                 ],
                 true,
             );
@@ -842,6 +880,7 @@ impl Insert {
                 arg(self.event_versions[0]),
                 timestamptz(self.at[0]),
                 arg(self.hashes[0].as_slice()),
+                arg(self.claims),
             ];
             client.update(&*plan, None, &args).map(drop)
         } else {
@@ -859,6 +898,7 @@ impl Insert {
                     INT4ARRAYOID,
                     TIMESTAMPTZARRAYOID,
                     BYTEAARRAYOID,
+                    UUIDARRAYOID,
                 ],
                 true,
             );
@@ -878,6 +918,7 @@ impl Insert {
                 arg(self.event_versions),
                 arg(at),
                 arg(self.hashes),
+                arg(self.claims),
             ];
             client.update(&*plan, None, &args).map(drop)
         };

@@ -334,6 +334,20 @@ fn es_state(stream_id: &str) -> Option<pgrx::JsonB> {
     state(stream_id, Point::Head)
 }
 
+/// The stream's current state as `subject`'s export shows it: only what is sealed under the
+/// subject's own keys opens (crate::personal::reveal_for_subject). For es_subject_export.
+#[pg_extern(stable, strict, parallel_safe, schema = "_event_store")]
+#[search_path(pg_catalog, pg_temp)]
+fn _es_state_for_subject(stream_id: &str, subject: &str) -> Option<pgrx::JsonB> {
+    Spi::connect(|client| {
+        fold_stream(client, stream_id, Point::Head).map(|f| {
+            let mut state = Value::from(&f.state);
+            crate::personal::reveal_for_subject(&mut state, subject);
+            pgrx::JsonB(state)
+        })
+    })
+}
+
 /// The stream's state right after `version`: NULL when version < 1 or the stream is empty.
 #[pg_extern(sql = false)] // declared in sql/
 #[search_path(pg_catalog, pg_temp)]

@@ -79,6 +79,24 @@ const POSITIONS_SQL: &str = "SELECT e.stream_id, e.stream_version, e.global_posi
              AND (o.stream_id, o.stream_version) <> (e.stream_id, e.stream_version))) \
    ORDER BY e.stream_id, e.stream_version";
 
+/// Event ids held by more than one event: es_append claims every id (es_event_ids), so only
+/// rows written behind its back can share one. Over all streams one grouping pass; for one
+/// stream, a probe of the id index per event.
+const IDS_SQL: [&str; 2] = [
+    "SELECT e.stream_id, e.stream_version, e.event_id::text, d.n - 1 \
+       FROM (SELECT event_id, count(*) AS n FROM _event_store.log \
+              GROUP BY event_id HAVING count(*) > 1) d \
+       JOIN _event_store.log e ON e.event_id = d.event_id \
+      ORDER BY e.stream_id, e.stream_version",
+    "SELECT e.stream_id, e.stream_version, e.event_id::text, o.n \
+       FROM _event_store.log e, \
+            LATERAL (SELECT count(*) AS n FROM _event_store.log x \
+                      WHERE x.event_id = e.event_id \
+                        AND (x.stream_id, x.stream_version) <> (e.stream_id, e.stream_version)) o \
+      WHERE e.stream_id = $1 AND o.n > 0 \
+      ORDER BY e.stream_version",
+];
+
 const ANCHORS_SQL: &str =
     "SELECT stream_id, first_version, prev_hash, prev_position FROM _event_store.es_anchors \
       WHERE $1::text IS NULL OR stream_id = $1";
@@ -225,6 +243,24 @@ fn verify_positions(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut V
     }
 }
 
+fn verify_ids(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<Row>) {
+    let rows = match stream_id {
+        None => client.select(schema::qualified(IDS_SQL[0]), None, &[]),
+        Some(s) => client.select(schema::qualified(IDS_SQL[1]), None, &[s.into()]),
+    }
+    .or_raise("checking event ids");
+    for r in rows {
+        let id: String = column(&r, 3, "event_store.event_id");
+        let others: i64 = column(&r, 4, "a count of events");
+        out.push((
+            column(&r, 1, "event_store.stream_id"),
+            nullable(&r, 2, "event_store.stream_version"),
+            "duplicate id".into(),
+            format!("event id {id} is also held by {others} other event(s)"),
+        ));
+    }
+}
+
 const SNAPSHOT_STREAMS_SQL: &str = "SELECT DISTINCT stream_id FROM _event_store.es_snapshots \
       WHERE $1::text IS NULL OR stream_id = $1 ORDER BY 1";
 const SNAPSHOTS_SQL: &str = "SELECT stream_version, last_at, state FROM _event_store.es_snapshots \
@@ -335,7 +371,7 @@ fn verify_snapshots(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut V
 }
 
 /// One row per problem found (all streams, or one); none when intact: the hash chains, the
-/// registry against the events, unique global positions, and on request every snapshot
+/// registry against the events, unique global positions and event ids, and on request every snapshot
 /// against a refold of its events. NULL `snapshots` is false.
 /// Volatile: a run by a role that sees every event is logged (see `record`).
 #[pg_extern(sql = false)] // declared in sql/
@@ -356,6 +392,7 @@ fn es_verify(
     Spi::connect(|client| {
         verify_chains(client, stream_id, &mut out);
         verify_positions(client, stream_id, &mut out);
+        verify_ids(client, stream_id, &mut out);
         if snapshots.unwrap_or(false) {
             verify_snapshots(client, stream_id, &mut out);
         }

@@ -143,6 +143,7 @@ extension_sql_file!(
         personal::_es_subject_hash,
         "catalog",
         "read",
+        fold::_es_state_for_subject,
         append::_es_record,
         catalog::_es_subject_of,
         context::_es_calling_role

@@ -25,6 +25,8 @@ struct Cache {
     active: Option<bool>,
     /// Keys by id; None once destroyed.
     keys: HashMap<KeyId, Option<KeyBytes>>,
+    /// The subject (hashed) of each key read; a key's subject never changes.
+    owners: HashMap<KeyId, [u8; 32]>,
 }
 
 thread_local! {
@@ -92,24 +94,37 @@ fn active() -> bool {
     a
 }
 
-/// Whether the current user may see personal data.
-fn privileged() -> bool {
-    // SAFETY: a syscache lookup of a role by name, and a membership check of the current user.
+/// Whether `role` may see personal data.
+fn privileged_role(role: pg_sys::Oid) -> bool {
+    // SAFETY: a syscache lookup of a role by name, and a membership check.
     unsafe {
-        let role = pg_sys::get_role_oid(PRIVILEGED.as_ptr(), true);
-        role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), role)
+        let privileged = pg_sys::get_role_oid(PRIVILEGED.as_ptr(), true);
+        privileged != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, privileged)
     }
 }
 
+/// Whether the current user may see personal data.
+fn privileged() -> bool {
+    // SAFETY: reads the backend's current user; cannot fail.
+    privileged_role(unsafe { pg_sys::GetUserId() })
+}
+
+/// Whether the role an append acts for (not the owner its SECURITY DEFINER runs as) may see
+/// personal data: the retry check compares plaintext only for such a caller.
+pub fn caller_privileged() -> bool {
+    privileged_role(crate::context::calling_role())
+}
+
 // Run as the owner, possibly under a reader's search_path: every operator is pg_catalog's.
-const KEY_SQL: &str = "SELECT wrapped FROM _event_store.es_subject_keys \
+const KEY_SQL: &str = "SELECT wrapped, subject_hash FROM _event_store.es_subject_keys \
      WHERE key_id OPERATOR(pg_catalog.=) $1";
 
-fn key(id: &KeyId) -> Option<KeyBytes> {
-    if let Some(k) = cached(|c| c.keys.get(id).copied()) {
-        return k;
-    }
-    let wrapped: Option<Vec<u8>> = keys_table().and_then(|rel| {
+/// A key's row: (wrapped, subject_hash).
+type KeyRow = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Reads key `id` (its bytes, None once destroyed) and its subject into the cache.
+fn load_key(id: &KeyId) {
+    let row: Option<KeyRow> = keys_table().and_then(|rel| {
         schema::as_owner_of(rel, || {
             Spi::connect(|client| {
                 client
@@ -120,13 +135,40 @@ fn key(id: &KeyId) -> Option<KeyBytes> {
                     )
                     .or_raise("reading es_subject_keys")
                     .next()
-                    .and_then(|r| nullable::<Vec<u8>>(&r, 1, "es_subject_keys.wrapped"))
+                    .map(|r| {
+                        (
+                            nullable::<Vec<u8>>(&r, 1, "es_subject_keys.wrapped"),
+                            nullable::<Vec<u8>>(&r, 2, "es_subject_keys.subject_hash"),
+                        )
+                    })
             })
         })
     });
+    let (wrapped, owner) = row.unwrap_or_default();
     let key = wrapped.and_then(|w| rules::unwrap_key(id, &w, master_key(false).as_ref()));
-    cached(|c| c.keys.insert(*id, key));
-    key
+    let owner: Option<[u8; 32]> = owner.and_then(|o| o.try_into().ok());
+    cached(|c| {
+        c.keys.insert(*id, key);
+        if let Some(o) = owner {
+            c.owners.insert(*id, o);
+        }
+    });
+}
+
+fn key(id: &KeyId) -> Option<KeyBytes> {
+    if let Some(k) = cached(|c| c.keys.get(id).copied()) {
+        return k;
+    }
+    load_key(id);
+    cached(|c| c.keys.get(id).copied().flatten())
+}
+
+/// The subject (hashed) key `id` belongs to; None for an unknown key.
+fn owner(id: &KeyId) -> Option<[u8; 32]> {
+    if cached(|c| !c.keys.contains_key(id)) {
+        load_key(id);
+    }
+    cached(|c| c.owners.get(id).copied())
 }
 
 /// Reveals every sealed value of `doc` for the current user: plaintext for a member of
@@ -141,6 +183,23 @@ pub fn reveal(doc: &mut Value) -> bool {
     } else {
         rules::reveal(doc, &mut Access::Withheld)
     }
+}
+
+/// Reveals `doc` for one subject's export: values sealed under that subject's own keys open
+/// (or read as erased once destroyed), every other sealed value shows as withheld, whatever
+/// the reader may otherwise see. A reader without the privilege sees everything withheld.
+pub fn reveal_for_subject(doc: &mut Value, subject: &str) -> bool {
+    if !active() {
+        return false;
+    }
+    if !privileged() {
+        return rules::reveal(doc, &mut Access::Withheld);
+    }
+    let hash = rules::subject_hash(subject);
+    rules::reveal(
+        doc,
+        &mut Access::Only(&mut |id: &KeyId| (owner(id) == Some(hash)).then(|| key(id))),
+    )
 }
 
 /// Opens every sealed value of `doc` with its key, whoever the user is (callers run as the
@@ -173,6 +232,18 @@ pub fn reveal_jsonb(doc: pgrx::JsonB) -> pgrx::JsonB {
 /// # Safety
 /// `row` is a non-null datum of event_store's row type.
 pub unsafe fn reveal_row(row: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: as the caller promises.
+    unsafe { reveal_row_with(row, reveal) }
+}
+
+/// `reveal_row` with another way to reveal the data.
+///
+/// # Safety
+/// As for `reveal_row`.
+unsafe fn reveal_row_with(
+    row: pg_sys::Datum,
+    reveal: impl FnOnce(&mut Value) -> bool,
+) -> pg_sys::Datum {
     if !active() {
         return row;
     }
@@ -214,10 +285,33 @@ pub unsafe extern "C-unwind" fn _es_reveal(fcinfo: pg_sys::FunctionCallInfo) -> 
     unsafe { reveal_row(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0)) }
 }
 
-/// A document revealed for the current user (the appends' retry check, as the owner).
+/// A document revealed for the current user. No longer called (the appends' retry check
+/// compares in Rust, `append::same_data`); kept because 0.2.0's SQL declares it, so that
+/// library must still hold it until an update script drops it.
 #[pg_extern(stable, strict, parallel_safe, schema = "_event_store")]
 fn _es_reveal_data(doc: pgrx::JsonB) -> pgrx::JsonB {
     reveal_jsonb(doc)
+}
+
+v1_function!(pg_finfo__es_reveal_for_subject);
+/// `_es_reveal_for_subject(event_store, text) RETURNS event_store` (STRICT): an event as the
+/// subject's export shows it (`reveal_for_subject`).
+///
+/// # Safety
+/// Called only by the fmgr, with a non-null event_store row and a non-null text.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_reveal_for_subject(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: the function is STRICT over (event_store, text).
+    unsafe {
+        let subject = String::from_datum(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 1), false)
+            .expect("a text argument");
+        reveal_row_with(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, 0), |d| {
+            reveal_for_subject(d, &subject)
+        })
+    }
 }
 
 /// The hash that stands for a subject in es_subject_keys and in the store's own records.
@@ -305,6 +399,13 @@ pub fn seal(
         });
     };
     let (id, key) = subject_key(client, &subject);
-    rules::seal(data, &personal.paths, &id, &key);
+    rules::seal(data, &personal.paths, &id, &key).map_err(|path| Refused {
+        code: b"ES004",
+        message: format!(
+            "event_store: {at}the value at \"{path}\" is sealed already, but not with its subject's key"
+        ),
+        detail: "The store seals personal data itself: give the value in plaintext. Only a copy of a value sealed for the same subject, while its key lives, is kept as it is.".into(),
+        hint: String::new(),
+    })?;
     Ok(())
 }

@@ -286,6 +286,8 @@ fn keys_are_the_owners_wrapped_by_the_master_key_and_appends_stay_idempotent() {
             "SELECT * FROM _event_store.es_subject_keys",
             "SELECT es_forget_subject('u-1', 'because')",
             "SELECT _event_store._es_reveal_data('{}')",
+            "SELECT _event_store._es_reveal_for_subject(e, 'u-1') FROM event_store e",
+            "SELECT _event_store._es_state_for_subject('user-1', 'u-1')",
             "SELECT _event_store._es_subject_hash('u-1')",
             "SET event_store.master_key = '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff'",
             "SHOW event_store.master_key",

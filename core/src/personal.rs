@@ -98,9 +98,39 @@ fn sealed_text(v: &Value) -> Option<&str> {
     }
 }
 
-/// Seals the values at `paths` that `data` has (null included, sealed ones left alone) with
-/// the subject's key. Returns how many it sealed.
-pub fn seal(data: &mut Value, paths: &[Pointer], id: &KeyId, key: &KeyBytes) -> usize {
+/// A JSON Pointer's text (RFC 6901), for messages.
+pub fn pointer_text(path: &[String]) -> String {
+    path.iter()
+        .map(|k| format!("/{}", k.replace('~', "~0").replace('/', "~1")))
+        .collect()
+}
+
+/// Whether `text` is a seal made with key `id`/`key` (it names that key and decrypts).
+fn sealed_with(text: &str, id: &KeyId, key: &KeyBytes) -> bool {
+    let Ok(blob) = STANDARD.decode(text) else {
+        return false;
+    };
+    blob.len() >= 16 && blob[..16] == id[..] && decrypt(key, id, &blob[16..]).is_some()
+}
+
+/// Seals the values at `paths` that `data` has (null included) with the subject's key.
+/// Returns how many it sealed. A value there that is sealed already must be sealed with this
+/// very key (a copy of the subject's own sealed value): anything else, a copy of another
+/// subject's seal or plaintext dressed up as one, would escape erasure, and is refused with
+/// the path it is at (text of a JSON Pointer), before anything is sealed.
+pub fn seal(
+    data: &mut Value,
+    paths: &[Pointer],
+    id: &KeyId,
+    key: &KeyBytes,
+) -> Result<usize, String> {
+    for path in paths {
+        if let Some(text) = at_mut(data, path).and_then(|v| sealed_text(v)) {
+            if !sealed_with(text, id, key) {
+                return Err(pointer_text(path));
+            }
+        }
+    }
     let mut sealed = 0;
     for path in paths {
         if let Some(v) = at_mut(data, path) {
@@ -113,7 +143,19 @@ pub fn seal(data: &mut Value, paths: &[Pointer], id: &KeyId, key: &KeyBytes) -> 
             }
         }
     }
-    sealed
+    Ok(sealed)
+}
+
+/// What a retry's data is compared by for a caller who may not read personal data: the
+/// values at `paths`, and every sealed value anywhere, become [`WITHHELD`], so whether a
+/// retry matches never depends on plaintext the caller cannot read.
+pub fn blind(doc: &mut Value, paths: &[Pointer]) {
+    for path in paths {
+        if let Some(v) = at_mut(doc, path) {
+            *v = Value::String(WITHHELD.into());
+        }
+    }
+    reveal(doc, &mut Access::Withheld);
 }
 
 /// How a read sees sealed values.
@@ -123,6 +165,11 @@ pub enum Access<'a> {
     /// The reader has it: each value decrypted with the key `keys` gives for its id, or
     /// [`ERASED`] when there is none (destroyed) or it does not decrypt.
     Keys(&'a mut dyn FnMut(&KeyId) -> Option<KeyBytes>),
+    /// Only some keys open (a subject's export opens only the subject's own): `keys` gives
+    /// `Some(key)` for such a key, `Some(None)` for one of them that was destroyed
+    /// ([`ERASED`]), `None` for any other key: that value, and one that is no seal at all,
+    /// shows as [`WITHHELD`].
+    Only(&'a mut dyn FnMut(&KeyId) -> Option<Option<KeyBytes>>),
 }
 
 /// Replaces every sealed value in `doc`, at any depth. Returns whether there was one.
@@ -132,6 +179,14 @@ pub fn reveal(doc: &mut Value, access: &mut Access) -> bool {
         *doc = match access {
             Access::Withheld => Value::String(WITHHELD.into()),
             Access::Keys(keys) => open(text, *keys).unwrap_or_else(|| ERASED.into()),
+            Access::Only(keys) => match key_id(text).map(|id| (keys(&id), id)) {
+                Some((Some(Some(key)), id)) => {
+                    open(text, &mut |k: &KeyId| (*k == id).then_some(key))
+                        .unwrap_or_else(|| ERASED.into())
+                }
+                Some((Some(None), _)) => ERASED.into(),
+                _ => WITHHELD.into(),
+            },
         };
         return true;
     }
@@ -142,6 +197,12 @@ pub fn reveal(doc: &mut Value, access: &mut Access) -> bool {
         _ => {}
     }
     found
+}
+
+/// The id of the key a seal names; None when it names none.
+fn key_id(text: &str) -> Option<KeyId> {
+    let blob = STANDARD.decode(text).ok()?;
+    blob.get(..16)?.try_into().ok()
 }
 
 fn open(text: &str, keys: &mut dyn FnMut(&KeyId) -> Option<KeyBytes>) -> Option<Value> {
@@ -185,7 +246,8 @@ mod tests {
             &[p("/email"), p("/tags/1/phone"), p("/missing")],
             &id,
             &key,
-        );
+        )
+        .unwrap();
         assert_eq!(n, 2);
         let text = doc.to_string();
         assert!(
@@ -195,10 +257,10 @@ mod tests {
         assert_eq!(doc["userId"], "u-1");
         // Sealing twice does not seal again; each seal has a fresh nonce.
         let again = doc.clone();
-        assert_eq!(seal(&mut doc, &[p("/email")], &id, &key), 0);
+        assert_eq!(seal(&mut doc, &[p("/email")], &id, &key), Ok(0));
         assert_eq!(doc, again);
         let mut other = json!({"email": "ann@example.com"});
-        seal(&mut other, &[p("/email")], &id, &key);
+        seal(&mut other, &[p("/email")], &id, &key).unwrap();
         assert_ne!(other["email"], doc["email"]);
 
         let mut plain = doc.clone();
@@ -231,7 +293,7 @@ mod tests {
     fn a_copied_or_tampered_seal_reveals_as_erased_never_as_an_error() {
         let (id, key) = ([1u8; 16], new_key());
         let mut doc = json!({"email": "a@b.c"});
-        seal(&mut doc, &[p("/email")], &id, &key);
+        seal(&mut doc, &[p("/email")], &id, &key).unwrap();
         // A reducer copied it into a state, nested.
         let mut state = json!({"profile": {"contact": doc["email"].clone()}, "n": 1});
         let mut keys = |_: &KeyId| Some(key);
@@ -259,5 +321,77 @@ mod tests {
         let plain = wrap(&id, &key, None);
         assert_eq!(unwrap_key(&id, &plain, Some(&master)), Some(key));
         assert_eq!(unwrap_key(&id, &[], None), None);
+    }
+
+    #[test]
+    fn a_value_sealed_beforehand_is_kept_only_under_the_subjects_own_key() {
+        let (id, key) = ([5u8; 16], new_key());
+        let (other_id, other_key) = ([6u8; 16], new_key());
+        let mut own = json!({"email": "ann@example.com"});
+        seal(&mut own, &[p("/email")], &id, &key).unwrap();
+        let mut theirs = json!({"email": "bob@example.com"});
+        seal(&mut theirs, &[p("/email")], &other_id, &other_key).unwrap();
+        // A copy of the subject's own seal is kept as it is.
+        let mut doc = json!({"email": own["email"].clone(), "name": "Ann"});
+        let before = doc.clone();
+        assert_eq!(seal(&mut doc, &[p("/email"), p("/name")], &id, &key), Ok(1));
+        assert_eq!(doc["email"], before["email"]);
+        // Another subject's seal, plaintext dressed up as one, a seal naming this key that
+        // does not decrypt under it: refused, and nothing is sealed.
+        let forged = STANDARD.encode([&id[..], &[0u8; 40]].concat());
+        for bad in [
+            theirs["email"].clone(),
+            json!({SEALED: "ann@plain.example"}),
+            json!({SEALED: forged}),
+        ] {
+            let mut doc = json!({"name": "Ann", "a~b": {"c/d": bad}});
+            let before = doc.clone();
+            assert_eq!(
+                seal(&mut doc, &[p("/name"), p("/a~0b/c~1d")], &id, &key),
+                Err("/a~0b/c~1d".to_string())
+            );
+            assert_eq!(doc, before);
+        }
+    }
+
+    #[test]
+    fn only_access_opens_the_given_keys_and_withholds_the_rest() {
+        let (id, key) = ([8u8; 16], new_key());
+        let (gone, gone_key) = ([9u8; 16], new_key());
+        let (other, other_key) = ([10u8; 16], new_key());
+        let mut doc = json!({"a": "mine", "b": "erased", "c": "theirs"});
+        seal(&mut doc, &[p("/a")], &id, &key).unwrap();
+        seal(&mut doc, &[p("/b")], &gone, &gone_key).unwrap();
+        seal(&mut doc, &[p("/c")], &other, &other_key).unwrap();
+        doc["d"] = json!({SEALED: "not a seal"});
+        let mut keys = |k: &KeyId| match *k {
+            k if k == id => Some(Some(key)),
+            k if k == gone => Some(None),
+            _ => None,
+        };
+        assert!(reveal(&mut doc, &mut Access::Only(&mut keys)));
+        assert_eq!(
+            doc,
+            json!({"a": "mine", "b": ERASED, "c": WITHHELD, "d": WITHHELD})
+        );
+    }
+
+    #[test]
+    fn blinding_hides_personal_paths_and_every_seal() {
+        let (id, key) = ([11u8; 16], new_key());
+        let mut stored = json!({"id": 1, "email": "ann@example.com", "note": "x"});
+        seal(&mut stored, &[p("/email")], &id, &key).unwrap();
+        stored["copied"] = stored["email"].clone();
+        let mut right =
+            json!({"id": 1, "email": "ann@example.com", "note": "x", "copied": {SEALED: "zz"}});
+        let mut wrong =
+            json!({"id": 1, "email": "guess@example.com", "note": "x", "copied": {SEALED: "yy"}});
+        for d in [&mut stored, &mut right, &mut wrong] {
+            blind(d, &[p("/email"), p("/absent")]);
+        }
+        assert_eq!(stored, right);
+        assert_eq!(right, wrong);
+        assert_eq!(stored["email"], WITHHELD);
+        assert_eq!(stored["note"], "x");
     }
 }
