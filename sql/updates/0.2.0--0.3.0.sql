@@ -31,6 +31,11 @@ ALTER TABLE @extschema@.es_anchors SET SCHEMA _event_store;
 ALTER TABLE @extschema@.es_retention SET SCHEMA _event_store;
 ALTER TABLE @extschema@.es_subject_keys SET SCHEMA _event_store;
 
+-- 0.3.0 claims the ids the store generates too (no id serves two events): those of the events
+-- already stored are claimed here, so that no later append can take one.
+INSERT INTO _event_store.es_event_ids SELECT DISTINCT e.event_id FROM @extschema@.event_store e
+    ON CONFLICT DO NOTHING;
+
 -- Every internal function and aggregate of the extension (named _es_*), by oid.
 DO $$
 DECLARE
