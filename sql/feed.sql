@@ -50,29 +50,10 @@ RETURN _event_store._es_publish_feed_horizon();
 COMMENT ON FUNCTION @extschema@.es_publish_feed_horizon() IS
     'Publishes the feed horizon for reads on hot standbys (the worker does it on every pass); returns it.';
 
--- The events of both feed functions: after a position up to the horizon, filtered, in order,
--- revealed as the reader may see them (sql/personal.sql). Bound when created, like every
--- SQL-standard body; run as the reader, so row level security applies.
-CREATE FUNCTION _event_store._es_feed_events(after_position bigint, horizon bigint, max_count integer,
-                                             event_types text[], category text, member integer,
-                                             group_size integer)
-RETURNS SETOF @extschema@.event_store
-LANGUAGE sql
-STABLE
-BEGIN ATOMIC
-    SELECT (r.e).*
-      FROM @extschema@.event_store e,
-           LATERAL (SELECT _event_store._es_reveal(e) AS e OFFSET 0) r
-     WHERE e.global_position OPERATOR(pg_catalog.>) COALESCE(_es_feed_events.after_position, 0::bigint)
-       AND e.global_position OPERATOR(pg_catalog.<=) _es_feed_events.horizon
-       AND (_es_feed_events.event_types IS NULL OR e.event_type OPERATOR(pg_catalog.=) ANY (_es_feed_events.event_types))
-       AND (_es_feed_events.category IS NULL OR _event_store._es_category(e.stream_id) OPERATOR(pg_catalog.=) _es_feed_events.category)
-       AND (_es_feed_events.group_size IS NULL
-            OR _event_store._es_consumer_group_member(e.stream_id, _es_feed_events.group_size) OPERATOR(pg_catalog.=) _es_feed_events.member)
-     ORDER BY e.global_position
-     LIMIT _es_feed_events.max_count;
-END;
-
+-- Both feed functions: events after a position up to the horizon, filtered, in order,
+-- revealed as the reader may see them (sql/personal.sql). Read through _event_store.log in
+-- this function's own statement: a SQL function reading the hypertable was seen to miss
+-- events that had just committed below the horizon.
 CREATE FUNCTION _event_store._es_read_feed(after_position bigint, max_count integer, event_types text[], category text,
                                            member integer, group_size integer, upcast boolean)
 RETURNS SETOF @extschema@.event_store
@@ -88,15 +69,22 @@ BEGIN
     PERFORM _event_store._es_check_feed_read(max_count, member, group_size);
     IF upcast THEN
         RETURN QUERY
-            SELECT (u.e).* FROM _event_store._es_feed_events(after_position, horizon, max_count, event_types,
-                                                              category, member, group_size) e,
+            SELECT (u.e).* FROM _event_store._es_read_feed(after_position, max_count, event_types, category,
+                                                            member, group_size, false) e,
                    LATERAL (SELECT _event_store._es_upcast(e) AS e OFFSET 0) u
              ORDER BY (u.e).global_position;
         RETURN;
     END IF;
     RETURN QUERY
-        SELECT * FROM _event_store._es_feed_events(after_position, horizon, max_count, event_types,
-                                                   category, member, group_size);
+        SELECT (r.e).*
+          FROM _event_store.log l,
+               LATERAL (SELECT _event_store._es_reveal(_event_store._es_event(l)) AS e OFFSET 0) r
+         WHERE l.global_position > coalesce(after_position, 0) AND l.global_position <= horizon
+           AND (event_types IS NULL OR l.event_type = ANY (event_types))
+           AND (category IS NULL OR _event_store._es_category(l.stream_id) = category)
+           AND (group_size IS NULL OR _event_store._es_consumer_group_member(l.stream_id, group_size) = member)
+         ORDER BY l.global_position
+         LIMIT max_count;
 END
 $$;
 

@@ -57,7 +57,7 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.es_uuidv7(),
     _event_store._es_category(text),
     @extschema@.es_stream(text, bigint, bigint, boolean),
-    _event_store._es_stream_events(text, timestamptz, timestamptz, bigint, bigint, boolean),
+    _event_store._es_event(_event_store.log),
     @extschema@.es_upcast(@extschema@.event_store),
     _event_store._es_upcast(@extschema@.event_store),
     -- The reads reveal personal data as the reader may see it.
@@ -82,7 +82,6 @@ GRANT EXECUTE ON FUNCTION
     _event_store._es_check_feed_isolation(),
     _event_store._es_check_feed_read(integer, integer, integer),
     _event_store._es_consumer_group_member(text, integer),
-    _event_store._es_feed_events(bigint, bigint, integer, text[], text, integer, integer),
     _event_store._es_read_feed(bigint, integer, text[], text, integer, integer, boolean),
     @extschema@.es_read_all(bigint, integer, text[], boolean),
     @extschema@.es_read_category(text, bigint, integer, integer, integer, boolean),
@@ -107,7 +106,6 @@ GRANT EXECUTE ON FUNCTION
     _event_store._es_check_uncut(text),
     _event_store._es_fold_rows(text, bigint, bigint, timestamptz, timestamptz),
     _event_store._es_diff_rows(text, timestamptz, timestamptz, bigint),
-    _event_store._es_event_visible(bigint),
     @extschema@.es_diff(text, timestamptz, timestamptz)
 TO event_store_reader;
 

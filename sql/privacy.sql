@@ -2,22 +2,6 @@
 -- catalog's subject pointers (sql/catalog.sql). Each use is recorded in the store's own stream
 -- event_store-privacy (_es_record, src/append.rs), which the feed delivers to projections.
 
--- The events about a subject, by the catalog's subject pointers, with only the values sealed
--- under that subject's own keys opened. Bound when created (a SQL-standard body).
-CREATE FUNCTION _event_store._es_subject_events(subject text)
-RETURNS SETOF @extschema@.event_store
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT (r.e).*
-      FROM _event_store.es_catalog_types t
-      JOIN @extschema@.event_store e
-        ON e.event_type OPERATOR(pg_catalog.=) t.event_type AND e.event_version OPERATOR(pg_catalog.=) t.version,
-           LATERAL (SELECT _event_store._es_reveal_for_subject(e, _es_subject_events.subject) AS e OFFSET 0) r
-     WHERE t.subject IS NOT NULL
-       AND _event_store._es_subject_of(t.subject, (r.e).stream_id, (r.e).event_data, (r.e).metadata)
-           OPERATOR(pg_catalog.=) _es_subject_events.subject;
-END;
-
 -- Art. 15: every event about the subject across all streams, with its provenance, and the
 -- current state of each stream involved. Runs as the owner (it reads every event whatever
 -- row level security shows the caller): granted to nobody, a superuser grants it to the
@@ -38,7 +22,14 @@ BEGIN
         RAISE EXCEPTION 'event_store: subject must not be empty' USING ERRCODE = '22023';
     END IF;
     WITH about AS (
-        SELECT * FROM _event_store._es_subject_events(es_subject_export.subject)
+        -- Only the values sealed under the subject's own keys open.
+        SELECT (r.e).*
+          FROM _event_store.es_catalog_types t
+          JOIN _event_store.log l ON l.event_type = t.event_type AND l.event_version = t.version,
+               LATERAL (SELECT _event_store._es_reveal_for_subject(_event_store._es_event(l), es_subject_export.subject) AS e
+                        OFFSET 0) r
+         WHERE t.subject IS NOT NULL
+           AND _event_store._es_subject_of(t.subject, (r.e).stream_id, (r.e).event_data, (r.e).metadata) = es_subject_export.subject
     )
     SELECT jsonb_build_object(
                'subject', es_subject_export.subject,

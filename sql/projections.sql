@@ -132,32 +132,6 @@ BEGIN
 END
 $$;
 
--- Whether the caller (a projection's owner, src/projection.rs) sees the event at a position
--- under row level security; needs only its privilege on global_position.
-CREATE FUNCTION _event_store._es_event_visible("position" bigint) RETURNS boolean
-LANGUAGE sql STABLE STRICT
-RETURN EXISTS (SELECT FROM @extschema@.event_store e
-                WHERE e.global_position OPERATOR(pg_catalog.=) _es_event_visible."position");
-
--- The events a projection's batch applies: bound when created (a SQL-standard body), so the
--- loop below never names event_store or its row type.
-CREATE FUNCTION _event_store._es_projection_events(after_position bigint, horizon bigint, event_types text[],
-                                                   categories text[], max_count integer)
-RETURNS SETOF @extschema@.event_store
-LANGUAGE sql
-STABLE
-BEGIN ATOMIC
-    SELECT e.* FROM @extschema@.event_store e
-     WHERE e.global_position OPERATOR(pg_catalog.>) _es_projection_events.after_position
-       AND e.global_position OPERATOR(pg_catalog.<=) _es_projection_events.horizon
-       AND (_es_projection_events.event_types IS NULL
-            OR e.event_type OPERATOR(pg_catalog.=) ANY (_es_projection_events.event_types))
-       AND (_es_projection_events.categories IS NULL
-            OR _event_store._es_category(e.stream_id) OPERATOR(pg_catalog.=) ANY (_es_projection_events.categories))
-     ORDER BY e.global_position
-     LIMIT _es_projection_events.max_count;
-END;
-
 -- Applies one batch of one projection, reading up to `p_horizon` (from _event_store._es_feed_horizon(),
 -- computed before this call so that the batch's snapshot is newer), and returns how many
 -- events it applied. The batch and
@@ -186,10 +160,17 @@ BEGIN
         -- A handler that runs past event_store.projection_timeout is cancelled: it holds up
         -- only its own projection, which records the timeout as a failure.
         PERFORM _event_store._es_projection_timer(true);
-        -- Handlers see events as their types' latest versions.
+        -- Handlers see events as their types' latest versions. Read through _event_store.log
+        -- here, in the function's own statement: a SQL function reading the hypertable was
+        -- seen to miss events that had just committed below the horizon.
         FOR r IN
-            SELECT e.global_position, _event_store._es_upcast(e) AS event
-              FROM _event_store._es_projection_events(p.position, p_horizon, p.event_types, p.categories, p_batch_size) e
+            SELECT l.global_position, _event_store._es_upcast(_event_store._es_event(l)) AS event
+              FROM _event_store.log l
+             WHERE l.global_position > p.position AND l.global_position <= p_horizon
+               AND (p.event_types IS NULL OR l.event_type = ANY (p.event_types))
+               AND (p.categories IS NULL OR _event_store._es_category(l.stream_id) = ANY (p.categories))
+             ORDER BY l.global_position
+             LIMIT p_batch_size
         LOOP
             at_pos := r.global_position;
             PERFORM _event_store._es_run_as(p.handler, p.owner, r.event);

@@ -2,30 +2,10 @@
 -- hypertable with years of chunks only scans the chunks the stream lives in.
 -- SQL-standard bodies: every name in them is bound when the function is created.
 
--- A stream's events between its first and last times, from a version on, revealed as the
--- reader may see them (sql/personal.sql), then upcast on request. OFFSET 0 keeps the lateral
--- row from being flattened into one reveal per column.
-CREATE FUNCTION _event_store._es_stream_events(stream_id text, first_at timestamptz, last_at timestamptz,
-                                               from_version bigint, max_count bigint, upcast boolean)
-RETURNS SETOF @extschema@.event_store
-LANGUAGE sql
-STABLE
-BEGIN ATOMIC
-    SELECT (r.e).*
-      FROM @extschema@.event_store e,
-           LATERAL (SELECT CASE WHEN _es_stream_events.upcast THEN _event_store._es_upcast(_event_store._es_reveal(e))
-                                ELSE _event_store._es_reveal(e) END AS e
-                    OFFSET 0) r
-     WHERE e.stream_id OPERATOR(pg_catalog.=) _es_stream_events.stream_id
-       AND e.created_at OPERATOR(pg_catalog.>=) _es_stream_events.first_at
-       AND e.created_at OPERATOR(pg_catalog.<=) _es_stream_events.last_at
-       AND e.stream_version OPERATOR(pg_catalog.>=) COALESCE(_es_stream_events.from_version, 1::bigint)
-     ORDER BY e.stream_version
-     LIMIT _es_stream_events.max_count;
-END;
-
 -- The stream's time bounds are read first, so that the events' query is planned with them:
--- a hypertable then scans only the chunks the stream has events in.
+-- a hypertable then scans only the chunks the stream has events in. Personal data revealed as
+-- the reader may see it (sql/personal.sql), then upcast on request; OFFSET 0 keeps the lateral
+-- row from being flattened into one reveal per column.
 CREATE FUNCTION @extschema@.es_stream(stream_id text, from_version bigint DEFAULT 1, max_count bigint DEFAULT NULL,
                                       upcast boolean DEFAULT false)
 RETURNS SETOF @extschema@.event_store
@@ -42,8 +22,17 @@ BEGIN
     IF lo IS NULL THEN
         RETURN;
     END IF;
-    RETURN QUERY SELECT * FROM _event_store._es_stream_events(es_stream.stream_id, lo, hi, es_stream.from_version,
-                                                               es_stream.max_count, COALESCE(es_stream.upcast, false));
+    RETURN QUERY
+        SELECT (r.e).*
+          FROM _event_store.log l,
+               LATERAL (SELECT CASE WHEN es_stream.upcast
+                                    THEN _event_store._es_upcast(_event_store._es_reveal(_event_store._es_event(l)))
+                                    ELSE _event_store._es_reveal(_event_store._es_event(l)) END AS e
+                        OFFSET 0) r
+         WHERE l.stream_id = es_stream.stream_id AND l.created_at BETWEEN lo AND hi
+           AND l.stream_version >= coalesce(es_stream.from_version, 1)
+         ORDER BY l.stream_version
+         LIMIT es_stream.max_count;
 END
 $$;
 COMMENT ON FUNCTION @extschema@.es_stream(text, bigint, bigint, boolean) IS

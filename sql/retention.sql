@@ -52,12 +52,16 @@ CREATE VIEW @extschema@.es_retention WITH (security_invoker = true) AS SELECT * 
 -- The last event before `cut_before` of every stream that has one: where retention cuts it.
 CREATE FUNCTION _event_store._es_retention_cut(cut_before timestamptz)
 RETURNS TABLE (stream_id text, stream_version bigint, hash bytea, global_position bigint, created_at timestamptz)
-LANGUAGE sql STABLE STRICT
-BEGIN ATOMIC
-    SELECT DISTINCT ON (e.stream_id) e.stream_id, e.stream_version, e.hash, e.global_position, e.created_at
-      FROM @extschema@.event_store e WHERE e.created_at OPERATOR(pg_catalog.<) _es_retention_cut.cut_before
-     ORDER BY e.stream_id, e.stream_version DESC;
-END;
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+        SELECT DISTINCT ON (l.stream_id) l.stream_id, l.stream_version, l.hash, l.global_position, l.created_at
+          FROM _event_store.log l WHERE l.created_at < _es_retention_cut.cut_before
+         ORDER BY l.stream_id, l.stream_version DESC;
+END
+$$;
 
 CREATE FUNCTION _event_store._es_apply_retention(older_than interval, batch_size integer)
 RETURNS jsonb

@@ -93,6 +93,13 @@ SELECT pg_catalog.pg_extension_config_dump('_event_store.es_global_position_seq'
 CREATE VIEW _event_store.log WITH (security_invoker = true) AS SELECT * FROM @extschema@.event_store;
 COMMENT ON VIEW _event_store.log IS 'event_store, bound by oid: what owner-run code reads and appends to.';
 
+-- A row read through _event_store.log as an event_store row, for the functions that take one
+-- (reveal, upcast, handlers). Bound when created: no type is looked up by name when it runs.
+CREATE FUNCTION _event_store._es_event(l _event_store.log) RETURNS @extschema@.event_store
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN ROW(l.global_position, l.event_id, l.stream_id, l.stream_version, l.event_type, l.event_data,
+               l.metadata, l.event_version, l.created_at, l.transaction_id, l.hash)::@extschema@.event_store;
+
 -- Reading the registry: the table is internal, the view is the extension's public face of it.
 CREATE VIEW @extschema@.es_streams WITH (security_invoker = true) AS SELECT * FROM _event_store.es_streams;
 

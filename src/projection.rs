@@ -67,12 +67,9 @@ fn visible_to_owner(table: pg_sys::Oid, owner: pg_sys::Oid, position: i64) -> bo
     if rls != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32 {
         return true;
     }
-    // Through a function that needs only global_position's privilege; before 0.3.0's SQL,
-    // from the table.
-    let sql = schema::qualified(match schema::internal_layout() {
-        true => "SELECT _event_store._es_event_visible($1)",
-        false => "SELECT EXISTS (SELECT FROM _event_store.log WHERE global_position = $1)",
-    });
+    let sql = schema::qualified(
+        "SELECT EXISTS (SELECT FROM _event_store.log WHERE global_position = $1)",
+    );
     Spi::get_one_with_args::<bool>(sql, &[position.into()])
         .or_raise("checking whether the projection's owner may see an event")
         .unwrap_or(false)

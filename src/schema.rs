@@ -21,7 +21,7 @@ use std::ffi::CStr;
 const INTERNAL: &str = "_event_store";
 
 thread_local! {
-    /// Set once `_event_store` is found: a database never goes back to the older layout.
+    /// `_event_store` once found: a database never goes back to the older layout.
     static INTERNAL_FOUND: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
     static NAMESPACE: Cell<Option<(pg_sys::Oid, &'static str)>> = const { Cell::new(None) };
     static QUALIFIED: RefCell<HashMap<(&'static str, bool), &'static str>> = RefCell::new(HashMap::new());
@@ -65,7 +65,20 @@ fn namespace() -> (pg_sys::Oid, &'static str) {
 /// to 0.3.0. Looked up through the catalogs' indexes, so it follows an update in this session.
 fn internal() -> Option<pg_sys::Oid> {
     if let Some(ns) = INTERNAL_FOUND.get() {
-        return Some(ns);
+        // SAFETY: a syscache probe by oid. Gone when the extension was dropped and created
+        // again in this session.
+        let exists = unsafe {
+            pg_sys::SearchSysCacheExists(
+                pg_sys::SysCacheIdentifier::NAMESPACEOID as i32,
+                pg_sys::Datum::from(ns),
+                pg_sys::Datum::from(0),
+                pg_sys::Datum::from(0),
+                pg_sys::Datum::from(0),
+            )
+        };
+        if exists {
+            return Some(ns);
+        }
     }
     // SAFETY: lookups by name (NUL-terminated) and by oid in the catalogs.
     let found = unsafe {

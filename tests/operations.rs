@@ -118,7 +118,7 @@ fn reads_by_stream_touch_only_the_streams_chunks() {
         let log = plans.lock().unwrap().join("\n");
         let inner = log
             .split("Query Text:")
-            .find(|p| p.contains("_es_stream_events"))
+            .find(|p| p.contains("FROM _event_store.log l,"))
             .unwrap_or_else(|| panic!("no plan for {sql}:\n{log}"));
         let scanned: std::collections::BTreeSet<&str> = inner
             .lines()

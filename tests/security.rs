@@ -1228,8 +1228,9 @@ fn a_database_owner_runs_nothing_as_the_extension_owner() {
         2
     );
     // Retention over whole chunks on TimescaleDB (TimescaleDB is in moved now, with the
-    // owner's drop_chunks beside its own), in batches otherwise.
-    std::thread::sleep(Duration::from_millis(1200));
+    // owner's drop_chunks beside its own), in batches otherwise: after the last event's
+    // one-second chunk has ended a second ago.
+    std::thread::sleep(Duration::from_millis(2200));
     let removed: serde_json::Value = c
         .query_one("SELECT es_apply_retention(interval '1 second')", &[])
         .unwrap()
