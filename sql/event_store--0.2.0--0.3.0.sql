@@ -97,6 +97,79 @@ BEGIN
     END IF;
 END
 $$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_personal_data') THEN
+        BEGIN
+            CREATE ROLE event_store_personal_data NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
+    END IF;
+END
+$$;
+COMMENT ON TABLE _event_store.es_subject_keys IS 'Keys that seal each subject''s personal data: destroyed by es_forget_subject. Owner only.';
+CREATE OR REPLACE FUNCTION _event_store._es_reveal(event @extschema@.event_store) RETURNS @extschema@.event_store
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
+COMMENT ON FUNCTION _event_store._es_reveal(@extschema@.event_store) IS
+    'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';
+CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@.event_store, subject text) RETURNS @extschema@.event_store
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
+COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
+    'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
+COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
+COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
+CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
+CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
+CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
+    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
+COMMENT ON FUNCTION @extschema@.es_digest() IS
+    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
+COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
+    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_append(
+    stream_id text,
+    event_type text,
+    event_data jsonb,
+    metadata jsonb DEFAULT '{}',
+    expected_version bigint DEFAULT NULL,
+    id uuid DEFAULT NULL,
+    event_version integer DEFAULT 1)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer) IS
+    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001).';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_batch';
+COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
+    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?} to one stream, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
+RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_multi';
+COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
+    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
+                                        expected_version bigint, id uuid, event_version integer)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
 CREATE OR REPLACE FUNCTION _event_store._es_refuse_change() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
@@ -199,165 +272,15 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_enable_hypertable(interval) IS
     'Turns event_store into a TimescaleDB hypertable on created_at, moving existing events into chunks. Returns false when it already is one.';
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_personal_data') THEN
-        BEGIN
-            CREATE ROLE event_store_personal_data NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN
-            NULL;
-        END;
-    END IF;
-END
-$$;
-COMMENT ON TABLE _event_store.es_subject_keys IS 'Keys that seal each subject''s personal data: destroyed by es_forget_subject. Owner only.';
-CREATE OR REPLACE FUNCTION _event_store._es_reveal(event @extschema@.event_store) RETURNS @extschema@.event_store
-    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
-COMMENT ON FUNCTION _event_store._es_reveal(@extschema@.event_store) IS
-    'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';
-CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@.event_store, subject text) RETURNS @extschema@.event_store
-    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
-COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
-    'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append(
-    stream_id text,
-    event_type text,
-    event_data jsonb,
-    metadata jsonb DEFAULT '{}',
-    expected_version bigint DEFAULT NULL,
-    id uuid DEFAULT NULL,
-    event_version integer DEFAULT 1)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
-COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer) IS
-    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001).';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_batch';
-COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
-    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?} to one stream, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
-RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_multi';
-COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
-    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
-                                        expected_version bigint, id uuid, event_version integer)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_wrapper';
-COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
-COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
-CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
-CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
-CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
-    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
-COMMENT ON FUNCTION @extschema@.es_digest() IS
-    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
-COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
-    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
-CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
-	"doc" jsonb /* pgrx :: JsonB */
-) RETURNS jsonb /* pgrx :: JsonB */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
+	"subject" TEXT, /* & str */
 	"stream_id" TEXT, /* & str */
-	"version" bigint, /* i64 */
-	"last_at" timestamp with time zone /* TimestampWithTimeZone */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
-	"max_count" INT, /* Option < i32 > */
-	"member" INT, /* Option < i32 > */
-	"size" INT /* Option < i32 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
-	"fresh" bool DEFAULT false /* bool */
-) RETURNS void
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
-	"stream_id" TEXT, /* Option < & str > */
-	"expected_version" bigint, /* Option < i64 > */
-	"batch_kind" TEXT, /* Option < & str > */
-	"batch_len" INT /* Option < i32 > */
-) RETURNS void
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
-	"stream_id" TEXT /* & str */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
-	"on" bool /* bool */
-) RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
-	"event_type" TEXT, /* Option < & str > */
-	"version" INT, /* Option < i32 > */
-	"schema" jsonb, /* Option < pgrx :: JsonB > */
-	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
-	"subject" TEXT /* Option < & str > */
-) RETURNS void
-STABLE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
-	"func" oid, /* pg_sys :: Oid */
-	"owner" oid, /* pg_sys :: Oid */
-	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
-AllocatedByRust > > */
-) RETURNS bool /* bool */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
-	"stream_id" TEXT, /* & str */
-	"size" INT /* i32 */
-) RETURNS INT /* i32 */
+	"event_data" jsonb, /* pgrx :: JsonB */
+	"metadata" jsonb /* pgrx :: JsonB */
+) RETURNS TEXT /* Option < String > */
 IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
-	"category" TEXT, /* Option < & str > */
-	"mode" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
+AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_record"(
 	"kind" TEXT, /* & str */
 	"event_type" TEXT, /* & str */
@@ -375,6 +298,86 @@ CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
+	"event_type" TEXT, /* Option < & str > */
+	"version" INT, /* Option < i32 > */
+	"schema" jsonb, /* Option < pgrx :: JsonB > */
+	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"subject" TEXT /* Option < & str > */
+) RETURNS void
+STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
+	"stream_id" TEXT, /* & str */
+	"subject" TEXT /* & str */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+STRICT STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
+	"category" TEXT, /* Option < & str > */
+	"event_type" TEXT, /* Option < & str > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
+	"stream_id" TEXT /* & str */
+) RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
+	"on" bool /* bool */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
+	"max_count" INT, /* Option < i32 > */
+	"member" INT, /* Option < i32 > */
+	"size" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
+	"name" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
+	"func" oid, /* pg_sys :: Oid */
+	"owner" oid, /* pg_sys :: Oid */
+	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
+AllocatedByRust > > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
+	"category" TEXT, /* Option < & str > */
+	"mode" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 	"prev" bytea, /* Option < & [u8] > */
 	"event_id" uuid, /* pgrx :: Uuid */
@@ -390,6 +393,35 @@ CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_event_hash_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
+	"subject" TEXT /* & str */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
+	"doc" jsonb /* pgrx :: JsonB */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
+	"stream_id" TEXT, /* Option < & str > */
+	"expected_version" bigint, /* Option < i64 > */
+	"batch_kind" TEXT, /* Option < & str > */
+	"batch_len" INT /* Option < i32 > */
+) RETURNS void
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
+	"stream_id" TEXT, /* & str */
+	"version" bigint, /* i64 */
+	"last_at" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
 	"event_type" TEXT, /* Option < & str > */
 	"from_version" INT, /* Option < i32 > */
@@ -398,45 +430,12 @@ CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
+CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
+	"fresh" bool DEFAULT false /* bool */
+) RETURNS void
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
-	"category" TEXT, /* Option < & str > */
-	"event_type" TEXT, /* Option < & str > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
-	"stream_id" TEXT, /* & str */
-	"subject" TEXT /* & str */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
-STRICT STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
-	"name" TEXT /* & str */
-) RETURNS INT /* i32 */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
-	"subject" TEXT, /* & str */
-	"stream_id" TEXT, /* & str */
-	"event_data" jsonb, /* pgrx :: JsonB */
-	"metadata" jsonb /* pgrx :: JsonB */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
+AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
 COMMENT ON TABLE _event_store.es_anchors IS 'Where es_apply_retention cut each stream: es_verify checks its chain from here.';
 CREATE OR REPLACE VIEW @extschema@.es_anchors WITH (security_invoker = true) AS SELECT * FROM _event_store.es_anchors;
 CREATE OR REPLACE FUNCTION _event_store._es_check_uncut(stream_id text) RETURNS boolean
@@ -965,12 +964,6 @@ LANGUAGE sql
 STABLE STRICT
 RETURN COALESCE((SELECT r.version FROM _event_store.es_streams r WHERE r.stream_id OPERATOR(pg_catalog.=) es_stream_version.stream_id), 0::bigint);
 COMMENT ON FUNCTION @extschema@.es_stream_version(text) IS 'Current version of a stream, 0 when it does not exist.';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
-	"subject" TEXT /* & str */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
 CREATE OR REPLACE FUNCTION @extschema@.es_subject_export(subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -1052,10 +1045,13 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_forget_subject(text, text) IS
     'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
-STRICT VOLATILE PARALLEL UNSAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
+	"stream_id" TEXT, /* & str */
+	"size" INT /* i32 */
+) RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
+AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
 CREATE OR REPLACE FUNCTION _event_store._es_check_feed_isolation() RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -1270,17 +1266,18 @@ BEGIN
         -- A handler that runs past event_store.projection_timeout is cancelled: it holds up
         -- only its own projection, which records the timeout as a failure.
         PERFORM _event_store._es_projection_timer(true);
-        -- Handlers see events as their types' latest versions. Read through _event_store.log
-        -- here, in the function's own statement: a SQL function reading the hypertable was
-        -- seen to miss events that had just committed below the horizon.
-        FOR r IN
-            SELECT l.global_position, _event_store._es_upcast(_event_store._es_event(l)) AS event
-              FROM _event_store.log l
-             WHERE l.global_position > p.position AND l.global_position <= p_horizon
-               AND (p.event_types IS NULL OR l.event_type = ANY (p.event_types))
-               AND (p.categories IS NULL OR _event_store._es_category(l.stream_id) = ANY (p.categories))
-             ORDER BY l.global_position
-             LIMIT p_batch_size
+        -- Handlers see events as their types' latest versions. Planned afresh for every batch
+        -- (EXECUTE): a plan this long-lived backend kept could miss a TimescaleDB chunk another
+        -- session created since, and the batch would move past its events.
+        FOR r IN EXECUTE
+            'SELECT l.global_position, _event_store._es_upcast(_event_store._es_event(l)) AS event
+               FROM _event_store.log l
+              WHERE l.global_position > $1 AND l.global_position <= $2
+                AND ($3 IS NULL OR l.event_type = ANY ($3))
+                AND ($4 IS NULL OR _event_store._es_category(l.stream_id) = ANY ($4))
+              ORDER BY l.global_position
+              LIMIT $5'
+            USING p.position, p_horizon, p.event_types, p.categories, p_batch_size
         LOOP
             at_pos := r.global_position;
             PERFORM _event_store._es_run_as(p.handler, p.owner, r.event);
@@ -1351,58 +1348,6 @@ SELECT p.name,
                  WHERE e.global_position > p.position AND e.global_position <= horizon.h
                    AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
                    AND (p.categories IS NULL OR _event_store._es_category(e.stream_id) = ANY (p.categories))) lag;
-COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
-CREATE OR REPLACE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
-CREATE OR REPLACE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
-    LANGUAGE sql VOLATILE
-    RETURN _event_store._es_feed_horizon();
-COMMENT ON FUNCTION @extschema@.es_feed_horizon() IS
-    'The highest position below which every event has committed or never will.';
-CREATE OR REPLACE FUNCTION @extschema@.es_save_checkpoint(consumer text, "position" bigint)
-RETURNS void
-LANGUAGE plpgsql
-VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-DECLARE
-    -- By oid: a role's name read back as text and cast to regrole may name another role.
-    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
-    saved _event_store.es_checkpoints;
-BEGIN
-    PERFORM _event_store._es_check_append($1, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
-    IF $2 IS NULL THEN
-        RAISE EXCEPTION 'event_store: position must not be NULL' USING ERRCODE = '22004';
-    ELSIF $2 < 0 THEN
-        RAISE EXCEPTION 'event_store: position must be 0 or more, got %', $2 USING ERRCODE = '22023';
-    END IF;
-    -- Two transactions saving one consumer queue on its row; the second sees the first's
-    -- position (ON CONFLICT locks the row before its WHERE is checked).
-    INSERT INTO _event_store.es_checkpoints AS c (consumer, position, owner)
-    VALUES ($1, $2, caller)
-    ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, saved_at = now()
-     WHERE pg_catalog.pg_has_role(caller::pg_catalog.oid, c.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) AND c.position < EXCLUDED.position;
-    IF FOUND THEN
-        RETURN;
-    END IF;
-    SELECT * INTO saved FROM _event_store.es_checkpoints c WHERE c.consumer = $1;
-    IF NOT pg_catalog.pg_has_role(caller::pg_catalog.oid, saved.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
-        RAISE EXCEPTION 'event_store: consumer "%" belongs to %', $1, saved.owner USING ERRCODE = '42501';
-    END IF;
-    RAISE EXCEPTION 'event_store: checkpoint of consumer "%" is at %; a new one must be later, got %', $1, saved.position, $2
-        USING ERRCODE = 'ES007',
-              HINT = 'A consumer that saves a position at or below its last one has handled events twice or read out of order.';
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_save_checkpoint(text, bigint) IS
-    'Saves a consumer''s position in the caller''s transaction; it must be later than the saved one.';
-CREATE OR REPLACE FUNCTION @extschema@.es_checkpoint(consumer text)
-RETURNS bigint
-LANGUAGE sql
-STABLE STRICT
-RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
-COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
-    'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
 COMMENT ON TABLE _event_store.es_verifications IS 'Every es_verify run by a role that sees all events: when, over what, and how many problems.';
 CREATE OR REPLACE VIEW @extschema@.es_verifications WITH (security_invoker = true) AS SELECT * FROM _event_store.es_verifications;
 CREATE OR REPLACE VIEW @extschema@.es_metrics AS
@@ -1490,6 +1435,62 @@ BEGIN ATOMIC
              GROUP BY m.name, m.help, m.type) b;
 END;
 COMMENT ON FUNCTION @extschema@.es_metrics_prometheus() IS 'es_metrics in the Prometheus text exposition format.';
+COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
+CREATE OR REPLACE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
+CREATE OR REPLACE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
+    LANGUAGE sql VOLATILE
+    RETURN _event_store._es_feed_horizon();
+COMMENT ON FUNCTION @extschema@.es_feed_horizon() IS
+    'The highest position below which every event has committed or never will.';
+CREATE OR REPLACE FUNCTION @extschema@.es_save_checkpoint(consumer text, "position" bigint)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    -- By oid: a role's name read back as text and cast to regrole may name another role.
+    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
+    saved _event_store.es_checkpoints;
+BEGIN
+    PERFORM _event_store._es_check_append($1, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
+    IF $2 IS NULL THEN
+        RAISE EXCEPTION 'event_store: position must not be NULL' USING ERRCODE = '22004';
+    ELSIF $2 < 0 THEN
+        RAISE EXCEPTION 'event_store: position must be 0 or more, got %', $2 USING ERRCODE = '22023';
+    END IF;
+    -- Two transactions saving one consumer queue on its row; the second sees the first's
+    -- position (ON CONFLICT locks the row before its WHERE is checked).
+    INSERT INTO _event_store.es_checkpoints AS c (consumer, position, owner)
+    VALUES ($1, $2, caller)
+    ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, saved_at = now()
+     WHERE pg_catalog.pg_has_role(caller::pg_catalog.oid, c.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) AND c.position < EXCLUDED.position;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO saved FROM _event_store.es_checkpoints c WHERE c.consumer = $1;
+    IF NOT pg_catalog.pg_has_role(caller::pg_catalog.oid, saved.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
+        RAISE EXCEPTION 'event_store: consumer "%" belongs to %', $1, saved.owner USING ERRCODE = '42501';
+    END IF;
+    RAISE EXCEPTION 'event_store: checkpoint of consumer "%" is at %; a new one must be later, got %', $1, saved.position, $2
+        USING ERRCODE = 'ES007',
+              HINT = 'A consumer that saves a position at or below its last one has handled events twice or read out of order.';
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_save_checkpoint(text, bigint) IS
+    'Saves a consumer''s position in the caller''s transaction; it must be later than the saved one.';
+CREATE OR REPLACE FUNCTION @extschema@.es_checkpoint(consumer text)
+RETURNS bigint
+LANGUAGE sql
+STABLE STRICT
+RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
+COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
+    'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
 DO $$
 DECLARE
     ext oid := (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'event_store'::name);

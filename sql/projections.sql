@@ -160,17 +160,18 @@ BEGIN
         -- A handler that runs past event_store.projection_timeout is cancelled: it holds up
         -- only its own projection, which records the timeout as a failure.
         PERFORM _event_store._es_projection_timer(true);
-        -- Handlers see events as their types' latest versions. Read through _event_store.log
-        -- here, in the function's own statement: a SQL function reading the hypertable was
-        -- seen to miss events that had just committed below the horizon.
-        FOR r IN
-            SELECT l.global_position, _event_store._es_upcast(_event_store._es_event(l)) AS event
-              FROM _event_store.log l
-             WHERE l.global_position > p.position AND l.global_position <= p_horizon
-               AND (p.event_types IS NULL OR l.event_type = ANY (p.event_types))
-               AND (p.categories IS NULL OR _event_store._es_category(l.stream_id) = ANY (p.categories))
-             ORDER BY l.global_position
-             LIMIT p_batch_size
+        -- Handlers see events as their types' latest versions. Planned afresh for every batch
+        -- (EXECUTE): a plan this long-lived backend kept could miss a TimescaleDB chunk another
+        -- session created since, and the batch would move past its events.
+        FOR r IN EXECUTE
+            'SELECT l.global_position, _event_store._es_upcast(_event_store._es_event(l)) AS event
+               FROM _event_store.log l
+              WHERE l.global_position > $1 AND l.global_position <= $2
+                AND ($3 IS NULL OR l.event_type = ANY ($3))
+                AND ($4 IS NULL OR _event_store._es_category(l.stream_id) = ANY ($4))
+              ORDER BY l.global_position
+              LIMIT $5'
+            USING p.position, p_horizon, p.event_types, p.categories, p_batch_size
         LOOP
             at_pos := r.global_position;
             PERFORM _event_store._es_run_as(p.handler, p.owner, r.event);
