@@ -24,8 +24,7 @@ const EVENTS_SQL: [&str; 2] = [
 
 /// One row per changed path per event, in stream order: the state at `from` is the
 /// starting point, each event after it up to `to` is folded in turn.
-#[pg_extern(sql = false)] // declared in sql/
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = false)] // declared in sql/fold.sql, with its settings
 #[allow(clippy::type_complexity)]
 fn es_diff(
     stream_id: &str,

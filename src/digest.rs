@@ -60,8 +60,7 @@ fn check_reader(function: &str) {
 /// the digest covers can no longer change by appends. Records it (and the heads changed
 /// since the previous one, so a failed verification can name streams) as the owner of
 /// es_digests, and returns the document to keep outside the database.
-#[pg_extern(sql = false)] // declared in sql/
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = false)] // declared in sql/digest.sql, with its settings
 fn es_digest() -> pgrx::JsonB {
     check_reader("es_digest");
     // SAFETY: reads of this backend's transaction and recovery state.
@@ -283,9 +282,6 @@ fn verify(client: &SpiClient<'_>, digest: &Digest, out: &mut Vec<Problem>) {
     }
 }
 
-/// One row per way the store fails to extend `digest` (a document es_digest returned); none
-/// when everything at or below its position is as it was. Read-only: works on a standby.
-/// NULL `digest` is an error (22004): no rows would read as a pass.
 /// How deep a document es_verify_digest reads may nest: a digest is one flat object.
 const DIGEST_DEPTH: usize = 16;
 
@@ -339,8 +335,10 @@ unsafe impl pgrx::pgrx_sql_entity_graph::metadata::SqlTranslatable for DigestDoc
     > = Err(pgrx::pgrx_sql_entity_graph::metadata::ReturnsError::Datum);
 }
 
-#[pg_extern(sql = false)] // declared in sql/digest.sql
-#[search_path(pg_catalog, pg_temp)]
+/// One row per way the store fails to extend `digest` (a document es_digest returned); none
+/// when everything at or below its position is as it was. Read-only: works on a standby.
+/// NULL `digest` is an error (22004): no rows would read as a pass.
+#[pg_extern(sql = false)] // declared in sql/digest.sql, with its settings
 fn es_verify_digest(
     digest: Option<DigestDoc>,
 ) -> TableIterator<

@@ -321,15 +321,13 @@ fn state(stream_id: &str, point: Point) -> Option<pgrx::JsonB> {
 }
 
 /// The stream's state as it was at `at`: NULL when the stream had no events by then.
-#[pg_extern(sql = false)] // declared in sql/
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = false)] // declared in sql/fold.sql, with its settings
 fn es_state_at(stream_id: &str, at: TimestampWithTimeZone) -> Option<pgrx::JsonB> {
     state(stream_id, Point::At(at.into_inner()))
 }
 
 /// The stream's current state: NULL for a stream with no events.
-#[pg_extern(sql = false)] // declared in sql/
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = false)] // declared in sql/fold.sql, with its settings
 fn es_state(stream_id: &str) -> Option<pgrx::JsonB> {
     state(stream_id, Point::Head)
 }
@@ -349,8 +347,7 @@ fn _es_state_for_subject(stream_id: &str, subject: &str) -> Option<pgrx::JsonB> 
 }
 
 /// The stream's state right after `version`: NULL when version < 1 or the stream is empty.
-#[pg_extern(sql = false)] // declared in sql/
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = false)] // declared in sql/fold.sql, with its settings
 fn es_state_at_version(stream_id: &str, version: i64) -> Option<pgrx::JsonB> {
     state(stream_id, Point::Version(version))
 }

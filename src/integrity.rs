@@ -374,8 +374,7 @@ fn verify_snapshots(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut V
 /// registry against the events, unique global positions and event ids, and on request every snapshot
 /// against a refold of its events. NULL `snapshots` is false.
 /// Volatile: a run by a role that sees every event is logged (see `record`).
-#[pg_extern(sql = false)] // declared in sql/
-#[search_path(pg_catalog, pg_temp)]
+#[pg_extern(sql = false)] // declared in sql/integrity.sql, with its settings
 fn es_verify(
     stream_id: default!(Option<&str>, "NULL"),
     snapshots: default!(Option<bool>, "false"),

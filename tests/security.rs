@@ -512,41 +512,8 @@ fn a_hanging_handler_delays_only_its_own_projection() {
     let db = TestDb::new("sec_timeout");
     let mut c = db.connect();
     let app = role(&db, &mut c, "app", "IN ROLE event_store_reader");
-    c.batch_execute(&format!(
-        "ALTER DATABASE {} SET event_store.projection_timeout = 300",
-        db.name
-    ))
-    .unwrap();
-    if worker() {
-        // The worker reads the setting when it connects: until one has connected since it
-        // was committed, stop the one there and ask the launcher for a new one.
-        let set: std::time::SystemTime = c.query_one("SELECT now()", &[]).unwrap().get(0);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let fresh: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                        AND backend_type = 'event_store projections' AND backend_start > $1",
-                    &[&set],
-                )
-                .unwrap()
-                .get(0);
-            if fresh > 0 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no worker came back with the setting"
-            );
-            c.batch_execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                  WHERE datname = current_database() AND backend_type = 'event_store projections';
-                 SELECT _event_store._es_wake_projections(true);",
-            )
-            .unwrap();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    // The worker reads the setting when it connects.
+    set_for_passes(&db, &mut c, "event_store.projection_timeout = 300");
     c.batch_execute(&format!(
         "GRANT CREATE ON SCHEMA public TO {app};
          SET ROLE {app};
