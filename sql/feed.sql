@@ -51,9 +51,7 @@ COMMENT ON FUNCTION @extschema@.es_publish_feed_horizon() IS
     'Publishes the feed horizon for reads on hot standbys (the worker does it on every pass); returns it.';
 
 -- Both feed functions: events after a position up to the horizon, filtered, in order,
--- revealed as the reader may see them (sql/personal.sql). Read through _event_store.log in
--- this function's own statement: a SQL function reading the hypertable was seen to miss
--- events that had just committed below the horizon.
+-- revealed as the reader may see them (sql/personal.sql), read through _event_store.log.
 CREATE FUNCTION _event_store._es_read_feed(after_position bigint, max_count integer, event_types text[], category text,
                                            member integer, group_size integer, upcast boolean)
 RETURNS SETOF @extschema@.event_store
