@@ -29,7 +29,7 @@ $$;
 
 GRANT USAGE ON SCHEMA @extschema@, _event_store TO event_store_reader;
 -- Snapshots hold nothing a reader cannot fold from event_store; under row level security
--- their policy hides them (sql/fold.sql). The views in the extension's schema read the
+-- their policy hides them (sql/fold/fold.sql). The views in the extension's schema read the
 -- internal tables as their caller, who needs both.
 GRANT SELECT ON @extschema@.event_store, _event_store.log,
                 _event_store.es_streams, @extschema@.es_streams,

@@ -23,7 +23,7 @@ CREATE FUNCTION _event_store._es_category(stream_id text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN pg_catalog.split_part(stream_id, '-', 1);
 
--- Time-ordered event ids (src/ids.rs).
+-- Time-ordered event ids (src/append/ids.rs).
 CREATE FUNCTION @extschema@.es_uuidv7() RETURNS uuid
     LANGUAGE c STRICT VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'es_uuidv7_wrapper';
 
@@ -42,7 +42,7 @@ CREATE TABLE @extschema@.event_store (
     created_at      timestamptz NOT NULL,
     -- The appending transaction: groups events written together, for forensics and the feed.
     transaction_id  xid8        NOT NULL DEFAULT pg_current_xact_id(),
-    -- SHA-256 chained to the previous event of the stream (see src/integrity.rs).
+    -- SHA-256 chained to the previous event of the stream (see src/integrity/verify.rs).
     hash            bytea       NOT NULL
 );
 COMMENT ON TABLE @extschema@.event_store IS 'Append-only event log: write with es_append, never UPDATE, DELETE or TRUNCATE.';

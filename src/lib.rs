@@ -1,7 +1,9 @@
 //! event_store: an append-only, tamper-evident event store inside PostgreSQL.
 //!
-//! Each module is one capability; the SQL that is clearer as SQL lives in `sql/` and is
-//! pulled in here in dependency order.
+//! One folder per capability (append, read, fold, projections, integrity, privacy, catalog),
+//! mirrored by `core/src/` (their logic without PostgreSQL) and `sql/` (what is clearer as
+//! SQL, pulled in here in dependency order), plus `pg/` for PostgreSQL plumbing. Retention and
+//! metrics are SQL only.
 use pgrx::prelude::*;
 
 /// The V1 calling-convention marker the fmgr looks up (what `#[pg_extern]` emits), for the
@@ -16,34 +18,14 @@ macro_rules! v1_function {
     };
 }
 
-// The rule engine and the fold state, under the names the modules here use for them.
-use event_store_core::{reducer, state};
-
-mod aggregate;
 mod append;
 mod catalog;
-mod context;
-mod diff;
-mod digest;
-mod errors;
-mod feed;
 mod fold;
-mod guards;
-mod guc;
-mod ids;
 mod integrity;
-mod jsonb;
-mod notify;
-mod personal;
-mod plans;
-mod projection;
-mod projection_worker;
-mod reducers;
-mod registry;
-mod schema;
-mod shmem;
-mod stream_scan;
-mod validate;
+mod pg;
+mod privacy;
+mod projections;
+mod read;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -53,44 +35,52 @@ mod validate;
 mod _event_store {}
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/append.sql", name = "append", requires = ["schema"]);
 extension_sql_file!(
-    "../sql/read.sql",
+    "../sql/append/append.sql",
+    name = "append",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/read/streams.sql",
     name = "read",
     requires = ["schema", "catalog", "personal"]
 );
 extension_sql_file!(
-    "../sql/feed.sql",
+    "../sql/read/feed.sql",
     name = "feed",
     requires = [
         "schema",
         "personal",
-        feed::_es_feed_horizon,
-        feed::_es_feed_holders,
-        feed::_es_consumer_group_member,
-        validate::_es_check_feed_read
+        read::feed::_es_feed_horizon,
+        read::feed::_es_feed_holders,
+        read::feed::_es_consumer_group_member,
+        read::feed::_es_check_feed_read
     ]
 );
-extension_sql_file!("../sql/guards.sql", name = "guards", requires = ["schema"]);
 extension_sql_file!(
-    "../sql/projections.sql",
+    "../sql/integrity/append_only.sql",
+    name = "guards",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/projections/projections.sql",
     name = "projections",
     requires = [
         "feed",
-        projection::_es_run_as,
-        projection::_es_setting_int,
-        projection::_es_projection_timer,
-        projection_worker::_es_wake_projections,
-        context::_es_calling_role_id
+        projections::handlers::_es_run_as,
+        projections::handlers::_es_setting_int,
+        projections::handlers::_es_projection_timer,
+        projections::worker::_es_wake_projections,
+        pg::caller::_es_calling_role_id
     ]
 );
 extension_sql_file!(
-    "../sql/fold.sql",
+    "../sql/fold/fold.sql",
     name = "fold",
     requires = [
         "schema",
-        validate::_es_check_reducer,
-        fold::_es_take_snapshot,
+        fold::reducers::_es_check_reducer,
+        fold::time_travel::_es_take_snapshot,
         "retention"
     ]
 );
@@ -100,68 +90,72 @@ extension_sql_file!(
     requires = ["guards"]
 );
 extension_sql_file!(
-    "../sql/catalog.sql",
+    "../sql/catalog/catalog.sql",
     name = "catalog",
     requires = [
         "fold",
         catalog::_es_check_event_type,
         catalog::_es_check_upcast,
         catalog::_es_check_catalog_mode,
-        context::_es_calling_role
+        pg::caller::_es_calling_role
     ]
 );
 extension_sql_file!(
-    "../sql/checkpoints.sql",
+    "../sql/read/checkpoints.sql",
     name = "checkpoints",
     requires = [
         "feed",
-        context::_es_calling_role_id,
-        validate::_es_check_append
+        pg::caller::_es_calling_role_id,
+        append::_es_check_append
     ]
 );
 extension_sql_file!(
-    "../sql/metrics.sql",
+    "../sql/metrics/metrics.sql",
     name = "metrics",
     requires = [
         "projections",
         "retention",
-        feed::_es_feed_horizon,
-        feed::_es_feed_holders
+        read::feed::_es_feed_horizon,
+        read::feed::_es_feed_holders
     ]
 );
-extension_sql_file!("../sql/digest.sql", name = "digest", requires = ["schema"]);
 extension_sql_file!(
-    "../sql/personal.sql",
+    "../sql/integrity/digest.sql",
+    name = "digest",
+    requires = ["schema"]
+);
+extension_sql_file!(
+    "../sql/privacy/sealing.sql",
     name = "personal",
     requires = ["schema"]
 );
 extension_sql_file!(
-    "../sql/privacy.sql",
+    "../sql/privacy/export_and_erasure.sql",
     name = "privacy",
     requires = [
         "personal",
-        personal::_es_subject_hash,
+        privacy::sealing::_es_subject_hash,
         "catalog",
         "read",
-        fold::_es_state_for_subject,
-        append::_es_record,
+        fold::time_travel::_es_state_for_subject,
+        append::record::_es_record,
         catalog::_es_subject_of,
-        context::_es_calling_role
+        pg::caller::_es_calling_role
     ]
 );
 extension_sql_file!(
-    "../sql/retention.sql",
+    "../sql/retention/retention.sql",
     name = "retention",
     requires = [
         "schema",
-        fold::_es_snapshot_at,
-        append::_es_record,
-        context::_es_calling_role,
-        projection_worker::_es_wake_projections
+        fold::time_travel::_es_snapshot_at,
+        append::record::_es_record,
+        pg::caller::_es_calling_role,
+        projections::worker::_es_wake_projections
     ]
 );
 extension_sql_file!(
-    "../sql/integrity.sql",
+    "../sql/integrity/verify.sql",
     name = "integrity",
     requires = ["schema"]
 );
@@ -169,13 +163,13 @@ extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    guc::register();
+    pg::settings::register();
     // SAFETY: check_stack_depth raises a PostgreSQL error (54001) when the stack is too deep.
-    state::set_stack_check(|| unsafe { pg_sys::check_stack_depth() });
+    event_store_core::json::state::set_stack_check(|| unsafe { pg_sys::check_stack_depth() });
     catalog::register_invalidation();
     // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        shmem::init();
-        projection_worker::register_launcher();
+        pg::shmem::init();
+        projections::worker::register_launcher();
     }
 }

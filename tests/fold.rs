@@ -4,7 +4,7 @@
 mod common;
 
 // The pure rule engine is the model the database must agree with.
-use event_store_core::reducer;
+use event_store_core::fold::{reducers, rules};
 
 use common::{sqlstate, TestDb};
 use postgres::Client;
@@ -610,7 +610,7 @@ fn es_diff_names_each_change_and_the_event_that_made_it() {
 
 /// Random rule sets over random streams: `es_state_at_version` and `es_state_at` with
 /// snapshots taken every few events, the same after dropping every snapshot, and `es_fold`,
-/// all equal the model fold of src/reducer.rs at every version.
+/// all equal the model fold of core/src/fold/rules.rs at every version.
 #[test]
 fn state_functions_see_only_what_the_caller_may_select() {
     let db = TestDb::new("fold_rights");
@@ -707,7 +707,7 @@ fn snapshots_and_es_fold_agree_with_the_model_fold_everywhere() {
             define(&mut c, &category, t, op.clone());
             defs.push((category.clone(), t.to_string(), op));
         }
-        let model = reducer::RuleSet::new(&category, defs).unwrap();
+        let model = reducers::RuleSet::new(&category, defs).unwrap();
         for s in 0..3 {
             let stream = format!("{category}-{s}");
             let mut events = Vec::new();
@@ -741,7 +741,7 @@ fn snapshots_and_es_fold_agree_with_the_model_fold_everywhere() {
                 }
             }
             let mut expected = vec![];
-            let mut model_state = reducer::initial_state();
+            let mut model_state = rules::initial_state();
             for e in &events {
                 model.apply(&mut model_state, e["type"].as_str().unwrap(), 1, &e["data"]);
                 expected.push(Value::from(&model_state));
@@ -787,7 +787,10 @@ fn snapshots_and_es_fold_agree_with_the_model_fold_everywhere() {
                     ),
                 ] {
                     assert!(
-                        event_store_core::state::same(&got.clone().into(), &want.clone().into()),
+                        event_store_core::json::state::same(
+                            &got.clone().into(),
+                            &want.clone().into()
+                        ),
                         "{ctx}: {what} gave {got}, the model {want}"
                     );
                 }

@@ -1,5 +1,7 @@
-//! The extension crate's layout, checked from its sources (no PostgreSQL): its modules do not
-//! import each other in a cycle, and no file is pulled in by a path attribute.
+//! The crates' layout, checked from their sources (no PostgreSQL): in the extension crate
+//! (`src/`) and the core crate (`core/src/`), neither the capabilities (top-level modules) nor
+//! the files within one capability's folder import each other in a cycle, and no file is
+//! pulled in by a path attribute.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -114,6 +116,11 @@ fn ident_before(c: &[char], i: usize) -> bool {
 /// The first-level names a piece of code takes from the crate root: `crate::a::b` and
 /// `crate::{a, b::{self, C}}` give `a` and `b` (`$crate::` in macros is not this crate's).
 fn crate_refs(code: &str) -> BTreeSet<String> {
+    path_refs(code, "crate")
+}
+
+/// The first-level names a piece of code takes from `root` (`crate` or `super`).
+fn path_refs(code: &str, root: &str) -> BTreeSet<String> {
     let c: Vec<char> = code.chars().collect();
     let mut refs = BTreeSet::new();
     let ident_at = |mut j: usize| {
@@ -126,7 +133,7 @@ fn crate_refs(code: &str) -> BTreeSet<String> {
         }
         c[start..j].iter().collect::<String>()
     };
-    let pattern: Vec<char> = "crate".chars().collect();
+    let pattern: Vec<char> = root.chars().collect();
     let mut i = 0;
     while i + pattern.len() <= c.len() {
         if c[i..i + pattern.len()] != pattern[..]
@@ -183,21 +190,68 @@ fn crate_refs(code: &str) -> BTreeSet<String> {
     refs
 }
 
-/// Each module of the extension crate (src/*.rs but the crate root) and the other modules
-/// it names. The root declares every module and defines shared items (`v1_function!`); those
-/// are not module edges.
-fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+/// The top-level modules of a crate's source folder (a file, or a folder with every file in
+/// it) and their sources. The crate root declares every module and defines shared items
+/// (`v1_function!`); those are not module edges.
+fn top_modules(src: &Path) -> BTreeMap<String, String> {
     let mut sources = BTreeMap::new();
-    for entry in fs::read_dir(src).expect("reading src/") {
+    for entry in fs::read_dir(src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display())) {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|x| x == "rs") {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = if path.is_dir() {
+            rust_files(&path)
+                .iter()
+                .map(|f| fs::read_to_string(f).unwrap())
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else if path.extension().is_some_and(|x| x == "rs") && name != "lib" {
+            fs::read_to_string(&path).unwrap()
+        } else {
+            continue;
+        };
+        sources.insert(name, text);
+    }
+    sources
+}
+
+/// Each top-level module and the others it names.
+fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    graph(&top_modules(src))
+}
+
+/// For each capability folder, its files (but `mod.rs`, the folder's own module) and the
+/// siblings each names, as `super::x` or `crate::folder::x`.
+fn folder_graphs(src: &Path) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(src).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let folder = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let own = format!("crate::{folder}::");
+        let mut sources = BTreeMap::new();
+        for f in fs::read_dir(&dir).unwrap() {
+            let path = f.unwrap().path();
             let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-            if name != "lib" {
-                sources.insert(name, fs::read_to_string(&path).unwrap());
+            if path.extension().is_some_and(|x| x == "rs") && name != "mod" {
+                let code = code_only(&fs::read_to_string(&path).unwrap());
+                sources.insert(name, code.replace(&own, "super::"));
             }
         }
+        let g = sources
+            .iter()
+            .map(|(name, code)| {
+                let uses = path_refs(code, "super")
+                    .into_iter()
+                    .filter(|m| m != name && sources.contains_key(m))
+                    .collect();
+                (name.clone(), uses)
+            })
+            .collect();
+        out.insert(folder, g);
     }
-    graph(&sources)
+    out
 }
 
 fn graph(sources: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
@@ -263,18 +317,29 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 
 #[test]
 fn modules_do_not_import_each_other_in_a_cycle() {
-    let graph = module_graph(&root().join("src"));
-    assert!(
-        graph.len() > 5,
-        "expected the extension's modules in src/, found {:?}",
-        graph.keys()
-    );
-    if let Some(cycle) = find_cycle(&graph) {
-        panic!(
-            "modules of src/ import each other in a cycle: {}; move what they share to \
-             the module where it belongs",
-            cycle.join(" -> ")
+    for krate in ["src", "core/src"] {
+        let dir = root().join(krate);
+        let graph = module_graph(&dir);
+        assert!(
+            graph.len() > 5,
+            "expected the crate's modules in {krate}/, found {:?}",
+            graph.keys()
         );
+        if let Some(cycle) = find_cycle(&graph) {
+            panic!(
+                "capabilities of {krate}/ import each other in a cycle: {}; move what they \
+                 share to the module where it belongs",
+                cycle.join(" -> ")
+            );
+        }
+        for (folder, graph) in folder_graphs(&dir) {
+            if let Some(cycle) = find_cycle(&graph) {
+                panic!(
+                    "files of {krate}/{folder}/ import each other in a cycle: {}",
+                    cycle.join(" -> ")
+                );
+            }
+        }
     }
 }
 
@@ -284,7 +349,7 @@ fn no_file_is_included_by_a_path_attribute() {
     let attribute = ["#[", "path="].concat();
     let in_cfg_attr = ["cfg_attr(", ",path="].concat();
     let mut found = vec![];
-    for dir in ["src", "tests"] {
+    for dir in ["src", "core/src", "tests"] {
         for file in rust_files(&root().join(dir)) {
             let code: String = code_only(&fs::read_to_string(&file).unwrap())
                 .chars()

@@ -1,17 +1,21 @@
-//! event_store's logic without PostgreSQL: the reducers' rule engine and the fold state,
-//! state diffs, the hash chain recipe and its checker, digests over stream heads, feed arithmetic, input validation and
-//! event ids, and an append's decisions (lock order, retries). Plain Rust with plain tests; the extension crate (`src/`) is the pgrx layer.
+//! event_store's logic without PostgreSQL, one folder per capability as in the extension
+//! crate (`src/`, its thin pgrx layer): plain Rust with plain tests.
+//!
+//! - `append`: an append's decisions (lock order, duplicate ids, retries) and event ids.
+//! - `read`: the feed's arithmetic (horizon, lock keys, consumer groups).
+//! - `fold`: the rule language of reducers and upcasts, rule sets, fold plans, state diffs.
+//! - `integrity`: the hash chain recipe and its checker, digests over stream heads.
+//! - `privacy`: sealing personal data per subject.
+//! - `catalog`: event type definitions, JSON Schemas, category modes.
+//! - shared: `json` (fold state, JSON Pointers), `stream` (names), `time`, `validate` (input
+//!   rules with their SQLSTATEs).
 pub mod append;
 pub mod catalog;
-pub mod chain;
-pub mod diff;
-pub mod digest;
-pub mod feed;
-pub mod ids;
-pub mod personal;
-pub mod plan;
-pub mod reducer;
-pub mod state;
+pub mod fold;
+pub mod integrity;
+pub mod json;
+pub mod privacy;
+pub mod read;
 pub mod stream;
 pub mod time;
 pub mod validate;

@@ -174,7 +174,7 @@ pub fn check_reducer(
     }
     check_name("event_type", event_type, None)?;
     let rule = rule.ok_or_else(|| Invalid::Null("rule must not be NULL".into()))?;
-    crate::reducer::parse_rule(rule)
+    crate::fold::rules::parse_rule(rule)
         .map(drop)
         .map_err(|e| Invalid::Value(format!("invalid reducer rule: {e}")))
 }

@@ -1,0 +1,3 @@
+//! Tamper evidence: hash chains and digests.
+pub mod chain;
+pub mod digest;

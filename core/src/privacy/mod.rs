@@ -1,0 +1,2 @@
+//! Personal data: sealing per subject for erasure by crypto-shredding.
+pub mod sealing;

@@ -1,0 +1,2 @@
+//! Reading: the global feed's arithmetic.
+pub mod feed;

@@ -1,0 +1,247 @@
+//! Reading an append's arguments: the events as jsonb datums (validated before any lock is
+//! taken), the metadata every event gets, and the fmgr's argument slots.
+use super::{Entry, Event};
+use crate::pg::jsonb;
+use crate::pg::jsonb::functions::{
+    array_len, concat, element, field, field_text, kind, out, parse,
+};
+use crate::pg::settings;
+use event_store_core::validate::{self as rules, Invalid};
+use pgrx::fcinfo::{pg_arg_is_null, pg_getarg_datum_raw};
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+pub(super) fn raise(invalid: Invalid) -> ! {
+    crate::pg::errors::raise_invalid(invalid)
+}
+
+// ---- reading the arguments
+
+/// What an append adds to every event's metadata: the correlation and causation ids set for
+/// the session, and the acting role (always last, so no caller can forge it).
+pub(super) struct Stamp {
+    context: Option<pg_sys::Datum>,
+    appended_by: pg_sys::Datum,
+}
+
+impl Stamp {
+    pub(super) fn new() -> Stamp {
+        let setting = |name: &CStr| {
+            // SAFETY: a lookup of a custom setting that may be undefined (then NULL).
+            let v = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
+            // SAFETY: a non-null result is a C string owned by the GUC machinery.
+            (!v.is_null())
+                .then(|| unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned())
+                .filter(|s| !s.is_empty())
+        };
+        let mut context = serde_json::Map::new();
+        for (key, name) in [
+            ("correlationId", c"event_store.correlation_id"),
+            ("causationId", c"event_store.causation_id"),
+        ] {
+            if let Some(v) = setting(name) {
+                context.insert(key.into(), v.into());
+            }
+        }
+        let by = serde_json::json!({ "appendedBy": crate::pg::caller::_es_calling_role() });
+        Stamp {
+            context: (!context.is_empty()).then(|| jsonb::datum(&context.into())),
+            appended_by: jsonb::datum(&by),
+        }
+    }
+
+    fn apply(&self, metadata: pg_sys::Datum) -> pg_sys::Datum {
+        let m = match self.context {
+            Some(c) => concat(c, metadata),
+            None => metadata,
+        };
+        concat(m, self.appended_by)
+    }
+}
+
+/// The parts of one event as given, checked in the order the documentation gives: id, version,
+/// then type, data, metadata, version, size and depth.
+pub(super) struct Given {
+    pub(super) id: Option<[u8; 16]>,
+    pub(super) event_type: Option<String>,
+    pub(super) data: Option<pg_sys::Datum>,
+    /// `"null"` for SQL NULL data of a single append, `"missing"` for a batch's absent key.
+    pub(super) absent_data: &'static str,
+    pub(super) metadata: Option<pg_sys::Datum>,
+    /// NULL (or absent) means 1.
+    pub(super) version: Option<i32>,
+}
+
+pub(super) fn event(
+    given: Given,
+    stamp: &Stamp,
+    ordinal: Option<i32>,
+    limits: (i64, usize),
+) -> Result<Event, Invalid> {
+    let (id, version) = (given.id, given.version.unwrap_or(1));
+    let data_kind = given.data.map_or(given.absent_data.to_string(), kind);
+    let meta_kind = given.metadata.map_or("null".to_string(), kind);
+    let data_text = given
+        .data
+        .filter(|_| data_kind == "object")
+        .map(out)
+        .unwrap_or_default();
+    let metadata = given
+        .metadata
+        .filter(|_| meta_kind == "object")
+        .map(|m| stamp.apply(m));
+    let meta_text = metadata.map(out).unwrap_or_default();
+    let size = (data_text.len() + meta_text.len()) as i64;
+    rules::check_event(
+        given.event_type.as_deref(),
+        Some(&data_kind),
+        Some(&meta_kind),
+        Some(version),
+        size,
+        limits.0,
+        ordinal,
+    )?;
+    let (data, metadata) = (given.data.expect("checked"), metadata.expect("checked"));
+    for (j, what) in [(data, "event_data"), (metadata, "metadata")] {
+        // SAFETY: a non-null jsonb datum.
+        let depth = unsafe { jsonb::with_jsonb(j, |j| jsonb::depth(j, limits.1)) };
+        rules::check_depth(what, depth, limits.1, ordinal)?;
+    }
+    Ok(Event {
+        id,
+        event_type: given.event_type.expect("checked"),
+        data,
+        data_text,
+        metadata,
+        meta_text,
+        version,
+    })
+}
+
+pub(super) fn limits() -> (i64, usize) {
+    (
+        i64::from(settings::MAX_EVENT_BYTES.get()),
+        settings::MAX_EVENT_DEPTH.get().max(1) as usize,
+    )
+}
+
+/// The events of a JSON array as es_append_batch takes them (`ordinal` numbers them in
+/// messages, from 1).
+pub(super) fn batch_events(events: pg_sys::Datum, stamp: &Stamp) -> Result<Vec<Event>, Invalid> {
+    let limits = limits();
+    (0..array_len(events))
+        .map(|i| {
+            let ev = element(events, i);
+            let k = kind(ev);
+            if k != "object" {
+                return Err(Invalid::Value(format!(
+                    "event {}: must be a JSON object, not {k}",
+                    i + 1
+                )));
+            }
+            let event_type = field(ev, "type")
+                .filter(|t| kind(*t) == "string")
+                .and_then(|_| field_text(ev, "type"))
+                // SAFETY: ->> returns text.
+                .map(|t| unsafe { String::from_datum(t, false) }.expect("text"));
+            // Read as a SQL cast would (22P02 for an id that is not a UUID, a version that is
+            // not an integer), before the other checks.
+            let id = field_text(ev, "id").map(|t| {
+                // SAFETY: uuid_in returns a pointer to 16 bytes.
+                unsafe { *parse(pg_sys::uuid_in, t).cast_mut_ptr::<[u8; 16]>() }
+            });
+            let version = match field_text(ev, "version") {
+                Some(t) => {
+                    // SAFETY: ->> returns text.
+                    let text = unsafe { String::from_datum(t, false) }.expect("text");
+                    rules::check_version_range(&text, Some(i + 1))?;
+                    Some(parse(pg_sys::int4in, t).value() as i32)
+                }
+                None => None,
+            };
+            let given = Given {
+                id,
+                event_type,
+                data: field(ev, "data"),
+                absent_data: "missing",
+                metadata: Some(
+                    field(ev, "metadata").unwrap_or_else(|| jsonb::datum(&serde_json::json!({}))),
+                ),
+                version,
+            };
+            event(given, stamp, Some(i + 1), limits)
+        })
+        .collect()
+}
+
+/// Checks a stream id and an array of events.
+pub(super) fn check_batch(
+    stream_id: Option<&str>,
+    expected: Option<i64>,
+    events: Option<pg_sys::Datum>,
+) -> Result<(), Invalid> {
+    let (k, n) = match events {
+        None => ("null".to_string(), 0),
+        Some(e) => {
+            let k = kind(e);
+            let n = if k == "array" { array_len(e) } else { 0 };
+            (k, n)
+        }
+    };
+    rules::check_append(stream_id, expected, &k, n)
+}
+
+/// Argument `n` as text, `None` for NULL.
+///
+/// # Safety
+/// Argument `n` is declared text.
+pub(super) unsafe fn text_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Option<String> {
+    // SAFETY: as the caller promises.
+    unsafe {
+        (!pg_arg_is_null(fcinfo, n))
+            .then(|| String::from_datum(pg_getarg_datum_raw(fcinfo, n), false).expect("text"))
+    }
+}
+
+/// Argument `n` as a raw datum, `None` for NULL.
+///
+/// # Safety
+/// `n` is within the call's arguments.
+pub(super) unsafe fn datum_arg(
+    fcinfo: pg_sys::FunctionCallInfo,
+    n: usize,
+) -> Option<pg_sys::Datum> {
+    // SAFETY: as the caller promises.
+    unsafe { (!pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n)) }
+}
+
+/// One element of es_append_multi's array.
+pub(super) fn multi_entry(a: pg_sys::Datum, stamp: &Stamp) -> Result<Entry, Invalid> {
+    let k = kind(a);
+    if k != "object" {
+        return Err(Invalid::Value(format!("must be a JSON object, not {k}")));
+    }
+    let stream_id = field(a, "stream_id")
+        .filter(|s| kind(*s) == "string")
+        .and_then(|_| field_text(a, "stream_id"))
+        // SAFETY: ->> returns text.
+        .map(|t| unsafe { String::from_datum(t, false) }.expect("text"));
+    let expected = match field(a, "expected_version").filter(|v| kind(*v) != "null") {
+        None => None,
+        Some(v) => {
+            let text = out(v);
+            Some(text.parse::<i64>().map_err(|_| {
+                Invalid::Value(format!(
+                    "expected_version must be an integer or null, not {text}"
+                ))
+            })?)
+        }
+    };
+    let events = field(a, "events");
+    check_batch(stream_id.as_deref(), expected, events)?;
+    Ok(Entry {
+        stream_id: stream_id.expect("checked"),
+        expected,
+        events: batch_events(events.expect("checked"), stamp)?,
+    })
+}

@@ -1,0 +1,180 @@
+//! Inserting the events of one call in one statement, with the ids the store generated claimed
+//! in the same statement.
+use super::{arg, uuid, Event};
+use crate::pg::plans;
+use crate::pg::schema::OrRaise;
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::BuiltinOid as Oid;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+const INSERT_ONE_SQL: &str = "WITH claim AS (INSERT INTO _event_store.es_event_ids \
+    SELECT pg_catalog.unnest($11::uuid[])) \
+    INSERT INTO _event_store.log (global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const INSERT_MANY_SQL: &str = "WITH claim AS (INSERT INTO _event_store.es_event_ids \
+    SELECT pg_catalog.unnest($11::uuid[])) \
+    INSERT INTO _event_store.log (global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
+    SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], \
+    $6::jsonb[], $7::jsonb[], $8::int4[], $9::timestamptz[], $10::bytea[])";
+
+/// A jsonb[] of datums (pgrx would build one through text).
+fn jsonb_array(items: &[pg_sys::Datum]) -> DatumWithOid<'static> {
+    let mut items = items.to_vec();
+    // SAFETY: jsonb elements are varlenas (length -1, by reference, int alignment); the
+    // array is palloc'd in the current memory context.
+    let array = unsafe {
+        pg_sys::construct_array(
+            items.as_mut_ptr(),
+            items.len() as i32,
+            pg_sys::JSONBOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        )
+    };
+    // SAFETY: an array datum of type jsonb[].
+    unsafe { DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::JSONBARRAYOID) }
+}
+
+/// The columns of the events to insert, one statement for all of them.
+pub(super) struct Insert {
+    positions: Vec<i64>,
+    ids: Vec<pgrx::Uuid>,
+    streams: Vec<String>,
+    versions: Vec<i64>,
+    types: Vec<String>,
+    data: Vec<pg_sys::Datum>,
+    metadata: Vec<pg_sys::Datum>,
+    event_versions: Vec<i32>,
+    at: Vec<i64>,
+    hashes: Vec<Vec<u8>>,
+    /// The ids the store generated (caller-chosen ones were claimed by `retries`).
+    pub(super) claims: Vec<pgrx::Uuid>,
+}
+
+impl Insert {
+    pub(super) fn with_capacity(n: usize) -> Insert {
+        Insert {
+            positions: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n),
+            streams: Vec::with_capacity(n),
+            versions: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            data: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            event_versions: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            hashes: Vec::with_capacity(n),
+            claims: Vec::with_capacity(n),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn push(
+        &mut self,
+        stream: &str,
+        ev: &Event,
+        id: [u8; 16],
+        version: i64,
+        position: i64,
+        at: i64,
+        hash: Vec<u8>,
+    ) {
+        self.positions.push(position);
+        self.ids.push(uuid(id));
+        self.streams.push(stream.to_string());
+        self.versions.push(version);
+        self.types.push(ev.event_type.clone());
+        self.data.push(ev.data);
+        self.metadata.push(ev.metadata);
+        self.event_versions.push(ev.version);
+        self.at.push(at);
+        self.hashes.push(hash);
+    }
+
+    pub(super) fn execute(self, client: &mut SpiClient<'_>) {
+        use Oid::*;
+        let timestamptz = |t: i64| {
+            // SAFETY: a timestamptz is passed by value as its microseconds.
+            unsafe { DatumWithOid::new(pg_sys::Datum::from(t), TIMESTAMPTZOID.value()) }
+        };
+        let jsonb = |d: pg_sys::Datum| {
+            // SAFETY: a jsonb datum built or checked by this module.
+            unsafe { DatumWithOid::new(d, JSONBOID.value()) }
+        };
+        let result = if self.positions.len() == 1 {
+            let plan = plans::kept(
+                client,
+                INSERT_ONE_SQL,
+                &[
+                    INT8OID,
+                    UUIDOID,
+                    TEXTOID,
+                    INT8OID,
+                    TEXTOID,
+                    JSONBOID,
+                    JSONBOID,
+                    INT4OID,
+                    TIMESTAMPTZOID,
+                    BYTEAOID,
+                    UUIDARRAYOID,
+                ],
+                true,
+            );
+            let args = [
+                arg(self.positions[0]),
+                arg(self.ids[0]),
+                arg(self.streams[0].as_str()),
+                arg(self.versions[0]),
+                arg(self.types[0].as_str()),
+                jsonb(self.data[0]),
+                jsonb(self.metadata[0]),
+                arg(self.event_versions[0]),
+                timestamptz(self.at[0]),
+                arg(self.hashes[0].as_slice()),
+                arg(self.claims),
+            ];
+            client.update(&*plan, None, &args).map(drop)
+        } else {
+            let plan = plans::kept(
+                client,
+                INSERT_MANY_SQL,
+                &[
+                    INT8ARRAYOID,
+                    UUIDARRAYOID,
+                    TEXTARRAYOID,
+                    INT8ARRAYOID,
+                    TEXTARRAYOID,
+                    JSONBARRAYOID,
+                    JSONBARRAYOID,
+                    INT4ARRAYOID,
+                    TIMESTAMPTZARRAYOID,
+                    BYTEAARRAYOID,
+                    UUIDARRAYOID,
+                ],
+                true,
+            );
+            let at: Vec<TimestampWithTimeZone> = self
+                .at
+                .iter()
+                .map(|t| TimestampWithTimeZone::try_from(*t).expect("a stored time"))
+                .collect();
+            let args = [
+                arg(self.positions),
+                arg(self.ids),
+                arg(self.streams),
+                arg(self.versions),
+                arg(self.types),
+                jsonb_array(&self.data),
+                jsonb_array(&self.metadata),
+                arg(self.event_versions),
+                arg(at),
+                arg(self.hashes),
+                arg(self.claims),
+            ];
+            client.update(&*plan, None, &args).map(drop)
+        };
+        result.or_raise("inserting events");
+    }
+}

@@ -1,0 +1,223 @@
+//! Appending: `es_append`, `es_append_batch` and `es_append_multi`, each a C function
+//! (SECURITY DEFINER with a pinned search_path, declared in sql/append/append.sql) over one engine.
+//!
+//! An append reads its arguments as jsonb datums and validates every event before it locks
+//! or writes anything; then, in one SPI connection with kept plans: locks each stream's
+//! registry row in stream-id order (so calls over the same streams never deadlock), claims
+//! caller-chosen ids (generated ones are claimed by the INSERT), checks expected versions, registers with the feed, takes the call's
+//! positions as one consecutive block, hashes in Rust, inserts every event in one statement
+//! and advances each stream's head. ES001/ES002 are raised only once everything Rust holds
+//! is dropped (they leave by longjmp).
+use crate::pg::errors::Refused;
+use crate::pg::jsonb::functions::{array_len, detoast, element, kind};
+use args::{
+    batch_events, check_batch, datum_arg, event, limits, multi_entry, raise, text_arg, Given, Stamp,
+};
+use engine::append;
+use event_store_core::validate::{self as rules, Invalid};
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::IntoDatum;
+
+mod args;
+mod engine;
+pub mod ids;
+mod insert;
+pub mod record;
+pub mod registry;
+mod retry;
+
+/// One event, validated, before its stream's lock is taken.
+struct Event {
+    id: Option<[u8; 16]>,
+    event_type: String,
+    data: pg_sys::Datum,
+    data_text: String,
+    metadata: pg_sys::Datum,
+    meta_text: String,
+    version: i32,
+}
+
+/// The events for one stream.
+struct Entry {
+    stream_id: String,
+    expected: Option<i64>,
+    events: Vec<Event>,
+}
+
+/// One row of the result: the entry it belongs to and what was stored.
+#[derive(Clone, Copy)]
+struct Appended {
+    entry: usize,
+    id: [u8; 16],
+    version: i64,
+    position: i64,
+    at: i64,
+}
+
+fn arg<T: IntoDatum>(v: T) -> DatumWithOid<'static> {
+    let oid = T::type_oid();
+    // SAFETY: the value's own type oid.
+    unsafe { DatumWithOid::new(v, oid) }
+}
+
+fn uuid(b: [u8; 16]) -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(b)
+}
+
+fn refused(code: &'static [u8; 5], message: String, detail: String, hint: &str) -> Refused {
+    Refused {
+        code,
+        message,
+        detail,
+        hint: hint.into(),
+    }
+}
+
+// ---- the SQL functions
+
+/// Runs the engine and returns its rows as the function's result set; an ES error is
+/// raised only after everything the engine held is dropped.
+///
+/// # Safety
+/// `fcinfo` is the call's, from a set-returning function declared with the columns `row` fills.
+unsafe fn respond(
+    fcinfo: pg_sys::FunctionCallInfo,
+    entries: Vec<Entry>,
+    row: fn(&str, &Appended) -> Vec<Option<pg_sys::Datum>>,
+) -> pg_sys::Datum {
+    match append(entries) {
+        Ok((streams, rows)) => {
+            // SAFETY: a set-returning call in a context that accepts a materialized result.
+            unsafe {
+                pg_sys::InitMaterializedSRF(fcinfo, 0);
+                let rsinfo = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
+                for r in &rows {
+                    let cols = row(&streams[r.entry], r);
+                    let mut values: Vec<pg_sys::Datum> = cols
+                        .iter()
+                        .map(|c| c.unwrap_or(pg_sys::Datum::from(0)))
+                        .collect();
+                    let mut nulls: Vec<bool> = cols.iter().map(|c| c.is_none()).collect();
+                    pg_sys::tuplestore_putvalues(
+                        (*rsinfo).setResult,
+                        (*rsinfo).setDesc,
+                        values.as_mut_ptr(),
+                        nulls.as_mut_ptr(),
+                    );
+                }
+            }
+            pg_sys::Datum::from(0)
+        }
+        Err(r) => r.raise(),
+    }
+}
+
+fn event_columns(_: &str, r: &Appended) -> Vec<Option<pg_sys::Datum>> {
+    vec![
+        uuid(r.id).into_datum(),
+        r.version.into_datum(),
+        r.position.into_datum(),
+        Some(pg_sys::Datum::from(r.at)),
+    ]
+}
+
+fn multi_columns(stream: &str, r: &Appended) -> Vec<Option<pg_sys::Datum>> {
+    let mut cols = vec![stream.into_datum()];
+    cols.extend(event_columns(stream, r));
+    cols
+}
+
+v1_function!(pg_finfo_es_append);
+/// `es_append(stream_id, event_type, event_data, metadata, expected_version, id, event_version)`.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn es_append(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the argument types are those sql/append/append.sql declares.
+    let entry = unsafe {
+        let stream_id = text_arg(fcinfo, 0);
+        let expected = datum_arg(fcinfo, 4).map(|d| d.value() as i64);
+        rules::check_append(stream_id.as_deref(), expected, "array", 1)
+            .unwrap_or_else(|e| raise(e));
+        let stamp = Stamp::new();
+        let given = Given {
+            // SAFETY: a uuid datum points to its 16 bytes.
+            id: datum_arg(fcinfo, 5).map(|u| *u.cast_mut_ptr::<[u8; 16]>()),
+            event_type: text_arg(fcinfo, 1),
+            data: datum_arg(fcinfo, 2).map(detoast),
+            absent_data: "null",
+            metadata: datum_arg(fcinfo, 3).map(detoast),
+            version: datum_arg(fcinfo, 6).map(|v| v.value() as i32),
+        };
+        Entry {
+            stream_id: stream_id.expect("checked"),
+            expected,
+            events: vec![event(given, &stamp, None, limits()).unwrap_or_else(|e| raise(e))],
+        }
+    };
+    // SAFETY: es_append returns TABLE (event_id, stream_version, global_position, created_at).
+    unsafe { respond(fcinfo, vec![entry], event_columns) }
+}
+
+v1_function!(pg_finfo_es_append_batch);
+/// `es_append_batch(stream_id, events, expected_version)`.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn es_append_batch(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the argument types are those sql/append/append.sql declares.
+    let entry = unsafe {
+        let stream_id = text_arg(fcinfo, 0);
+        let events = datum_arg(fcinfo, 1).map(detoast);
+        let expected = datum_arg(fcinfo, 2).map(|d| d.value() as i64);
+        check_batch(stream_id.as_deref(), expected, events).unwrap_or_else(|e| raise(e));
+        let stamp = Stamp::new();
+        Entry {
+            stream_id: stream_id.expect("checked"),
+            expected,
+            events: batch_events(events.expect("checked"), &stamp).unwrap_or_else(|e| raise(e)),
+        }
+    };
+    // SAFETY: as for es_append.
+    unsafe { respond(fcinfo, vec![entry], event_columns) }
+}
+
+v1_function!(pg_finfo_es_append_multi);
+/// `es_append_multi(appends)`: a JSON array of `{"stream_id", "expected_version"?, "events"}`.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn es_append_multi(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the argument type is the one sql/append/append.sql declares.
+    let appends = unsafe { datum_arg(fcinfo, 0) }.map(detoast);
+    let Some(appends) = appends else {
+        raise(Invalid::Null("appends must not be NULL".into()));
+    };
+    let k = kind(appends);
+    let n = if k == "array" { array_len(appends) } else { 0 };
+    rules::check_multi(&k, n).unwrap_or_else(|e| raise(e));
+    let stamp = Stamp::new();
+    let entries: Vec<Entry> = (0..n)
+        .map(|i| {
+            multi_entry(element(appends, i), &stamp)
+                .unwrap_or_else(|e| raise(rules::in_entry(i + 1, e)))
+        })
+        .collect();
+    // SAFETY: es_append_multi returns TABLE (stream_id, event_id, stream_version, global_position, created_at).
+    unsafe { respond(fcinfo, entries, multi_columns) }
+}
+
+/// Raises unless the append as a whole is acceptable. `batch_kind` is `jsonb_typeof(events)`.
+#[pg_extern(stable, parallel_safe, schema = "_event_store")]
+fn _es_check_append(
+    stream_id: Option<&str>,
+    expected_version: Option<i64>,
+    batch_kind: Option<&str>,
+    batch_len: Option<i32>,
+) {
+    rules::check_append(
+        stream_id,
+        expected_version,
+        batch_kind.unwrap_or("null"),
+        batch_len.unwrap_or(0),
+    )
+    .unwrap_or_else(|e| raise(e))
+}

@@ -1,0 +1,304 @@
+//! The stream registry `es_streams`: one row per stream holding its head (version, hash,
+//! time bounds). Appends lock that row, which serialises writers of one stream only.
+//!
+//! Appends lock and advance the row directly (an index probe, a tuple lock, a heap update
+//! with its index entries), not through SQL statements: each statement would cost an
+//! executor start and end, and the two of them more than the rest of the registry's work
+//! (measured with perf). Nothing else may change a row: the guard trigger refuses UPDATE,
+//! DELETE and TRUNCATE to every role, the owner included, and direct updates fire no trigger.
+use crate::pg::guards::{IndexScan, Opened, Registered, Slot};
+use crate::pg::schema;
+use pgrx::pg_sys::{self, BuiltinOid as Oid};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::{FromDatum, IntoDatum};
+use std::ffi::CStr;
+
+v1_function!(pg_finfo__es_guard_registry);
+/// The guard trigger of es_streams: refuses UPDATE, DELETE and TRUNCATE (SQLSTATE ES003) for
+/// every role, the table owner and superusers included. Written in C so that no function a
+/// caller could be refused EXECUTE on sits in the way.
+///
+/// # Safety
+/// Called by PostgreSQL's trigger manager with its TriggerData as context.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn _es_guard_registry(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: called by the trigger manager, whose context is a TriggerData (checked).
+    let trigger = unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || (*context).type_ != pg_sys::NodeTag::T_TriggerData {
+            error!("event_store: _es_guard_registry is a trigger function");
+        }
+        &*context.cast::<pg_sys::TriggerData>()
+    };
+    let op = match trigger.tg_event & pg_sys::TRIGGER_EVENT_OPMASK {
+        pg_sys::TRIGGER_EVENT_UPDATE => "UPDATE",
+        pg_sys::TRIGGER_EVENT_DELETE => "DELETE",
+        pg_sys::TRIGGER_EVENT_TRUNCATE => "TRUNCATE",
+        _ => "INSERT",
+    };
+    crate::pg::errors::raise(
+        b"ES003",
+        format!("event_store: {op} of es_streams is not allowed"),
+        "Events are append-only and es_streams is maintained by es_append.".into(),
+        "Append a compensating event with es_append instead.".into(),
+    )
+}
+
+/// A new stream's row, at version 0; a conflict means another transaction created it.
+const REGISTER_SQL: &str =
+    "INSERT INTO _event_store.es_streams (stream_id, version) VALUES ($1, 0) \
+     ON CONFLICT (stream_id) DO NOTHING";
+
+/// A stream's head as its locked registry row says.
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub version: i64,
+    /// `None` for a stream without events: its chain starts from the zero hash.
+    pub hash: Option<Vec<u8>>,
+    /// Time of the last event, in PostgreSQL's microseconds.
+    pub last_at: Option<i64>,
+    /// Where the locked row version is.
+    tid: pg_sys::ItemPointerData,
+}
+
+/// es_streams' columns that appends read or write, by attribute number.
+struct Columns {
+    version: i16,
+    first_at: i16,
+    last_at: i16,
+    last_position: i16,
+    head_hash: i16,
+}
+
+/// es_streams opened for an append, with its primary key.
+struct Registry {
+    rel: Opened,
+    pkey: Opened,
+    columns: Columns,
+}
+
+impl Registry {
+    /// # Safety
+    /// Inside a transaction.
+    unsafe fn open() -> Registry {
+        // SAFETY: the extension's own table, looked up in its schema.
+        unsafe {
+            let relid = schema::relation(c"es_streams");
+            let rel = Opened::table(relid, pg_sys::RowExclusiveLock);
+            // Index entries of a non-HOT update are formed without an executor: only plain
+            // columns can be indexed (as on PostgreSQL's own catalogs).
+            let indexes = pgrx::PgList::<pg_sys::Oid>::from_pg(pg_sys::RelationGetIndexList(rel.0));
+            for oid in indexes.iter_oid() {
+                let index = Opened::index(oid, pg_sys::RowExclusiveLock);
+                if !pg_sys::RelationGetIndexExpressions(index.0).is_null()
+                    || !pg_sys::RelationGetIndexPredicate(index.0).is_null()
+                {
+                    ereport!(
+                        ERROR,
+                        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                        "event_store: es_streams has an index on an expression or with a predicate",
+                        "Appends maintain es_streams' indexes themselves and support indexes on plain columns only."
+                    );
+                }
+            }
+            let pkey = (*rel.0).rd_pkindex;
+            if pkey == pg_sys::InvalidOid {
+                error!("event_store: es_streams has lost its primary key");
+            }
+            let attnum = |name: &CStr| {
+                let n = pg_sys::get_attnum(relid, name.as_ptr());
+                if n <= 0 {
+                    error!(
+                        "event_store: es_streams has no column {}",
+                        name.to_string_lossy()
+                    );
+                }
+                n
+            };
+            Registry {
+                pkey: Opened::index(pkey, pg_sys::RowExclusiveLock),
+                columns: Columns {
+                    version: attnum(c"version"),
+                    first_at: attnum(c"first_at"),
+                    last_at: attnum(c"last_at"),
+                    last_position: attnum(c"last_position"),
+                    head_hash: attnum(c"head_hash"),
+                },
+                rel,
+            }
+        }
+    }
+
+    /// Finds the stream's row and locks its latest version, as SELECT ... FOR UPDATE would:
+    /// waiting for a writer that holds it, then reading what that writer committed (under
+    /// REPEATABLE READ, a row changed since the snapshot is a serialization failure).
+    ///
+    /// # Safety
+    /// Inside a transaction.
+    unsafe fn lock(&self, stream_id: &str) -> Option<Head> {
+        // SAFETY: the scan, lock and reads below follow the table AM's protocol on relations
+        // opened by `open`; every resource is held by a guard.
+        unsafe {
+            // Rows this transaction wrote in earlier commands (a new stream's) become visible.
+            pg_sys::CommandCounterIncrement();
+            let serializable = pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32;
+            let snapshot = Registered::new(if serializable {
+                pg_sys::GetTransactionSnapshot()
+            } else {
+                pg_sys::GetLatestSnapshot()
+            });
+            let slot = Slot::of(self.rel.0);
+            let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+            pg_sys::ScanKeyEntryInitialize(
+                &mut key,
+                0,
+                1,
+                pg_sys::BTEqualStrategyNumber as u16,
+                pg_sys::InvalidOid,
+                *(*self.pkey.0).rd_indcollation,
+                pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+                stream_id.into_datum().expect("text"),
+            );
+            let mut tid = {
+                let scan = IndexScan(pg_sys::index_beginscan(
+                    self.rel.0,
+                    self.pkey.0,
+                    snapshot.0,
+                    1,
+                    0,
+                ));
+                pg_sys::index_rescan(scan.0, &mut key, 1, std::ptr::null_mut(), 0);
+                if !pg_sys::index_getnext_slot(
+                    scan.0,
+                    pg_sys::ScanDirection::ForwardScanDirection,
+                    slot.0,
+                ) {
+                    return None;
+                }
+                (*slot.0).tts_tid
+            };
+            let lock = (*(*self.rel.0).rd_tableam)
+                .tuple_lock
+                .expect("a table AM locks tuples");
+            let mut failure: pg_sys::TM_FailureData = std::mem::zeroed();
+            let flags = if serializable {
+                0
+            } else {
+                pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION
+            };
+            let result = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                lock(
+                    self.rel.0,
+                    &mut tid,
+                    snapshot.0,
+                    slot.0,
+                    pg_sys::GetCurrentCommandId(false),
+                    pg_sys::LockTupleMode::LockTupleExclusive,
+                    pg_sys::LockWaitPolicy::LockWaitBlock,
+                    flags as u8,
+                    &mut failure,
+                )
+            });
+            match result {
+                pg_sys::TM_Result::TM_Ok | pg_sys::TM_Result::TM_SelfModified => {}
+                pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted if serializable => {
+                    ereport!(
+                        ERROR,
+                        PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                        "could not serialize access due to concurrent update"
+                    );
+                }
+                pg_sys::TM_Result::TM_Deleted => return None,
+                other => error!("event_store: locking the registry row of {stream_id}: {other:?}"),
+            }
+            let get = |attnum: i16| {
+                let mut null = false;
+                let d = pg_sys::slot_getattr(slot.0, attnum as i32, &mut null);
+                (!null).then_some(d)
+            };
+            let c = &self.columns;
+            Some(Head {
+                version: get(c.version).map_or(0, |d| d.value() as i64),
+                hash: get(c.head_hash).and_then(|d| Vec::<u8>::from_datum(d, false)),
+                last_at: get(c.last_at).map(|d| d.value() as i64),
+                tid,
+            })
+        }
+    }
+}
+
+/// Locks the stream's registry row, creating it at version 0 when the stream is new, and
+/// returns its head. Held until the transaction ends.
+pub fn lock(client: &mut SpiClient<'_>, stream_id: &str) -> Head {
+    for _ in 0..2 {
+        // SAFETY: inside the append's transaction.
+        let registry = unsafe { Registry::open() };
+        // SAFETY: as above.
+        if let Some(head) = unsafe { registry.lock(stream_id) } {
+            return head;
+        }
+        // A new stream: its row is inserted here, or by another transaction that got there
+        // first (the insert then waits for it); either way, the next round locks it.
+        let plan = crate::pg::plans::kept(client, REGISTER_SQL, &[Oid::TEXTOID], true);
+        client
+            .update(&*plan, None, &[stream_id.into()])
+            .unwrap_or_else(|e| error!("event_store: registering stream {stream_id}: {e}"));
+    }
+    error!("event_store: the registry row of stream {stream_id} vanished while being locked")
+}
+
+/// Moves the stream's head after an append; `head` is what `lock` returned.
+pub fn advance(head: &Head, version: i64, at: i64, last_position: i64, head_hash: &[u8]) {
+    // SAFETY: the row version at head.tid is locked by this transaction; the update and its
+    // index entries follow what PostgreSQL does for its catalogs (CatalogTupleUpdate), on a
+    // table whose indexes `open` checked.
+    unsafe {
+        let registry = Registry::open();
+        let rel = registry.rel.0;
+        let slot = Slot::of(rel);
+        let mut tid = head.tid;
+        let fetch = (*(*rel).rd_tableam)
+            .tuple_fetch_row_version
+            .expect("a table AM fetches row versions");
+        if !fetch(rel, &mut tid, &raw mut pg_sys::SnapshotAnyData, slot.0) {
+            error!("event_store: the locked registry row is gone");
+        }
+        let mut should_free = false;
+        let tuple = pg_sys::ExecFetchSlotHeapTuple(slot.0, true, &mut should_free);
+        let natts = (*(*rel).rd_att).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0); natts];
+        let mut nulls = vec![false; natts];
+        let mut replace = vec![false; natts];
+        let c = &registry.columns;
+        let mut set = |attnum: i16, value: pg_sys::Datum| {
+            let i = attnum as usize - 1;
+            values[i] = value;
+            replace[i] = true;
+        };
+        set(c.version, version.into());
+        set(c.last_at, at.into());
+        set(c.last_position, last_position.into());
+        set(c.head_hash, head_hash.into_datum().expect("bytea"));
+        let mut null = false;
+        pg_sys::slot_getattr(slot.0, c.first_at as i32, &mut null);
+        if null {
+            set(c.first_at, at.into());
+        }
+        let new = pg_sys::heap_modify_tuple(
+            tuple,
+            (*rel).rd_att,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            replace.as_mut_ptr(),
+        );
+        pg_sys::CatalogTupleUpdate(rel, &mut tid, new);
+        pg_sys::heap_freetuple(new);
+        if should_free {
+            pg_sys::heap_freetuple(tuple);
+        }
+    }
+}
