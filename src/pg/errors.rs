@@ -68,6 +68,16 @@ impl Refused {
     }
 }
 
+/// Raises an input error with the SQLSTATE it documents.
+pub fn raise_invalid(invalid: Invalid) -> ! {
+    let (code, msg) = match invalid {
+        Invalid::Null(m) => (PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, m),
+        Invalid::Value(m) => (PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m),
+        Invalid::TooLarge(m) => (PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, m),
+    };
+    ereport!(ERROR, code, format!("event_store: {msg}"));
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -77,14 +87,4 @@ mod tests {
         assert_eq!(super::sqlstate(b"23505"), expected);
         assert_eq!(super::sqlstate(b"ES003") & 0x3F, (b'E' - b'0') as i32);
     }
-}
-
-/// Raises an input error with the SQLSTATE it documents.
-pub fn raise_invalid(invalid: Invalid) -> ! {
-    let (code, msg) = match invalid {
-        Invalid::Null(m) => (PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, m),
-        Invalid::Value(m) => (PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, m),
-        Invalid::TooLarge(m) => (PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED, m),
-    };
-    ereport!(ERROR, code, format!("event_store: {msg}"));
 }
