@@ -21,7 +21,12 @@ fn at(ordinal: Option<i32>) -> String {
 
 /// `stream_id` and `event_type`: present, non-empty, at most 255 bytes, no control characters
 /// (they would make psql output and log lines lie about what was stored).
-pub fn check_name(what: &str, value: Option<&str>, ordinal: Option<i32>) -> Result<(), Invalid> {
+/// Returns the name.
+pub fn check_name<'a>(
+    what: &str,
+    value: Option<&'a str>,
+    ordinal: Option<i32>,
+) -> Result<&'a str, Invalid> {
     let p = at(ordinal);
     let v = value.ok_or_else(|| Invalid::Null(format!("{p}{what} must not be NULL")))?;
     if v.is_empty() {
@@ -39,35 +44,43 @@ pub fn check_name(what: &str, value: Option<&str>, ordinal: Option<i32>) -> Resu
             c as u32
         )));
     }
-    Ok(())
+    Ok(v)
 }
 
-/// A JSON document that must be an object; `kind` is `jsonb_typeof` of it (NULL for SQL NULL,
-/// `"missing"` when a batch element lacks the key).
-pub fn check_object(what: &str, kind: Option<&str>, ordinal: Option<i32>) -> Result<(), Invalid> {
+/// A JSON document that must be an object: `value` with its `jsonb_typeof` as `kind`
+/// (`"null"` for SQL NULL, `"missing"` when a batch element lacks the key). Returns the value.
+pub fn check_object<T>(
+    what: &str,
+    value: Option<T>,
+    kind: &str,
+    ordinal: Option<i32>,
+) -> Result<T, Invalid> {
     let p = at(ordinal);
-    match kind {
-        Some("object") => Ok(()),
-        None | Some("null") => Err(Invalid::Null(format!("{p}{what} must not be NULL"))),
-        Some("missing") => Err(Invalid::Value(format!("{p}\"{what}\" is missing"))),
-        Some(other) => Err(Invalid::Value(format!(
+    match (value, kind) {
+        (Some(v), "object") => Ok(v),
+        (_, "missing") => Err(Invalid::Value(format!("{p}\"{what}\" is missing"))),
+        (_, "null" | "object") => Err(Invalid::Null(format!("{p}{what} must not be NULL"))),
+        (_, other) => Err(Invalid::Value(format!(
             "{p}{what} must be a JSON object, not {other}"
         ))),
     }
 }
 
-pub fn check_event(
-    event_type: Option<&str>,
-    data_kind: Option<&str>,
-    metadata_kind: Option<&str>,
+/// One event: its type, data and metadata (each with its `jsonb_typeof`, as for
+/// [`check_object`]), version and size, in that order. Returns the type, data and metadata.
+#[allow(clippy::too_many_arguments)]
+pub fn check_event<'a, T>(
+    event_type: Option<&'a str>,
+    data: (Option<T>, &str),
+    metadata: (Option<T>, &str),
     event_version: Option<i32>,
     size_bytes: i64,
     max_bytes: i64,
     ordinal: Option<i32>,
-) -> Result<(), Invalid> {
-    check_name("event_type", event_type, ordinal)?;
-    check_object("event_data", data_kind, ordinal)?;
-    check_object("metadata", metadata_kind, ordinal)?;
+) -> Result<(&'a str, T, T), Invalid> {
+    let event_type = check_name("event_type", event_type, ordinal)?;
+    let data = check_object("event_data", data.0, data.1, ordinal)?;
+    let metadata = check_object("metadata", metadata.0, metadata.1, ordinal)?;
     match event_version {
         None => {
             return Err(Invalid::Null(format!(
@@ -89,40 +102,43 @@ pub fn check_event(
             at(ordinal)
         )));
     }
-    Ok(())
+    Ok((event_type, data, metadata))
 }
 
-/// The parts of an append that do not depend on each event.
-pub fn check_append(
-    stream_id: Option<&str>,
+/// The parts of an append that do not depend on each event: the stream, the expected version
+/// and the events (a JSON array: the value with its `jsonb_typeof` and length). Returns the
+/// stream id and the events.
+pub fn check_append<'a, T>(
+    stream_id: Option<&'a str>,
     expected_version: Option<i64>,
-    batch_kind: &str,
-    batch_len: i32,
-) -> Result<(), Invalid> {
-    check_name("stream_id", stream_id, None)?;
+    events: (Option<T>, &str, i32),
+) -> Result<(&'a str, T), Invalid> {
+    let stream_id = check_name("stream_id", stream_id, None)?;
     if let Some(v) = expected_version.filter(|v| *v < 0) {
         return Err(Invalid::Value(format!(
             "expected_version must be NULL (any), 0 (no stream) or a version, got {v}"
         )));
     }
-    check_array("events", batch_kind, batch_len)
+    let events = check_array("events", events.0, events.1, events.2)?;
+    Ok((stream_id, events))
 }
 
-/// A non-empty JSON array argument; `kind` is its `jsonb_typeof` ("null" for SQL NULL).
-fn check_array(what: &str, kind: &str, len: i32) -> Result<(), Invalid> {
-    match kind {
-        "array" if len > 0 => Ok(()),
-        "array" => Err(Invalid::Value(format!("{what} must not be an empty array"))),
-        "null" => Err(Invalid::Null(format!("{what} must not be NULL"))),
-        other => Err(Invalid::Value(format!(
+/// A non-empty JSON array argument: the value, its `jsonb_typeof` ("null" for SQL NULL) and
+/// its length. Returns the value.
+fn check_array<T>(what: &str, value: Option<T>, kind: &str, len: i32) -> Result<T, Invalid> {
+    match (value, kind) {
+        (Some(v), "array") if len > 0 => Ok(v),
+        (Some(_), "array") => Err(Invalid::Value(format!("{what} must not be an empty array"))),
+        (_, "null" | "array") => Err(Invalid::Null(format!("{what} must not be NULL"))),
+        (_, other) => Err(Invalid::Value(format!(
             "{what} must be a JSON array, not {other}"
         ))),
     }
 }
 
 /// es_append_multi's argument: a non-empty JSON array (`kind` is its `jsonb_typeof`).
-pub fn check_multi(kind: &str, len: i32) -> Result<(), Invalid> {
-    check_array("appends", kind, len)
+pub fn check_multi<T>(appends: Option<T>, kind: &str, len: i32) -> Result<T, Invalid> {
+    check_array("appends", appends, kind, len)
 }
 
 /// Names the element of es_append_multi's array (1-based) that an error is about.
@@ -256,7 +272,7 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(check_name("stream_id", Some("user-1"), None), Ok(()));
+        assert_eq!(check_name("stream_id", Some("user-1"), None), Ok("user-1"));
         assert!(matches!(
             check_name("stream_id", None, None),
             Err(Invalid::Null(_))
@@ -272,7 +288,10 @@ mod tests {
             check_name("x", Some("a\nb"), None),
             Err(Invalid::Value(_))
         ));
-        assert_eq!(check_name("x", Some(&"é".repeat(127)), None), Ok(()));
+        assert_eq!(
+            check_name("x", Some(&"é".repeat(127)), None).map(str::len),
+            Ok(254)
+        );
         assert!(matches!(
             check_name("x", Some(&"é".repeat(128)), None),
             Err(Invalid::Value(_))
@@ -281,20 +300,20 @@ mod tests {
 
     #[test]
     fn objects() {
-        assert_eq!(check_object("event_data", Some("object"), None), Ok(()));
+        assert_eq!(check_object("event_data", Some(1), "object", None), Ok(1));
         assert!(matches!(
-            check_object("event_data", None, None),
+            check_object::<()>("event_data", None, "null", None),
             Err(Invalid::Null(_))
         ));
         assert!(matches!(
-            check_object("event_data", Some("null"), None),
+            check_object("event_data", Some(()), "null", None),
             Err(Invalid::Null(_))
         ));
         assert!(
-            matches!(check_object("data", Some("missing"), Some(2)), Err(Invalid::Value(m)) if m == "event 2: \"data\" is missing")
+            matches!(check_object::<()>("data", None, "missing", Some(2)), Err(Invalid::Value(m)) if m == "event 2: \"data\" is missing")
         );
         assert!(
-            matches!(check_object("event_data", Some("array"), None), Err(Invalid::Value(m)) if m.ends_with("not array"))
+            matches!(check_object("event_data", Some(()), "array", None), Err(Invalid::Value(m)) if m.ends_with("not array"))
         );
     }
 
@@ -303,15 +322,15 @@ mod tests {
         let ok = |v, size| {
             check_event(
                 Some("T"),
-                Some("object"),
-                Some("object"),
+                (Some(1), "object"),
+                (Some(2), "object"),
                 v,
                 size,
                 100,
                 None,
             )
         };
-        assert_eq!(ok(Some(1), 100), Ok(()));
+        assert_eq!(ok(Some(1), 100), Ok(("T", 1, 2)));
         assert!(matches!(ok(Some(0), 10), Err(Invalid::Value(_))));
         assert!(matches!(ok(None, 10), Err(Invalid::Null(_))));
         assert!(matches!(ok(Some(1), 101), Err(Invalid::TooLarge(_))));
@@ -340,26 +359,32 @@ mod tests {
 
     #[test]
     fn appends() {
-        assert_eq!(check_append(Some("s"), None, "array", 1), Ok(()));
-        assert_eq!(check_append(Some("s"), Some(0), "array", 1), Ok(()));
+        assert_eq!(
+            check_append(Some("s"), None, (Some(()), "array", 1)),
+            Ok(("s", ()))
+        );
+        assert_eq!(
+            check_append(Some("s"), Some(0), (Some(()), "array", 1)),
+            Ok(("s", ()))
+        );
         assert!(matches!(
-            check_append(Some("s"), Some(-1), "array", 1),
+            check_append(Some("s"), Some(-1), (Some(()), "array", 1)),
             Err(Invalid::Value(_))
         ));
         assert!(matches!(
-            check_append(Some("s"), None, "array", 0),
+            check_append(Some("s"), None, (Some(()), "array", 0)),
             Err(Invalid::Value(_))
         ));
         assert!(matches!(
-            check_append(Some("s"), None, "object", 1),
+            check_append(Some("s"), None, (Some(()), "object", 1)),
             Err(Invalid::Value(_))
         ));
         assert!(matches!(
-            check_append(Some("s"), None, "null", 0),
+            check_append::<()>(Some("s"), None, (None, "null", 0)),
             Err(Invalid::Null(_))
         ));
         assert!(matches!(
-            check_append(None, None, "array", 1),
+            check_append(None, None, (Some(()), "array", 1)),
             Err(Invalid::Null(_))
         ));
     }
@@ -392,10 +417,18 @@ mod tests {
 
     #[test]
     fn multi_appends() {
-        assert_eq!(check_multi("array", 2), Ok(()));
-        assert!(matches!(check_multi("array", 0), Err(Invalid::Value(_))));
-        assert!(matches!(check_multi("null", 0), Err(Invalid::Null(_))));
-        assert!(matches!(check_multi("object", 0), Err(Invalid::Value(m)) if m.contains("object")));
+        assert_eq!(check_multi(Some(()), "array", 2), Ok(()));
+        assert!(matches!(
+            check_multi(Some(()), "array", 0),
+            Err(Invalid::Value(_))
+        ));
+        assert!(matches!(
+            check_multi::<()>(None, "null", 0),
+            Err(Invalid::Null(_))
+        ));
+        assert!(
+            matches!(check_multi(Some(()), "object", 0), Err(Invalid::Value(m)) if m.contains("object"))
+        );
         assert_eq!(
             in_entry(3, Invalid::Null("stream_id must not be NULL".into())),
             Invalid::Null("append 3: stream_id must not be NULL".into())

@@ -81,27 +81,23 @@ pub(super) fn event(
     let (id, version) = (given.id, given.version.unwrap_or(1));
     let data_kind = given.data.map_or(given.absent_data.to_string(), kind);
     let meta_kind = given.metadata.map_or("null".to_string(), kind);
-    let data_text = given
-        .data
-        .filter(|_| data_kind == "object")
-        .map(out)
-        .unwrap_or_default();
+    let data = given.data.filter(|_| data_kind == "object");
+    let data_text = data.map(out).unwrap_or_default();
     let metadata = given
         .metadata
         .filter(|_| meta_kind == "object")
         .map(|m| stamp.apply(m));
     let meta_text = metadata.map(out).unwrap_or_default();
     let size = (data_text.len() + meta_text.len()) as i64;
-    rules::check_event(
+    let (event_type, data, metadata) = rules::check_event(
         given.event_type.as_deref(),
-        Some(&data_kind),
-        Some(&meta_kind),
+        (data, &data_kind),
+        (metadata, &meta_kind),
         Some(version),
         size,
         limits.0,
         ordinal,
     )?;
-    let (data, metadata) = (given.data.expect("checked"), metadata.expect("checked"));
     for (j, what) in [(data, "event_data"), (metadata, "metadata")] {
         // SAFETY: a non-null jsonb datum.
         let depth = unsafe { jsonb::with_jsonb(j, |j| jsonb::depth(j, limits.1)) };
@@ -109,7 +105,7 @@ pub(super) fn event(
     }
     Ok(Event {
         id,
-        event_type: given.event_type.expect("checked"),
+        event_type: event_type.to_string(),
         data,
         data_text,
         metadata,
@@ -174,21 +170,27 @@ pub(super) fn batch_events(events: pg_sys::Datum, stamp: &Stamp) -> Result<Vec<E
         .collect()
 }
 
-/// Checks a stream id and an array of events.
+/// A jsonb argument's `jsonb_typeof` (`"null"` for SQL NULL) and, for an array, its length.
+pub(super) fn shape(j: Option<pg_sys::Datum>) -> (String, i32) {
+    match j {
+        None => ("null".to_string(), 0),
+        Some(j) => {
+            let k = kind(j);
+            let n = if k == "array" { array_len(j) } else { 0 };
+            (k, n)
+        }
+    }
+}
+
+/// Checks a stream id and an array of events; returns both.
 pub(super) fn check_batch(
     stream_id: Option<&str>,
     expected: Option<i64>,
     events: Option<pg_sys::Datum>,
-) -> Result<(), Invalid> {
-    let (k, n) = match events {
-        None => ("null".to_string(), 0),
-        Some(e) => {
-            let k = kind(e);
-            let n = if k == "array" { array_len(e) } else { 0 };
-            (k, n)
-        }
-    };
-    rules::check_append(stream_id, expected, &k, n)
+) -> Result<(String, pg_sys::Datum), Invalid> {
+    let (k, n) = shape(events);
+    let (stream_id, events) = rules::check_append(stream_id, expected, (events, &k, n))?;
+    Ok((stream_id.to_string(), events))
 }
 
 /// Argument `n` as text, `None` for NULL.
@@ -238,10 +240,10 @@ pub(super) fn multi_entry(a: pg_sys::Datum, stamp: &Stamp) -> Result<Entry, Inva
         }
     };
     let events = field(a, "events");
-    check_batch(stream_id.as_deref(), expected, events)?;
+    let (stream_id, events) = check_batch(stream_id.as_deref(), expected, events)?;
     Ok(Entry {
-        stream_id: stream_id.expect("checked"),
+        stream_id,
         expected,
-        events: batch_events(events.expect("checked"), stamp)?,
+        events: batch_events(events, stamp)?,
     })
 }

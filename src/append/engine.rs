@@ -82,11 +82,13 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
     }
     drop(catalog);
     let (written, rows) = Spi::connect_mut(|client| -> Result<_, Refused> {
-        let mut heads = vec![None; entries.len()];
-        for &i in &order {
-            heads[i] = Some(registry::lock(client, &entries[i].stream_id));
-        }
-        let heads: Vec<registry::Head> = heads.into_iter().map(|h| h.expect("locked")).collect();
+        // Locked in lock order, kept in entry order.
+        let mut locked: Vec<(usize, registry::Head)> = order
+            .iter()
+            .map(|&i| (i, registry::lock(client, &entries[i].stream_id)))
+            .collect();
+        locked.sort_by_key(|(i, _)| *i);
+        let heads: Vec<registry::Head> = locked.into_iter().map(|(_, h)| h).collect();
         let personal = |i: usize, ev: &Event| {
             seals
                 .iter()

@@ -158,7 +158,16 @@ impl Insert {
             let at: Vec<TimestampWithTimeZone> = self
                 .at
                 .iter()
-                .map(|t| TimestampWithTimeZone::try_from(*t).expect("a stored time"))
+                .map(|t| {
+                    // Out of range only when es_streams' time bounds were corrupted.
+                    TimestampWithTimeZone::try_from(*t).unwrap_or_else(|_| {
+                        ereport!(
+                            ERROR,
+                            PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                            "event_store: a stream's last event time in es_streams is out of range"
+                        );
+                    })
+                })
                 .collect();
             let args = [
                 arg(self.positions),

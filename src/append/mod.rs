@@ -9,12 +9,13 @@
 //! and advances each stream's head. ES001/ES002 are raised only once everything Rust holds
 //! is dropped (they leave by longjmp).
 use crate::pg::errors::Refused;
-use crate::pg::jsonb::functions::{array_len, detoast, element, kind};
+use crate::pg::jsonb::functions::{detoast, element};
 use args::{
-    batch_events, check_batch, datum_arg, event, limits, multi_entry, raise, text_arg, Given, Stamp,
+    batch_events, check_batch, datum_arg, event, limits, multi_entry, raise, shape, text_arg,
+    Given, Stamp,
 };
 use engine::append;
-use event_store_core::validate::{self as rules, Invalid};
+use event_store_core::validate as rules;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::IntoDatum;
@@ -137,8 +138,9 @@ pub unsafe extern "C-unwind" fn es_append(fcinfo: pg_sys::FunctionCallInfo) -> p
     let entry = unsafe {
         let stream_id = text_arg(fcinfo, 0);
         let expected = datum_arg(fcinfo, 4).map(|d| d.value() as i64);
-        rules::check_append(stream_id.as_deref(), expected, "array", 1)
-            .unwrap_or_else(|e| raise(e));
+        let (stream_id, ()) =
+            rules::check_append(stream_id.as_deref(), expected, (Some(()), "array", 1))
+                .unwrap_or_else(|e| raise(e));
         let stamp = Stamp::new();
         let given = Given {
             // SAFETY: a uuid datum points to its 16 bytes.
@@ -150,7 +152,7 @@ pub unsafe extern "C-unwind" fn es_append(fcinfo: pg_sys::FunctionCallInfo) -> p
             version: datum_arg(fcinfo, 6).map(|v| v.value() as i32),
         };
         Entry {
-            stream_id: stream_id.expect("checked"),
+            stream_id: stream_id.to_string(),
             expected,
             events: vec![event(given, &stamp, None, limits()).unwrap_or_else(|e| raise(e))],
         }
@@ -169,12 +171,13 @@ pub unsafe extern "C-unwind" fn es_append_batch(fcinfo: pg_sys::FunctionCallInfo
         let stream_id = text_arg(fcinfo, 0);
         let events = datum_arg(fcinfo, 1).map(detoast);
         let expected = datum_arg(fcinfo, 2).map(|d| d.value() as i64);
-        check_batch(stream_id.as_deref(), expected, events).unwrap_or_else(|e| raise(e));
+        let (stream_id, events) =
+            check_batch(stream_id.as_deref(), expected, events).unwrap_or_else(|e| raise(e));
         let stamp = Stamp::new();
         Entry {
-            stream_id: stream_id.expect("checked"),
+            stream_id,
             expected,
-            events: batch_events(events.expect("checked"), &stamp).unwrap_or_else(|e| raise(e)),
+            events: batch_events(events, &stamp).unwrap_or_else(|e| raise(e)),
         }
     };
     // SAFETY: as for es_append.
@@ -188,12 +191,8 @@ v1_function!(pg_finfo_es_append_multi);
 pub unsafe extern "C-unwind" fn es_append_multi(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: the argument type is the one sql/append/append.sql declares.
     let appends = unsafe { datum_arg(fcinfo, 0) }.map(detoast);
-    let Some(appends) = appends else {
-        raise(Invalid::Null("appends must not be NULL".into()));
-    };
-    let k = kind(appends);
-    let n = if k == "array" { array_len(appends) } else { 0 };
-    rules::check_multi(&k, n).unwrap_or_else(|e| raise(e));
+    let (k, n) = shape(appends);
+    let appends = rules::check_multi(appends, &k, n).unwrap_or_else(|e| raise(e));
     let stamp = Stamp::new();
     let entries: Vec<Entry> = (0..n)
         .map(|i| {
@@ -213,11 +212,11 @@ fn _es_check_append(
     batch_kind: Option<&str>,
     batch_len: Option<i32>,
 ) {
+    let kind = batch_kind.unwrap_or("null");
     rules::check_append(
         stream_id,
         expected_version,
-        batch_kind.unwrap_or("null"),
-        batch_len.unwrap_or(0),
+        (batch_kind.map(|_| ()), kind, batch_len.unwrap_or(0)),
     )
-    .unwrap_or_else(|e| raise(e))
+    .unwrap_or_else(|e| raise(e));
 }

@@ -64,17 +64,18 @@ pub(super) fn retries(
     personal: impl Fn(usize, &Event) -> Option<std::rc::Rc<event_store_core::catalog::Personal>>,
 ) -> Result<(Vec<bool>, Vec<Appended>), Refused> {
     let mut replay = vec![false; entries.len()];
-    let given: Vec<(usize, &Event)> = entries
+    // (entry, event, its id) of the events given with an id.
+    let given: Vec<(usize, &Event, [u8; 16])> = entries
         .iter()
         .enumerate()
         .flat_map(|(i, e)| e.events.iter().map(move |ev| (i, ev)))
-        .filter(|(_, ev)| ev.id.is_some())
+        .filter_map(|(i, ev)| ev.id.map(|id| (i, ev, id)))
         .collect();
     if given.is_empty() {
         return Ok((replay, vec![]));
     }
     // Sorted, so that two calls claiming the same ids queue in one order.
-    let mut ids: Vec<[u8; 16]> = given.iter().map(|(_, e)| e.id.unwrap()).collect();
+    let mut ids: Vec<[u8; 16]> = given.iter().map(|g| g.2).collect();
     ids.sort_unstable();
     let claim = plans::kept(client, CLAIM_SQL, &[Oid::UUIDARRAYOID], true);
     let claimed = client
@@ -104,19 +105,16 @@ pub(super) fn retries(
             &*plan,
             None,
             &[
+                arg(given.iter().map(|g| uuid(g.2)).collect::<Vec<_>>()),
                 arg(given
                     .iter()
-                    .map(|(_, e)| uuid(e.id.unwrap()))
+                    .map(|g| entries[g.0].stream_id.as_str())
                     .collect::<Vec<_>>()),
                 arg(given
                     .iter()
-                    .map(|(i, _)| entries[*i].stream_id.as_str())
+                    .map(|g| g.1.event_type.as_str())
                     .collect::<Vec<_>>()),
-                arg(given
-                    .iter()
-                    .map(|(_, e)| e.event_type.as_str())
-                    .collect::<Vec<_>>()),
-                arg(given.iter().map(|(_, e)| e.version).collect::<Vec<_>>()),
+                arg(given.iter().map(|g| g.1.version).collect::<Vec<_>>()),
             ],
         )
         .or_raise("reading stored event ids");
@@ -127,7 +125,7 @@ pub(super) fn retries(
         let ord = column::<i32>(&row, 1, "ordinality") as usize - 1;
         let id: pgrx::Uuid = column(&row, 2, "event_store.event_id");
         let position: i64 = column(&row, 6, "event_store.global_position");
-        let (entry, ev) = given[ord];
+        let (entry, ev, _) = given[ord];
         let same_rest: bool = column(&row, 3, "the comparison of stored events");
         let stored = Stored {
             position,
