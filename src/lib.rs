@@ -42,15 +42,15 @@ extension_sql_file!(
 );
 extension_sql_file!(
     "../sql/read/streams.sql",
-    name = "read",
-    requires = ["schema", "catalog", "personal"]
+    name = "streams",
+    requires = ["schema", "catalog", "sealing"]
 );
 extension_sql_file!(
     "../sql/read/feed.sql",
     name = "feed",
     requires = [
         "schema",
-        "personal",
+        "sealing",
         read::feed::_es_feed_horizon,
         read::feed::_es_feed_holders,
         read::feed::_es_consumer_group_member,
@@ -59,7 +59,7 @@ extension_sql_file!(
 );
 extension_sql_file!(
     "../sql/integrity/append_only.sql",
-    name = "guards",
+    name = "append_only",
     requires = ["schema"]
 );
 extension_sql_file!(
@@ -87,7 +87,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/hypertable.sql",
     name = "hypertable",
-    requires = ["guards"]
+    requires = ["append_only"]
 );
 extension_sql_file!(
     "../sql/catalog/catalog.sql",
@@ -126,17 +126,17 @@ extension_sql_file!(
 );
 extension_sql_file!(
     "../sql/privacy/sealing.sql",
-    name = "personal",
+    name = "sealing",
     requires = ["schema"]
 );
 extension_sql_file!(
     "../sql/privacy/export_and_erasure.sql",
-    name = "privacy",
+    name = "export_and_erasure",
     requires = [
-        "personal",
+        "sealing",
         privacy::sealing::_es_subject_hash,
         "catalog",
-        "read",
+        "streams",
         fold::time_travel::_es_state_for_subject,
         append::record::_es_record,
         catalog::_es_subject_of,
@@ -156,7 +156,7 @@ extension_sql_file!(
 );
 extension_sql_file!(
     "../sql/integrity/verify.sql",
-    name = "integrity",
+    name = "verify",
     requires = ["schema"]
 );
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);

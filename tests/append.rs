@@ -1,6 +1,5 @@
 //! es_append / es_append_batch / es_stream / es_state*: behaviour and errors.
-mod common;
-use common::*;
+use event_store_testing::*;
 use serde_json::{json, Value};
 use uuid::Uuid;
 

@@ -1,6 +1,5 @@
 //! Several real connections committing at once.
-mod common;
-use common::*;
+use event_store_testing::*;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};

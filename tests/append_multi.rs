@@ -1,7 +1,6 @@
 //! Batches and multi-stream appends: consecutive positions under concurrent writers, all or
 //! nothing, no deadlock whatever the order streams are named in.
-mod common;
-use common::*;
+use event_store_testing::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 

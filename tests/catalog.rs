@@ -1,8 +1,7 @@
 //! The event catalog: schemas checked on append (nothing written on failure), category modes,
 //! redefinitions checked against stored events, upcasts seen by every fold and on request by
 //! reads, snapshots keyed by upcasts, and the catalog as a document.
-mod common;
-use common::*;
+use event_store_testing::{self as common, *};
 use postgres::Client;
 use rand::{rngs::StdRng, Rng};
 use serde_json::{json, Map, Value};

@@ -1,7 +1,6 @@
 //! The examples in docs/*.md are run: every ```sql block followed by a ```text block must
 //! print exactly that text in psql. Blocks run in order, in one fresh database per file.
-mod common;
-use common::*;
+use event_store_testing::*;
 use std::process::Command;
 
 /// (sql, expected output) pairs, in document order.

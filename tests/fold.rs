@@ -1,7 +1,7 @@
 //! Reducers, snapshots, es_fold and es_diff against a real PostgreSQL, and the property that
 //! every path to a state (snapshots or not, es_state_at or es_fold) gives the answer of an
 //! independent fold in plain Rust.
-mod common;
+use event_store_testing as common;
 
 // The pure rule engine is the model the database must agree with.
 use event_store_core::fold::{reducers, rules};

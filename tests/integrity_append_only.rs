@@ -1,7 +1,6 @@
 //! Append-only enforcement for every role, and tamper evidence for what a superuser can
 //! still do with triggers disabled.
-mod common;
-use common::*;
+use event_store_testing::*;
 
 fn seed(c: &mut postgres::Client, streams: &[&str], per_stream: i64) {
     for s in streams {

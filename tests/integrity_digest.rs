@@ -1,8 +1,7 @@
 //! Digests an auditor keeps outside: appends after a digest keep it valid; a superuser's edit,
 //! deletion, insertion or full re-chain below its position makes es_verify_digest fail and
 //! name the stream, even where es_verify passes.
-mod common;
-use common::*;
+use event_store_testing::*;
 use postgres::Client;
 use serde_json::Value;
 

@@ -1,7 +1,6 @@
 //! Metrics: es_metrics and its Prometheus text, and the queries file of contrib/ read by the
 //! real prometheus-postgres-exporter over HTTP.
-mod common;
-use common::*;
+use event_store_testing::*;
 use std::io::{Read, Write};
 
 /// The value of the sample `line` (metric name with its labels) in Prometheus text.

@@ -1,6 +1,5 @@
 //! Operating the store: TimescaleDB conversion, chunk exclusion, pg_dump round trips.
-mod common;
-use common::*;
+use event_store_testing::*;
 use postgres::NoTls;
 use std::process::Command;
 use std::sync::{Arc, Mutex};

@@ -2,8 +2,7 @@
 //! is hashed and stored; members of event_store_personal_data read it, others see it withheld;
 //! es_forget_subject destroys the key, after which every read path shows the erased marker,
 //! chains still verify, folds and diffs still run, and a projection purges its copy.
-mod common;
-use common::*;
+use event_store_testing::*;
 use postgres::Client;
 use serde_json::{json, Value};
 

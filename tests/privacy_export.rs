@@ -1,8 +1,7 @@
 //! GDPR Art. 15: a subject's export holds every event about them (found through the catalog's
 //! subject pointers) and nothing of anyone else, and is itself recorded, without personal
 //! data, in the store's own stream, which no caller can append to.
-mod common;
-use common::*;
+use event_store_testing::*;
 use postgres::Client;
 use serde_json::Value;
 

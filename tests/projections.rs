@@ -1,16 +1,11 @@
 //! Projections: exactly-once effects in feed order, failures isolated and visible, handlers
 //! confined to their owner's privileges. With ES_TEST_WORKER=1 the background worker applies
 //! them; otherwise the tests call es_run_projections() as a scheduler would.
-mod common;
-use common::*;
+use event_store_testing::*;
 use rand::Rng;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
-
-fn worker() -> bool {
-    std::env::var("ES_TEST_WORKER").as_deref() == Ok("1")
-}
 
 /// A database with role `<db>_app` owning a `counts` projection of every event type.
 fn setup(test: &str) -> (TestDb, String) {

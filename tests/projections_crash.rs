@@ -1,8 +1,7 @@
 //! Kill the server (immediate shutdown, no checkpoint) while projections run under load:
 //! after restart the projection must equal a from-scratch count of the store.
 //! Alone in its own test binary, since it stops the shared test cluster.
-mod common;
-use common::*;
+use event_store_testing::*;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

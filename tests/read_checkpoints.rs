@@ -1,7 +1,6 @@
 //! Consumer checkpoints saved with their effects: one transaction commits both or neither, a
 //! position must move forward, and a consumer belongs to the role that first saved it.
-mod common;
-use common::*;
+use event_store_testing::*;
 
 #[test]
 fn a_checkpoint_commits_and_rolls_back_with_the_consumers_effects() {

@@ -1,7 +1,6 @@
 //! The global feed: every committed event exactly once, in position order, whatever order
 //! transactions commit in, and never held back by transactions that append nothing.
-mod common;
-use common::*;
+use event_store_testing::*;
 use postgres::fallible_iterator::FallibleIterator;
 use rand::Rng;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,8 +1,7 @@
 //! Reads on a real hot standby: a base backup of a primary, streaming from it. Every read
 //! works there, and the feed never hands out an event past an append still in flight on the
 //! primary, which the standby cannot see.
-mod common;
-use common::*;
+use event_store_testing::*;
 use postgres::Client;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

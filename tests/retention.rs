@@ -2,8 +2,7 @@
 //! plain PostgreSQL), and afterwards es_verify is clean, digests taken before still verify,
 //! reads of the kept events are unchanged and state functions still fold; nothing else
 //! removes events.
-mod common;
-use common::*;
+use event_store_testing::*;
 use postgres::Client;
 use serde_json::Value;
 use std::time::{Duration, SystemTime};

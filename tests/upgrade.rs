@@ -2,8 +2,7 @@
 //! scripts/old-version.sh): this library serves 0.1.0's SQL until the update, the update keeps
 //! every event, hash, reducer and projection position, and leaves the same objects, privileges
 //! and configuration as a fresh install of this version.
-mod common;
-use common::*;
+use event_store_testing::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
 

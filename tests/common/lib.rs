@@ -284,3 +284,8 @@ pub fn seeded_rng() -> (u64, rand::rngs::StdRng) {
     eprintln!("ES_TEST_SEED={seed}");
     (seed, rand::rngs::StdRng::seed_from_u64(seed))
 }
+
+/// Whether the cluster preloads event_store, so that its projection worker runs passes.
+pub fn worker() -> bool {
+    std::env::var("ES_TEST_WORKER").as_deref() == Ok("1")
+}
