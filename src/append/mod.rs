@@ -1,13 +1,14 @@
-//! Appending: `es_append`, `es_append_batch` and `es_append_multi`, each a C function
-//! (SECURITY DEFINER with a pinned search_path, declared in sql/append/append.sql) over one engine.
+//! Appending: `es_append`, `es_append_batch` and `es_append_multi` (here), each a C function
+//! (SECURITY DEFINER with a pinned search_path, declared in sql/append/append.sql) over one
+//! engine:
+//! - `args`: the arguments read as jsonb datums, every event validated before any lock;
+//! - `engine`: the append, all or nothing: catalog checks, stream locks in stream-id order
+//!   (`registry`, so calls over the same streams never deadlock), retries (`retry`), sealing,
+//!   the feed's registration and one block of positions, hashes, one INSERT (`insert`), and
+//!   the stream heads;
+//! - `record`: the store's own records; `ids`: `es_uuidv7`.
 //!
-//! An append reads its arguments as jsonb datums and validates every event before it locks
-//! or writes anything; then, in one SPI connection with kept plans: locks each stream's
-//! registry row in stream-id order (so calls over the same streams never deadlock), claims
-//! caller-chosen ids (generated ones are claimed by the INSERT), checks expected versions, registers with the feed, takes the call's
-//! positions as one consecutive block, hashes in Rust, inserts every event in one statement
-//! and advances each stream's head. ES001/ES002 are raised only once everything Rust holds
-//! is dropped (they leave by longjmp).
+//! ES001/ES002 are raised only once everything Rust holds is dropped (they leave by longjmp).
 use crate::pg::errors::Refused;
 use crate::pg::jsonb::functions::{detoast, element};
 use args::{
