@@ -47,7 +47,11 @@ fn contents(c: &mut Client, old: &str) -> Vec<String> {
         "SELECT format('%s %s %s %s', position, events, streams, encode(root, 'hex')) FROM es_digests ORDER BY 1",
         "SELECT format('%s %s', stream_version, event_data) FROM es_stream('member-1') ORDER BY 1",
     ];
-    let later = if old == "0.1.0" { &[][..] } else { &since_0_2_0[..] };
+    let later = if old == "0.1.0" {
+        &[][..]
+    } else {
+        &since_0_2_0[..]
+    };
     for sql in [
         "SELECT format('%s %s %s %s %s %s %s', global_position, event_id, stream_id, stream_version, event_type, event_data, encode(hash, 'hex')) FROM event_store ORDER BY 1",
         "SELECT format('%s %s %s %s', stream_id, version, last_position, encode(head_hash, 'hex')) FROM es_streams ORDER BY 1",
