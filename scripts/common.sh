@@ -22,6 +22,18 @@ install_extension() {
     local flags=(--release --pg-config "$PG_CONFIG")
     [ -n "$SUDO" ] && flags+=(--sudo)
     cargo pgrx install "${flags[@]}" >/dev/null
+    remove_stale_updates
+}
+
+# pgrx copies sql/'s update scripts but never removes one: an update script that is no longer
+# in sql/ would still offer PostgreSQL a path. Install scripts (event_store--X.sql, which
+# scripts/old-version.sh adds) are kept.
+remove_stale_updates() {
+    local f
+    for f in "$($PG_CONFIG --sharedir)"/extension/event_store--*--*.sql; do
+        [ -e "$f" ] && [ ! -e "sql/$(basename "$f")" ] && $SUDO rm -f "$f"
+    done
+    return 0
 }
 
 # cluster_start NAME PORT [PRELOAD] [EXTRA_CONF]: a scratch cluster under $ES_RUN_DIR, unix

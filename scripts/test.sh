@@ -12,9 +12,9 @@ echo "== unit tests (pure Rust, no PostgreSQL): the core crate, then the extensi
 cargo test -p event_store_core
 cargo test --lib -p event_store
 
-echo "== installing the extension, and 0.1.0's SQL for the upgrade test"
+echo "== installing the extension, and the older versions' SQL for the upgrade tests"
 install_extension
-bash scripts/old-version.sh
+for old in 0.1.0 0.2.0; do bash scripts/old-version.sh $old; done
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 python3 scripts/update-script.py "$($PG_CONFIG --sharedir)/extension/event_store--$VERSION.sql" --check
 

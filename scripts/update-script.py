@@ -1,25 +1,32 @@
 #!/usr/bin/env python3
-"""Assembles the update script to this version from the same definitions a fresh install runs.
+"""Assembles the update scripts to this version from the same definitions a fresh install runs.
 
     scripts/update-script.py INSTALL_SQL [--check]
 
 INSTALL_SQL is this version's install script as pgrx generated it (cargo pgrx install puts it
-in PostgreSQL's share/extension directory). The update script is sql/updates/FROM--TO.sql
-(only what a fresh install does differently: moves, table and data changes), then every
-function, aggregate, view, comment, grant and DO block of the install script, functions,
-aggregates and views as CREATE OR REPLACE, so that a definition exists once, in sql/ or
-src/. Left out: tables, indexes, sequences, triggers, policies, schemas and data, which the
-per-version part handles, and statements whose leading comment says "Install only".
-Writes sql/event_store--FROM--TO.sql, or with --check fails when that file is not current:
-when its statements are not those assembled now, in any order (pgrx orders independent
-definitions differently from build to build; tests/upgrade.rs runs the file as committed).
+in PostgreSQL's share/extension directory). As TimescaleDB does, every older version gets one
+script straight to this version (the version in Cargo.toml): sql/event_store--OLD--CURRENT.sql
+is the per-version parts sql/updates/A--B.sql from OLD to CURRENT, in order, then every
+function, aggregate, view, trigger, comment, grant and DO block of the install script,
+functions, aggregates and views as CREATE OR REPLACE, triggers as CREATE OR REPLACE TRIGGER,
+so that a definition exists once, in sql/ or src/.
+
+A per-version part holds only what the definitions cannot redo: tables, indexes, sequences,
+policies, data, moves, the drops of functions whose signature changed, and privileges taken
+away. It runs before any definition of the new version exists, so it must not call one;
+triggers are definitions, so a table's trigger is created after the function it calls.
+Left out of the definitions: those, and statements whose leading comment says "Install only".
+
+Writes the scripts, or with --check fails when one is not current (its statements are not
+those assembled now, in any order: pgrx orders independent definitions differently from build
+to build; tests/upgrade.rs runs the files as committed) or when sql/ holds an update script
+this one does not write (PostgreSQL would still find a path through it).
 """
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FROM, TO = "0.2.0", "0.3.0"
 
 
 def statements(sql):
@@ -71,7 +78,7 @@ def statements(sql):
     return out
 
 
-KEEP = re.compile(r"(CREATE\s+(FUNCTION|AGGREGATE|VIEW)|COMMENT\s+ON|GRANT|REVOKE|DO)\b", re.I)
+KEEP = re.compile(r"(CREATE\s+(FUNCTION|AGGREGATE|VIEW|TRIGGER)|COMMENT\s+ON|GRANT|REVOKE|DO)\b", re.I)
 
 
 def body(stmt):
@@ -89,23 +96,60 @@ def definitions(install_sql):
         text = body(stmt)
         if not KEEP.match(text) or "install only" in stmt.lower():
             continue
-        out.append(re.sub(r"^CREATE\s+(FUNCTION|AGGREGATE|VIEW)\b", r"CREATE OR REPLACE \1", text, flags=re.I))
+        out.append(re.sub(r"^CREATE\s+(FUNCTION|AGGREGATE|VIEW|TRIGGER)\b", r"CREATE OR REPLACE \1", text, flags=re.I))
     return out
 
 
-def head():
-    return (ROOT / "sql" / "updates" / f"{FROM}--{TO}.sql").read_text().rstrip("\n") + "\n\n"
+def current_version():
+    return re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+
+
+def chains(current):
+    """For every version with a per-version part, the parts from it to the current version."""
+    step = {}
+    for f in sorted((ROOT / "sql" / "updates").glob("*--*.sql")):
+        old, new = f.stem.split("--")
+        if old in step:
+            sys.exit(f"two updates from {old}: {step[old].name} and {f.name}")
+        step[old] = f
+    out = {}
+    for old in step:
+        parts, v = [], old
+        while v != current:
+            if v not in step or len(parts) > len(step):
+                sys.exit(f"no chain of sql/updates/ files from {old} to {current}")
+            parts.append(step[v])
+            v = step[v].stem.split("--")[1]
+        out[old] = parts
+    return out
+
+
+def head(old, current, parts):
+    """The per-version parts, before the definitions."""
+    text = (f"-- event_store {old} -> {current}, assembled by scripts/update-script.py: edit the sources,\n"
+            "-- sql/updates/ and the definitions in sql/ and src/, not this file.\n")
+    for f in parts:
+        text += f"\n-- {f.relative_to(ROOT)}\n" + f.read_text().rstrip("\n") + "\n"
+    return text + "\n-- The definitions of the install script.\n"
 
 
 def main():
-    wanted = definitions(Path(sys.argv[1]).read_text())
-    target = ROOT / "sql" / f"event_store--{FROM}--{TO}.sql"
+    install = sys.argv[1]
+    wanted = definitions(Path(install).read_text())
+    current = current_version()
+    scripts = {}
+    for old, parts in chains(current).items():
+        scripts[ROOT / "sql" / f"event_store--{old}--{current}.sql"] = head(old, current, parts)
     if "--check" in sys.argv[2:]:
-        text = target.read_text() if target.exists() else ""
-        if not text.startswith(head()) or sorted(s.strip() for s in statements(text[len(head()):])) != sorted(wanted):
-            sys.exit(f"{target.relative_to(ROOT)} is not current: run scripts/update-script.py {sys.argv[1]}")
+        for target, first in scripts.items():
+            text = target.read_text() if target.exists() else ""
+            if not text.startswith(first) or sorted(s.strip() for s in statements(text[len(first):])) != sorted(wanted):
+                sys.exit(f"{target.relative_to(ROOT)} is not current: run scripts/update-script.py {install}")
+        for stale in set((ROOT / "sql").glob("event_store--*--*.sql")) - set(scripts):
+            sys.exit(f"{stale.relative_to(ROOT)} is not written by scripts/update-script.py: git rm it")
         return
-    target.write_text(head() + "\n".join(wanted) + "\n")
+    for target, first in scripts.items():
+        target.write_text(first + "\n".join(wanted) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,7 @@
+-- event_store 0.2.0 -> 0.3.0, assembled by scripts/update-script.py: edit the sources,
+-- sql/updates/ and the definitions in sql/ and src/, not this file.
+
+-- sql/updates/0.2.0--0.3.0.sql
 -- event_store 0.2.0 -> 0.3.0: the internals move out of the extension's schema into
 -- _event_store, where only the extension's owner creates objects (docs/security.md).
 -- This part holds only what a fresh install does differently: the schema, and moving the
@@ -59,6 +63,7 @@ $$;
 
 -- Plain functions now, SQL-standard bodies or C in 0.3.0 with other attributes: replaced below.
 
+-- The definitions of the install script.
 COMMENT ON SCHEMA _event_store IS 'event_store''s internals: tables, functions and views only the extension uses directly.';
 CREATE OR REPLACE FUNCTION _event_store._es_category(stream_id text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
@@ -117,59 +122,6 @@ CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@
     LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
 COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
     'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
-COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
-COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
-CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
-CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
-CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
-    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
-COMMENT ON FUNCTION @extschema@.es_digest() IS
-    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
-COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
-    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_append(
-    stream_id text,
-    event_type text,
-    event_data jsonb,
-    metadata jsonb DEFAULT '{}',
-    expected_version bigint DEFAULT NULL,
-    id uuid DEFAULT NULL,
-    event_version integer DEFAULT 1)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
-COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer) IS
-    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001).';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_batch';
-COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
-    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?} to one stream, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
-RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_multi';
-COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
-    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
-                                        expected_version bigint, id uuid, event_version integer)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
 CREATE OR REPLACE FUNCTION _event_store._es_refuse_change() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
@@ -204,6 +156,10 @@ BEGIN
     END IF;
 END
 $$;
+CREATE OR REPLACE TRIGGER es_streams_guard BEFORE UPDATE OR DELETE ON _event_store.es_streams
+    FOR EACH ROW EXECUTE FUNCTION _event_store._es_guard_registry();
+CREATE OR REPLACE TRIGGER es_streams_no_truncate BEFORE TRUNCATE ON _event_store.es_streams
+    FOR EACH STATEMENT EXECUTE FUNCTION _event_store._es_guard_registry();
 CREATE OR REPLACE FUNCTION _event_store._es_timescaledb_schema() RETURNS name
 LANGUAGE sql STABLE
 BEGIN ATOMIC
@@ -272,15 +228,91 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_enable_hypertable(interval) IS
     'Turns event_store into a TimescaleDB hypertable on created_at, moving existing events into chunks. Returns false when it already is one.';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
-	"subject" TEXT, /* & str */
-	"stream_id" TEXT, /* & str */
-	"event_data" jsonb, /* pgrx :: JsonB */
-	"metadata" jsonb /* pgrx :: JsonB */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
+CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_append(
+    stream_id text,
+    event_type text,
+    event_data jsonb,
+    metadata jsonb DEFAULT '{}',
+    expected_version bigint DEFAULT NULL,
+    id uuid DEFAULT NULL,
+    event_version integer DEFAULT 1)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer) IS
+    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001).';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_batch';
+COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
+    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?} to one stream, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
+RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_multi';
+COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
+    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
+                                        expected_version bigint, id uuid, event_version integer)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
+COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
+CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
+CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
+CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
+    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
+COMMENT ON FUNCTION @extschema@.es_digest() IS
+    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
+COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
+    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
+	"category" TEXT, /* Option < & str > */
+	"mode" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
+AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
+	"func" oid, /* pg_sys :: Oid */
+	"owner" oid, /* pg_sys :: Oid */
+	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
+AllocatedByRust > > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
+	"event_type" TEXT, /* Option < & str > */
+	"from_version" INT, /* Option < i32 > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
+	"category" TEXT, /* Option < & str > */
+	"event_type" TEXT, /* Option < & str > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_record"(
 	"kind" TEXT, /* & str */
 	"event_type" TEXT, /* & str */
@@ -298,20 +330,32 @@ CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
-	"event_type" TEXT, /* Option < & str > */
-	"version" INT, /* Option < i32 > */
-	"schema" jsonb, /* Option < pgrx :: JsonB > */
-	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
-	"subject" TEXT /* Option < & str > */
-) RETURNS void
-STABLE 
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
+	"subject" TEXT /* & str */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
+AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
+	"name" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
+	"on" bool /* bool */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
 	"stream_id" TEXT, /* & str */
 	"subject" TEXT /* & str */
@@ -320,64 +364,35 @@ STRICT STABLE PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
-	"category" TEXT, /* Option < & str > */
-	"event_type" TEXT, /* Option < & str > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
+CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
+	"fresh" bool DEFAULT false /* bool */
 ) RETURNS void
-IMMUTABLE PARALLEL SAFE 
+STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
+AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
 	"stream_id" TEXT /* & str */
 ) RETURNS bigint /* Option < i64 > */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
-STRICT STABLE PARALLEL SAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
+	"stream_id" TEXT, /* Option < & str > */
+	"expected_version" bigint, /* Option < i64 > */
+	"batch_kind" TEXT, /* Option < & str > */
+	"batch_len" INT /* Option < i32 > */
+) RETURNS void
+STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
+AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
-	"on" bool /* bool */
-) RETURNS bool /* bool */
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
-	"max_count" INT, /* Option < i32 > */
-	"member" INT, /* Option < i32 > */
-	"size" INT /* Option < i32 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
-	"name" TEXT /* & str */
-) RETURNS INT /* i32 */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
-	"func" oid, /* pg_sys :: Oid */
-	"owner" oid, /* pg_sys :: Oid */
-	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
-AllocatedByRust > > */
-) RETURNS bool /* bool */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
-	"category" TEXT, /* Option < & str > */
-	"mode" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
+AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 	"prev" bytea, /* Option < & [u8] > */
 	"event_id" uuid, /* pgrx :: Uuid */
@@ -393,27 +408,6 @@ CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_event_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
-	"subject" TEXT /* & str */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
-	"doc" jsonb /* pgrx :: JsonB */
-) RETURNS jsonb /* pgrx :: JsonB */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
-	"stream_id" TEXT, /* Option < & str > */
-	"expected_version" bigint, /* Option < i64 > */
-	"batch_kind" TEXT, /* Option < & str > */
-	"batch_len" INT /* Option < i32 > */
-) RETURNS void
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
 	"stream_id" TEXT, /* & str */
 	"version" bigint, /* i64 */
@@ -422,20 +416,6 @@ CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
-	"event_type" TEXT, /* Option < & str > */
-	"from_version" INT, /* Option < i32 > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
-	"fresh" bool DEFAULT false /* bool */
-) RETURNS void
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
 COMMENT ON TABLE _event_store.es_anchors IS 'Where es_apply_retention cut each stream: es_verify checks its chain from here.';
 CREATE OR REPLACE VIEW @extschema@.es_anchors WITH (security_invoker = true) AS SELECT * FROM _event_store.es_anchors;
 CREATE OR REPLACE FUNCTION _event_store._es_check_uncut(stream_id text) RETURNS boolean
@@ -768,283 +748,6 @@ CREATE OR REPLACE FUNCTION @extschema@.es_state(stream_id text, reducer regproce
 RETURNS jsonb
 LANGUAGE sql STABLE STRICT
 RETURN _event_store._es_state_with(es_state.stream_id, 'infinity'::timestamptz, 9223372036854775807::bigint, es_state.reducer);
-COMMENT ON TABLE _event_store.es_catalog_types IS 'Event types and their schemas per version: change with es_define_event_type and es_drop_event_type.';
-COMMENT ON TABLE _event_store.es_upcasts IS 'Upcasts from one version of an event type to the next: change with es_define_upcast and es_drop_upcast.';
-COMMENT ON TABLE _event_store.es_catalog_modes IS 'How appends to a category use the catalog (''*'': every category without its own): change with es_set_catalog_mode.';
-CREATE OR REPLACE VIEW @extschema@.es_catalog_types WITH (security_invoker = true) AS SELECT * FROM _event_store.es_catalog_types;
-CREATE OR REPLACE VIEW @extschema@.es_upcasts WITH (security_invoker = true) AS SELECT * FROM _event_store.es_upcasts;
-CREATE OR REPLACE VIEW @extschema@.es_catalog_modes WITH (security_invoker = true) AS SELECT * FROM _event_store.es_catalog_modes;
-CREATE OR REPLACE FUNCTION _event_store._es_catalog_changed() RETURNS trigger
-    LANGUAGE c AS 'MODULE_PATHNAME', '_es_catalog_changed';
-CREATE OR REPLACE VIEW @extschema@.es_event_types AS
-SELECT t.event_type, t.version, t.schema, t.description, t.personal_data, t.subject,
-       u.rule AS upcast_to_next, t.defined_at, t.defined_by
-  FROM _event_store.es_catalog_types t
-  LEFT JOIN _event_store.es_upcasts u ON u.event_type = t.event_type AND u.from_version = t.version;
-COMMENT ON VIEW @extschema@.es_event_types IS 'The event catalog: every event type and version with its schema, personal data paths, subject and the upcast to the next version.';
-CREATE OR REPLACE FUNCTION @extschema@.es_define_event_type(event_type text, schema jsonb DEFAULT NULL, version integer DEFAULT 1,
-                                     description text DEFAULT NULL, personal_data text[] DEFAULT NULL,
-                                     subject text DEFAULT NULL)
-RETURNS void
-LANGUAGE plpgsql
-VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    -- Appends wait until the definition commits, and those in flight finish first: no event
-    -- slips in between the check of stored events and the new schema (an append locks
-    -- event_store before it reads the catalog).
-    LOCK TABLE _event_store.log IN SHARE MODE;
-    PERFORM _event_store._es_check_event_type($1, $3, $2, $5, $6);
-    INSERT INTO _event_store.es_catalog_types (event_type, version, schema, description, personal_data, subject, defined_by)
-    VALUES ($1, $3, $2, $4, coalesce($5, '{}'), $6, _event_store._es_calling_role())
-    ON CONFLICT (event_type, version) DO UPDATE
-        SET schema = EXCLUDED.schema, description = EXCLUDED.description,
-            personal_data = EXCLUDED.personal_data, subject = EXCLUDED.subject,
-            defined_at = now(), defined_by = EXCLUDED.defined_by;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_define_event_type(text, jsonb, integer, text, text[], text) IS
-    'Defines or redefines an event type at a version: its JSON Schema (draft 2020-12), description, personal data paths and subject.';
-CREATE OR REPLACE FUNCTION @extschema@.es_drop_event_type(event_type text, version integer DEFAULT NULL)
-RETURNS boolean
-LANGUAGE plpgsql
-VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    IF $1 IS NULL THEN
-        RAISE EXCEPTION 'event_store: event_type must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    DELETE FROM _event_store.es_catalog_types t WHERE t.event_type = $1 AND ($2 IS NULL OR t.version = $2);
-    RETURN FOUND;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_drop_event_type(text, integer) IS
-    'Removes an event type from the catalog, at one version or all (NULL); stored events and upcasts stay.';
-CREATE OR REPLACE FUNCTION @extschema@.es_define_upcast(event_type text, from_version integer, rule jsonb)
-RETURNS void
-LANGUAGE plpgsql
-VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    PERFORM _event_store._es_check_upcast($1, $2, $3);
-    INSERT INTO _event_store.es_upcasts (event_type, from_version, rule, defined_by)
-    VALUES ($1, $2, $3, _event_store._es_calling_role())
-    ON CONFLICT (event_type, from_version) DO UPDATE
-        SET rule = EXCLUDED.rule, defined_at = now(), defined_by = EXCLUDED.defined_by;
-    -- Snapshots are keyed by the upcasts they were folded with: the old ones can never be used.
-    DELETE FROM _event_store.es_snapshots;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_define_upcast(text, integer, jsonb) IS
-    'Defines or replaces how an event of a type at from_version becomes one at from_version + 1 (reducer operations plus rename).';
-CREATE OR REPLACE FUNCTION @extschema@.es_drop_upcast(event_type text, from_version integer)
-RETURNS boolean
-LANGUAGE plpgsql
-VOLATILE STRICT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    DELETE FROM _event_store.es_upcasts u WHERE u.event_type = $1 AND u.from_version = $2;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    DELETE FROM _event_store.es_snapshots;
-    RETURN true;
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_set_catalog_mode(category text, mode text)
-RETURNS void
-LANGUAGE plpgsql
-VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    PERFORM _event_store._es_check_catalog_mode($1, $2);
-    LOCK TABLE _event_store.log IN SHARE MODE;
-    INSERT INTO _event_store.es_catalog_modes (category, mode, set_by)
-    VALUES ($1, $2, _event_store._es_calling_role())
-    ON CONFLICT (category) DO UPDATE SET mode = EXCLUDED.mode, set_at = now(), set_by = EXCLUDED.set_by;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_set_catalog_mode(text, text) IS
-    'How appends to a category (''*'': every category without its own) use the catalog: open (default), strict or off.';
-CREATE OR REPLACE FUNCTION @extschema@.es_upcast(event @extschema@.event_store) RETURNS @extschema@.event_store
-    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'es_upcast';
-COMMENT ON FUNCTION @extschema@.es_upcast(@extschema@.event_store) IS
-    'The event upcast to its type''s latest version (the event itself when no upcast applies).';
-CREATE OR REPLACE FUNCTION _event_store._es_upcast(event @extschema@.event_store) RETURNS @extschema@.event_store
-    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'es_upcast';
-CREATE OR REPLACE FUNCTION @extschema@.es_catalog()
-RETURNS TABLE (event_type text, in_catalog boolean, description text, versions jsonb,
-               personal_data text[], subject text, events_by_version jsonb,
-               first_seen timestamptz, last_seen timestamptz, categories text[])
-LANGUAGE sql
-STABLE
-BEGIN ATOMIC
-    WITH stored AS (
-        SELECT e.event_type, e.event_version, count(*) AS n, min(e.created_at) AS first_seen,
-               max(e.created_at) AS last_seen,
-               array_agg(DISTINCT _event_store._es_category(e.stream_id)) AS categories
-          FROM @extschema@.event_store e
-         GROUP BY e.event_type, e.event_version
-    ),
-    stored_types AS (
-        SELECT s.event_type, jsonb_object_agg(s.event_version::text, s.n) AS events_by_version,
-               min(s.first_seen) AS first_seen, max(s.last_seen) AS last_seen,
-               (SELECT array_agg(DISTINCT c ORDER BY c) FROM stored s2, unnest(s2.categories) c
-                 WHERE s2.event_type = s.event_type) AS categories
-          FROM stored s
-         GROUP BY s.event_type
-    ),
-    defined AS (
-        SELECT t.event_type, latest.description, latest.personal_data, latest.subject,
-               jsonb_agg(jsonb_build_object('version', t.version, 'schema', t.schema,
-                                            'upcast_to_next', u.rule, 'defined_at', t.defined_at)
-                         ORDER BY t.version) AS versions
-          FROM _event_store.es_catalog_types t
-          LEFT JOIN _event_store.es_upcasts u ON u.event_type = t.event_type AND u.from_version = t.version
-          -- The description, personal data and subject of the latest version.
-          CROSS JOIN LATERAL (SELECT l.description, l.personal_data, l.subject
-                                FROM _event_store.es_catalog_types l
-                               WHERE l.event_type = t.event_type
-                               ORDER BY l.version DESC LIMIT 1) latest
-         GROUP BY t.event_type, latest.description, latest.personal_data, latest.subject
-    )
-    SELECT coalesce(d.event_type, s.event_type), d.event_type IS NOT NULL, d.description,
-           coalesce(d.versions, '[]'), coalesce(d.personal_data, '{}'), d.subject,
-           coalesce(s.events_by_version, '{}'), s.first_seen, s.last_seen, coalesce(s.categories, '{}')
-      FROM defined d
-      FULL JOIN stored_types s ON s.event_type = d.event_type
-     ORDER BY 1;
-END;
-COMMENT ON FUNCTION @extschema@.es_catalog() IS
-    'The event catalog as a document: one row per event type defined or stored, with its versions, schemas, personal data, counts per version, first and last seen, and categories.';
-CREATE OR REPLACE FUNCTION @extschema@.es_stream(stream_id text, from_version bigint DEFAULT 1, max_count bigint DEFAULT NULL,
-                                      upcast boolean DEFAULT false)
-RETURNS SETOF @extschema@.event_store
-LANGUAGE plpgsql
-STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    lo timestamptz;
-    hi timestamptz;
-BEGIN
-    SELECT s.first_at, s.last_at INTO lo, hi FROM _event_store.es_streams s
-     WHERE s.stream_id = es_stream.stream_id;
-    IF lo IS NULL THEN
-        RETURN;
-    END IF;
-    RETURN QUERY
-        SELECT (r.e).*
-          FROM _event_store.log l,
-               LATERAL (SELECT CASE WHEN es_stream.upcast
-                                    THEN _event_store._es_upcast(_event_store._es_reveal(_event_store._es_event(l)))
-                                    ELSE _event_store._es_reveal(_event_store._es_event(l)) END AS e
-                        OFFSET 0) r
-         WHERE l.stream_id = es_stream.stream_id AND l.created_at BETWEEN lo AND hi
-           AND l.stream_version >= coalesce(es_stream.from_version, 1)
-         ORDER BY l.stream_version
-         LIMIT es_stream.max_count;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_stream(text, bigint, bigint, boolean) IS
-    'Events of one stream from from_version on, in version order, at most max_count (NULL = all); as stored, or upcast to their types'' latest versions.';
-CREATE OR REPLACE FUNCTION @extschema@.es_stream_version(stream_id text)
-RETURNS bigint
-LANGUAGE sql
-STABLE STRICT
-RETURN COALESCE((SELECT r.version FROM _event_store.es_streams r WHERE r.stream_id OPERATOR(pg_catalog.=) es_stream_version.stream_id), 0::bigint);
-COMMENT ON FUNCTION @extschema@.es_stream_version(text) IS 'Current version of a stream, 0 when it does not exist.';
-CREATE OR REPLACE FUNCTION @extschema@.es_subject_export(subject text) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    doc jsonb;
-BEGIN
-    IF es_subject_export.subject IS NULL THEN
-        RAISE EXCEPTION 'event_store: subject must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF es_subject_export.subject = '' THEN
-        RAISE EXCEPTION 'event_store: subject must not be empty' USING ERRCODE = '22023';
-    END IF;
-    WITH about AS (
-        -- Only the values sealed under the subject's own keys open.
-        SELECT (r.e).*
-          FROM _event_store.es_catalog_types t
-          JOIN _event_store.log l ON l.event_type = t.event_type AND l.event_version = t.version,
-               LATERAL (SELECT _event_store._es_reveal_for_subject(_event_store._es_event(l), es_subject_export.subject) AS e
-                        OFFSET 0) r
-         WHERE t.subject IS NOT NULL
-           AND _event_store._es_subject_of(t.subject, (r.e).stream_id, (r.e).event_data, (r.e).metadata) = es_subject_export.subject
-    )
-    SELECT jsonb_build_object(
-               'subject', es_subject_export.subject,
-               'exported_at', now(),
-               'exported_by', _event_store._es_calling_role(),
-               'events', coalesce((
-                   SELECT jsonb_agg(jsonb_build_object(
-                              'stream_id', a.stream_id, 'stream_version', a.stream_version,
-                              'global_position', a.global_position, 'event_id', a.event_id,
-                              'event_type', a.event_type, 'event_version', a.event_version,
-                              'created_at', a.created_at,
-                              'appended_by', a.metadata -> 'appendedBy',
-                              'correlation_id', a.metadata -> 'correlationId',
-                              'causation_id', a.metadata -> 'causationId',
-                              'data', a.event_data, 'metadata', a.metadata)
-                          ORDER BY a.global_position)
-                     FROM about a), '[]'),
-               'streams', coalesce((
-                   SELECT jsonb_object_agg(s.stream_id, jsonb_build_object(
-                              'version', (SELECT v.version FROM _event_store.es_streams v WHERE v.stream_id = s.stream_id),
-                              'state', _event_store._es_state_for_subject(s.stream_id, es_subject_export.subject)))
-                     FROM (SELECT DISTINCT a.stream_id FROM about a) s), '{}'))
-      INTO doc;
-    -- The record holds no personal data: the subject only as a hash.
-    PERFORM _event_store._es_record('privacy', 'SubjectExported', jsonb_build_object(
-        'subject_sha256', encode(_event_store._es_subject_hash(es_subject_export.subject), 'hex'),
-        'events', jsonb_array_length(doc -> 'events'),
-        'streams', (SELECT count(*) FROM jsonb_object_keys(doc -> 'streams'))));
-    RETURN doc;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_subject_export(text) IS
-    'GDPR Art. 15: every event about a subject (by the catalog''s subject pointers) with provenance, and the state of each stream involved; recorded in event_store-privacy.';
-CREATE OR REPLACE FUNCTION @extschema@.es_forget_subject(subject text, reason text) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    destroyed bigint;
-BEGIN
-    IF es_forget_subject.subject IS NULL OR es_forget_subject.reason IS NULL THEN
-        RAISE EXCEPTION 'event_store: subject and reason must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF es_forget_subject.subject = '' OR btrim(es_forget_subject.reason) = '' THEN
-        RAISE EXCEPTION 'event_store: subject and reason must not be empty' USING ERRCODE = '22023';
-    END IF;
-    UPDATE _event_store.es_subject_keys k
-       SET wrapped = NULL, destroyed_at = now(), destroyed_by = _event_store._es_calling_role()
-     WHERE k.subject_hash = _event_store._es_subject_hash(es_forget_subject.subject) AND k.wrapped IS NOT NULL;
-    GET DIAGNOSTICS destroyed = ROW_COUNT;
-    PERFORM _event_store._es_record('privacy', 'SubjectForgotten', jsonb_build_object(
-        'subject_sha256', encode(_event_store._es_subject_hash(es_forget_subject.subject), 'hex'),
-        'keys_destroyed', destroyed,
-        'reason', es_forget_subject.reason));
-    RETURN destroyed;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_forget_subject(text, text) IS
-    'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';
 CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
 	"stream_id" TEXT, /* & str */
 	"size" INT /* i32 */
@@ -1052,6 +755,14 @@ CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
 IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
+	"max_count" INT, /* Option < i32 > */
+	"member" INT, /* Option < i32 > */
+	"size" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
 CREATE OR REPLACE FUNCTION _event_store._es_check_feed_isolation() RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -1487,10 +1198,314 @@ STABLE STRICT
 RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
 COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
     'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL UNSAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
+	"event_type" TEXT, /* Option < & str > */
+	"version" INT, /* Option < i32 > */
+	"schema" jsonb, /* Option < pgrx :: JsonB > */
+	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"subject" TEXT /* Option < & str > */
+) RETURNS void
+STABLE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
+AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
+COMMENT ON TABLE _event_store.es_catalog_types IS 'Event types and their schemas per version: change with es_define_event_type and es_drop_event_type.';
+COMMENT ON TABLE _event_store.es_upcasts IS 'Upcasts from one version of an event type to the next: change with es_define_upcast and es_drop_upcast.';
+COMMENT ON TABLE _event_store.es_catalog_modes IS 'How appends to a category use the catalog (''*'': every category without its own): change with es_set_catalog_mode.';
+CREATE OR REPLACE VIEW @extschema@.es_catalog_types WITH (security_invoker = true) AS SELECT * FROM _event_store.es_catalog_types;
+CREATE OR REPLACE VIEW @extschema@.es_upcasts WITH (security_invoker = true) AS SELECT * FROM _event_store.es_upcasts;
+CREATE OR REPLACE VIEW @extschema@.es_catalog_modes WITH (security_invoker = true) AS SELECT * FROM _event_store.es_catalog_modes;
+CREATE OR REPLACE FUNCTION _event_store._es_catalog_changed() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', '_es_catalog_changed';
+CREATE OR REPLACE TRIGGER es_catalog_types_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON _event_store.es_catalog_types
+    FOR EACH STATEMENT EXECUTE FUNCTION _event_store._es_catalog_changed();
+CREATE OR REPLACE TRIGGER es_upcasts_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON _event_store.es_upcasts
+    FOR EACH STATEMENT EXECUTE FUNCTION _event_store._es_catalog_changed();
+CREATE OR REPLACE TRIGGER es_catalog_modes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON _event_store.es_catalog_modes
+    FOR EACH STATEMENT EXECUTE FUNCTION _event_store._es_catalog_changed();
+CREATE OR REPLACE VIEW @extschema@.es_event_types AS
+SELECT t.event_type, t.version, t.schema, t.description, t.personal_data, t.subject,
+       u.rule AS upcast_to_next, t.defined_at, t.defined_by
+  FROM _event_store.es_catalog_types t
+  LEFT JOIN _event_store.es_upcasts u ON u.event_type = t.event_type AND u.from_version = t.version;
+COMMENT ON VIEW @extschema@.es_event_types IS 'The event catalog: every event type and version with its schema, personal data paths, subject and the upcast to the next version.';
+CREATE OR REPLACE FUNCTION @extschema@.es_define_event_type(event_type text, schema jsonb DEFAULT NULL, version integer DEFAULT 1,
+                                     description text DEFAULT NULL, personal_data text[] DEFAULT NULL,
+                                     subject text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    -- Appends wait until the definition commits, and those in flight finish first: no event
+    -- slips in between the check of stored events and the new schema (an append locks
+    -- event_store before it reads the catalog).
+    LOCK TABLE _event_store.log IN SHARE MODE;
+    PERFORM _event_store._es_check_event_type($1, $3, $2, $5, $6);
+    INSERT INTO _event_store.es_catalog_types (event_type, version, schema, description, personal_data, subject, defined_by)
+    VALUES ($1, $3, $2, $4, coalesce($5, '{}'), $6, _event_store._es_calling_role())
+    ON CONFLICT (event_type, version) DO UPDATE
+        SET schema = EXCLUDED.schema, description = EXCLUDED.description,
+            personal_data = EXCLUDED.personal_data, subject = EXCLUDED.subject,
+            defined_at = now(), defined_by = EXCLUDED.defined_by;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_define_event_type(text, jsonb, integer, text, text[], text) IS
+    'Defines or redefines an event type at a version: its JSON Schema (draft 2020-12), description, personal data paths and subject.';
+CREATE OR REPLACE FUNCTION @extschema@.es_drop_event_type(event_type text, version integer DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'event_store: event_type must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    DELETE FROM _event_store.es_catalog_types t WHERE t.event_type = $1 AND ($2 IS NULL OR t.version = $2);
+    RETURN FOUND;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_drop_event_type(text, integer) IS
+    'Removes an event type from the catalog, at one version or all (NULL); stored events and upcasts stay.';
+CREATE OR REPLACE FUNCTION @extschema@.es_define_upcast(event_type text, from_version integer, rule jsonb)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM _event_store._es_check_upcast($1, $2, $3);
+    INSERT INTO _event_store.es_upcasts (event_type, from_version, rule, defined_by)
+    VALUES ($1, $2, $3, _event_store._es_calling_role())
+    ON CONFLICT (event_type, from_version) DO UPDATE
+        SET rule = EXCLUDED.rule, defined_at = now(), defined_by = EXCLUDED.defined_by;
+    -- Snapshots are keyed by the upcasts they were folded with: the old ones can never be used.
+    DELETE FROM _event_store.es_snapshots;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_define_upcast(text, integer, jsonb) IS
+    'Defines or replaces how an event of a type at from_version becomes one at from_version + 1 (reducer operations plus rename).';
+CREATE OR REPLACE FUNCTION @extschema@.es_drop_upcast(event_type text, from_version integer)
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    DELETE FROM _event_store.es_upcasts u WHERE u.event_type = $1 AND u.from_version = $2;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    DELETE FROM _event_store.es_snapshots;
+    RETURN true;
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_set_catalog_mode(category text, mode text)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM _event_store._es_check_catalog_mode($1, $2);
+    LOCK TABLE _event_store.log IN SHARE MODE;
+    INSERT INTO _event_store.es_catalog_modes (category, mode, set_by)
+    VALUES ($1, $2, _event_store._es_calling_role())
+    ON CONFLICT (category) DO UPDATE SET mode = EXCLUDED.mode, set_at = now(), set_by = EXCLUDED.set_by;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_set_catalog_mode(text, text) IS
+    'How appends to a category (''*'': every category without its own) use the catalog: open (default), strict or off.';
+CREATE OR REPLACE FUNCTION @extschema@.es_upcast(event @extschema@.event_store) RETURNS @extschema@.event_store
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'es_upcast';
+COMMENT ON FUNCTION @extschema@.es_upcast(@extschema@.event_store) IS
+    'The event upcast to its type''s latest version (the event itself when no upcast applies).';
+CREATE OR REPLACE FUNCTION _event_store._es_upcast(event @extschema@.event_store) RETURNS @extschema@.event_store
+    LANGUAGE c STABLE STRICT PARALLEL RESTRICTED AS 'MODULE_PATHNAME', 'es_upcast';
+CREATE OR REPLACE FUNCTION @extschema@.es_catalog()
+RETURNS TABLE (event_type text, in_catalog boolean, description text, versions jsonb,
+               personal_data text[], subject text, events_by_version jsonb,
+               first_seen timestamptz, last_seen timestamptz, categories text[])
+LANGUAGE sql
+STABLE
+BEGIN ATOMIC
+    WITH stored AS (
+        SELECT e.event_type, e.event_version, count(*) AS n, min(e.created_at) AS first_seen,
+               max(e.created_at) AS last_seen,
+               array_agg(DISTINCT _event_store._es_category(e.stream_id)) AS categories
+          FROM @extschema@.event_store e
+         GROUP BY e.event_type, e.event_version
+    ),
+    stored_types AS (
+        SELECT s.event_type, jsonb_object_agg(s.event_version::text, s.n) AS events_by_version,
+               min(s.first_seen) AS first_seen, max(s.last_seen) AS last_seen,
+               (SELECT array_agg(DISTINCT c ORDER BY c) FROM stored s2, unnest(s2.categories) c
+                 WHERE s2.event_type = s.event_type) AS categories
+          FROM stored s
+         GROUP BY s.event_type
+    ),
+    defined AS (
+        SELECT t.event_type, latest.description, latest.personal_data, latest.subject,
+               jsonb_agg(jsonb_build_object('version', t.version, 'schema', t.schema,
+                                            'upcast_to_next', u.rule, 'defined_at', t.defined_at)
+                         ORDER BY t.version) AS versions
+          FROM _event_store.es_catalog_types t
+          LEFT JOIN _event_store.es_upcasts u ON u.event_type = t.event_type AND u.from_version = t.version
+          -- The description, personal data and subject of the latest version.
+          CROSS JOIN LATERAL (SELECT l.description, l.personal_data, l.subject
+                                FROM _event_store.es_catalog_types l
+                               WHERE l.event_type = t.event_type
+                               ORDER BY l.version DESC LIMIT 1) latest
+         GROUP BY t.event_type, latest.description, latest.personal_data, latest.subject
+    )
+    SELECT coalesce(d.event_type, s.event_type), d.event_type IS NOT NULL, d.description,
+           coalesce(d.versions, '[]'), coalesce(d.personal_data, '{}'), d.subject,
+           coalesce(s.events_by_version, '{}'), s.first_seen, s.last_seen, coalesce(s.categories, '{}')
+      FROM defined d
+      FULL JOIN stored_types s ON s.event_type = d.event_type
+     ORDER BY 1;
+END;
+COMMENT ON FUNCTION @extschema@.es_catalog() IS
+    'The event catalog as a document: one row per event type defined or stored, with its versions, schemas, personal data, counts per version, first and last seen, and categories.';
+CREATE OR REPLACE FUNCTION @extschema@.es_stream(stream_id text, from_version bigint DEFAULT 1, max_count bigint DEFAULT NULL,
+                                      upcast boolean DEFAULT false)
+RETURNS SETOF @extschema@.event_store
+LANGUAGE plpgsql
+STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    lo timestamptz;
+    hi timestamptz;
+BEGIN
+    SELECT s.first_at, s.last_at INTO lo, hi FROM _event_store.es_streams s
+     WHERE s.stream_id = es_stream.stream_id;
+    IF lo IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT (r.e).*
+          FROM _event_store.log l,
+               LATERAL (SELECT CASE WHEN es_stream.upcast
+                                    THEN _event_store._es_upcast(_event_store._es_reveal(_event_store._es_event(l)))
+                                    ELSE _event_store._es_reveal(_event_store._es_event(l)) END AS e
+                        OFFSET 0) r
+         WHERE l.stream_id = es_stream.stream_id AND l.created_at BETWEEN lo AND hi
+           AND l.stream_version >= coalesce(es_stream.from_version, 1)
+         ORDER BY l.stream_version
+         LIMIT es_stream.max_count;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_stream(text, bigint, bigint, boolean) IS
+    'Events of one stream from from_version on, in version order, at most max_count (NULL = all); as stored, or upcast to their types'' latest versions.';
+CREATE OR REPLACE FUNCTION @extschema@.es_stream_version(stream_id text)
+RETURNS bigint
+LANGUAGE sql
+STABLE STRICT
+RETURN COALESCE((SELECT r.version FROM _event_store.es_streams r WHERE r.stream_id OPERATOR(pg_catalog.=) es_stream_version.stream_id), 0::bigint);
+COMMENT ON FUNCTION @extschema@.es_stream_version(text) IS 'Current version of a stream, 0 when it does not exist.';
+CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
+	"doc" jsonb /* pgrx :: JsonB */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
+	"subject" TEXT, /* & str */
+	"stream_id" TEXT, /* & str */
+	"event_data" jsonb, /* pgrx :: JsonB */
+	"metadata" jsonb /* pgrx :: JsonB */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_subject_export(subject text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    doc jsonb;
+BEGIN
+    IF es_subject_export.subject IS NULL THEN
+        RAISE EXCEPTION 'event_store: subject must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF es_subject_export.subject = '' THEN
+        RAISE EXCEPTION 'event_store: subject must not be empty' USING ERRCODE = '22023';
+    END IF;
+    WITH about AS (
+        -- Only the values sealed under the subject's own keys open.
+        SELECT (r.e).*
+          FROM _event_store.es_catalog_types t
+          JOIN _event_store.log l ON l.event_type = t.event_type AND l.event_version = t.version,
+               LATERAL (SELECT _event_store._es_reveal_for_subject(_event_store._es_event(l), es_subject_export.subject) AS e
+                        OFFSET 0) r
+         WHERE t.subject IS NOT NULL
+           AND _event_store._es_subject_of(t.subject, (r.e).stream_id, (r.e).event_data, (r.e).metadata) = es_subject_export.subject
+    )
+    SELECT jsonb_build_object(
+               'subject', es_subject_export.subject,
+               'exported_at', now(),
+               'exported_by', _event_store._es_calling_role(),
+               'events', coalesce((
+                   SELECT jsonb_agg(jsonb_build_object(
+                              'stream_id', a.stream_id, 'stream_version', a.stream_version,
+                              'global_position', a.global_position, 'event_id', a.event_id,
+                              'event_type', a.event_type, 'event_version', a.event_version,
+                              'created_at', a.created_at,
+                              'appended_by', a.metadata -> 'appendedBy',
+                              'correlation_id', a.metadata -> 'correlationId',
+                              'causation_id', a.metadata -> 'causationId',
+                              'data', a.event_data, 'metadata', a.metadata)
+                          ORDER BY a.global_position)
+                     FROM about a), '[]'),
+               'streams', coalesce((
+                   SELECT jsonb_object_agg(s.stream_id, jsonb_build_object(
+                              'version', (SELECT v.version FROM _event_store.es_streams v WHERE v.stream_id = s.stream_id),
+                              'state', _event_store._es_state_for_subject(s.stream_id, es_subject_export.subject)))
+                     FROM (SELECT DISTINCT a.stream_id FROM about a) s), '{}'))
+      INTO doc;
+    -- The record holds no personal data: the subject only as a hash.
+    PERFORM _event_store._es_record('privacy', 'SubjectExported', jsonb_build_object(
+        'subject_sha256', encode(_event_store._es_subject_hash(es_subject_export.subject), 'hex'),
+        'events', jsonb_array_length(doc -> 'events'),
+        'streams', (SELECT count(*) FROM jsonb_object_keys(doc -> 'streams'))));
+    RETURN doc;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_subject_export(text) IS
+    'GDPR Art. 15: every event about a subject (by the catalog''s subject pointers) with provenance, and the state of each stream involved; recorded in event_store-privacy.';
+CREATE OR REPLACE FUNCTION @extschema@.es_forget_subject(subject text, reason text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    destroyed bigint;
+BEGIN
+    IF es_forget_subject.subject IS NULL OR es_forget_subject.reason IS NULL THEN
+        RAISE EXCEPTION 'event_store: subject and reason must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF es_forget_subject.subject = '' OR btrim(es_forget_subject.reason) = '' THEN
+        RAISE EXCEPTION 'event_store: subject and reason must not be empty' USING ERRCODE = '22023';
+    END IF;
+    UPDATE _event_store.es_subject_keys k
+       SET wrapped = NULL, destroyed_at = now(), destroyed_by = _event_store._es_calling_role()
+     WHERE k.subject_hash = _event_store._es_subject_hash(es_forget_subject.subject) AND k.wrapped IS NOT NULL;
+    GET DIAGNOSTICS destroyed = ROW_COUNT;
+    PERFORM _event_store._es_record('privacy', 'SubjectForgotten', jsonb_build_object(
+        'subject_sha256', encode(_event_store._es_subject_hash(es_forget_subject.subject), 'hex'),
+        'keys_destroyed', destroyed,
+        'reason', es_forget_subject.reason));
+    RETURN destroyed;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_forget_subject(text, text) IS
+    'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';
 DO $$
 DECLARE
     ext oid := (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'event_store'::name);

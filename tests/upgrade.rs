@@ -1,16 +1,11 @@
-//! ALTER EXTENSION event_store UPDATE from 0.1.0 (its SQL built from the git history by
-//! scripts/old-version.sh): this library serves 0.1.0's SQL until the update, the update keeps
-//! every event, hash, reducer and projection position, and leaves the same objects, privileges
-//! and configuration as a fresh install of this version.
+//! ALTER EXTENSION event_store UPDATE from 0.1.0 and from 0.2.0 (their SQL built from the git
+//! history by scripts/old-version.sh): this library serves the old SQL until the update, the
+//! update keeps every event, hash, reducer, catalog entry, key, checkpoint, digest and
+//! projection position, and leaves the same objects, privileges and configuration as a fresh
+//! install of this version.
 use event_store_testing::*;
 use postgres::Client;
 use std::time::{Duration, Instant};
-
-const OLD: &str = "0.1.0";
-
-fn worker() -> bool {
-    std::env::var("ES_TEST_WORKER").as_deref() == Ok("1")
-}
 
 /// Waits until the projection has applied everything (the worker, or a pass by hand).
 fn caught_up(c: &mut Client) -> i64 {
@@ -37,17 +32,32 @@ fn caught_up(c: &mut Client) -> i64 {
     }
 }
 
-/// What must survive: every event with its hash, the registry, reducers, projection state.
-fn contents(c: &mut Client) -> Vec<String> {
+/// What must survive: every event with its hash, the registry, reducers, projection state, and
+/// from 0.2.0 on the catalog, checkpoints, digests and the personal data its keys reveal.
+fn contents(c: &mut Client, old: &str) -> Vec<String> {
     let mut out = vec![];
+    let since_0_2_0 = [
+        "SELECT format('%s %s %s %s', event_type, version, personal_data, subject) FROM es_catalog_types ORDER BY 1",
+        "SELECT format('%s %s', consumer, position) FROM es_checkpoints ORDER BY 1",
+        "SELECT format('%s %s %s %s', position, events, streams, encode(root, 'hex')) FROM es_digests ORDER BY 1",
+        "SELECT format('%s %s', stream_version, event_data) FROM es_stream('member-1') ORDER BY 1",
+    ];
+    let later = if old == "0.1.0" {
+        &[][..]
+    } else {
+        &since_0_2_0[..]
+    };
     for sql in [
         "SELECT format('%s %s %s %s %s %s %s', global_position, event_id, stream_id, stream_version, event_type, event_data, encode(hash, 'hex')) FROM event_store ORDER BY 1",
         "SELECT format('%s %s %s %s', stream_id, version, last_position, encode(head_hash, 'hex')) FROM es_streams ORDER BY 1",
         "SELECT format('%s %s %s', category, event_type, rule) FROM es_reducers ORDER BY 1",
         "SELECT format('%s %s %s', name, status, position) FROM es_projection_state ORDER BY 1",
         "SELECT format('%s %s', event_type, n) FROM counts ORDER BY 1",
-    ] {
-        for r in c.query(sql, &[]).unwrap() {
+    ]
+    .iter()
+    .chain(later)
+    {
+        for r in c.query(*sql, &[]).unwrap() {
             out.push(r.get(0));
         }
     }
@@ -111,19 +121,30 @@ fn schema(c: &mut Client) -> Vec<String> {
 
 #[test]
 fn a_store_made_by_0_1_0_keeps_working_then_updates_in_place() {
-    let db = TestDb::empty("upgrade");
+    updates_in_place("0.1.0");
+}
+
+#[test]
+fn a_store_made_by_0_2_0_keeps_working_then_updates_in_place() {
+    updates_in_place("0.2.0");
+}
+
+/// A store made by `old`, filled through its SQL, updated straight to this version
+/// (sql/event_store--OLD--CURRENT.sql), compared with a fresh install object by object.
+fn updates_in_place(old: &str) {
+    let db = TestDb::empty(&format!("upgrade_{}", old.replace('.', "_")));
     let mut c = db.connect();
     if timescaledb() {
         c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
             .unwrap();
     }
-    let created = c.batch_execute(&format!("CREATE EXTENSION event_store VERSION '{OLD}'"));
+    let created = c.batch_execute(&format!("CREATE EXTENSION event_store VERSION '{old}'"));
     assert!(
         created.is_ok(),
-        "event_store {OLD}'s SQL is not installed (scripts/old-version.sh, run by scripts/test.sh): {created:?}"
+        "event_store {old}'s SQL is not installed (scripts/old-version.sh, run by scripts/test.sh): {created:?}"
     );
     let role = format!("{}_app", db.name);
-    // Filled through 0.1.0's SQL, served by this library: reducers, single, batch and
+    // Filled through the old SQL, served by this library: reducers, single, batch and
     // multi-stream appends, a snapshot, a projection run by its owner's handler.
     c.batch_execute(&format!(
         "SELECT es_define_reducer('acct', 'Deposited', '{{\"op\": \"increment\", \"path\": \"/balance\", \"from\": \"/amount\"}}');
@@ -146,7 +167,7 @@ fn a_store_made_by_0_1_0_keeps_working_then_updates_in_place() {
         assert!(count(&mut c, "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'event_store'") >= 1);
     }
     caught_up(&mut c);
-    // The reads, the fold, the feed and es_verify work on 0.1.0's SQL.
+    // The reads, the fold, the feed and es_verify work on the old SQL.
     let balance = "SELECT (es_state('acct-1') ->> 'balance')::bigint";
     assert_eq!(count(&mut c, balance), 15);
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_stream('acct-1')"), 3);
@@ -160,8 +181,33 @@ fn a_store_made_by_0_1_0_keeps_working_then_updates_in_place() {
     )
     .unwrap();
     assert_eq!(count(&mut c, balance), 16);
+    // From 0.2.0 on: a member's name is personal data, sealed under its subject's key.
+    if old != "0.1.0" {
+        c.batch_execute(
+            "SELECT es_define_event_type('Registered', personal_data => '{/name}', subject => '/memberId');
+             SELECT es_append('member-1', 'Registered', '{\"memberId\": \"m1\", \"name\": \"ann\"}');",
+        )
+        .unwrap();
+    }
     let position = caught_up(&mut c);
-    let before = contents(&mut c);
+    // From 0.2.0 on: a checkpoint, and a digest an auditor keeps, taken before the update.
+    let old_digest: Option<serde_json::Value> = (old != "0.1.0").then(|| {
+        let sealed = count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE stream_id = 'member-1' AND event_data ->> 'name' = 'ann'",
+        );
+        assert_eq!(sealed, 0, "the name is stored sealed");
+        c.batch_execute("SELECT es_save_checkpoint('auditor', 3)")
+            .unwrap();
+        c.query_one("SELECT es_digest()", &[]).unwrap().get(0)
+    });
+    let before = contents(&mut c, old);
+    if old != "0.1.0" {
+        assert!(
+            before.iter().any(|r| r.contains("\"name\": \"ann\"")),
+            "the name revealed by its key: {before:?}"
+        );
+    }
 
     c.batch_execute("ALTER EXTENSION event_store UPDATE")
         .unwrap();
@@ -172,9 +218,9 @@ fn a_store_made_by_0_1_0_keeps_working_then_updates_in_place() {
         )
         .unwrap()
         .get(0);
-    assert_ne!(version, OLD);
+    assert_ne!(version, old);
     assert_eq!(
-        contents(&mut c),
+        contents(&mut c, old),
         before,
         "events, hashes, registry, reducers, projections"
     );
@@ -197,6 +243,16 @@ fn a_store_made_by_0_1_0_keeps_working_then_updates_in_place() {
         outcome(c.batch_execute("SELECT es_append('order-2', 'Placed', '{}')")),
         "ES004"
     );
+    // The digest taken before the update verifies after it.
+    if let Some(d) = old_digest {
+        assert_eq!(
+            count(
+                &mut c,
+                &format!("SELECT count(*) FROM es_verify_digest('{d}')")
+            ),
+            0
+        );
+    }
     let d: serde_json::Value = c.query_one("SELECT es_digest()", &[]).unwrap().get(0);
     assert_eq!(
         count(

@@ -303,11 +303,20 @@ fn a_database_owner_runs_nothing_as_the_extension_owner() {
     assert_eq!(fired(&mut c), vec![]);
 }
 
-/// The same traps laid before ALTER EXTENSION UPDATE, from 0.2.0 (made by updating 0.1.0,
-/// built from the git history by scripts/old-version.sh, before the traps).
+/// The same traps laid before ALTER EXTENSION UPDATE, from 0.2.0 and from 0.1.0 (their SQL
+/// built from the git history by scripts/old-version.sh, installed before the traps).
 #[test]
 fn traps_laid_before_an_update_never_run() {
-    let db = TestDb::empty("sec_dbo_update");
+    traps_before_update_from("0.2.0");
+}
+
+#[test]
+fn traps_laid_before_an_update_from_0_1_0_never_run() {
+    traps_before_update_from("0.1.0");
+}
+
+fn traps_before_update_from(old: &str) {
+    let db = TestDb::empty(&format!("sec_dbo_update_{}", old.replace('.', "_")));
     let mut c = db.connect();
     let dbo = role(&db, &mut c, "dbo", "");
     c.batch_execute(&format!("ALTER DATABASE {} OWNER TO {dbo}", db.name))
@@ -316,11 +325,10 @@ fn traps_laid_before_an_update_never_run() {
         c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
             .unwrap();
     }
-    c.batch_execute(
-        "CREATE EXTENSION event_store VERSION '0.1.0';
-         ALTER EXTENSION event_store UPDATE TO '0.2.0';
-         SELECT es_append('acct-1', 'Opened', '{}');",
-    )
+    c.batch_execute(&format!(
+        "CREATE EXTENSION event_store VERSION '{old}';
+         SELECT es_append('acct-1', 'Opened', '{{}}');"
+    ))
     .unwrap();
     c.batch_execute(REDUCER).unwrap();
     let writer = role(&db, &mut c, "writer", "IN ROLE event_store_writer");
