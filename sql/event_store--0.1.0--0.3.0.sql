@@ -22,7 +22,7 @@ DROP FUNCTION @extschema@._es_read_feed(bigint, integer, text[], text, integer, 
 DROP AGGREGATE @extschema@._es_fold_events(text, jsonb, jsonb, text);
 DROP FUNCTION @extschema@._es_fold_events_step(internal, text, jsonb, jsonb, text);
 
--- Keys that seal each subject's personal data (sql/personal.sql).
+-- Keys that seal each subject's personal data (sql/privacy/sealing.sql).
 CREATE TABLE @extschema@.es_subject_keys (
     key_id       uuid        PRIMARY KEY,
     subject_hash bytea       NOT NULL,
@@ -35,7 +35,7 @@ CREATE TABLE @extschema@.es_subject_keys (
 CREATE UNIQUE INDEX es_subject_keys_live ON @extschema@.es_subject_keys (subject_hash) WHERE wrapped IS NOT NULL;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_subject_keys', '');
 
--- The feed horizon published for hot standbys (sql/feed.sql): one row from the start.
+-- The feed horizon published for hot standbys (sql/read/feed.sql): one row from the start.
 CREATE TABLE @extschema@.es_feed_published (
     singleton    boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
     horizon      bigint      NOT NULL,
@@ -43,7 +43,7 @@ CREATE TABLE @extschema@.es_feed_published (
 );
 INSERT INTO @extschema@.es_feed_published (horizon) VALUES (0);
 
--- Positions of feed consumers (sql/checkpoints.sql).
+-- Positions of feed consumers (sql/read/checkpoints.sql).
 CREATE TABLE @extschema@.es_checkpoints (
     consumer text        PRIMARY KEY,
     position bigint      NOT NULL CHECK (position >= 0),
@@ -52,7 +52,7 @@ CREATE TABLE @extschema@.es_checkpoints (
 );
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_checkpoints', '');
 
--- The event catalog (sql/catalog.sql). Its triggers are definitions: created with the
+-- The event catalog (sql/catalog/catalog.sql). Its triggers are definitions: created with the
 -- functions they call.
 CREATE TABLE @extschema@.es_catalog_types (
     event_type    text        NOT NULL,
@@ -83,7 +83,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_catalog_types', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_upcasts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_catalog_modes', '');
 
--- Every es_verify run by a role that sees all events (sql/metrics.sql).
+-- Every es_verify run by a role that sees all events (sql/metrics/metrics.sql).
 CREATE TABLE @extschema@.es_verifications (
     verified_at timestamptz NOT NULL DEFAULT now(),
     stream_id   text,
@@ -93,7 +93,7 @@ CREATE TABLE @extschema@.es_verifications (
 );
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_verifications', '');
 
--- Digests and the stream heads they recorded (sql/digest.sql).
+-- Digests and the stream heads they recorded (sql/integrity/digest.sql).
 CREATE TABLE @extschema@.es_digests (
     position  bigint      PRIMARY KEY,
     events    bigint      NOT NULL,
@@ -112,7 +112,7 @@ CREATE TABLE @extschema@.es_digest_heads (
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_digests', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_digest_heads', '');
 
--- Where retention cut each stream, and the policy (sql/retention.sql).
+-- Where retention cut each stream, and the policy (sql/retention/retention.sql).
 CREATE TABLE @extschema@.es_anchors (
     stream_id     text        PRIMARY KEY,
     first_version bigint      NOT NULL CHECK (first_version > 1),
@@ -232,26 +232,6 @@ BEGIN
     END IF;
 END
 $$;
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_personal_data') THEN
-        BEGIN
-            CREATE ROLE event_store_personal_data NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN
-            NULL;
-        END;
-    END IF;
-END
-$$;
-COMMENT ON TABLE _event_store.es_subject_keys IS 'Keys that seal each subject''s personal data: destroyed by es_forget_subject. Owner only.';
-CREATE OR REPLACE FUNCTION _event_store._es_reveal(event @extschema@.event_store) RETURNS @extschema@.event_store
-    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
-COMMENT ON FUNCTION _event_store._es_reveal(@extschema@.event_store) IS
-    'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';
-CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@.event_store, subject text) RETURNS @extschema@.event_store
-    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
-COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
-    'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
 CREATE OR REPLACE FUNCTION _event_store._es_refuse_change() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
@@ -290,6 +270,10 @@ CREATE OR REPLACE TRIGGER es_streams_guard BEFORE UPDATE OR DELETE ON _event_sto
     FOR EACH ROW EXECUTE FUNCTION _event_store._es_guard_registry();
 CREATE OR REPLACE TRIGGER es_streams_no_truncate BEFORE TRUNCATE ON _event_store.es_streams
     FOR EACH STATEMENT EXECUTE FUNCTION _event_store._es_guard_registry();
+CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_wrapper';
 CREATE OR REPLACE FUNCTION _event_store._es_timescaledb_schema() RETURNS name
 LANGUAGE sql STABLE
 BEGIN ATOMIC
@@ -358,10 +342,21 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_enable_hypertable(interval) IS
     'Turns event_store into a TimescaleDB hypertable on created_at, moving existing events into chunks. Returns false when it already is one.';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
+COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
+COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
+CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
+CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
+CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
+    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
 RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
     LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_wrapper';
+    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
+COMMENT ON FUNCTION @extschema@.es_digest() IS
+    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
+COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
+    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
 CREATE OR REPLACE FUNCTION @extschema@.es_append(
     stream_id text,
     event_type text,
@@ -396,133 +391,33 @@ RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, cre
 LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'es_append';
-COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
-COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
-CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
-CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
-CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
-    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
-COMMENT ON FUNCTION @extschema@.es_digest() IS
-    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
-COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
-    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
-	"category" TEXT, /* Option < & str > */
-	"mode" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
-	"func" oid, /* pg_sys :: Oid */
-	"owner" oid, /* pg_sys :: Oid */
-	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
-AllocatedByRust > > */
-) RETURNS bool /* bool */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
-	"event_type" TEXT, /* Option < & str > */
-	"from_version" INT, /* Option < i32 > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
-	"category" TEXT, /* Option < & str > */
-	"event_type" TEXT, /* Option < & str > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_record"(
-	"kind" TEXT, /* & str */
-	"event_type" TEXT, /* & str */
-	"event_data" jsonb /* pgrx :: JsonB */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_record_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
-	"pid" INT,  /* i32 */
-	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"lowest_position" bigint  /* i64 */
-)
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
-	"subject" TEXT /* & str */
-) RETURNS bytea /* Vec < u8 > */
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_personal_data') THEN
+        BEGIN
+            CREATE ROLE event_store_personal_data NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
+    END IF;
+END
+$$;
+COMMENT ON TABLE _event_store.es_subject_keys IS 'Keys that seal each subject''s personal data: destroyed by es_forget_subject. Owner only.';
+CREATE OR REPLACE FUNCTION _event_store._es_reveal(event @extschema@.event_store) RETURNS @extschema@.event_store
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
+COMMENT ON FUNCTION _event_store._es_reveal(@extschema@.event_store) IS
+    'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';
+CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@.event_store, subject text) RETURNS @extschema@.event_store
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
+COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
+    'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
+CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
+	"stream_id" TEXT, /* & str */
+	"size" INT /* i32 */
+) RETURNS INT /* i32 */
 IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
-	"name" TEXT /* & str */
-) RETURNS INT /* i32 */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
-	"on" bool /* bool */
-) RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
-	"stream_id" TEXT, /* & str */
-	"subject" TEXT /* & str */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
-STRICT STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
-	"fresh" bool DEFAULT false /* bool */
-) RETURNS void
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
-	"stream_id" TEXT /* & str */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
-	"stream_id" TEXT, /* Option < & str > */
-	"expected_version" bigint, /* Option < i64 > */
-	"batch_kind" TEXT, /* Option < & str > */
-	"batch_len" INT /* Option < i32 > */
-) RETURNS void
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
+AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 	"prev" bytea, /* Option < & [u8] > */
 	"event_id" uuid, /* pgrx :: Uuid */
@@ -538,353 +433,16 @@ CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_event_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
-	"stream_id" TEXT, /* & str */
-	"version" bigint, /* i64 */
-	"last_at" timestamp with time zone /* TimestampWithTimeZone */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
+	"event_type" TEXT, /* Option < & str > */
+	"version" INT, /* Option < i32 > */
+	"schema" jsonb, /* Option < pgrx :: JsonB > */
+	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"subject" TEXT /* Option < & str > */
+) RETURNS void
+STABLE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
-COMMENT ON TABLE _event_store.es_anchors IS 'Where es_apply_retention cut each stream: es_verify checks its chain from here.';
-CREATE OR REPLACE VIEW @extschema@.es_anchors WITH (security_invoker = true) AS SELECT * FROM _event_store.es_anchors;
-CREATE OR REPLACE FUNCTION _event_store._es_check_uncut(stream_id text) RETURNS boolean
-LANGUAGE plpgsql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    first_kept bigint;
-BEGIN
-    SELECT a.first_version INTO first_kept FROM _event_store.es_anchors a
-     WHERE a.stream_id = _es_check_uncut.stream_id;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event_store: the state of % needs events that retention removed', _es_check_uncut.stream_id
-            USING ERRCODE = 'ES008',
-                  DETAIL = pg_catalog.format('Retention removed versions 1 to %s of the stream; a custom reducer has no snapshot that stands for them.', first_kept - 1);
-    END IF;
-    RETURN true;
-END
-$$;
-COMMENT ON TABLE _event_store.es_retention IS 'The retention policy set by es_set_retention, applied by the projection worker.';
-CREATE OR REPLACE VIEW @extschema@.es_retention WITH (security_invoker = true) AS SELECT * FROM _event_store.es_retention;
-CREATE OR REPLACE FUNCTION _event_store._es_retention_cut(cut_before timestamptz)
-RETURNS TABLE (stream_id text, stream_version bigint, hash bytea, global_position bigint, created_at timestamptz)
-LANGUAGE plpgsql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RETURN QUERY
-        SELECT DISTINCT ON (l.stream_id) l.stream_id, l.stream_version, l.hash, l.global_position, l.created_at
-          FROM _event_store.log l WHERE l.created_at < _es_retention_cut.cut_before
-         ORDER BY l.stream_id, l.stream_version DESC;
-END
-$$;
-CREATE OR REPLACE FUNCTION _event_store._es_apply_retention(older_than interval, batch_size integer)
-RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cutoff timestamptz;
-    cut_before timestamptz;
-    chunk text;
-    hypertable boolean := false;
-    complete boolean := true;
-    removed bigint := 0;
-    deleted bigint;
-    streams bigint := 0;
-    doc jsonb;
-BEGIN
-    IF older_than IS NULL OR batch_size IS NULL THEN
-        RAISE EXCEPTION 'event_store: older_than and batch_size must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF older_than < interval '0' OR batch_size < 1 THEN
-        RAISE EXCEPTION 'event_store: older_than must not be negative and batch_size must be positive'
-            USING ERRCODE = '22023';
-    END IF;
-    -- One run at a time: two would anchor the same streams twice.
-    LOCK TABLE _event_store.es_anchors IN SHARE ROW EXCLUSIVE MODE;
-    cutoff := now() - older_than;
-    hypertable := _event_store._es_is_hypertable();
-    IF hypertable THEN
-        -- Whole chunks: those that end by the cutoff. Chunks do not overlap, so the events
-        -- before the latest such end are exactly theirs.
-        SELECT max(c.range_end) INTO cut_before
-          FROM timescaledb_information.chunks c, pg_catalog.pg_class t, pg_catalog.pg_namespace n
-         WHERE t.oid = _event_store.event_table() AND n.oid = t.relnamespace
-           AND c.hypertable_schema = n.nspname AND c.hypertable_name = t.relname
-           AND c.range_end <= cutoff;
-    ELSE
-        -- In batches: the oldest batch_size events (more where they share an instant).
-        SELECT e.created_at INTO cut_before FROM _event_store.log e
-         WHERE e.created_at < cutoff ORDER BY e.created_at OFFSET batch_size LIMIT 1;
-        IF cut_before IS NULL THEN
-            cut_before := cutoff;
-        ELSIF NOT EXISTS (SELECT FROM _event_store.log e WHERE e.created_at < cut_before) THEN
-            cut_before := cut_before + interval '1 microsecond';
-        END IF;
-    END IF;
-    IF cut_before IS NOT NULL THEN
-        -- Each cut stream: a snapshot of its state at the cut, taken while every fold can still
-        -- read the events (before any anchor), then the anchor; snapshots of removed versions
-        -- go with them. One statement each: a loop would plan the folds' anchor probe once.
-        PERFORM count(_event_store._es_snapshot_at(c.stream_id, c.stream_version, c.created_at))
-           FROM _event_store._es_retention_cut(cut_before) c;
-        DELETE FROM _event_store.es_snapshots s USING _event_store._es_retention_cut(cut_before) c
-         WHERE s.stream_id = c.stream_id AND s.stream_version < c.stream_version;
-        INSERT INTO _event_store.es_anchors AS a
-               (stream_id, first_version, prev_hash, prev_position, prev_at, cut_at)
-        SELECT c.stream_id, c.stream_version + 1, c.hash, c.global_position, c.created_at, now()
-          FROM _event_store._es_retention_cut(cut_before) c
-        ON CONFLICT (stream_id) DO UPDATE
-           SET first_version = EXCLUDED.first_version, prev_hash = EXCLUDED.prev_hash,
-               prev_position = EXCLUDED.prev_position, prev_at = EXCLUDED.prev_at,
-               cut_at = EXCLUDED.cut_at;
-        GET DIAGNOSTICS streams = ROW_COUNT;
-        IF hypertable THEN
-            SELECT count(*) INTO removed FROM _event_store.log e WHERE e.created_at < cut_before;
-            -- Dropped as tables (TimescaleDB removes them from its catalog), not through
-            -- drop_chunks: that is called by name in TimescaleDB's schema, usually public,
-            -- where a database owner could add a better-matching drop_chunks.
-            FOR chunk IN
-                SELECT pg_catalog.format('%I.%I', c.chunk_schema, c.chunk_name)
-                  FROM timescaledb_information.chunks c, pg_catalog.pg_class t, pg_catalog.pg_namespace n
-                 WHERE t.oid = _event_store.event_table() AND n.oid = t.relnamespace
-                   AND c.hypertable_schema = n.nspname AND c.hypertable_name = t.relname
-                   AND c.range_end <= cut_before
-            LOOP
-                EXECUTE pg_catalog.format('DROP TABLE %s', chunk);
-            END LOOP;
-        END IF;
-        -- The append-only trigger refuses every DELETE; replica mode skips it for this one
-        -- statement of this transaction (the function's own GUC level undoes it on error).
-        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-        DELETE FROM _event_store.log e WHERE e.created_at < cut_before;
-        GET DIAGNOSTICS deleted = ROW_COUNT;
-        PERFORM pg_catalog.set_config('session_replication_role', 'origin', true);
-        removed := removed + deleted;
-    END IF;
-    IF NOT hypertable THEN
-        complete := NOT EXISTS (SELECT FROM _event_store.log e WHERE e.created_at < cutoff);
-    END IF;
-    doc := pg_catalog.jsonb_build_object(
-        'older_than', older_than::text,
-        'cut_before', cut_before,
-        'events_removed', removed,
-        'streams_cut', streams,
-        'whole_chunks', hypertable,
-        'complete', complete);
-    IF removed > 0 THEN
-        PERFORM _event_store._es_record('retention', 'RetentionApplied', doc);
-    END IF;
-    RETURN doc;
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_apply_retention(older_than interval, batch_size integer DEFAULT 100000)
-RETURNS jsonb
-LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-RETURN _event_store._es_apply_retention(es_apply_retention.older_than, es_apply_retention.batch_size);
-COMMENT ON FUNCTION @extschema@.es_apply_retention(interval, integer) IS
-    'Removes the events older than older_than (whole chunks on a hypertable, at most batch_size per call otherwise), anchoring each cut stream; recorded in event_store-retention.';
-CREATE OR REPLACE FUNCTION @extschema@.es_set_retention(older_than interval) RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    IF es_set_retention.older_than IS NULL THEN
-        DELETE FROM _event_store.es_retention;
-        RETURN;
-    END IF;
-    IF es_set_retention.older_than < interval '0' THEN
-        RAISE EXCEPTION 'event_store: older_than must not be negative' USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO _event_store.es_retention (older_than, set_by)
-    VALUES (es_set_retention.older_than, _event_store._es_calling_role())
-    ON CONFLICT (one) DO UPDATE
-        SET older_than = EXCLUDED.older_than, set_at = now(), set_by = EXCLUDED.set_by, next_run_at = now();
-    PERFORM _event_store._es_wake_projections(true);
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_set_retention(interval) IS
-    'Sets the retention policy the projection worker applies hourly (NULL: none).';
-CREATE OR REPLACE FUNCTION _event_store._es_apply_retention_policy() RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    policy _event_store.es_retention;
-    complete boolean;
-BEGIN
-    SELECT * INTO policy FROM _event_store.es_retention WHERE next_run_at <= now() FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    complete := (_event_store._es_apply_retention(policy.older_than, 100000) ->> 'complete')::boolean;
-    UPDATE _event_store.es_retention
-       SET next_run_at = CASE WHEN complete THEN now() + interval '1 hour' ELSE now() END;
-    RETURN NOT complete;
-END
-$$;
-COMMENT ON TABLE _event_store.es_reducers IS 'Declarative reducers: change with es_define_reducer and es_drop_reducer.';
-CREATE OR REPLACE VIEW @extschema@.es_reducers WITH (security_invoker = true) AS SELECT * FROM _event_store.es_reducers;
-COMMENT ON TABLE _event_store.es_snapshots IS 'Snapshots of stream states (derived data, safe to delete with es_drop_snapshots).';
-CREATE OR REPLACE VIEW @extschema@.es_snapshots WITH (security_invoker = true) AS SELECT * FROM _event_store.es_snapshots;
-CREATE OR REPLACE FUNCTION @extschema@.es_define_reducer(category text, event_type text, rule jsonb)
-RETURNS void
-LANGUAGE plpgsql
-VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    PERFORM _event_store._es_check_reducer($1, $2, $3);
-    INSERT INTO _event_store.es_reducers (category, event_type, rule, defined_by)
-    VALUES ($1, $2, $3, _event_store._es_calling_role())
-    ON CONFLICT (category, event_type) DO UPDATE
-        SET rule = EXCLUDED.rule, defined_at = now(), defined_by = EXCLUDED.defined_by;
-    -- Snapshots under the old rules can never be used again.
-    DELETE FROM _event_store.es_snapshots s WHERE $1 = '*' OR _event_store._es_category(s.stream_id) = $1;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_define_reducer(text, text, jsonb) IS
-    'Defines or replaces how events of a type change the state of streams of a category (''*'' = any).';
-CREATE OR REPLACE FUNCTION @extschema@.es_drop_reducer(category text, event_type text)
-RETURNS boolean
-LANGUAGE plpgsql
-VOLATILE STRICT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    DELETE FROM _event_store.es_reducers r WHERE r.category = $1 AND r.event_type = $2;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    DELETE FROM _event_store.es_snapshots s WHERE $1 = '*' OR _event_store._es_category(s.stream_id) = $1;
-    RETURN true;
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_snapshot(stream_id text)
-RETURNS bigint
-LANGUAGE sql
-VOLATILE STRICT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$ SELECT _event_store._es_take_snapshot($1) $$;
-COMMENT ON FUNCTION @extschema@.es_snapshot(text) IS
-    'Stores a snapshot of the stream''s current state; returns its version (NULL for a stream without events).';
-CREATE OR REPLACE FUNCTION @extschema@.es_drop_snapshots(stream_id text DEFAULT NULL)
-RETURNS bigint
-LANGUAGE sql
-VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    WITH gone AS (DELETE FROM _event_store.es_snapshots s WHERE $1 IS NULL OR s.stream_id = $1 RETURNING 1)
-    SELECT count(*) FROM gone
-$$;
-COMMENT ON FUNCTION @extschema@.es_drop_snapshots(text) IS
-    'Deletes the snapshots of one stream, or all of them for NULL; answers do not change.';
-CREATE OR REPLACE FUNCTION @extschema@.es_state(stream_id text) RETURNS jsonb
-    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_state_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_state_at(stream_id text, at timestamptz) RETURNS jsonb
-    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_state_at_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_state_at_version(stream_id text, version bigint) RETURNS jsonb
-    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_state_at_version_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_diff(stream_id text, "from" timestamptz, "to" timestamptz)
-RETURNS TABLE (stream_version bigint, event_id uuid, event_type text, created_at timestamptz,
-               correlation_id text, path text, before jsonb, after jsonb)
-    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_diff_wrapper';
-CREATE OR REPLACE FUNCTION _event_store._es_fold_rows(stream_id text, after_version bigint, upto_version bigint,
-                                           from_at timestamptz, upto_at timestamptz)
-RETURNS TABLE (event_type text, event_version integer, event_data jsonb)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT e.event_type, e.event_version, e.event_data
-      FROM @extschema@.event_store e
-     WHERE e.stream_id OPERATOR(pg_catalog.=) _es_fold_rows.stream_id
-       AND e.stream_version OPERATOR(pg_catalog.>) COALESCE(_es_fold_rows.after_version, 0::bigint)
-       AND e.stream_version OPERATOR(pg_catalog.<=) COALESCE(_es_fold_rows.upto_version, 9223372036854775807::bigint)
-       AND e.created_at OPERATOR(pg_catalog.>=) COALESCE(_es_fold_rows.from_at, '-infinity'::timestamptz)
-       AND e.created_at OPERATOR(pg_catalog.<=) COALESCE(_es_fold_rows.upto_at, 'infinity'::timestamptz)
-     ORDER BY e.stream_version;
-END;
-CREATE OR REPLACE FUNCTION _event_store._es_diff_rows(stream_id text, after_at timestamptz, upto_at timestamptz,
-                                           after_version bigint)
-RETURNS TABLE (event_type text, event_data jsonb, stream_version bigint, created_at timestamptz,
-               event_id uuid, correlation_id text, event_version integer)
-LANGUAGE sql STABLE
-BEGIN ATOMIC
-    SELECT e.event_type, e.event_data, e.stream_version, e.created_at, e.event_id,
-           e.metadata OPERATOR(pg_catalog.->>) 'correlationId'::text, e.event_version
-      FROM @extschema@.event_store e
-     WHERE e.stream_id OPERATOR(pg_catalog.=) _es_diff_rows.stream_id
-       AND e.created_at OPERATOR(pg_catalog.>) _es_diff_rows.after_at
-       AND e.created_at OPERATOR(pg_catalog.<=) _es_diff_rows.upto_at
-       AND e.stream_version OPERATOR(pg_catalog.>) _es_diff_rows.after_version
-     ORDER BY e.stream_version;
-END;
-CREATE OR REPLACE FUNCTION _event_store._es_fold_step(internal, @extschema@.event_store) RETURNS internal
-    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_step';
-CREATE OR REPLACE FUNCTION _event_store._es_fold_final(internal) RETURNS jsonb
-    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_final';
-CREATE OR REPLACE AGGREGATE @extschema@.es_fold(@extschema@.event_store) (
-    SFUNC = _event_store._es_fold_step,
-    STYPE = internal,
-    FINALFUNC = _event_store._es_fold_final,
-    FINALFUNC_MODIFY = READ_ONLY
-);
-CREATE OR REPLACE FUNCTION _event_store._es_fold_events_step(internal, text, integer, jsonb, jsonb, text) RETURNS internal
-    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_events_step';
-CREATE OR REPLACE AGGREGATE _event_store._es_fold_events(event_type text, event_version integer, event_data jsonb, start jsonb, stream_id text) (
-    SFUNC = _event_store._es_fold_events_step,
-    STYPE = internal,
-    FINALFUNC = _event_store._es_fold_final,
-    FINALFUNC_MODIFY = READ_ONLY
-);
-CREATE OR REPLACE FUNCTION _event_store._es_fold_with(jsonb, @extschema@.event_store, regprocedure) RETURNS jsonb
-    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_with';
-CREATE OR REPLACE AGGREGATE @extschema@.es_fold(@extschema@.event_store, regprocedure) (
-    SFUNC = _event_store._es_fold_with,
-    STYPE = jsonb
-);
-CREATE OR REPLACE FUNCTION _event_store._es_state_with(stream_id text, at timestamptz, version bigint, reducer regprocedure)
-RETURNS jsonb
-LANGUAGE sql STABLE STRICT
-BEGIN ATOMIC
-    SELECT @extschema@.es_fold(e, _es_state_with.reducer ORDER BY e.stream_version)
-      FROM @extschema@.event_store e
-     WHERE _event_store._es_check_uncut(_es_state_with.stream_id)
-       AND e.stream_id OPERATOR(pg_catalog.=) _es_state_with.stream_id
-       AND e.stream_version OPERATOR(pg_catalog.<=) _es_state_with.version
-       AND e.created_at OPERATOR(pg_catalog.>=) (SELECT s.first_at FROM _event_store.es_streams s
-                                                  WHERE s.stream_id OPERATOR(pg_catalog.=) _es_state_with.stream_id)
-       AND e.created_at OPERATOR(pg_catalog.<=) LEAST(_es_state_with.at,
-               (SELECT s.last_at FROM _event_store.es_streams s WHERE s.stream_id OPERATOR(pg_catalog.=) _es_state_with.stream_id));
-END;
-CREATE OR REPLACE FUNCTION @extschema@.es_state_at(stream_id text, at timestamptz, reducer regprocedure)
-RETURNS jsonb
-LANGUAGE sql STABLE STRICT
-RETURN _event_store._es_state_with(es_state_at.stream_id, es_state_at.at, 9223372036854775807::bigint, es_state_at.reducer);
-CREATE OR REPLACE FUNCTION @extschema@.es_state_at_version(stream_id text, version bigint, reducer regprocedure)
-RETURNS jsonb
-LANGUAGE sql STABLE STRICT
-RETURN _event_store._es_state_with(es_state_at_version.stream_id, 'infinity'::timestamptz, es_state_at_version.version, es_state_at_version.reducer);
-CREATE OR REPLACE FUNCTION @extschema@.es_state(stream_id text, reducer regprocedure)
-RETURNS jsonb
-LANGUAGE sql STABLE STRICT
-RETURN _event_store._es_state_with(es_state.stream_id, 'infinity'::timestamptz, 9223372036854775807::bigint, es_state.reducer);
-CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
-	"stream_id" TEXT, /* & str */
-	"size" INT /* i32 */
-) RETURNS INT /* i32 */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
+AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
 	"max_count" INT, /* Option < i32 > */
 	"member" INT, /* Option < i32 > */
@@ -893,6 +451,64 @@ CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_record"(
+	"kind" TEXT, /* & str */
+	"event_type" TEXT, /* & str */
+	"event_data" jsonb /* pgrx :: JsonB */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_record_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
+	"doc" jsonb /* pgrx :: JsonB */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
+	"name" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
+	"stream_id" TEXT, /* & str */
+	"version" bigint, /* i64 */
+	"last_at" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
+	"pid" INT,  /* i32 */
+	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"lowest_position" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
+	"subject" TEXT, /* & str */
+	"stream_id" TEXT, /* & str */
+	"event_data" jsonb, /* pgrx :: JsonB */
+	"metadata" jsonb /* pgrx :: JsonB */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
 CREATE OR REPLACE FUNCTION _event_store._es_check_feed_isolation() RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -982,6 +598,129 @@ COMMENT ON FUNCTION @extschema@.es_read_category(text, bigint, integer, integer,
 CREATE OR REPLACE VIEW @extschema@.es_feed_in_flight AS
 SELECT * FROM _event_store._es_feed_holders();
 COMMENT ON VIEW @extschema@.es_feed_in_flight IS 'Appends in flight that hold the feed horizon back: pid, registered_at, lowest_position.';
+CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
+	"on" bool /* bool */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
+	"stream_id" TEXT, /* Option < & str > */
+	"expected_version" bigint, /* Option < i64 > */
+	"batch_kind" TEXT, /* Option < & str > */
+	"batch_len" INT /* Option < i32 > */
+) RETURNS void
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
+COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
+CREATE OR REPLACE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
+CREATE OR REPLACE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
+    LANGUAGE sql VOLATILE
+    RETURN _event_store._es_feed_horizon();
+COMMENT ON FUNCTION @extschema@.es_feed_horizon() IS
+    'The highest position below which every event has committed or never will.';
+CREATE OR REPLACE FUNCTION @extschema@.es_save_checkpoint(consumer text, "position" bigint)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    -- By oid: a role's name read back as text and cast to regrole may name another role.
+    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
+    saved _event_store.es_checkpoints;
+BEGIN
+    PERFORM _event_store._es_check_append($1, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
+    IF $2 IS NULL THEN
+        RAISE EXCEPTION 'event_store: position must not be NULL' USING ERRCODE = '22004';
+    ELSIF $2 < 0 THEN
+        RAISE EXCEPTION 'event_store: position must be 0 or more, got %', $2 USING ERRCODE = '22023';
+    END IF;
+    -- Two transactions saving one consumer queue on its row; the second sees the first's
+    -- position (ON CONFLICT locks the row before its WHERE is checked).
+    INSERT INTO _event_store.es_checkpoints AS c (consumer, position, owner)
+    VALUES ($1, $2, caller)
+    ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, saved_at = now()
+     WHERE pg_catalog.pg_has_role(caller::pg_catalog.oid, c.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) AND c.position < EXCLUDED.position;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO saved FROM _event_store.es_checkpoints c WHERE c.consumer = $1;
+    IF NOT pg_catalog.pg_has_role(caller::pg_catalog.oid, saved.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
+        RAISE EXCEPTION 'event_store: consumer "%" belongs to %', $1, saved.owner USING ERRCODE = '42501';
+    END IF;
+    RAISE EXCEPTION 'event_store: checkpoint of consumer "%" is at %; a new one must be later, got %', $1, saved.position, $2
+        USING ERRCODE = 'ES007',
+              HINT = 'A consumer that saves a position at or below its last one has handled events twice or read out of order.';
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_save_checkpoint(text, bigint) IS
+    'Saves a consumer''s position in the caller''s transaction; it must be later than the saved one.';
+CREATE OR REPLACE FUNCTION @extschema@.es_checkpoint(consumer text)
+RETURNS bigint
+LANGUAGE sql
+STABLE STRICT
+RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
+COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
+    'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
+	"category" TEXT, /* Option < & str > */
+	"event_type" TEXT, /* Option < & str > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
+	"event_type" TEXT, /* Option < & str > */
+	"from_version" INT, /* Option < i32 > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
+	"stream_id" TEXT /* & str */
+) RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
+	"func" oid, /* pg_sys :: Oid */
+	"owner" oid, /* pg_sys :: Oid */
+	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
+AllocatedByRust > > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
+	"stream_id" TEXT, /* & str */
+	"subject" TEXT /* & str */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+STRICT STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
+	"category" TEXT, /* Option < & str > */
+	"mode" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
+	"fresh" bool DEFAULT false /* bool */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
 CREATE OR REPLACE VIEW @extschema@.es_projection_state WITH (security_invoker = true) AS SELECT * FROM _event_store.es_projection_state;
 CREATE OR REPLACE FUNCTION _event_store._es_projection_for_update(p_name text) RETURNS _event_store.es_projection_state
 LANGUAGE plpgsql
@@ -1189,6 +928,187 @@ SELECT p.name,
                  WHERE e.global_position > p.position AND e.global_position <= horizon.h
                    AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
                    AND (p.categories IS NULL OR _event_store._es_category(e.stream_id) = ANY (p.categories))) lag;
+COMMENT ON TABLE _event_store.es_anchors IS 'Where es_apply_retention cut each stream: es_verify checks its chain from here.';
+CREATE OR REPLACE VIEW @extschema@.es_anchors WITH (security_invoker = true) AS SELECT * FROM _event_store.es_anchors;
+CREATE OR REPLACE FUNCTION _event_store._es_check_uncut(stream_id text) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first_kept bigint;
+BEGIN
+    SELECT a.first_version INTO first_kept FROM _event_store.es_anchors a
+     WHERE a.stream_id = _es_check_uncut.stream_id;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event_store: the state of % needs events that retention removed', _es_check_uncut.stream_id
+            USING ERRCODE = 'ES008',
+                  DETAIL = pg_catalog.format('Retention removed versions 1 to %s of the stream; a custom reducer has no snapshot that stands for them.', first_kept - 1);
+    END IF;
+    RETURN true;
+END
+$$;
+COMMENT ON TABLE _event_store.es_retention IS 'The retention policy set by es_set_retention, applied by the projection worker.';
+CREATE OR REPLACE VIEW @extschema@.es_retention WITH (security_invoker = true) AS SELECT * FROM _event_store.es_retention;
+CREATE OR REPLACE FUNCTION _event_store._es_retention_cut(cut_before timestamptz)
+RETURNS TABLE (stream_id text, stream_version bigint, hash bytea, global_position bigint, created_at timestamptz)
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+        SELECT DISTINCT ON (l.stream_id) l.stream_id, l.stream_version, l.hash, l.global_position, l.created_at
+          FROM _event_store.log l WHERE l.created_at < _es_retention_cut.cut_before
+         ORDER BY l.stream_id, l.stream_version DESC;
+END
+$$;
+CREATE OR REPLACE FUNCTION _event_store._es_apply_retention(older_than interval, batch_size integer)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz;
+    cut_before timestamptz;
+    chunk text;
+    hypertable boolean := false;
+    complete boolean := true;
+    removed bigint := 0;
+    deleted bigint;
+    streams bigint := 0;
+    doc jsonb;
+BEGIN
+    IF older_than IS NULL OR batch_size IS NULL THEN
+        RAISE EXCEPTION 'event_store: older_than and batch_size must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF older_than < interval '0' OR batch_size < 1 THEN
+        RAISE EXCEPTION 'event_store: older_than must not be negative and batch_size must be positive'
+            USING ERRCODE = '22023';
+    END IF;
+    -- One run at a time: two would anchor the same streams twice.
+    LOCK TABLE _event_store.es_anchors IN SHARE ROW EXCLUSIVE MODE;
+    cutoff := now() - older_than;
+    hypertable := _event_store._es_is_hypertable();
+    IF hypertable THEN
+        -- Whole chunks: those that end by the cutoff. Chunks do not overlap, so the events
+        -- before the latest such end are exactly theirs.
+        SELECT max(c.range_end) INTO cut_before
+          FROM timescaledb_information.chunks c, pg_catalog.pg_class t, pg_catalog.pg_namespace n
+         WHERE t.oid = _event_store.event_table() AND n.oid = t.relnamespace
+           AND c.hypertable_schema = n.nspname AND c.hypertable_name = t.relname
+           AND c.range_end <= cutoff;
+    ELSE
+        -- In batches: the oldest batch_size events (more where they share an instant).
+        SELECT e.created_at INTO cut_before FROM _event_store.log e
+         WHERE e.created_at < cutoff ORDER BY e.created_at OFFSET batch_size LIMIT 1;
+        IF cut_before IS NULL THEN
+            cut_before := cutoff;
+        ELSIF NOT EXISTS (SELECT FROM _event_store.log e WHERE e.created_at < cut_before) THEN
+            cut_before := cut_before + interval '1 microsecond';
+        END IF;
+    END IF;
+    IF cut_before IS NOT NULL THEN
+        -- Each cut stream: a snapshot of its state at the cut, taken while every fold can still
+        -- read the events (before any anchor), then the anchor; snapshots of removed versions
+        -- go with them. One statement each: a loop would plan the folds' anchor probe once.
+        PERFORM count(_event_store._es_snapshot_at(c.stream_id, c.stream_version, c.created_at))
+           FROM _event_store._es_retention_cut(cut_before) c;
+        DELETE FROM _event_store.es_snapshots s USING _event_store._es_retention_cut(cut_before) c
+         WHERE s.stream_id = c.stream_id AND s.stream_version < c.stream_version;
+        INSERT INTO _event_store.es_anchors AS a
+               (stream_id, first_version, prev_hash, prev_position, prev_at, cut_at)
+        SELECT c.stream_id, c.stream_version + 1, c.hash, c.global_position, c.created_at, now()
+          FROM _event_store._es_retention_cut(cut_before) c
+        ON CONFLICT (stream_id) DO UPDATE
+           SET first_version = EXCLUDED.first_version, prev_hash = EXCLUDED.prev_hash,
+               prev_position = EXCLUDED.prev_position, prev_at = EXCLUDED.prev_at,
+               cut_at = EXCLUDED.cut_at;
+        GET DIAGNOSTICS streams = ROW_COUNT;
+        IF hypertable THEN
+            SELECT count(*) INTO removed FROM _event_store.log e WHERE e.created_at < cut_before;
+            -- Dropped as tables (TimescaleDB removes them from its catalog), not through
+            -- drop_chunks: that is called by name in TimescaleDB's schema, usually public,
+            -- where a database owner could add a better-matching drop_chunks.
+            FOR chunk IN
+                SELECT pg_catalog.format('%I.%I', c.chunk_schema, c.chunk_name)
+                  FROM timescaledb_information.chunks c, pg_catalog.pg_class t, pg_catalog.pg_namespace n
+                 WHERE t.oid = _event_store.event_table() AND n.oid = t.relnamespace
+                   AND c.hypertable_schema = n.nspname AND c.hypertable_name = t.relname
+                   AND c.range_end <= cut_before
+            LOOP
+                EXECUTE pg_catalog.format('DROP TABLE %s', chunk);
+            END LOOP;
+        END IF;
+        -- The append-only trigger refuses every DELETE; replica mode skips it for this one
+        -- statement of this transaction (the function's own GUC level undoes it on error).
+        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        DELETE FROM _event_store.log e WHERE e.created_at < cut_before;
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+        PERFORM pg_catalog.set_config('session_replication_role', 'origin', true);
+        removed := removed + deleted;
+    END IF;
+    IF NOT hypertable THEN
+        complete := NOT EXISTS (SELECT FROM _event_store.log e WHERE e.created_at < cutoff);
+    END IF;
+    doc := pg_catalog.jsonb_build_object(
+        'older_than', older_than::text,
+        'cut_before', cut_before,
+        'events_removed', removed,
+        'streams_cut', streams,
+        'whole_chunks', hypertable,
+        'complete', complete);
+    IF removed > 0 THEN
+        PERFORM _event_store._es_record('retention', 'RetentionApplied', doc);
+    END IF;
+    RETURN doc;
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_apply_retention(older_than interval, batch_size integer DEFAULT 100000)
+RETURNS jsonb
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN _event_store._es_apply_retention(es_apply_retention.older_than, es_apply_retention.batch_size);
+COMMENT ON FUNCTION @extschema@.es_apply_retention(interval, integer) IS
+    'Removes the events older than older_than (whole chunks on a hypertable, at most batch_size per call otherwise), anchoring each cut stream; recorded in event_store-retention.';
+CREATE OR REPLACE FUNCTION @extschema@.es_set_retention(older_than interval) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF es_set_retention.older_than IS NULL THEN
+        DELETE FROM _event_store.es_retention;
+        RETURN;
+    END IF;
+    IF es_set_retention.older_than < interval '0' THEN
+        RAISE EXCEPTION 'event_store: older_than must not be negative' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO _event_store.es_retention (older_than, set_by)
+    VALUES (es_set_retention.older_than, _event_store._es_calling_role())
+    ON CONFLICT (one) DO UPDATE
+        SET older_than = EXCLUDED.older_than, set_at = now(), set_by = EXCLUDED.set_by, next_run_at = now();
+    PERFORM _event_store._es_wake_projections(true);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_set_retention(interval) IS
+    'Sets the retention policy the projection worker applies hourly (NULL: none).';
+CREATE OR REPLACE FUNCTION _event_store._es_apply_retention_policy() RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    policy _event_store.es_retention;
+    complete boolean;
+BEGIN
+    SELECT * INTO policy FROM _event_store.es_retention WHERE next_run_at <= now() FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    complete := (_event_store._es_apply_retention(policy.older_than, 100000) ->> 'complete')::boolean;
+    UPDATE _event_store.es_retention
+       SET next_run_at = CASE WHEN complete THEN now() + interval '1 hour' ELSE now() END;
+    RETURN NOT complete;
+END
+$$;
 COMMENT ON TABLE _event_store.es_verifications IS 'Every es_verify run by a role that sees all events: when, over what, and how many problems.';
 CREATE OR REPLACE VIEW @extschema@.es_verifications WITH (security_invoker = true) AS SELECT * FROM _event_store.es_verifications;
 CREATE OR REPLACE VIEW @extschema@.es_metrics AS
@@ -1276,68 +1196,157 @@ BEGIN ATOMIC
              GROUP BY m.name, m.help, m.type) b;
 END;
 COMMENT ON FUNCTION @extschema@.es_metrics_prometheus() IS 'es_metrics in the Prometheus text exposition format.';
-COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
-CREATE OR REPLACE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
-CREATE OR REPLACE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
-    LANGUAGE sql VOLATILE
-    RETURN _event_store._es_feed_horizon();
-COMMENT ON FUNCTION @extschema@.es_feed_horizon() IS
-    'The highest position below which every event has committed or never will.';
-CREATE OR REPLACE FUNCTION @extschema@.es_save_checkpoint(consumer text, "position" bigint)
+COMMENT ON TABLE _event_store.es_reducers IS 'Declarative reducers: change with es_define_reducer and es_drop_reducer.';
+CREATE OR REPLACE VIEW @extschema@.es_reducers WITH (security_invoker = true) AS SELECT * FROM _event_store.es_reducers;
+COMMENT ON TABLE _event_store.es_snapshots IS 'Snapshots of stream states (derived data, safe to delete with es_drop_snapshots).';
+CREATE OR REPLACE VIEW @extschema@.es_snapshots WITH (security_invoker = true) AS SELECT * FROM _event_store.es_snapshots;
+CREATE OR REPLACE FUNCTION @extschema@.es_define_reducer(category text, event_type text, rule jsonb)
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
-DECLARE
-    -- By oid: a role's name read back as text and cast to regrole may name another role.
-    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
-    saved _event_store.es_checkpoints;
 BEGIN
-    PERFORM _event_store._es_check_append($1, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
-    IF $2 IS NULL THEN
-        RAISE EXCEPTION 'event_store: position must not be NULL' USING ERRCODE = '22004';
-    ELSIF $2 < 0 THEN
-        RAISE EXCEPTION 'event_store: position must be 0 or more, got %', $2 USING ERRCODE = '22023';
-    END IF;
-    -- Two transactions saving one consumer queue on its row; the second sees the first's
-    -- position (ON CONFLICT locks the row before its WHERE is checked).
-    INSERT INTO _event_store.es_checkpoints AS c (consumer, position, owner)
-    VALUES ($1, $2, caller)
-    ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, saved_at = now()
-     WHERE pg_catalog.pg_has_role(caller::pg_catalog.oid, c.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) AND c.position < EXCLUDED.position;
-    IF FOUND THEN
-        RETURN;
-    END IF;
-    SELECT * INTO saved FROM _event_store.es_checkpoints c WHERE c.consumer = $1;
-    IF NOT pg_catalog.pg_has_role(caller::pg_catalog.oid, saved.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
-        RAISE EXCEPTION 'event_store: consumer "%" belongs to %', $1, saved.owner USING ERRCODE = '42501';
-    END IF;
-    RAISE EXCEPTION 'event_store: checkpoint of consumer "%" is at %; a new one must be later, got %', $1, saved.position, $2
-        USING ERRCODE = 'ES007',
-              HINT = 'A consumer that saves a position at or below its last one has handled events twice or read out of order.';
+    PERFORM _event_store._es_check_reducer($1, $2, $3);
+    INSERT INTO _event_store.es_reducers (category, event_type, rule, defined_by)
+    VALUES ($1, $2, $3, _event_store._es_calling_role())
+    ON CONFLICT (category, event_type) DO UPDATE
+        SET rule = EXCLUDED.rule, defined_at = now(), defined_by = EXCLUDED.defined_by;
+    -- Snapshots under the old rules can never be used again.
+    DELETE FROM _event_store.es_snapshots s WHERE $1 = '*' OR _event_store._es_category(s.stream_id) = $1;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.es_save_checkpoint(text, bigint) IS
-    'Saves a consumer''s position in the caller''s transaction; it must be later than the saved one.';
-CREATE OR REPLACE FUNCTION @extschema@.es_checkpoint(consumer text)
+COMMENT ON FUNCTION @extschema@.es_define_reducer(text, text, jsonb) IS
+    'Defines or replaces how events of a type change the state of streams of a category (''*'' = any).';
+CREATE OR REPLACE FUNCTION @extschema@.es_drop_reducer(category text, event_type text)
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    DELETE FROM _event_store.es_reducers r WHERE r.category = $1 AND r.event_type = $2;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    DELETE FROM _event_store.es_snapshots s WHERE $1 = '*' OR _event_store._es_category(s.stream_id) = $1;
+    RETURN true;
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_snapshot(stream_id text)
 RETURNS bigint
 LANGUAGE sql
-STABLE STRICT
-RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
-COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
-    'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
-	"event_type" TEXT, /* Option < & str > */
-	"version" INT, /* Option < i32 > */
-	"schema" jsonb, /* Option < pgrx :: JsonB > */
-	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
-	"subject" TEXT /* Option < & str > */
-) RETURNS void
-STABLE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
+VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT _event_store._es_take_snapshot($1) $$;
+COMMENT ON FUNCTION @extschema@.es_snapshot(text) IS
+    'Stores a snapshot of the stream''s current state; returns its version (NULL for a stream without events).';
+CREATE OR REPLACE FUNCTION @extschema@.es_drop_snapshots(stream_id text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE sql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH gone AS (DELETE FROM _event_store.es_snapshots s WHERE $1 IS NULL OR s.stream_id = $1 RETURNING 1)
+    SELECT count(*) FROM gone
+$$;
+COMMENT ON FUNCTION @extschema@.es_drop_snapshots(text) IS
+    'Deletes the snapshots of one stream, or all of them for NULL; answers do not change.';
+CREATE OR REPLACE FUNCTION @extschema@.es_state(stream_id text) RETURNS jsonb
+    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_state_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_state_at(stream_id text, at timestamptz) RETURNS jsonb
+    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_state_at_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_state_at_version(stream_id text, version bigint) RETURNS jsonb
+    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_state_at_version_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_diff(stream_id text, "from" timestamptz, "to" timestamptz)
+RETURNS TABLE (stream_version bigint, event_id uuid, event_type text, created_at timestamptz,
+               correlation_id text, path text, before jsonb, after jsonb)
+    LANGUAGE c STRICT STABLE PARALLEL SAFE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_diff_wrapper';
+CREATE OR REPLACE FUNCTION _event_store._es_fold_rows(stream_id text, after_version bigint, upto_version bigint,
+                                           from_at timestamptz, upto_at timestamptz)
+RETURNS TABLE (event_type text, event_version integer, event_data jsonb)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT e.event_type, e.event_version, e.event_data
+      FROM @extschema@.event_store e
+     WHERE e.stream_id OPERATOR(pg_catalog.=) _es_fold_rows.stream_id
+       AND e.stream_version OPERATOR(pg_catalog.>) COALESCE(_es_fold_rows.after_version, 0::bigint)
+       AND e.stream_version OPERATOR(pg_catalog.<=) COALESCE(_es_fold_rows.upto_version, 9223372036854775807::bigint)
+       AND e.created_at OPERATOR(pg_catalog.>=) COALESCE(_es_fold_rows.from_at, '-infinity'::timestamptz)
+       AND e.created_at OPERATOR(pg_catalog.<=) COALESCE(_es_fold_rows.upto_at, 'infinity'::timestamptz)
+     ORDER BY e.stream_version;
+END;
+CREATE OR REPLACE FUNCTION _event_store._es_diff_rows(stream_id text, after_at timestamptz, upto_at timestamptz,
+                                           after_version bigint)
+RETURNS TABLE (event_type text, event_data jsonb, stream_version bigint, created_at timestamptz,
+               event_id uuid, correlation_id text, event_version integer)
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT e.event_type, e.event_data, e.stream_version, e.created_at, e.event_id,
+           e.metadata OPERATOR(pg_catalog.->>) 'correlationId'::text, e.event_version
+      FROM @extschema@.event_store e
+     WHERE e.stream_id OPERATOR(pg_catalog.=) _es_diff_rows.stream_id
+       AND e.created_at OPERATOR(pg_catalog.>) _es_diff_rows.after_at
+       AND e.created_at OPERATOR(pg_catalog.<=) _es_diff_rows.upto_at
+       AND e.stream_version OPERATOR(pg_catalog.>) _es_diff_rows.after_version
+     ORDER BY e.stream_version;
+END;
+CREATE OR REPLACE FUNCTION _event_store._es_fold_step(internal, @extschema@.event_store) RETURNS internal
+    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_step';
+CREATE OR REPLACE FUNCTION _event_store._es_fold_final(internal) RETURNS jsonb
+    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_final';
+CREATE OR REPLACE AGGREGATE @extschema@.es_fold(@extschema@.event_store) (
+    SFUNC = _event_store._es_fold_step,
+    STYPE = internal,
+    FINALFUNC = _event_store._es_fold_final,
+    FINALFUNC_MODIFY = READ_ONLY
+);
+CREATE OR REPLACE FUNCTION _event_store._es_fold_events_step(internal, text, integer, jsonb, jsonb, text) RETURNS internal
+    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_events_step';
+CREATE OR REPLACE AGGREGATE _event_store._es_fold_events(event_type text, event_version integer, event_data jsonb, start jsonb, stream_id text) (
+    SFUNC = _event_store._es_fold_events_step,
+    STYPE = internal,
+    FINALFUNC = _event_store._es_fold_final,
+    FINALFUNC_MODIFY = READ_ONLY
+);
+CREATE OR REPLACE FUNCTION _event_store._es_fold_with(jsonb, @extschema@.event_store, regprocedure) RETURNS jsonb
+    LANGUAGE c STABLE CALLED ON NULL INPUT AS 'MODULE_PATHNAME', '_es_fold_with';
+CREATE OR REPLACE AGGREGATE @extschema@.es_fold(@extschema@.event_store, regprocedure) (
+    SFUNC = _event_store._es_fold_with,
+    STYPE = jsonb
+);
+CREATE OR REPLACE FUNCTION _event_store._es_state_with(stream_id text, at timestamptz, version bigint, reducer regprocedure)
+RETURNS jsonb
+LANGUAGE sql STABLE STRICT
+BEGIN ATOMIC
+    SELECT @extschema@.es_fold(e, _es_state_with.reducer ORDER BY e.stream_version)
+      FROM @extschema@.event_store e
+     WHERE _event_store._es_check_uncut(_es_state_with.stream_id)
+       AND e.stream_id OPERATOR(pg_catalog.=) _es_state_with.stream_id
+       AND e.stream_version OPERATOR(pg_catalog.<=) _es_state_with.version
+       AND e.created_at OPERATOR(pg_catalog.>=) (SELECT s.first_at FROM _event_store.es_streams s
+                                                  WHERE s.stream_id OPERATOR(pg_catalog.=) _es_state_with.stream_id)
+       AND e.created_at OPERATOR(pg_catalog.<=) LEAST(_es_state_with.at,
+               (SELECT s.last_at FROM _event_store.es_streams s WHERE s.stream_id OPERATOR(pg_catalog.=) _es_state_with.stream_id));
+END;
+CREATE OR REPLACE FUNCTION @extschema@.es_state_at(stream_id text, at timestamptz, reducer regprocedure)
+RETURNS jsonb
+LANGUAGE sql STABLE STRICT
+RETURN _event_store._es_state_with(es_state_at.stream_id, es_state_at.at, 9223372036854775807::bigint, es_state_at.reducer);
+CREATE OR REPLACE FUNCTION @extschema@.es_state_at_version(stream_id text, version bigint, reducer regprocedure)
+RETURNS jsonb
+LANGUAGE sql STABLE STRICT
+RETURN _event_store._es_state_with(es_state_at_version.stream_id, 'infinity'::timestamptz, es_state_at_version.version, es_state_at_version.reducer);
+CREATE OR REPLACE FUNCTION @extschema@.es_state(stream_id text, reducer regprocedure)
+RETURNS jsonb
+LANGUAGE sql STABLE STRICT
+RETURN _event_store._es_state_with(es_state.stream_id, 'infinity'::timestamptz, 9223372036854775807::bigint, es_state.reducer);
 COMMENT ON TABLE _event_store.es_catalog_types IS 'Event types and their schemas per version: change with es_define_event_type and es_drop_event_type.';
 COMMENT ON TABLE _event_store.es_upcasts IS 'Upcasts from one version of an event type to the next: change with es_define_upcast and es_drop_upcast.';
 COMMENT ON TABLE _event_store.es_catalog_modes IS 'How appends to a category use the catalog (''*'': every category without its own): change with es_set_catalog_mode.';
@@ -1540,21 +1549,12 @@ LANGUAGE sql
 STABLE STRICT
 RETURN COALESCE((SELECT r.version FROM _event_store.es_streams r WHERE r.stream_id OPERATOR(pg_catalog.=) es_stream_version.stream_id), 0::bigint);
 COMMENT ON FUNCTION @extschema@.es_stream_version(text) IS 'Current version of a stream, 0 when it does not exist.';
-CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
-	"doc" jsonb /* pgrx :: JsonB */
-) RETURNS jsonb /* pgrx :: JsonB */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
-	"subject" TEXT, /* & str */
-	"stream_id" TEXT, /* & str */
-	"event_data" jsonb, /* pgrx :: JsonB */
-	"metadata" jsonb /* pgrx :: JsonB */
-) RETURNS TEXT /* Option < String > */
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
+	"subject" TEXT /* & str */
+) RETURNS bytea /* Vec < u8 > */
 IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
+AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
 CREATE OR REPLACE FUNCTION @extschema@.es_subject_export(subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp

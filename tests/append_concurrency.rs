@@ -185,3 +185,50 @@ fn racing_to_create_a_stream_with_expected_version_zero_has_one_winner() {
     let mut c = db.connect();
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 1);
 }
+
+/// Appends keep working while the registry's relcache entry is invalidated under them (an
+/// ANALYZE, as autovacuum runs one, invalidates it at every commit): an append that opened
+/// es_streams and then its indexes once read the primary key from an entry rebuilt in between,
+/// and failed with "es_streams has lost its primary key".
+#[test]
+fn appends_survive_invalidations_of_the_registry() {
+    let db = Arc::new(TestDb::new("reginval"));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let analyze = {
+        let (db, stop) = (db.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut c = db.connect();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.batch_execute("ANALYZE _event_store.es_streams").unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let db = db.clone();
+            thread::spawn(move || {
+                let mut c = db.connect();
+                let deadline = Instant::now() + Duration::from_secs(4);
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    c.execute(
+                        "SELECT es_append('inval-' || $1::int || '-' || $2::int, 'E', '{}')",
+                        &[&(w as i32), &(n % 50)],
+                    )
+                    .unwrap_or_else(|e| panic!("append {n} of writer {w}: {e:?}"));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let appended: i32 = writers.into_iter().map(|h| h.join().unwrap()).sum();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let analyzed = analyze.join().unwrap();
+    assert!(appended > 100 && analyzed > 10, "{appended} appends, {analyzed} analyzes");
+    let mut c = db.connect();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), appended as i64);
+}

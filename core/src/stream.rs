@@ -1,6 +1,6 @@
 //! Streams are named `category-id`: reducers, category reads and consumer groups go by the
 //! category. The SQL side has the same rule once, `_es_category(text)` in sql/schema.sql;
-//! tests/fold.rs checks that the two agree.
+//! tests/fold/reducers.rs checks that the two agree.
 
 /// The category of the store's own streams (`event_store-privacy`: exports and erasures):
 /// only the store appends to them, so their events can be trusted as its record.

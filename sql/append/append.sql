@@ -3,7 +3,7 @@
 -- (SECURITY DEFINER, pinned search_path) because callers hold no INSERT privilege.
 
 -- es_append, es_append_batch and es_append_multi are C functions over one engine in
--- src/append/mod.rs: validation, locks, ids, positions, hashes and rows in one call.
+-- src/append/ (engine.rs): validation, locks, ids, positions, hashes and rows in one call.
 
 CREATE FUNCTION @extschema@.es_append(
     stream_id text,

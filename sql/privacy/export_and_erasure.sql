@@ -1,6 +1,6 @@
 -- Data subjects' rights (GDPR): what the store holds about a subject, found through the
 -- catalog's subject pointers (sql/catalog/catalog.sql). Each use is recorded in the store's own stream
--- event_store-privacy (_es_record, src/append/mod.rs), which the feed delivers to projections.
+-- event_store-privacy (_es_record, src/append/record.rs), which the feed delivers to projections.
 
 -- Art. 15: every event about the subject across all streams, with its provenance, and the
 -- current state of each stream involved. Runs as the owner (it reads every event whatever

@@ -18,7 +18,7 @@ DROP FUNCTION @extschema@._es_read_feed(bigint, integer, text[], text, integer, 
 DROP AGGREGATE @extschema@._es_fold_events(text, jsonb, jsonb, text);
 DROP FUNCTION @extschema@._es_fold_events_step(internal, text, jsonb, jsonb, text);
 
--- Keys that seal each subject's personal data (sql/personal.sql).
+-- Keys that seal each subject's personal data (sql/privacy/sealing.sql).
 CREATE TABLE @extschema@.es_subject_keys (
     key_id       uuid        PRIMARY KEY,
     subject_hash bytea       NOT NULL,
@@ -31,7 +31,7 @@ CREATE TABLE @extschema@.es_subject_keys (
 CREATE UNIQUE INDEX es_subject_keys_live ON @extschema@.es_subject_keys (subject_hash) WHERE wrapped IS NOT NULL;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_subject_keys', '');
 
--- The feed horizon published for hot standbys (sql/feed.sql): one row from the start.
+-- The feed horizon published for hot standbys (sql/read/feed.sql): one row from the start.
 CREATE TABLE @extschema@.es_feed_published (
     singleton    boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
     horizon      bigint      NOT NULL,
@@ -39,7 +39,7 @@ CREATE TABLE @extschema@.es_feed_published (
 );
 INSERT INTO @extschema@.es_feed_published (horizon) VALUES (0);
 
--- Positions of feed consumers (sql/checkpoints.sql).
+-- Positions of feed consumers (sql/read/checkpoints.sql).
 CREATE TABLE @extschema@.es_checkpoints (
     consumer text        PRIMARY KEY,
     position bigint      NOT NULL CHECK (position >= 0),
@@ -48,7 +48,7 @@ CREATE TABLE @extschema@.es_checkpoints (
 );
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_checkpoints', '');
 
--- The event catalog (sql/catalog.sql). Its triggers are definitions: created with the
+-- The event catalog (sql/catalog/catalog.sql). Its triggers are definitions: created with the
 -- functions they call.
 CREATE TABLE @extschema@.es_catalog_types (
     event_type    text        NOT NULL,
@@ -79,7 +79,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_catalog_types', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_upcasts', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_catalog_modes', '');
 
--- Every es_verify run by a role that sees all events (sql/metrics.sql).
+-- Every es_verify run by a role that sees all events (sql/metrics/metrics.sql).
 CREATE TABLE @extschema@.es_verifications (
     verified_at timestamptz NOT NULL DEFAULT now(),
     stream_id   text,
@@ -89,7 +89,7 @@ CREATE TABLE @extschema@.es_verifications (
 );
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_verifications', '');
 
--- Digests and the stream heads they recorded (sql/digest.sql).
+-- Digests and the stream heads they recorded (sql/integrity/digest.sql).
 CREATE TABLE @extschema@.es_digests (
     position  bigint      PRIMARY KEY,
     events    bigint      NOT NULL,
@@ -108,7 +108,7 @@ CREATE TABLE @extschema@.es_digest_heads (
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_digests', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_digest_heads', '');
 
--- Where retention cut each stream, and the policy (sql/retention.sql).
+-- Where retention cut each stream, and the policy (sql/retention/retention.sql).
 CREATE TABLE @extschema@.es_anchors (
     stream_id     text        PRIMARY KEY,
     first_version bigint      NOT NULL CHECK (first_version > 1),

@@ -105,7 +105,9 @@ impl Registry {
                     );
                 }
             }
-            let pkey = (*rel.0).rd_pkindex;
+            // Not rd_pkindex: opening the indexes above accepts invalidations, and an entry
+            // rebuilt by one (an ANALYZE's, say) has no index list until asked for it again.
+            let pkey = pg_sys::RelationGetPrimaryKeyIndex(rel.0);
             if pkey == pg_sys::InvalidOid {
                 error!("event_store: es_streams has lost its primary key");
             }

@@ -1,5 +1,5 @@
 //! Forensics: what changed in a stream's state between two instants, and which event
-//! changed it (the comparison itself is event_store_core::diff).
+//! changed it (the comparison itself is event_store_core::fold::diff).
 use crate::fold::reducers::rules;
 use crate::fold::time_travel::{fold_stream, in_stream_order};
 use crate::pg::jsonb::Json;

@@ -37,7 +37,7 @@ pub fn parse_pointer(s: &str) -> Result<Pointer, String> {
 }
 
 /// An event's data as the fold reads it: a `serde_json::Value`, or in the database the
-/// stored jsonb itself (src/jsonb.rs), so that folding builds no tree per event and copies
+/// stored jsonb itself (src/pg/jsonb/binary.rs), so that folding builds no tree per event and copies
 /// only what lands in the state.
 pub trait Data<'a>: Copy {
     /// An object's member, or an array's element at that index.
