@@ -228,7 +228,13 @@ fn appends_survive_invalidations_of_the_registry() {
     let appended: i32 = writers.into_iter().map(|h| h.join().unwrap()).sum();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let analyzed = analyze.join().unwrap();
-    assert!(appended > 100 && analyzed > 10, "{appended} appends, {analyzed} analyzes");
+    assert!(
+        appended > 100 && analyzed > 10,
+        "{appended} appends, {analyzed} analyzes"
+    );
     let mut c = db.connect();
-    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), appended as i64);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM event_store"),
+        appended as i64
+    );
 }
