@@ -3,7 +3,7 @@
 # 0.2.0), built from the git history, next to this version's, so that tests/upgrade.rs can
 # create the extension at that version and update it. Each version is what main shipped up to
 # the commit below (the script tags it vVERSION in this clone) and builds in a target directory
-# of its own, kept between runs. Skipped when that script is installed already.
+# shared by the old versions, kept between runs. Skipped when that script is installed already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -24,7 +24,8 @@ git tag -f "v$VERSION" "$COMMIT" >/dev/null
 TREE=$(mktemp -d "/var/tmp/event_store-$VERSION.XXXXXX")
 trap 'rm -rf "$TREE"' EXIT
 git archive "v$VERSION" | tar -x -C "$TREE"
-# A target directory of its own, kept between runs: this version's is not overwritten.
-(cd "$TREE" && CARGO_TARGET_DIR=/var/tmp/event_store-$VERSION-target \
+# A target directory of the old versions', kept between runs (they share its dependencies):
+# this version's is not overwritten.
+(cd "$TREE" && CARGO_TARGET_DIR=/var/tmp/event_store-old-target \
     cargo pgrx schema pg15 --pg-config "$PG_CONFIG" -o "$TREE/schema.sql" >/dev/null)
 { echo "$MARK"; cat "$TREE/schema.sql"; } | $SUDO tee "$DEST" >/dev/null

@@ -216,7 +216,7 @@ fn appends_survive_invalidations_of_the_registry() {
                 while Instant::now() < deadline {
                     c.execute(
                         "SELECT es_append('inval-' || $1::int || '-' || $2::int, 'E', '{}')",
-                        &[&(w as i32), &(n % 50)],
+                        &[&w, &(n % 50)],
                     )
                     .unwrap_or_else(|e| panic!("append {n} of writer {w}: {e:?}"));
                     n += 1;
