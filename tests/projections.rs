@@ -365,3 +365,42 @@ fn events_in_chunks_created_after_a_pass_was_planned_are_applied() {
     drop(c);
     drop_role(&db, &role);
 }
+
+/// The launcher lists databases without connecting to one: with the `postgres` database
+/// dropped (the launcher used to connect there, and restarted every 5 s without it), a
+/// database with the extension still gets its worker and its projections run.
+#[test]
+fn projections_run_with_the_postgres_database_dropped() {
+    let cluster = Cluster::start_with("nopostgres", "shared_preload_libraries = 'event_store'");
+    cluster
+        .connect()
+        .batch_execute("CREATE DATABASE app")
+        .unwrap();
+    let mut app = cluster.config.clone();
+    app.dbname("app");
+    let mut c = app.connect(postgres::NoTls).unwrap();
+    c.batch_execute("DROP DATABASE postgres WITH (FORCE)")
+        .unwrap();
+    c.batch_execute(
+        "CREATE EXTENSION event_store;
+         CREATE ROLE app_owner IN ROLE event_store_writer;
+         GRANT CREATE ON SCHEMA public TO app_owner;
+         SET ROLE app_owner;
+         CREATE TABLE counts (n integer NOT NULL);
+         INSERT INTO counts VALUES (0);
+         CREATE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql
+             AS $$ UPDATE counts SET n = n + 1 $$;
+         SELECT es_create_projection('counts', 'count_event(event_store)');
+         SELECT es_append('acct-1', 'Opened', '{}');
+         RESET ROLE;",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&mut c, "SELECT n::bigint FROM counts") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "no worker applied the projection in 20 s with the postgres database dropped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -58,6 +58,16 @@ impl Drop for IndexScan {
     }
 }
 
+/// A table scan, ended when dropped.
+pub struct TableScan(pub pg_sys::TableScanDesc);
+
+impl Drop for TableScan {
+    fn drop(&mut self) {
+        // SAFETY: begun with table_beginscan_catalog by the owner of this guard, ended once.
+        unsafe { pg_sys::table_endscan(self.0) };
+    }
+}
+
 /// A tuple slot of a table's row type, dropped (and its buffer pin released) when dropped.
 pub struct Slot(pub *mut pg_sys::TupleTableSlot);
 

@@ -3,7 +3,8 @@
 //! a batch of every projection, each in its own transaction, as soon as appends commit (the
 //! appending backend sets its latch, found in shared memory), and otherwise every
 //! `event_store.projection_poll_interval`.
-use crate::pg::schema::{self, OrRaise};
+use crate::pg::guards::{Opened, TableScan};
+use crate::pg::schema;
 use crate::pg::{settings, shmem};
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
@@ -37,11 +38,9 @@ pub fn register_launcher() {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    BackgroundWorker::connect_worker_to_spi(Some("postgres"), None);
-    BackgroundWorker::transaction(|| {
-        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
-    })
-    .unwrap_or_else(|e| error!("event_store: {e}"));
+    // Connected to no database (it reads only the shared catalog pg_database): any database,
+    // `postgres` included, may be dropped or refuse connections.
+    BackgroundWorker::connect_worker_to_spi(None, None);
     shmem::register_launcher();
     // Per database: its worker, and when one was last started. A worker for a database
     // without the extension exits at once; it is tried again RETRY later, not in a loop.
@@ -54,14 +53,7 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
             requested_at = Some(Instant::now());
         }
         let requested = requested_at.filter(|t| t.elapsed() < REQUEST);
-        let databases: Vec<String> = BackgroundWorker::transaction(|| {
-            Spi::connect(|c| {
-                c.select("SELECT datname::text FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate", None, &[])
-                    .or_raise("listing databases")
-                    .filter_map(|r| r.get::<String>(1).ok().flatten())
-                    .collect()
-            })
-        });
+        let databases = BackgroundWorker::transaction(databases);
         workers.retain(|db, _| databases.contains(db));
         let mut waiting = false;
         for db in databases {
@@ -109,6 +101,37 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
     }
+}
+
+/// The databases that accept connections and are not templates, read from pg_database with a
+/// catalog scan, as autovacuum's launcher reads them (no SQL: there is no database to parse in).
+fn databases() -> Vec<String> {
+    let mut names = vec![];
+    // SAFETY: inside the caller's transaction; pg_database is a shared catalog, open from any
+    // connection; its tuples are read while the scan holds them, and their names copied.
+    unsafe {
+        let rel = Opened::table(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock);
+        let scan = TableScan(pg_sys::table_beginscan_catalog(
+            rel.0,
+            0,
+            std::ptr::null_mut(),
+        ));
+        loop {
+            let tuple = pg_sys::heap_getnext(scan.0, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let data = (*tuple).t_data;
+            let form = &*(data as *const u8)
+                .add((*data).t_hoff as usize)
+                .cast::<pg_sys::FormData_pg_database>();
+            if form.datallowconn && !form.datistemplate {
+                let name = std::ffi::CStr::from_ptr(form.datname.data.as_ptr());
+                names.push(name.to_string_lossy().into_owned());
+            }
+        }
+    }
+    names
 }
 
 #[pg_guard]
