@@ -292,12 +292,7 @@ fn check_reducer(oid: pg_sys::Oid, event_type: pg_sys::Oid) {
         if tuple.is_null() {
             None
         } else {
-            let data = (*tuple).t_data;
-            // GETSTRUCT: the fixed part of the row follows the tuple header.
-            let p = &*data
-                .cast::<u8>()
-                .add((*data).t_hoff as usize)
-                .cast::<pg_sys::FormData_pg_proc>();
+            let p = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_proc>(tuple);
             let args = p.proargtypes.values.as_slice(p.pronargs.max(0) as usize);
             let shape = p.prokind == b'f' as std::ffi::c_char
                 && !p.proretset

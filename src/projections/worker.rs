@@ -121,10 +121,7 @@ fn databases() -> Vec<String> {
             if tuple.is_null() {
                 break;
             }
-            let data = (*tuple).t_data;
-            let form = &*(data as *const u8)
-                .add((*data).t_hoff as usize)
-                .cast::<pg_sys::FormData_pg_database>();
+            let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
             if form.datallowconn && !form.datistemplate {
                 let name = std::ffi::CStr::from_ptr(form.datname.data.as_ptr());
                 names.push(name.to_string_lossy().into_owned());
