@@ -24,6 +24,7 @@ cluster_start test-plain $PLAIN_PORT ""
 cluster_start test-tsdb $TSDB_PORT timescaledb,event_store "event_store.projection_max_attempts = 3
 event_store.projection_retry_delay = 20
 max_worker_processes = 64
+event_store.max_workers = 24
 timescaledb.max_background_workers = 16"
 trap 'cluster_stop test-plain; cluster_stop test-tsdb' EXIT
 # Databases a failed earlier run kept for inspection.

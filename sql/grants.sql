@@ -73,6 +73,8 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.es_verify_digest(jsonb),
     -- The feed reads run as the reader (row level security applies) and call these.
     _event_store._es_feed_horizon(),
+    -- es_projections and es_metrics say whether a worker serves the database.
+    _event_store._es_worker_state(),
     @extschema@.es_feed_horizon(),
     -- A consumer saves its position with its effects; it may only move its own.
     @extschema@.es_save_checkpoint(text, bigint),

@@ -70,7 +70,8 @@ extension_sql_file!(
         projections::handlers::_es_run_as,
         projections::handlers::_es_setting_int,
         projections::handlers::_es_projection_timer,
-        projections::worker::_es_wake_projections,
+        projections::pool::_es_wake_projections,
+        projections::pool::_es_worker_state,
         pg::caller::_es_calling_role_id
     ]
 );
@@ -151,7 +152,7 @@ extension_sql_file!(
         fold::time_travel::_es_snapshot_at,
         append::record::_es_record,
         pg::caller::_es_calling_role,
-        projections::worker::_es_wake_projections
+        projections::pool::_es_wake_projections
     ]
 );
 extension_sql_file!(
@@ -169,7 +170,7 @@ pub extern "C-unwind" fn _PG_init() {
     catalog::register_invalidation();
     // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        pg::shmem::init();
-        projections::worker::register_launcher();
+        pg::shmem::init(&[projections::pool::AREA]);
+        projections::launcher::register();
     }
 }

@@ -7,6 +7,7 @@
 //! - `integrity`: the hash chain recipe and its checker, digests over stream heads.
 //! - `privacy`: sealing personal data per subject.
 //! - `catalog`: event type definitions, JSON Schemas, category modes.
+//! - `projections`: sharing the cluster-wide pool of projection workers between databases.
 //! - shared: `json` (fold state, JSON Pointers), `stream` (names), `time`, `validate` (input
 //!   rules with their SQLSTATEs).
 pub mod append;
@@ -15,6 +16,7 @@ pub mod fold;
 pub mod integrity;
 pub mod json;
 pub mod privacy;
+pub mod projections;
 pub mod read;
 pub mod stream;
 pub mod time;

@@ -74,6 +74,21 @@ SELECT 'event_store_feed_oldest_in_flight_seconds', '{}',
        'Age of the oldest append in flight, which holds the feed back (0 when none)'
   FROM _event_store._es_feed_holders() h
 UNION ALL
+-- Whether this database is served: 1 while a worker is connected or no work waits for one, 0
+-- while work waits for a pool slot, max_worker_processes is used up, or nothing preloads the
+-- library (_es_worker_state says which).
+SELECT 'event_store_worker_up', pg_catalog.jsonb_build_object('database', pg_catalog.current_database(), 'state', w.state),
+       (w.state IN ('serving', 'idle'))::int::float8, 'gauge',
+       'Whether a projection worker serves this database (0: its projections and notifications wait)'
+  FROM _event_store._es_worker_state() w
+ WHERE w.state OPERATOR(pg_catalog.<>) 'standby'
+UNION ALL
+SELECT 'event_store_worker_last_pass_timestamp_seconds', pg_catalog.jsonb_build_object('database', pg_catalog.current_database()),
+       extract(epoch FROM w.last_pass)::float8, 'gauge',
+       'When a projection worker last finished a pass in this database (Unix time)'
+  FROM _event_store._es_worker_state() w
+ WHERE w.last_pass IS NOT NULL
+UNION ALL
 SELECT 'event_store_last_clean_verify_timestamp_seconds', '{}', extract(epoch FROM max(v.verified_at))::float8, 'gauge',
        'When es_verify last checked the whole store and found nothing wrong (Unix time)'
   FROM _event_store.es_verifications v

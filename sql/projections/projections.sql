@@ -149,6 +149,11 @@ DECLARE
     msg     text;
     state   text;
     timed_out boolean;
+    -- A batch takes new events for one time slice at most, then commits what it applied and
+    -- yields to the other projections: a slow handler delays only its own projection.
+    cut_at  timestamptz := pg_catalog.clock_timestamp()
+                           OPERATOR(pg_catalog.+) _event_store._es_setting_int('event_store.projection_time_slice') * interval '1 millisecond';
+    cut     boolean := false;
 BEGIN
     -- SKIP LOCKED: a worker and a manual es_run_projections() never apply one batch twice.
     SELECT * INTO p FROM _event_store.es_projection_state WHERE name = p_name FOR UPDATE SKIP LOCKED;
@@ -176,6 +181,10 @@ BEGIN
             at_pos := r.global_position;
             PERFORM _event_store._es_run_as(p.handler, p.owner, r.event);
             applied := applied + 1;
+            IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) cut_at THEN
+                cut := true;
+                EXIT;
+            END IF;
         END LOOP;
         PERFORM _event_store._es_projection_timer(false);
     EXCEPTION WHEN OTHERS OR query_canceled THEN
@@ -199,10 +208,10 @@ BEGIN
          WHERE s.name = p.name;
         RETURN 0;
     END;
-    -- A short batch read everything matching up to the horizon.
+    -- A short batch that ran out of events read everything matching up to the horizon.
     UPDATE _event_store.es_projection_state s
-       SET position = CASE WHEN applied < p_batch_size THEN greatest(p_horizon, p.position) ELSE at_pos END,
-           status = CASE WHEN s.status = 'rebuilding' AND applied < p_batch_size THEN 'running' ELSE s.status END,
+       SET position = CASE WHEN applied < p_batch_size AND NOT cut THEN greatest(p_horizon, p.position) ELSE at_pos END,
+           status = CASE WHEN s.status = 'rebuilding' AND applied < p_batch_size AND NOT cut THEN 'running' ELSE s.status END,
            attempts = 0, retry_at = NULL, updated_at = now()
      WHERE s.name = p.name AND (applied > 0 OR s.position < p_horizon OR s.status = 'rebuilding');
     RETURN applied;
@@ -230,6 +239,8 @@ AS $$
 $$;
 
 -- The horizon once per query: a volatile call in the WHERE below would scan pg_locks per event.
+-- `worker`: whether a worker serves this database (src/projections/pool.rs, _es_worker_state:
+-- serving, idle, waiting, no worker slot, standby, not preloaded), and since when.
 CREATE VIEW @extschema@.es_projections AS
 WITH horizon AS MATERIALIZED (SELECT _event_store._es_feed_horizon() AS h)
 SELECT p.name,
@@ -242,9 +253,12 @@ SELECT p.name,
        p.attempts,
        p.retry_at,
        p.owner,
-       p.updated_at
+       p.updated_at,
+       w.state AS worker,
+       w.since AS worker_since
   FROM _event_store.es_projection_state p,
        horizon,
+       _event_store._es_worker_state() w,
        LATERAL (SELECT count(*) AS events, min(e.created_at) AS oldest
                   FROM @extschema@.event_store e
                  WHERE e.global_position > p.position AND e.global_position <= horizon.h

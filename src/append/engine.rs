@@ -185,8 +185,7 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
         fold::time_travel::snapshot_after_append(&entries[i].stream_id, from, to);
     }
     if let Some(last) = written.iter().map(|w| w.3).max() {
-        crate::read::notify::appended(last);
-        projections::worker::_es_wake_projections(false);
+        projections::pool::appended(last);
     }
     Ok((entries.into_iter().map(|e| e.stream_id).collect(), rows))
 }

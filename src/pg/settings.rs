@@ -13,6 +13,8 @@ pub static PROJECTION_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static PROJECTION_RETRY_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static SNAPSHOT_EVERY: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static PROJECTION_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static PROJECTION_TIME_SLICE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static MASTER_KEY: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
 
@@ -103,6 +105,26 @@ pub fn register() {
         10,
         3_600_000,
         GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"event_store.max_workers",
+        c"Projection workers the whole cluster runs at once, shared by the databases that have work.",
+        c"Each takes a max_worker_processes slot while it runs; one more is the launcher's (docs/operations.md).",
+        &MAX_WORKERS,
+        1,
+        crate::projections::pool::MAX_WORKERS as i32,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"event_store.projection_time_slice",
+        c"How long one projection's batch takes new events before it commits and yields to the others.",
+        c"Also how long a worker serves one database before it gives its slot to a database waiting for one.",
+        &PROJECTION_TIME_SLICE,
+        10,
+        3_600_000,
+        GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_string_guc(

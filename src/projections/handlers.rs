@@ -289,6 +289,7 @@ fn _es_setting_int(name: &str) -> i32 {
         "event_store.projection_max_attempts" => settings::PROJECTION_MAX_ATTEMPTS.get(),
         "event_store.projection_retry_delay" => settings::PROJECTION_RETRY_DELAY.get(),
         "event_store.projection_timeout" => settings::PROJECTION_TIMEOUT.get(),
+        "event_store.projection_time_slice" => settings::PROJECTION_TIME_SLICE.get(),
         other => error!("event_store: unknown setting {other}"),
     }
 }

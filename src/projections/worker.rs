@@ -1,223 +1,153 @@
-//! The projection worker. With `shared_preload_libraries = 'event_store'`, a launcher starts
-//! with the server and keeps one worker per database that has the extension; each worker runs
-//! a batch of every projection, each in its own transaction, as soon as appends commit (the
-//! appending backend sets its latch, found in shared memory), and otherwise every
-//! `event_store.projection_poll_interval`.
-use crate::pg::guards::{Opened, TableScan};
+//! A projection worker: started by the launcher (launcher.rs) for one database, it announces
+//! commits to listeners with NOTIFY, runs a batch of every projection with work (each in its
+//! own transaction, least recently served first, skipping one another worker of the database
+//! is applying) and the retention policy when due. It gives its slot back when the launcher
+//! asks (after its current batch) or when it has had nothing to do for a while.
+use super::pool::{self, Slot};
 use crate::pg::schema;
-use crate::pg::{settings, shmem};
+use crate::pg::settings;
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
-use pgrx::{register_xact_callback, PgXactCallbackEvent};
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-const LAUNCHER_TYPE: &str = "event_store launcher";
-const WORKER_TYPE: &str = "event_store projections";
-const RESCAN: Duration = Duration::from_secs(30);
-const RETRY: Duration = Duration::from_secs(10);
-/// How long a database's request for its worker is honoured: one that comes while its old
-/// worker is still being reaped is served when the postmaster reports that worker gone.
-const REQUEST: Duration = Duration::from_secs(2);
+/// A worker with nothing to do this long gives its slot back.
+const IDLE_EXIT: Duration = Duration::from_secs(10);
 /// How often the worker looks whether the retention policy is due (not at every pass: commits
 /// wake it for passes many times a second).
 const RETENTION_CHECK: Duration = Duration::from_secs(5);
 
-pub fn register_launcher() {
-    BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
-        .set_type(LAUNCHER_TYPE)
-        .set_library("event_store")
-        .set_function("es_launcher_main")
-        .enable_spi_access()
-        .set_restart_time(Some(Duration::from_secs(5)))
-        .load();
-}
-
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    // Connected to no database (it reads only the shared catalog pg_database): any database,
-    // `postgres` included, may be dropped or refuse connections.
-    BackgroundWorker::connect_worker_to_spi(None, None);
-    shmem::register_launcher();
-    // Per database: its worker, and when one was last started. A worker for a database
-    // without the extension exits at once; it is tried again RETRY later, not in a loop.
-    let mut workers: HashMap<String, (Option<DynamicBackgroundWorker>, Instant)> = HashMap::new();
-    let mut requested_at: Option<Instant> = None;
-    loop {
-        // A database that asked for its worker gets it now, not RETRY after one that came too
-        // early (before CREATE EXTENSION) exited.
-        if shmem::take_launch_request() {
-            requested_at = Some(Instant::now());
-        }
-        let requested = requested_at.filter(|t| t.elapsed() < REQUEST);
-        let databases = BackgroundWorker::transaction(databases);
-        workers.retain(|db, _| databases.contains(db));
-        let mut waiting = false;
-        for db in databases {
-            let (worker, started) = workers
-                .entry(db.clone())
-                .or_insert((None, Instant::now() - RETRY));
-            let running = worker
-                .as_ref()
-                .is_some_and(|w| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
-            if running {
-                continue;
-            }
-            // A request starts each database's worker once, not in a loop for those that exit.
-            if started.elapsed() < RETRY && requested.is_none_or(|t| *started > t) {
-                waiting = true;
-                continue;
-            }
-            *started = Instant::now();
-            *worker = BackgroundWorkerBuilder::new(&format!("{WORKER_TYPE} {db}"))
-                .set_type(WORKER_TYPE)
-                .set_library("event_store")
-                .set_function("es_projection_worker_main")
-                .set_extra(&db)
-                .enable_spi_access()
-                // Never restarted by the postmaster: a database dropped meanwhile would
-                // make it fail to connect every few seconds forever. The launcher starts
-                // it again while the database exists.
-                .set_restart_time(None)
-                // SAFETY: the launcher's own pid, set before it started.
-                .set_notify_pid(unsafe { pg_sys::MyProcPid })
-                .load_dynamic()
-                .ok();
-            waiting |= worker.is_none();
-        }
-        let wait = match requested {
-            Some(t) => REQUEST.saturating_sub(t.elapsed()),
-            None if waiting => RETRY,
-            None => RESCAN,
-        };
-        if !BackgroundWorker::wait_latch(Some(wait)) {
-            break;
-        }
-        if BackgroundWorker::sighup_received() {
-            // SAFETY: rereads the configuration files, as a backend does on SIGHUP.
-            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-        }
-    }
-}
-
-/// The databases that accept connections and are not templates, read from pg_database with a
-/// catalog scan, as autovacuum's launcher reads them (no SQL: there is no database to parse in).
-fn databases() -> Vec<String> {
-    let mut names = vec![];
-    // SAFETY: inside the caller's transaction; pg_database is a shared catalog, open from any
-    // connection; its tuples are read while the scan holds them, and their names copied.
-    unsafe {
-        let rel = Opened::table(pg_sys::DatabaseRelationId, pg_sys::AccessShareLock);
-        let scan = TableScan(pg_sys::table_beginscan_catalog(
-            rel.0,
-            0,
-            std::ptr::null_mut(),
-        ));
-        loop {
-            let tuple = pg_sys::heap_getnext(scan.0, pg_sys::ScanDirection::ForwardScanDirection);
-            if tuple.is_null() {
-                break;
-            }
-            let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_database>(tuple);
-            if form.datallowconn && !form.datistemplate {
-                let name = std::ffi::CStr::from_ptr(form.datname.data.as_ptr());
-                names.push(name.to_string_lossy().into_owned());
-            }
-        }
-    }
-    names
+fn installed() -> bool {
+    // SAFETY: a catalog lookup by name (NUL-terminated), in a transaction.
+    BackgroundWorker::transaction(|| unsafe {
+        pg_sys::get_extension_oid(c"event_store".as_ptr(), true) != pg_sys::InvalidOid
+    })
 }
 
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let db = BackgroundWorker::get_extra().to_string();
-    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    let Ok(db) = BackgroundWorker::get_extra().parse::<u32>() else {
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db.into()), None);
     // The worker is a superuser: its own statements resolve nothing through `public`, where
     // a database owner could leave a better-matching overload of a built-in.
     BackgroundWorker::transaction(|| {
         Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
     })
     .unwrap_or_else(|e| error!("event_store: {e}"));
-    // SAFETY: a catalog lookup by name (NUL-terminated), in a transaction.
-    let installed = BackgroundWorker::transaction(|| unsafe {
-        pg_sys::get_extension_oid(c"event_store".as_ptr(), true) != pg_sys::InvalidOid
-    });
-    if !installed {
-        return; // exit 0: nothing to do here
+    let present = installed();
+    pool::set_known(present);
+    if !present {
+        return; // exit 0: nothing to do here until a commit says otherwise
     }
-    shmem::register_worker();
+    let Some(slot) = pool::register_worker() else {
+        return;
+    };
     let retention = Cell::new(Instant::now());
     let mut backoff = Duration::from_millis(1);
-    let mut announced = shmem::to_announce().0;
     let mut next_pass = Instant::now();
+    let mut worked = Instant::now();
     loop {
         if BackgroundWorker::sighup_received() {
             // SAFETY: rereads the configuration files, as a backend does on SIGHUP.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        announce(&mut announced);
-        if shmem::take_wanted() || Instant::now() >= next_pass {
-            let wait = pass(&retention, &mut backoff, &mut announced);
-            next_pass = Instant::now() + wait;
+        if announce(&slot) {
+            worked = Instant::now();
         }
-        let wait = next_pass.saturating_duration_since(Instant::now());
+        if slot.asked_to_leave() {
+            break;
+        }
+        if slot.take_wanted() || Instant::now() >= next_pass {
+            if !installed() {
+                pool::set_known(false); // DROP EXTENSION
+                break;
+            }
+            let (wait, applied) = pass(&slot, &retention, &mut backoff);
+            next_pass = Instant::now() + wait;
+            if applied {
+                worked = Instant::now();
+            }
+        }
+        if slot.asked_to_leave() {
+            break;
+        }
+        if slot.demand() {
+            worked = Instant::now();
+        }
+        let idle = worked.elapsed();
+        if idle >= IDLE_EXIT {
+            break;
+        }
+        let wait = next_pass
+            .saturating_duration_since(Instant::now())
+            .min(IDLE_EXIT - idle);
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
     }
 }
 
-/// Sends one NOTIFY for the commits announced since the last one (`announced` counts them).
-/// A NOTIFY needs a transaction id, so its commit would wait for a WAL flush; it carries no
-/// data worth that wait (a lost notification only delays a listener until the next one), so
-/// it commits asynchronously.
-fn announce(announced: &mut u64) {
-    let (commits, position) = shmem::to_announce();
-    if commits != *announced {
-        BackgroundWorker::transaction(|| {
-            Spi::run("SET LOCAL synchronous_commit = off")
-                .unwrap_or_else(|e| error!("event_store: {e}"));
-            crate::read::notify::send(position)
-        });
-        *announced = commits;
-    }
+/// Sends one NOTIFY for the commits announced since the last one, unless another worker of
+/// the database claimed them. A NOTIFY needs a transaction id, so its commit would wait for a
+/// WAL flush; it carries no data worth that wait (a lost notification only delays a listener
+/// until the next one), so it commits asynchronously. True when it sent one.
+fn announce(slot: &Slot) -> bool {
+    let Some(position) = slot.claim_announcement() else {
+        return false;
+    };
+    BackgroundWorker::transaction(|| {
+        Spi::run("SET LOCAL synchronous_commit = off")
+            .unwrap_or_else(|e| error!("event_store: {e}"));
+        crate::read::notify::send(position)
+    });
+    true
 }
 
 // What a pass runs, as the superuser: only `_event_store.` names (schema::qualified), never
-// the extension's schema, which its owner could rename or fill.
+// the extension's schema, which its owner could rename or fill. Least recently served first.
 const DUE_SQL: &str = "SELECT name FROM _event_store.es_projection_state \
       WHERE status IN ('running', 'rebuilding') AND (retry_at IS NULL OR retry_at <= now()) \
-      ORDER BY name";
+      ORDER BY updated_at, name";
 const BATCH_SQL: &str = "SELECT _event_store._es_project_batch($1, \
         _event_store._es_setting_int('event_store.projection_batch_size'::text), \
         _event_store._es_feed_horizon())";
 const RETENTION_SQL: &str = "SELECT _event_store._es_apply_retention_policy()";
 // Whether appends are in flight (the commit wakes us before their registration is released),
-// and whether any projection can run at all: appends wake us only then. And the horizon
-// published for hot standbys, which 0.1.0's SQL (until ALTER EXTENSION UPDATE) lacks.
+// whether any projection can run at all (appends ask for a pass only then), and when a pass
+// is next due without a commit (a retry, the retention policy), in PostgreSQL's microseconds
+// since 2000. And the horizon published for hot standbys. 0.1.0's SQL (until ALTER EXTENSION
+// UPDATE) has neither a retention policy nor a published horizon.
 macro_rules! after_sql {
-    ($publish:literal) => {
+    ($publish:literal, $retention:literal) => {
         concat!(
             "SELECT _event_store._es_feed_in_flight(), \
                     EXISTS (SELECT FROM _event_store.es_projection_state \
-                             WHERE status IN ('running', 'rebuilding')), ",
+                             WHERE status IN ('running', 'rebuilding')), \
+                    (SELECT (extract(epoch FROM min(t)) * 1000000)::bigint - 946684800000000 \
+                       FROM (SELECT min(retry_at) FROM _event_store.es_projection_state \
+                              WHERE status IN ('running', 'rebuilding') ",
+            $retention,
+            ") due(t)), ",
             $publish
         )
     };
 }
 const AFTER_SQL: [&str; 2] = [
-    after_sql!("_event_store._es_publish_feed_horizon()"),
-    after_sql!("0::bigint"),
+    after_sql!(
+        "_event_store._es_publish_feed_horizon()",
+        "UNION ALL SELECT next_run_at FROM _event_store.es_retention"
+    ),
+    after_sql!("0::bigint", ""),
 ];
 
-/// One pass: a batch of every due projection. Returns how long to wait before the next pass
-/// when nothing asks for one earlier.
-fn pass(next_retention: &Cell<Instant>, backoff: &mut Duration, announced: &mut u64) -> Duration {
+/// One pass: a batch of every due projection, then the retention policy when due. Returns how
+/// long to wait before the next pass when nothing asks for one earlier, and whether it did
+/// any work.
+fn pass(slot: &Slot, next_retention: &Cell<Instant>, backoff: &mut Duration) -> (Duration, bool) {
     let names: Vec<String> = BackgroundWorker::transaction(|| {
         Spi::connect(|c| {
             c.select(schema::qualified(DUE_SQL), None, &[]).map(|rows| {
@@ -228,22 +158,29 @@ fn pass(next_retention: &Cell<Instant>, backoff: &mut Duration, announced: &mut 
     })
     .unwrap_or_else(|e| error!("event_store: listing projections: {e}"));
     // Each projection in a transaction of its own: one that fails or hangs (until
-    // event_store.projection_timeout) holds up no other, nor the NOTIFY between them.
+    // event_store.projection_timeout) holds up no other, nor the NOTIFY between them. One
+    // that another worker is applying is skipped (its row is locked).
     let mut applied = 0;
     for name in &names {
+        slot.set_busy(true);
         applied += alone(&format!("projection \"{name}\""), || {
             Spi::get_one_with_args::<i32>(schema::qualified(BATCH_SQL), &[name.into()])
         })
         .unwrap_or(0);
-        announce(announced);
+        slot.set_busy(false);
+        announce(slot);
+        if slot.asked_to_leave() {
+            return (Duration::ZERO, applied > 0);
+        }
     }
     // The retention policy (es_set_retention) when due; again at once while batches remain.
-    // 0.1.0's SQL (until ALTER EXTENSION UPDATE) has none.
     if Instant::now() >= next_retention.get() {
+        slot.set_busy(true);
         let more = alone("retention", || match schema::legacy_sql() {
             true => Ok(None),
             false => Spi::get_one::<bool>(schema::qualified(RETENTION_SQL)),
         }) == Some(true);
+        slot.set_busy(false);
         next_retention.set(
             Instant::now()
                 + if more {
@@ -254,26 +191,30 @@ fn pass(next_retention: &Cell<Instant>, backoff: &mut Duration, announced: &mut 
         );
         applied += more as i32;
     }
-    let (in_flight, active) = BackgroundWorker::transaction(|| {
+    let (in_flight, active, due) = BackgroundWorker::transaction(|| {
         // For hot standbys; a write only when the horizon moved, committed without waiting
         // for its WAL flush (a standby then stops a little lower for a moment at most).
         Spi::run("SET LOCAL synchronous_commit = off").and_then(|_| {
-            Spi::get_two::<bool, bool>(schema::qualified(AFTER_SQL[schema::legacy_sql() as usize]))
+            Spi::get_three::<bool, bool, i64>(schema::qualified(
+                AFTER_SQL[schema::legacy_sql() as usize],
+            ))
         })
     })
     .unwrap_or_else(|e| error!("event_store: {e}"));
-    shmem::set_active(active.unwrap_or(true));
+    let active = active.unwrap_or(true);
+    slot.passed(active, due.unwrap_or(0));
     let poll = Duration::from_millis(settings::PROJECTION_POLL_INTERVAL.get() as u64);
-    if applied > 0 {
+    let wait = if applied > 0 {
         *backoff = Duration::from_millis(1);
         Duration::ZERO
-    } else if in_flight.unwrap_or(false) && active.unwrap_or(false) {
+    } else if in_flight.unwrap_or(false) && active {
         *backoff = (*backoff * 2).min(poll);
         *backoff / 2
     } else {
         *backoff = Duration::from_millis(1);
         poll
-    }
+    };
+    (wait, applied > 0)
 }
 
 /// Runs `f` (one batch of one projection, the retention policy) in a transaction of its own.
@@ -293,28 +234,4 @@ fn alone<T: Clone>(
             None
         })
         .execute()
-}
-
-thread_local! {
-    static WAKE: Cell<Option<bool>> = const { Cell::new(None) };
-}
-
-/// Wakes this database's projection worker through its latch when the transaction commits,
-/// when it has projections to run (its launcher when it has none yet, so that a new
-/// database is served at once). `fresh` wakes it in any case: projection management calls
-/// it so that a new or resumed projection starts at once.
-#[pg_extern(volatile, parallel_unsafe, schema = "_event_store")]
-pub fn _es_wake_projections(fresh: default!(bool, false)) {
-    if !shmem::available() {
-        return; // not preloaded: no worker
-    }
-    let pending = WAKE.get();
-    WAKE.set(Some(fresh || pending.unwrap_or(false)));
-    if pending.is_some() {
-        return;
-    }
-    register_xact_callback(PgXactCallbackEvent::Commit, || {
-        shmem::wake(WAKE.take().unwrap_or(false));
-    });
-    register_xact_callback(PgXactCallbackEvent::Abort, || WAKE.set(None));
 }
