@@ -237,4 +237,15 @@ fn the_exporter_serves_the_metrics_of_the_contrib_queries_file() {
         ),
         1.0
     );
+    // Served by a worker where the library is preloaded; otherwise it says so with a 0.
+    let state = if worker() {
+        ""
+    } else {
+        "state=\"not preloaded\""
+    };
+    let up = find(
+        "event_store_worker_up",
+        &[&format!("database=\"{}\"", db.name), state],
+    );
+    assert_eq!(up, if worker() { 1.0 } else { 0.0 });
 }

@@ -310,6 +310,9 @@ fn a_retention_policy_is_applied_for_the_store() {
         &mut c,
         &["SELECT es_append('a-1', 'T', '{}'); SELECT es_append('b-1', 'T', '{}');"],
     );
+    // The policy is an age, set below as the time since `mark`: an event appended this long
+    // after `mark` stays unless the policy runs this long after it was set.
+    std::thread::sleep(Duration::from_millis(1500));
     c.batch_execute("SELECT es_append('a-1', 'T', '{}')")
         .unwrap();
     let e = c.query_one("SELECT es_set_retention(interval '-1 day')", &[]);

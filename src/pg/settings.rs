@@ -14,6 +14,8 @@ pub static PROJECTION_RETRY_DELAY: GucSetting<i32> = GucSetting::<i32>::new(1000
 pub static SNAPSHOT_EVERY: GucSetting<i32> = GucSetting::<i32>::new(100);
 pub static PROJECTION_POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// Upper bound of `event_store.max_workers` (the pool's slots in shared memory).
+pub const MAX_WORKERS_BOUND: usize = 64;
 pub static PROJECTION_TIME_SLICE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static MASTER_KEY: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);
@@ -113,7 +115,7 @@ pub fn register() {
         c"Each takes a max_worker_processes slot while it runs; one more is the launcher's (docs/operations.md).",
         &MAX_WORKERS,
         1,
-        crate::projections::pool::MAX_WORKERS as i32,
+        MAX_WORKERS_BOUND as i32,
         GucContext::Sighup,
         GucFlags::default(),
     );

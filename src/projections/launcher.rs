@@ -19,7 +19,8 @@ const LAUNCHER_TYPE: &str = "event_store launcher";
 pub const WORKER_TYPE: &str = "event_store projections";
 /// How often pg_database is read when no backend asks sooner.
 const RESCAN: Duration = Duration::from_secs(1);
-/// How often the launcher looks again while a database waits for a worker.
+/// How often the launcher looks again while work waits (a pool::BUSY_AFTER later, a worker
+/// inside a batch counts as stuck).
 const WAITING: Duration = Duration::from_millis(100);
 /// Rounds are at least this far apart, however often commits wake the launcher.
 const ROUND: Duration = Duration::from_millis(5);
@@ -81,7 +82,8 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
                 None => {
                     // max_worker_processes is used up: this database and the rest wait.
                     for &db in &decided.start[i..] {
-                        if pool::no_slot(db, now) {
+                        let unserved = databases.iter().any(|d| d.id == db && d.workers == 0);
+                        if pool::no_slot(db, now, unserved) {
                             warn_no_slot(names.get(&db).map_or("?", |n| n.as_str()), max);
                         }
                         waiting.push(db);
@@ -95,7 +97,9 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
             pool::ask_to_leave(slot);
         }
         let due = pool::next_due();
-        let wait = if !waiting.is_empty() {
+        // While work waits, look again soon: for a worker that finds no slot, and for one
+        // whose every worker may turn out stuck in a batch.
+        let wait = if !waiting.is_empty() || databases.iter().any(|d| d.demand) {
             WAITING
         } else if due != 0 {
             Duration::from_micros((due - pool::now()).clamp(0, 1_000_000) as u64)

@@ -13,8 +13,7 @@ use std::cell::Cell;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64};
 
-/// Upper bound of `event_store.max_workers`.
-pub const MAX_WORKERS: usize = 64;
+const MAX_WORKERS: usize = settings::MAX_WORKERS_BOUND;
 /// Databases tracked at once; a database beyond them notifies at its own commits and is served
 /// by no worker (the launcher warns).
 const MAX_DATABASES: usize = 512;
@@ -35,6 +34,8 @@ struct Database {
     active: AtomicBool,
     /// A pass was asked for (a commit, a new, resumed or rebuilt projection, a policy set).
     wanted: AtomicBool,
+    /// Projection management asked for it: the retention policy may be due too.
+    fresh: AtomicBool,
     /// The highest position committed appends asked to be announced with NOTIFY.
     notify: AtomicI64,
     /// How many commits asked, and how many a worker has announced: a commit below the highest
@@ -48,6 +49,8 @@ struct Database {
     waiting_since: AtomicI64,
     /// The launcher could not start a worker for it: max_worker_processes is used up.
     no_slot: AtomicBool,
+    /// ... and said so in the log, once until it is served.
+    warned: AtomicBool,
     last_pass: AtomicI64,
 }
 
@@ -204,6 +207,9 @@ fn committed(owed: Owed) {
         d.commits.fetch_add(1, SeqCst);
     }
     let pass = owed.fresh || (owed.appended && d.active.load(SeqCst));
+    if owed.fresh {
+        d.fresh.store(true, SeqCst);
+    }
     if pass {
         d.wanted.store(true, SeqCst);
     }
@@ -334,12 +340,14 @@ pub fn track(oids: &[u32]) -> Vec<u32> {
                 d.known.store(UNKNOWN, SeqCst);
                 d.active.store(true, SeqCst);
                 d.wanted.store(false, SeqCst);
+                d.fresh.store(false, SeqCst);
                 d.notify.store(0, SeqCst);
                 d.commits.store(0, SeqCst);
                 d.announced.store(0, SeqCst);
                 d.next_due.store(0, SeqCst);
                 d.waiting_since.store(0, SeqCst);
                 d.no_slot.store(false, SeqCst);
+                d.warned.store(false, SeqCst);
                 d.last_pass.store(0, SeqCst);
                 d.oid.store(oid, SeqCst);
             }
@@ -433,18 +441,20 @@ pub fn set_waiting(waiting: &[u32], now: i64) {
         {
             d.waiting_since.store(0, SeqCst);
             d.no_slot.store(false, SeqCst);
+            d.warned.store(false, SeqCst);
         }
     }
 }
 
-/// The launcher could not start a worker for `db`: true the first time since it was last
-/// served (to warn once).
-pub fn no_slot(db: u32, now: i64) -> bool {
+/// The launcher could not start a worker for `db`. True when it should warn: the first time
+/// since the database was last served that it has event_store and no worker at all.
+pub fn no_slot(db: u32, now: i64, unserved: bool) -> bool {
     let Some(d) = pool().and_then(|p| database(p, db)).map(|(_, d)| d) else {
         return false;
     };
     let _ = d.waiting_since.compare_exchange(0, now, SeqCst, SeqCst);
-    !d.no_slot.swap(true, SeqCst)
+    d.no_slot.store(true, SeqCst);
+    unserved && d.known.load(SeqCst) == PRESENT && !d.warned.swap(true, SeqCst)
 }
 
 pub fn ask_to_leave(slot: usize) {
@@ -499,6 +509,7 @@ pub fn register_worker() -> Option<Slot> {
     w.procno.store(own_procno() + 1, SeqCst);
     db.waiting_since.store(0, SeqCst);
     db.no_slot.store(false, SeqCst);
+    db.warned.store(false, SeqCst);
     // SAFETY: a callback run at process exit, before shared memory is detached.
     unsafe { pg_sys::before_shmem_exit(Some(unregister_worker), pg_sys::Datum::from(index)) };
     Some(Slot { worker: w, db })
@@ -519,9 +530,13 @@ unsafe extern "C-unwind" fn unregister_worker(_code: i32, slot: pg_sys::Datum) {
 }
 
 impl Slot {
-    /// Whether a pass was asked for since the last call.
-    pub fn take_wanted(&self) -> bool {
-        self.db.wanted.swap(false, SeqCst)
+    /// Whether a pass was asked for since the last call, and whether projection management
+    /// (or es_set_retention) asked.
+    pub fn take_wanted(&self) -> (bool, bool) {
+        (
+            self.db.wanted.swap(false, SeqCst),
+            self.db.fresh.swap(false, SeqCst),
+        )
     }
 
     /// Whether work waits (a pass asked for, announcements owed, a pass due).

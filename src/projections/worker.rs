@@ -17,6 +17,12 @@ const IDLE_EXIT: Duration = Duration::from_secs(10);
 /// wake it for passes many times a second).
 const RETENTION_CHECK: Duration = Duration::from_secs(5);
 
+unsafe extern "C-unwind" {
+    /// postgres.c's SIGTERM handler (pgrx's binding wraps it as a Rust function, which a
+    /// signal handler cannot be).
+    fn die(signal: std::ffi::c_int);
+}
+
 fn installed() -> bool {
     // SAFETY: a catalog lookup by name (NUL-terminated), in a transaction.
     BackgroundWorker::transaction(|| unsafe {
@@ -27,7 +33,11 @@ fn installed() -> bool {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SIGTERM (pg_terminate_backend, DROP DATABASE WITH (FORCE), shutdown) ends the worker at
+    // the next interrupt check, as it ends a backend: also inside a handler that sleeps.
+    // SAFETY: PostgreSQL's own handler for backends, installed as postgres.c does.
+    unsafe { pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(die)) };
     let Ok(db) = BackgroundWorker::get_extra().parse::<u32>() else {
         return;
     };
@@ -61,7 +71,11 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         if slot.asked_to_leave() {
             break;
         }
-        if slot.take_wanted() || Instant::now() >= next_pass {
+        let (wanted, fresh) = slot.take_wanted();
+        if fresh {
+            retention.set(Instant::now()); // a policy just set is due at once
+        }
+        if wanted || Instant::now() >= next_pass {
             if !installed() {
                 pool::set_known(false); // DROP EXTENSION
                 break;

@@ -257,6 +257,18 @@ impl Cluster {
         self.config.connect(NoTls).unwrap()
     }
 
+    /// A session in database `db`.
+    pub fn connect_to(&self, db: &str) -> Client {
+        let mut config = self.config.clone();
+        config.dbname(db);
+        config.connect(NoTls).unwrap()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(format!("{}/server.log", self.dir)).unwrap_or_default()
+    }
+
     /// Whether the server still answers (a crash would restart it, ending every session).
     pub fn alive(&self, c: &mut Client) -> bool {
         c.simple_query("SELECT 1").is_ok()

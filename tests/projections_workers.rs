@@ -1,0 +1,241 @@
+//! The cluster-wide pool of projection workers, on clusters of the tests' own (the pool is the
+//! whole server's): every database with work is served on a cluster with default settings, a
+//! database that cannot get a worker is told so, and a slow handler delays only its own
+//! projection.
+use event_store_testing::{count, timescaledb, Cluster};
+use postgres::Client;
+use std::time::{Duration, Instant};
+
+/// Waits up to `limit` for `done`, failing with `what`.
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// Creates database `name` with event_store (and TimescaleDB when `tsdb`), a projection owned
+/// by `app_owner` that counts events, and returns a session in it.
+fn app_database(cluster: &Cluster, name: &str, tsdb: bool) -> Client {
+    cluster
+        .connect()
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let mut c = cluster.connect_to(name);
+    if tsdb {
+        c.batch_execute("CREATE EXTENSION timescaledb").unwrap();
+    }
+    set_up(&mut c);
+    c
+}
+
+fn set_up(c: &mut Client) {
+    c.batch_execute(
+        "CREATE EXTENSION event_store;
+         DO $$ BEGIN
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_owner') THEN
+                 CREATE ROLE app_owner IN ROLE event_store_writer;
+             END IF;
+         END $$;
+         GRANT CREATE ON SCHEMA public TO app_owner;
+         SET ROLE app_owner;
+         CREATE TABLE IF NOT EXISTS counts (n integer NOT NULL);
+         INSERT INTO counts VALUES (0);
+         CREATE OR REPLACE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql
+             AS $$ UPDATE counts SET n = n + 1 $$;
+         SELECT es_create_projection('counts', 'count_event(event_store)');
+         RESET ROLE;",
+    )
+    .unwrap();
+}
+
+fn append(c: &mut Client, stream: &str, n: usize) {
+    for _ in 0..n {
+        c.execute("SELECT es_append($1, 'Happened', '{}')", &[&stream])
+            .unwrap();
+    }
+}
+
+fn applied(c: &mut Client) -> i64 {
+    count(c, "SELECT n::bigint FROM counts")
+}
+
+fn worker_state(c: &mut Client) -> (String, f64) {
+    let row = c
+        .query_one(
+            "SELECT (SELECT worker FROM es_projections LIMIT 1),
+                    (SELECT value FROM es_metrics WHERE name = 'event_store_worker_up')",
+            &[],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+fn preload() -> &'static str {
+    if timescaledb() {
+        "shared_preload_libraries = 'timescaledb,event_store'"
+    } else {
+        "shared_preload_libraries = 'event_store'"
+    }
+}
+
+#[test]
+fn six_databases_on_a_default_cluster_are_all_served() {
+    // Default max_worker_processes (8): TimescaleDB's launcher and one scheduler per database
+    // with it, the logical replication launcher and event_store's launcher take five of them.
+    let cluster = Cluster::start_with("sixdbs", preload());
+    let mut dbs: Vec<Client> = (0..6)
+        .map(|i| app_database(&cluster, &format!("app{i}"), timescaledb() && i < 3))
+        .collect();
+    for c in &mut dbs {
+        append(c, "acct-1", 20);
+    }
+    for (i, c) in dbs.iter_mut().enumerate() {
+        wait_for(
+            Duration::from_secs(20),
+            &format!("database app{i} applied its 20 events"),
+            || applied(c) == 20,
+        );
+    }
+    for (i, c) in dbs.iter_mut().enumerate() {
+        let (state, up) = worker_state(c);
+        assert!(
+            ["serving", "idle"].contains(&state.as_str()) && up == 1.0,
+            "app{i}: worker {state}, up {up}"
+        );
+    }
+    // A database dropped and created again under its name, and an extension dropped and
+    // created again, are served again.
+    drop(dbs.pop());
+    cluster
+        .connect()
+        .batch_execute("DROP DATABASE app5 WITH (FORCE)")
+        .unwrap();
+    let mut again = app_database(&cluster, "app5", false);
+    append(&mut again, "acct-1", 3);
+    wait_for(
+        Duration::from_secs(20),
+        "the re-created database applied its events",
+        || applied(&mut again) == 3,
+    );
+    let c = &mut dbs[4];
+    c.batch_execute("DROP EXTENSION event_store CASCADE; TRUNCATE counts")
+        .unwrap();
+    set_up(c);
+    append(c, "acct-1", 2);
+    wait_for(
+        Duration::from_secs(20),
+        "the re-created extension applied its events",
+        || applied(c) == 2,
+    );
+}
+
+#[test]
+fn a_database_without_a_worker_slot_is_told_and_served_once_one_frees() {
+    // One slot beyond the logical replication launcher's and event_store's launcher's, taken
+    // by a worker whose handler never returns.
+    let cluster = Cluster::start_with(
+        "starved",
+        "shared_preload_libraries = 'event_store'\nmax_worker_processes = 3\n\
+         event_store.max_workers = 4\nevent_store.projection_timeout = 0",
+    );
+    let mut hog = app_database(&cluster, "hog", false);
+    hog.batch_execute(
+        "SET ROLE app_owner;
+         CREATE OR REPLACE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql
+             AS $$ SELECT pg_sleep(3600); UPDATE counts SET n = n + 1 $$;
+         RESET ROLE;",
+    )
+    .unwrap();
+    append(&mut hog, "acct-1", 1);
+    wait_for(Duration::from_secs(20), "the hog's worker sleeps", || {
+        count(
+            &mut hog,
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'event_store projections' AND wait_event = 'PgSleep'",
+        ) == 1
+    });
+    let mut app = app_database(&cluster, "app", false);
+    let mut listener = cluster.connect_to("app");
+    listener.batch_execute("LISTEN event_store").unwrap();
+    append(&mut app, "acct-1", 1);
+    wait_for(Duration::from_secs(10), "the state says no slot", || {
+        worker_state(&mut app) == ("no worker slot".into(), 0.0)
+    });
+    assert_eq!(applied(&mut app), 0);
+    // The append did not notify at its own commit (which would take the notify-queue lock):
+    // its announcement waits for a worker.
+    assert_eq!(listener.notifications().len(), 0);
+    let log = cluster.log();
+    assert_eq!(
+        log.matches("no background worker slot for database \"app\"")
+            .count(),
+        1,
+        "one warning: {log}"
+    );
+    assert!(log.contains("Raise max_worker_processes"), "{log}");
+    // The slot the hog's worker held goes to the waiting database.
+    drop(hog);
+    cluster
+        .connect()
+        .batch_execute("DROP DATABASE hog WITH (FORCE)")
+        .unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "the waiting database applied its event",
+        || applied(&mut app) == 1,
+    );
+    wait_for(Duration::from_secs(5), "the listener was woken", || {
+        listener.batch_execute("SELECT 1").unwrap();
+        listener.notifications().len() > 0
+    });
+}
+
+#[test]
+fn a_slow_handler_delays_only_its_own_projection() {
+    let cluster = Cluster::start_with("slowhandler", preload());
+    let mut c = app_database(&cluster, "app", false);
+    c.batch_execute(
+        "CREATE ROLE slow_team IN ROLE event_store_writer;
+         GRANT CREATE ON SCHEMA public TO slow_team;
+         SET ROLE slow_team;
+         CREATE TABLE slow_done (n integer);
+         CREATE FUNCTION slow(e event_store) RETURNS void LANGUAGE sql
+             AS $$ SELECT pg_sleep(5); INSERT INTO slow_done VALUES (1) $$;
+         SELECT es_create_projection('slow', 'slow(event_store)', categories => '{slow}');
+         RESET ROLE;",
+    )
+    .unwrap();
+    append(&mut c, "slow-1", 3);
+    wait_for(Duration::from_secs(10), "the slow handler runs", || {
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'event_store projections' AND wait_event = 'PgSleep'",
+        ) == 1
+    });
+    wait_for(
+        Duration::from_secs(5),
+        "the counts of the slow events",
+        || applied(&mut c) == 3,
+    );
+    for round in 1..=3 {
+        let before = applied(&mut c);
+        append(&mut c, "acct-1", 1);
+        let took = wait_for(
+            Duration::from_secs(4),
+            "the other projection applied its event",
+            || applied(&mut c) > before,
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "round {round}: the other projection waited {took:?} behind the slow handler"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The slow projection itself goes on, an event per batch (its time slice is shorter than
+    // one handler call).
+    assert!(count(&mut c, "SELECT count(*) FROM slow_done") <= 1);
+}
