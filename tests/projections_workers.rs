@@ -189,7 +189,7 @@ fn a_database_without_a_worker_slot_is_told_and_served_once_one_frees() {
     );
     wait_for(Duration::from_secs(5), "the listener was woken", || {
         listener.batch_execute("SELECT 1").unwrap();
-        listener.notifications().len() > 0
+        !listener.notifications().is_empty()
     });
 }
 

@@ -99,13 +99,14 @@ pub fn plan(
             .count()
     };
     let demand = |db: u32| databases.iter().any(|d| d.id == db && d.demand);
+    // A worker its database can spare even as its last: one that served a whole slice, or one
+    // with nothing to do (it leaves at once).
+    let spare = |w: &Worker| w.tenure >= slice || (w.idle && !demand(w.database));
     // Who gives way: a database's second worker before its only one, an idle worker before a
-    // busy one (it leaves at once), one without work before one with, then the longest served.
-    // A database's only worker, busy with work, leaves only after a whole slice.
+    // busy one, one without work before one with, then the longest served.
     let mut candidates: Vec<&Worker> = workers
         .iter()
-        .filter(|w| !w.leaving)
-        .filter(|w| count(w.database) > 1 || w.tenure >= slice || (w.idle && !demand(w.database)))
+        .filter(|w| !w.leaving && (count(w.database) > 1 || spare(w)))
         .collect();
     candidates.sort_by_key(|w| {
         (
@@ -116,24 +117,17 @@ pub fn plan(
             w.slot,
         )
     });
-    let mut left_per_db: Vec<(u32, usize)> = vec![];
+    let mut left: Vec<u32> = vec![];
     for w in candidates {
         if plan.leave.len() == owed {
             break;
         }
-        // Never the last worker of a database through the "more than one" rule twice over.
-        let left = left_per_db
-            .iter()
-            .find(|(db, _)| *db == w.database)
-            .map_or(0, |x| x.1);
-        if count(w.database) - left == 1 && w.tenure < slice && !(w.idle && !demand(w.database)) {
-            continue;
+        let others = count(w.database) - left.iter().filter(|db| **db == w.database).count();
+        if others == 1 && !spare(w) {
+            continue; // its database's last worker, and it cannot be spared
         }
         plan.leave.push(w.slot);
-        match left_per_db.iter_mut().find(|(db, _)| *db == w.database) {
-            Some(x) => x.1 += 1,
-            None => left_per_db.push((w.database, 1)),
-        }
+        left.push(w.database);
     }
     plan
 }
