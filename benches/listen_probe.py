@@ -1,7 +1,10 @@
 """Listener wake-up latency: from an append's commit to a LISTEN event_store client holding a
 notification that covers it.
 
-    python3 listen_probe.py HOST PORT DBNAME NAME RATE SECONDS RAW_DIR
+    python3 listen_probe.py HOST PORT DBNAME NAME RATE SECONDS RAW_DIR [cold]
+
+With `cold`, the database's projection workers are stopped before each append (and gone from
+pg_stat_activity): its commit finds no worker connected, and the pool starts one to announce it.
 
 A listener process LISTENs on event_store and stamps each notification as it reads it; the
 writer appends at RATE per second in autocommit and stamps each call when it sends it and when
@@ -47,6 +50,8 @@ def listen(host, port, db, ready, stop, out):
 
 def main():
     host, port, db, name, rate, seconds, raw = sys.argv[1:8]
+    cold = sys.argv[8:9] == ["cold"]
+    admin = connect(host, port, db).cursor() if cold else None
     rate, seconds = float(rate), float(seconds)
     ready, stop = multiprocessing.Event(), multiprocessing.Event()
     parent, child = multiprocessing.Pipe()
@@ -64,6 +69,15 @@ def main():
         due = start + i / rate
         if due - start >= seconds:
             break
+        if cold:
+            admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND backend_type = 'event_store projections'")
+            while True:
+                admin.execute("SELECT count(*) FROM pg_stat_activity "
+                              "WHERE datname = current_database() AND backend_type = 'event_store projections'")
+                if admin.fetchone()[0] == 0:
+                    break
+                time.sleep(0.002)
         wait = due - time.monotonic()
         if wait > 0:
             time.sleep(wait)

@@ -207,8 +207,8 @@ fi
 if want 7; then
 echo "== 7. listener wake-up, commit of an append to a LISTEN event_store client, 200 appends/s"
 if python3 -c "import psycopg2" 2>/dev/null; then
-    # Preloaded, the database's worker sends the notifications: make sure it runs (the
-    # launcher otherwise finds a new database within 30 s, and appends notify themselves).
+    # Preloaded, a worker of the database sends the notifications: the first commit brings one
+    # if none is connected. Start it beforehand, then measure with one connected.
     sql -c "SELECT _event_store._es_wake_projections(true)" >/dev/null
     for _ in $(seq 60); do
         [ "$(sql -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'event_store projections' AND datname = 'es_bench'")" = 1 ] && break
@@ -222,6 +222,9 @@ if python3 -c "import psycopg2" 2>/dev/null; then
     sleep 1
     python3 benches/listen_probe.py "$ES_RUN_DIR" $PORT es_bench listen/under-8-appenders 200 $DUR "$RAW"
     wait $load
+    # With no worker connected at any append's commit: each is stopped before the next append,
+    # so every announcement waits for a worker the pool starts for it.
+    python3 benches/listen_probe.py "$ES_RUN_DIR" $PORT es_bench listen/no-worker-connected 10 $DUR "$RAW" cold
     # Without preloading each append notifies at its own commit: the same probe on a
     # cluster of its own that does not preload event_store.
     cluster_stop bench-plain
@@ -260,6 +263,42 @@ if [ "$(sql -c "SELECT to_regprocedure('es_define_event_type(text, jsonb, intege
 else
     echo "skipped: this event_store has no catalog"
 fi
+fi
+
+if want 10; then
+echo "== 10. 8-client appends in a database no worker can serve, and in one a worker serves"
+# Preloaded, a commit never notifies (which would take the cluster-wide notify-queue lock): it
+# hands its announcement to the pool. The same appends, alternately while the database has its
+# worker, and while it cannot have one: the pool is cut to one slot, held by another database's
+# handler that never returns, and this database's worker is stopped.
+es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench_hog WITH (FORCE)" -c "CREATE DATABASE es_bench_hog" \
+    -c "ALTER DATABASE es_bench_hog SET event_store.projection_timeout = 0"
+es_psql $PORT es_bench_hog -q -c "CREATE EXTENSION event_store" \
+    -c "CREATE ROLE es_bench_hog_owner IN ROLE event_store_reader" \
+    -c "CREATE FUNCTION public.hog(e event_store) RETURNS void LANGUAGE sql AS 'SELECT pg_sleep(36000)'" \
+    -c "GRANT EXECUTE ON FUNCTION public.hog(event_store) TO es_bench_hog_owner" \
+    -c "SET ROLE es_bench_hog_owner" -c "SELECT es_create_projection('hog', 'public.hog(event_store)')" \
+    -c "RESET ROLE" -c "SELECT es_append('hog-1', 'Hog', '{}')" >/dev/null
+workers_in() { es_psql $PORT "$1" -qtA -c "SELECT count(*) FROM pg_stat_activity WHERE datname = '$1' AND backend_type = 'event_store projections'"; }
+for _ in $(seq 100); do [ "$(workers_in es_bench_hog)" = 1 ] && break; sleep 0.1; done
+for ((round = 0; round < ROUNDS; round++)); do
+    for state in served unserved; do
+        if [ $state = served ]; then
+            es_psql $PORT postgres -qtA -c "ALTER SYSTEM RESET event_store.max_workers" -c "SELECT pg_reload_conf()" >/dev/null
+            sql -c "SELECT _event_store._es_wake_projections(true)" >/dev/null
+            for _ in $(seq 100); do [ "$(workers_in es_bench)" -ge 1 ] && break; sleep 0.1; done
+        else
+            es_psql $PORT postgres -qtA -c "ALTER SYSTEM SET event_store.max_workers = 1" -c "SELECT pg_reload_conf()" >/dev/null
+            sleep 0.2
+            sql -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'es_bench' AND backend_type = 'event_store projections'" >/dev/null
+            for _ in $(seq 100); do [ "$(workers_in es_bench)" = 0 ] && break; sleep 0.1; done
+        fi
+        echo "   es_bench's worker: $(sql -c "SELECT state FROM _event_store._es_worker_state()")"
+        BENCH_DUR=$ROUND_DUR bench "workers/$state/c8" es_append.pgbench 8 -D streams=$APPEND_STREAMS -D cats=8
+    done
+done
+es_psql $PORT postgres -qtA -c "ALTER SYSTEM RESET event_store.max_workers" -c "SELECT pg_reload_conf()" \
+    -c "DROP DATABASE es_bench_hog WITH (FORCE)" -c "DROP ROLE es_bench_hog_owner" >/dev/null
 fi
 
 echo "== 9. storage"

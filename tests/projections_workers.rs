@@ -239,3 +239,28 @@ fn a_slow_handler_delays_only_its_own_projection() {
     // one handler call).
     assert!(count(&mut c, "SELECT count(*) FROM slow_done") <= 1);
 }
+
+#[test]
+fn a_database_without_the_extension_is_looked_at_once() {
+    // The postmaster logs every worker it starts at DEBUG1.
+    let cluster = Cluster::start_with(
+        "lookonce",
+        &format!("{}\nlog_min_messages = debug1", preload()),
+    );
+    let mut app = app_database(&cluster, "app", false);
+    append(&mut app, "acct-1", 1);
+    wait_for(Duration::from_secs(10), "the projection applied", || {
+        applied(&mut app) == 1
+    });
+    // Longer than the 10 s after which the launcher used to try every database again.
+    std::thread::sleep(Duration::from_secs(12));
+    let log = cluster.log();
+    let started = |db: &str| {
+        log.matches(&format!(
+            "starting background worker process \"event_store projections {db}\""
+        ))
+        .count()
+    };
+    assert_eq!(started("postgres"), 1, "{log}");
+    assert!(started("app") >= 1);
+}

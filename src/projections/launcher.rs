@@ -48,8 +48,15 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
     let mut names: HashMap<u32, String> = HashMap::new();
     let mut scanned: Option<Instant> = None;
     let mut untracked_warned: HashSet<u32> = HashSet::new();
+    let mut round = Instant::now();
     loop {
-        let round = Instant::now();
+        // Commits set the latch as often as they come while a database's workers are busy.
+        let gap = ROUND.saturating_sub(round.elapsed());
+        if !gap.is_zero() {
+            // SAFETY: sleeps this process; signals end it early.
+            unsafe { pg_sys::pg_usleep(gap.as_micros() as std::ffi::c_long) };
+        }
+        round = Instant::now();
         if pool::take_rescan() || scanned.is_none_or(|t| t.elapsed() >= RESCAN) {
             names = BackgroundWorker::transaction(databases)
                 .into_iter()
@@ -106,7 +113,7 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
         } else {
             RESCAN
         };
-        if !BackgroundWorker::wait_latch(Some(wait.max(ROUND.saturating_sub(round.elapsed())))) {
+        if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
         if BackgroundWorker::sighup_received() {
