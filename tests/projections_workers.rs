@@ -73,6 +73,15 @@ fn worker_state(c: &mut Client) -> (String, f64) {
     (row.get(0), row.get(1))
 }
 
+/// Workers of the cluster inside a handler's pg_sleep.
+fn workers_in_a_handler(c: &mut Client) -> i64 {
+    count(
+        c,
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE backend_type = 'event_store projections' AND wait_event = 'PgSleep'",
+    )
+}
+
 fn preload() -> &'static str {
     if timescaledb() {
         "shared_preload_libraries = 'timescaledb,event_store'"
@@ -151,11 +160,7 @@ fn a_database_without_a_worker_slot_is_told_and_served_once_one_frees() {
     .unwrap();
     append(&mut hog, "acct-1", 1);
     wait_for(Duration::from_secs(20), "the hog's worker sleeps", || {
-        count(
-            &mut hog,
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE backend_type = 'event_store projections' AND wait_event = 'PgSleep'",
-        ) == 1
+        workers_in_a_handler(&mut hog) == 1
     });
     let mut app = app_database(&cluster, "app", false);
     let mut listener = cluster.connect_to("app");
@@ -210,11 +215,7 @@ fn a_slow_handler_delays_only_its_own_projection() {
     .unwrap();
     append(&mut c, "slow-1", 3);
     wait_for(Duration::from_secs(10), "the slow handler runs", || {
-        count(
-            &mut c,
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE backend_type = 'event_store projections' AND wait_event = 'PgSleep'",
-        ) == 1
+        workers_in_a_handler(&mut c) == 1
     });
     wait_for(
         Duration::from_secs(5),
