@@ -1,67 +1,12 @@
--- event_store 0.2.0 -> 0.3.0, assembled by scripts/update-script.py: edit the sources,
+-- event_store 0.3.0 -> 0.4.0, assembled by scripts/update-script.py: edit the sources,
 -- sql/updates/ and the definitions in sql/ and src/, not this file.
 
--- sql/updates/0.2.0--0.3.0.sql
--- event_store 0.2.0 -> 0.3.0: the internals move out of the extension's schema into
--- _event_store, where only the extension's owner creates objects (docs/security.md).
--- This part holds only what a fresh install does differently: the schema, and moving the
--- existing tables, sequence and internal functions into it. scripts/update-script.py appends
--- every function, view, comment and grant of this version's install script (the same
--- definitions a fresh install runs), so nothing is written twice; tests/upgrade.rs proves the
--- result equals a fresh install.
-
--- Fails when someone made a schema of that name first, as CREATE EXTENSION does.
-CREATE SCHEMA _event_store;
-
--- Names resolve in pg_catalog alone for the rest of the update: nothing anyone created in
--- the extension's schema or in public is picked up.
+-- sql/updates/0.3.0--0.4.0.sql
+-- event_store 0.3.0 -> 0.4.0: projection workers become a cluster-wide pool (docs/operations.md).
+-- Nothing of 0.3.0's tables, data or privileges changes: the new function (_es_worker_state),
+-- the time slice in _es_project_batch, es_projections' worker columns and the workers'
+-- metrics are all definitions, which scripts/update-script.py appends from the install script.
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-
-ALTER SEQUENCE @extschema@.es_global_position_seq SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_streams SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_event_ids SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_reducers SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_snapshots SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_projection_state SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_checkpoints SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_feed_published SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_catalog_types SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_upcasts SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_catalog_modes SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_verifications SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_digests SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_digest_heads SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_anchors SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_retention SET SCHEMA _event_store;
-ALTER TABLE @extschema@.es_subject_keys SET SCHEMA _event_store;
-
--- 0.3.0 claims the ids the store generates too (no id serves two events): those of the events
--- already stored are claimed here, so that no later append can take one.
-INSERT INTO _event_store.es_event_ids SELECT DISTINCT e.event_id FROM @extschema@.event_store e
-    ON CONFLICT DO NOTHING;
-
--- Every internal function and aggregate of the extension (named _es_*), by oid.
-DO $$
-DECLARE
-    f record;
-BEGIN
-    FOR f IN
-        SELECT p.oid::pg_catalog.regprocedure AS sig, p.prokind
-          FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) d.objid
-         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass::pg_catalog.oid
-           AND d.refobjid OPERATOR(pg_catalog.=) (SELECT e.oid FROM pg_catalog.pg_extension e
-                                                   WHERE e.extname OPERATOR(pg_catalog.=) 'event_store'::name)
-           AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass::pg_catalog.oid
-           AND d.deptype OPERATOR(pg_catalog.=) 'e'::"char"
-           AND pg_catalog.starts_with(p.proname::text, '_es_')
-    LOOP
-        EXECUTE pg_catalog.format('ALTER %s %s SET SCHEMA _event_store',
-                                  CASE f.prokind WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, f.sig);
-    END LOOP;
-END
-$$;
-
--- Plain functions now, SQL-standard bodies or C in 0.3.0 with other attributes: replaced below.
 
 -- The definitions of the install script.
 COMMENT ON SCHEMA _event_store IS 'event_store''s internals: tables, functions and views only the extension uses directly.';
@@ -106,6 +51,55 @@ CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, sn
 RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
     LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'es_verify_wrapper';
+COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
+COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
+CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
+CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
+CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
+    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
+COMMENT ON FUNCTION @extschema@.es_digest() IS
+    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
+COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
+    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
+CREATE OR REPLACE FUNCTION @extschema@.es_append(
+    stream_id text,
+    event_type text,
+    event_data jsonb,
+    metadata jsonb DEFAULT '{}',
+    expected_version bigint DEFAULT NULL,
+    id uuid DEFAULT NULL,
+    event_version integer DEFAULT 1)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer) IS
+    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001).';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_batch';
+COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
+    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?} to one stream, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
+RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_multi';
+COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
+    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
+                                        expected_version bigint, id uuid, event_version integer)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
 CREATE OR REPLACE FUNCTION _event_store._es_refuse_change() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
@@ -232,82 +226,81 @@ CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@
     LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
 COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
     'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
-COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
-COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
-CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
-CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
-CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
-    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
-COMMENT ON FUNCTION @extschema@.es_digest() IS
-    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
-COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
-    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append(
-    stream_id text,
-    event_type text,
-    event_data jsonb,
-    metadata jsonb DEFAULT '{}',
-    expected_version bigint DEFAULT NULL,
-    id uuid DEFAULT NULL,
-    event_version integer DEFAULT 1)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
-COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer) IS
-    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001).';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_batch';
-COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
-    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?} to one stream, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
-RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_multi';
-COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
-    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
-                                        expected_version bigint, id uuid, event_version integer)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
 CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
+	"stream_id" TEXT, /* & str */
+	"size" INT /* i32 */
+) RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
+	"event_type" TEXT, /* Option < & str > */
+	"from_version" INT, /* Option < i32 > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
+CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
+	"name" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
+	"state" TEXT,  /* String */
+	"since" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_pass" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"workers" INT  /* i32 */
+)
+STRICT VOLATILE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_worker_state_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_record"(
+	"kind" TEXT, /* & str */
+	"event_type" TEXT, /* & str */
+	"event_data" jsonb /* pgrx :: JsonB */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_record_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
-	"subject" TEXT, /* & str */
-	"stream_id" TEXT, /* & str */
-	"event_data" jsonb, /* pgrx :: JsonB */
-	"metadata" jsonb /* pgrx :: JsonB */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
-	"fresh" bool DEFAULT false /* bool */
+AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
+	"stream_id" TEXT, /* Option < & str > */
+	"expected_version" bigint, /* Option < i64 > */
+	"batch_kind" TEXT, /* Option < & str > */
+	"batch_len" INT /* Option < i32 > */
 ) RETURNS void
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
+	"pid" INT,  /* i32 */
+	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"lowest_position" bigint  /* i64 */
+)
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
+AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
+	"category" TEXT, /* Option < & str > */
+	"mode" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 	"prev" bytea, /* Option < & [u8] > */
 	"event_id" uuid, /* pgrx :: Uuid */
@@ -323,63 +316,25 @@ CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_event_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
-	"event_type" TEXT, /* Option < & str > */
-	"version" INT, /* Option < i32 > */
-	"schema" jsonb, /* Option < pgrx :: JsonB > */
-	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
-	"subject" TEXT /* Option < & str > */
-) RETURNS void
-STABLE 
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
+	"subject" TEXT /* & str */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
-	"on" bool /* bool */
-) RETURNS bool /* bool */
+AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
+	"subject" TEXT, /* & str */
+	"stream_id" TEXT, /* & str */
+	"event_data" jsonb, /* pgrx :: JsonB */
+	"metadata" jsonb /* pgrx :: JsonB */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
-	"max_count" INT, /* Option < i32 > */
-	"member" INT, /* Option < i32 > */
-	"size" INT /* Option < i32 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
-	"category" TEXT, /* Option < & str > */
-	"event_type" TEXT, /* Option < & str > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
-	"event_type" TEXT, /* Option < & str > */
-	"from_version" INT, /* Option < i32 > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_record"(
-	"kind" TEXT, /* & str */
-	"event_type" TEXT, /* & str */
-	"event_data" jsonb /* pgrx :: JsonB */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_record_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
-	"pid" INT,  /* i32 */
-	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"lowest_position" bigint  /* i64 */
-)
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
+AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
 	"func" oid, /* pg_sys :: Oid */
 	"owner" oid, /* pg_sys :: Oid */
@@ -397,29 +352,28 @@ STRICT STABLE PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
-	"subject" TEXT /* & str */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
-	"name" TEXT /* & str */
-) RETURNS INT /* i32 */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
+CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
+	"stream_id" TEXT /* & str */
+) RETURNS bigint /* Option < i64 > */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
-	"stream_id" TEXT, /* & str */
-	"size" INT /* i32 */
-) RETURNS INT /* i32 */
-IMMUTABLE STRICT PARALLEL SAFE 
+AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
+	"category" TEXT, /* Option < & str > */
+	"event_type" TEXT, /* Option < & str > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
+AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
+	"max_count" INT, /* Option < i32 > */
+	"member" INT, /* Option < i32 > */
+	"size" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
 CREATE OR REPLACE FUNCTION _event_store._es_check_feed_isolation() RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -509,15 +463,6 @@ COMMENT ON FUNCTION @extschema@.es_read_category(text, bigint, integer, integer,
 CREATE OR REPLACE VIEW @extschema@.es_feed_in_flight AS
 SELECT * FROM _event_store._es_feed_holders();
 COMMENT ON VIEW @extschema@.es_feed_in_flight IS 'Appends in flight that hold the feed horizon back: pid, registered_at, lowest_position.';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
-	"stream_id" TEXT, /* Option < & str > */
-	"expected_version" bigint, /* Option < i64 > */
-	"batch_kind" TEXT, /* Option < & str > */
-	"batch_len" INT /* Option < i32 > */
-) RETURNS void
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
 COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
 CREATE OR REPLACE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
 CREATE OR REPLACE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
@@ -570,25 +515,28 @@ STABLE STRICT
 RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
 COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
     'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
-	"category" TEXT, /* Option < & str > */
-	"mode" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
-	"stream_id" TEXT /* & str */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
 	"doc" jsonb /* pgrx :: JsonB */
 ) RETURNS jsonb /* pgrx :: JsonB */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
+	"fresh" bool DEFAULT false /* bool */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
+	"event_type" TEXT, /* Option < & str > */
+	"version" INT, /* Option < i32 > */
+	"schema" jsonb, /* Option < pgrx :: JsonB > */
+	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"subject" TEXT /* Option < & str > */
+) RETURNS void
+STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
 	"stream_id" TEXT, /* & str */
 	"version" bigint, /* i64 */
@@ -1212,15 +1160,12 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_forget_subject(text, text) IS
     'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';
-CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
-	"state" TEXT,  /* String */
-	"since" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"last_pass" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"workers" INT  /* i32 */
-)
-STRICT VOLATILE PARALLEL SAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
+	"on" bool /* bool */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_worker_state_wrapper';
+AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
 CREATE OR REPLACE VIEW @extschema@.es_projection_state WITH (security_invoker = true) AS SELECT * FROM _event_store.es_projection_state;
 CREATE OR REPLACE FUNCTION _event_store._es_projection_for_update(p_name text) RETURNS _event_store.es_projection_state
 LANGUAGE plpgsql

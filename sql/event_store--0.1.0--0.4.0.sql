@@ -1,4 +1,4 @@
--- event_store 0.1.0 -> 0.3.0, assembled by scripts/update-script.py: edit the sources,
+-- event_store 0.1.0 -> 0.4.0, assembled by scripts/update-script.py: edit the sources,
 -- sql/updates/ and the definitions in sql/ and src/, not this file.
 
 -- sql/updates/0.1.0--0.2.0.sql
@@ -193,6 +193,13 @@ $$;
 
 -- Plain functions now, SQL-standard bodies or C in 0.3.0 with other attributes: replaced below.
 
+-- sql/updates/0.3.0--0.4.0.sql
+-- event_store 0.3.0 -> 0.4.0: projection workers become a cluster-wide pool (docs/operations.md).
+-- Nothing of 0.3.0's tables, data or privileges changes: the new function (_es_worker_state),
+-- the time slice in _es_project_batch, es_projections' worker columns and the workers'
+-- metrics are all definitions, which scripts/update-script.py appends from the install script.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
 -- The definitions of the install script.
 COMMENT ON SCHEMA _event_store IS 'event_store''s internals: tables, functions and views only the extension uses directly.';
 CREATE OR REPLACE FUNCTION _event_store._es_category(stream_id text) RETURNS text
@@ -236,6 +243,55 @@ CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, sn
 RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
     LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'es_verify_wrapper';
+COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
+COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
+CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
+CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
+CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
+    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
+COMMENT ON FUNCTION @extschema@.es_digest() IS
+    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
+COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
+    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
+CREATE OR REPLACE FUNCTION @extschema@.es_append(
+    stream_id text,
+    event_type text,
+    event_data jsonb,
+    metadata jsonb DEFAULT '{}',
+    expected_version bigint DEFAULT NULL,
+    id uuid DEFAULT NULL,
+    event_version integer DEFAULT 1)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer) IS
+    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001).';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_batch';
+COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
+    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?} to one stream, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
+RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_multi';
+COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
+    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
+                                        expected_version bigint, id uuid, event_version integer)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
 CREATE OR REPLACE FUNCTION _event_store._es_refuse_change() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
@@ -362,82 +418,81 @@ CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@
     LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
 COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
     'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
-COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
-COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
-CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
-CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
-CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
-    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
-COMMENT ON FUNCTION @extschema@.es_digest() IS
-    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
-COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
-    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append(
-    stream_id text,
-    event_type text,
-    event_data jsonb,
-    metadata jsonb DEFAULT '{}',
-    expected_version bigint DEFAULT NULL,
-    id uuid DEFAULT NULL,
-    event_version integer DEFAULT 1)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
-COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer) IS
-    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001).';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_batch';
-COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
-    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?} to one stream, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
-RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_multi';
-COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
-    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
-                                        expected_version bigint, id uuid, event_version integer)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
 CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
+	"stream_id" TEXT, /* & str */
+	"size" INT /* i32 */
+) RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
+	"event_type" TEXT, /* Option < & str > */
+	"from_version" INT, /* Option < i32 > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
+CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
+	"name" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
+	"state" TEXT,  /* String */
+	"since" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_pass" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"workers" INT  /* i32 */
+)
+STRICT VOLATILE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_worker_state_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_record"(
+	"kind" TEXT, /* & str */
+	"event_type" TEXT, /* & str */
+	"event_data" jsonb /* pgrx :: JsonB */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_record_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
-	"subject" TEXT, /* & str */
-	"stream_id" TEXT, /* & str */
-	"event_data" jsonb, /* pgrx :: JsonB */
-	"metadata" jsonb /* pgrx :: JsonB */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
-	"fresh" bool DEFAULT false /* bool */
+AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
+	"stream_id" TEXT, /* Option < & str > */
+	"expected_version" bigint, /* Option < i64 > */
+	"batch_kind" TEXT, /* Option < & str > */
+	"batch_len" INT /* Option < i32 > */
 ) RETURNS void
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
+	"pid" INT,  /* i32 */
+	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"lowest_position" bigint  /* i64 */
+)
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
+AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
+	"category" TEXT, /* Option < & str > */
+	"mode" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 	"prev" bytea, /* Option < & [u8] > */
 	"event_id" uuid, /* pgrx :: Uuid */
@@ -453,63 +508,25 @@ CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_event_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
-	"event_type" TEXT, /* Option < & str > */
-	"version" INT, /* Option < i32 > */
-	"schema" jsonb, /* Option < pgrx :: JsonB > */
-	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
-	"subject" TEXT /* Option < & str > */
-) RETURNS void
-STABLE 
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
+	"subject" TEXT /* & str */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
-	"on" bool /* bool */
-) RETURNS bool /* bool */
+AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
+	"subject" TEXT, /* & str */
+	"stream_id" TEXT, /* & str */
+	"event_data" jsonb, /* pgrx :: JsonB */
+	"metadata" jsonb /* pgrx :: JsonB */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
-	"max_count" INT, /* Option < i32 > */
-	"member" INT, /* Option < i32 > */
-	"size" INT /* Option < i32 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
-	"category" TEXT, /* Option < & str > */
-	"event_type" TEXT, /* Option < & str > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
-	"event_type" TEXT, /* Option < & str > */
-	"from_version" INT, /* Option < i32 > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_record"(
-	"kind" TEXT, /* & str */
-	"event_type" TEXT, /* & str */
-	"event_data" jsonb /* pgrx :: JsonB */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_record_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
-	"pid" INT,  /* i32 */
-	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"lowest_position" bigint  /* i64 */
-)
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
+AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
 	"func" oid, /* pg_sys :: Oid */
 	"owner" oid, /* pg_sys :: Oid */
@@ -527,29 +544,28 @@ STRICT STABLE PARALLEL SAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
-	"subject" TEXT /* & str */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
-	"name" TEXT /* & str */
-) RETURNS INT /* i32 */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
+CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
+	"stream_id" TEXT /* & str */
+) RETURNS bigint /* Option < i64 > */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
-	"stream_id" TEXT, /* & str */
-	"size" INT /* i32 */
-) RETURNS INT /* i32 */
-IMMUTABLE STRICT PARALLEL SAFE 
+AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
+	"category" TEXT, /* Option < & str > */
+	"event_type" TEXT, /* Option < & str > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
+AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
+	"max_count" INT, /* Option < i32 > */
+	"member" INT, /* Option < i32 > */
+	"size" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
 CREATE OR REPLACE FUNCTION _event_store._es_check_feed_isolation() RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -639,15 +655,6 @@ COMMENT ON FUNCTION @extschema@.es_read_category(text, bigint, integer, integer,
 CREATE OR REPLACE VIEW @extschema@.es_feed_in_flight AS
 SELECT * FROM _event_store._es_feed_holders();
 COMMENT ON VIEW @extschema@.es_feed_in_flight IS 'Appends in flight that hold the feed horizon back: pid, registered_at, lowest_position.';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
-	"stream_id" TEXT, /* Option < & str > */
-	"expected_version" bigint, /* Option < i64 > */
-	"batch_kind" TEXT, /* Option < & str > */
-	"batch_len" INT /* Option < i32 > */
-) RETURNS void
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
 COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
 CREATE OR REPLACE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
 CREATE OR REPLACE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
@@ -700,25 +707,28 @@ STABLE STRICT
 RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
 COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
     'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
-	"category" TEXT, /* Option < & str > */
-	"mode" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
-	"stream_id" TEXT /* & str */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
 	"doc" jsonb /* pgrx :: JsonB */
 ) RETURNS jsonb /* pgrx :: JsonB */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
+	"fresh" bool DEFAULT false /* bool */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
+	"event_type" TEXT, /* Option < & str > */
+	"version" INT, /* Option < i32 > */
+	"schema" jsonb, /* Option < pgrx :: JsonB > */
+	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"subject" TEXT /* Option < & str > */
+) RETURNS void
+STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
 	"stream_id" TEXT, /* & str */
 	"version" bigint, /* i64 */
@@ -1342,15 +1352,12 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_forget_subject(text, text) IS
     'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';
-CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
-	"state" TEXT,  /* String */
-	"since" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"last_pass" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"workers" INT  /* i32 */
-)
-STRICT VOLATILE PARALLEL SAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
+	"on" bool /* bool */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_worker_state_wrapper';
+AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
 CREATE OR REPLACE VIEW @extschema@.es_projection_state WITH (security_invoker = true) AS SELECT * FROM _event_store.es_projection_state;
 CREATE OR REPLACE FUNCTION _event_store._es_projection_for_update(p_name text) RETURNS _event_store.es_projection_state
 LANGUAGE plpgsql
