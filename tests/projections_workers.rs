@@ -265,3 +265,73 @@ fn a_database_without_the_extension_is_looked_at_once() {
     assert_eq!(started("postgres"), 1, "{log}");
     assert!(started("app") >= 1);
 }
+
+#[test]
+fn databases_take_turns_when_the_pool_is_full() {
+    // One slot: a database whose projection always has work (0.3 s per event) holds it, and
+    // gives it back after a time slice to a database that waits, which gives it back in turn.
+    let cluster = Cluster::start_with(
+        "turns",
+        &format!(
+            "{}\nevent_store.max_workers = 1\nevent_store.projection_time_slice = 500",
+            preload()
+        ),
+    );
+    let mut busy = app_database(&cluster, "busy", false);
+    busy.batch_execute(
+        "SET ROLE app_owner;
+         CREATE OR REPLACE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql
+             AS $$ SELECT pg_sleep(0.3); UPDATE counts SET n = n + 1 $$;
+         RESET ROLE;",
+    )
+    .unwrap();
+    append(&mut busy, "acct-1", 200);
+    wait_for(
+        Duration::from_secs(10),
+        "the busy database's worker runs",
+        || applied(&mut busy) >= 2,
+    );
+    let mut other = app_database(&cluster, "other", false);
+    append(&mut other, "acct-1", 1);
+    wait_for(
+        Duration::from_secs(5),
+        "the waiting database got the slot",
+        || applied(&mut other) == 1,
+    );
+    let before = applied(&mut busy);
+    wait_for(
+        Duration::from_secs(5),
+        "the busy database got it back",
+        || applied(&mut busy) > before + 2,
+    );
+}
+
+#[test]
+fn a_worker_stopped_inside_a_batch_is_replaced_without_a_new_commit() {
+    let cluster = Cluster::start_with("stopped", preload());
+    let mut c = app_database(&cluster, "app", false);
+    c.batch_execute(
+        "SET ROLE app_owner;
+         CREATE OR REPLACE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql
+             AS $$ SELECT pg_sleep(0.1); UPDATE counts SET n = n + 1 $$;
+         RESET ROLE;",
+    )
+    .unwrap();
+    append(&mut c, "acct-1", 30);
+    wait_for(Duration::from_secs(10), "the worker runs", || {
+        applied(&mut c) >= 3
+    });
+    // Every worker of the database stopped, none starting (the one a commit may have brought
+    // in while the first was in a batch is connected by now).
+    std::thread::sleep(Duration::from_millis(300));
+    c.batch_execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE backend_type = 'event_store projections'",
+    )
+    .unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "every event applied after the worker was stopped",
+        || applied(&mut c) == 30,
+    );
+}

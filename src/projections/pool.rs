@@ -64,6 +64,8 @@ struct Worker {
     busy_since: AtomicI64,
     /// Asked to give its slot back after its current batch.
     leave: AtomicBool,
+    /// Its last pass applied events: more may wait, for whoever comes next.
+    more: AtomicBool,
 }
 
 #[repr(C)]
@@ -506,6 +508,7 @@ pub fn register_worker() -> Option<Slot> {
     w.since.store(now(), SeqCst);
     w.busy_since.store(0, SeqCst);
     w.leave.store(false, SeqCst);
+    w.more.store(false, SeqCst);
     w.procno.store(own_procno() + 1, SeqCst);
     db.waiting_since.store(0, SeqCst);
     db.no_slot.store(false, SeqCst);
@@ -521,6 +524,13 @@ pub fn register_worker() -> Option<Slot> {
 unsafe extern "C-unwind" fn unregister_worker(_code: i32, slot: pg_sys::Datum) {
     if let Some(p) = pool() {
         let w = &p.workers[slot.value()];
+        // Leaving inside a batch (terminated) or after one that applied events (asked to give
+        // way): its database may still have work, which the next worker looks for.
+        if w.busy_since.load(SeqCst) != 0 || w.more.load(SeqCst) {
+            if let Some((_, d)) = database(p, w.database.load(SeqCst)) {
+                d.wanted.store(true, SeqCst);
+            }
+        }
         w.procno.store(0, SeqCst);
         w.busy_since.store(0, SeqCst);
         w.database.store(0, SeqCst);
@@ -568,6 +578,11 @@ impl Slot {
     /// Whether the launcher asked this worker to give its slot to a database that waits.
     pub fn asked_to_leave(&self) -> bool {
         self.worker.leave.load(SeqCst)
+    }
+
+    /// Whether the pass under way or just ended applied events.
+    pub fn applied(&self, more: bool) {
+        self.worker.more.store(more, SeqCst);
     }
 
     /// After a pass: whether the database has projections to run, and when a pass is next due

@@ -81,6 +81,7 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
                 break;
             }
             let (wait, applied) = pass(&slot, &retention, &mut backoff);
+            slot.applied(applied);
             next_pass = Instant::now() + wait;
             if applied {
                 worked = Instant::now();
