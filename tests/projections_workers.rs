@@ -4,7 +4,15 @@
 //! projection.
 use event_store_testing::{count, timescaledb, Cluster};
 use postgres::Client;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// One cluster at a time: these tests time how soon work is served, which six clusters
+/// starting at once on a small machine would blur.
+fn alone() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Waits up to `limit` for `done`, failing with `what`.
 fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
@@ -92,6 +100,7 @@ fn preload() -> &'static str {
 
 #[test]
 fn six_databases_on_a_default_cluster_are_all_served() {
+    let _alone = alone();
     // Default max_worker_processes (8): TimescaleDB's launcher and one scheduler per database
     // with it, the logical replication launcher and event_store's launcher take five of them.
     let cluster = Cluster::start_with("sixdbs", preload());
@@ -143,6 +152,7 @@ fn six_databases_on_a_default_cluster_are_all_served() {
 
 #[test]
 fn a_database_without_a_worker_slot_is_told_and_served_once_one_frees() {
+    let _alone = alone();
     // One slot beyond the logical replication launcher's and event_store's launcher's, taken
     // by a worker whose handler never returns.
     let cluster = Cluster::start_with(
@@ -173,13 +183,16 @@ fn a_database_without_a_worker_slot_is_told_and_served_once_one_frees() {
     // The append did not notify at its own commit (which would take the notify-queue lock):
     // its announcement waits for a worker.
     assert_eq!(listener.notifications().len(), 0);
+    let warnings = || {
+        cluster
+            .log()
+            .matches("no background worker slot for database \"app\"")
+            .count()
+    };
+    wait_for(Duration::from_secs(5), "a warning", || warnings() > 0);
+    std::thread::sleep(Duration::from_millis(500)); // the launcher looks again every 100 ms
     let log = cluster.log();
-    assert_eq!(
-        log.matches("no background worker slot for database \"app\"")
-            .count(),
-        1,
-        "one warning: {log}"
-    );
+    assert_eq!(warnings(), 1, "one warning: {log}");
     assert!(log.contains("Raise max_worker_processes"), "{log}");
     // The slot the hog's worker held goes to the waiting database.
     drop(hog);
@@ -200,6 +213,7 @@ fn a_database_without_a_worker_slot_is_told_and_served_once_one_frees() {
 
 #[test]
 fn a_slow_handler_delays_only_its_own_projection() {
+    let _alone = alone();
     let cluster = Cluster::start_with("slowhandler", preload());
     let mut c = app_database(&cluster, "app", false);
     c.batch_execute(
@@ -243,6 +257,7 @@ fn a_slow_handler_delays_only_its_own_projection() {
 
 #[test]
 fn a_database_without_the_extension_is_looked_at_once() {
+    let _alone = alone();
     // The postmaster logs every worker it starts at DEBUG1.
     let cluster = Cluster::start_with(
         "lookonce",
@@ -268,6 +283,7 @@ fn a_database_without_the_extension_is_looked_at_once() {
 
 #[test]
 fn databases_take_turns_when_the_pool_is_full() {
+    let _alone = alone();
     // One slot: a database whose projection always has work (0.3 s per event) holds it, and
     // gives it back after a time slice to a database that waits, which gives it back in turn.
     let cluster = Cluster::start_with(
@@ -308,6 +324,7 @@ fn databases_take_turns_when_the_pool_is_full() {
 
 #[test]
 fn a_worker_stopped_inside_a_batch_is_replaced_without_a_new_commit() {
+    let _alone = alone();
     let cluster = Cluster::start_with("stopped", preload());
     let mut c = app_database(&cluster, "app", false);
     c.batch_execute(
