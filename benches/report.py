@@ -31,12 +31,36 @@ def pct(name, p):
     return values[min(len(values) - 1, int(round(p / 100.0 * (len(values) - 1))))] if values else None
 
 
+# A scenario whose fastest round beat its slowest by more than this ran while the shared
+# machine was busy with something else: its mean, and every ratio over it, is flagged.
+NOISY = 1.3
+
+
+def spread(name):
+    r = rates.get(name, [])
+    return max(r) / min(r) if len(r) > 1 and min(r) > 0 else None
+
+
+noisy = sorted(n for n in rates if (spread(n) or 1.0) > NOISY)
+
+
+class Ratio(float):
+    """A ratio of two scenarios' rates that knows whether either was noisy."""
+    noisy = False
+
+
 def rate_ratio(a, b):
-    return tps[a] / tps[b] if a in tps and b in tps and tps[b] else None
+    if a not in tps or b not in tps or not tps[b]:
+        return None
+    r = Ratio(tps[a] / tps[b])
+    r.noisy = a in noisy or b in noisy
+    return r
 
 
 def x(v):
-    return f"{v:.2f}x" if v is not None else "n/a"
+    if v is None:
+        return "n/a"
+    return f"{v:.2f}x" + (" (noisy)" if getattr(v, "noisy", False) else "")
 
 
 rows = [(name, clients[name], tps[name], pct(name, 50), pct(name, 95), pct(name, 99)) for name in tps]
@@ -61,11 +85,23 @@ lines = [
     "  per category.",
     "- Single-event appends go to 10,000 user streams, all in one category or spread over 8.",
     "",
-    "| scenario | clients | calls/s | p50 ms | p95 ms | p99 ms |",
-    "|---|---:|---:|---:|---:|---:|",
+    f"- *rounds*: the slowest and fastest round; **noisy** when they differ by more than {NOISY}x",
+    "  (the machine was busy with something else meanwhile), and so is every ratio over it.",
+    "",
+    "| scenario | clients | calls/s | rounds | p50 ms | p95 ms | p99 ms |",
+    "|---|---:|---:|---:|---:|---:|---:|",
 ]
+
+
+def round_range(name):
+    r = rates[name]
+    if len(r) < 2:
+        return ""
+    return f"{min(r):,.0f}-{max(r):,.0f}" + (" **noisy**" if name in noisy else "")
+
+
 for name, c, t, p50, p95, p99 in rows:
-    lines.append(f"| {name} | {c} | {t:,.0f} | {ms(p50)} | {ms(p95)} | {ms(p99)} |")
+    lines.append(f"| {name} | {c} | {t:,.0f} | {round_range(name)} | {ms(p50)} | {ms(p95)} | {ms(p99)} |")
 
 # The targets of the issue, each as (what, measured text, met: True/False/None = not measured).
 targets = []
@@ -121,6 +157,9 @@ target("bytes per event <= 1.5x the floor's", r, x(r), lambda v: v <= 1.5)
 lines += ["", "## Targets", "", "| target | measured | met? |", "|---|---:|:---:|"]
 for what, text, ok in targets:
     lines.append(f"| {what} | {text} | {'n/a' if ok is None else 'yes' if ok else '**no**'} |")
+if noisy:
+    lines += ["", f"Noisy scenarios this run (rounds more than {NOISY}x apart; rerun before trusting a ratio over them): "
+              + ", ".join(f"{n} ({round_range(n).removesuffix(' **noisy**')})" for n in noisy) + "."]
 if "es_append_multi/multi100x10/c1" not in tps:
     lines.append("\nThe multi-stream scenario did not run: this event_store has no `es_append_multi(jsonb)`.")
 
