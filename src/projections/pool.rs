@@ -554,6 +554,11 @@ impl Slot {
         demand(self.db, now())
     }
 
+    /// Whether commits wait to be announced.
+    pub fn announcement_owed(&self) -> bool {
+        self.db.commits.load(SeqCst) != self.db.announced.load(SeqCst)
+    }
+
     /// The announcement owed, claimed by this worker: the highest position committed. None
     /// when nothing is owed or another worker of the database claimed it.
     pub fn claim_announcement(&self) -> Option<i64> {
