@@ -6,6 +6,7 @@ use crate::pg::errors::{raise_invalid as raise, Refused};
 use crate::pg::jsonb;
 use crate::pg::jsonb::functions::out;
 use crate::{catalog, fold, projections, read};
+use event_store_core::append::ids::UuidText;
 use event_store_core::append::{has_duplicate, lock_order};
 use event_store_core::integrity::chain::{event_hash, Content, GENESIS};
 use event_store_core::stream::{category, SYSTEM_CATEGORY};
@@ -142,11 +143,11 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
                         new.claims.push(uuid(id));
                         id
                     });
-                    let id_text = uuid(id).to_string();
+                    let id_text = UuidText::new(&id);
                     let hash = event_hash(
                         &prev,
                         &Content {
-                            event_id: &id_text,
+                            event_id: id_text.as_str(),
                             stream_id: &e.stream_id,
                             stream_version: version,
                             global_position: position,

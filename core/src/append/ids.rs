@@ -42,9 +42,51 @@ pub fn next_v7() -> [u8; 16] {
     uuid_v7(ms, seq, rand::random())
 }
 
+/// An id's canonical text (8-4-4-4-12 lowercase hex digits), as PostgreSQL's uuid_out writes
+/// it, without an allocation.
+pub struct UuidText([u8; 36]);
+
+impl UuidText {
+    pub fn new(id: &[u8; 16]) -> UuidText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; 36];
+        let mut at = 0;
+        for (i, b) in id.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                at += 1;
+            }
+            out[at] = HEX[(b >> 4) as usize];
+            out[at + 1] = HEX[(b & 0x0f) as usize];
+            at += 2;
+        }
+        UuidText(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits and dashes only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_text_is_the_canonical_form() {
+        let id = [
+            0x01, 0x8f, 0x3a, 0x4b, 0x5c, 0x6d, 0x7e, 0x8f, 0x90, 0xa1, 0xb2, 0xc3, 0xd4, 0xe5,
+            0xf6, 0x07,
+        ];
+        assert_eq!(
+            UuidText::new(&id).as_str(),
+            "018f3a4b-5c6d-7e8f-90a1-b2c3d4e5f607"
+        );
+        assert_eq!(
+            UuidText::new(&[0xff; 16]).as_str(),
+            "ffffffff-ffff-ffff-ffff-ffffffffffff"
+        );
+    }
 
     #[test]
     fn layout_has_version_and_variant() {
