@@ -301,6 +301,37 @@ es_psql $PORT postgres -qtA -c "ALTER SYSTEM RESET event_store.max_workers" -c "
     -c "DROP DATABASE es_bench_hog WITH (FORCE)" -c "DROP ROLE es_bench_hog_owner" >/dev/null
 fi
 
+if want 11; then
+echo "== 11. bulk: 100,000 events per round, es_append_batch and es_append_multi against COPY"
+# COPY ... FROM STDIN of the same rows into the floor table is the bar; each system loads
+# 100,000 events in one transaction, the three taking turns, and a rate is events per second.
+BULK=$ES_RUN_DIR/es_bench_bulk.copy
+sql -c "COPY (SELECT nextval('bench_floor_seq'), gen_random_uuid(), 'copy-' || (i / 100), i % 100 + 1, 'ItemAdded',
+                     jsonb_build_object('sku', 'sku-' || i, 'qty', i % 5 + 1, 'price', 9.99), '{}', 1, clock_timestamp()
+                FROM generate_series(0, 99999) AS i) TO '$BULK'" >/dev/null
+# timed NAME SQL...: runs psql with the statements, appends NAME's events per second.
+timed() {
+    local name=$1; shift
+    local t0 t1
+    t0=$(date +%s%N)
+    sql "$@" >/dev/null || { echo "$name failed" | tee -a "$RAW/failed.txt"; return 0; }
+    t1=$(date +%s%N)
+    echo "$name 1 $(python3 -c "print(f'{100000 / (($t1 - $t0) / 1e9):.1f}')")" | tee -a "$RAW/tps.txt"
+}
+bulk_systems=(copy batch multi)
+for ((round = 0; round < ROUNDS; round++)); do
+    for ((i = 0; i < 3; i++)); do
+        case ${bulk_systems[(round + i) % 3]} in
+            copy) timed bulk/copy -c "\\copy bench_floor (global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, event_version, created_at) FROM '$BULK'" ;;
+            batch) timed bulk/es_append_batch -c "SELECT count(*) FROM generate_series(1, 100) AS g,
+                       LATERAL es_append_batch('bulk-$round-' || g, (SELECT events FROM bench_payload))" ;;
+            multi) timed bulk/es_append_multi -c "SELECT count(*) FROM bench_multi_payload p, LATERAL es_append_multi(p.appends)" ;;
+        esac
+    done
+done
+rm -f "$BULK"
+fi
+
 echo "== 9. storage"
 sql -F ' ' -c "
     SELECT t, pg_size_pretty(bytes), coalesce(round(bytes::numeric / nullif(rows, 0), 1)::text, 'n/a')
