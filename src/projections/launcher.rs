@@ -67,7 +67,7 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
                     warning!(
                         "event_store: database \"{}\" is beyond the {} databases projection workers serve; its appends notify at commit and its projections need es_run_projections",
                         names[&oid],
-                        oids.len()
+                        pool::MAX_DATABASES
                     );
                 }
             }

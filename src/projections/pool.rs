@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, 
 const MAX_WORKERS: usize = settings::MAX_WORKERS_BOUND;
 /// Databases tracked at once; a database beyond them notifies at its own commits and is served
 /// by no worker (the launcher warns).
-const MAX_DATABASES: usize = 512;
+pub const MAX_DATABASES: usize = 512;
 /// A worker inside one batch for longer than this counts as busy: its database gets another
 /// worker for the work that arrives meanwhile.
 pub const BUSY_AFTER: i64 = 100_000;
