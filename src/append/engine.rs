@@ -158,8 +158,9 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
                             metadata: &ev.meta_text,
                         },
                     );
-                    prev = hash.to_vec();
-                    new.push(&e.stream_id, ev, id, version, position, at, prev.clone());
+                    prev.clear();
+                    prev.extend_from_slice(&hash);
+                    new.push(&e.stream_id, ev, id, version, position, at, hash);
                     rows.push(Appended {
                         entry: i,
                         id,

@@ -38,23 +38,23 @@ fn jsonb_array(items: &[pg_sys::Datum]) -> DatumWithOid<'static> {
 }
 
 /// The columns of the events to insert, one statement for all of them.
-pub(super) struct Insert {
+pub(super) struct Insert<'a> {
     positions: Vec<i64>,
     ids: Vec<pgrx::Uuid>,
-    streams: Vec<String>,
+    streams: Vec<&'a str>,
     versions: Vec<i64>,
-    types: Vec<String>,
+    types: Vec<&'a str>,
     data: Vec<pg_sys::Datum>,
     metadata: Vec<pg_sys::Datum>,
     event_versions: Vec<i32>,
     at: Vec<i64>,
-    hashes: Vec<Vec<u8>>,
+    hashes: Vec<[u8; 32]>,
     /// The ids the store generated (caller-chosen ones were claimed by `retries`).
     pub(super) claims: Vec<pgrx::Uuid>,
 }
 
-impl Insert {
-    pub(super) fn with_capacity(n: usize) -> Insert {
+impl<'a> Insert<'a> {
+    pub(super) fn with_capacity(n: usize) -> Insert<'a> {
         Insert {
             positions: Vec::with_capacity(n),
             ids: Vec::with_capacity(n),
@@ -73,19 +73,19 @@ impl Insert {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn push(
         &mut self,
-        stream: &str,
-        ev: &Event,
+        stream: &'a str,
+        ev: &'a Event,
         id: [u8; 16],
         version: i64,
         position: i64,
         at: i64,
-        hash: Vec<u8>,
+        hash: [u8; 32],
     ) {
         self.positions.push(position);
         self.ids.push(uuid(id));
-        self.streams.push(stream.to_string());
+        self.streams.push(stream);
         self.versions.push(version);
-        self.types.push(ev.event_type.clone());
+        self.types.push(&ev.event_type);
         self.data.push(ev.data);
         self.metadata.push(ev.metadata);
         self.event_versions.push(ev.version);
@@ -125,14 +125,14 @@ impl Insert {
             let args = [
                 arg(self.positions[0]),
                 arg(self.ids[0]),
-                arg(self.streams[0].as_str()),
+                arg(self.streams[0]),
                 arg(self.versions[0]),
-                arg(self.types[0].as_str()),
+                arg(self.types[0]),
                 jsonb(self.data[0]),
                 jsonb(self.metadata[0]),
                 arg(self.event_versions[0]),
                 timestamptz(self.at[0]),
-                arg(self.hashes[0].as_slice()),
+                arg(&self.hashes[0][..]),
                 arg(self.claims),
             ];
             client.update(&*plan, None, &args).map(drop)
@@ -179,7 +179,7 @@ impl Insert {
                 jsonb_array(&self.metadata),
                 arg(self.event_versions),
                 arg(at),
-                arg(self.hashes),
+                arg(self.hashes.iter().map(|h| &h[..]).collect::<Vec<_>>()),
                 arg(self.claims),
             ];
             client.update(&*plan, None, &args).map(drop)
