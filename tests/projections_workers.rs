@@ -59,6 +59,17 @@ fn set_up(c: &mut Client) {
     .unwrap();
 }
 
+/// Makes the counting handler sleep `seconds` per event first.
+fn count_slowly(c: &mut Client, seconds: &str) {
+    c.batch_execute(&format!(
+        "SET ROLE app_owner;
+         CREATE OR REPLACE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql
+             AS $$ SELECT pg_sleep({seconds}); UPDATE counts SET n = n + 1 $$;
+         RESET ROLE;"
+    ))
+    .unwrap();
+}
+
 fn append(c: &mut Client, stream: &str, n: usize) {
     for _ in 0..n {
         c.execute("SELECT es_append($1, 'Happened', '{}')", &[&stream])
@@ -167,13 +178,7 @@ fn a_database_without_a_worker_slot_is_told_and_served_once_one_frees() {
          event_store.max_workers = 4\nevent_store.projection_timeout = 0",
     );
     let mut hog = app_database(&cluster, "hog", false);
-    hog.batch_execute(
-        "SET ROLE app_owner;
-         CREATE OR REPLACE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql
-             AS $$ SELECT pg_sleep(3600); UPDATE counts SET n = n + 1 $$;
-         RESET ROLE;",
-    )
-    .unwrap();
+    count_slowly(&mut hog, "3600");
     append(&mut hog, "acct-1", 1);
     wait_for(Duration::from_secs(20), "the hog's worker sleeps", || {
         workers_in_a_handler(&mut hog) == 1
@@ -300,13 +305,7 @@ fn databases_take_turns_when_the_pool_is_full() {
         ),
     );
     let mut busy = app_database(&cluster, "busy", false);
-    busy.batch_execute(
-        "SET ROLE app_owner;
-         CREATE OR REPLACE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql
-             AS $$ SELECT pg_sleep(0.3); UPDATE counts SET n = n + 1 $$;
-         RESET ROLE;",
-    )
-    .unwrap();
+    count_slowly(&mut busy, "0.3");
     append(&mut busy, "acct-1", 200);
     wait_for(
         Duration::from_secs(10),
@@ -333,13 +332,7 @@ fn a_worker_stopped_inside_a_batch_is_replaced_without_a_new_commit() {
     let _alone = alone();
     let cluster = Cluster::start_with("stopped", preload());
     let mut c = app_database(&cluster, "app", false);
-    c.batch_execute(
-        "SET ROLE app_owner;
-         CREATE OR REPLACE FUNCTION count_event(e event_store) RETURNS void LANGUAGE sql
-             AS $$ SELECT pg_sleep(0.1); UPDATE counts SET n = n + 1 $$;
-         RESET ROLE;",
-    )
-    .unwrap();
+    count_slowly(&mut c, "0.1");
     append(&mut c, "acct-1", 30);
     wait_for(Duration::from_secs(10), "the worker runs", || {
         applied(&mut c) >= 3

@@ -82,16 +82,16 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
         let max = settings::MAX_WORKERS.get() as usize;
         let decided = plan::plan(&databases, &workers, running, max, slice);
         let mut waiting = decided.waiting;
+        let name = |db: u32| names.get(&db).map_or("?", |n| n.as_str());
         for (i, &db) in decided.start.iter().enumerate() {
-            let name = names.get(&db).map_or("?", |n| n.as_str());
-            match start(db, name) {
+            match start(db, name(db)) {
                 Some(worker) => started.push((db, worker)),
                 None => {
                     // max_worker_processes is used up: this database and the rest wait.
                     for &db in &decided.start[i..] {
                         let unserved = databases.iter().any(|d| d.id == db && d.workers == 0);
                         if pool::no_slot(db, now, unserved) {
-                            warn_no_slot(names.get(&db).map_or("?", |n| n.as_str()), max);
+                            warn_no_slot(name(db), max);
                         }
                         waiting.push(db);
                     }

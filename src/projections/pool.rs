@@ -151,12 +151,16 @@ fn wake_launcher(p: &Pool) {
     set_latch(p.launcher_procno.load(SeqCst));
 }
 
+/// The workers connected to database `db`.
+fn connected(p: &Pool, db: u32) -> impl Iterator<Item = &Worker> {
+    p.workers
+        .iter()
+        .filter(move |w| w.database.load(SeqCst) == db && w.procno.load(SeqCst) > 0)
+}
+
 /// Wakes a worker of `db` that is between batches, or else the launcher (which starts one).
 fn wake(p: &Pool, db: u32) {
-    let idle = p.workers.iter().find(|w| {
-        w.database.load(SeqCst) == db && w.procno.load(SeqCst) > 0 && w.busy_since.load(SeqCst) == 0
-    });
-    match idle {
+    match connected(p, db).find(|w| w.busy_since.load(SeqCst) == 0) {
         Some(w) => set_latch(w.procno.load(SeqCst)),
         None => wake_launcher(p),
     }
@@ -280,12 +284,7 @@ fn _es_worker_state() -> TableIterator<
         ("standby".into(), None, None, 0)
     } else if let Some(p) = pool() {
         let oid = own_database_id();
-        let serving: Vec<i64> = p
-            .workers
-            .iter()
-            .filter(|w| w.database.load(SeqCst) == oid && w.procno.load(SeqCst) > 0)
-            .map(|w| w.since.load(SeqCst))
-            .collect();
+        let serving: Vec<i64> = connected(p, oid).map(|w| w.since.load(SeqCst)).collect();
         let (waiting, no_slot, last) = database(p, oid).map_or((0, false, 0), |(_, d)| {
             (
                 d.waiting_since.load(SeqCst),
@@ -359,11 +358,14 @@ pub fn track(oids: &[u32]) -> Vec<u32> {
     untracked
 }
 
+/// Whether commits wait to be announced.
+fn owed(d: &Database) -> bool {
+    d.commits.load(SeqCst) != d.announced.load(SeqCst)
+}
+
 fn demand(d: &Database, now: i64) -> bool {
     let due = d.next_due.load(SeqCst);
-    d.wanted.load(SeqCst)
-        || d.commits.load(SeqCst) != d.announced.load(SeqCst)
-        || (due != 0 && due <= now)
+    d.wanted.load(SeqCst) || owed(d) || (due != 0 && due <= now)
 }
 
 /// The pool as the planner sees it. `started(db)`: workers the launcher started for the
@@ -397,10 +399,7 @@ pub fn snapshot(
         .filter(|d| d.oid.load(SeqCst) != 0)
         .map(|d| {
             let id = d.oid.load(SeqCst);
-            let busy = p
-                .workers
-                .iter()
-                .filter(|w| w.database.load(SeqCst) == id && w.procno.load(SeqCst) > 0)
+            let busy = connected(p, id)
                 .filter(|w| {
                     let b = w.busy_since.load(SeqCst);
                     b != 0 && now - b >= BUSY_AFTER
@@ -435,12 +434,7 @@ pub fn set_waiting(waiting: &[u32], now: i64) {
         }
         if waiting.contains(&oid) {
             let _ = d.waiting_since.compare_exchange(0, now, SeqCst, SeqCst);
-        } else if p
-            .workers
-            .iter()
-            .any(|w| w.database.load(SeqCst) == oid && w.procno.load(SeqCst) > 0)
-            || !demand(d, now)
-        {
+        } else if connected(p, oid).next().is_some() || !demand(d, now) {
             d.waiting_since.store(0, SeqCst);
             d.no_slot.store(false, SeqCst);
             d.warned.store(false, SeqCst);
@@ -466,7 +460,7 @@ pub fn ask_to_leave(slot: usize) {
     }
 }
 
-/// The earliest time a database without a worker has a pass due (0: none).
+/// The earliest time any database has a pass due without a commit (0: none).
 pub fn next_due() -> i64 {
     pool().map_or(0, |p| {
         p.databases
@@ -556,7 +550,7 @@ impl Slot {
 
     /// Whether commits wait to be announced.
     pub fn announcement_owed(&self) -> bool {
-        self.db.commits.load(SeqCst) != self.db.announced.load(SeqCst)
+        owed(self.db)
     }
 
     /// The announcement owed, claimed by this worker: the highest position committed. None
