@@ -1,8 +1,10 @@
-//! Inserting the events of one call in one statement, with the ids the store generated claimed
-//! in the same statement.
+//! Inserting the events of one call, with the ids the store generated claimed with them:
+//! without an executor where the tables allow it (`direct`, routed to TimescaleDB's chunk by
+//! `chunks`), otherwise in one SQL statement.
+use super::direct::{self, datum, text, Column, Executor};
 use super::{arg, uuid, Event};
-use crate::pg::plans;
 use crate::pg::schema::OrRaise;
+use crate::pg::{plans, schema};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
@@ -94,6 +96,108 @@ impl<'a> Insert<'a> {
     }
 
     pub(super) fn execute(self, client: &mut SpiClient<'_>) {
+        if let Err(why) = self.direct(client) {
+            debug1!("event_store: appending with an INSERT statement: {why}");
+            self.statement(client);
+        }
+    }
+
+    /// Inserts the rows without an executor, or says why not having written nothing.
+    fn direct(&self, client: &SpiClient<'_>) -> Result<(), &'static str> {
+        use pg_sys::{
+            BYTEAOID, INT4OID, INT8OID, JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDOID, XID8OID,
+        };
+        const EVENT: [Column; 11] = [
+            ("global_position", INT8OID),
+            ("event_id", UUIDOID),
+            ("stream_id", TEXTOID),
+            ("stream_version", INT8OID),
+            ("event_type", TEXTOID),
+            ("event_data", JSONBOID),
+            ("metadata", JSONBOID),
+            ("event_version", INT4OID),
+            ("created_at", TIMESTAMPTZOID),
+            ("transaction_id", XID8OID),
+            ("hash", BYTEAOID),
+        ];
+        let root = schema::relation(c"event_store");
+        let ids = schema::relation(c"es_event_ids");
+        // SAFETY: inside the append's transaction, which holds RowExclusiveLock on event_store;
+        // rows are filled with datums of the columns' types.
+        unsafe {
+            if !direct::allowed(root) || !direct::allowed(ids) {
+                return Err("row level security or no INSERT privilege");
+            }
+            let mut executor = Executor::new(root);
+            // Where each event goes: event_store, or on a hypertable its time's chunk.
+            let mut targets = Vec::with_capacity(self.at.len());
+            if let Some(table) = executor.open(root, &EVENT) {
+                targets.resize(self.at.len(), table);
+            } else {
+                if !direct::hypertable(root) {
+                    return Err("event_store has triggers, rules or columns appends do not fill");
+                }
+                let mut opened: Vec<(pg_sys::Oid, direct::Target)> = vec![];
+                for &at in &self.at {
+                    let Some(chunk) = super::chunks::chunk(client, root, at) else {
+                        return Err("no uncompressed chunk holds the event's time yet");
+                    };
+                    let table = match opened.iter().find(|o| o.0 == chunk) {
+                        Some(o) => o.1,
+                        None => {
+                            let Some(table) = executor.open(chunk, &EVENT) else {
+                                return Err(
+                                    "the chunk has triggers, rules or columns appends do not fill",
+                                );
+                            };
+                            opened.push((chunk, table));
+                            table
+                        }
+                    };
+                    targets.push(table);
+                }
+            }
+            let Some(claims) = executor.open(ids, &[("event_id", UUIDOID)]) else {
+                return Err("es_event_ids has triggers, rules or other columns");
+            };
+            executor.insert(claims, self.claims.len(), |i, v| {
+                v[0] = datum(self.claims[i]);
+            });
+            let xid = pg_sys::Datum::from(pg_sys::GetTopFullTransactionId().value);
+            let mut done = vec![false; targets.len()];
+            for first in 0..targets.len() {
+                if done[first] {
+                    continue;
+                }
+                let table = targets[first];
+                let rows: Vec<usize> = (first..targets.len())
+                    .filter(|&i| targets[i] == table)
+                    .collect();
+                executor.insert(table, rows.len(), |k, v| {
+                    let i = rows[k];
+                    v[0] = self.positions[i].into();
+                    v[1] = datum(self.ids[i]);
+                    v[2] = text(self.streams[i]);
+                    v[3] = self.versions[i].into();
+                    v[4] = text(self.types[i]);
+                    v[5] = self.data[i];
+                    v[6] = self.metadata[i];
+                    v[7] = self.event_versions[i].into();
+                    v[8] = self.at[i].into();
+                    v[9] = xid;
+                    v[10] = datum(&self.hashes[i][..]);
+                });
+                for &i in &rows {
+                    done[i] = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts the rows with an SQL statement: whatever the tables ask for (triggers, row
+    /// level security, TimescaleDB creating a chunk) happens.
+    fn statement(self, client: &mut SpiClient<'_>) {
         use Oid::*;
         let timestamptz = |t: i64| {
             // SAFETY: a timestamptz is passed by value as its microseconds.

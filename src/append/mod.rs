@@ -22,6 +22,8 @@ use pgrx::prelude::*;
 use pgrx::IntoDatum;
 
 mod args;
+mod chunks;
+mod direct;
 mod engine;
 pub mod ids;
 mod insert;

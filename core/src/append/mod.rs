@@ -1,5 +1,6 @@
 //! The decisions of an append that need no database: the order streams are locked in, event
 //! ids used twice, and what a retry carrying stored event ids amounts to.
+pub mod chunks;
 pub mod ids;
 
 use std::collections::HashSet;

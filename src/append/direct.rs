@@ -1,0 +1,289 @@
+//! Inserting rows without an executor, as COPY does: the table AM's insert, the relation's
+//! constraints and index entries, one executor state for the call. An SPI INSERT would start
+//! an executor per statement and, on a hypertable, TimescaleDB's insert state per chunk: most
+//! of what a single append costs beyond the row itself (measured with perf).
+//!
+//! A table takes rows here only where nothing else would have acted on them: no INSERT trigger
+//! or rule, no row level security, the caller allowed to insert, and exactly the columns the
+//! rows fill (of those types; dropped columns aside). `open` answers `None` otherwise, and the
+//! caller runs its SQL statement instead, which does whatever the table asks.
+use crate::pg::guards::{Opened, Slot};
+use pgrx::pg_sys;
+use pgrx::IntoDatum;
+
+/// Rows inserted per table AM call (heap_multi_insert fills a page per WAL record).
+const MULTI: usize = 100;
+
+/// A column the rows fill: its name and type.
+pub(super) type Column = (&'static str, pg_sys::Oid);
+
+/// A table opened for rows, its indexes open.
+struct Table {
+    rri: *mut pg_sys::ResultRelInfo,
+    /// For each column of the rows, its attribute index in the table.
+    attrs: Vec<usize>,
+    slots: Vec<Slot>,
+    rel: Opened,
+}
+
+/// The executor state of one call's inserts and the tables it opened. Dropping it closes them.
+pub(super) struct Executor {
+    estate: *mut pg_sys::EState,
+    tables: Vec<Table>,
+}
+
+/// A table of the executor, by its index there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Target(usize);
+
+impl Executor {
+    /// # Safety
+    /// Inside a transaction; `root` is the table permissions were checked on (`allowed`),
+    /// named in the range table that constraint errors report through.
+    pub(super) unsafe fn new(root: pg_sys::Oid) -> Executor {
+        // SAFETY: a fresh executor state; the range table entry is allocated in its memory.
+        unsafe {
+            let estate = pg_sys::CreateExecutorState();
+            let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+            let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
+                .cast::<pg_sys::RangeTblEntry>();
+            (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+            (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+            (*rte).relid = root;
+            (*rte).relkind = pg_sys::RELKIND_RELATION as std::ffi::c_char;
+            (*rte).rellockmode = pg_sys::RowExclusiveLock as i32;
+            (*rte).requiredPerms = pg_sys::ACL_INSERT as pg_sys::AclMode;
+            pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(std::ptr::null_mut(), rte.cast()));
+            pg_sys::MemoryContextSwitchTo(old);
+            Executor {
+                estate,
+                tables: vec![],
+            }
+        }
+    }
+
+    /// Opens `relid` (locked by the caller or here, RowExclusiveLock) for rows of `columns`,
+    /// or `None` when it takes more than this module does (see the module's comment).
+    ///
+    /// # Safety
+    /// Inside a transaction; `relid` is a table the caller may insert into (`allowed`).
+    pub(super) unsafe fn open(&mut self, relid: pg_sys::Oid, columns: &[Column]) -> Option<Target> {
+        // SAFETY: the relation is opened, read and kept open by this executor.
+        unsafe {
+            let rel = pg_sys::try_table_open(relid, pg_sys::RowExclusiveLock as i32);
+            if rel.is_null() {
+                return None;
+            }
+            let rel = Opened(rel);
+            let form = &*(*rel.0).rd_rel;
+            let triggers = (*rel.0).trigdesc;
+            if form.relkind != pg_sys::RELKIND_RELATION as std::ffi::c_char
+                || form.relhasrules
+                || (!triggers.is_null() && inserts_fire(&*triggers))
+            {
+                return None;
+            }
+            let desc = (*rel.0).rd_att;
+            if !(*desc).constr.is_null() && (*(*desc).constr).has_generated_stored {
+                return None;
+            }
+            let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+            let mut at = vec![usize::MAX; columns.len()];
+            for (i, a) in attrs.iter().enumerate().filter(|(_, a)| !a.attisdropped) {
+                let name = pgrx::name_data_to_str(&a.attname);
+                let k = columns.iter().position(|c| c.0 == name)?;
+                if columns[k].1 != a.atttypid {
+                    return None;
+                }
+                at[k] = i;
+            }
+            if at.contains(&usize::MAX) {
+                return None;
+            }
+            let old = pg_sys::MemoryContextSwitchTo((*self.estate).es_query_cxt);
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                .cast::<pg_sys::ResultRelInfo>();
+            pg_sys::InitResultRelInfo(rri, rel.0, 1, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(rri, false);
+            pg_sys::MemoryContextSwitchTo(old);
+            self.tables.push(Table {
+                rri,
+                attrs: at,
+                slots: vec![],
+                rel,
+            });
+            Some(Target(self.tables.len() - 1))
+        }
+    }
+
+    /// Inserts `n` rows into `target`: `fill(i, values)` gives row `i`'s values, in the order
+    /// of the columns it was opened for. The table's constraints are checked and its index
+    /// entries made (a unique index raises 23505, waiting first for a transaction inserting
+    /// the same key). Rows are visible to the commands that follow.
+    ///
+    /// # Safety
+    /// Inside the transaction that opened `target`; `fill` gives datums of the columns' types.
+    pub(super) unsafe fn insert(
+        &mut self,
+        target: Target,
+        n: usize,
+        mut fill: impl FnMut(usize, &mut [pg_sys::Datum]),
+    ) {
+        // SAFETY: slots of the table's own row type, filled as virtual tuples and inserted by
+        // its table AM; index entries and constraints as the executor makes and checks them.
+        unsafe {
+            let estate = self.estate;
+            let table = &mut self.tables[target.0];
+            let rel = table.rel.0;
+            let am = &*(*rel).rd_tableam;
+            let cid = pg_sys::GetCurrentCommandId(true);
+            let checks = !(*(*rel).rd_att).constr.is_null();
+            let mut values = vec![pg_sys::Datum::from(0); table.attrs.len()];
+            let mut start = 0;
+            while start < n {
+                let count = MULTI.min(n - start);
+                while table.slots.len() < count {
+                    table.slots.push(Slot::of(rel));
+                }
+                for (j, slot) in table.slots[..count].iter().enumerate() {
+                    let slot = slot.0;
+                    pg_sys::ExecClearTuple(slot);
+                    let natts = (*slot)
+                        .tts_tupleDescriptor
+                        .as_ref()
+                        .expect("a row type")
+                        .natts;
+                    std::slice::from_raw_parts_mut((*slot).tts_isnull, natts as usize).fill(true);
+                    fill(start + j, &mut values);
+                    for (k, &a) in table.attrs.iter().enumerate() {
+                        *(*slot).tts_values.add(a) = values[k];
+                        *(*slot).tts_isnull.add(a) = false;
+                    }
+                    pg_sys::ExecStoreVirtualTuple(slot);
+                    if checks {
+                        pg_sys::ExecConstraints(table.rri, slot, estate);
+                    }
+                }
+                if count == 1 {
+                    let insert = am.tuple_insert.expect("a table AM inserts");
+                    insert(rel, table.slots[0].0, cid, 0, std::ptr::null_mut());
+                } else {
+                    let insert = am.multi_insert.expect("a table AM inserts many");
+                    let mut slots: Vec<*mut pg_sys::TupleTableSlot> =
+                        table.slots[..count].iter().map(|s| s.0).collect();
+                    insert(
+                        rel,
+                        slots.as_mut_ptr(),
+                        count as i32,
+                        cid,
+                        0,
+                        std::ptr::null_mut(),
+                    );
+                }
+                if (*table.rri).ri_NumIndices > 0 {
+                    for slot in &table.slots[..count] {
+                        let recheck = pg_sys::ExecInsertIndexTuples(
+                            table.rri,
+                            slot.0,
+                            estate,
+                            false,
+                            false,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                        );
+                        pg_sys::list_free(recheck);
+                        let per_row = (*estate).es_per_tuple_exprcontext;
+                        if !per_row.is_null() {
+                            pg_sys::MemoryContextReset((*per_row).ecxt_per_tuple_memory);
+                        }
+                    }
+                }
+                start += count;
+            }
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // SAFETY: each table's indexes were opened by `open`, closed once, before the tables
+        // (their guards) and then the executor state are released.
+        unsafe {
+            for t in &self.tables {
+                pg_sys::ExecCloseIndices(t.rri);
+            }
+            self.tables.clear();
+            pg_sys::FreeExecutorState(self.estate);
+        }
+    }
+}
+
+/// Whether inserting into a table with these triggers fires any.
+fn inserts_fire(t: &pg_sys::TriggerDesc) -> bool {
+    t.trig_insert_before_row
+        || t.trig_insert_after_row
+        || t.trig_insert_instead_row
+        || t.trig_insert_before_statement
+        || t.trig_insert_after_statement
+        || t.trig_insert_new_table
+}
+
+/// Whether the current user may insert into `relid` with nothing else applying: the INSERT
+/// privilege, and no row level security on it for this user.
+///
+/// # Safety
+/// Inside a transaction.
+pub(super) unsafe fn allowed(relid: pg_sys::Oid) -> bool {
+    // SAFETY: syscache lookups of an existing relation.
+    unsafe {
+        pg_sys::pg_class_aclcheck(
+            relid,
+            pg_sys::GetUserId(),
+            pg_sys::ACL_INSERT as pg_sys::AclMode,
+        ) == pg_sys::AclResult::ACLCHECK_OK
+            && pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
+                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    }
+}
+
+/// Whether `root` is a hypertable's root to insert into through its chunks: its only insert
+/// trigger is TimescaleDB's `ts_insert_blocker` (which refuses rows in the root itself).
+///
+/// # Safety
+/// Inside a transaction; `root` is a table.
+pub(super) unsafe fn hypertable(root: pg_sys::Oid) -> bool {
+    // SAFETY: the relation's trigger descriptor, read while it is open.
+    unsafe {
+        let rel = Opened::table(root, pg_sys::RowExclusiveLock);
+        let desc = (*rel.0).trigdesc;
+        if desc.is_null() {
+            return false;
+        }
+        let triggers = std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize);
+        let inserts = triggers
+            .iter()
+            .filter(|t| t.tgtype as u32 & pg_sys::TRIGGER_TYPE_INSERT != 0);
+        let mut blockers = 0;
+        for t in inserts {
+            if std::ffi::CStr::from_ptr(t.tgname) != c"ts_insert_blocker" {
+                return false;
+            }
+            blockers += 1;
+        }
+        blockers == 1
+    }
+}
+
+/// A text datum of `s`, in the current memory context.
+pub(super) fn text(s: &str) -> pg_sys::Datum {
+    // SAFETY: copies the bytes into a new varlena.
+    pg_sys::Datum::from(unsafe {
+        pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32)
+    })
+}
+
+/// A datum of a value pgrx converts without NULLs (uuid, bytea).
+pub(super) fn datum<T: IntoDatum>(v: T) -> pg_sys::Datum {
+    v.into_datum().expect("a value")
+}
