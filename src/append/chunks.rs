@@ -1,5 +1,7 @@
-//! Which TimescaleDB chunk an event of a hypertable goes into: the one whose range holds its
-//! time, as TimescaleDB's catalog says (`event_store_core::append::chunks` keeps the answers).
+//! Where an event goes: event_store itself, or when it is a hypertable the TimescaleDB chunk
+//! whose range holds its time, as TimescaleDB's catalog says (`event_store_core::append::chunks`
+//! keeps the answers). Whether it is a hypertable is asked of TimescaleDB's catalog too: a
+//! restored hypertable has lost the insert trigger that marks one.
 //!
 //! Only a chunk TimescaleDB would insert into as a plain table qualifies: not compressed,
 //! partial, frozen or tiered (OSM), of a hypertable with one dimension. Any change to
@@ -15,10 +17,9 @@ use pgrx::spi::SpiClient;
 use std::cell::{Cell, RefCell};
 
 /// The chunk of event_store (`$1`) whose range holds `$2`, if TimescaleDB would insert into
-/// it as it is; and the relation TimescaleDB invalidates when its catalog changes.
+/// it as it is.
 const CHUNK_SQL: &str = "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', c.schema_name, c.table_name))::pg_catalog.oid, \
-       s.range_start, s.range_end, \
-       pg_catalog.to_regclass('_timescaledb_cache.cache_inval_hypertable')::pg_catalog.oid \
+       s.range_start, s.range_end \
   FROM _timescaledb_catalog.hypertable h \
   JOIN _timescaledb_catalog.chunk c ON c.hypertable_id OPERATOR(pg_catalog.=) h.id \
   JOIN _timescaledb_catalog.chunk_constraint cc ON cc.chunk_id OPERATOR(pg_catalog.=) c.id \
@@ -29,30 +30,102 @@ const CHUNK_SQL: &str = "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I'
    AND c.status OPERATOR(pg_catalog.=) 0 \
    AND s.range_start OPERATOR(pg_catalog.<=) $2 AND $2 OPERATOR(pg_catalog.<) s.range_end";
 
+/// Whether event_store (`$1`) is a hypertable; TimescaleDB's proxy relation when installed.
+const HYPERTABLE_SQL: &str = "SELECT _event_store._es_is_hypertable(), \
+    pg_catalog.to_regclass('_timescaledb_cache.cache_inval_hypertable')::pg_catalog.oid";
+
 struct Known {
+    /// event_store, and whether it is a hypertable.
+    root: pg_sys::Oid,
+    hypertable: Option<bool>,
     /// TimescaleDB's proxy relation for its hypertable cache.
     proxy: pg_sys::Oid,
     chunks: Chunks,
 }
 
 thread_local! {
-    static KNOWN: RefCell<Known> = RefCell::new(Known { proxy: pg_sys::InvalidOid, chunks: Chunks::default() });
+    static KNOWN: RefCell<Known> = const { RefCell::new(Known {
+        root: pg_sys::InvalidOid,
+        hypertable: None,
+        proxy: pg_sys::InvalidOid,
+        chunks: Chunks::new(),
+    }) };
     /// Set by the invalidation callback: what is known may be out of date.
     static STALE: Cell<bool> = const { Cell::new(false) };
     static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Relation cache invalidation callback: marks what is known stale when the relation is
-/// TimescaleDB's proxy or a known chunk (or all relations are). Never raises.
+/// event_store, TimescaleDB's proxy or a known chunk (or all relations are). Never raises.
 unsafe extern "C-unwind" fn invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     let hit = relid == pg_sys::InvalidOid
         || KNOWN.with(|k| {
-            k.try_borrow()
-                .map_or(true, |k| relid == k.proxy || k.chunks.knows(relid.to_u32()))
+            k.try_borrow().map_or(true, |k| {
+                relid == k.root || relid == k.proxy || k.chunks.knows(relid.to_u32())
+            })
         });
     if hit {
         STALE.set(true);
     }
+}
+
+/// Forgets what is known when marked stale; registers the callback on first use.
+fn refresh() {
+    if !WATCHING.replace(true) {
+        // SAFETY: registers a callback that only sets a flag; once per backend.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidated), pg_sys::Datum::from(0)) };
+    }
+    if STALE.replace(false) {
+        KNOWN.with(|k| {
+            let mut k = k.borrow_mut();
+            k.hypertable = None;
+            k.chunks.forget();
+        });
+    }
+}
+
+/// Whether event_store (`root`, locked by the append) is a hypertable.
+pub(super) fn hypertable(client: &SpiClient<'_>, root: pg_sys::Oid) -> bool {
+    refresh();
+    if let Some(known) = KNOWN.with(|k| {
+        let k = k.borrow();
+        (k.root == root).then_some(k.hypertable).flatten()
+    }) {
+        return known;
+    }
+    let plan = plans::kept(client, HYPERTABLE_SQL, &[], false);
+    let (hypertable, proxy) = latest(|| {
+        let row = client
+            .select(&*plan, Some(1), &[])
+            .or_raise("asking whether event_store is a hypertable")
+            .next()
+            .expect("one row");
+        let hypertable: bool = column(&row, 1, "_es_is_hypertable()");
+        let proxy: Option<pg_sys::Oid> = crate::pg::schema::nullable(&row, 2, "proxy");
+        (hypertable, proxy.unwrap_or(pg_sys::InvalidOid))
+    });
+    KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.root != root {
+            k.root = root;
+            k.chunks.forget();
+        }
+        k.hypertable = Some(hypertable);
+        k.proxy = proxy;
+    });
+    hypertable
+}
+
+/// `f`, its queries reading the catalog as of now (not the statement's snapshot: a change
+/// committed while the append waited for its locks is seen).
+fn latest<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: the latest snapshot, active for `f` only. An error leaves it pushed: the
+    // transaction's abort pops it.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let result = f();
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    result
 }
 
 /// The chunk of hypertable `root` to insert an event of time `at` (PostgreSQL microseconds)
@@ -62,24 +135,13 @@ unsafe extern "C-unwind" fn invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid)
 pub(super) fn chunk(client: &SpiClient<'_>, root: pg_sys::Oid, at: i64) -> Option<pg_sys::Oid> {
     // TimescaleDB's slices of a timestamptz dimension count from the Unix epoch.
     let at = at + PG_EPOCH_US;
-    if !WATCHING.replace(true) {
-        // SAFETY: registers a callback that only sets flags; once per backend.
-        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidated), pg_sys::Datum::from(0)) };
-        STALE.set(true);
-    }
     for _ in 0..2 {
-        if STALE.replace(false) {
-            KNOWN.with(|k| k.borrow_mut().chunks.forget());
-        }
+        refresh();
         let relid = match KNOWN.with(|k| k.borrow().chunks.find(at)) {
             Some(relid) => pg_sys::Oid::from(relid),
             None => {
-                let (chunk, proxy) = look_up(client, root, at)?;
-                KNOWN.with(|k| {
-                    let mut k = k.borrow_mut();
-                    k.proxy = proxy;
-                    k.chunks.learn(chunk);
-                });
+                let chunk = look_up(client, root, at)?;
+                KNOWN.with(|k| k.borrow_mut().chunks.learn(chunk));
                 pg_sys::Oid::from(chunk.relid)
             }
         };
@@ -94,29 +156,21 @@ pub(super) fn chunk(client: &SpiClient<'_>, root: pg_sys::Oid, at: i64) -> Optio
     None
 }
 
-/// Asks TimescaleDB's catalog, as of now (not the statement's snapshot: a chunk compressed
-/// since must not be taken for a plain one).
-fn look_up(client: &SpiClient<'_>, root: pg_sys::Oid, at: i64) -> Option<(Chunk, pg_sys::Oid)> {
+/// Asks TimescaleDB's catalog, as of now: a chunk compressed since the statement began must
+/// not be taken for a plain one.
+fn look_up(client: &SpiClient<'_>, root: pg_sys::Oid, at: i64) -> Option<Chunk> {
     use BuiltinOid::*;
     let plan = plans::kept(client, CHUNK_SQL, &[OIDOID, INT8OID], false);
-    // SAFETY: the latest snapshot, active for this query only. An error leaves it pushed:
-    // the transaction's abort pops it.
-    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
-    let row = client
-        .select(&*plan, Some(1), &[root.into(), at.into()])
-        .or_raise("finding the TimescaleDB chunk of an event")
-        .next()
-        .map(|row| {
-            let relid: Option<pg_sys::Oid> = crate::pg::schema::nullable(&row, 1, "chunk");
-            let chunk = relid.map(|relid| Chunk {
-                relid: relid.to_u32(),
-                start: column(&row, 2, "dimension_slice.range_start"),
-                end: column(&row, 3, "dimension_slice.range_end"),
-            });
-            let proxy: Option<pg_sys::Oid> = crate::pg::schema::nullable(&row, 4, "proxy");
-            chunk.zip(proxy)
-        });
-    // SAFETY: pops the snapshot pushed above.
-    unsafe { pg_sys::PopActiveSnapshot() };
-    row.flatten()
+    latest(|| {
+        let row = client
+            .select(&*plan, Some(1), &[root.into(), at.into()])
+            .or_raise("finding the TimescaleDB chunk of an event")
+            .next()?;
+        let relid: Option<pg_sys::Oid> = crate::pg::schema::nullable(&row, 1, "chunk");
+        Some(Chunk {
+            relid: relid?.to_u32(),
+            start: column(&row, 2, "dimension_slice.range_start"),
+            end: column(&row, 3, "dimension_slice.range_end"),
+        })
+    })
 }

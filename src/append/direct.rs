@@ -247,34 +247,6 @@ pub(super) unsafe fn allowed(relid: pg_sys::Oid) -> bool {
     }
 }
 
-/// Whether `root` is a hypertable's root to insert into through its chunks: its only insert
-/// trigger is TimescaleDB's `ts_insert_blocker` (which refuses rows in the root itself).
-///
-/// # Safety
-/// Inside a transaction; `root` is a table.
-pub(super) unsafe fn hypertable(root: pg_sys::Oid) -> bool {
-    // SAFETY: the relation's trigger descriptor, read while it is open.
-    unsafe {
-        let rel = Opened::table(root, pg_sys::RowExclusiveLock);
-        let desc = (*rel.0).trigdesc;
-        if desc.is_null() {
-            return false;
-        }
-        let triggers = std::slice::from_raw_parts((*desc).triggers, (*desc).numtriggers as usize);
-        let inserts = triggers
-            .iter()
-            .filter(|t| t.tgtype as u32 & pg_sys::TRIGGER_TYPE_INSERT != 0);
-        let mut blockers = 0;
-        for t in inserts {
-            if std::ffi::CStr::from_ptr(t.tgname) != c"ts_insert_blocker" {
-                return false;
-            }
-            blockers += 1;
-        }
-        blockers == 1
-    }
-}
-
 /// A text datum of `s`, in the current memory context.
 pub(super) fn text(s: &str) -> pg_sys::Datum {
     // SAFETY: copies the bytes into a new varlena.

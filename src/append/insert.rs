@@ -131,12 +131,12 @@ impl<'a> Insert<'a> {
             let mut executor = Executor::new(root);
             // Where each event goes: event_store, or on a hypertable its time's chunk.
             let mut targets = Vec::with_capacity(self.at.len());
-            if let Some(table) = executor.open(root, &EVENT) {
+            if !super::chunks::hypertable(client, root) {
+                let Some(table) = executor.open(root, &EVENT) else {
+                    return Err("event_store has triggers, rules or columns appends do not fill");
+                };
                 targets.resize(self.at.len(), table);
             } else {
-                if !direct::hypertable(root) {
-                    return Err("event_store has triggers, rules or columns appends do not fill");
-                }
                 let mut opened: Vec<(pg_sys::Oid, direct::Target)> = vec![];
                 for &at in &self.at {
                     let Some(chunk) = super::chunks::chunk(client, root, at) else {
@@ -146,9 +146,7 @@ impl<'a> Insert<'a> {
                         Some(o) => o.1,
                         None => {
                             let Some(table) = executor.open(chunk, &EVENT) else {
-                                return Err(
-                                    "the chunk has triggers, rules or columns appends do not fill",
-                                );
+                                return Err("the chunk has triggers, rules or columns appends do not fill");
                             };
                             opened.push((chunk, table));
                             table

@@ -20,6 +20,10 @@ pub struct Chunks {
 impl Chunks {
     pub const CAPACITY: usize = 16;
 
+    pub const fn new() -> Chunks {
+        Chunks { known: Vec::new() }
+    }
+
     /// The chunk whose range holds `at`.
     pub fn find(&self, at: i64) -> Option<u32> {
         self.known

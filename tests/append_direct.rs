@@ -1,0 +1,153 @@
+//! Appends insert their rows without an SQL statement (src/append/direct.rs), and take the
+//! statement wherever a table asks for more: the statements a call runs are watched with
+//! auto_explain's nested statements, sent to the client.
+use event_store_testing::*;
+use postgres::{Client, NoTls};
+use std::sync::{Arc, Mutex};
+
+/// A superuser connection whose server messages are collected.
+fn watched(db: &TestDb) -> (Client, Arc<Mutex<Vec<String>>>) {
+    let messages = Arc::new(Mutex::new(vec![]));
+    let sink = messages.clone();
+    let mut c = db
+        .config()
+        .notice_callback(move |n| sink.lock().unwrap().push(n.message().to_string()))
+        .connect(NoTls)
+        .unwrap();
+    c.batch_execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; \
+         SET auto_explain.log_nested_statements = on; SET client_min_messages = debug1",
+    )
+    .unwrap();
+    (c, messages)
+}
+
+/// Whether the calls since the last look ran the INSERT statement into event_store.
+fn inserted_with_a_statement(messages: &Mutex<Vec<String>>) -> bool {
+    let mut m = messages.lock().unwrap();
+    let found = m
+        .iter()
+        .any(|m| m.contains("INSERT INTO _event_store.log"));
+    m.clear();
+    found
+}
+
+#[test]
+fn appends_run_no_insert_statement() {
+    let db = TestDb::new("direct");
+    let (mut c, messages) = watched(&db);
+    // On a hypertable the first event of a time range makes TimescaleDB create its chunk.
+    c.batch_execute("SELECT es_append('warm-1', 'Made', '{}')").unwrap();
+    inserted_with_a_statement(&messages);
+    c.batch_execute(
+        "SELECT es_append('order-1', 'Placed', '{\"n\": 1}'); \
+         SELECT es_append_batch('order-1', '[{\"type\": \"Paid\", \"data\": {}}, {\"type\": \"Shipped\", \"data\": {}, \"id\": \"01a24c7d-e088-716e-af3d-64190f4be83f\"}]'); \
+         SELECT es_append_multi('[{\"stream_id\": \"order-2\", \"events\": [{\"type\": \"Placed\", \"data\": {}}]}, \
+                                  {\"stream_id\": \"order-3\", \"events\": [{\"type\": \"Placed\", \"data\": {}}, {\"type\": \"Paid\", \"data\": {}}]}]')",
+    )
+    .unwrap();
+    assert!(
+        !inserted_with_a_statement(&messages),
+        "appends ran an INSERT statement"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 7);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM _event_store.es_event_ids"),
+        7,
+        "every id claimed"
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE transaction_id IS NULL OR event_version <> 1"
+        ),
+        0
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_read_category('order', 0)"),
+        6,
+        "the category index has their entries"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
+    // A generated id is claimed: handing it back as the caller's own is a conflict.
+    let generated: uuid::Uuid = c
+        .query_one("SELECT event_id FROM es_stream('order-2')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        sqlstate(c.execute(
+            "SELECT es_append('order-9', 'Placed', '{}', '{}', NULL, $1)",
+            &[&generated]
+        )),
+        "ES002"
+    );
+}
+
+#[test]
+fn an_insert_trigger_on_event_store_fires_for_appends() {
+    let db = TestDb::new("direct_trigger");
+    let (mut c, messages) = watched(&db);
+    c.batch_execute(
+        "SELECT es_append('warm-1', 'Made', '{}');
+         CREATE TABLE seen (event_id uuid);
+         CREATE FUNCTION see() RETURNS trigger LANGUAGE plpgsql AS
+             $$BEGIN INSERT INTO public.seen VALUES (NEW.event_id); RETURN NEW; END$$;
+         CREATE TRIGGER see AFTER INSERT ON event_store FOR EACH ROW EXECUTE FUNCTION see();",
+    )
+    .unwrap();
+    inserted_with_a_statement(&messages);
+    c.batch_execute(
+        "SELECT es_append('order-1', 'Placed', '{}'); \
+         SELECT es_append_batch('order-1', '[{\"type\": \"Paid\", \"data\": {}}, {\"type\": \"Shipped\", \"data\": {}}]')",
+    )
+    .unwrap();
+    assert!(inserted_with_a_statement(&messages));
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM seen JOIN event_store USING (event_id) WHERE stream_id = 'order-1'"
+        ),
+        3,
+        "the trigger saw every event"
+    );
+    c.batch_execute("DROP TRIGGER see ON event_store").unwrap();
+    c.batch_execute("SELECT es_append('order-1', 'Closed', '{}')")
+        .unwrap();
+    assert!(
+        !inserted_with_a_statement(&messages),
+        "without the trigger, appends insert directly again"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM seen"), 3);
+}
+
+#[test]
+fn a_chunk_dropped_and_made_again_is_found() {
+    if !timescaledb() {
+        return;
+    }
+    let db = TestDb::new("direct_chunk");
+    let (mut c, messages) = watched(&db);
+    c.batch_execute("SELECT es_append('a-1', 'Made', '{}'); SELECT es_append('a-1', 'Made', '{}')")
+        .unwrap();
+    let mut other = db.connect();
+    // Another session drops the chunk this one inserted into, and makes a new one for the
+    // same time range.
+    other
+        .batch_execute(
+            "SELECT count(*) FROM drop_chunks('event_store', older_than => now() + interval '1 year');
+             SELECT es_append('b-1', 'Made', '{}')",
+        )
+        .unwrap();
+    inserted_with_a_statement(&messages);
+    c.batch_execute("SELECT es_append('a-1', 'Made', '{}')")
+        .unwrap();
+    assert!(
+        !inserted_with_a_statement(&messages),
+        "the new chunk was not found: appends took the INSERT statement"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 2);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM event_store WHERE stream_id = 'a-1' AND stream_version = 3"),
+        1
+    );
+}
