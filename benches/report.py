@@ -88,6 +88,8 @@ lines = [
     "- *bulk/...*: 100,000 events loaded in one transaction per round: COPY ... FROM STDIN into the",
     "  floor table, 100 calls of es_append_batch (1,000 events each), 100 of es_append_multi (100",
     "  streams x 10 events); their rate is events per second.",
+    "- *loaded-8-categories*: the single-event appends again once es_stream's scenario has loaded",
+    "  event_store (the floor table and Message DB's keep what the earlier scenarios wrote).",
     "",
     f"- *rounds*: the slowest and fastest round; **noisy** when they differ by more than {NOISY}x",
     "  (the machine was busy with something else meanwhile), and so is every ratio over it.",
@@ -116,15 +118,14 @@ def target(what, value, text, ok):
 
 
 LAYOUTS = (("one-category", "one category"), ("8-categories", "8 categories"))
-for c in (1, 8):
+# Appends issue: >= 0.85x the floor with one client, >= 0.8x with eight; never slower than
+# Message DB, and >= 1.2x it with eight clients (where its category lock serialises writers).
+for c, floor_need, mdb_need in ((1, 0.85, 1.0), (8, 0.8, 1.2)):
     for layout, words in LAYOUTS:
         r = rate_ratio(f"es_append/{layout}/c{c}", f"floor/{layout}/c{c}")
-        target(f"single-event append >= 0.8x floor, {words}, {c} client(s)", r, x(r), lambda v: v >= 0.8)
-# Against Message DB at 8 clients, where its category lock serialises writers; with one client
-# both wait on the same WAL flush (their ratio is under "Other ratios").
-for layout, words, need in (("8-categories", "8 categories", 2.0), ("one-category", "one category", 3.0)):
-    r = rate_ratio(f"es_append/{layout}/c8", f"message_db/{layout}/c8")
-    target(f"single-event append >= {need:g}x Message DB, {words}, 8 clients", r, x(r), lambda v, n=need: v >= n)
+        target(f"single-event append >= {floor_need:g}x floor, {words}, {c} client(s)", r, x(r), lambda v, n=floor_need: v >= n)
+        r = rate_ratio(f"es_append/{layout}/c{c}", f"message_db/{layout}/c{c}")
+        target(f"single-event append >= {mdb_need:g}x Message DB, {words}, {c} client(s)", r, x(r), lambda v, n=mdb_need: v >= n)
 for layout, words in LAYOUTS:
     es99, fl99 = pct(f"es_append/{layout}/c8", 99), pct(f"floor/{layout}/c8", 99)
     r = es99 / fl99 if es99 is not None and fl99 else None
@@ -175,8 +176,9 @@ for c in (1, 8):
     for layout, words in LAYOUTS:
         lines.append(f"| es_append / handed design, {words}, {c} client(s) | {x(rate_ratio(f'es_append/{layout}/c{c}', f'handed/{layout}/c{c}'))} |")
         lines.append(f"| Message DB / floor, {words}, {c} client(s) | {x(rate_ratio(f'message_db/{layout}/c{c}', f'floor/{layout}/c{c}'))} |")
-        if c == 1:
-            lines.append(f"| es_append / Message DB, {words}, 1 client | {x(rate_ratio(f'es_append/{layout}/c1', f'message_db/{layout}/c1'))} |")
+for c in (1, 8):
+    lines.append(f"| es_append / floor, loaded store, 8 categories, {c} client(s) | {x(rate_ratio(f'es_append/loaded-8-categories/c{c}', f'floor/loaded-8-categories/c{c}'))} |")
+    lines.append(f"| es_append / Message DB, loaded store, 8 categories, {c} client(s) | {x(rate_ratio(f'es_append/loaded-8-categories/c{c}', f'message_db/loaded-8-categories/c{c}'))} |")
 for n in (100, 100000):
     lines.append(f"| es_state_at without snapshots / PL/pgSQL loop, {n:,} events (speed-up) | {x(rate_ratio(f'state_at/rust/{n}-events', f'state_at/plpgsql/{n}-events'))} |")
 lines.append(f"| time of es_state_at without snapshots / time of only reading its 10,000 events in order | {x(rate_ratio('state_at/read-only/10000-events', 'state_at/rust/10000-events'))} |")

@@ -10,6 +10,7 @@
 #   ES_BENCH_DUR=S         seconds per scenario (split into rounds); ES_BENCH_ROUNDS=N
 #   ES_BENCH_STREAMS=N     streams of 100 events loaded for the es_stream scenario
 #   ES_BENCH_SECTIONS="1 3" run only these numbered sections (storage and the report always)
+#                          (section 12, appends on the loaded store, follows section 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
@@ -163,6 +164,15 @@ bench "es_stream/100-of-$((STREAMS * 100))/c8" es_stream.pgbench 8 -D streams=$S
 if [ "$(sql -c "SELECT to_regprocedure('es_metrics_prometheus()') IS NOT NULL")" = t ]; then
     BENCH_DUR=$ROUND_DUR bench "metrics/scrape-$((STREAMS * 100))-events" metrics.pgbench 1
 fi
+fi
+
+if want 12; then
+echo "== 12. single-event append on the loaded store (after section 4), 8 categories"
+for c in 1 8; do
+    systems=("floor/loaded-8-categories/c$c:floor.pgbench" "es_append/loaded-8-categories/c$c:es_append.pgbench")
+    [ $MDB = 1 ] && systems+=("message_db/loaded-8-categories/c$c:message_db.pgbench:message_store")
+    rounds "${systems[@]}" -- $c -D streams=$APPEND_STREAMS -D cats=8
+done
 fi
 
 if want 5; then
