@@ -25,9 +25,7 @@ fn watched(db: &TestDb) -> (Client, Arc<Mutex<Vec<String>>>) {
 /// Whether the calls since the last look ran the INSERT statement into event_store.
 fn inserted_with_a_statement(messages: &Mutex<Vec<String>>) -> bool {
     let mut m = messages.lock().unwrap();
-    let found = m
-        .iter()
-        .any(|m| m.contains("INSERT INTO _event_store.log"));
+    let found = m.iter().any(|m| m.contains("INSERT INTO _event_store.log"));
     m.clear();
     found
 }
@@ -37,7 +35,8 @@ fn appends_run_no_insert_statement() {
     let db = TestDb::new("direct");
     let (mut c, messages) = watched(&db);
     // On a hypertable the first event of a time range makes TimescaleDB create its chunk.
-    c.batch_execute("SELECT es_append('warm-1', 'Made', '{}')").unwrap();
+    c.batch_execute("SELECT es_append('warm-1', 'Made', '{}')")
+        .unwrap();
     inserted_with_a_statement(&messages);
     c.batch_execute(
         "SELECT es_append('order-1', 'Placed', '{\"n\": 1}'); \
@@ -147,7 +146,10 @@ fn a_chunk_dropped_and_made_again_is_found() {
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 2);
     assert_eq!(
-        count(&mut c, "SELECT count(*) FROM event_store WHERE stream_id = 'a-1' AND stream_version = 3"),
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE stream_id = 'a-1' AND stream_version = 3"
+        ),
         1
     );
 }

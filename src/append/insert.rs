@@ -146,7 +146,9 @@ impl<'a> Insert<'a> {
                         Some(o) => o.1,
                         None => {
                             let Some(table) = executor.open(chunk, &EVENT) else {
-                                return Err("the chunk has triggers, rules or columns appends do not fill");
+                                return Err(
+                                    "the chunk has triggers, rules or columns appends do not fill",
+                                );
                             };
                             opened.push((chunk, table));
                             table
