@@ -153,3 +153,36 @@ fn a_chunk_dropped_and_made_again_is_found() {
         1
     );
 }
+
+#[test]
+fn constraints_and_indexes_added_later_hold_for_appends() {
+    let db = TestDb::new("direct_constraints");
+    let (mut c, messages) = watched(&db);
+    c.batch_execute("SELECT es_append('a-1', 'Made', '{}'); SELECT es_append('a-1', 'Made', '{}')")
+        .unwrap();
+    // Another session changes event_store: this one's compiled constraints are out of date.
+    db.connect()
+        .batch_execute(
+            "ALTER TABLE event_store ADD CONSTRAINT no_forbidden CHECK (event_type <> 'Forbidden');
+             CREATE INDEX event_store_lower_type_idx ON event_store (lower(event_type))",
+        )
+        .unwrap();
+    inserted_with_a_statement(&messages);
+    assert_eq!(
+        sqlstate(c.batch_execute("SELECT es_append('a-1', 'Forbidden', '{}')")),
+        "23514"
+    );
+    c.batch_execute("SELECT es_append('a-1', 'Allowed', '{}'); SELECT es_append_batch('a-2', '[{\"type\": \"Allowed\", \"data\": {}}, {\"type\": \"Made\", \"data\": {}}]')")
+        .unwrap();
+    assert!(!inserted_with_a_statement(&messages));
+    c.batch_execute("SET enable_seqscan = off").unwrap();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE lower(event_type) = 'allowed'"
+        ),
+        2,
+        "the new index has the new events"
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
+}

@@ -8,13 +8,13 @@
 //! TimescaleDB's chunk catalog (a chunk compressed, dropped, its status changed) invalidates
 //! its hypertable cache's proxy relation, and so everything known here: the next append asks
 //! again, after taking the chunk's lock (which blocks compression and drops from then on).
-use crate::pg::plans;
 use crate::pg::schema::{column, OrRaise};
+use crate::pg::{plans, relcache};
 use event_store_core::append::chunks::{Chunk, Chunks};
 use event_store_core::time::PG_EPOCH_US;
 use pgrx::pg_sys::{self, BuiltinOid};
 use pgrx::spi::SpiClient;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 /// The chunk of event_store (`$1`) whose range holds `$2`, if TimescaleDB would insert into
 /// it as it is.
@@ -30,58 +30,42 @@ const CHUNK_SQL: &str = "SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I'
    AND c.status OPERATOR(pg_catalog.=) 0 \
    AND s.range_start OPERATOR(pg_catalog.<=) $2 AND $2 OPERATOR(pg_catalog.<) s.range_end";
 
-/// Whether event_store (`$1`) is a hypertable; TimescaleDB's proxy relation when installed.
-const HYPERTABLE_SQL: &str = "SELECT _event_store._es_is_hypertable(), \
-    pg_catalog.to_regclass('_timescaledb_cache.cache_inval_hypertable')::pg_catalog.oid";
+/// Whether event_store (`$1`) is a hypertable, and TimescaleDB's proxy relation; asked only
+/// where TimescaleDB is installed (its catalog exists, its schemas are its own).
+const HYPERTABLE_SQL: &str = "SELECT EXISTS (SELECT FROM _timescaledb_catalog.hypertable h \
+         WHERE pg_catalog.to_regclass(pg_catalog.format('%I.%I', h.schema_name, h.table_name))::pg_catalog.oid OPERATOR(pg_catalog.=) $1), \
+       pg_catalog.to_regclass('_timescaledb_cache.cache_inval_hypertable')::pg_catalog.oid";
 
+/// What is known, as of a generation of `relcache`: it watches event_store, TimescaleDB's
+/// proxy relation for its hypertable cache, and every chunk learnt.
 struct Known {
+    generation: u64,
     /// event_store, and whether it is a hypertable.
     root: pg_sys::Oid,
     hypertable: Option<bool>,
-    /// TimescaleDB's proxy relation for its hypertable cache.
-    proxy: pg_sys::Oid,
     chunks: Chunks,
 }
 
 thread_local! {
     static KNOWN: RefCell<Known> = const { RefCell::new(Known {
+        generation: 0,
         root: pg_sys::InvalidOid,
         hypertable: None,
-        proxy: pg_sys::InvalidOid,
         chunks: Chunks::new(),
     }) };
-    /// Set by the invalidation callback: what is known may be out of date.
-    static STALE: Cell<bool> = const { Cell::new(false) };
-    static WATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Relation cache invalidation callback: marks what is known stale when the relation is
-/// event_store, TimescaleDB's proxy or a known chunk (or all relations are). Never raises.
-unsafe extern "C-unwind" fn invalidated(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    let hit = relid == pg_sys::InvalidOid
-        || KNOWN.with(|k| {
-            k.try_borrow().map_or(true, |k| {
-                relid == k.root || relid == k.proxy || k.chunks.knows(relid.to_u32())
-            })
-        });
-    if hit {
-        STALE.set(true);
-    }
-}
-
-/// Forgets what is known when marked stale; registers the callback on first use.
+/// Forgets what is known when a watched relation changed since it was learnt.
 fn refresh() {
-    if !WATCHING.replace(true) {
-        // SAFETY: registers a callback that only sets a flag; once per backend.
-        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidated), pg_sys::Datum::from(0)) };
-    }
-    if STALE.replace(false) {
-        KNOWN.with(|k| {
-            let mut k = k.borrow_mut();
+    let now = relcache::generation();
+    KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.generation != now {
+            k.generation = now;
             k.hypertable = None;
             k.chunks.forget();
-        });
-    }
+        }
+    });
 }
 
 /// Whether event_store (`root`, locked by the append) is a hypertable.
@@ -93,17 +77,28 @@ pub(super) fn hypertable(client: &SpiClient<'_>, root: pg_sys::Oid) -> bool {
     }) {
         return known;
     }
-    let plan = plans::kept(client, HYPERTABLE_SQL, &[], false);
-    let (hypertable, proxy) = latest(|| {
-        let row = client
-            .select(&*plan, Some(1), &[])
-            .or_raise("asking whether event_store is a hypertable")
-            .next()
-            .expect("one row");
-        let hypertable: bool = column(&row, 1, "_es_is_hypertable()");
-        let proxy: Option<pg_sys::Oid> = crate::pg::schema::nullable(&row, 2, "proxy");
-        (hypertable, proxy.unwrap_or(pg_sys::InvalidOid))
-    });
+    // SAFETY: a catalog lookup by name.
+    let installed =
+        unsafe { pg_sys::get_extension_oid(c"timescaledb".as_ptr(), true) } != pg_sys::InvalidOid;
+    let (hypertable, proxy) = if installed {
+        let plan = plans::kept(client, HYPERTABLE_SQL, &[BuiltinOid::OIDOID], false);
+        latest(|| {
+            let row = client
+                .select(&*plan, Some(1), &[root.into()])
+                .or_raise("asking whether event_store is a hypertable")
+                .next()
+                .expect("one row");
+            let hypertable: bool = column(&row, 1, "whether event_store is a hypertable");
+            let proxy: Option<pg_sys::Oid> = crate::pg::schema::nullable(&row, 2, "proxy");
+            (hypertable, proxy.unwrap_or(pg_sys::InvalidOid))
+        })
+    } else {
+        (false, pg_sys::InvalidOid)
+    };
+    relcache::watch(root);
+    if proxy != pg_sys::InvalidOid {
+        relcache::watch(proxy);
+    }
     KNOWN.with(|k| {
         let mut k = k.borrow_mut();
         if k.root != root {
@@ -111,7 +106,6 @@ pub(super) fn hypertable(client: &SpiClient<'_>, root: pg_sys::Oid) -> bool {
             k.chunks.forget();
         }
         k.hypertable = Some(hypertable);
-        k.proxy = proxy;
     });
     hypertable
 }
@@ -129,18 +123,19 @@ fn latest<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// The chunk of hypertable `root` to insert an event of time `at` (PostgreSQL microseconds)
-/// into, locked
-/// (RowExclusiveLock), or `None` where there is none TimescaleDB would insert into as a plain
+/// into, locked (RowExclusiveLock), or `None` where there is none TimescaleDB would insert into as a plain
 /// table (the caller's SQL INSERT lets TimescaleDB create or handle it).
 pub(super) fn chunk(client: &SpiClient<'_>, root: pg_sys::Oid, at: i64) -> Option<pg_sys::Oid> {
     // TimescaleDB's slices of a timestamptz dimension count from the Unix epoch.
     let at = at + PG_EPOCH_US;
     for _ in 0..2 {
         refresh();
+        let learnt = relcache::generation();
         let relid = match KNOWN.with(|k| k.borrow().chunks.find(at)) {
             Some(relid) => pg_sys::Oid::from(relid),
             None => {
                 let chunk = look_up(client, root, at)?;
+                relcache::watch(pg_sys::Oid::from(chunk.relid));
                 KNOWN.with(|k| k.borrow_mut().chunks.learn(chunk));
                 pg_sys::Oid::from(chunk.relid)
             }
@@ -149,7 +144,7 @@ pub(super) fn chunk(client: &SpiClient<'_>, root: pg_sys::Oid, at: i64) -> Optio
         // INSERT's would be. Taking it first in this transaction accepts invalidations: a
         // change committed since the chunk was learnt marks it stale.
         unsafe { pg_sys::LockRelationOid(relid, pg_sys::RowExclusiveLock as i32) };
-        if !STALE.get() {
+        if relcache::generation() == learnt {
             return Some(relid);
         }
     }

@@ -8,8 +8,10 @@
 //! rows fill (of those types; dropped columns aside). `open` answers `None` otherwise, and the
 //! caller runs its SQL statement instead, which does whatever the table asks.
 use crate::pg::guards::{Opened, Slot};
+use crate::pg::relcache;
 use pgrx::pg_sys;
 use pgrx::IntoDatum;
+use std::cell::{Cell, RefCell};
 
 /// Rows inserted per table AM call (heap_multi_insert fills a page per WAL record).
 const MULTI: usize = 100;
@@ -30,6 +32,122 @@ struct Table {
 pub(super) struct Executor {
     estate: *mut pg_sys::EState,
     tables: Vec<Table>,
+    /// The generation of `relcache` when the call began: `Compiled` serves it while unchanged.
+    generation: u64,
+}
+
+/// Per backend: the CHECK constraints and index expressions of the tables appends insert into,
+/// compiled once (as the executor would per statement: parsing and planning them took 4% of a
+/// single append) and kept while `relcache` watches those tables and indexes unchanged.
+struct Compiled {
+    generation: u64,
+    /// Where the compiled states live, reset when they are dropped.
+    context: pg_sys::MemoryContext,
+    /// A table's checks, as `ri_ConstraintExprs` holds them.
+    checks: Vec<(pg_sys::Oid, *mut *mut pg_sys::ExprState)>,
+    /// An index's expressions, as `ii_ExpressionsState` holds them.
+    expressions: Vec<(pg_sys::Oid, *mut pg_sys::List)>,
+}
+
+thread_local! {
+    static COMPILED: RefCell<Compiled> = const { RefCell::new(Compiled {
+        generation: u64::MAX,
+        context: std::ptr::null_mut(),
+        checks: Vec::new(),
+        expressions: Vec::new(),
+    }) };
+    /// Executors alive: compiled states are dropped only when none is (an append nested in
+    /// one, from a function a constraint calls, must not free what the outer one runs).
+    static EXECUTORS: Cell<usize> = const { Cell::new(0) };
+}
+
+impl Compiled {
+    /// Drops what was compiled when `generation` moved and no executor is using it.
+    fn refresh(&mut self, generation: u64) {
+        if self.generation == generation || EXECUTORS.get() > 0 {
+            return;
+        }
+        // SAFETY: the context holds only compiled states no executor uses; it is created once,
+        // under CacheMemoryContext, and lives as long as the backend.
+        unsafe {
+            if self.context.is_null() {
+                self.context = pg_sys::AllocSetContextCreateInternal(
+                    pg_sys::CacheMemoryContext,
+                    c"event_store compiled constraints".as_ptr(),
+                    0,
+                    8 * 1024,
+                    8 * 1024 * 1024,
+                );
+            } else {
+                pg_sys::MemoryContextReset(self.context);
+            }
+        }
+        self.checks.clear();
+        self.expressions.clear();
+        self.generation = generation;
+    }
+
+    /// `rel`'s checks compiled, as ExecRelCheck compiles them.
+    ///
+    /// # Safety
+    /// `rel` is open and has `num_check` > 0.
+    unsafe fn checks(&mut self, rel: pg_sys::Relation) -> *mut *mut pg_sys::ExprState {
+        // SAFETY: reads the relation's constraints; compiles into this cache's context.
+        unsafe {
+            let relid = (*rel).rd_id;
+            if let Some(c) = self.checks.iter().find(|c| c.0 == relid) {
+                return c.1;
+            }
+            relcache::watch(relid);
+            let constr = &*(*(*rel).rd_att).constr;
+            let n = constr.num_check as usize;
+            let old = pg_sys::MemoryContextSwitchTo(self.context);
+            let states = pg_sys::palloc(n * std::mem::size_of::<*mut pg_sys::ExprState>())
+                .cast::<*mut pg_sys::ExprState>();
+            for i in 0..n {
+                let expr = pg_sys::stringToNode((*constr.check.add(i)).ccbin);
+                *states.add(i) = pg_sys::ExecInitExpr(
+                    pg_sys::expression_planner(expr.cast()),
+                    std::ptr::null_mut(),
+                );
+            }
+            pg_sys::MemoryContextSwitchTo(old);
+            self.checks.push((relid, states));
+            states
+        }
+    }
+
+    /// An index's expressions compiled, as FormIndexDatum compiles them.
+    ///
+    /// # Safety
+    /// `index` is open and `expressions` its IndexInfo's `ii_Expressions`.
+    unsafe fn expressions(
+        &mut self,
+        index: pg_sys::Oid,
+        expressions: *mut pg_sys::List,
+    ) -> *mut pg_sys::List {
+        if let Some(c) = self.expressions.iter().find(|c| c.0 == index) {
+            return c.1;
+        }
+        relcache::watch(index);
+        // SAFETY: compiles a list of expression nodes into this cache's context.
+        let states = unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(self.context);
+            let mut states: *mut pg_sys::List = std::ptr::null_mut();
+            let nodes = pgrx::PgList::<pg_sys::Expr>::from_pg(expressions);
+            for expr in nodes.iter_ptr() {
+                // Copied here first: planning copies nodes flat, constants' values included.
+                let expr = pg_sys::copyObjectImpl(expr.cast()).cast();
+                let state =
+                    pg_sys::ExecInitExpr(pg_sys::expression_planner(expr), std::ptr::null_mut());
+                states = pg_sys::lappend(states, state.cast());
+            }
+            pg_sys::MemoryContextSwitchTo(old);
+            states
+        };
+        self.expressions.push((index, states));
+        states
+    }
 }
 
 /// A table of the executor, by its index there.
@@ -55,9 +173,13 @@ impl Executor {
             (*rte).requiredPerms = pg_sys::ACL_INSERT as pg_sys::AclMode;
             pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(std::ptr::null_mut(), rte.cast()));
             pg_sys::MemoryContextSwitchTo(old);
+            let generation = relcache::generation();
+            COMPILED.with(|c| c.borrow_mut().refresh(generation));
+            EXECUTORS.set(EXECUTORS.get() + 1);
             Executor {
                 estate,
                 tables: vec![],
+                generation,
             }
         }
     }
@@ -106,6 +228,27 @@ impl Executor {
             pg_sys::InitResultRelInfo(rri, rel.0, 1, std::ptr::null_mut(), 0);
             pg_sys::ExecOpenIndices(rri, false);
             pg_sys::MemoryContextSwitchTo(old);
+            // Compiled states serve relations as they were when compiled: only while nothing
+            // watched changed since the call began (opening this one may have brought news).
+            if relcache::generation() == self.generation {
+                COMPILED.with(|c| {
+                    let mut c = c.borrow_mut();
+                    if c.generation != self.generation {
+                        return; // an enclosing call's executor kept older states alive
+                    }
+                    if !(*desc).constr.is_null() && (*(*desc).constr).num_check > 0 {
+                        (*rri).ri_ConstraintExprs = c.checks(rel.0);
+                    }
+                    for i in 0..(*rri).ri_NumIndices as usize {
+                        let info = *(*rri).ri_IndexRelationInfo.add(i);
+                        if !(*info).ii_Expressions.is_null() {
+                            let index = (**(*rri).ri_IndexRelationDescs.add(i)).rd_id;
+                            (*info).ii_ExpressionsState =
+                                c.expressions(index, (*info).ii_Expressions);
+                        }
+                    }
+                });
+            }
             self.tables.push(Table {
                 rri,
                 attrs: at,
@@ -216,6 +359,7 @@ impl Drop for Executor {
             self.tables.clear();
             pg_sys::FreeExecutorState(self.estate);
         }
+        EXECUTORS.set(EXECUTORS.get() - 1);
     }
 }
 

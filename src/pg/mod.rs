@@ -6,6 +6,7 @@ pub mod errors;
 pub mod guards;
 pub mod jsonb;
 pub mod plans;
+pub mod relcache;
 pub mod schema;
 pub mod settings;
 pub mod shmem;
