@@ -151,7 +151,7 @@ impl Compiled {
 }
 
 /// A table of the executor, by its index there.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Target(usize);
 
 impl Executor {
@@ -272,6 +272,9 @@ impl Executor {
         n: usize,
         mut fill: impl FnMut(usize, &mut [pg_sys::Datum]),
     ) {
+        if n == 0 {
+            return;
+        }
         // SAFETY: slots of the table's own row type, filled as virtual tuples and inserted by
         // its table AM; index entries and constraints as the executor makes and checks them.
         unsafe {
@@ -307,21 +310,28 @@ impl Executor {
                         pg_sys::ExecConstraints(table.rri, slot, estate);
                     }
                 }
+                // Called through the table AM's pointers, which pgrx does not guard: an error
+                // there (out of disk, say) must not unwind through Rust frames unannounced.
                 if count == 1 {
                     let insert = am.tuple_insert.expect("a table AM inserts");
-                    insert(rel, table.slots[0].0, cid, 0, std::ptr::null_mut());
+                    let slot = table.slots[0].0;
+                    pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                        insert(rel, slot, cid, 0, std::ptr::null_mut())
+                    });
                 } else {
                     let insert = am.multi_insert.expect("a table AM inserts many");
                     let mut slots: Vec<*mut pg_sys::TupleTableSlot> =
                         table.slots[..count].iter().map(|s| s.0).collect();
-                    insert(
-                        rel,
-                        slots.as_mut_ptr(),
-                        count as i32,
-                        cid,
-                        0,
-                        std::ptr::null_mut(),
-                    );
+                    pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                        insert(
+                            rel,
+                            slots.as_mut_ptr(),
+                            count as i32,
+                            cid,
+                            0,
+                            std::ptr::null_mut(),
+                        )
+                    });
                 }
                 if (*table.rri).ri_NumIndices > 0 {
                     for slot in &table.slots[..count] {

@@ -140,7 +140,7 @@ impl<'a> Insert<'a> {
                 let mut opened: Vec<(pg_sys::Oid, direct::Target)> = vec![];
                 for &at in &self.at {
                     let Some(chunk) = super::chunks::chunk(client, root, at) else {
-                        return Err("no uncompressed chunk holds the event's time yet");
+                        return Err("no chunk TimescaleDB inserts into as a plain table holds the event's time (none yet, or compressed, frozen or tiered)");
                     };
                     let table = match opened.iter().find(|o| o.0 == chunk) {
                         Some(o) => o.1,
@@ -164,16 +164,11 @@ impl<'a> Insert<'a> {
                 v[0] = datum(self.claims[i]);
             });
             let xid = pg_sys::Datum::from(pg_sys::GetTopFullTransactionId().value);
-            let mut done = vec![false; targets.len()];
-            for first in 0..targets.len() {
-                if done[first] {
-                    continue;
-                }
-                let table = targets[first];
-                let rows: Vec<usize> = (first..targets.len())
-                    .filter(|&i| targets[i] == table)
-                    .collect();
-                executor.insert(table, rows.len(), |k, v| {
+            // Each table's rows in one go, in the order given.
+            let mut order: Vec<usize> = (0..targets.len()).collect();
+            order.sort_by_key(|&i| targets[i]);
+            for rows in order.chunk_by(|&a, &b| targets[a] == targets[b]) {
+                executor.insert(targets[rows[0]], rows.len(), |k, v| {
                     let i = rows[k];
                     v[0] = self.positions[i].into();
                     v[1] = datum(self.ids[i]);
@@ -187,9 +182,6 @@ impl<'a> Insert<'a> {
                     v[9] = xid;
                     v[10] = datum(&self.hashes[i][..]);
                 });
-                for &i in &rows {
-                    done[i] = true;
-                }
             }
         }
         Ok(())
