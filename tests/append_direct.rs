@@ -186,3 +186,79 @@ fn constraints_and_indexes_added_later_hold_for_appends() {
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
 }
+
+#[test]
+fn large_batches_are_stored_whole_in_many_row_inserts() {
+    let db = TestDb::new("direct_bulk");
+    let (mut c, messages) = watched(&db);
+    c.batch_execute("SELECT es_append('warm-1', 'Made', '{}')")
+        .unwrap();
+    inserted_with_a_statement(&messages);
+    // 250 events (the table AM takes 100 rows a call), one of them large enough to be
+    // TOASTed; then 3 streams of 120 in one call.
+    c.batch_execute(
+        "SELECT count(*) FROM es_append_batch('bulk-1', (SELECT jsonb_agg(jsonb_build_object('type', 'Step', 'data',
+             jsonb_build_object('i', i, 'pad', CASE WHEN i = 137 THEN repeat(md5(i::text), 300) ELSE '' END)) ORDER BY i)
+           FROM generate_series(1, 250) i));
+         SELECT count(*) FROM es_append_multi((SELECT jsonb_agg(jsonb_build_object('stream_id', 'bulk-' || s, 'events',
+             (SELECT jsonb_agg(jsonb_build_object('type', 'Step', 'data', jsonb_build_object('i', i)) ORDER BY i)
+                FROM generate_series(1, 120) i)) ORDER BY s)
+           FROM generate_series(2, 4) s))",
+    )
+    .unwrap();
+    assert!(!inserted_with_a_statement(&messages));
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE stream_id LIKE 'bulk-%'"
+        ),
+        610
+    );
+    // Dense versions, one block of consecutive positions per call, data as given.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM es_stream('bulk-1') WHERE stream_version = (event_data ->> 'i')::bigint"
+        ),
+        250
+    );
+    assert_eq!(
+        count(&mut c, "SELECT max(global_position) - min(global_position) + 1 FROM event_store WHERE stream_id = 'bulk-1'"),
+        250
+    );
+    assert_eq!(
+        count(&mut c, "SELECT max(global_position) - min(global_position) + 1 FROM event_store WHERE stream_id IN ('bulk-2', 'bulk-3', 'bulk-4')"),
+        360
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT length(event_data ->> 'pad')::bigint FROM es_stream('bulk-1', 137, 1)"
+        ),
+        9600
+    );
+    // Every index has every row: read through each with sequential scans off.
+    c.batch_execute("SET enable_seqscan = off").unwrap();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store e WHERE e.event_id IN (SELECT event_id FROM _event_store.es_event_ids) AND e.stream_id LIKE 'bulk-%'"
+        ),
+        610
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM es_read_category('bulk', 0, 1000)"
+        ),
+        610
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE event_type = 'Step'"
+        ),
+        610
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
+}
