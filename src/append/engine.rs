@@ -1,5 +1,5 @@
 //! The engine every append function runs: checks, locks, retries, sealing, positions, hashes,
-//! one INSERT, the stream heads, then snapshots and the feed's announcement.
+//! the rows' insert, the stream heads, then snapshots and the feed's announcement.
 use super::insert::Insert;
 use super::{record, refused, registry, retry, uuid, Appended, Entry, Event};
 use crate::pg::errors::{raise_invalid as raise, Refused};
@@ -52,9 +52,9 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
             "",
         ));
     }
-    // Locked as the INSERT below would, but first: a catalog change committed before the
+    // Locked as the insert below would, but first: a catalog change committed before the
     // lock is seen (taking it processes invalidations), and one after waits for this append.
-    // SAFETY: a lock on event_store, held to the end of the transaction as the INSERT's is.
+    // SAFETY: a lock on event_store, held to the end of the transaction as the insert's is.
     unsafe {
         pg_sys::LockRelationOid(
             crate::pg::schema::relation(c"event_store"),

@@ -4,7 +4,8 @@
 //! - `args`: the arguments read as jsonb datums, every event validated before any lock;
 //! - `engine`: the append, all or nothing: catalog checks, stream locks in stream-id order
 //!   (`registry`, so calls over the same streams never deadlock), retries (`retry`), sealing,
-//!   the feed's registration and one block of positions, hashes, one INSERT (`insert`), and
+//!   the feed's registration and one block of positions, hashes, the rows (`insert`: without an
+//!   executor where the tables allow, `direct` and `chunks`, else one INSERT statement), and
 //!   the stream heads;
 //! - `record`: the store's own records; `ids`: `es_uuidv7`.
 //!
