@@ -167,7 +167,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::settings::register();
     // SAFETY: check_stack_depth raises a PostgreSQL error (54001) when the stack is too deep.
     event_store_core::json::state::set_stack_check(|| unsafe { pg_sys::check_stack_depth() });
-    catalog::register_invalidation();
+    pg::relcache::register();
     // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         pg::shmem::init(&[projections::pool::AREA]);

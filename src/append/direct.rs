@@ -156,7 +156,7 @@ pub(super) struct Target(usize);
 
 impl Executor {
     /// # Safety
-    /// Inside a transaction; `root` is the table permissions were checked on (`allowed`),
+    /// Inside a transaction; `root` is the table permissions were checked on (`stream_scan::unfiltered`),
     /// named in the range table that constraint errors report through.
     pub(super) unsafe fn new(root: pg_sys::Oid) -> Executor {
         // SAFETY: a fresh executor state; the range table entry is allocated in its memory.
@@ -188,7 +188,7 @@ impl Executor {
     /// or `None` when it takes more than this module does (see the module's comment).
     ///
     /// # Safety
-    /// Inside a transaction; `relid` is a table the caller may insert into (`allowed`).
+    /// Inside a transaction; `relid` is a table the caller may insert into (`stream_scan::unfiltered`).
     pub(super) unsafe fn open(&mut self, relid: pg_sys::Oid, columns: &[Column]) -> Option<Target> {
         // SAFETY: the relation is opened, read and kept open by this executor.
         unsafe {
@@ -383,33 +383,7 @@ fn inserts_fire(t: &pg_sys::TriggerDesc) -> bool {
         || t.trig_insert_new_table
 }
 
-/// Whether the current user may insert into `relid` with nothing else applying: the INSERT
-/// privilege, and no row level security on it for this user.
-///
-/// # Safety
-/// Inside a transaction.
-pub(super) unsafe fn allowed(relid: pg_sys::Oid) -> bool {
-    // SAFETY: syscache lookups of an existing relation.
-    unsafe {
-        pg_sys::pg_class_aclcheck(
-            relid,
-            pg_sys::GetUserId(),
-            pg_sys::ACL_INSERT as pg_sys::AclMode,
-        ) == pg_sys::AclResult::ACLCHECK_OK
-            && pg_sys::check_enable_rls(relid, pg_sys::InvalidOid, true)
-                != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
-    }
-}
-
-/// A text datum of `s`, in the current memory context.
-pub(super) fn text(s: &str) -> pg_sys::Datum {
-    // SAFETY: copies the bytes into a new varlena.
-    pg_sys::Datum::from(unsafe {
-        pg_sys::cstring_to_text_with_len(s.as_ptr().cast(), s.len() as i32)
-    })
-}
-
-/// A datum of a value pgrx converts without NULLs (uuid, bytea).
+/// A datum of a value pgrx converts without NULLs (text, uuid, bytea).
 pub(super) fn datum<T: IntoDatum>(v: T) -> pg_sys::Datum {
     v.into_datum().expect("a value")
 }

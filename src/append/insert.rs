@@ -1,10 +1,11 @@
 //! Inserting the events of one call, with the ids the store generated claimed with them:
 //! without an executor where the tables allow it (`direct`, routed to TimescaleDB's chunk by
 //! `chunks`), otherwise in one SQL statement.
-use super::direct::{self, datum, text, Column, Executor};
+use super::direct::{self, datum, Column, Executor};
 use super::{arg, uuid, Event};
 use crate::pg::schema::OrRaise;
 use crate::pg::{plans, schema};
+use crate::read::stream_scan::unfiltered;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
@@ -125,7 +126,7 @@ impl<'a> Insert<'a> {
         // SAFETY: inside the append's transaction, which holds RowExclusiveLock on event_store;
         // rows are filled with datums of the columns' types.
         unsafe {
-            if !direct::allowed(root) || !direct::allowed(ids) {
+            if !unfiltered(root, pg_sys::ACL_INSERT) || !unfiltered(ids, pg_sys::ACL_INSERT) {
                 return Err("row level security or no INSERT privilege");
             }
             let mut executor = Executor::new(root);
@@ -157,12 +158,14 @@ impl<'a> Insert<'a> {
                     targets.push(table);
                 }
             }
-            let Some(claims) = executor.open(ids, &[("event_id", UUIDOID)]) else {
-                return Err("es_event_ids has triggers, rules or other columns");
-            };
-            executor.insert(claims, self.claims.len(), |i, v| {
-                v[0] = datum(self.claims[i]);
-            });
+            if !self.claims.is_empty() {
+                let Some(claims) = executor.open(ids, &[("event_id", UUIDOID)]) else {
+                    return Err("es_event_ids has triggers, rules or other columns");
+                };
+                executor.insert(claims, self.claims.len(), |i, v| {
+                    v[0] = datum(self.claims[i]);
+                });
+            }
             let xid = pg_sys::Datum::from(pg_sys::GetTopFullTransactionId().value);
             // Each table's rows in one go, in the order given.
             let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -172,9 +175,9 @@ impl<'a> Insert<'a> {
                     let i = rows[k];
                     v[0] = self.positions[i].into();
                     v[1] = datum(self.ids[i]);
-                    v[2] = text(self.streams[i]);
+                    v[2] = datum(self.streams[i]);
                     v[3] = self.versions[i].into();
-                    v[4] = text(self.types[i]);
+                    v[4] = datum(self.types[i]);
                     v[5] = self.data[i];
                     v[6] = self.metadata[i];
                     v[7] = self.event_versions[i].into();

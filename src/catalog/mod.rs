@@ -5,6 +5,7 @@
 use crate::pg::errors::raise_invalid as raise;
 use crate::pg::errors::Refused;
 use crate::pg::jsonb::{self, Json};
+use crate::pg::relcache;
 use crate::pg::schema::{self, column, OrRaise};
 use event_store_core::catalog::{
     check_definition, check_upcast, parse_subject, Mode, Personal, Schema,
@@ -15,7 +16,7 @@ use pgrx::fcinfo::pg_getarg_datum_raw;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -32,10 +33,6 @@ pub struct Catalog {
 thread_local! {
     /// The catalog and the generation it was read at.
     static CACHE: RefCell<Option<(u64, Rc<Catalog>)>> = const { RefCell::new(None) };
-    /// Bumped by every invalidation of a catalog table (or of every relation).
-    static GENERATION: Cell<u64> = const { Cell::new(0) };
-    /// The catalog tables, as of the last load.
-    static TABLES: Cell<[pg_sys::Oid; 3]> = const { Cell::new([pg_sys::InvalidOid; 3]) };
 }
 
 const TYPES_SQL: &str =
@@ -127,16 +124,12 @@ fn each_row(sql: &str, mut each: impl FnMut(&Row)) {
 /// commits) is checked and sealed against that change once its lock is granted, at READ
 /// COMMITTED as at REPEATABLE READ (its transaction snapshot may predate the change). Never
 /// older than the transaction's own view either: the snapshot sees its own changes.
+/// A parallel query (es_upcast in its leader) may take no new snapshot: it reads as of its own.
 fn load() -> Catalog {
-    // A parallel query (es_upcast in its leader) may take no new snapshot: it reads as of
-    // its own.
-    // SAFETY: reads a flag of the backend.
-    let fresh = unsafe { !pg_sys::IsInParallelMode() };
-    if fresh {
-        // SAFETY: a new snapshot pushed for the reads below and popped after them; an error
-        // in between is cleaned up by the (sub)transaction's abort.
-        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
-    }
+    crate::pg::guards::as_of_now(read)
+}
+
+fn read() -> Catalog {
     let mut types: HashMap<String, HashMap<i32, Option<Rc<Schema>>>> = HashMap::new();
     let mut personal: HashMap<String, HashMap<i32, Rc<Personal>>> = HashMap::new();
     each_row(schema::qualified(TYPES_SQL), |row| {
@@ -180,10 +173,6 @@ fn load() -> Catalog {
             row.column::<Json>(3, "es_upcasts.rule").0,
         ));
     });
-    if fresh {
-        // SAFETY: pops the snapshot pushed above.
-        unsafe { pg_sys::PopActiveSnapshot() };
-    }
     let upcasts = Upcasts::new(upcasts).unwrap_or_else(|e| corrupt(e));
     Catalog {
         types,
@@ -195,7 +184,7 @@ fn load() -> Catalog {
 
 /// The catalog as of the last change this backend has received.
 pub fn current() -> Rc<Catalog> {
-    let generation = GENERATION.get();
+    let generation = relcache::generation();
     if let Some((g, c)) = CACHE.with_borrow(|c| c.clone()) {
         if g == generation {
             return c;
@@ -206,29 +195,13 @@ pub fn current() -> Rc<Catalog> {
         return Rc::new(Catalog::empty());
     }
     // Looked up again on every load: the extension may have been dropped and created since.
-    TABLES.set([
-        schema::relation(c"es_catalog_types"),
-        schema::relation(c"es_catalog_modes"),
-        schema::relation(c"es_upcasts"),
-    ]);
+    for table in [c"es_catalog_types", c"es_catalog_modes", c"es_upcasts"] {
+        relcache::watch(schema::relation(table));
+    }
     // An invalidation received while loading bumps the generation: the next call reloads.
     let catalog = Rc::new(load());
     CACHE.set(Some((generation, catalog.clone())));
     catalog
-}
-
-/// # Safety
-/// Called by PostgreSQL's relcache invalidation with the relation's OID (InvalidOid: all).
-unsafe extern "C-unwind" fn invalidated(_: pg_sys::Datum, relid: pg_sys::Oid) {
-    if relid == pg_sys::InvalidOid || TABLES.get().contains(&relid) {
-        GENERATION.set(GENERATION.get().wrapping_add(1));
-    }
-}
-
-/// Once per backend, when the library loads.
-pub fn register_invalidation() {
-    // SAFETY: registers a callback that only bumps a counter, valid for the backend's life.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(invalidated), pg_sys::Datum::from(0)) }
 }
 
 impl Catalog {

@@ -86,3 +86,20 @@ impl Drop for Slot {
         unsafe { pg_sys::ExecDropSingleTupleTableSlot(self.0) };
     }
 }
+
+/// `f`, its queries reading as of now rather than as of the statement's snapshot (a change
+/// committed while the caller waited for a lock is seen; the transaction's own changes too).
+/// In parallel mode no snapshot may be taken: `f` reads as of the active one.
+pub fn as_of_now<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: reads a flag of the backend.
+    if unsafe { pg_sys::IsInParallelMode() } {
+        return f();
+    }
+    // SAFETY: the latest snapshot, active for `f` only. An error in `f` leaves it pushed: the
+    // (sub)transaction's abort pops it.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let result = f();
+    // SAFETY: pops the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
+    result
+}

@@ -10,3 +10,4 @@ pub mod relcache;
 pub mod schema;
 pub mod settings;
 pub mod shmem;
+pub mod timescaledb;

@@ -7,9 +7,8 @@
 //! chunk walk and the visibility rules they share are only safe read together.)
 use crate::pg::guards::{IndexScan, Registered};
 use crate::pg::jsonb::{self, Jsonb};
-use crate::pg::schema::{column, nullable, OrRaise};
-use event_store_core::time::PG_EPOCH_US;
-use pgrx::pg_sys::{self, BuiltinOid as Oid, Datum};
+use crate::pg::timescaledb;
+use pgrx::pg_sys::{self, Datum};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::ffi::CStr;
@@ -92,58 +91,6 @@ impl Drop for Pinned {
     }
 }
 
-// TimescaleDB keeps chunk ranges as microseconds since 1970.
-
-// The chunks that may hold events between two instants, where they start, and whether each can
-// be read in place: a compressed chunk keeps its rows elsewhere, and with a second dimension
-// one instant spans several chunks, so time order would not be version order.
-const CHUNKS_SQL: &str = "SELECT r.oid, s.range_start, c.status & 1 = 0 AND NOT c.osm_chunk \
-            AND (SELECT count(*) FROM _timescaledb_catalog.dimension d WHERE d.hypertable_id = h.id) = 1 \
-       FROM pg_catalog.pg_class t \
-       JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
-       JOIN _timescaledb_catalog.hypertable h ON h.schema_name = tn.nspname AND h.table_name = t.relname \
-       JOIN _timescaledb_catalog.chunk c ON c.hypertable_id = h.id AND NOT c.dropped \
-       JOIN _timescaledb_catalog.chunk_constraint cc ON cc.chunk_id = c.id \
-       JOIN _timescaledb_catalog.dimension_slice s ON s.id = cc.dimension_slice_id \
-       JOIN pg_catalog.pg_namespace n ON n.nspname = c.schema_name \
-       JOIN pg_catalog.pg_class r ON r.relnamespace = n.oid AND r.relname = c.table_name \
-      WHERE t.oid = $1 AND s.range_end > $2 AND s.range_start <= $3";
-
-// The catalog columns CHUNKS_SQL reads: a TimescaleDB whose catalog lacks one makes the state
-// functions fold through SQL rather than fail.
-const CATALOG_SQL: &str = "SELECT count(*) = 16 FROM pg_catalog.pg_attribute a \
-       JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-      WHERE n.nspname = '_timescaledb_catalog' AND a.attnum > 0 AND NOT a.attisdropped \
-        AND (c.relname, a.attname) IN (('hypertable', 'id'), ('hypertable', 'schema_name'), \
-            ('hypertable', 'table_name'), ('chunk', 'id'), ('chunk', 'hypertable_id'), \
-            ('chunk', 'schema_name'), ('chunk', 'table_name'), ('chunk', 'dropped'), \
-            ('chunk', 'status'), ('chunk', 'osm_chunk'), ('chunk_constraint', 'chunk_id'), \
-            ('chunk_constraint', 'dimension_slice_id'), ('dimension_slice', 'id'), \
-            ('dimension_slice', 'range_start'), ('dimension_slice', 'range_end'), \
-            ('dimension', 'hypertable_id'))";
-
-thread_local! {
-    static CATALOG_KNOWN: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
-}
-
-/// Whether TimescaleDB's catalog has what CHUNKS_SQL reads (checked once per session).
-fn catalog_known(client: &SpiClient<'_>) -> bool {
-    if let Some(known) = CATALOG_KNOWN.with(std::cell::Cell::get) {
-        return known;
-    }
-    let doing = "reading TimescaleDB's catalog columns";
-    let known = client
-        .select(CATALOG_SQL, Some(1), &[])
-        .or_raise(doing)
-        .first()
-        .get_one::<bool>()
-        .or_raise(doing)
-        .unwrap_or(false);
-    CATALOG_KNOWN.with(|k| k.set(Some(known)));
-    known
-}
-
 /// Whether event_store has children: chunks, when it is a hypertable.
 pub fn partitioned(table: pg_sys::Oid) -> bool {
     // SAFETY: a relcache reference to an open relation (the caller holds event_store), closed
@@ -161,42 +108,20 @@ fn relations(client: &SpiClient<'_>, table: pg_sys::Oid, b: &Bounds) -> Option<V
     if !partitioned(table) {
         return Some(vec![table]);
     }
-    // SAFETY: a syscache lookup.
-    let timescaledb = unsafe { pg_sys::get_namespace_oid(c"_timescaledb_catalog".as_ptr(), true) };
-    if timescaledb == pg_sys::InvalidOid || !catalog_known(client) {
-        return None; // children of another kind, or a catalog of another shape
-    }
-    let plan = crate::pg::plans::kept(
+    // None: children of another kind, or a catalog of another shape.
+    let mut chunks = timescaledb::chunks(
         client,
-        CHUNKS_SQL,
-        &[Oid::OIDOID, Oid::INT8OID, Oid::INT8OID],
-        false,
-    );
-    let rows = client
-        .select(
-            &*plan,
-            None,
-            &[
-                table.into(),
-                (b.from_at.into_inner() + PG_EPOCH_US).into(),
-                (b.upto_at.into_inner() + PG_EPOCH_US).into(),
-            ],
-        )
-        .or_raise("reading TimescaleDB's chunks");
-    let mut chunks = Vec::new();
-    for row in rows {
-        if !nullable::<bool>(&row, 3, "whether a chunk is readable").unwrap_or(false) {
-            return None;
-        }
-        chunks.push((
-            column::<i64>(&row, 2, "_timescaledb_catalog.dimension_slice.range_start"),
-            column::<pg_sys::Oid>(&row, 1, "pg_class.oid"),
-        ));
+        table,
+        b.from_at.into_inner(),
+        b.upto_at.into_inner(),
+    )?;
+    if !chunks.iter().all(timescaledb::Chunk::readable) {
+        return None;
     }
     // Sorted here, not in SQL: where enable_sort is off, a sort costs the plan enough to be
     // JIT-compiled on every call.
-    chunks.sort_unstable_by_key(|(start, _)| *start);
-    Some(chunks.into_iter().map(|(_, oid)| oid).collect())
+    chunks.sort_unstable_by_key(|c| c.start);
+    Some(chunks.into_iter().map(|c| c.relid).collect())
 }
 
 fn attnum(relid: pg_sys::Oid, name: &CStr) -> Option<usize> {
@@ -261,12 +186,19 @@ pub fn row_security(table: pg_sys::Oid) -> bool {
 /// Whether the current user reads event_store as a query would: with table-wide SELECT and
 /// no row level security in the way.
 pub fn reads_like_a_query(table: pg_sys::Oid) -> bool {
+    unfiltered(table, pg_sys::ACL_SELECT)
+}
+
+/// Whether the current user holds `mode` (ACL_SELECT, ACL_INSERT...) on all of `table`, with
+/// no row level security in the way: what a statement would check, for code that reads or
+/// writes the table without one.
+pub fn unfiltered(table: pg_sys::Oid, mode: u32) -> bool {
     // SAFETY: a privilege check for the current user.
-    let select = unsafe {
-        pg_sys::pg_class_aclcheck(table, pg_sys::GetUserId(), pg_sys::ACL_SELECT)
+    let granted = unsafe {
+        pg_sys::pg_class_aclcheck(table, pg_sys::GetUserId(), mode as pg_sys::AclMode)
             == pg_sys::AclResult::ACLCHECK_OK
     };
-    select && !row_security(table)
+    granted && !row_security(table)
 }
 
 /// Calls `f(event_type, event_version, event_data)` for the stream's events within `bounds`, in version

@@ -43,11 +43,6 @@ impl Chunks {
         self.known.push(chunk);
     }
 
-    /// Whether `relid` is one of the known chunks.
-    pub fn knows(&self, relid: u32) -> bool {
-        self.known.iter().any(|c| c.relid == relid)
-    }
-
     pub fn forget(&mut self) {
         self.known.clear();
     }
@@ -71,7 +66,6 @@ mod tests {
         assert_eq!(chunks.find(10), Some(2), "ranges end before their end");
         assert_eq!(chunks.find(20), None);
         assert_eq!(chunks.find(-1), None);
-        assert!(chunks.knows(2) && !chunks.knows(3));
         chunks.forget();
         assert_eq!(chunks.find(5), None);
     }
@@ -83,7 +77,6 @@ mod tests {
         chunks.learn(chunk(2, 5, 15));
         assert_eq!(chunks.find(1), None);
         assert_eq!(chunks.find(5), Some(2));
-        assert!(!chunks.knows(1));
     }
 
     #[test]
