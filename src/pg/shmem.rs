@@ -4,7 +4,7 @@
 //! ask for (the projection workers' pool, src/projections/pool.rs).
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::sync::atomic::{fence, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicI32, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// A named area of shared memory another module owns: `attach` receives its address in every
 /// process, zeroed when the server started (so all-atomic structs start at 0).
@@ -21,6 +21,8 @@ struct Slot {
     database: AtomicU32,
     pid: AtomicI32,
     since: AtomicI64,
+    /// Where the WAL of the last commit that released this slot ends (src/read/replication.rs).
+    committed: AtomicU64,
 }
 
 #[repr(C)]
@@ -144,13 +146,27 @@ pub fn register(bound: i64) {
     slot.registered.store(bound + 1, Ordering::SeqCst);
 }
 
-pub fn release() {
+/// Ends the registration; `commit_end` is where the WAL of its commit ends, when it committed
+/// (kept first: a reader that finds the slot free then finds the commit too).
+pub fn release(commit_end: Option<u64>) {
     if let Some(h) = header() {
         // SAFETY: the backend's own slot.
-        unsafe { &slots(h)[pg_sys::MyBackendId as usize] }
-            .registered
-            .store(0, Ordering::SeqCst);
+        let slot = unsafe { &slots(h)[pg_sys::MyBackendId as usize] };
+        if let Some(lsn) = commit_end {
+            slot.committed.fetch_max(lsn, Ordering::SeqCst);
+        }
+        slot.registered.store(0, Ordering::SeqCst);
     }
+}
+
+/// The latest end of a committed append's WAL since the server started, in any database.
+pub fn latest_commit() -> u64 {
+    let Some(h) = header() else { return 0 };
+    slots(h)
+        .iter()
+        .map(|s| s.committed.load(Ordering::SeqCst))
+        .max()
+        .unwrap_or(0)
 }
 
 /// This database's appends in flight: (pid, registered at, lowest position).

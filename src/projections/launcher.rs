@@ -42,6 +42,7 @@ pub extern "C-unwind" fn es_launcher_main(_arg: pg_sys::Datum) {
     // Connected to no database (it reads only the shared catalog pg_database): any database,
     // `postgres` included, may be dropped or refuse connections.
     BackgroundWorker::connect_worker_to_spi(None, None);
+    crate::read::replication::started();
     pool::register_launcher();
     // The workers this launcher started and that have not exited, by database.
     let mut started: Vec<(u32, DynamicBackgroundWorker)> = vec![];

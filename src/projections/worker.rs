@@ -6,6 +6,7 @@
 use super::pool::{self, Slot};
 use crate::pg::schema;
 use crate::pg::settings;
+use crate::read::replication;
 use pgrx::bgworkers::*;
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -97,9 +98,12 @@ pub extern "C-unwind" fn es_projection_worker_main(_arg: pg_sys::Datum) {
         if idle >= IDLE_EXIT {
             break;
         }
-        let wait = next_pass
+        let mut wait = next_pass
             .saturating_duration_since(Instant::now())
             .min(IDLE_EXIT - idle);
+        if HELD.get().is_some() {
+            wait = wait.min(HELD_RETRY);
+        }
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
@@ -113,14 +117,23 @@ const ANNOUNCE_EVERY: Duration = Duration::from_millis(2);
 
 thread_local! {
     static ANNOUNCED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// A position claimed but not yet announced whole: the synchronous standbys had not
+    /// confirmed it (src/read/replication.rs).
+    static HELD: Cell<Option<i64>> = const { Cell::new(None) };
+    static LAST_SENT: Cell<i64> = const { Cell::new(0) };
 }
+
+/// How often a held announcement is tried again.
+const HELD_RETRY: Duration = Duration::from_millis(10);
 
 /// Sends one NOTIFY for the commits announced since the last one, unless another worker of
 /// the database claimed them. A NOTIFY needs a transaction id, so its commit would wait for a
 /// WAL flush; it carries no data worth that wait (a lost notification only delays a listener
-/// until the next one), so it commits asynchronously. True when it sent one.
+/// until the next one), so it commits asynchronously. Under synchronous replication the
+/// payload stops at the feed's horizon and the rest is announced once the standbys confirm it.
+/// True when it sent one.
 fn announce(slot: &Slot) -> bool {
-    if !slot.announcement_owed() {
+    if !slot.announcement_owed() && HELD.get().is_none() {
         return false;
     }
     if let Some(gap) = ANNOUNCED_AT
@@ -131,14 +144,24 @@ fn announce(slot: &Slot) -> bool {
         // SAFETY: sleeps this process; a signal ends it early.
         unsafe { pg_sys::pg_usleep(gap.as_micros() as std::ffi::c_long) };
     }
-    let Some(position) = slot.claim_announcement() else {
+    let Some(position) = slot.claim_announcement().max(HELD.take()) else {
         return false;
     };
-    BackgroundWorker::transaction(|| {
+    let sent = BackgroundWorker::transaction(|| {
         Spi::run("SET LOCAL synchronous_commit = off")
             .unwrap_or_else(|e| error!("event_store: {e}"));
-        crate::read::notify::send(position)
+        let held = replication::active();
+        let servable = match held {
+            true => position.min(crate::read::feed::_es_feed_horizon()),
+            false => position,
+        };
+        if !held || servable > LAST_SENT.get() {
+            crate::read::notify::send(servable);
+            LAST_SENT.set(servable);
+        }
+        servable
     });
+    HELD.set((sent < position).then_some(position));
     ANNOUNCED_AT.set(Some(Instant::now()));
     true
 }

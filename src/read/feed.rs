@@ -1,6 +1,7 @@
 //! The global feed's horizon: the highest position below which every event has either
 //! committed or rolled back for good (see sql/read/feed.sql for the registration side).
 use crate::pg::{schema, shmem};
+use crate::read::replication;
 use event_store_core::read::feed::{
     horizon, lock_key, registered_bound, stream_hash, FEED_LOCK_CLASS,
 };
@@ -98,7 +99,7 @@ fn in_recovery() -> bool {
 /// On a standby the primary's appends in flight are invisible: the horizon is the last one
 /// the primary published (es_publish_feed_horizon), whose commit follows every commit below
 /// it in the WAL, so the standby has replayed them all once it sees it.
-fn published() -> i64 {
+pub fn published() -> i64 {
     schema::select_one::<i64>(schema::qualified(
         "SELECT horizon FROM _event_store.es_feed_published",
     ))
@@ -111,7 +112,7 @@ pub fn _es_feed_horizon() -> i64 {
     if in_recovery() {
         return published();
     }
-    read_horizon().1
+    replication::bound(read_horizon().1)
 }
 
 /// Whether appends are in flight, holding the horizon below the positions handed out.
@@ -121,7 +122,7 @@ fn _es_feed_in_flight() -> bool {
         return false;
     }
     let (seq_last, horizon) = read_horizon();
-    horizon < seq_last
+    replication::bound(horizon) < seq_last
 }
 
 /// The rows of the es_feed_in_flight view.
@@ -177,13 +178,16 @@ pub fn register() {
             "event_store: a transaction that appended events cannot be prepared (two-phase commit)"
         );
     });
-    register_xact_callback(PgXactCallbackEvent::Commit, release);
-    register_xact_callback(PgXactCallbackEvent::Abort, release);
+    register_xact_callback(PgXactCallbackEvent::Commit, || {
+        // SAFETY: set by the commit this callback follows.
+        release(Some(unsafe { pg_sys::XactLastCommitEnd }))
+    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || release(None));
 }
 
-fn release() {
+fn release(commit_end: Option<u64>) {
     match REGISTERED.take() {
-        Some(0) if shmem::available() => shmem::release(),
+        Some(0) if shmem::available() => shmem::release(commit_end),
         Some(key) => unsafe {
             // SAFETY: releases the session lock taken above.
             pgrx::direct_function_call::<bool>(

@@ -1,5 +1,6 @@
 //! Reading: a stream's events from its index, the global feed and its horizon, and the
-//! announcement of new events (NOTIFY).
+//! announcement of new events (NOTIFY), the feed's bound under synchronous replication.
 pub mod feed;
 pub mod notify;
+pub mod replication;
 pub mod stream_scan;

@@ -257,6 +257,22 @@ impl Cluster {
         self.config.connect(NoTls).unwrap()
     }
 
+    /// `pg_ctl stop|start|promote` on this cluster.
+    pub fn pg_ctl(&self, action: &str) {
+        let log = format!("{}/server.log", self.dir);
+        let mut args = vec!["-D", &self.dir, "-w", action];
+        match action {
+            "stop" => args.extend(["-m", "immediate"]),
+            "start" => args.extend(["-l", &log]),
+            _ => {}
+        }
+        assert!(
+            as_postgres(&pg_bin("pg_ctl"), &args).success(),
+            "pg_ctl {action} {}",
+            self.dir
+        );
+    }
+
     /// A session in database `db`.
     pub fn connect_to(&self, db: &str) -> Client {
         let mut config = self.config.clone();

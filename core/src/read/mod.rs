@@ -1,2 +1,3 @@
-//! Reading: the global feed's arithmetic.
+//! Reading: the global feed's arithmetic, and its bound under synchronous replication.
 pub mod feed;
+pub mod replication;
