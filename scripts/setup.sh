@@ -14,7 +14,8 @@ log() { printf '\n== setup: %s\n' "$*"; }
 # 1. Debian packages.
 PKGS=(sudo postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
       libclang-dev clang cmake build-essential pkg-config libssl-dev dpkg-dev xz-utils
-      python3 ca-certificates prometheus-postgres-exporter)
+      python3 ca-certificates prometheus-postgres-exporter
+      etcd-server python3-venv curl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +27,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian's etcd-server starts a default member where systemd runs; the HA tests run their own.
+if command -v systemctl >/dev/null && systemctl is-active -q etcd 2>/dev/null; then
+  $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
 fi
 # Debian's postgresql package creates and starts a default cluster; we run our own.
 if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
@@ -84,6 +89,16 @@ fi
 if ! python3 -c "import eventsourcing, psycopg, psycopg_pool, Crypto, msgspec, pytest" 2>/dev/null; then
     log "installing the Python eventsourcing recorders' packages"
     python3 -m pip install -q -r "$(dirname "$0")/../clients/python/requirements.txt"
+fi
+
+# 6. Patroni for the HA tests (scripts/ha-cluster.sh), pinned, in a virtual environment of the
+# system Python that the postgres user can read (Debian's patroni 3.0 has no quorum mode).
+PATRONI_VENV=${PATRONI_VENV:-/opt/event_store-patroni}
+if ! "$PATRONI_VENV/bin/patroni" --version 2>/dev/null | grep -q " 4.1.5"; then
+    log "installing Patroni 4.1.5 into $PATRONI_VENV"
+    $SUDO /usr/bin/python3 -m venv "$PATRONI_VENV"
+    $SUDO "$PATRONI_VENV/bin/pip" install -q 'patroni[psycopg3,etcd3]==4.1.5'
+    $SUDO chmod -R a+rX "$PATRONI_VENV"
 fi
 
 log "ready: $(cargo pgrx --version), PostgreSQL $($PG_CONFIG --version), $(ls "$PKGLIBDIR"/timescaledb-2*.so | xargs -n1 basename)"
