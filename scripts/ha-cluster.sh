@@ -9,6 +9,7 @@
 #   scripts/ha-cluster.sh node DIR N                 starts node N's Patroni again
 #   scripts/ha-cluster.sh stop DIR                   stops everything and removes DIR
 #
+# Take PORT below 32768: ports in the ephemeral range may be held by outgoing connections.
 # PRELOAD is shared_preload_libraries (default event_store). Timings are short so that a
 # failover takes seconds (ttl 20 s is Patroni's documented floor; tests run with 10 s).
 # Needs scripts/setup.sh (etcd-server, Patroni in $PATRONI_VENV).
@@ -76,7 +77,7 @@ start_node() {
 
 # Waits until the nodes answer: one leader and two replicas streaming from it.
 wait_ready() {
-    local port=$1 deadline=$((SECONDS + 120)) state
+    local dir=$1 port=$2 deadline=$((SECONDS + 120)) state
     while [ $SECONDS -lt $deadline ]; do
         state=$(curl -s "http://127.0.0.1:$((port + 21))/cluster" 2>/dev/null || true)
         if [ "$(grep -o '"state": *"\(running\|streaming\)"' <<<"$state" | wc -l)" -eq 3 ] &&
@@ -86,6 +87,7 @@ wait_ready() {
         sleep 0.5
     done
     echo "the HA cluster did not come up: $state" >&2
+    tail -n 5 "$dir"/node*/patroni.log >&2
     return 1
 }
 
@@ -111,7 +113,7 @@ start)
     done
     start_node "$dir" 2
     start_node "$dir" 3
-    wait_ready "$port"
+    wait_ready "$dir" "$port"
     ;;
 node)
     start_node "$2" "$3"

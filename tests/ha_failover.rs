@@ -38,7 +38,8 @@ impl Ha {
 
     fn start() -> Ha {
         let run = std::env::var("ES_TEST_HOST").expect("ES_TEST_HOST");
-        let port = 56000 + (std::process::id() % 100) as u16 * 30;
+        // Below the ephemeral range (32768-60999), which outgoing connections take ports from.
+        let port = 21000 + (std::process::id() % 100) as u16 * 30;
         let ha = Ha {
             dir: format!("{run}/ha-{}", std::process::id()),
             port,
@@ -111,6 +112,7 @@ fn event_id(writer: usize, k: usize) -> String {
 
 #[derive(Debug, Clone)]
 struct Ack {
+    k: usize,
     stream: String,
     version: i64,
     position: i64,
@@ -166,6 +168,7 @@ fn writer(ha: Arc<Ha>, w: usize, local: bool, flags: Arc<Flags>) -> JoinHandle<V
                 ) {
                     Ok(r) => {
                         acks.push(Ack {
+                            k,
                             stream: stream.clone(),
                             version: r.get(0),
                             position: r.get(1),
@@ -353,6 +356,32 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
         .unwrap();
     assert!(first_after > served_before);
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
+    // Each synchronous writer's last append acknowledged by the old leader, sent again to the
+    // new one as a client that never got the answer would: the stored event comes back, and
+    // nothing is written.
+    for (w, acked) in acks[..3].iter().enumerate() {
+        let ack = acked.iter().rfind(|a| !a.after_failover).unwrap();
+        let r = c
+            .query_one(
+                "SELECT stream_version, global_position FROM es_append($1, 'Happened', \
+                   $2::text::jsonb, '{}', $3, $4::text::uuid)",
+                &[
+                    &ack.stream,
+                    &format!("{{\"k\": {}}}", ack.k),
+                    &(ack.version - 1),
+                    &event_id(w, ack.k),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            (r.get::<_, i64>(0), r.get::<_, i64>(1)),
+            (ack.version, ack.position)
+        );
+    }
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM event_store"),
+        stored.len() as i64
+    );
 
     // The projection resumes on the new leader: every event applied exactly once.
     wait_until("the projection caught up on the new leader", || {

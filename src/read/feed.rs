@@ -96,21 +96,11 @@ fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
-/// On a standby the primary's appends in flight are invisible: the horizon is the last one
-/// the primary published (es_publish_feed_horizon), whose commit follows every commit below
-/// it in the WAL, so the standby has replayed them all once it sees it.
-pub fn published() -> i64 {
-    schema::select_one::<i64>(schema::qualified(
-        "SELECT horizon FROM _event_store.es_feed_published",
-    ))
-    .unwrap_or(0)
-}
-
 /// Highest position a feed reader may go up to now.
 #[pg_extern(volatile, parallel_unsafe, schema = "_event_store")]
 pub fn _es_feed_horizon() -> i64 {
     if in_recovery() {
-        return published();
+        return replication::published();
     }
     replication::bound(read_horizon().1)
 }

@@ -155,7 +155,7 @@ pub fn bound(horizon: i64) -> i64 {
     }
     // First use since the server started here: start from the horizon last published, which
     // this bound produced.
-    let published = crate::read::feed::published();
+    let published = published();
     let mut locked = Locked::new(s);
     match locked.entry(database, sequence).is_some() {
         true => locked.entry(database, sequence),
@@ -164,4 +164,15 @@ pub fn bound(horizon: i64) -> i64 {
     .map_or(published.min(horizon), |e| {
         e.marks.observe(horizon, latest, synced)
     })
+}
+
+/// The horizon the primary last published (es_publish_feed_horizon). On a standby it is the
+/// horizon: the primary's appends in flight are invisible there, and this row's commit follows
+/// every commit below it in the WAL, so the standby has replayed them all once it sees it. On a
+/// primary it is where the bound starts after a restart or promotion (it was bounded itself).
+pub fn published() -> i64 {
+    schema::select_one::<i64>(schema::qualified(
+        "SELECT horizon FROM _event_store.es_feed_published",
+    ))
+    .unwrap_or(0)
 }
