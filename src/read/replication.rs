@@ -4,12 +4,14 @@
 //! for, whatever the committing session set. An append whose wait for the standbys was
 //! cancelled, or that committed with `synchronous_commit = local`, is visible on the primary
 //! at once; a failover would erase it and hand its position out again, so no reader may see
-//! it first. Needs the library preloaded (the marks live in shared memory).
+//! it first. Preloaded, the marks live in shared memory and the latest commit is known from
+//! the appends' own records; otherwise each session keeps its own marks against the WAL
+//! insert position (a new session then starts from the published horizon).
 use crate::pg::schema;
 use crate::pg::shmem::{self, Area};
 use event_store_core::read::replication::{wait_mode, Marks};
 use pgrx::pg_sys;
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering::SeqCst};
 
 const DATABASES: usize = 64;
@@ -90,14 +92,18 @@ fn shared() -> Option<&'static Shared> {
     unsafe { SHARED.load(SeqCst).as_ref() }
 }
 
-/// Whether synchronous standbys are configured (and the library preloaded to keep marks).
+thread_local! {
+    /// Not preloaded: this session's marks, for the position sequence they were made for.
+    static OWN: Cell<Option<(u32, Marks)>> = const { Cell::new(None) };
+}
+
+/// Whether synchronous standbys are configured.
 pub fn active() -> bool {
     // SAFETY: reads a GUC's string, valid for the backend's life or until the next reload.
-    let named = unsafe {
+    unsafe {
         let names = pg_sys::SyncRepStandbyNames;
         !names.is_null() && *names != 0 && pg_sys::max_wal_senders > 0
-    };
-    named && shared().is_some()
+    }
 }
 
 /// The WAL position the synchronous standbys confirmed at the configured level, as the
@@ -142,14 +148,24 @@ pub fn bound(horizon: i64) -> i64 {
     if !active() {
         return horizon;
     }
-    let s = shared().expect("active");
+    let synced = synced();
+    let sequence: u32 = schema::relation(c"es_global_position_seq").into();
+    let Some(s) = shared() else {
+        // SAFETY: reads the WAL insert position, which every commit below the horizon precedes.
+        let latest = unsafe { pg_sys::GetXLogInsertRecPtr() };
+        let mut marks = match OWN.get() {
+            Some((seq, marks)) if seq == sequence => marks,
+            _ => Marks::from(published()),
+        };
+        let bound = marks.observe(horizon, latest, synced);
+        OWN.set(Some((sequence, marks)));
+        return bound;
+    };
     // Read after the horizon: every append up to it released its registration, so its
     // commit's end is among these.
     let latest = shmem::latest_commit().max(recovered(s));
-    let synced = synced();
     // SAFETY: the backend's database.
     let database: u32 = unsafe { pg_sys::MyDatabaseId }.into();
-    let sequence: u32 = schema::relation(c"es_global_position_seq").into();
     if let Some(e) = Locked::new(s).entry(database, sequence) {
         return e.marks.observe(horizon, latest, synced);
     }

@@ -242,6 +242,7 @@ impl Cluster {
             &pg_bin("pg_basebackup"),
             &[
                 "-D", &dir, "-h", &run, "-p", &primary, "-U", "postgres", "-R", "-X", "stream",
+                "-c", "fast",
             ],
         );
         assert!(status.success(), "pg_basebackup {dir}");
