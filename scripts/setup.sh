@@ -15,7 +15,7 @@ log() { printf '\n== setup: %s\n' "$*"; }
 PKGS=(sudo postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib
       libclang-dev clang cmake build-essential pkg-config libssl-dev dpkg-dev xz-utils
       python3 ca-certificates prometheus-postgres-exporter
-      etcd-server python3-venv curl)
+      etcd-server python3-venv curl bc)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
