@@ -8,11 +8,12 @@ CREATE TABLE bench_floor (
     stream_version bigint NOT NULL, event_type text NOT NULL, event_data jsonb NOT NULL,
     metadata jsonb NOT NULL, event_version integer NOT NULL, created_at timestamptz NOT NULL,
     transaction_id xid8 NOT NULL DEFAULT pg_current_xact_id());
-CREATE INDEX ON bench_floor (stream_id, stream_version);
+CREATE INDEX ON bench_floor (stream_id, stream_version, created_at);
 CREATE INDEX ON bench_floor (global_position);
 CREATE INDEX ON bench_floor (event_id);
 CREATE INDEX ON bench_floor (event_type, created_at);
 CREATE INDEX ON bench_floor (created_at);
+CREATE INDEX ON bench_floor (split_part(stream_id, '-', 1), global_position);
 
 -- handed design: the ADR's table as written: three indexes, no concurrency control.
 CREATE TABLE bench_handed (
