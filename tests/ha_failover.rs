@@ -311,6 +311,10 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
         .query_one("SELECT es_feed_horizon()", &[])
         .unwrap()
         .get::<_, i64>(0);
+    // The synchronous writers go on: their appends wait for standbys that hear nothing, and
+    // are in flight when the leader dies (each retried on the new leader with its id).
+    flags.pause.store(false, SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
     // SAFETY: as above; they die without sending what they hold.
     senders.iter().for_each(|&pid| unsafe {
         libc::kill(pid, libc::SIGKILL);
@@ -319,7 +323,6 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
     let killed_at = Instant::now();
     let (new, mut c) = ha.wait_leader(old);
     flags.failed_over.store(true, SeqCst);
-    flags.pause.store(false, SeqCst);
     eprintln!(
         "node{new} leads {:.1} s after node{old} was killed",
         killed_at.elapsed().as_secs_f64()
