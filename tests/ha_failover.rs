@@ -128,6 +128,8 @@ struct Flags {
     /// The synchronous writers start no new append (the local one goes on).
     pause: AtomicBool,
     failed_over: AtomicBool,
+    /// Every writer has returned: no append is in flight any more.
+    written: AtomicBool,
 }
 
 /// Appends until `stop`, each event retried with the same id and expected version until it is
@@ -197,7 +199,8 @@ fn writer(ha: Arc<Ha>, w: usize, local: bool, flags: Arc<Flags>) -> JoinHandle<V
     })
 }
 
-/// Follows the feed from position 0 until `stop`, then to its end: every (position, id) served.
+/// Follows the feed from position 0 until the writers are done, then to its end: every
+/// (position, id) served.
 fn reader(ha: Arc<Ha>, flags: Arc<Flags>) -> JoinHandle<BTreeMap<i64, String>> {
     std::thread::spawn(move || {
         let mut served = BTreeMap::new();
@@ -225,7 +228,7 @@ fn reader(ha: Arc<Ha>, flags: Arc<Flags>) -> JoinHandle<BTreeMap<i64, String>> {
                     }
                     if rows.is_empty() {
                         // Done once the writers stopped and the horizon reached the last event.
-                        done = flags.stop.load(SeqCst)
+                        done = flags.written.load(SeqCst)
                             && client
                                 .query_one(
                                     "SELECT es_feed_horizon() >= coalesce(max(global_position), 0) \
@@ -330,6 +333,7 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     flags.stop.store(true, SeqCst);
     let acks: Vec<Vec<Ack>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    flags.written.store(true, SeqCst);
     let served = reading.join().unwrap();
 
     let stored = events(&mut c);
@@ -356,7 +360,10 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
         .collect();
     assert!(
         erased.is_empty() && skipped.is_empty(),
-        "the feed served events the failover erased: {erased:?}; skipped: {skipped:?}"
+        "the feed served events the failover erased: {erased:?}; skipped: {skipped:?} \
+         (the last event is at {:?}, the reader got to {:?})",
+        all.keys().last(),
+        served.keys().last()
     );
     let first_after = acks
         .iter()
