@@ -6,7 +6,7 @@
 use event_store_testing::*;
 use postgres::{Client, Config, NoTls};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -130,6 +130,8 @@ struct Flags {
     failed_over: AtomicBool,
     /// Every writer has returned: no append is in flight any more.
     written: AtomicBool,
+    /// Appends the new leader acknowledged to writers, first sent there.
+    after: AtomicUsize,
 }
 
 /// Appends until `stop`, each event retried with the same id and expected version until it is
@@ -177,6 +179,7 @@ fn writer(ha: Arc<Ha>, w: usize, local: bool, flags: Arc<Flags>) -> JoinHandle<V
                             id: r.get(2),
                             after_failover: after && !retried,
                         });
+                        flags.after.fetch_add((after && !retried) as usize, SeqCst);
                         break;
                     }
                     Err(e) if e.as_db_error().is_some() && !e.is_closed() => {
@@ -207,7 +210,12 @@ fn reader(ha: Arc<Ha>, flags: Arc<Flags>) -> JoinHandle<BTreeMap<i64, String>> {
         let mut checkpoint = 0i64;
         let mut c: Option<Client> = None;
         let mut done = false;
+        let mut deadline = None;
         while !done {
+            if flags.written.load(SeqCst) {
+                let at = *deadline.get_or_insert(Instant::now() + Duration::from_secs(90));
+                assert!(Instant::now() < at, "the feed did not reach the last event");
+            }
             if c.is_none() {
                 c = ha.leader(0).map(|(_, c)| c);
             }
@@ -330,7 +338,10 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
         "node{new} leads {:.1} s after node{old} was killed",
         killed_at.elapsed().as_secs_f64()
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Until the new leader has a synchronous standby and took appends from every writer.
+    wait_until("the new leader takes appends", || {
+        flags.after.load(SeqCst) >= 200
+    });
     flags.stop.store(true, SeqCst);
     let acks: Vec<Vec<Ack>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     flags.written.store(true, SeqCst);
@@ -420,21 +431,20 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
     // The old leader rejoins as a replica (pg_rewind): it serves reads again, never past what
     // it replayed, and no event_store worker runs on a replica.
     Ha::script(&["node", &ha.dir, &old.to_string()]);
-    let mut r = None;
-    wait_until("the old leader serves reads as a replica", || {
-        r = ha.connect(old);
-        r.as_mut().is_some_and(|r| {
-            r.query_one("SELECT pg_is_in_recovery()", &[])
-                .is_ok_and(|row| row.get::<_, bool>(0))
-        })
-    });
-    let mut r = r.unwrap();
     c.query_one("SELECT es_publish_feed_horizon()", &[])
         .unwrap();
     let leader_horizon: i64 = c.query_one("SELECT es_feed_horizon()", &[]).unwrap().get(0);
-    wait_until("the replica serves the whole feed", || {
-        count(&mut r, "SELECT es_feed_horizon()") == leader_horizon
+    // Patroni may restart it once more after pg_rewind: a fresh session each time.
+    wait_until("the old leader, a replica, serves the whole feed", || {
+        ha.connect(old).is_some_and(|mut r| {
+            r.query_one(
+                "SELECT pg_is_in_recovery() AND es_feed_horizon() = $1",
+                &[&leader_horizon],
+            )
+            .is_ok_and(|row| row.get::<_, bool>(0))
+        })
     });
+    let mut r = ha.connect(old).unwrap();
     let replica: BTreeMap<i64, String> = r
         .query(
             "SELECT global_position, event_id::text FROM es_read_all(0, NULL)",
