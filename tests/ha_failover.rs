@@ -265,13 +265,8 @@ fn events(c: &mut Client) -> HashMap<String, (String, i64, i64)> {
     .collect()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How long the new leader, the projection or the rejoined replica may take.
+const WAIT: Duration = Duration::from_secs(90);
 
 #[test]
 fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
@@ -339,7 +334,7 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
         killed_at.elapsed().as_secs_f64()
     );
     // Until the new leader has a synchronous standby and took appends from every writer.
-    wait_until("the new leader takes appends", || {
+    wait_for(WAIT, "the new leader takes appends", || {
         flags.after.load(SeqCst) >= 200
     });
     flags.stop.store(true, SeqCst);
@@ -413,7 +408,7 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
     );
 
     // The projection resumes on the new leader: every event applied exactly once.
-    wait_until("the projection caught up on the new leader", || {
+    wait_for(WAIT, "the projection caught up on the new leader", || {
         count(
             &mut c,
             "SELECT count(*) FROM es_projections WHERE name = 'applied' AND position >= es_feed_horizon()",
@@ -435,15 +430,19 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
         .unwrap();
     let leader_horizon: i64 = c.query_one("SELECT es_feed_horizon()", &[]).unwrap().get(0);
     // Patroni may restart it once more after pg_rewind: a fresh session each time.
-    wait_until("the old leader, a replica, serves the whole feed", || {
-        ha.connect(old).is_some_and(|mut r| {
-            r.query_one(
-                "SELECT pg_is_in_recovery() AND es_feed_horizon() = $1",
-                &[&leader_horizon],
-            )
-            .is_ok_and(|row| row.get::<_, bool>(0))
-        })
-    });
+    wait_for(
+        WAIT,
+        "the old leader, a replica, serves the whole feed",
+        || {
+            ha.connect(old).is_some_and(|mut r| {
+                r.query_one(
+                    "SELECT pg_is_in_recovery() AND es_feed_horizon() = $1",
+                    &[&leader_horizon],
+                )
+                .is_ok_and(|row| row.get::<_, bool>(0))
+            })
+        },
+    );
     let mut r = ha.connect(old).unwrap();
     let replica: BTreeMap<i64, String> = r
         .query(

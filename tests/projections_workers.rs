@@ -2,26 +2,16 @@
 //! whole server's): every database with work is served on a cluster with default settings, a
 //! database that cannot get a worker is told so, and a slow handler delays only its own
 //! projection.
-use event_store_testing::{count, timescaledb, Cluster};
+use event_store_testing::{count, timescaledb, wait_for, Cluster};
 use postgres::Client;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One cluster at a time: these tests time how soon work is served, which six clusters
 /// starting at once on a small machine would blur.
 fn alone() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Waits up to `limit` for `done`, failing with `what`.
-fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 /// Creates database `name` with event_store (and TimescaleDB when `tsdb`), a projection owned

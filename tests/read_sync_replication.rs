@@ -6,7 +6,7 @@
 use event_store_testing::*;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A primary with `conf`, preloading event_store (its projection worker runs) or not, the
 /// extension created, and a standby it waits for as `synchronous_standby_names = names`.
@@ -34,22 +34,16 @@ fn pair(conf: &str, names: &str, preload: bool) -> (Cluster, Cluster) {
     )
     .unwrap();
     p.execute("SELECT pg_reload_conf()", &[]).unwrap();
-    wait_for(&mut p, "the standby is synchronous", |c| {
-        count(
-            c,
-            "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')",
-        ) == 1
+    let synchronous =
+        "SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum')";
+    wait_for(WAIT, "the standby is synchronous", || {
+        count(&mut p, synchronous) == 1
     });
     (primary, standby)
 }
 
-fn wait_for(c: &mut Client, what: &str, mut done: impl FnMut(&mut Client) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done(c) {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// How long a standby or the feed may take to catch up.
+const WAIT: Duration = Duration::from_secs(60);
 
 fn feed(c: &mut Client) -> Vec<(i64, String)> {
     c.query(
@@ -92,11 +86,11 @@ fn cancelled_append(primary: &Cluster, stream: &str) -> i64 {
     let stream = stream.to_string();
     let run = std::thread::spawn(move || append(&mut c, &stream));
     let mut watcher = primary.connect();
-    wait_for(&mut watcher, "the append waits for the standby", |w| {
-        count(
-            w,
-            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'SyncRep'"),
-        ) == 1
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event = 'SyncRep'"
+    );
+    wait_for(WAIT, "the append waits for the standby", || {
+        count(&mut watcher, &waiting) == 1
     });
     watcher
         .execute("SELECT pg_cancel_backend($1)", &[&pid])
@@ -120,8 +114,8 @@ fn unconfirmed_appends_wait_for_the_standby(preload: bool) {
     let (primary, standby) = pair("", "ANY 1 (*)", preload);
     let mut p = primary.connect();
     append(&mut p, "a-1");
-    wait_for(&mut p, "the confirmed append is served", |c| {
-        horizon(c) == 1
+    wait_for(WAIT, "the confirmed append is served", || {
+        horizon(&mut p) == 1
     });
     let mut listener = primary.connect();
     listener.batch_execute("LISTEN event_store").unwrap();
@@ -151,8 +145,8 @@ fn unconfirmed_appends_wait_for_the_standby(preload: bool) {
 
     // The standby back and caught up: both appear, and are announced.
     standby.pg_ctl("start");
-    wait_for(&mut p, "the feed serves the confirmed appends", |c| {
-        horizon(c) == 3
+    wait_for(WAIT, "the feed serves the confirmed appends", || {
+        horizon(&mut p) == 3
     });
     assert_eq!(feed(&mut p).len(), 3);
     assert_eq!(feed(&mut primary.connect()).len(), 3, "a new session");
@@ -200,8 +194,8 @@ fn no_position_is_served_twice_across_a_failover() {
     standby.pg_ctl("start");
     standby.pg_ctl("promote");
     let mut s = standby.connect();
-    wait_for(&mut s, "the standby is promoted", |c| {
-        !c.query_one("SELECT pg_is_in_recovery()", &[])
+    wait_for(WAIT, "the standby is promoted", || {
+        !s.query_one("SELECT pg_is_in_recovery()", &[])
             .unwrap()
             .get::<_, bool>(0)
     });
@@ -211,7 +205,7 @@ fn no_position_is_served_twice_across_a_failover() {
     // checkpoint reads the new event.
     let after = feed(&mut s);
     assert_eq!(after[..33], served[..]);
-    wait_for(&mut s, "the new event is served", |c| horizon(c) >= 34);
+    wait_for(WAIT, "the new event is served", || horizon(&mut s) >= 34);
     let resumed: Vec<i64> = s
         .query(
             "SELECT global_position FROM es_read_all($1)",

@@ -150,12 +150,12 @@ fn announce(slot: &Slot) -> bool {
     let sent = BackgroundWorker::transaction(|| {
         Spi::run("SET LOCAL synchronous_commit = off")
             .unwrap_or_else(|e| error!("event_store: {e}"));
-        let held = replication::active();
-        let servable = match held {
+        let bounded = replication::active();
+        let servable = match bounded {
             true => position.min(crate::read::feed::_es_feed_horizon()),
             false => position,
         };
-        if !held || servable > LAST_SENT.get() {
+        if !bounded || servable > LAST_SENT.get() {
             crate::read::notify::send(servable);
             LAST_SENT.set(servable);
         }

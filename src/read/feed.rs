@@ -83,12 +83,13 @@ fn in_flight(seq_last: i64) -> Vec<(i32, Option<TimestampWithTimeZone>, i64)> {
     })
 }
 
-/// (positions handed out, horizon). Reads the sequence before the registrations: an append
-/// that registers after the sequence was read only takes positions above it.
+/// (positions handed out, horizon), on a primary. Reads the sequence before the registrations:
+/// an append that registers after the sequence was read only takes positions above it. Under
+/// synchronous replication the horizon also waits for the standbys (`replication::bound`).
 fn read_horizon() -> (i64, i64) {
     let seq_last = seq_last();
     let bounds = in_flight(seq_last).into_iter().map(|(_, _, b)| b);
-    (seq_last, horizon(seq_last, bounds))
+    (seq_last, replication::bound(horizon(seq_last, bounds)))
 }
 
 fn in_recovery() -> bool {
@@ -102,7 +103,7 @@ pub fn _es_feed_horizon() -> i64 {
     if in_recovery() {
         return replication::published();
     }
-    replication::bound(read_horizon().1)
+    read_horizon().1
 }
 
 /// Whether appends are in flight, holding the horizon below the positions handed out.
@@ -112,7 +113,7 @@ fn _es_feed_in_flight() -> bool {
         return false;
     }
     let (seq_last, horizon) = read_horizon();
-    replication::bound(horizon) < seq_last
+    horizon < seq_last
 }
 
 /// The rows of the es_feed_in_flight view.

@@ -65,19 +65,21 @@ impl Locked {
             .find(|e| e.database == database && e.sequence == sequence)
     }
 
-    fn create(&mut self, database: u32, sequence: u32, confirmed: i64) -> Option<&mut Entry> {
-        // SAFETY: as above.
-        let entries = unsafe { &mut *self.0.entries.get() };
-        // A free entry, or one of a sequence dropped since (same database, older sequence).
-        let e = entries
-            .iter_mut()
-            .find(|e| e.database == 0 || e.database == database)?;
-        *e = Entry {
-            database,
-            sequence,
-            marks: Marks::from(confirmed),
-        };
-        Some(e)
+    /// The entry of `database`'s `sequence`, made from `confirmed` where there is none yet (in
+    /// a free entry, or one of a sequence dropped since); `None` when every entry is taken.
+    fn entry_or_new(&mut self, database: u32, sequence: u32, confirmed: i64) -> Option<&mut Entry> {
+        if self.entry(database, sequence).is_none() {
+            // SAFETY: as above.
+            let entries = unsafe { &mut *self.0.entries.get() };
+            *entries
+                .iter_mut()
+                .find(|e| e.database == 0 || e.database == database)? = Entry {
+                database,
+                sequence,
+                marks: Marks::from(confirmed),
+            };
+        }
+        self.entry(database, sequence)
     }
 }
 
@@ -172,14 +174,11 @@ pub fn bound(horizon: i64) -> i64 {
     // First use since the server started here: start from the horizon last published, which
     // this bound produced.
     let published = published();
-    let mut locked = Locked::new(s);
-    match locked.entry(database, sequence).is_some() {
-        true => locked.entry(database, sequence),
-        false => locked.create(database, sequence, published),
-    }
-    .map_or(published.min(horizon), |e| {
-        e.marks.observe(horizon, latest, synced)
-    })
+    Locked::new(s)
+        .entry_or_new(database, sequence, published)
+        .map_or(published.min(horizon), |e| {
+            e.marks.observe(horizon, latest, synced)
+        })
 }
 
 /// The horizon the primary last published (es_publish_feed_horizon). On a standby it is the

@@ -5,6 +5,7 @@
 
 use postgres::{Client, Config, NoTls};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 pub struct TestDb {
     pub name: String,
@@ -146,6 +147,16 @@ pub fn outcome<T>(r: Result<T, postgres::Error>) -> String {
             .map(|c| c.code().to_string())
             .unwrap_or_else(|| e.to_string())
     })
+}
+
+/// Waits up to `limit` for `done`, failing with `what`; returns how long it took.
+pub fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
 }
 
 pub fn count(c: &mut Client, sql: &str) -> i64 {
