@@ -186,6 +186,90 @@ fn racing_to_create_a_stream_with_expected_version_zero_has_one_winner() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 1);
 }
 
+/// A stream's creator that rolls back leaves no row behind: the second creator, which waited
+/// for it, makes the stream itself (its first event at version 1); one that commits makes the
+/// waiter append after it.
+#[test]
+fn a_second_creator_of_a_stream_waits_for_the_first_and_follows_its_outcome() {
+    let db = Arc::new(TestDb::new("create_wait"));
+    for outcome in ["ROLLBACK", "COMMIT"] {
+        let stream = format!("wait-{}", outcome.to_lowercase());
+        let mut first = db.connect();
+        first
+            .batch_execute(&format!(
+                "BEGIN; SELECT es_append('{stream}', 'First', '{{}}')"
+            ))
+            .unwrap();
+        let second = {
+            let (db, stream) = (db.clone(), stream.clone());
+            thread::spawn(move || {
+                let mut c = db.connect();
+                c.query_one(
+                    "SELECT stream_version FROM es_append($1, 'Second', '{}')",
+                    &[&stream],
+                )
+                .unwrap()
+                .get::<_, i64>(0)
+            })
+        };
+        let mut watch = db.connect();
+        wait_for(
+            Duration::from_secs(10),
+            "the second creator waiting",
+            || {
+                count(
+                    &mut watch,
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                   AND query LIKE '%Second%' AND datname = current_database()",
+                ) == 1
+            },
+        );
+        first.batch_execute(outcome).unwrap();
+        let expected = if outcome == "COMMIT" { 2 } else { 1 };
+        assert_eq!(second.join().unwrap(), expected, "after {outcome}");
+        let mut c = db.connect();
+        let versions: Vec<i64> = c
+            .query(
+                "SELECT version FROM _event_store.es_streams WHERE stream_id = $1",
+                &[&stream],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, [expected], "one registry row, after {outcome}");
+    }
+    let mut c = db.connect();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
+}
+
+/// Under REPEATABLE READ, a stream another transaction created after the snapshot is a
+/// serialization failure (to retry), not an error of another kind and not a second row.
+#[test]
+fn creating_a_stream_created_since_a_repeatable_read_snapshot_fails_to_serialize() {
+    let db = TestDb::new("create_rr");
+    let mut reader = db.connect();
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM event_store")
+        .unwrap();
+    db.connect()
+        .batch_execute("SELECT es_append('rr-1', 'Made', '{}')")
+        .unwrap();
+    assert_eq!(
+        sqlstate(reader.execute("SELECT es_append('rr-1', 'Again', '{}')", &[])),
+        "40001"
+    );
+    reader.batch_execute("ROLLBACK").unwrap();
+    let mut c = db.connect();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM _event_store.es_streams WHERE stream_id = 'rr-1'"
+        ),
+        1
+    );
+}
+
 /// Appends keep working while the registry's relcache entry is invalidated under them (an
 /// ANALYZE, as autovacuum runs one, invalidates it at every commit): an append that opened
 /// es_streams and then its indexes once read the primary key from an entry rebuilt in between,

@@ -22,10 +22,14 @@ fn watched(db: &TestDb) -> (Client, Arc<Mutex<Vec<String>>>) {
     (c, messages)
 }
 
-/// Whether the calls since the last look ran the INSERT statement into event_store.
+/// Whether the calls since the last look ran the INSERT statement into event_store, or the one
+/// registering a new stream.
 fn inserted_with_a_statement(messages: &Mutex<Vec<String>>) -> bool {
     let mut m = messages.lock().unwrap();
-    let found = m.iter().any(|m| m.contains("INSERT INTO _event_store.log"));
+    let found = m.iter().any(|m| {
+        m.contains("INSERT INTO _event_store.log")
+            || m.contains("INSERT INTO _event_store.es_streams")
+    });
     m.clear();
     found
 }
@@ -68,6 +72,16 @@ fn appends_run_no_insert_statement() {
         "the category index has their entries"
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
+    c.batch_execute("SET enable_seqscan = off").unwrap();
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM _event_store.es_streams WHERE category = 'order'"
+        ),
+        3,
+        "new streams' rows have their category, in its index"
+    );
+    c.batch_execute("RESET enable_seqscan").unwrap();
     // A generated id is claimed: handing it back as the caller's own is a conflict.
     let generated: uuid::Uuid = c
         .query_one("SELECT event_id FROM es_stream('order-2')", &[])

@@ -4,9 +4,11 @@
 //! of what a single append costs beyond the row itself (measured with perf).
 //!
 //! A table takes rows here only where nothing else would have acted on them: no INSERT trigger
-//! or rule, no row level security, the caller allowed to insert, and exactly the columns the
-//! rows fill (of those types; dropped columns aside). `open` answers `None` otherwise, and the
-//! caller runs its SQL statement instead, which does whatever the table asks.
+//! or rule, no row level security, the caller allowed to insert, and the columns the rows fill
+//! of those types; any other column is one an INSERT of those columns would leave NULL (no
+//! default, nullable) or a stored generated one, computed as the executor computes it.
+//! `open` answers `None` otherwise, and the caller runs its SQL statement instead, which does
+//! whatever the table asks.
 use crate::pg::guards::{Opened, Slot};
 use crate::pg::relcache;
 use pgrx::pg_sys;
@@ -24,6 +26,8 @@ struct Table {
     rri: *mut pg_sys::ResultRelInfo,
     /// For each column of the rows, its attribute index in the table.
     attrs: Vec<usize>,
+    /// Whether it has stored generated columns.
+    generated: bool,
     slots: Vec<Slot>,
     rel: Opened,
 }
@@ -190,6 +194,29 @@ impl Executor {
     /// # Safety
     /// Inside a transaction; `relid` is a table the caller may insert into (`stream_scan::unfiltered`).
     pub(super) unsafe fn open(&mut self, relid: pg_sys::Oid, columns: &[Column]) -> Option<Target> {
+        // SAFETY: as the caller promises.
+        unsafe { self.open_with(relid, columns, false) }
+    }
+
+    /// As `open`, for `insert_new`: its unique indexes ready to be checked before an insert.
+    ///
+    /// # Safety
+    /// As for `open`.
+    pub(super) unsafe fn open_unique(
+        &mut self,
+        relid: pg_sys::Oid,
+        columns: &[Column],
+    ) -> Option<Target> {
+        // SAFETY: as the caller promises.
+        unsafe { self.open_with(relid, columns, true) }
+    }
+
+    unsafe fn open_with(
+        &mut self,
+        relid: pg_sys::Oid,
+        columns: &[Column],
+        speculative: bool,
+    ) -> Option<Target> {
         // SAFETY: the relation is opened, read and kept open by this executor.
         unsafe {
             let rel = pg_sys::try_table_open(relid, pg_sys::RowExclusiveLock as i32);
@@ -206,18 +233,18 @@ impl Executor {
                 return None;
             }
             let desc = (*rel.0).rd_att;
-            if !(*desc).constr.is_null() && (*(*desc).constr).has_generated_stored {
-                return None;
-            }
+            let generated = !(*desc).constr.is_null() && (*(*desc).constr).has_generated_stored;
             let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
             let mut at = vec![usize::MAX; columns.len()];
             for (i, a) in attrs.iter().enumerate().filter(|(_, a)| !a.attisdropped) {
                 let name = pgrx::name_data_to_str(&a.attname);
-                let k = columns.iter().position(|c| c.0 == name)?;
-                if columns[k].1 != a.atttypid {
-                    return None;
+                match columns.iter().position(|c| c.0 == name) {
+                    Some(k) if columns[k].1 == a.atttypid && a.attgenerated == 0 => at[k] = i,
+                    Some(_) => return None,
+                    None if a.attgenerated != 0 => {}
+                    None if !a.attnotnull && !a.atthasdef && a.attidentity == 0 => {}
+                    None => return None,
                 }
-                at[k] = i;
             }
             if at.contains(&usize::MAX) {
                 return None;
@@ -226,7 +253,7 @@ impl Executor {
             let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
                 .cast::<pg_sys::ResultRelInfo>();
             pg_sys::InitResultRelInfo(rri, rel.0, 1, std::ptr::null_mut(), 0);
-            pg_sys::ExecOpenIndices(rri, false);
+            pg_sys::ExecOpenIndices(rri, speculative);
             pg_sys::MemoryContextSwitchTo(old);
             // Compiled states serve relations as they were when compiled: only while nothing
             // watched changed since the call began (opening this one may have brought news).
@@ -252,6 +279,7 @@ impl Executor {
             self.tables.push(Table {
                 rri,
                 attrs: at,
+                generated,
                 slots: vec![],
                 rel,
             });
@@ -283,7 +311,6 @@ impl Executor {
             let rel = table.rel.0;
             let am = &*(*rel).rd_tableam;
             let cid = pg_sys::GetCurrentCommandId(true);
-            let checks = !(*(*rel).rd_att).constr.is_null();
             let mut values = vec![pg_sys::Datum::from(0); table.attrs.len()];
             let mut start = 0;
             while start < n {
@@ -292,23 +319,8 @@ impl Executor {
                     table.slots.push(Slot::of(rel));
                 }
                 for (j, slot) in table.slots[..count].iter().enumerate() {
-                    let slot = slot.0;
-                    pg_sys::ExecClearTuple(slot);
-                    let natts = (*slot)
-                        .tts_tupleDescriptor
-                        .as_ref()
-                        .expect("a row type")
-                        .natts;
-                    std::slice::from_raw_parts_mut((*slot).tts_isnull, natts as usize).fill(true);
                     fill(start + j, &mut values);
-                    for (k, &a) in table.attrs.iter().enumerate() {
-                        *(*slot).tts_values.add(a) = values[k];
-                        *(*slot).tts_isnull.add(a) = false;
-                    }
-                    pg_sys::ExecStoreVirtualTuple(slot);
-                    if checks {
-                        pg_sys::ExecConstraints(table.rri, slot, estate);
-                    }
+                    table.store(slot.0, &values, estate);
                 }
                 // Called through the table AM's pointers, which pgrx does not guard: an error
                 // there (out of disk, say) must not unwind through Rust frames unannounced.
@@ -356,6 +368,114 @@ impl Executor {
             pg_sys::CommandCounterIncrement();
         }
     }
+}
+
+impl Executor {
+    /// Inserts one row into `target` (opened with `open_unique`) unless one of its unique
+    /// indexes holds the row's key, as INSERT ... ON CONFLICT DO NOTHING does: a transaction
+    /// inserting the same key is waited for, and two inserting at once never both succeed
+    /// (speculative insertion). Returns where the row went, or `Err` with where the row
+    /// holding the key is. The row is visible to the commands that follow.
+    ///
+    /// # Safety
+    /// Inside the transaction that opened `target`; `values` are datums of the columns' types.
+    pub(super) unsafe fn insert_new(
+        &mut self,
+        target: Target,
+        values: &[pg_sys::Datum],
+    ) -> Result<pg_sys::ItemPointerData, pg_sys::ItemPointerData> {
+        // SAFETY: the executor's own protocol for ON CONFLICT DO NOTHING (ExecInsert), on a
+        // table and indexes this executor opened, through the table AM's pointers guarded.
+        unsafe {
+            let estate = self.estate;
+            let table = &mut self.tables[target.0];
+            let rel = table.rel.0;
+            if table.slots.is_empty() {
+                table.slots.push(Slot::of(rel));
+            }
+            let slot = table.slots[0].0;
+            table.store(slot, values, estate);
+            let am = &*(*rel).rd_tableam;
+            let insert = am
+                .tuple_insert_speculative
+                .expect("a table AM inserts speculatively");
+            let complete = am
+                .tuple_complete_speculative
+                .expect("a table AM completes speculative inserts");
+            let xid = pg_sys::GetCurrentTransactionId();
+            let cid = pg_sys::GetCurrentCommandId(true);
+            loop {
+                let mut held: pg_sys::ItemPointerData = std::mem::zeroed();
+                // Arbiters: every unique index (a NIL list).
+                let all = std::ptr::null_mut();
+                if !pg_sys::ExecCheckIndexConstraints(table.rri, slot, estate, &mut held, all) {
+                    return Err(held);
+                }
+                let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
+                let no_bulk_state = std::ptr::null_mut();
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    insert(rel, slot, cid, 0, no_bulk_state, token)
+                });
+                let mut lost = false;
+                let recheck = pg_sys::ExecInsertIndexTuples(
+                    table.rri, slot, estate, false, true, &mut lost, all,
+                );
+                pg_sys::list_free(recheck);
+                pg_sys::ffi::pg_guard_ffi_boundary(|| complete(rel, slot, token, !lost));
+                pg_sys::SpeculativeInsertionLockRelease(xid);
+                if !lost {
+                    pg_sys::CommandCounterIncrement();
+                    return Ok((*slot).tts_tid);
+                }
+                // Another transaction inserted the key meanwhile: wait for it, as a new check does.
+            }
+        }
+    }
+}
+
+impl Table {
+    /// Makes `values` (in the order of the columns the table was opened for) the row in `slot`,
+    /// its generated columns computed and its constraints checked, as the executor would.
+    ///
+    /// # Safety
+    /// `slot` is the table's; `values` are datums of the columns' types.
+    unsafe fn store(
+        &self,
+        slot: *mut pg_sys::TupleTableSlot,
+        values: &[pg_sys::Datum],
+        estate: *mut pg_sys::EState,
+    ) {
+        // SAFETY: as the caller promises: a virtual tuple of the table's row type, unfilled
+        // columns NULL.
+        unsafe {
+            pg_sys::ExecClearTuple(slot);
+            let desc = (*slot).tts_tupleDescriptor;
+            std::slice::from_raw_parts_mut((*slot).tts_isnull, (*desc).natts as usize).fill(true);
+            for (k, &a) in self.attrs.iter().enumerate() {
+                *(*slot).tts_values.add(a) = values[k];
+                *(*slot).tts_isnull.add(a) = false;
+            }
+            pg_sys::ExecStoreVirtualTuple(slot);
+            if self.generated {
+                pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                    ExecComputeStoredGenerated(self.rri, estate, slot, pg_sys::CmdType::CMD_INSERT)
+                });
+            }
+            if !(*desc).constr.is_null() {
+                pg_sys::ExecConstraints(self.rri, slot, estate);
+            }
+        }
+    }
+}
+
+extern "C-unwind" {
+    // executor/nodeModifyTable.h, which pgrx does not bind.
+    fn ExecComputeStoredGenerated(
+        rri: *mut pg_sys::ResultRelInfo,
+        estate: *mut pg_sys::EState,
+        slot: *mut pg_sys::TupleTableSlot,
+        cmdtype: pg_sys::CmdType::Type,
+    );
 }
 
 impl Drop for Executor {
