@@ -40,15 +40,19 @@ pub(super) struct Executor {
     generation: u64,
 }
 
-/// Per backend: the CHECK constraints and index expressions of the tables appends insert into,
-/// compiled once (as the executor would per statement: parsing and planning them took 4% of a
-/// single append) and kept while `relcache` watches those tables and indexes unchanged.
+/// Per backend: the CHECK constraints, generated columns and index expressions of the tables
+/// appends insert into, compiled once (as the executor would per statement: parsing and
+/// planning them took 4% of a single append) and kept while `relcache` watches those tables
+/// and indexes unchanged.
 struct Compiled {
     generation: u64,
     /// Where the compiled states live, reset when they are dropped.
     context: pg_sys::MemoryContext,
     /// A table's checks, as `ri_ConstraintExprs` holds them.
     checks: Vec<(pg_sys::Oid, *mut *mut pg_sys::ExprState)>,
+    /// A table's stored generated columns, as `ri_GeneratedExprs` and `ri_NumGeneratedNeeded`
+    /// hold them for an INSERT.
+    generated: Vec<(pg_sys::Oid, *mut *mut pg_sys::ExprState, i32)>,
     /// An index's expressions, as `ii_ExpressionsState` holds them.
     expressions: Vec<(pg_sys::Oid, *mut pg_sys::List)>,
 }
@@ -58,6 +62,7 @@ thread_local! {
         generation: u64::MAX,
         context: std::ptr::null_mut(),
         checks: Vec::new(),
+        generated: Vec::new(),
         expressions: Vec::new(),
     }) };
     /// Executors alive: compiled states are dropped only when none is (an append nested in
@@ -87,6 +92,7 @@ impl Compiled {
             }
         }
         self.checks.clear();
+        self.generated.clear();
         self.expressions.clear();
         self.generation = generation;
     }
@@ -118,6 +124,44 @@ impl Compiled {
             pg_sys::MemoryContextSwitchTo(old);
             self.checks.push((relid, states));
             states
+        }
+    }
+
+    /// `rel`'s stored generated columns compiled, as ExecInitStoredGenerated compiles them for
+    /// an INSERT: an expression per attribute (NULL for the others), and how many.
+    ///
+    /// # Safety
+    /// `rel` is open and has stored generated columns.
+    unsafe fn generated(&mut self, rel: pg_sys::Relation) -> (*mut *mut pg_sys::ExprState, i32) {
+        // SAFETY: reads the relation's column defaults; compiles into this cache's context.
+        unsafe {
+            let relid = (*rel).rd_id;
+            if let Some(g) = self.generated.iter().find(|g| g.0 == relid) {
+                return (g.1, g.2);
+            }
+            relcache::watch(relid);
+            let desc = (*rel).rd_att;
+            let natts = (*desc).natts as usize;
+            let old = pg_sys::MemoryContextSwitchTo(self.context);
+            let states = pg_sys::palloc0(natts * std::mem::size_of::<*mut pg_sys::ExprState>())
+                .cast::<*mut pg_sys::ExprState>();
+            let mut n = 0;
+            for (i, a) in (*desc).attrs.as_slice(natts).iter().enumerate() {
+                if a.attgenerated == pg_sys::ATTRIBUTE_GENERATED_STORED as std::ffi::c_char {
+                    let expr = pg_sys::build_column_default(rel, i as i32 + 1);
+                    if expr.is_null() {
+                        pgrx::error!("event_store: generated column {} has no expression", i + 1);
+                    }
+                    *states.add(i) = pg_sys::ExecInitExpr(
+                        pg_sys::expression_planner(expr.cast()),
+                        std::ptr::null_mut(),
+                    );
+                    n += 1;
+                }
+            }
+            pg_sys::MemoryContextSwitchTo(old);
+            self.generated.push((relid, states, n));
+            (states, n)
         }
     }
 
@@ -265,6 +309,11 @@ impl Executor {
                     }
                     if !(*desc).constr.is_null() && (*(*desc).constr).num_check > 0 {
                         (*rri).ri_ConstraintExprs = c.checks(rel.0);
+                    }
+                    if generated {
+                        let (states, n) = c.generated(rel.0);
+                        (*rri).ri_GeneratedExprs = states;
+                        (*rri).ri_NumGeneratedNeeded = n;
                     }
                     for i in 0..(*rri).ri_NumIndices as usize {
                         let info = *(*rri).ri_IndexRelationInfo.add(i);
