@@ -211,7 +211,9 @@ fn metadata_records_role_and_session_context() {
     let db = TestDb::new("metadata");
     let mut c = db.connect();
     c.batch_execute(
-        "CREATE ROLE es_app_metadata LOGIN; GRANT event_store_writer TO es_app_metadata;",
+        "CREATE ROLE es_app_metadata LOGIN; GRANT event_store_writer TO es_app_metadata; \
+         CREATE ROLE es_app_metadata_2; GRANT event_store_writer TO es_app_metadata_2; \
+         GRANT es_app_metadata_2 TO es_app_metadata;",
     )
     .unwrap();
     let mut app = db.connect_as("es_app_metadata");
@@ -221,6 +223,13 @@ fn metadata_records_role_and_session_context() {
     .unwrap();
     app.query("SELECT * FROM es_append('user-1', 'UserRegistered', '{\"email\": \"a@x\"}', '{\"userId\": \"u1\"}')", &[]).unwrap();
     app.query("SELECT * FROM es_append('user-1', 'UserEmailChanged', '{}', '{\"correlationId\": \"explicit\", \"appendedBy\": \"forged\"}')", &[]).unwrap();
+    // What the session changes reaches its next append.
+    app.batch_execute(
+        "SET event_store.correlation_id = 'req-43'; RESET event_store.causation_id; \
+         SELECT es_append('user-1', 'UserSeen', '{}'); \
+         SET ROLE es_app_metadata_2; SELECT es_append('user-1', 'UserSeen', '{}')",
+    )
+    .unwrap();
     let metas: Vec<Value> = c
         .query(
             "SELECT metadata FROM event_store ORDER BY stream_version",
@@ -238,9 +247,18 @@ fn metadata_records_role_and_session_context() {
         metas[1],
         json!({"correlationId": "explicit", "causationId": "cmd-7", "appendedBy": "es_app_metadata"})
     );
+    assert_eq!(
+        metas[2..],
+        [
+            json!({"correlationId": "req-43", "appendedBy": "es_app_metadata"}),
+            json!({"correlationId": "req-43", "appendedBy": "es_app_metadata_2"})
+        ]
+    );
     drop(app);
-    c.batch_execute("DROP OWNED BY es_app_metadata; DROP ROLE es_app_metadata")
-        .unwrap();
+    c.batch_execute(
+        "DROP OWNED BY es_app_metadata, es_app_metadata_2; DROP ROLE es_app_metadata; DROP ROLE es_app_metadata_2",
+    )
+    .unwrap();
 }
 
 #[test]

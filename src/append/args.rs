@@ -24,6 +24,38 @@ pub(super) struct Stamp {
     appended_by: pg_sys::Datum,
 }
 
+/// The stamp last made in this backend: what it was made of, and the bytes of its jsonb
+/// values (made again only when those change: JSON built and parsed by jsonb_in per call cost
+/// more than reading the event).
+struct Made {
+    role: String,
+    ids: [Option<String>; 2],
+    context: Option<Vec<u8>>,
+    appended_by: Vec<u8>,
+}
+
+thread_local! {
+    static MADE: std::cell::RefCell<Option<Made>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The bytes of a varlena datum, and a datum again (palloc'd in the current context).
+fn bytes(d: pg_sys::Datum) -> Vec<u8> {
+    // SAFETY: a varlena made by jsonb_in, whose header gives its size.
+    unsafe {
+        let p = d.cast_mut_ptr::<pg_sys::varlena>();
+        std::slice::from_raw_parts(p.cast::<u8>(), pgrx::varlena::varsize_any(p)).to_vec()
+    }
+}
+
+fn copied(b: &[u8]) -> pg_sys::Datum {
+    // SAFETY: a copy of a whole varlena, in memory of the current context.
+    unsafe {
+        let p = pg_sys::palloc(b.len()).cast::<u8>();
+        std::ptr::copy_nonoverlapping(b.as_ptr(), p, b.len());
+        pg_sys::Datum::from(p)
+    }
+}
+
 impl Stamp {
     pub(super) fn new() -> Stamp {
         let setting = |name: &CStr| {
@@ -34,20 +66,40 @@ impl Stamp {
                 .then(|| unsafe { CStr::from_ptr(v) }.to_string_lossy().into_owned())
                 .filter(|s| !s.is_empty())
         };
-        let mut context = serde_json::Map::new();
-        for (key, name) in [
-            ("correlationId", c"event_store.correlation_id"),
-            ("causationId", c"event_store.causation_id"),
-        ] {
-            if let Some(v) = setting(name) {
-                context.insert(key.into(), v.into());
+        let role = crate::pg::caller::_es_calling_role();
+        let ids = [
+            setting(c"event_store.correlation_id"),
+            setting(c"event_store.causation_id"),
+        ];
+        MADE.with(|made| {
+            let mut made = made.borrow_mut();
+            let current = made
+                .as_ref()
+                .is_some_and(|m| m.role == role && m.ids == ids);
+            let made = match &mut *made {
+                Some(m) if current => m,
+                slot => {
+                    let mut context = serde_json::Map::new();
+                    for (key, id) in ["correlationId", "causationId"].iter().zip(&ids) {
+                        if let Some(v) = id {
+                            context.insert((*key).into(), v.clone().into());
+                        }
+                    }
+                    let by = serde_json::json!({ "appendedBy": role });
+                    slot.insert(Made {
+                        context: (!context.is_empty())
+                            .then(|| bytes(jsonb::datum(&context.into()))),
+                        appended_by: bytes(jsonb::datum(&by)),
+                        role,
+                        ids,
+                    })
+                }
+            };
+            Stamp {
+                context: made.context.as_deref().map(copied),
+                appended_by: copied(&made.appended_by),
             }
-        }
-        let by = serde_json::json!({ "appendedBy": crate::pg::caller::_es_calling_role() });
-        Stamp {
-            context: (!context.is_empty()).then(|| jsonb::datum(&context.into())),
-            appended_by: jsonb::datum(&by),
-        }
+        })
     }
 
     fn apply(&self, metadata: pg_sys::Datum) -> pg_sys::Datum {

@@ -83,10 +83,12 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
     }
     drop(catalog);
     let (written, rows) = Spi::connect_mut(|client| -> Result<_, Refused> {
+        // SAFETY: inside the append's transaction.
+        let registry = unsafe { registry::Registry::open() };
         // Locked in lock order, kept in entry order.
         let mut locked: Vec<(usize, registry::Head)> = order
             .iter()
-            .map(|&i| (i, registry::lock(client, &entries[i].stream_id)))
+            .map(|&i| (i, registry.lock(client, &entries[i].stream_id)))
             .collect();
         locked.sort_by_key(|(i, _)| *i);
         let heads: Vec<registry::Head> = locked.into_iter().map(|(_, h)| h).collect();
@@ -174,7 +176,7 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
             }
             new.execute(client);
             for (i, _, version, at, last, hash) in &written {
-                registry::advance(&heads[*i], *version, *at, *last, hash);
+                registry.advance(&heads[*i], *version, *at, *last, hash);
             }
         }
         rows.sort_by_key(|r| r.entry);

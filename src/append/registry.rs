@@ -7,7 +7,7 @@
 //! (measured with perf). Nothing else may change a row: the guard trigger refuses UPDATE,
 //! DELETE and TRUNCATE to every role, the owner included, and direct updates fire no trigger.
 use crate::pg::guards::{IndexScan, Opened, Registered, Slot};
-use crate::pg::schema;
+use crate::pg::{relcache, schema};
 use pgrx::pg_sys::{self, BuiltinOid as Oid};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -67,6 +67,7 @@ pub struct Head {
 }
 
 /// es_streams' columns that appends read or write, by attribute number.
+#[derive(Clone, Copy)]
 struct Columns {
     version: i16,
     first_at: i16,
@@ -75,21 +76,61 @@ struct Columns {
     head_hash: i16,
 }
 
-/// es_streams opened for an append, with its primary key.
-struct Registry {
+/// es_streams opened for an append, with its primary key: opened once per call.
+pub(super) struct Registry {
     rel: Opened,
     pkey: Opened,
     columns: Columns,
 }
 
+/// What `Registry::open` checks and looks up, as of a generation of `relcache` (which watches
+/// es_streams, so a changed column or index is seen by the next append).
+#[derive(Clone, Copy)]
+struct Layout {
+    generation: u64,
+    relid: pg_sys::Oid,
+    pkey: pg_sys::Oid,
+    columns: Columns,
+}
+
+thread_local! {
+    static LAYOUT: std::cell::Cell<Option<Layout>> = const { std::cell::Cell::new(None) };
+}
+
 impl Registry {
     /// # Safety
     /// Inside a transaction.
-    unsafe fn open() -> Registry {
-        // SAFETY: the extension's own table, looked up in its schema.
+    pub(super) unsafe fn open() -> Registry {
+        // SAFETY: the extension's own table, looked up in its schema; locking it accepts the
+        // invalidations that move `relcache`'s generation.
         unsafe {
             let relid = schema::relation(c"es_streams");
             let rel = Opened::table(relid, pg_sys::RowExclusiveLock);
+            let generation = relcache::generation();
+            let layout = match LAYOUT.get() {
+                Some(l) if l.generation == generation && l.relid == relid => l,
+                _ => {
+                    relcache::watch(relid);
+                    let l = Self::layout(&rel, relid, relcache::generation());
+                    LAYOUT.set(Some(l));
+                    l
+                }
+            };
+            Registry {
+                pkey: Opened::index(layout.pkey, pg_sys::RowExclusiveLock),
+                columns: layout.columns,
+                rel,
+            }
+        }
+    }
+
+    /// Checks es_streams' indexes and finds its primary key and columns.
+    ///
+    /// # Safety
+    /// `rel` is es_streams (`relid`), open.
+    unsafe fn layout(rel: &Opened, relid: pg_sys::Oid, generation: u64) -> Layout {
+        // SAFETY: as the caller promises.
+        unsafe {
             // Index entries of a non-HOT update are formed without an executor: only plain
             // columns can be indexed (as on PostgreSQL's own catalogs).
             let indexes = pgrx::PgList::<pg_sys::Oid>::from_pg(pg_sys::RelationGetIndexList(rel.0));
@@ -122,8 +163,10 @@ impl Registry {
                 }
                 n
             };
-            Registry {
-                pkey: Opened::index(pkey, pg_sys::RowExclusiveLock),
+            Layout {
+                generation,
+                relid,
+                pkey,
                 columns: Columns {
                     version: attnum(c"version"),
                     first_at: attnum(c"first_at"),
@@ -131,7 +174,6 @@ impl Registry {
                     last_position: attnum(c"last_position"),
                     head_hash: attnum(c"head_hash"),
                 },
-                rel,
             }
         }
     }
@@ -142,7 +184,7 @@ impl Registry {
     ///
     /// # Safety
     /// Inside a transaction.
-    unsafe fn lock(&self, stream_id: &str) -> Option<Head> {
+    unsafe fn find_and_lock(&self, stream_id: &str) -> Option<Head> {
         // SAFETY: the scan, lock and reads below follow the table AM's protocol on relations
         // opened by `open`; every resource is held by a guard.
         unsafe {
@@ -232,138 +274,144 @@ impl Registry {
             })
         }
     }
-}
 
-/// Locks the stream's registry row, creating it at version 0 when the stream is new, and
-/// returns its head. Held until the transaction ends.
-pub fn lock(client: &mut SpiClient<'_>, stream_id: &str) -> Head {
-    for _ in 0..2 {
-        // SAFETY: inside the append's transaction.
-        let registry = unsafe { Registry::open() };
-        // SAFETY: as above.
-        if let Some(head) = unsafe { registry.lock(stream_id) } {
-            return head;
-        }
-        // A new stream: its row is inserted here, or by another transaction that got there
-        // first (the insert then waits for it); either way, the next round locks it.
-        // SAFETY: inside the append's transaction, as the extension's owner.
-        match unsafe { create(stream_id) } {
-            Ok(Some(head)) => return head,
-            Ok(None) => {}
-            Err(why) => {
-                debug1!("event_store: registering a stream with an INSERT statement: {why}");
-                let plan = crate::pg::plans::kept(client, REGISTER_SQL, &[Oid::TEXTOID], true);
-                client
-                    .update(&*plan, None, &[stream_id.into()])
-                    .unwrap_or_else(|e| error!("event_store: registering stream {stream_id}: {e}"));
+    /// Locks the stream's registry row, creating it at version 0 when the stream is new, and
+    /// returns its head. Held until the transaction ends.
+    pub(super) fn lock(&self, client: &mut SpiClient<'_>, stream_id: &str) -> Head {
+        for _ in 0..2 {
+            // SAFETY: inside the append's transaction, which opened the registry.
+            if let Some(head) = unsafe { self.find_and_lock(stream_id) } {
+                return head;
             }
-        }
-    }
-    error!("event_store: the registry row of stream {stream_id} vanished while being locked")
-}
-
-/// REGISTER_SQL without a statement (its executor start was most of a new stream's cost):
-/// the stream's head at version 0 when this transaction made its row, `None` when another
-/// transaction's row holds the stream, `Err` when the table takes more than `direct` does.
-///
-/// # Safety
-/// Inside the append's transaction.
-unsafe fn create(stream_id: &str) -> Result<Option<Head>, &'static str> {
-    use pg_sys::{INT8OID, TEXTOID};
-    let relid = schema::relation(c"es_streams");
-    if !crate::read::stream_scan::unfiltered(relid, pg_sys::ACL_INSERT) {
-        return Err("row level security or no INSERT privilege on es_streams");
-    }
-    // SAFETY: as the caller promises; datums of the columns' types.
-    unsafe {
-        let mut executor = super::direct::Executor::new(relid);
-        let Some(table) =
-            executor.open_unique(relid, &[("stream_id", TEXTOID), ("version", INT8OID)])
-        else {
-            return Err("es_streams has triggers, rules or columns appends do not fill");
-        };
-        let values = [super::direct::datum(stream_id), 0i64.into()];
-        match executor.insert_new(table, &values) {
-            Ok(tid) => Ok(Some(Head {
-                version: 0,
-                hash: None,
-                last_at: None,
-                tid,
-            })),
-            Err(mut held) => {
-                // Under REPEATABLE READ a row committed since the snapshot is a serialization
-                // failure, as ON CONFLICT DO NOTHING makes it.
-                if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
-                    let rel = Opened::table(relid, pg_sys::RowExclusiveLock);
-                    let slot = Slot::of(rel.0);
-                    let fetch = (*(*rel.0).rd_tableam)
-                        .tuple_fetch_row_version
-                        .expect("a table AM fetches row versions");
-                    let snapshot = pg_sys::GetTransactionSnapshot();
-                    if !pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                        fetch(rel.0, &mut held, snapshot, slot.0)
-                    }) {
-                        ereport!(
-                            ERROR,
-                            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-                            "could not serialize access due to concurrent update"
-                        );
-                    }
+            // A new stream: its row is inserted here, or by another transaction that got there
+            // first (the insert then waits for it); either way, the next round locks it.
+            // SAFETY: inside the append's transaction, as the extension's owner.
+            match unsafe { Self::create(stream_id) } {
+                Ok(Some(head)) => return head,
+                Ok(None) => {}
+                Err(why) => {
+                    debug1!("event_store: registering a stream with an INSERT statement: {why}");
+                    let plan = crate::pg::plans::kept(client, REGISTER_SQL, &[Oid::TEXTOID], true);
+                    client
+                        .update(&*plan, None, &[stream_id.into()])
+                        .unwrap_or_else(|e| {
+                            error!("event_store: registering stream {stream_id}: {e}")
+                        });
                 }
-                Ok(None)
+            }
+        }
+        error!("event_store: the registry row of stream {stream_id} vanished while being locked")
+    }
+
+    /// REGISTER_SQL without a statement (its executor start was most of a new stream's cost):
+    /// the stream's head at version 0 when this transaction made its row, `None` when another
+    /// transaction's row holds the stream, `Err` when the table takes more than `direct` does.
+    ///
+    /// # Safety
+    /// Inside the append's transaction.
+    unsafe fn create(stream_id: &str) -> Result<Option<Head>, &'static str> {
+        use pg_sys::{INT8OID, TEXTOID};
+        let relid = schema::relation(c"es_streams");
+        if !crate::read::stream_scan::unfiltered(relid, pg_sys::ACL_INSERT) {
+            return Err("row level security or no INSERT privilege on es_streams");
+        }
+        // SAFETY: as the caller promises; datums of the columns' types.
+        unsafe {
+            let mut executor = super::direct::Executor::new(relid);
+            let Some(table) =
+                executor.open_unique(relid, &[("stream_id", TEXTOID), ("version", INT8OID)])
+            else {
+                return Err("es_streams has triggers, rules or columns appends do not fill");
+            };
+            let values = [super::direct::datum(stream_id), 0i64.into()];
+            match executor.insert_new(table, &values) {
+                Ok(tid) => Ok(Some(Head {
+                    version: 0,
+                    hash: None,
+                    last_at: None,
+                    tid,
+                })),
+                Err(mut held) => {
+                    // Under REPEATABLE READ a row committed since the snapshot is a serialization
+                    // failure, as ON CONFLICT DO NOTHING makes it.
+                    if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+                        let rel = Opened::table(relid, pg_sys::RowExclusiveLock);
+                        let slot = Slot::of(rel.0);
+                        let fetch = (*(*rel.0).rd_tableam)
+                            .tuple_fetch_row_version
+                            .expect("a table AM fetches row versions");
+                        let snapshot = pg_sys::GetTransactionSnapshot();
+                        if !pg_sys::ffi::pg_guard_ffi_boundary(|| {
+                            fetch(rel.0, &mut held, snapshot, slot.0)
+                        }) {
+                            ereport!(
+                                ERROR,
+                                PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                                "could not serialize access due to concurrent update"
+                            );
+                        }
+                    }
+                    Ok(None)
+                }
             }
         }
     }
-}
 
-/// Moves the stream's head after an append; `head` is what `lock` returned.
-pub fn advance(head: &Head, version: i64, at: i64, last_position: i64, head_hash: &[u8]) {
-    // SAFETY: the row version at head.tid is locked by this transaction; the update and its
-    // index entries follow what PostgreSQL does for its catalogs (CatalogTupleUpdate), on a
-    // table whose indexes `open` checked.
-    unsafe {
-        let registry = Registry::open();
-        let rel = registry.rel.0;
-        let slot = Slot::of(rel);
-        let mut tid = head.tid;
-        let fetch = (*(*rel).rd_tableam)
-            .tuple_fetch_row_version
-            .expect("a table AM fetches row versions");
-        if !fetch(rel, &mut tid, &raw mut pg_sys::SnapshotAnyData, slot.0) {
-            error!("event_store: the locked registry row is gone");
-        }
-        let mut should_free = false;
-        let tuple = pg_sys::ExecFetchSlotHeapTuple(slot.0, true, &mut should_free);
-        let natts = (*(*rel).rd_att).natts as usize;
-        let mut values = vec![pg_sys::Datum::from(0); natts];
-        let mut nulls = vec![false; natts];
-        let mut replace = vec![false; natts];
-        let c = &registry.columns;
-        let mut set = |attnum: i16, value: pg_sys::Datum| {
-            let i = attnum as usize - 1;
-            values[i] = value;
-            replace[i] = true;
-        };
-        set(c.version, version.into());
-        set(c.last_at, at.into());
-        set(c.last_position, last_position.into());
-        set(c.head_hash, head_hash.into_datum().expect("bytea"));
-        let mut null = false;
-        pg_sys::slot_getattr(slot.0, c.first_at as i32, &mut null);
-        if null {
-            set(c.first_at, at.into());
-        }
-        let new = pg_sys::heap_modify_tuple(
-            tuple,
-            (*rel).rd_att,
-            values.as_mut_ptr(),
-            nulls.as_mut_ptr(),
-            replace.as_mut_ptr(),
-        );
-        pg_sys::CatalogTupleUpdate(rel, &mut tid, new);
-        pg_sys::heap_freetuple(new);
-        if should_free {
-            pg_sys::heap_freetuple(tuple);
+    /// Moves the stream's head after an append; `head` is what `lock` returned.
+    pub(super) fn advance(
+        &self,
+        head: &Head,
+        version: i64,
+        at: i64,
+        last_position: i64,
+        head_hash: &[u8],
+    ) {
+        // SAFETY: the row version at head.tid is locked by this transaction; the update and its
+        // index entries follow what PostgreSQL does for its catalogs (CatalogTupleUpdate), on a
+        // table whose indexes `open` checked.
+        unsafe {
+            let rel = self.rel.0;
+            let slot = Slot::of(rel);
+            let mut tid = head.tid;
+            let fetch = (*(*rel).rd_tableam)
+                .tuple_fetch_row_version
+                .expect("a table AM fetches row versions");
+            if !fetch(rel, &mut tid, &raw mut pg_sys::SnapshotAnyData, slot.0) {
+                error!("event_store: the locked registry row is gone");
+            }
+            let mut should_free = false;
+            let tuple = pg_sys::ExecFetchSlotHeapTuple(slot.0, true, &mut should_free);
+            let natts = (*(*rel).rd_att).natts as usize;
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![false; natts];
+            let mut replace = vec![false; natts];
+            let c = &self.columns;
+            let mut set = |attnum: i16, value: pg_sys::Datum| {
+                let i = attnum as usize - 1;
+                values[i] = value;
+                replace[i] = true;
+            };
+            set(c.version, version.into());
+            set(c.last_at, at.into());
+            set(c.last_position, last_position.into());
+            set(c.head_hash, head_hash.into_datum().expect("bytea"));
+            let mut null = false;
+            pg_sys::slot_getattr(slot.0, c.first_at as i32, &mut null);
+            if null {
+                set(c.first_at, at.into());
+            }
+            let new = pg_sys::heap_modify_tuple(
+                tuple,
+                (*rel).rd_att,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+                replace.as_mut_ptr(),
+            );
+            pg_sys::CatalogTupleUpdate(rel, &mut tid, new);
+            pg_sys::heap_freetuple(new);
+            if should_free {
+                pg_sys::heap_freetuple(tuple);
+            }
         }
     }
 }
