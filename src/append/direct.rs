@@ -417,9 +417,7 @@ impl Executor {
             pg_sys::CommandCounterIncrement();
         }
     }
-}
 
-impl Executor {
     /// Inserts one row into `target` (opened with `open_unique`) unless one of its unique
     /// indexes holds the row's key, as INSERT ... ON CONFLICT DO NOTHING does: a transaction
     /// inserting the same key is waited for, and two inserting at once never both succeed

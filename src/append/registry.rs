@@ -286,7 +286,7 @@ impl Registry {
             // A new stream: its row is inserted here, or by another transaction that got there
             // first (the insert then waits for it); either way, the next round locks it.
             // SAFETY: inside the append's transaction, as the extension's owner.
-            match unsafe { Self::create(stream_id) } {
+            match unsafe { self.create(stream_id) } {
                 Ok(Some(head)) => return head,
                 Ok(None) => {}
                 Err(why) => {
@@ -309,9 +309,10 @@ impl Registry {
     ///
     /// # Safety
     /// Inside the append's transaction.
-    unsafe fn create(stream_id: &str) -> Result<Option<Head>, &'static str> {
+    unsafe fn create(&self, stream_id: &str) -> Result<Option<Head>, &'static str> {
         use pg_sys::{INT8OID, TEXTOID};
-        let relid = schema::relation(c"es_streams");
+        // SAFETY: an open relation.
+        let relid = unsafe { (*self.rel.0).rd_id };
         if !crate::read::stream_scan::unfiltered(relid, pg_sys::ACL_INSERT) {
             return Err("row level security or no INSERT privilege on es_streams");
         }
@@ -335,7 +336,7 @@ impl Registry {
                     // Under REPEATABLE READ a row committed since the snapshot is a serialization
                     // failure, as ON CONFLICT DO NOTHING makes it.
                     if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
-                        let rel = Opened::table(relid, pg_sys::RowExclusiveLock);
+                        let rel = &self.rel;
                         let slot = Slot::of(rel.0);
                         let fetch = (*(*rel.0).rd_tableam)
                             .tuple_fetch_row_version
