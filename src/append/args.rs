@@ -38,7 +38,7 @@ thread_local! {
     static MADE: std::cell::RefCell<Option<Made>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The bytes of a varlena datum, and a datum again (palloc'd in the current context).
+/// The bytes of a varlena datum, to keep past the call's memory.
 fn bytes(d: pg_sys::Datum) -> Vec<u8> {
     // SAFETY: a varlena made by jsonb_in, whose header gives its size.
     unsafe {
@@ -47,6 +47,7 @@ fn bytes(d: pg_sys::Datum) -> Vec<u8> {
     }
 }
 
+/// Those bytes as a datum again, palloc'd in the current context.
 fn copied(b: &[u8]) -> pg_sys::Datum {
     // SAFETY: a copy of a whole varlena, in memory of the current context.
     unsafe {

@@ -336,15 +336,8 @@ impl Registry {
                     // Under REPEATABLE READ a row committed since the snapshot is a serialization
                     // failure, as ON CONFLICT DO NOTHING makes it.
                     if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
-                        let rel = &self.rel;
-                        let slot = Slot::of(rel.0);
-                        let fetch = (*(*rel.0).rd_tableam)
-                            .tuple_fetch_row_version
-                            .expect("a table AM fetches row versions");
-                        let snapshot = pg_sys::GetTransactionSnapshot();
-                        if !pg_sys::ffi::pg_guard_ffi_boundary(|| {
-                            fetch(rel.0, &mut held, snapshot, slot.0)
-                        }) {
+                        let slot = Slot::of(self.rel.0);
+                        if !self.fetch(&mut held, pg_sys::GetTransactionSnapshot(), &slot) {
                             ereport!(
                                 ERROR,
                                 PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
@@ -355,6 +348,26 @@ impl Registry {
                     Ok(None)
                 }
             }
+        }
+    }
+
+    /// Reads the row version at `tid` into `slot` if `snapshot` sees it (the table AM's
+    /// `tuple_fetch_row_version`, which pgrx does not guard).
+    ///
+    /// # Safety
+    /// `slot` is the registry's; `snapshot` is valid for the call.
+    unsafe fn fetch(
+        &self,
+        tid: &mut pg_sys::ItemPointerData,
+        snapshot: pg_sys::Snapshot,
+        slot: &Slot,
+    ) -> bool {
+        // SAFETY: as the caller promises, on the registry this call opened.
+        unsafe {
+            let fetch = (*(*self.rel.0).rd_tableam)
+                .tuple_fetch_row_version
+                .expect("a table AM fetches row versions");
+            pg_sys::ffi::pg_guard_ffi_boundary(|| fetch(self.rel.0, tid, snapshot, slot.0))
         }
     }
 
@@ -374,10 +387,7 @@ impl Registry {
             let rel = self.rel.0;
             let slot = Slot::of(rel);
             let mut tid = head.tid;
-            let fetch = (*(*rel).rd_tableam)
-                .tuple_fetch_row_version
-                .expect("a table AM fetches row versions");
-            if !fetch(rel, &mut tid, &raw mut pg_sys::SnapshotAnyData, slot.0) {
+            if !self.fetch(&mut tid, &raw mut pg_sys::SnapshotAnyData, &slot) {
                 error!("event_store: the locked registry row is gone");
             }
             let mut should_free = false;
