@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/old-version.sh VERSION: installs the SQL script of an older event_store (0.1.0,
-# 0.2.0 or 0.3.0), built from the git history, next to this version's, so that tests/upgrade.rs can
+# 0.2.0, 0.3.0 or 0.4.0), built from the git history, next to this version's, so that tests/upgrade.rs can
 # create the extension at that version and update it. Each version is what main shipped up to
 # the commit below (the script tags it vVERSION in this clone) and builds in a target directory
 # shared by the old versions, kept between runs. Skipped when that script is installed already.
@@ -13,6 +13,7 @@ case $VERSION in
     0.1.0) COMMIT=7b97d249c1556d247ec40c5de3a913b57c85d9ca ;;
     0.2.0) COMMIT=3e6ac6a46533d445ce58ea8d8773c398a8ee72b0 ;;
     0.3.0) COMMIT=8c1bf5759936ffcfcfb0d6e23cc7ca5e482e9a95 ;;
+    0.4.0) COMMIT=135e3477d02581e3b0005f072bfe69bb50dec725 ;;
     *) echo "old-version.sh: no commit known for $VERSION" >&2; exit 1 ;;
 esac
 DEST=$($PG_CONFIG --sharedir)/extension/event_store--$VERSION.sql

@@ -87,6 +87,9 @@ GRANT EXECUTE ON FUNCTION
     _event_store._es_read_feed(bigint, integer, text[], text, integer, integer, boolean),
     @extschema@.es_read_all(bigint, integer, text[], boolean),
     @extschema@.es_read_category(text, bigint, integer, integer, integer, boolean),
+    _event_store._es_dcb_items(jsonb),
+    _event_store._es_dcb_check_limit(integer),
+    @extschema@.es_dcb_read(jsonb, bigint, integer),
     @extschema@.es_create_projection(text, regprocedure, text[], text[], regprocedure),
     @extschema@.es_pause_projection(text),
     @extschema@.es_resume_projection(text),
@@ -112,8 +115,9 @@ GRANT EXECUTE ON FUNCTION
 TO event_store_reader;
 
 GRANT EXECUTE ON FUNCTION
-    @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer),
+    @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer, text[]),
     @extschema@.es_append_batch(text, jsonb, bigint),
     @extschema@.es_append_multi(jsonb),
+    @extschema@.es_dcb_append(jsonb, jsonb),
     @extschema@.es_snapshot(text)
 TO event_store_writer;

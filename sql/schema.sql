@@ -43,7 +43,9 @@ CREATE TABLE @extschema@.event_store (
     -- The appending transaction: groups events written together, for forensics and the feed.
     transaction_id  xid8        NOT NULL DEFAULT pg_current_xact_id(),
     -- SHA-256 chained to the previous event of the stream (see src/integrity/verify.rs).
-    hash            bytea       NOT NULL
+    hash            bytea       NOT NULL,
+    -- What conditional appends query (docs/dcb.md); in the hash when there are any.
+    tags            text[]      NOT NULL DEFAULT '{}'
 );
 COMMENT ON TABLE @extschema@.event_store IS 'Append-only event log: write with es_append, never UPDATE, DELETE or TRUNCATE.';
 
@@ -59,6 +61,10 @@ CREATE INDEX event_store_type_idx     ON @extschema@.event_store (event_type, cr
 CREATE INDEX event_store_time_idx     ON @extschema@.event_store (created_at);
 -- es_read_category: a category's events in feed order.
 CREATE INDEX event_store_category_idx ON @extschema@.event_store (pg_catalog.split_part(stream_id, '-', 1), global_position);
+-- es_dcb_read and es_dcb_append's condition: events by tag. Untagged events, most of a
+-- store's, cost it nothing; fastupdate off, so a condition never scans a pending list.
+CREATE INDEX event_store_tags_idx ON @extschema@.event_store USING gin (tags) WITH (fastupdate = off)
+    WHERE tags OPERATOR(pg_catalog.<>) '{}'::text[];
 
 -- One row per stream: its head, and its time bounds so reads by stream exclude other chunks.
 CREATE TABLE _event_store.es_streams (
@@ -98,7 +104,7 @@ COMMENT ON VIEW _event_store.log IS 'event_store, bound by oid: what owner-run c
 CREATE FUNCTION _event_store._es_event(l _event_store.log) RETURNS @extschema@.event_store
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     RETURN ROW(l.global_position, l.event_id, l.stream_id, l.stream_version, l.event_type, l.event_data,
-               l.metadata, l.event_version, l.created_at, l.transaction_id, l.hash)::@extschema@.event_store;
+               l.metadata, l.event_version, l.created_at, l.transaction_id, l.hash, l.tags)::@extschema@.event_store;
 
 -- Reading the registry: the table is internal, the view is the extension's public face of it.
 CREATE VIEW @extschema@.es_streams WITH (security_invoker = true) AS SELECT * FROM _event_store.es_streams;

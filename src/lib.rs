@@ -1,6 +1,6 @@
 //! event_store: an append-only, tamper-evident event store inside PostgreSQL.
 //!
-//! One folder per capability (append, read, fold, projections, integrity, privacy, catalog),
+//! One folder per capability (append, read, fold, projections, integrity, privacy, catalog, dcb),
 //! mirrored by `core/src/` (their logic without PostgreSQL) and `sql/` (what is clearer as
 //! SQL, pulled in here in dependency order), plus `pg/` for PostgreSQL plumbing. Retention and
 //! metrics are SQL only.
@@ -20,6 +20,7 @@ macro_rules! v1_function {
 
 mod append;
 mod catalog;
+mod dcb;
 mod fold;
 mod integrity;
 mod pg;
@@ -55,6 +56,17 @@ extension_sql_file!(
         read::feed::_es_feed_holders,
         read::feed::_es_consumer_group_member,
         read::feed::_es_check_feed_read
+    ]
+);
+extension_sql_file!(
+    "../sql/dcb/dcb.sql",
+    name = "dcb",
+    requires = [
+        "schema",
+        "sealing",
+        "feed",
+        dcb::_es_dcb_items,
+        dcb::_es_dcb_check_limit
     ]
 );
 extension_sql_file!(

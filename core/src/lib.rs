@@ -7,11 +7,13 @@
 //! - `integrity`: the hash chain recipe and its checker, digests over stream heads.
 //! - `privacy`: sealing personal data per subject.
 //! - `catalog`: event type definitions, JSON Schemas, category modes.
+//! - `dcb`: tags, conditional appends' queries and the locking rule that makes them race-free.
 //! - `projections`: sharing the cluster-wide pool of projection workers between databases.
 //! - shared: `json` (fold state, JSON Pointers), `stream` (names), `time`, `validate` (input
 //!   rules with their SQLSTATEs).
 pub mod append;
 pub mod catalog;
+pub mod dcb;
 pub mod fold;
 pub mod integrity;
 pub mod json;

@@ -141,6 +141,16 @@ pub fn check_multi<T>(appends: Option<T>, kind: &str, len: i32) -> Result<T, Inv
     check_array("appends", appends, kind, len)
 }
 
+/// Names the event (1-based) of a batch that an error is about; nothing for a single append.
+pub fn in_event(ordinal: Option<i32>, e: Invalid) -> Invalid {
+    let p = at(ordinal);
+    match e {
+        Invalid::Null(m) => Invalid::Null(format!("{p}{m}")),
+        Invalid::Value(m) => Invalid::Value(format!("{p}{m}")),
+        Invalid::TooLarge(m) => Invalid::TooLarge(format!("{p}{m}")),
+    }
+}
+
 /// Names the element of es_append_multi's array (1-based) that an error is about.
 pub fn in_entry(ordinal: i32, e: Invalid) -> Invalid {
     let at = |m: String| format!("append {ordinal}: {m}");

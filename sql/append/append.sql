@@ -12,13 +12,14 @@ CREATE FUNCTION @extschema@.es_append(
     metadata jsonb DEFAULT '{}',
     expected_version bigint DEFAULT NULL,
     id uuid DEFAULT NULL,
-    event_version integer DEFAULT 1)
+    event_version integer DEFAULT 1,
+    tags text[] DEFAULT '{}')
 RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
 LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'es_append';
-COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer) IS
-    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001).';
+COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer, text[]) IS
+    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001); tags for conditional appends (docs/dcb.md).';
 
 CREATE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
 RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
@@ -26,7 +27,7 @@ LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'es_append_batch';
 COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
-    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?} to one stream, all or nothing, at consecutive global positions.';
+    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?,"tags"?} to one stream, all or nothing, at consecutive global positions.';
 
 CREATE FUNCTION @extschema@.es_append_multi(appends jsonb)
 RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)

@@ -123,6 +123,8 @@ pub(super) struct Given {
     pub(super) metadata: Option<pg_sys::Datum>,
     /// NULL (or absent) means 1.
     pub(super) version: Option<i32>,
+    /// NULL (or absent) means none.
+    pub(super) tags: Option<Vec<String>>,
 }
 
 pub(super) fn event(
@@ -156,8 +158,12 @@ pub(super) fn event(
         let depth = unsafe { jsonb::with_jsonb(j, |j| jsonb::depth(j, limits.1)) };
         rules::check_depth(what, depth, limits.1, ordinal)?;
     }
+    let tags = given.tags.unwrap_or_default();
+    event_store_core::dcb::check_tags(&tags).map_err(|e| rules::in_event(ordinal, e))?;
     Ok(Event {
         id,
+        tags,
+        rank: 0,
         event_type: event_type.to_string(),
         data,
         data_text,
@@ -217,6 +223,12 @@ pub(super) fn batch_events(events: pg_sys::Datum, stamp: &Stamp) -> Result<Vec<E
                     field(ev, "metadata").unwrap_or_else(|| jsonb::datum(&serde_json::json!({}))),
                 ),
                 version,
+                tags: field(ev, "tags")
+                    // SAFETY: a jsonb datum.
+                    .map(|t| unsafe { jsonb::to_value(t) })
+                    .map(|t| event_store_core::dcb::tags(Some(&t)))
+                    .transpose()
+                    .map_err(|e| rules::in_event(Some(i + 1), e))?,
             };
             event(given, stamp, Some(i + 1), limits)
         })
@@ -246,6 +258,16 @@ pub(super) fn check_batch(
     Ok((stream_id.to_string(), events))
 }
 
+/// A text[] argument's elements (SQLSTATE 22004 for a NULL element).
+pub(super) fn text_array(a: pg_sys::Datum) -> Result<Vec<String>, Invalid> {
+    // SAFETY: a text[] datum, detoasted by pgrx.
+    let array = unsafe { Array::<String>::from_datum(a, false) }.expect("an array");
+    array
+        .iter()
+        .map(|t| t.ok_or_else(|| Invalid::Null("tags must not hold NULL".into())))
+        .collect()
+}
+
 /// Argument `n` as text, `None` for NULL.
 ///
 /// # Safety
@@ -268,6 +290,25 @@ pub(super) unsafe fn datum_arg(
 ) -> Option<pg_sys::Datum> {
     // SAFETY: as the caller promises.
     unsafe { (!pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n)) }
+}
+
+/// The `stream_id` of an element of es_dcb_append's array (`i` from 0), if it names one.
+pub(super) fn stream_field(ev: pg_sys::Datum, i: usize) -> Result<Option<String>, Invalid> {
+    let ordinal = Some(i as i32 + 1);
+    match field(ev, "stream_id").map(kind).as_deref() {
+        None | Some("null") => Ok(None),
+        Some("string") => {
+            let t = field_text(ev, "stream_id").expect("a string");
+            // SAFETY: ->> returns text.
+            let s = unsafe { String::from_datum(t, false) }.expect("text");
+            rules::check_name("stream_id", Some(&s), ordinal)?;
+            Ok(Some(s))
+        }
+        Some(k) => Err(Invalid::Value(format!(
+            "event {}: stream_id must be a string, not {k}",
+            i + 1
+        ))),
+    }
 }
 
 /// One element of es_append_multi's array.

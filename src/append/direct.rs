@@ -40,7 +40,7 @@ pub(super) struct Executor {
     generation: u64,
 }
 
-/// Per backend: the CHECK constraints, generated columns and index expressions of the tables
+/// Per backend: the CHECK constraints, generated columns, index expressions and predicates of the tables
 /// appends insert into, compiled once (as the executor would per statement: parsing and
 /// planning them took 4% of a single append) and kept while `relcache` watches those tables
 /// and indexes unchanged.
@@ -55,6 +55,8 @@ struct Compiled {
     generated: Vec<(pg_sys::Oid, *mut *mut pg_sys::ExprState, i32)>,
     /// An index's expressions, as `ii_ExpressionsState` holds them.
     expressions: Vec<(pg_sys::Oid, *mut pg_sys::List)>,
+    /// A partial index's predicate, as `ii_PredicateState` holds it.
+    predicates: Vec<(pg_sys::Oid, *mut pg_sys::ExprState)>,
 }
 
 thread_local! {
@@ -64,6 +66,7 @@ thread_local! {
         checks: Vec::new(),
         generated: Vec::new(),
         expressions: Vec::new(),
+        predicates: Vec::new(),
     }) };
     /// Executors alive: compiled states are dropped only when none is (an append nested in
     /// one, from a function a constraint calls, must not free what the outer one runs).
@@ -94,6 +97,7 @@ impl Compiled {
         self.checks.clear();
         self.generated.clear();
         self.expressions.clear();
+        self.predicates.clear();
         self.generation = generation;
     }
 
@@ -195,6 +199,34 @@ impl Compiled {
         };
         self.expressions.push((index, states));
         states
+    }
+
+    /// A partial index's predicate compiled, as ExecInsertIndexTuples compiles it.
+    ///
+    /// # Safety
+    /// `index` is open and `predicate` its IndexInfo's `ii_Predicate`.
+    unsafe fn predicate(
+        &mut self,
+        index: pg_sys::Oid,
+        predicate: *mut pg_sys::List,
+    ) -> *mut pg_sys::ExprState {
+        if let Some(c) = self.predicates.iter().find(|c| c.0 == index) {
+            return c.1;
+        }
+        relcache::watch(index);
+        // SAFETY: compiles an implicitly-ANDed list of clauses into this cache's context.
+        let state = unsafe {
+            let old = pg_sys::MemoryContextSwitchTo(self.context);
+            let copy = pg_sys::copyObjectImpl(predicate.cast());
+            let state = pg_sys::ExecInitQual(
+                pg_sys::expression_planner(copy.cast()).cast(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::MemoryContextSwitchTo(old);
+            state
+        };
+        self.predicates.push((index, state));
+        state
     }
 }
 
@@ -317,10 +349,13 @@ impl Executor {
                     }
                     for i in 0..(*rri).ri_NumIndices as usize {
                         let info = *(*rri).ri_IndexRelationInfo.add(i);
+                        let index = (**(*rri).ri_IndexRelationDescs.add(i)).rd_id;
                         if !(*info).ii_Expressions.is_null() {
-                            let index = (**(*rri).ri_IndexRelationDescs.add(i)).rd_id;
                             (*info).ii_ExpressionsState =
                                 c.expressions(index, (*info).ii_Expressions);
+                        }
+                        if !(*info).ii_Predicate.is_null() {
+                            (*info).ii_PredicateState = c.predicate(index, (*info).ii_Predicate);
                         }
                     }
                 });

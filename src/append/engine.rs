@@ -8,6 +8,7 @@ use crate::pg::jsonb::functions::out;
 use crate::{catalog, fold, projections, read};
 use event_store_core::append::ids::UuidText;
 use event_store_core::append::{has_duplicate, lock_order};
+use event_store_core::dcb::{self, Condition};
 use event_store_core::integrity::chain::{event_hash, Content, GENESIS};
 use event_store_core::stream::{category, SYSTEM_CATEGORY};
 use event_store_core::time::PG_EPOCH_US;
@@ -15,8 +16,13 @@ use event_store_core::validate::Invalid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-/// Appends every entry, all or nothing. Rows come back in input order.
-pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Appended>), Refused> {
+/// Rows come back in input order.
+/// Appends every entry, all or nothing, under `condition` when es_dcb_append gives one.
+/// Positions follow the events' `rank` (entry order where ranks are equal).
+pub(crate) fn append(
+    mut entries: Vec<Entry>,
+    condition: Option<&Condition>,
+) -> Result<(Vec<String>, Vec<Appended>), Refused> {
     // Taken by the first append after it was allowed: one a user's code (a reducer taking a
     // snapshot) might make inside that append is refused.
     let system = record::take_system();
@@ -52,6 +58,15 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
             "",
         ));
     }
+    // What tags and the condition lock (crate::dcb), before the table: a condition without
+    // tags takes the table in a mode that conflicts with every append's.
+    let locks = dcb::locks(
+        condition.map(|c| &c.query),
+        entries
+            .iter()
+            .flat_map(|e| e.events.iter().map(|ev| ev.tags.as_slice())),
+    );
+    crate::dcb::lock(&locks);
     // Locked as the insert below would, but first: a catalog change committed before the
     // lock is seen (taking it processes invalidations), and one after waits for this append.
     // SAFETY: a lock on event_store, held to the end of the transaction as the insert's is.
@@ -115,6 +130,9 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
                 _ => {}
             }
         }
+        if let Some(c) = condition {
+            crate::dcb::check(client, c)?;
+        }
         for (i, n, personal, at) in &seals {
             if !replay[*i] {
                 seal(client, personal, &mut entries[*i], *n, at)?;
@@ -128,7 +146,18 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
         if n > 0 {
             // Visible to feed readers before any position is taken: they stop below ours.
             read::feed::register();
-            let mut position = read::feed::allocate(n as i64);
+            let first = read::feed::allocate(n as i64);
+            // Each event's position: in rank order, entry order among equal ranks.
+            let mut slots: Vec<(usize, usize)> = (0..entries.len())
+                .filter(|i| !replay[*i])
+                .flat_map(|i| (0..entries[i].events.len()).map(move |n| (i, n)))
+                .collect();
+            slots.sort_by_key(|&(i, n)| entries[i].events[n].rank);
+            let mut positions: Vec<Vec<i64>> =
+                entries.iter().map(|e| vec![0; e.events.len()]).collect();
+            for (k, &(i, n)) in slots.iter().enumerate() {
+                positions[i][n] = first + k as i64;
+            }
             // SAFETY: reads the clock.
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
             let mut new = Insert::with_capacity(n);
@@ -138,7 +167,7 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
                 let at = head.last_at.map_or(now, |last| last.max(now));
                 let mut prev = head.hash.clone().unwrap_or_else(|| GENESIS.to_vec());
                 let mut version = head.version;
-                for ev in &e.events {
+                for (ev, &position) in e.events.iter().zip(&positions[i]) {
                     version += 1;
                     let id = ev.id.unwrap_or_else(|| {
                         let id = event_store_core::append::ids::next_v7();
@@ -158,6 +187,7 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
                             created_at_unix_us: at + PG_EPOCH_US,
                             event_data: &ev.data_text,
                             metadata: &ev.meta_text,
+                            tags: &ev.tags,
                         },
                     );
                     prev.clear();
@@ -170,9 +200,9 @@ pub(super) fn append(mut entries: Vec<Entry>) -> Result<(Vec<String>, Vec<Append
                         position,
                         at,
                     });
-                    position += 1;
                 }
-                written.push((i, head.version, version, at, position - 1, prev));
+                let last = positions[i].iter().max().copied().unwrap_or(first);
+                written.push((i, head.version, version, at, last, prev));
             }
             new.execute(client);
             for (i, _, version, at, last, hash) in &written {

@@ -11,15 +11,59 @@ use pgrx::pg_sys::BuiltinOid as Oid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-const INSERT_ONE_SQL: &str = "WITH claim AS (INSERT INTO _event_store.es_event_ids \
-    SELECT pg_catalog.unnest($11::uuid[])) \
-    INSERT INTO _event_store.log (global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-const INSERT_MANY_SQL: &str = "WITH claim AS (INSERT INTO _event_store.es_event_ids \
-    SELECT pg_catalog.unnest($11::uuid[])) \
-    INSERT INTO _event_store.log (global_position, event_id, stream_id, stream_version, event_type, event_data, metadata, event_version, created_at, hash) \
-    SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], \
-    $6::jsonb[], $7::jsonb[], $8::int4[], $9::timestamptz[], $10::bytea[])";
+// An event's tags travel as one text, joined by U+001E (which no tag holds): an array of
+// arrays must be rectangular. Each statement without tags too, for event_store before 0.5.0.
+macro_rules! insert_sql {
+    ($columns:literal, $rows:literal) => {
+        concat!(
+            "WITH claim AS (INSERT INTO _event_store.es_event_ids \
+             SELECT pg_catalog.unnest($11::uuid[])) \
+             INSERT INTO _event_store.log (global_position, event_id, stream_id, stream_version, \
+             event_type, event_data, metadata, event_version, created_at, hash",
+            $columns,
+            ") ",
+            $rows
+        )
+    };
+}
+const INSERT_ONE_SQL: [&str; 2] = [
+    insert_sql!("", "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"),
+    insert_sql!(
+        ", tags",
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, pg_catalog.string_to_array($12, pg_catalog.chr(30)))"
+    ),
+];
+const INSERT_MANY_SQL: [&str; 2] = [
+    insert_sql!(
+        "",
+        "SELECT * FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], \
+         $6::jsonb[], $7::jsonb[], $8::int4[], $9::timestamptz[], $10::bytea[])"
+    ),
+    insert_sql!(
+        ", tags",
+        "SELECT p, i, s, v, t, d, m, ev, c, h, pg_catalog.string_to_array(g, pg_catalog.chr(30)) \
+           FROM unnest($1::int8[], $2::uuid[], $3::text[], $4::int8[], $5::text[], \
+                $6::jsonb[], $7::jsonb[], $8::int4[], $9::timestamptz[], $10::bytea[], $12::text[]) \
+             AS r(p, i, s, v, t, d, m, ev, c, h, g)"
+    ),
+];
+
+/// An event's tags as a text[] datum.
+fn text_array(tags: &[String]) -> pg_sys::Datum {
+    let mut items: Vec<pg_sys::Datum> = tags.iter().map(|t| datum(t.as_str())).collect();
+    // SAFETY: text elements are varlenas (length -1, by reference, int alignment); the array
+    // is palloc'd in the current memory context.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::construct_array(
+            items.as_mut_ptr(),
+            items.len() as i32,
+            pg_sys::TEXTOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        ))
+    }
+}
 
 /// A jsonb[] of datums (pgrx would build one through text).
 fn jsonb_array(items: &[pg_sys::Datum]) -> DatumWithOid<'static> {
@@ -52,6 +96,7 @@ pub(super) struct Insert<'a> {
     event_versions: Vec<i32>,
     at: Vec<i64>,
     hashes: Vec<[u8; 32]>,
+    tags: Vec<&'a [String]>,
     /// The ids the store generated (caller-chosen ones were claimed by `retries`).
     pub(super) claims: Vec<pgrx::Uuid>,
 }
@@ -69,6 +114,7 @@ impl<'a> Insert<'a> {
             event_versions: Vec::with_capacity(n),
             at: Vec::with_capacity(n),
             hashes: Vec::with_capacity(n),
+            tags: Vec::with_capacity(n),
             claims: Vec::with_capacity(n),
         }
     }
@@ -94,21 +140,32 @@ impl<'a> Insert<'a> {
         self.event_versions.push(ev.version);
         self.at.push(at);
         self.hashes.push(hash);
+        self.tags.push(&ev.tags);
     }
 
     pub(super) fn execute(self, client: &mut SpiClient<'_>) {
-        if let Err(why) = self.direct(client) {
+        let tagged = schema::tagged();
+        if !tagged && self.tags.iter().any(|t| !t.is_empty()) {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "event_store: this database's event_store has no tags column yet",
+                "Run ALTER EXTENSION event_store UPDATE."
+            );
+        }
+        if let Err(why) = self.direct(client, tagged) {
             debug1!("event_store: appending with an INSERT statement: {why}");
-            self.statement(client);
+            self.statement(client, tagged);
         }
     }
 
     /// Inserts the rows without an executor, or says why not having written nothing.
-    fn direct(&self, client: &SpiClient<'_>) -> Result<(), &'static str> {
+    fn direct(&self, client: &SpiClient<'_>, tagged: bool) -> Result<(), &'static str> {
         use pg_sys::{
-            BYTEAOID, INT4OID, INT8OID, JSONBOID, TEXTOID, TIMESTAMPTZOID, UUIDOID, XID8OID,
+            BYTEAOID, INT4OID, INT8OID, JSONBOID, TEXTARRAYOID, TEXTOID, TIMESTAMPTZOID, UUIDOID,
+            XID8OID,
         };
-        const EVENT: [Column; 11] = [
+        const EVENT: [Column; 12] = [
             ("global_position", INT8OID),
             ("event_id", UUIDOID),
             ("stream_id", TEXTOID),
@@ -120,7 +177,9 @@ impl<'a> Insert<'a> {
             ("created_at", TIMESTAMPTZOID),
             ("transaction_id", XID8OID),
             ("hash", BYTEAOID),
+            ("tags", TEXTARRAYOID),
         ];
+        let columns = &EVENT[..EVENT.len() - 1 + tagged as usize];
         let root = schema::relation(c"event_store");
         let ids = schema::relation(c"es_event_ids");
         // SAFETY: inside the append's transaction, which holds RowExclusiveLock on event_store;
@@ -133,7 +192,7 @@ impl<'a> Insert<'a> {
             // Where each event goes: event_store, or on a hypertable its time's chunk.
             let mut targets = Vec::with_capacity(self.at.len());
             if !super::chunks::hypertable(client, root) {
-                let Some(table) = executor.open(root, &EVENT) else {
+                let Some(table) = executor.open(root, columns) else {
                     return Err("event_store has triggers, rules or columns appends do not fill");
                 };
                 targets.resize(self.at.len(), table);
@@ -146,7 +205,7 @@ impl<'a> Insert<'a> {
                     let table = match opened.iter().find(|o| o.0 == chunk) {
                         Some(o) => o.1,
                         None => {
-                            let Some(table) = executor.open(chunk, &EVENT) else {
+                            let Some(table) = executor.open(chunk, columns) else {
                                 return Err(
                                     "the chunk has triggers, rules or columns appends do not fill",
                                 );
@@ -167,6 +226,7 @@ impl<'a> Insert<'a> {
                 });
             }
             let xid = pg_sys::Datum::from(pg_sys::GetTopFullTransactionId().value);
+            let untagged = text_array(&[]);
             // Each table's rows in one go, in the order given.
             let mut order: Vec<usize> = (0..targets.len()).collect();
             order.sort_by_key(|&i| targets[i]);
@@ -184,6 +244,12 @@ impl<'a> Insert<'a> {
                     v[8] = self.at[i].into();
                     v[9] = xid;
                     v[10] = datum(&self.hashes[i][..]);
+                    if tagged {
+                        v[11] = match self.tags[i] {
+                            [] => untagged,
+                            tags => text_array(tags),
+                        };
+                    }
                 });
             }
         }
@@ -192,7 +258,7 @@ impl<'a> Insert<'a> {
 
     /// Inserts the rows with an SQL statement: whatever the tables ask for (triggers, row
     /// level security, TimescaleDB creating a chunk) happens.
-    fn statement(self, client: &mut SpiClient<'_>) {
+    fn statement(self, client: &mut SpiClient<'_>, tagged: bool) {
         use Oid::*;
         let timestamptz = |t: i64| {
             // SAFETY: a timestamptz is passed by value as its microseconds.
@@ -203,22 +269,24 @@ impl<'a> Insert<'a> {
             unsafe { DatumWithOid::new(d, JSONBOID.value()) }
         };
         let result = if self.positions.len() == 1 {
+            let types = [
+                INT8OID,
+                UUIDOID,
+                TEXTOID,
+                INT8OID,
+                TEXTOID,
+                JSONBOID,
+                JSONBOID,
+                INT4OID,
+                TIMESTAMPTZOID,
+                BYTEAOID,
+                UUIDARRAYOID,
+                TEXTOID,
+            ];
             let plan = plans::kept(
                 client,
-                INSERT_ONE_SQL,
-                &[
-                    INT8OID,
-                    UUIDOID,
-                    TEXTOID,
-                    INT8OID,
-                    TEXTOID,
-                    JSONBOID,
-                    JSONBOID,
-                    INT4OID,
-                    TIMESTAMPTZOID,
-                    BYTEAOID,
-                    UUIDARRAYOID,
-                ],
+                INSERT_ONE_SQL[tagged as usize],
+                &types[..types.len() - 1 + tagged as usize],
                 true,
             );
             let args = [
@@ -233,25 +301,30 @@ impl<'a> Insert<'a> {
                 timestamptz(self.at[0]),
                 arg(&self.hashes[0][..]),
                 arg(self.claims),
+                arg(self.tags[0].join("\u{1e}")),
             ];
-            client.update(&*plan, None, &args).map(drop)
+            client
+                .update(&*plan, None, &args[..args.len() - 1 + tagged as usize])
+                .map(drop)
         } else {
+            let types = [
+                INT8ARRAYOID,
+                UUIDARRAYOID,
+                TEXTARRAYOID,
+                INT8ARRAYOID,
+                TEXTARRAYOID,
+                JSONBARRAYOID,
+                JSONBARRAYOID,
+                INT4ARRAYOID,
+                TIMESTAMPTZARRAYOID,
+                BYTEAARRAYOID,
+                UUIDARRAYOID,
+                TEXTARRAYOID,
+            ];
             let plan = plans::kept(
                 client,
-                INSERT_MANY_SQL,
-                &[
-                    INT8ARRAYOID,
-                    UUIDARRAYOID,
-                    TEXTARRAYOID,
-                    INT8ARRAYOID,
-                    TEXTARRAYOID,
-                    JSONBARRAYOID,
-                    JSONBARRAYOID,
-                    INT4ARRAYOID,
-                    TIMESTAMPTZARRAYOID,
-                    BYTEAARRAYOID,
-                    UUIDARRAYOID,
-                ],
+                INSERT_MANY_SQL[tagged as usize],
+                &types[..types.len() - 1 + tagged as usize],
                 true,
             );
             let at: Vec<TimestampWithTimeZone> = self
@@ -280,8 +353,15 @@ impl<'a> Insert<'a> {
                 arg(at),
                 arg(self.hashes.iter().map(|h| &h[..]).collect::<Vec<_>>()),
                 arg(self.claims),
+                arg(self
+                    .tags
+                    .iter()
+                    .map(|t| t.join("\u{1e}"))
+                    .collect::<Vec<_>>()),
             ];
-            client.update(&*plan, None, &args).map(drop)
+            client
+                .update(&*plan, None, &args[..args.len() - 1 + tagged as usize])
+                .map(drop)
         };
         result.or_raise("inserting events");
     }

@@ -14,7 +14,7 @@ use crate::pg::errors::Refused;
 use crate::pg::jsonb::functions::{detoast, element};
 use args::{
     batch_events, check_batch, datum_arg, event, limits, multi_entry, raise, shape, text_arg,
-    Given, Stamp,
+    text_array, Given, Stamp,
 };
 use engine::append;
 use event_store_core::validate as rules;
@@ -41,6 +41,11 @@ struct Event {
     metadata: pg_sys::Datum,
     meta_text: String,
     version: i32,
+    /// In the order given (docs/dcb.md).
+    tags: Vec<String>,
+    /// Where its position falls among the call's events (es_dcb_append: its place in the
+    /// array); equal for the other append functions, whose events follow entry order.
+    rank: usize,
 }
 
 /// The events for one stream.
@@ -91,7 +96,7 @@ unsafe fn respond(
     entries: Vec<Entry>,
     row: fn(&str, &Appended) -> Vec<Option<pg_sys::Datum>>,
 ) -> pg_sys::Datum {
-    match append(entries) {
+    match append(entries, None) {
         Ok((streams, rows)) => {
             // SAFETY: a set-returning call in a context that accepts a materialized result.
             unsafe {
@@ -144,7 +149,7 @@ fn multi_columns(stream: &str, r: &Appended) -> Vec<Option<pg_sys::Datum>> {
 }
 
 v1_function!(pg_finfo_es_append);
-/// `es_append(stream_id, event_type, event_data, metadata, expected_version, id, event_version)`.
+/// `es_append(stream_id, event_type, event_data, metadata, expected_version, id, event_version, tags)`.
 #[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn es_append(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
@@ -164,6 +169,12 @@ pub unsafe extern "C-unwind" fn es_append(fcinfo: pg_sys::FunctionCallInfo) -> p
             absent_data: "null",
             metadata: datum_arg(fcinfo, 3).map(detoast),
             version: datum_arg(fcinfo, 6).map(|v| v.value() as i32),
+            // The store's own _es_append has no tags argument.
+            tags: if (*fcinfo).nargs > 7 {
+                datum_arg(fcinfo, 7).map(|a| text_array(a).unwrap_or_else(|e| raise(e)))
+            } else {
+                None
+            },
         };
         Entry {
             stream_id: stream_id.to_string(),
@@ -216,6 +227,50 @@ pub unsafe extern "C-unwind" fn es_append_multi(fcinfo: pg_sys::FunctionCallInfo
         .collect();
     // SAFETY: es_append_multi returns TABLE (stream_id, event_id, stream_version, global_position, created_at).
     unsafe { respond(fcinfo, entries, multi_columns) }
+}
+
+/// es_dcb_append's events, a JSON array of `{"type", "data", "tags"?, "id"?, "metadata"?,
+/// "version"?, "stream_id"?}`, appended under `condition`, at positions in array order: the
+/// last one's. Events that name no stream go to one the call makes (`crate::dcb::call_stream`).
+pub(crate) fn conditional(
+    events: Option<pg_sys::Datum>,
+    condition: Option<&event_store_core::dcb::Condition>,
+) -> i64 {
+    let (k, n) = shape(events);
+    let events = match events {
+        None => raise(rules::Invalid::Null("events must not be NULL".into())),
+        Some(e) if k == "array" && n > 0 => e,
+        Some(_) if k == "array" => raise(rules::Invalid::Value(
+            "events must hold at least one event".into(),
+        )),
+        Some(_) => raise(rules::Invalid::Value(format!(
+            "events must be a JSON array, not {k}"
+        ))),
+    };
+    let stamp = Stamp::new();
+    let parsed = batch_events(events, &stamp).unwrap_or_else(|e| raise(e));
+    let mut entries: Vec<Entry> = vec![];
+    let mut own: Option<String> = None;
+    for (i, mut ev) in parsed.into_iter().enumerate() {
+        let stream = match args::stream_field(element(events, i as i32), i) {
+            Ok(Some(s)) => s,
+            Ok(None) => own.get_or_insert_with(crate::dcb::call_stream).clone(),
+            Err(e) => raise(e),
+        };
+        ev.rank = i;
+        match entries.iter_mut().find(|e| e.stream_id == stream) {
+            Some(e) => e.events.push(ev),
+            None => entries.push(Entry {
+                stream_id: stream,
+                expected: None,
+                events: vec![ev],
+            }),
+        }
+    }
+    match append(entries, condition) {
+        Ok((_, rows)) => rows.iter().map(|r| r.position).max().expect("an event"),
+        Err(r) => r.raise(),
+    }
 }
 
 /// Raises unless the append as a whole is acceptable. `batch_kind` is `jsonb_typeof(events)`.

@@ -33,7 +33,7 @@ const RECORDED_SQL: &str = "SELECT DISTINCT ON (stream_id) stream_id, version, h
        FROM _event_store.es_digest_heads WHERE position <= $1 \
       ORDER BY stream_id, position DESC";
 
-const CHAIN_AT_SQL: &str = chain_sql!("global_position <= $1");
+const CHAIN_AT_SQL: [&str; 2] = chain_sql!("global_position <= $1");
 
 fn leaf(row: &pgrx::spi::SpiHeapTupleData<'_>, table: &str) -> Leaf {
     Leaf {
@@ -187,7 +187,7 @@ fn verify(client: &SpiClient<'_>, digest: &Digest, out: &mut Vec<Problem>) {
     let mut walked = std::collections::HashSet::new();
     let mut events = walk_chains(
         client,
-        CHAIN_AT_SQL,
+        CHAIN_AT_SQL[schema::tagged() as usize],
         &[digest.position.into()],
         start,
         |stream_id, check| {

@@ -27,6 +27,7 @@ fn _es_event_hash(
     created_at: TimestampWithTimeZone,
     event_data: &str,
     metadata: &str,
+    tags: default!(Vec<String>, "'{}'"),
 ) -> Vec<u8> {
     let id = event_id.to_string();
     let content = Content {
@@ -39,17 +40,26 @@ fn _es_event_hash(
         created_at_unix_us: created_at.into_inner() + PG_EPOCH_US,
         event_data,
         metadata,
+        tags: &tags,
     };
     event_hash(prev.unwrap_or(&GENESIS), &content).to_vec()
 }
 
 /// The events `walk_chains` reads, those `filter` keeps, in chain order.
+/// Each without tags too, for event_store before 0.5.0 (`schema::tagged`).
 macro_rules! chain_sql {
     ($filter:literal) => {
+        [
+            chain_sql!($filter, "'{}'::pg_catalog.text[]"),
+            chain_sql!($filter, "tags"),
+        ]
+    };
+    ($filter:literal, $tags:literal) => {
         concat!(
             "SELECT stream_id, stream_version, hash, event_id::text, global_position, \
-             event_type, event_version, created_at, event_data::text, metadata::text \
-             FROM _event_store.log WHERE ",
+             event_type, event_version, created_at, event_data::text, metadata::text, ",
+            $tags,
+            " FROM _event_store.log WHERE ",
             $filter,
             " ORDER BY stream_id, stream_version, global_position"
         )
@@ -57,7 +67,7 @@ macro_rules! chain_sql {
 }
 pub(crate) use chain_sql;
 
-const EVENTS_SQL: &str = chain_sql!("$1::text IS NULL OR stream_id = $1");
+const EVENTS_SQL: [&str; 2] = chain_sql!("$1::text IS NULL OR stream_id = $1");
 
 const HEADS_SQL: &str =
     "SELECT stream_id, version, coalesce(head_hash, ''::bytea), first_at, last_at, \
@@ -156,7 +166,7 @@ fn verify_chains(client: &SpiClient<'_>, stream_id: Option<&str>, out: &mut Vec<
     };
     walk_chains(
         client,
-        EVENTS_SQL,
+        EVENTS_SQL[schema::tagged() as usize],
         &[stream_id.into()],
         start,
         |id, check| {
@@ -209,6 +219,7 @@ pub fn walk_chains(
             let event_type = text(6, "event_store.event_type");
             let data = text(9, "event_store.event_data");
             let meta = text(10, "event_store.metadata");
+            let tags: Vec<String> = column(&row, 11, "event_store.tags");
             let content = Content {
                 event_id: &event_id,
                 stream_id: &sid,
@@ -219,6 +230,7 @@ pub fn walk_chains(
                 created_at_unix_us: micros(column(&row, 8, "event_store.created_at")),
                 event_data: &data,
                 metadata: &meta,
+                tags: &tags,
             };
             check.push(version, &stored, &content);
         }

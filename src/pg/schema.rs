@@ -167,6 +167,13 @@ pub fn try_relation(name: &CStr) -> Option<pg_sys::Oid> {
     (relid != pg_sys::InvalidOid).then_some(relid)
 }
 
+/// Whether event_store has 0.5.0's `tags` column: until `ALTER EXTENSION event_store UPDATE`,
+/// appends store no tags and es_verify hashes none.
+pub fn tagged() -> bool {
+    // SAFETY: a syscache lookup of a column of the extension's table.
+    unsafe { pg_sys::get_attnum(relation(c"event_store"), c"tags".as_ptr()) > 0 }
+}
+
 /// Whether this database still has 0.1.0's SQL: the library is updated first, and until
 /// `ALTER EXTENSION event_store UPDATE` runs, it leaves out what that SQL lacks (the catalog,
 /// the verification log, the published horizon) and folds through 0.1.0's aggregate.

@@ -5,9 +5,10 @@
 //! does not have to trust this code:
 //! `sha256(prev_hash || convert_to(concat_ws(chr(31), event_id, stream_id, stream_version,
 //! global_position, event_type, event_version, created_at as epoch microseconds,
-//! event_data::text, metadata::text), 'UTF8'))`, with 32 zero bytes as the first `prev_hash`.
-//! Unit separators cannot be ambiguous: names reject control characters and jsonb text
-//! escapes them.
+//! event_data::text, metadata::text, NULLIF(array_to_string(tags, chr(30)), '')), 'UTF8'))`,
+//! with 32 zero bytes as the first `prev_hash`: an event without tags is hashed as before tags
+//! existed. Separators cannot be ambiguous: names and tags reject control characters and jsonb
+//! text escapes them.
 use sha2::{Digest, Sha256};
 
 /// The `prev_hash` of every stream's first event.
@@ -24,6 +25,8 @@ pub struct Content<'a> {
     pub created_at_unix_us: i64,
     pub event_data: &'a str,
     pub metadata: &'a str,
+    /// In their stored order; none adds nothing to the hash.
+    pub tags: &'a [String],
 }
 
 pub fn event_hash(prev: &[u8], c: &Content) -> [u8; 32] {
@@ -48,6 +51,10 @@ pub fn event_hash(prev: &[u8], c: &Content) -> [u8; 32] {
             h.update([0x1f]);
         }
         h.update(f);
+    }
+    for (i, t) in c.tags.iter().enumerate() {
+        h.update([if i == 0 { 0x1f } else { 0x1e }]);
+        h.update(t.as_bytes());
     }
     h.finalize().into()
 }
@@ -274,6 +281,7 @@ mod tests {
             created_at_unix_us: 1_700_000_000_000_000 + v,
             event_data: Box::leak(data.to_string().into_boxed_str()),
             metadata: "{}",
+            tags: &[],
         }
     }
 
@@ -339,6 +347,21 @@ mod tests {
             Sha256::digest(&bytes).to_vec()
         };
         assert_eq!(h.to_vec(), sql_equivalent);
+        // Tags follow the metadata, joined by record separators.
+        let tags = ["course:1".to_string(), "student:2".to_string()];
+        let tagged = Content {
+            tags: &tags,
+            ..content("id1", 1, "{\"n\": 1}")
+        };
+        let mut bytes = GENESIS.to_vec();
+        bytes.extend_from_slice(
+            "id1\x1fuser-1\x1f1\x1f10\x1fT\x1f1\x1f1700000000000001\x1f{\"n\": 1}\x1f{}\x1fcourse:1\x1estudent:2"
+                .as_bytes(),
+        );
+        assert_eq!(
+            event_hash(&GENESIS, &tagged).to_vec(),
+            Sha256::digest(&bytes).to_vec()
+        );
     }
 
     #[test]
