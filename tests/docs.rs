@@ -116,6 +116,11 @@ fn reference_examples_run_as_documented() {
 }
 
 #[test]
+fn dcb_examples_run_as_documented() {
+    check_file("docs/dcb.md");
+}
+
+#[test]
 fn integrity_examples_run_as_documented() {
     check_file("docs/integrity.md");
 }

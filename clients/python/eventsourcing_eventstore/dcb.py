@@ -1,0 +1,223 @@
+"""Dynamic Consistency Boundary recorder for the ``eventsourcing`` library on event_store.
+
+Set ``PERSISTENCE_MODULE=eventsourcing_eventstore.dcb`` (plus the usual ``POSTGRES_*``
+connection settings) and a ``DCBApplication`` stores its events in event_store through two
+SQL functions only (docs/dcb.md):
+
+* ``es_dcb_append``: the events and the append condition, checked and written atomically;
+  a failed condition (SQLSTATE ES001) is the library's ``IntegrityError``;
+* ``es_dcb_read``: the events a query matches, never past the feed's horizon.
+
+Subscriptions pull with ``es_dcb_read`` whenever event_store sends a NOTIFY on channel
+``event_store``. Mapping: event type = the DCB event's type, tags = its tags, event data =
+``{"data": "<base64 of its bytes>"}``, position = global position. Events are stored in
+streams event_store chooses (``dcb-<uuid>``, one per append).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import Sequence
+from threading import Thread
+from typing import Any
+
+from eventsourcing.dcb.api import (
+    DCBAppendCondition,
+    DCBEvent,
+    DCBQuery,
+    DCBReadResponse,
+    DCBRecorder,
+    DCBSequencedEvent,
+    DCBSubscription,
+)
+from eventsourcing.dcb.persistence import (
+    DCBInfrastructureFactory,
+    DCBListenNotifySubscription,
+)
+from eventsourcing.persistence import ProgrammingError
+from eventsourcing.postgres import BasePostgresFactory, PostgresDatastore
+from eventsourcing.utils import retry
+from eventsourcing.persistence import InterfaceError, OperationalError
+
+from eventsourcing_eventstore import _conflicts_as_integrity_errors
+
+__all__ = ["EventStoreDCBFactory", "EventStoreDCBRecorder", "Factory"]
+
+DATA_KEY = "data"
+NOTIFY_CHANNEL = "event_store"
+
+
+def _query(query: DCBQuery | None) -> str | None:
+    if query is None:
+        return None
+    return json.dumps(
+        {"items": [{"types": list(i.types), "tags": list(i.tags)} for i in query.items]}
+    )
+
+
+class _Response(DCBReadResponse):
+    def __init__(self, events: list[DCBSequencedEvent], head: int | None):
+        self._events = iter(events)
+        self._head = head
+
+    @property
+    def head(self) -> int | None:
+        return self._head
+
+    def __next__(self) -> DCBSequencedEvent:
+        return next(self._events)
+
+
+class EventStoreDCBRecorder(DCBRecorder):
+    def __init__(self, datastore: PostgresDatastore):
+        self.datastore = datastore
+
+    def create_table(self) -> None:
+        """There are no tables to create: event_store owns its schema. This only creates the
+        extension when it is missing (needs the privilege to)."""
+        with self.datastore.get_connection() as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS event_store")
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def read(
+        self,
+        query: DCBQuery | None = None,
+        *,
+        after: int | None = None,
+        limit: int | None = None,
+    ) -> DCBReadResponse:
+        with self.datastore.get_connection() as conn:
+            # The horizon first: every event up to it is committed and seen by the read
+            # that follows, so the head never claims an event the read could have missed.
+            horizon = conn.execute("SELECT es_feed_horizon() AS h", prepare=True).fetchone()
+            rows = conn.execute(
+                "SELECT global_position, event_type, event_data, tags "
+                "FROM es_dcb_read(%s::jsonb, %s, %s)",
+                (_query(query), after, limit),
+                prepare=True,
+            ).fetchall()
+        events = [
+            DCBSequencedEvent(
+                event=DCBEvent(
+                    type=r["event_type"],
+                    data=base64.b64decode(r["event_data"][DATA_KEY]),
+                    tags=list(r["tags"]),
+                ),
+                position=r["global_position"],
+            )
+            for r in rows
+        ]
+        last = events[-1].position if events else None
+        if limit is not None:
+            head = last
+        else:
+            head = max(horizon["h"] or 0, last or 0) or None
+        return _Response(events, head)
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def append(
+        self, events: Sequence[DCBEvent], condition: DCBAppendCondition | None = None
+    ) -> int:
+        if not events:
+            msg = "no events to append"
+            raise ProgrammingError(msg)
+        payload = json.dumps(
+            [
+                {
+                    "type": e.type,
+                    "data": {DATA_KEY: base64.b64encode(e.data).decode("ascii")},
+                    "tags": list(e.tags),
+                }
+                for e in events
+            ]
+        )
+        cond = None
+        if condition is not None:
+            cond = json.dumps(
+                {
+                    "fail_if_events_match": json.loads(
+                        _query(condition.fail_if_events_match) or "{}"
+                    ),
+                    "after": condition.after,
+                }
+            )
+        # A failed condition is ES001: the library's IntegrityError.
+        with self.datastore.get_connection() as conn, _conflicts_as_integrity_errors():
+            row = conn.execute(
+                "SELECT es_dcb_append(%s::jsonb, %s::jsonb) AS last",
+                (payload, cond),
+                prepare=True,
+            ).fetchone()
+        assert row is not None
+        return row["last"]
+
+    def subscribe(
+        self, query: DCBQuery | None = None, *, after: int | None = None
+    ) -> DCBSubscription[EventStoreDCBRecorder]:
+        return EventStoreDCBSubscription(recorder=self, query=query, after=after)
+
+
+class EventStoreDCBSubscription(DCBListenNotifySubscription[EventStoreDCBRecorder]):
+    """Pulls with es_dcb_read whenever event_store sends a NOTIFY (after commits)."""
+
+    def __init__(
+        self,
+        recorder: EventStoreDCBRecorder,
+        query: DCBQuery | None = None,
+        after: int | None = None,
+    ) -> None:
+        super().__init__(recorder=recorder, query=query, after=after)
+        self._listen_thread = Thread(target=self._listen, daemon=True)
+        self._listen_thread.start()
+
+    def __exit__(self, *args: object, **kwargs: Any) -> None:
+        try:
+            super().__exit__(*args, **kwargs)
+        finally:
+            self._listen_thread.join()
+
+    def _listen(self) -> None:
+        try:
+            with self._recorder.datastore.get_connection() as conn:
+                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                try:
+                    # The payload is the highest committed position; the feed may stop
+                    # short of it while lower positions are in flight, so pull again
+                    # (every 0.1 s) until the horizon has passed it.
+                    pending: int | None = None
+                    while not self._has_been_stopped and not self._thread_error:
+                        for notify in conn.notifies(timeout=0.1, stop_after=1):
+                            with contextlib.suppress(ValueError):
+                                p = int(notify.payload)
+                                pending = p if pending is None else max(pending, p)
+                            self._has_been_notified.set()
+                        if pending is not None:
+                            row = conn.execute("SELECT es_feed_horizon() AS h").fetchone()
+                            if row is not None and (row["h"] or 0) >= pending:
+                                pending = None
+                            self._has_been_notified.set()
+                finally:
+                    with contextlib.suppress(Exception):
+                        conn.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
+        except BaseException as e:
+            if self._thread_error is None:
+                self._thread_error = e
+            self.stop()
+
+
+class EventStoreDCBFactory(
+    BasePostgresFactory[Any],
+    DCBInfrastructureFactory[Any],
+):
+    """Infrastructure factory: the library's usual POSTGRES_* connection settings."""
+
+    def dcb_recorder(self) -> DCBRecorder:
+        recorder = EventStoreDCBRecorder(self.datastore)
+        if self.env_create_table():
+            recorder.create_table()
+        return recorder
+
+
+Factory = EventStoreDCBFactory

@@ -1,0 +1,375 @@
+//! Conditional appends (Dynamic Consistency Boundary, docs/dcb.md) with real connections:
+//! exactly one of many racing appends on one tag wins, appends on disjoint tags never wait for
+//! each other, a failed append leaves no gap, and every read and es_verify see DCB events.
+use event_store_testing::*;
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+/// An event with tags, as es_dcb_append's array element.
+fn event(event_type: &str, tags: &[&str]) -> String {
+    serde_json::json!([{"type": event_type, "data": {"n": 1}, "tags": tags}]).to_string()
+}
+
+/// "fail if an event with all these tags was stored after `after`".
+fn condition(tags: &[&str], after: i64) -> String {
+    serde_json::json!({"fail_if_events_match": {"items": [{"tags": tags}]}, "after": after})
+        .to_string()
+}
+
+fn dcb_append(
+    c: &mut postgres::Client,
+    events: &str,
+    cond: Option<&str>,
+) -> Result<i64, postgres::Error> {
+    c.query_one(
+        "SELECT es_dcb_append($1::text::jsonb, $2::text::jsonb)",
+        &[&events, &cond],
+    )
+    .map(|r| r.get(0))
+}
+
+#[test]
+fn sixteen_conditional_appends_on_one_tag_let_exactly_one_win_each_round() {
+    const WRITERS: usize = 16;
+    const ROUNDS: usize = 20;
+    let db = Arc::new(TestDb::new("dcb_race"));
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let handles: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (db, barrier) = (db.clone(), barrier.clone());
+            thread::spawn(move || {
+                let mut c = db.connect();
+                let mut won = vec![];
+                for round in 0..ROUNDS {
+                    let tag = format!("course:{round}");
+                    // Every writer decides on the same head: nothing of this tag after it.
+                    barrier.wait();
+                    let head = count(&mut c, "SELECT es_feed_horizon()");
+                    barrier.wait();
+                    let r = dcb_append(
+                        &mut c,
+                        &event("StudentJoined", &[&tag, &format!("student:{w}")]),
+                        Some(&condition(&[&tag], head)),
+                    );
+                    match r {
+                        Ok(_) => won.push(round),
+                        Err(e) => assert_eq!(e.code().map(|c| c.code()), Some("ES001"), "{e}"),
+                    }
+                    barrier.wait();
+                }
+                won
+            })
+        })
+        .collect();
+    let mut wins = vec![0; ROUNDS];
+    for h in handles {
+        for round in h.join().unwrap() {
+            wins[round] += 1;
+        }
+    }
+    assert_eq!(wins, vec![1; ROUNDS], "winners per round");
+    let mut c = db.connect();
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM event_store"),
+        ROUNDS as i64
+    );
+    // The 300 failed appends took no position.
+    assert_eq!(
+        count(&mut c, "SELECT max(global_position) FROM event_store"),
+        ROUNDS as i64
+    );
+}
+
+#[test]
+fn appends_on_disjoint_tags_do_not_wait_for_each_other_and_overlapping_ones_do() {
+    let db = TestDb::new("dcb_disjoint");
+    let mut other = db.connect();
+    // On a hypertable the first event makes a chunk, which later appends wait for until it
+    // commits: made here, before the appends the test holds open.
+    dcb_append(&mut other, &event("Started", &[]), None).unwrap();
+    let mut holders: Vec<postgres::Client> = (0..8).map(|_| db.connect()).collect();
+    // Eight conditional appends on eight tags, each left uncommitted: none waits for another.
+    for (i, c) in holders.iter_mut().enumerate() {
+        let tag = format!("account:{i}");
+        c.batch_execute("BEGIN; SET LOCAL lock_timeout = '5s'")
+            .unwrap();
+        dcb_append(c, &event("Opened", &[&tag]), Some(&condition(&[&tag], 0))).unwrap();
+    }
+    other.batch_execute("SET lock_timeout = '300ms'").unwrap();
+    // A query or an event on a held tag waits for its holder (here: gives up, 55P03).
+    for (events, cond) in [
+        (event("Deposited", &["account:3"]), None),
+        (
+            event("Deposited", &["elsewhere"]),
+            Some(condition(&["account:5", "x"], 0)),
+        ),
+        // A query without tags waits for every append in flight.
+        (
+            event("Audited", &[]),
+            Some(
+                r#"{"fail_if_events_match": {"items": [{"types": ["Closed"]}]}, "after": 0}"#
+                    .into(),
+            ),
+        ),
+        (
+            event("Audited", &[]),
+            Some(r#"{"fail_if_events_match": {"items": []}, "after": 0}"#.into()),
+        ),
+    ] {
+        let r = dcb_append(&mut other, &events, cond.as_deref());
+        assert_eq!(sqlstate(r), "55P03", "{events} {cond:?}");
+    }
+    // An unconditional append without tags, and a condition on an untouched tag, do not wait.
+    dcb_append(&mut other, &event("Noted", &[]), None).unwrap();
+    dcb_append(
+        &mut other,
+        &event("Noted", &["account:99"]),
+        Some(&condition(&["account:99"], 0)),
+    )
+    .unwrap();
+    for c in &mut holders {
+        c.batch_execute("COMMIT").unwrap();
+    }
+    // Once committed, the held tags' events fail a condition from before them.
+    let r = dcb_append(
+        &mut other,
+        &event("Opened", &["account:3"]),
+        Some(&condition(&["account:3"], 0)),
+    );
+    assert_eq!(sqlstate(r), "ES001");
+    assert_eq!(count(&mut other, "SELECT count(*) FROM event_store"), 11);
+}
+
+#[test]
+fn conditions_follow_the_specification_and_failed_appends_leave_no_gap() {
+    let db = TestDb::new("dcb_rules");
+    let mut c = db.connect();
+    assert_eq!(count(&mut c, "SELECT es_feed_horizon()"), 0);
+    let one = event("CourseDefined", &["course:1"]);
+    assert_eq!(dcb_append(&mut c, &one, None).unwrap(), 1);
+    let fails = |c: &mut postgres::Client, cond: &str| {
+        sqlstate(dcb_append(c, &event("Other", &[]), Some(cond)))
+    };
+    for cond in [
+        r#"{"fail_if_events_match": {"items": []}, "after": null}"#,
+        r#"{"fail_if_events_match": {"items": []}, "after": 0}"#,
+        r#"{"fail_if_events_match": {"items": [{"types": ["CourseDefined"]}]}}"#,
+        r#"{"fail_if_events_match": {"items": [{"tags": ["course:1"]}]}}"#,
+        r#"{"fail_if_events_match": {"items": [{"types": ["CourseDefined", "X"], "tags": ["course:1"]}]}}"#,
+        r#"{"fail_if_events_match": {"items": [{"tags": ["nope"]}, {"tags": ["course:1"]}]}}"#,
+        r#"{"fail_if_events_match": {"items": [{}]}, "after": 0}"#,
+    ] {
+        assert_eq!(fails(&mut c, cond), "ES001", "{cond}");
+    }
+    // Not matching: after the event, another type, a tag it lacks.
+    for cond in [
+        r#"{"fail_if_events_match": {"items": []}, "after": 1}"#,
+        r#"{"fail_if_events_match": {"items": [{"types": ["X"], "tags": ["course:1"]}]}}"#,
+        r#"{"fail_if_events_match": {"items": [{"tags": ["course:1", "student:1"]}]}}"#,
+    ] {
+        dcb_append(&mut c, &event("Other", &[]), Some(cond)).unwrap();
+    }
+    // Seven failed appends, three that succeeded: positions 1 to 4, no gap.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM event_store WHERE global_position BETWEEN 1 AND 4"
+        ),
+        4
+    );
+    assert_eq!(count(&mut c, "SELECT es_feed_horizon()"), 4);
+    // Bad input: nothing written.
+    for (events, cond, code) in [
+        ("[]", None, "22023"),
+        ("{}", None, "22023"),
+        (
+            r#"[{"type": "T", "data": {}, "tags": ["a", "a"]}]"#,
+            None,
+            "22023",
+        ),
+        (
+            r#"[{"type": "T", "data": {}, "tags": [""]}]"#,
+            None,
+            "22023",
+        ),
+        (r#"[{"type": "T", "data": {}, "tags": "a"}]"#, None, "22023"),
+        (
+            r#"[{"type": "T", "data": {}, "stream_id": 7}]"#,
+            None,
+            "22023",
+        ),
+        (
+            r#"[{"type": "T", "data": {}}]"#,
+            Some(r#"{"after": -1}"#),
+            "22023",
+        ),
+        (
+            r#"[{"type": "T", "data": {}}]"#,
+            Some(r#"{"fail_if_events_match": {"items": [{"tag": ["a"]}]}}"#),
+            "22023",
+        ),
+        (
+            r#"[{"type": "T", "data": {}, "stream_id": "event_store-x"}]"#,
+            None,
+            "42501",
+        ),
+    ] {
+        assert_eq!(
+            sqlstate(dcb_append(&mut c, events, cond)),
+            code,
+            "{events} {cond:?}"
+        );
+    }
+    let r = c.query_one("SELECT es_dcb_append(NULL)", &[]);
+    assert_eq!(sqlstate(r), "22004");
+    let r = c.query("SELECT * FROM es_dcb_read(NULL, 0, -1)", &[]);
+    assert_eq!(sqlstate(r), "22023");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 4);
+}
+
+#[test]
+fn dcb_events_are_seen_by_every_read_and_verify_with_their_tags_hashed() {
+    let db = TestDb::new("dcb_reads");
+    let mut c = db.connect();
+    let last = dcb_append(
+        &mut c,
+        r#"[{"type": "CourseDefined", "data": {"capacity": 1}, "tags": ["course:1"]},
+            {"type": "StudentJoined", "data": {}, "tags": ["course:1", "student:1"], "stream_id": "student-1"},
+            {"type": "Noted", "data": {}}]"#,
+        None,
+    )
+    .unwrap();
+    assert_eq!(last, 3);
+    c.batch_execute("SELECT es_append('student-1', 'Renamed', '{}', tags => '{student:1}')")
+        .unwrap();
+    let rows: Vec<(i64, String, Vec<String>)> = c
+        .query(
+            "SELECT global_position, event_type, tags FROM es_dcb_read('{\"items\": [{\"tags\": [\"student:1\"]}, {\"types\": [\"CourseDefined\"]}]}')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "CourseDefined".into(), vec!["course:1".to_string()]),
+            (
+                2,
+                "StudentJoined".into(),
+                vec!["course:1".into(), "student:1".into()]
+            ),
+            (4, "Renamed".into(), vec!["student:1".into()]),
+        ]
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_dcb_read('{\"items\": [{\"tags\": [\"course:1\", \"student:1\"]}]}', 1)"),
+        1
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_dcb_read(NULL, 1, 2)"),
+        2
+    );
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM es_read_all(0, 100) WHERE tags <> '{}'"
+        ),
+        3
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_stream('student-1')"),
+        2
+    );
+    // The call's own stream: its events, versions 1 and 2, in category dcb.
+    let stream: String = c
+        .query_one(
+            "SELECT stream_id FROM event_store WHERE global_position = 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(stream.starts_with("dcb-"), "{stream}");
+    assert_eq!(
+        count(
+            &mut c,
+            &format!("SELECT max(stream_version) FROM es_stream('{stream}')")
+        ),
+        2
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_read_category('dcb')"),
+        2
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
+    // The recipe in plain SQL (docs/integrity.md), tags included.
+    assert_eq!(
+        count(
+            &mut c,
+            "WITH RECURSIVE e AS (SELECT *, row_number() OVER (PARTITION BY stream_id ORDER BY stream_version) AS n FROM event_store),
+             chain AS (
+                 SELECT e.stream_id, e.n, e.hash, sha256(decode(repeat('00', 32), 'hex') || convert_to(concat_ws(chr(31),
+                        e.event_id, e.stream_id, e.stream_version, e.global_position, e.event_type, e.event_version,
+                        (extract(epoch FROM e.created_at) * 1000000)::bigint, e.event_data::text, e.metadata::text,
+                        NULLIF(array_to_string(e.tags, chr(30)), '')), 'UTF8')) AS computed
+                   FROM e WHERE e.n = 1
+                 UNION ALL
+                 SELECT e.stream_id, e.n, e.hash, sha256(chain.computed || convert_to(concat_ws(chr(31),
+                        e.event_id, e.stream_id, e.stream_version, e.global_position, e.event_type, e.event_version,
+                        (extract(epoch FROM e.created_at) * 1000000)::bigint, e.event_data::text, e.metadata::text,
+                        NULLIF(array_to_string(e.tags, chr(30)), '')), 'UTF8'))
+                   FROM chain JOIN e ON e.stream_id = chain.stream_id AND e.n = chain.n + 1)
+             SELECT count(*) FROM chain WHERE hash = computed"
+        ),
+        4
+    );
+    // Tampering with tags is found.
+    c.batch_execute(
+        "SET session_replication_role = replica;
+         UPDATE event_store SET tags = '{course:2}' WHERE global_position = 1;
+         RESET session_replication_role;",
+    )
+    .unwrap();
+    assert!(count(&mut c, "SELECT count(*) FROM es_verify()") > 0);
+}
+
+#[test]
+fn readers_read_and_writers_append_conditionally() {
+    let db = TestDb::new("dcb_roles");
+    let mut c = db.connect();
+    let reader = format!("{}_reader", db.name);
+    let writer = format!("{}_writer", db.name);
+    c.batch_execute(&format!(
+        "CREATE ROLE {reader} LOGIN IN ROLE event_store_reader; CREATE ROLE {writer} LOGIN IN ROLE event_store_writer, event_store_reader;"
+    ))
+    .unwrap();
+    let mut w = db.connect_as(&writer);
+    dcb_append(&mut w, &event("T", &["t"]), Some(&condition(&["t"], 0))).unwrap();
+    let mut r = db.connect_as(&reader);
+    assert_eq!(
+        count(
+            &mut r,
+            "SELECT count(*) FROM es_dcb_read('{\"items\": [{\"tags\": [\"t\"]}]}')"
+        ),
+        1
+    );
+    assert_eq!(
+        sqlstate(dcb_append(&mut r, &event("T", &["t"]), None)),
+        "42501"
+    );
+    let mut nobody = db.connect();
+    nobody
+        .batch_execute(&format!("CREATE ROLE {}_nobody LOGIN", db.name))
+        .unwrap();
+    let mut n = db.connect_as(&format!("{}_nobody", db.name));
+    assert_eq!(
+        sqlstate(n.query("SELECT * FROM es_dcb_read()", &[])),
+        "42501"
+    );
+    c.batch_execute(&format!(
+        "DROP OWNED BY {reader}, {writer}; DROP ROLE {reader}, {writer}, {}_nobody",
+        db.name
+    ))
+    .unwrap();
+}
