@@ -156,6 +156,12 @@ r = rate_ratio("state_at/rust/10000-events", "state_at/plpgsql/10000-events")
 target("es_state_at without snapshots >= 10x the PL/pgSQL loop, 10,000 events", r, x(r), lambda v: v >= 10)
 r = rate_ratio("state_at/snapshots/100-events", "state_at/snapshots/100000-events")
 target("es_state_at with snapshots: 100,000 events <= 2x slower than 100", r, x(r), lambda v: v <= 2)
+# DCB issue: a decision (read a tag, then append on the condition nothing of it came after the
+# head read) >= 1.5x the eventsourcing library's PostgreSQL DCB recorder with one client, >= 3x
+# with eight.
+for c, need in ((1, 1.5), (8, 3.0)):
+    r = rate_ratio(f"dcb/es_dcb_append/c{c}", f"dcb/library_dcb_recorder/c{c}")
+    target(f"conditional append >= {need:g}x the eventsourcing library's PostgreSQL DCB recorder, {c} client(s)", r, x(r), lambda v, n=need: v >= n)
 
 storage = read("storage.txt")
 per = {s[0]: float(s[-1]) for s in storage if s[-1] != "n/a"}
@@ -182,6 +188,8 @@ for c in (1, 8):
 for n in (100, 100000):
     lines.append(f"| es_state_at without snapshots / PL/pgSQL loop, {n:,} events (speed-up) | {x(rate_ratio(f'state_at/rust/{n}-events', f'state_at/plpgsql/{n}-events'))} |")
 lines.append(f"| time of es_state_at without snapshots / time of only reading its 10,000 events in order | {x(rate_ratio('state_at/read-only/10000-events', 'state_at/rust/10000-events'))} |")
+for c in (1, 8):
+    lines.append(f"| conditional append (read, then append) / es_append without either, {c} client(s) | {x(rate_ratio(f'dcb/es_dcb_append/c{c}', f'dcb/es_append_unconditional/c{c}'))} |")
 lines.append(f"| es_state_at with snapshots, 100 / 10,000 events (how much slower) | {x(rate_ratio('state_at/snapshots/100-events', 'state_at/snapshots/10000-events'))} |")
 
 listen = [n for n in tps if n.startswith("listen/")]

@@ -342,6 +342,20 @@ done
 rm -f "$BULK"
 fi
 
+if want 13; then
+echo "== 13. conditional appends (DCB) against the eventsourcing library's PostgreSQL DCB recorder"
+# Both through the library's recorder API (benches/dcb.py), each in an empty database of its own.
+python3 -c "import eventsourcing, psycopg, psycopg_pool" 2>/dev/null \
+    || python3 -m pip install --quiet -r clients/python/requirements.txt
+es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench_dcb WITH (FORCE)" -c "DROP DATABASE IF EXISTS tt_bench_dcb WITH (FORCE)" \
+    -c "CREATE DATABASE es_bench_dcb" -c "CREATE DATABASE tt_bench_dcb"
+[ -n "$PRELOAD" ] && es_psql $PORT es_bench_dcb -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
+es_psql $PORT es_bench_dcb -q -c "CREATE EXTENSION event_store"
+PYTHONPATH=clients/python python3 benches/dcb.py "$ES_RUN_DIR" $PORT es_bench_dcb tt_bench_dcb "$ROUND_DUR" "$ROUNDS" 1 8 \
+    | tee -a "$RAW/tps.txt" || echo "dcb failed" | tee -a "$RAW/failed.txt"
+es_psql $PORT postgres -q -c "DROP DATABASE es_bench_dcb WITH (FORCE)" -c "DROP DATABASE tt_bench_dcb WITH (FORCE)"
+fi
+
 echo "== 9. storage"
 sql -F ' ' -c "
     SELECT t, pg_size_pretty(bytes), coalesce(round(bytes::numeric / nullif(rows, 0), 1)::text, 'n/a')

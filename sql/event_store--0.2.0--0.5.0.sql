@@ -76,6 +76,9 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 -- gain a tags argument, so their old signatures go. Everything else is definitions, which
 -- scripts/update-script.py appends from the install script.
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+-- A function whose body names event_store's row type would block the new column; the
+-- definitions make it again with tags (it came with 0.3.0: absent on the way from older ones).
+DROP FUNCTION IF EXISTS _event_store._es_event(_event_store.log);
 ALTER TABLE @extschema@.event_store ADD COLUMN tags text[] NOT NULL DEFAULT '{}';
 CREATE INDEX event_store_tags_idx ON @extschema@.event_store USING gin (tags) WITH (fastupdate = off)
     WHERE tags OPERATOR(pg_catalog.<>) '{}'::text[];
@@ -121,21 +124,6 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
-COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
-CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
-CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
-CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
-    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
-COMMENT ON FUNCTION @extschema@.es_digest() IS
-    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
-COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
-    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_personal_data') THEN
@@ -156,6 +144,56 @@ CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@
     LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
 COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
     'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
+CREATE OR REPLACE FUNCTION @extschema@.es_append(
+    stream_id text,
+    event_type text,
+    event_data jsonb,
+    metadata jsonb DEFAULT '{}',
+    expected_version bigint DEFAULT NULL,
+    id uuid DEFAULT NULL,
+    event_version integer DEFAULT 1,
+    tags text[] DEFAULT '{}')
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer, text[]) IS
+    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001); tags for conditional appends (docs/dcb.md).';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_batch';
+COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
+    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?,"tags"?} to one stream, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
+RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_multi';
+COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
+    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
+                                        expected_version bigint, id uuid, event_version integer)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
+COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
+CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
+CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
+CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
+    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
+COMMENT ON FUNCTION @extschema@.es_digest() IS
+    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
+COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
+    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
 CREATE OR REPLACE FUNCTION _event_store._es_refuse_change() RETURNS trigger
 LANGUAGE plpgsql
 AS $$
@@ -262,97 +300,10 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_enable_hypertable(interval) IS
     'Turns event_store into a TimescaleDB hypertable on created_at, moving existing events into chunks. Returns false when it already is one.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append(
-    stream_id text,
-    event_type text,
-    event_data jsonb,
-    metadata jsonb DEFAULT '{}',
-    expected_version bigint DEFAULT NULL,
-    id uuid DEFAULT NULL,
-    event_version integer DEFAULT 1,
-    tags text[] DEFAULT '{}')
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
-COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer, text[]) IS
-    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001); tags for conditional appends (docs/dcb.md).';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_batch';
-COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
-    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?,"tags"?} to one stream, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
-RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_multi';
-COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
-    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
-                                        expected_version bigint, id uuid, event_version integer)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
 CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
 RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
     LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'es_verify_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
-	"subject" TEXT /* & str */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
-	"fresh" bool DEFAULT false /* bool */
-) RETURNS void
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
-	"category" TEXT, /* Option < & str > */
-	"event_type" TEXT, /* Option < & str > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
-	"name" TEXT /* & str */
-) RETURNS INT /* i32 */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
-	"doc" jsonb /* pgrx :: JsonB */
-) RETURNS jsonb /* pgrx :: JsonB */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
-	"event_type" TEXT, /* Option < & str > */
-	"from_version" INT, /* Option < i32 > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
 	"func" oid, /* pg_sys :: Oid */
 	"owner" oid, /* pg_sys :: Oid */
@@ -362,15 +313,22 @@ AllocatedByRust > > */
 VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
-	"stream_id" TEXT, /* Option < & str > */
-	"expected_version" bigint, /* Option < i64 > */
-	"batch_kind" TEXT, /* Option < & str > */
-	"batch_len" INT /* Option < i32 > */
-) RETURNS void
-STABLE PARALLEL SAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
+AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
+	"subject" TEXT /* & str */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
+	"doc" jsonb /* pgrx :: JsonB */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
 	"state" TEXT,  /* String */
 	"since" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
@@ -380,6 +338,23 @@ CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
 STRICT VOLATILE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_worker_state_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
+	"event_type" TEXT, /* Option < & str > */
+	"from_version" INT, /* Option < i32 > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_record"(
+	"kind" TEXT, /* & str */
+	"event_type" TEXT, /* & str */
+	"event_data" jsonb /* pgrx :: JsonB */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_record_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
 	"subject" TEXT, /* & str */
 	"stream_id" TEXT, /* & str */
@@ -389,6 +364,63 @@ CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
 IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
+	"category" TEXT, /* Option < & str > */
+	"mode" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
+	"event_type" TEXT, /* Option < & str > */
+	"version" INT, /* Option < i32 > */
+	"schema" jsonb, /* Option < pgrx :: JsonB > */
+	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"subject" TEXT /* Option < & str > */
+) RETURNS void
+STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
+	"pid" INT,  /* i32 */
+	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"lowest_position" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_dcb_check_limit"(
+	"limit" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_dcb_check_limit_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_dcb_items"(
+	"query" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS TABLE (
+	"types" TEXT[],  /* Vec < String > */
+	"tags" TEXT[]  /* Vec < String > */
+)
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_dcb_items_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
+	"stream_id" TEXT, /* Option < & str > */
+	"expected_version" bigint, /* Option < i64 > */
+	"batch_kind" TEXT, /* Option < & str > */
+	"batch_len" INT /* Option < i32 > */
+) RETURNS void
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 	"prev" bytea, /* Option < & [u8] > */
 	"event_id" uuid, /* pgrx :: Uuid */
@@ -405,243 +437,6 @@ CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_event_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
-	"category" TEXT, /* Option < & str > */
-	"mode" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_record"(
-	"kind" TEXT, /* & str */
-	"event_type" TEXT, /* & str */
-	"event_data" jsonb /* pgrx :: JsonB */
-) RETURNS bigint /* i64 */
-STRICT VOLATILE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_record_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
-	"pid" INT,  /* i32 */
-	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"lowest_position" bigint  /* i64 */
-)
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
-	"stream_id" TEXT, /* & str */
-	"version" bigint, /* i64 */
-	"last_at" timestamp with time zone /* TimestampWithTimeZone */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
-COMMENT ON TABLE _event_store.es_anchors IS 'Where es_apply_retention cut each stream: es_verify checks its chain from here.';
-CREATE OR REPLACE VIEW @extschema@.es_anchors WITH (security_invoker = true) AS SELECT * FROM _event_store.es_anchors;
-CREATE OR REPLACE FUNCTION _event_store._es_check_uncut(stream_id text) RETURNS boolean
-LANGUAGE plpgsql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    first_kept bigint;
-BEGIN
-    SELECT a.first_version INTO first_kept FROM _event_store.es_anchors a
-     WHERE a.stream_id = _es_check_uncut.stream_id;
-    IF FOUND THEN
-        RAISE EXCEPTION 'event_store: the state of % needs events that retention removed', _es_check_uncut.stream_id
-            USING ERRCODE = 'ES008',
-                  DETAIL = pg_catalog.format('Retention removed versions 1 to %s of the stream; a custom reducer has no snapshot that stands for them.', first_kept - 1);
-    END IF;
-    RETURN true;
-END
-$$;
-COMMENT ON TABLE _event_store.es_retention IS 'The retention policy set by es_set_retention, applied by the projection worker.';
-CREATE OR REPLACE VIEW @extschema@.es_retention WITH (security_invoker = true) AS SELECT * FROM _event_store.es_retention;
-CREATE OR REPLACE FUNCTION _event_store._es_retention_cut(cut_before timestamptz)
-RETURNS TABLE (stream_id text, stream_version bigint, hash bytea, global_position bigint, created_at timestamptz)
-LANGUAGE plpgsql STABLE STRICT
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    RETURN QUERY
-        SELECT DISTINCT ON (l.stream_id) l.stream_id, l.stream_version, l.hash, l.global_position, l.created_at
-          FROM _event_store.log l WHERE l.created_at < _es_retention_cut.cut_before
-         ORDER BY l.stream_id, l.stream_version DESC;
-END
-$$;
-CREATE OR REPLACE FUNCTION _event_store._es_apply_retention(older_than interval, batch_size integer)
-RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    cutoff timestamptz;
-    cut_before timestamptz;
-    chunk text;
-    hypertable boolean := false;
-    complete boolean := true;
-    removed bigint := 0;
-    deleted bigint;
-    streams bigint := 0;
-    doc jsonb;
-BEGIN
-    IF older_than IS NULL OR batch_size IS NULL THEN
-        RAISE EXCEPTION 'event_store: older_than and batch_size must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF older_than < interval '0' OR batch_size < 1 THEN
-        RAISE EXCEPTION 'event_store: older_than must not be negative and batch_size must be positive'
-            USING ERRCODE = '22023';
-    END IF;
-    -- One run at a time: two would anchor the same streams twice.
-    LOCK TABLE _event_store.es_anchors IN SHARE ROW EXCLUSIVE MODE;
-    cutoff := now() - older_than;
-    hypertable := _event_store._es_is_hypertable();
-    IF hypertable THEN
-        -- Whole chunks: those that end by the cutoff. Chunks do not overlap, so the events
-        -- before the latest such end are exactly theirs.
-        SELECT max(c.range_end) INTO cut_before
-          FROM timescaledb_information.chunks c, pg_catalog.pg_class t, pg_catalog.pg_namespace n
-         WHERE t.oid = _event_store.event_table() AND n.oid = t.relnamespace
-           AND c.hypertable_schema = n.nspname AND c.hypertable_name = t.relname
-           AND c.range_end <= cutoff;
-    ELSE
-        -- In batches: the oldest batch_size events (more where they share an instant).
-        SELECT e.created_at INTO cut_before FROM _event_store.log e
-         WHERE e.created_at < cutoff ORDER BY e.created_at OFFSET batch_size LIMIT 1;
-        IF cut_before IS NULL THEN
-            cut_before := cutoff;
-        ELSIF NOT EXISTS (SELECT FROM _event_store.log e WHERE e.created_at < cut_before) THEN
-            cut_before := cut_before + interval '1 microsecond';
-        END IF;
-    END IF;
-    IF cut_before IS NOT NULL THEN
-        -- Each cut stream: a snapshot of its state at the cut, taken while every fold can still
-        -- read the events (before any anchor), then the anchor; snapshots of removed versions
-        -- go with them. One statement each: a loop would plan the folds' anchor probe once.
-        PERFORM count(_event_store._es_snapshot_at(c.stream_id, c.stream_version, c.created_at))
-           FROM _event_store._es_retention_cut(cut_before) c;
-        DELETE FROM _event_store.es_snapshots s USING _event_store._es_retention_cut(cut_before) c
-         WHERE s.stream_id = c.stream_id AND s.stream_version < c.stream_version;
-        INSERT INTO _event_store.es_anchors AS a
-               (stream_id, first_version, prev_hash, prev_position, prev_at, cut_at)
-        SELECT c.stream_id, c.stream_version + 1, c.hash, c.global_position, c.created_at, now()
-          FROM _event_store._es_retention_cut(cut_before) c
-        ON CONFLICT (stream_id) DO UPDATE
-           SET first_version = EXCLUDED.first_version, prev_hash = EXCLUDED.prev_hash,
-               prev_position = EXCLUDED.prev_position, prev_at = EXCLUDED.prev_at,
-               cut_at = EXCLUDED.cut_at;
-        GET DIAGNOSTICS streams = ROW_COUNT;
-        IF hypertable THEN
-            SELECT count(*) INTO removed FROM _event_store.log e WHERE e.created_at < cut_before;
-            -- Dropped as tables (TimescaleDB removes them from its catalog), not through
-            -- drop_chunks: that is called by name in TimescaleDB's schema, usually public,
-            -- where a database owner could add a better-matching drop_chunks.
-            FOR chunk IN
-                SELECT pg_catalog.format('%I.%I', c.chunk_schema, c.chunk_name)
-                  FROM timescaledb_information.chunks c, pg_catalog.pg_class t, pg_catalog.pg_namespace n
-                 WHERE t.oid = _event_store.event_table() AND n.oid = t.relnamespace
-                   AND c.hypertable_schema = n.nspname AND c.hypertable_name = t.relname
-                   AND c.range_end <= cut_before
-            LOOP
-                EXECUTE pg_catalog.format('DROP TABLE %s', chunk);
-            END LOOP;
-        END IF;
-        -- The append-only trigger refuses every DELETE; replica mode skips it for this one
-        -- statement of this transaction (the function's own GUC level undoes it on error).
-        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-        DELETE FROM _event_store.log e WHERE e.created_at < cut_before;
-        GET DIAGNOSTICS deleted = ROW_COUNT;
-        PERFORM pg_catalog.set_config('session_replication_role', 'origin', true);
-        removed := removed + deleted;
-    END IF;
-    IF NOT hypertable THEN
-        complete := NOT EXISTS (SELECT FROM _event_store.log e WHERE e.created_at < cutoff);
-    END IF;
-    doc := pg_catalog.jsonb_build_object(
-        'older_than', older_than::text,
-        'cut_before', cut_before,
-        'events_removed', removed,
-        'streams_cut', streams,
-        'whole_chunks', hypertable,
-        'complete', complete);
-    IF removed > 0 THEN
-        PERFORM _event_store._es_record('retention', 'RetentionApplied', doc);
-    END IF;
-    RETURN doc;
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_apply_retention(older_than interval, batch_size integer DEFAULT 100000)
-RETURNS jsonb
-LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-RETURN _event_store._es_apply_retention(es_apply_retention.older_than, es_apply_retention.batch_size);
-COMMENT ON FUNCTION @extschema@.es_apply_retention(interval, integer) IS
-    'Removes the events older than older_than (whole chunks on a hypertable, at most batch_size per call otherwise), anchoring each cut stream; recorded in event_store-retention.';
-CREATE OR REPLACE FUNCTION @extschema@.es_set_retention(older_than interval) RETURNS void
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-BEGIN
-    IF es_set_retention.older_than IS NULL THEN
-        DELETE FROM _event_store.es_retention;
-        RETURN;
-    END IF;
-    IF es_set_retention.older_than < interval '0' THEN
-        RAISE EXCEPTION 'event_store: older_than must not be negative' USING ERRCODE = '22023';
-    END IF;
-    INSERT INTO _event_store.es_retention (older_than, set_by)
-    VALUES (es_set_retention.older_than, _event_store._es_calling_role())
-    ON CONFLICT (one) DO UPDATE
-        SET older_than = EXCLUDED.older_than, set_at = now(), set_by = EXCLUDED.set_by, next_run_at = now();
-    PERFORM _event_store._es_wake_projections(true);
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_set_retention(interval) IS
-    'Sets the retention policy the projection worker applies hourly (NULL: none).';
-CREATE OR REPLACE FUNCTION _event_store._es_apply_retention_policy() RETURNS boolean
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    policy _event_store.es_retention;
-    complete boolean;
-BEGIN
-    SELECT * INTO policy FROM _event_store.es_retention WHERE next_run_at <= now() FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    complete := (_event_store._es_apply_retention(policy.older_than, 100000) ->> 'complete')::boolean;
-    UPDATE _event_store.es_retention
-       SET next_run_at = CASE WHEN complete THEN now() + interval '1 hour' ELSE now() END;
-    RETURN NOT complete;
-END
-$$;
-CREATE OR REPLACE FUNCTION _event_store."_es_dcb_check_limit"(
-	"limit" INT /* Option < i32 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_dcb_check_limit_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
-	"stream_id" TEXT, /* & str */
-	"subject" TEXT /* & str */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
-STRICT STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
-	"event_type" TEXT, /* Option < & str > */
-	"version" INT, /* Option < i32 > */
-	"schema" jsonb, /* Option < pgrx :: JsonB > */
-	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
-	"subject" TEXT /* Option < & str > */
-) RETURNS void
-STABLE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
 	"stream_id" TEXT, /* & str */
 	"size" INT /* i32 */
@@ -649,15 +444,42 @@ CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
 IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_dcb_items"(
-	"query" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS TABLE (
-	"types" TEXT[],  /* Vec < String > */
-	"tags" TEXT[]  /* Vec < String > */
-)
+CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
+	"name" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
+	"on" bool /* bool */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
+	"category" TEXT, /* Option < & str > */
+	"event_type" TEXT, /* Option < & str > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_dcb_items_wrapper';
+AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
+	"stream_id" TEXT /* & str */
+) RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
+	"fresh" bool DEFAULT false /* bool */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
 	"max_count" INT, /* Option < i32 > */
 	"member" INT, /* Option < i32 > */
@@ -807,57 +629,6 @@ STABLE STRICT
 RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
 COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
     'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
-CREATE OR REPLACE FUNCTION @extschema@.es_dcb_append(events jsonb, condition jsonb DEFAULT NULL)
-RETURNS bigint
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_dcb_append';
-COMMENT ON FUNCTION @extschema@.es_dcb_append(jsonb, jsonb) IS
-    'Appends a JSON array of {"type","data","tags"?,"id"?,"metadata"?,"version"?,"stream_id"?} at consecutive positions in array order, unless an event matching condition''s fail_if_events_match was stored after its "after" (SQLSTATE ES001); returns the last position.';
-CREATE OR REPLACE FUNCTION @extschema@.es_dcb_read(query jsonb DEFAULT NULL, after bigint DEFAULT NULL, "limit" integer DEFAULT NULL)
-RETURNS TABLE (global_position bigint, event_type text, event_data jsonb, tags text[], metadata jsonb, created_at timestamptz)
-LANGUAGE plpgsql
-VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    -- Computed before the query below takes its snapshot: everything up to it has settled.
-    horizon bigint := _event_store._es_feed_horizon();
-    lo bigint := coalesce(es_dcb_read.after, 0);
-    all_events boolean;
-BEGIN
-    PERFORM _event_store._es_check_feed_isolation();
-    PERFORM _event_store._es_dcb_check_limit(es_dcb_read."limit");
-    all_events := NOT EXISTS (SELECT FROM _event_store._es_dcb_items(es_dcb_read.query));
-    RETURN QUERY
-        SELECT (r.e).global_position, (r.e).event_type, (r.e).event_data, (r.e).tags, (r.e).metadata, (r.e).created_at
-          FROM (SELECT l.* FROM _event_store.log l
-                 WHERE all_events AND l.global_position > lo AND l.global_position <= horizon
-                UNION
-                SELECT m.* FROM _event_store._es_dcb_items(es_dcb_read.query) i
-                 CROSS JOIN LATERAL (
-                       SELECT l.* FROM _event_store.log l
-                        WHERE cardinality(i.tags) > 0 AND l.tags @> i.tags AND l.tags <> '{}'::text[]
-                          AND (cardinality(i.types) = 0 OR l.event_type = ANY (i.types))
-                          AND l.global_position > lo AND l.global_position <= horizon
-                       UNION ALL
-                       SELECT l.* FROM _event_store.log l
-                        WHERE cardinality(i.tags) = 0 AND l.event_type = ANY (i.types)
-                          AND l.global_position > lo AND l.global_position <= horizon) m
-                 WHERE NOT all_events) l,
-               LATERAL (SELECT _event_store._es_reveal(_event_store._es_event(l::_event_store.log)) AS e OFFSET 0) r
-         ORDER BY 1
-         LIMIT es_dcb_read."limit";
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_dcb_read(jsonb, bigint, integer) IS
-    'Committed events matching a DCB query ({"items": [{"types": [...], "tags": [...]}]}; NULL or no items: all) after a position, in position order, at most limit (NULL: all), never past es_feed_horizon().';
-CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
-	"on" bool /* bool */
-) RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
 CREATE OR REPLACE VIEW @extschema@.es_projection_state WITH (security_invoker = true) AS SELECT * FROM _event_store.es_projection_state;
 CREATE OR REPLACE FUNCTION _event_store._es_projection_for_update(p_name text) RETURNS _event_store.es_projection_state
 LANGUAGE plpgsql
@@ -1077,6 +848,248 @@ SELECT p.name,
                  WHERE e.global_position > p.position AND e.global_position <= horizon.h
                    AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
                    AND (p.categories IS NULL OR _event_store._es_category(e.stream_id) = ANY (p.categories))) lag;
+CREATE OR REPLACE FUNCTION @extschema@.es_dcb_append(events jsonb, condition jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_dcb_append';
+COMMENT ON FUNCTION @extschema@.es_dcb_append(jsonb, jsonb) IS
+    'Appends a JSON array of {"type","data","tags"?,"id"?,"metadata"?,"version"?,"stream_id"?} at consecutive positions in array order, unless an event matching condition''s fail_if_events_match was stored after its "after" (SQLSTATE ES001); returns the last position.';
+CREATE OR REPLACE FUNCTION @extschema@.es_dcb_read(query jsonb DEFAULT NULL, after bigint DEFAULT NULL, "limit" integer DEFAULT NULL)
+RETURNS TABLE (global_position bigint, event_type text, event_data jsonb, tags text[], metadata jsonb, created_at timestamptz)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- Computed before the query below takes its snapshot: everything up to it has settled.
+    horizon bigint := _event_store._es_feed_horizon();
+    lo bigint := coalesce(es_dcb_read.after, 0);
+    all_events boolean;
+BEGIN
+    PERFORM _event_store._es_check_feed_isolation();
+    PERFORM _event_store._es_dcb_check_limit(es_dcb_read."limit");
+    all_events := NOT EXISTS (SELECT FROM _event_store._es_dcb_items(es_dcb_read.query));
+    RETURN QUERY
+        SELECT (r.e).global_position, (r.e).event_type, (r.e).event_data, (r.e).tags, (r.e).metadata, (r.e).created_at
+          FROM (SELECT l.* FROM _event_store.log l
+                 WHERE all_events AND l.global_position > lo AND l.global_position <= horizon
+                UNION
+                SELECT m.* FROM _event_store._es_dcb_items(es_dcb_read.query) i
+                 CROSS JOIN LATERAL (
+                       SELECT l.* FROM _event_store.log l
+                        WHERE cardinality(i.tags) > 0 AND l.tags @> i.tags AND l.tags <> '{}'::text[]
+                          AND (cardinality(i.types) = 0 OR l.event_type = ANY (i.types))
+                          AND l.global_position > lo AND l.global_position <= horizon
+                       UNION ALL
+                       SELECT l.* FROM _event_store.log l
+                        WHERE cardinality(i.tags) = 0 AND l.event_type = ANY (i.types)
+                          AND l.global_position > lo AND l.global_position <= horizon) m
+                 WHERE NOT all_events) l,
+               LATERAL (SELECT _event_store._es_reveal(_event_store._es_event(l::_event_store.log)) AS e OFFSET 0) r
+         ORDER BY 1
+         LIMIT es_dcb_read."limit";
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_dcb_read(jsonb, bigint, integer) IS
+    'Committed events matching a DCB query ({"items": [{"types": [...], "tags": [...]}]}; NULL or no items: all) after a position, in position order, at most limit (NULL: all), never past es_feed_horizon().';
+CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
+	"stream_id" TEXT, /* & str */
+	"subject" TEXT /* & str */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+STRICT STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
+	"stream_id" TEXT, /* & str */
+	"version" bigint, /* i64 */
+	"last_at" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
+COMMENT ON TABLE _event_store.es_anchors IS 'Where es_apply_retention cut each stream: es_verify checks its chain from here.';
+CREATE OR REPLACE VIEW @extschema@.es_anchors WITH (security_invoker = true) AS SELECT * FROM _event_store.es_anchors;
+CREATE OR REPLACE FUNCTION _event_store._es_check_uncut(stream_id text) RETURNS boolean
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first_kept bigint;
+BEGIN
+    SELECT a.first_version INTO first_kept FROM _event_store.es_anchors a
+     WHERE a.stream_id = _es_check_uncut.stream_id;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event_store: the state of % needs events that retention removed', _es_check_uncut.stream_id
+            USING ERRCODE = 'ES008',
+                  DETAIL = pg_catalog.format('Retention removed versions 1 to %s of the stream; a custom reducer has no snapshot that stands for them.', first_kept - 1);
+    END IF;
+    RETURN true;
+END
+$$;
+COMMENT ON TABLE _event_store.es_retention IS 'The retention policy set by es_set_retention, applied by the projection worker.';
+CREATE OR REPLACE VIEW @extschema@.es_retention WITH (security_invoker = true) AS SELECT * FROM _event_store.es_retention;
+CREATE OR REPLACE FUNCTION _event_store._es_retention_cut(cut_before timestamptz)
+RETURNS TABLE (stream_id text, stream_version bigint, hash bytea, global_position bigint, created_at timestamptz)
+LANGUAGE plpgsql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN QUERY
+        SELECT DISTINCT ON (l.stream_id) l.stream_id, l.stream_version, l.hash, l.global_position, l.created_at
+          FROM _event_store.log l WHERE l.created_at < _es_retention_cut.cut_before
+         ORDER BY l.stream_id, l.stream_version DESC;
+END
+$$;
+CREATE OR REPLACE FUNCTION _event_store._es_apply_retention(older_than interval, batch_size integer)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cutoff timestamptz;
+    cut_before timestamptz;
+    chunk text;
+    hypertable boolean := false;
+    complete boolean := true;
+    removed bigint := 0;
+    deleted bigint;
+    streams bigint := 0;
+    doc jsonb;
+BEGIN
+    IF older_than IS NULL OR batch_size IS NULL THEN
+        RAISE EXCEPTION 'event_store: older_than and batch_size must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF older_than < interval '0' OR batch_size < 1 THEN
+        RAISE EXCEPTION 'event_store: older_than must not be negative and batch_size must be positive'
+            USING ERRCODE = '22023';
+    END IF;
+    -- One run at a time: two would anchor the same streams twice.
+    LOCK TABLE _event_store.es_anchors IN SHARE ROW EXCLUSIVE MODE;
+    cutoff := now() - older_than;
+    hypertable := _event_store._es_is_hypertable();
+    IF hypertable THEN
+        -- Whole chunks: those that end by the cutoff. Chunks do not overlap, so the events
+        -- before the latest such end are exactly theirs.
+        SELECT max(c.range_end) INTO cut_before
+          FROM timescaledb_information.chunks c, pg_catalog.pg_class t, pg_catalog.pg_namespace n
+         WHERE t.oid = _event_store.event_table() AND n.oid = t.relnamespace
+           AND c.hypertable_schema = n.nspname AND c.hypertable_name = t.relname
+           AND c.range_end <= cutoff;
+    ELSE
+        -- In batches: the oldest batch_size events (more where they share an instant).
+        SELECT e.created_at INTO cut_before FROM _event_store.log e
+         WHERE e.created_at < cutoff ORDER BY e.created_at OFFSET batch_size LIMIT 1;
+        IF cut_before IS NULL THEN
+            cut_before := cutoff;
+        ELSIF NOT EXISTS (SELECT FROM _event_store.log e WHERE e.created_at < cut_before) THEN
+            cut_before := cut_before + interval '1 microsecond';
+        END IF;
+    END IF;
+    IF cut_before IS NOT NULL THEN
+        -- Each cut stream: a snapshot of its state at the cut, taken while every fold can still
+        -- read the events (before any anchor), then the anchor; snapshots of removed versions
+        -- go with them. One statement each: a loop would plan the folds' anchor probe once.
+        PERFORM count(_event_store._es_snapshot_at(c.stream_id, c.stream_version, c.created_at))
+           FROM _event_store._es_retention_cut(cut_before) c;
+        DELETE FROM _event_store.es_snapshots s USING _event_store._es_retention_cut(cut_before) c
+         WHERE s.stream_id = c.stream_id AND s.stream_version < c.stream_version;
+        INSERT INTO _event_store.es_anchors AS a
+               (stream_id, first_version, prev_hash, prev_position, prev_at, cut_at)
+        SELECT c.stream_id, c.stream_version + 1, c.hash, c.global_position, c.created_at, now()
+          FROM _event_store._es_retention_cut(cut_before) c
+        ON CONFLICT (stream_id) DO UPDATE
+           SET first_version = EXCLUDED.first_version, prev_hash = EXCLUDED.prev_hash,
+               prev_position = EXCLUDED.prev_position, prev_at = EXCLUDED.prev_at,
+               cut_at = EXCLUDED.cut_at;
+        GET DIAGNOSTICS streams = ROW_COUNT;
+        IF hypertable THEN
+            SELECT count(*) INTO removed FROM _event_store.log e WHERE e.created_at < cut_before;
+            -- Dropped as tables (TimescaleDB removes them from its catalog), not through
+            -- drop_chunks: that is called by name in TimescaleDB's schema, usually public,
+            -- where a database owner could add a better-matching drop_chunks.
+            FOR chunk IN
+                SELECT pg_catalog.format('%I.%I', c.chunk_schema, c.chunk_name)
+                  FROM timescaledb_information.chunks c, pg_catalog.pg_class t, pg_catalog.pg_namespace n
+                 WHERE t.oid = _event_store.event_table() AND n.oid = t.relnamespace
+                   AND c.hypertable_schema = n.nspname AND c.hypertable_name = t.relname
+                   AND c.range_end <= cut_before
+            LOOP
+                EXECUTE pg_catalog.format('DROP TABLE %s', chunk);
+            END LOOP;
+        END IF;
+        -- The append-only trigger refuses every DELETE; replica mode skips it for this one
+        -- statement of this transaction (the function's own GUC level undoes it on error).
+        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        DELETE FROM _event_store.log e WHERE e.created_at < cut_before;
+        GET DIAGNOSTICS deleted = ROW_COUNT;
+        PERFORM pg_catalog.set_config('session_replication_role', 'origin', true);
+        removed := removed + deleted;
+    END IF;
+    IF NOT hypertable THEN
+        complete := NOT EXISTS (SELECT FROM _event_store.log e WHERE e.created_at < cutoff);
+    END IF;
+    doc := pg_catalog.jsonb_build_object(
+        'older_than', older_than::text,
+        'cut_before', cut_before,
+        'events_removed', removed,
+        'streams_cut', streams,
+        'whole_chunks', hypertable,
+        'complete', complete);
+    IF removed > 0 THEN
+        PERFORM _event_store._es_record('retention', 'RetentionApplied', doc);
+    END IF;
+    RETURN doc;
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_apply_retention(older_than interval, batch_size integer DEFAULT 100000)
+RETURNS jsonb
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN _event_store._es_apply_retention(es_apply_retention.older_than, es_apply_retention.batch_size);
+COMMENT ON FUNCTION @extschema@.es_apply_retention(interval, integer) IS
+    'Removes the events older than older_than (whole chunks on a hypertable, at most batch_size per call otherwise), anchoring each cut stream; recorded in event_store-retention.';
+CREATE OR REPLACE FUNCTION @extschema@.es_set_retention(older_than interval) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+BEGIN
+    IF es_set_retention.older_than IS NULL THEN
+        DELETE FROM _event_store.es_retention;
+        RETURN;
+    END IF;
+    IF es_set_retention.older_than < interval '0' THEN
+        RAISE EXCEPTION 'event_store: older_than must not be negative' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO _event_store.es_retention (older_than, set_by)
+    VALUES (es_set_retention.older_than, _event_store._es_calling_role())
+    ON CONFLICT (one) DO UPDATE
+        SET older_than = EXCLUDED.older_than, set_at = now(), set_by = EXCLUDED.set_by, next_run_at = now();
+    PERFORM _event_store._es_wake_projections(true);
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_set_retention(interval) IS
+    'Sets the retention policy the projection worker applies hourly (NULL: none).';
+CREATE OR REPLACE FUNCTION _event_store._es_apply_retention_policy() RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    policy _event_store.es_retention;
+    complete boolean;
+BEGIN
+    SELECT * INTO policy FROM _event_store.es_retention WHERE next_run_at <= now() FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    complete := (_event_store._es_apply_retention(policy.older_than, 100000) ->> 'complete')::boolean;
+    UPDATE _event_store.es_retention
+       SET next_run_at = CASE WHEN complete THEN now() + interval '1 hour' ELSE now() END;
+    RETURN NOT complete;
+END
+$$;
 COMMENT ON TABLE _event_store.es_verifications IS 'Every es_verify run by a role that sees all events: when, over what, and how many problems.';
 CREATE OR REPLACE VIEW @extschema@.es_verifications WITH (security_invoker = true) AS SELECT * FROM _event_store.es_verifications;
 CREATE OR REPLACE VIEW @extschema@.es_metrics AS
@@ -1179,12 +1192,6 @@ BEGIN ATOMIC
              GROUP BY m.name, m.help, m.type) b;
 END;
 COMMENT ON FUNCTION @extschema@.es_metrics_prometheus() IS 'es_metrics in the Prometheus text exposition format.';
-CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
-	"stream_id" TEXT /* & str */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
 COMMENT ON TABLE _event_store.es_reducers IS 'Declarative reducers: change with es_define_reducer and es_drop_reducer.';
 CREATE OR REPLACE VIEW @extschema@.es_reducers WITH (security_invoker = true) AS SELECT * FROM _event_store.es_reducers;
 COMMENT ON TABLE _event_store.es_snapshots IS 'Snapshots of stream states (derived data, safe to delete with es_drop_snapshots).';
@@ -1619,10 +1626,6 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_forget_subject(text, text) IS
     'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
 DO $$
 DECLARE
     ext oid := (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'event_store'::name);

@@ -1,7 +1,7 @@
 //! The engine every append function runs: checks, locks, retries, sealing, positions, hashes,
 //! the rows' insert, the stream heads, then snapshots and the feed's announcement.
 use super::insert::Insert;
-use super::{record, refused, registry, retry, uuid, Appended, Entry, Event};
+use super::{condition, record, refused, registry, retry, uuid, Appended, Entry, Event};
 use crate::pg::errors::{raise_invalid as raise, Refused};
 use crate::pg::jsonb;
 use crate::pg::jsonb::functions::out;
@@ -16,9 +16,9 @@ use event_store_core::validate::Invalid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-/// Rows come back in input order.
 /// Appends every entry, all or nothing, under `condition` when es_dcb_append gives one.
-/// Positions follow the events' `rank` (entry order where ranks are equal).
+/// Positions follow the events' `rank` (entry order where ranks are equal); rows come back
+/// in input order.
 pub(crate) fn append(
     mut entries: Vec<Entry>,
     condition: Option<&Condition>,
@@ -58,7 +58,7 @@ pub(crate) fn append(
             "",
         ));
     }
-    // What tags and the condition lock (crate::dcb), before the table: a condition without
+    // What tags and the condition lock (`condition`), before the table: a condition without
     // tags takes the table in a mode that conflicts with every append's.
     let locks = dcb::locks(
         condition.map(|c| &c.query),
@@ -66,7 +66,7 @@ pub(crate) fn append(
             .iter()
             .flat_map(|e| e.events.iter().map(|ev| ev.tags.as_slice())),
     );
-    crate::dcb::lock(&locks);
+    condition::lock(&locks);
     // Locked as the insert below would, but first: a catalog change committed before the
     // lock is seen (taking it processes invalidations), and one after waits for this append.
     // SAFETY: a lock on event_store, held to the end of the transaction as the insert's is.
@@ -131,7 +131,7 @@ pub(crate) fn append(
             }
         }
         if let Some(c) = condition {
-            crate::dcb::check(client, c)?;
+            condition::check(client, c)?;
         }
         for (i, n, personal, at) in &seals {
             if !replay[*i] {

@@ -24,6 +24,7 @@ use pgrx::IntoDatum;
 
 mod args;
 mod chunks;
+mod condition;
 mod direct;
 mod engine;
 pub mod ids;
@@ -231,7 +232,7 @@ pub unsafe extern "C-unwind" fn es_append_multi(fcinfo: pg_sys::FunctionCallInfo
 
 /// es_dcb_append's events, a JSON array of `{"type", "data", "tags"?, "id"?, "metadata"?,
 /// "version"?, "stream_id"?}`, appended under `condition`, at positions in array order: the
-/// last one's. Events that name no stream go to one the call makes (`crate::dcb::call_stream`).
+/// last one's. Events that name no stream go to one the call makes (`condition::call_stream`).
 pub(crate) fn conditional(
     events: Option<pg_sys::Datum>,
     condition: Option<&event_store_core::dcb::Condition>,
@@ -254,7 +255,7 @@ pub(crate) fn conditional(
     for (i, mut ev) in parsed.into_iter().enumerate() {
         let stream = match args::stream_field(element(events, i as i32), i) {
             Ok(Some(s)) => s,
-            Ok(None) => own.get_or_insert_with(crate::dcb::call_stream).clone(),
+            Ok(None) => own.get_or_insert_with(condition::call_stream).clone(),
             Err(e) => raise(e),
         };
         ev.rank = i;

@@ -1,5 +1,5 @@
-"""The eventsourcing library's DCB recorder tests and a DCB application, run against
-event_store's es_dcb_append and es_dcb_read (module eventsourcing_eventstore.dcb).
+"""The eventsourcing library's DCB recorder tests, and its DCB application with its projection
+runner, against event_store's es_dcb_append and es_dcb_read (module eventsourcing_eventstore.dcb).
 
 Each test gets a fresh database, as in test_recorders.py.
 """
@@ -13,6 +13,9 @@ from eventsourcing.dcb.api import DCBAppendCondition, DCBEvent, DCBQuery, DCBQue
 from eventsourcing.dcb.persistence import DCBInfrastructureFactory
 from eventsourcing.dcb.tests import DCBRecorderTestCase
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.popo import POPOTrackingRecorder
+# A module, not names: pytest would collect the generic base classes themselves.
+from eventsourcing.tests import projection as generic_projection
 from eventsourcing.utils import Environment
 
 from eventsourcing_eventstore.dcb import EventStoreDCBFactory, EventStoreDCBRecorder
@@ -67,15 +70,49 @@ class TestDCBRecorder(FreshDatabase, DCBRecorderTestCase):
         assert recorder.read().head == 2
 
 
-class TestDCBApplication(FreshDatabase):
-    """The library's DCBApplication, on this module, saving and reading through it."""
+# -- the library's DCB application and projection runner ---------------------------
 
-    def test_application_appends_and_reads_through_the_recorder(self) -> None:
-        from eventsourcing.dcb.application import DCBApplication
+class Counters(POPOTrackingRecorder, generic_projection.EventCountersView):
+    """The view the library's test counts into, in memory (the view is not what is tested:
+    the application's events, written and read through event_store, are)."""
 
-        env: dict[str, Any] = dict(self.env_vars, PERSISTENCE_MODULE="eventsourcing_eventstore.dcb")
-        with DCBApplication(env=env) as app:
-            assert isinstance(app.recorder, EventStoreDCBRecorder)
-            last = app.recorder.append([DCBEvent(type="A", data=b"1", tags=["t"])])
-            events = list(app.recorder.read(DCBQuery(items=[DCBQueryItem(tags=["t"])])))
-            assert [e.position for e in events] == [last]
+    def __init__(self) -> None:
+        super().__init__()
+        self._counts = [0, 0]
+
+    def _incr(self, i: int, tracking: Any) -> None:
+        with self._database_lock:
+            self._assert_tracking_uniqueness(tracking)
+            self._insert_tracking(tracking)
+            self._counts[i] += 1
+
+    def get_created_event_counter(self) -> int:
+        return self._counts[0]
+
+    def get_subsequent_event_counter(self) -> int:
+        return self._counts[1]
+
+    def incr_created_event_counter(self, tracking: Any) -> None:
+        self._incr(0, tracking)
+
+    def incr_subsequent_event_counter(self, tracking: Any) -> None:
+        self._incr(1, tracking)
+
+
+class TestDCBApplicationProjection(
+    FreshDatabase, generic_projection.TaggedDecisionCountersProjectionTestCase
+):
+    """The library's DCBApplication saving enduring objects' decisions through this module,
+    and its projection runner following them through this module's subscription."""
+
+    view_class = Counters
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.env = dict(  # type: ignore[assignment]
+            self.env_vars,
+            PERSISTENCE_MODULE="eventsourcing_eventstore.dcb",
+            MAPPER_TOPIC="eventsourcing.dcb.msgpack:MessagePackMapper",
+            # The projection (named "eventcounters") keeps its view in memory.
+            EVENTCOUNTERS_PERSISTENCE_MODULE="eventsourcing.popo",
+        )
