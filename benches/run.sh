@@ -350,9 +350,15 @@ python3 -c "import eventsourcing, psycopg, psycopg_pool" 2>/dev/null \
 es_psql $PORT postgres -q -c "DROP DATABASE IF EXISTS es_bench_dcb WITH (FORCE)" -c "DROP DATABASE IF EXISTS tt_bench_dcb WITH (FORCE)" \
     -c "CREATE DATABASE es_bench_dcb" -c "CREATE DATABASE tt_bench_dcb"
 [ -n "$PRELOAD" ] && es_psql $PORT es_bench_dcb -q -c "SET client_min_messages = warning" -c "CREATE EXTENSION timescaledb"
-es_psql $PORT es_bench_dcb -q -c "CREATE EXTENSION event_store"
+es_psql $PORT es_bench_dcb -q -c "CREATE EXTENSION event_store" -f benches/dcb.sql
 PYTHONPATH=clients/python python3 benches/dcb.py "$ES_RUN_DIR" $PORT es_bench_dcb tt_bench_dcb "$ROUND_DUR" "$ROUNDS" 1 8 \
     | tee -a "$RAW/tps.txt" || echo "dcb failed" | tee -a "$RAW/failed.txt"
+# The same decisions from pgbench (a C client: what the servers do, without Python's share of
+# these two cores), on the stores the Python run left: each side's statements as its recorder
+# sends them, the library's read by its tag table.
+for c in 1 8; do
+    rounds "dcb-sql/es_dcb_append/c$c:dcb_es.pgbench:es_bench_dcb" "dcb-sql/library_dcb_recorder/c$c:dcb_library.pgbench:tt_bench_dcb" -- $c
+done
 es_psql $PORT postgres -q -c "DROP DATABASE es_bench_dcb WITH (FORCE)" -c "DROP DATABASE tt_bench_dcb WITH (FORCE)"
 fi
 

@@ -42,11 +42,13 @@ pub fn lock(locks: &Locks) {
     }
 }
 
-/// Whether an item's events exist after a position, as of the snapshot active.
+/// Whether an item's events exist after a position, as of the snapshot active. The position
+/// is compared as an expression: the kept (generic) plan must read the tag's index, not every
+/// event after a position it does not know.
 const TAGGED_SQL: &str = "SELECT EXISTS (SELECT FROM _event_store.log e \
      WHERE e.tags OPERATOR(pg_catalog.@>) $1 AND e.tags OPERATOR(pg_catalog.<>) '{}'::pg_catalog.text[] \
        AND (pg_catalog.cardinality($2) OPERATOR(pg_catalog.=) 0 OR e.event_type OPERATOR(pg_catalog.=) ANY ($2)) \
-       AND e.global_position OPERATOR(pg_catalog.>) $3)";
+       AND (e.global_position OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.>) $3)";
 const TYPED_SQL: &str = "SELECT EXISTS (SELECT FROM _event_store.log e \
      WHERE e.event_type OPERATOR(pg_catalog.=) ANY ($1) AND e.global_position OPERATOR(pg_catalog.>) $2)";
 const ANY_SQL: &str = "SELECT EXISTS (SELECT FROM _event_store.log e \

@@ -89,15 +89,19 @@ class EventStoreDCBRecorder(DCBRecorder):
         limit: int | None = None,
     ) -> DCBReadResponse:
         with self.datastore.get_connection() as conn:
-            # The horizon first: every event up to it is committed and seen by the read
-            # that follows, so the head never claims an event the read could have missed.
-            horizon = conn.execute("SELECT es_feed_horizon() AS h", prepare=True).fetchone()
+            # One statement: the horizon first (the read depends on it), then the events.
+            # Every event up to the horizon is committed and seen by the read, so the head
+            # never claims an event the read could have missed.
             rows = conn.execute(
-                "SELECT global_position, event_type, event_data, tags "
-                "FROM es_dcb_read(%s::jsonb, %s, %s)",
+                "SELECT h.h AS head, r.global_position, r.event_type, r.event_data, r.tags "
+                "FROM (SELECT es_feed_horizon() AS h) h LEFT JOIN LATERAL "
+                "(SELECT * FROM es_dcb_read(%s::jsonb, %s, %s) WHERE h.h IS NOT NULL) r "
+                "ON true ORDER BY r.global_position",
                 (_query(query), after, limit),
                 prepare=True,
             ).fetchall()
+        horizon = rows[0]["head"] if rows else 0
+        rows = [r for r in rows if r["global_position"] is not None]
         events = [
             DCBSequencedEvent(
                 event=DCBEvent(
@@ -113,7 +117,7 @@ class EventStoreDCBRecorder(DCBRecorder):
         if limit is not None:
             head = last
         else:
-            head = max(horizon["h"] or 0, last or 0) or None
+            head = max(horizon or 0, last or 0) or None
         return _Response(events, head)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
