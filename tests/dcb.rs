@@ -222,6 +222,16 @@ fn conditions_follow_the_specification_and_failed_appends_leave_no_gap() {
     }
     let r = c.query_one("SELECT es_dcb_append(NULL)", &[]);
     assert_eq!(sqlstate(r), "22004");
+    // A condition needs READ COMMITTED (its check must see what it waited for); an
+    // unconditional append does not.
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
+    let r = dcb_append(&mut c, &event("Other", &["x"]), Some(&condition(&["x"], 0)));
+    assert_eq!(sqlstate(r), "0A000");
+    c.batch_execute("ROLLBACK; BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
+    dcb_append(&mut c, &event("Other", &["x"]), None).unwrap();
+    c.batch_execute("ROLLBACK").unwrap();
     let r = c.query("SELECT * FROM es_dcb_read(NULL, 0, -1)", &[]);
     assert_eq!(sqlstate(r), "22023");
     assert_eq!(count(&mut c, "SELECT count(*) FROM event_store"), 4);

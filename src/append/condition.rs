@@ -89,18 +89,25 @@ fn exists(client: &SpiClient<'_>, item: Option<&Item>, after: i64) -> bool {
 
 /// Refuses the append (ES001) if an event the condition's query matches was committed after
 /// its position. Called with the append's locks held, so every append that could store such
-/// an event has committed or rolled back: read as of now, its events are seen. Under
-/// REPEATABLE READ an event the transaction's snapshot misses is a serialization failure.
+/// an event has committed or rolled back: read as of now, its events are seen. A transaction
+/// reading as of its snapshot (REPEATABLE READ, SERIALIZABLE) could not see them: refused
+/// (0A000), as the feed's reads are.
 pub fn check(client: &SpiClient<'_>, condition: &Condition) -> Result<(), Refused> {
+    // SAFETY: reads the transaction's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "event_store: a conditional append needs READ COMMITTED",
+            "Its check must see what appends it waited for committed; run it in a READ COMMITTED transaction."
+        );
+    }
     let after = condition.after.unwrap_or(0);
     let items: Vec<Option<&Item>> = match condition.query.items.as_slice() {
         [] => vec![None],
         items => items.iter().map(Some).collect(),
     };
-    let found = |client: &SpiClient<'_>| items.iter().any(|i| exists(client, *i, after));
-    // SAFETY: reads the transaction's isolation level.
-    let snapshot_bound = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
-    if found(client) {
+    if guards::as_of_now(|| items.iter().any(|i| exists(client, *i, after))) {
         return Err(Refused {
             code: b"ES001",
             message: format!(
@@ -110,13 +117,6 @@ pub fn check(client: &SpiClient<'_>, condition: &Condition) -> Result<(), Refuse
             hint: "Read the events the query matches again, decide, and append with the new position."
                 .into(),
         });
-    }
-    if snapshot_bound && guards::as_of_now(|| found(client)) {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-            "could not serialize access due to a concurrent append its condition matches"
-        );
     }
     Ok(())
 }
