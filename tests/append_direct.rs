@@ -110,11 +110,23 @@ fn an_insert_trigger_on_event_store_fires_for_appends() {
     .unwrap();
     inserted_with_a_statement(&messages);
     c.batch_execute(
-        "SELECT es_append('order-1', 'Placed', '{}'); \
-         SELECT es_append_batch('order-1', '[{\"type\": \"Paid\", \"data\": {}}, {\"type\": \"Shipped\", \"data\": {}}]')",
+        "SELECT es_append('order-1', 'Placed', '{}', tags => '{order:1,\"a b\"}'); \
+         SELECT es_append_batch('order-1', '[{\"type\": \"Paid\", \"data\": {}, \"tags\": [\"order:1\"]}, {\"type\": \"Shipped\", \"data\": {}}]')",
     )
     .unwrap();
     assert!(inserted_with_a_statement(&messages));
+    // The statement stores the tags as the direct path does, and their hashes verify.
+    let tags: Vec<String> = c
+        .query("SELECT array_to_string(tags, '|') FROM event_store WHERE stream_id = 'order-1' ORDER BY stream_version", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(tags, ["order:1|a b", "order:1", ""]);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_verify('order-1')"),
+        0
+    );
     assert_eq!(
         count(
             &mut c,
