@@ -383,3 +383,42 @@ fn readers_read_and_writers_append_conditionally() {
     ))
     .unwrap();
 }
+
+#[test]
+fn dcb_events_are_sealed_revealed_and_erased_like_any_event() {
+    let db = TestDb::new("dcb_personal");
+    let mut c = db.connect();
+    let (reader, officer) = (
+        format!("{}_reader", db.name),
+        format!("{}_officer", db.name),
+    );
+    c.batch_execute(&format!(
+        "CREATE ROLE {reader} IN ROLE event_store_reader;
+         CREATE ROLE {officer} IN ROLE event_store_reader, event_store_personal_data;
+         SELECT es_define_event_type('StudentRegistered', personal_data => '{{/email}}', subject => '/studentId');"
+    ))
+    .unwrap();
+    dcb_append(
+        &mut c,
+        r#"[{"type": "StudentRegistered", "data": {"studentId": "s-1", "email": "ann@example.com"}, "tags": ["student:s-1"]}]"#,
+        Some(&condition(&["student:s-1"], 0)),
+    )
+    .unwrap();
+    let stored: String = c
+        .query_one("SELECT event_data ->> 'email' FROM event_store", &[])
+        .unwrap()
+        .get(0);
+    assert_ne!(stored, "ann@example.com", "stored sealed");
+    let read = "SELECT event_data ->> 'email' FROM es_dcb_read('{\"items\": [{\"tags\": [\"student:s-1\"]}]}')";
+    let email = |c: &mut postgres::Client| -> String { c.query_one(read, &[]).unwrap().get(0) };
+    assert_eq!(email(&mut db.connect_as(&officer)), "ann@example.com");
+    assert_eq!(email(&mut db.connect_as(&reader)), "[personal data]");
+    assert_eq!(
+        count(&mut c, "SELECT es_forget_subject('s-1', 'request')"),
+        1
+    );
+    assert_eq!(email(&mut db.connect_as(&officer)), "[erased]");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM es_verify()"), 0);
+    c.batch_execute(&format!("DROP ROLE {reader}, {officer}"))
+        .unwrap();
+}
