@@ -194,11 +194,7 @@ pub(super) fn batch_events(events: pg_sys::Datum, stamp: &Stamp) -> Result<Vec<E
                     i + 1
                 )));
             }
-            let event_type = field(ev, "type")
-                .filter(|t| kind(*t) == "string")
-                .and_then(|_| field_text(ev, "type"))
-                // SAFETY: ->> returns text.
-                .map(|t| unsafe { String::from_datum(t, false) }.expect("text"));
+            let event_type = string_field(ev, "type");
             // Read as a SQL cast would (22P02 for an id that is not a UUID, a version that is
             // not an integer), before the other checks.
             let id = field_text(ev, "id").map(|t| {
@@ -284,12 +280,21 @@ pub(super) unsafe fn text_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> Opt
 ///
 /// # Safety
 /// `n` is within the call's arguments.
-pub(super) unsafe fn datum_arg(
+pub(crate) unsafe fn datum_arg(
     fcinfo: pg_sys::FunctionCallInfo,
     n: usize,
 ) -> Option<pg_sys::Datum> {
     // SAFETY: as the caller promises.
     unsafe { (!pg_arg_is_null(fcinfo, n)).then(|| pg_getarg_datum_raw(fcinfo, n)) }
+}
+
+/// A JSON object's string field as text; `None` when absent or of another kind.
+fn string_field(j: pg_sys::Datum, key: &str) -> Option<String> {
+    field(j, key)
+        .filter(|v| kind(*v) == "string")
+        .and_then(|_| field_text(j, key))
+        // SAFETY: ->> returns text.
+        .map(|t| unsafe { String::from_datum(t, false) }.expect("text"))
 }
 
 /// The `stream_id` of an element of es_dcb_append's array (`i` from 0), if it names one.
@@ -298,9 +303,7 @@ pub(super) fn stream_field(ev: pg_sys::Datum, i: usize) -> Result<Option<String>
     match field(ev, "stream_id").map(kind).as_deref() {
         None | Some("null") => Ok(None),
         Some("string") => {
-            let t = field_text(ev, "stream_id").expect("a string");
-            // SAFETY: ->> returns text.
-            let s = unsafe { String::from_datum(t, false) }.expect("text");
+            let s = string_field(ev, "stream_id").expect("a string");
             rules::check_name("stream_id", Some(&s), ordinal)?;
             Ok(Some(s))
         }
@@ -317,11 +320,7 @@ pub(super) fn multi_entry(a: pg_sys::Datum, stamp: &Stamp) -> Result<Entry, Inva
     if k != "object" {
         return Err(Invalid::Value(format!("must be a JSON object, not {k}")));
     }
-    let stream_id = field(a, "stream_id")
-        .filter(|s| kind(*s) == "string")
-        .and_then(|_| field_text(a, "stream_id"))
-        // SAFETY: ->> returns text.
-        .map(|t| unsafe { String::from_datum(t, false) }.expect("text"));
+    let stream_id = string_field(a, "stream_id");
     let expected = match field(a, "expected_version").filter(|v| kind(*v) != "null") {
         None => None,
         Some(v) => {

@@ -48,16 +48,15 @@ const INSERT_MANY_SQL: [&str; 2] = [
     ),
 ];
 
-/// An event's tags as a text[] datum.
-fn text_array(tags: &[String]) -> pg_sys::Datum {
-    let mut items: Vec<pg_sys::Datum> = tags.iter().map(|t| datum(t.as_str())).collect();
-    // SAFETY: text elements are varlenas (length -1, by reference, int alignment); the array
-    // is palloc'd in the current memory context.
+/// An array of varlena datums of type `element` (text, jsonb: length -1, by reference, int
+/// alignment), palloc'd in the current memory context; pgrx would build one through text.
+fn varlena_array(mut items: Vec<pg_sys::Datum>, element: pg_sys::Oid) -> pg_sys::Datum {
+    // SAFETY: as said above, for every element type this module passes.
     unsafe {
         pg_sys::Datum::from(pg_sys::construct_array(
             items.as_mut_ptr(),
             items.len() as i32,
-            pg_sys::TEXTOID,
+            element,
             -1,
             false,
             pg_sys::TYPALIGN_INT as std::ffi::c_char,
@@ -65,23 +64,19 @@ fn text_array(tags: &[String]) -> pg_sys::Datum {
     }
 }
 
-/// A jsonb[] of datums (pgrx would build one through text).
+/// An event's tags as a text[] datum.
+fn text_array(tags: &[String]) -> pg_sys::Datum {
+    varlena_array(
+        tags.iter().map(|t| datum(t.as_str())).collect(),
+        pg_sys::TEXTOID,
+    )
+}
+
+/// A jsonb[] of datums.
 fn jsonb_array(items: &[pg_sys::Datum]) -> DatumWithOid<'static> {
-    let mut items = items.to_vec();
-    // SAFETY: jsonb elements are varlenas (length -1, by reference, int alignment); the
-    // array is palloc'd in the current memory context.
-    let array = unsafe {
-        pg_sys::construct_array(
-            items.as_mut_ptr(),
-            items.len() as i32,
-            pg_sys::JSONBOID,
-            -1,
-            false,
-            pg_sys::TYPALIGN_INT as std::ffi::c_char,
-        )
-    };
+    let array = varlena_array(items.to_vec(), pg_sys::JSONBOID);
     // SAFETY: an array datum of type jsonb[].
-    unsafe { DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::JSONBARRAYOID) }
+    unsafe { DatumWithOid::new(array, pg_sys::JSONBARRAYOID) }
 }
 
 /// The columns of the events to insert, one statement for all of them.

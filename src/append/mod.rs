@@ -12,9 +12,10 @@
 //! ES001/ES002 are raised only once everything Rust holds is dropped (they leave by longjmp).
 use crate::pg::errors::Refused;
 use crate::pg::jsonb::functions::{detoast, element};
+pub(crate) use args::datum_arg;
 use args::{
-    batch_events, check_batch, datum_arg, event, limits, multi_entry, raise, shape, text_arg,
-    text_array, Given, Stamp,
+    batch_events, check_batch, event, limits, multi_entry, raise, shape, text_arg, text_array,
+    Given, Stamp,
 };
 use engine::append;
 use event_store_core::validate as rules;

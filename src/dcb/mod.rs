@@ -14,13 +14,8 @@ v1_function!(pg_finfo_es_dcb_append);
 #[no_mangle]
 pub unsafe extern "C-unwind" fn es_dcb_append(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: the argument types are those sql/dcb/dcb.sql declares.
-    let (events, condition) = unsafe {
-        let arg = |n: usize| {
-            (!pgrx::fcinfo::pg_arg_is_null(fcinfo, n))
-                .then(|| jsonb::functions::detoast(pgrx::fcinfo::pg_getarg_datum_raw(fcinfo, n)))
-        };
-        (arg(0), arg(1))
-    };
+    let [events, condition] =
+        [0, 1].map(|n| unsafe { append::datum_arg(fcinfo, n) }.map(jsonb::functions::detoast));
     let condition = condition
         // SAFETY: a jsonb datum.
         .map(|c| unsafe { jsonb::to_value(c) })

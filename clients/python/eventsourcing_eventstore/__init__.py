@@ -405,6 +405,43 @@ class EventStoreApplicationRecorder(EventStoreAggregateRecorder, ApplicationReco
         return EventStoreSubscription(recorder=self, gt=gt, topics=topics)
 
 
+def _listen(subscription: Any) -> None:
+    """The LISTEN thread of a subscription (this module's, or the DCB recorder's): sets
+    ``_has_been_notified`` after commits, until the subscription stops.
+
+    The payload is the highest committed position. The feed may stop short of it while
+    lower positions are still in flight, and an append that rolls back sends no NOTIFY, so
+    keep pulling (every 0.1s) until the feed horizon has passed the announced position.
+    """
+    try:
+        with subscription._recorder.datastore.get_connection() as conn:
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            try:
+                pending: int | None = None
+                while not subscription._has_been_stopped and not subscription._thread_error:
+                    # Wake up at least every 0.1s to check whether to stop.
+                    for notify in conn.notifies(timeout=0.1, stop_after=1):
+                        try:
+                            position = int(notify.payload)
+                        except ValueError:
+                            subscription._has_been_notified.set()
+                            continue
+                        if pending is None or position > pending:
+                            pending = position
+                    if pending is not None:
+                        row = conn.execute("SELECT es_feed_horizon() AS h").fetchone()
+                        if row is not None and row["h"] is not None and row["h"] >= pending:
+                            pending = None
+                        subscription._has_been_notified.set()
+            finally:
+                with contextlib.suppress(Exception):
+                    conn.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
+    except BaseException as e:
+        if subscription._thread_error is None:
+            subscription._thread_error = e
+        subscription.stop()
+
+
 class EventStoreSubscription(ListenNotifySubscription[EventStoreApplicationRecorder]):
     """Pulls with es_read_category whenever event_store sends a NOTIFY on
     channel ``event_store`` (after commits)."""
@@ -416,7 +453,7 @@ class EventStoreSubscription(ListenNotifySubscription[EventStoreApplicationRecor
         topics: Sequence[str] = (),
     ) -> None:
         super().__init__(recorder=recorder, gt=gt, topics=topics)
-        self._listen_thread = Thread(target=self._listen, daemon=True)
+        self._listen_thread = Thread(target=_listen, args=(self,), daemon=True)
         self._listen_thread.start()
 
     def __exit__(self, *args: object, **kwargs: Any) -> None:
@@ -424,42 +461,6 @@ class EventStoreSubscription(ListenNotifySubscription[EventStoreApplicationRecor
             super().__exit__(*args, **kwargs)
         finally:
             self._listen_thread.join()
-
-    def _listen(self) -> None:
-        try:
-            with self._recorder.datastore.get_connection() as conn:
-                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                try:
-                    self._wait_for_notifies(conn)
-                finally:
-                    with contextlib.suppress(Exception):
-                        conn.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
-        except BaseException as e:
-            if self._thread_error is None:
-                self._thread_error = e
-            self.stop()
-
-    def _wait_for_notifies(self, conn: Any) -> None:
-        # The payload is the highest committed position. The feed may stop short
-        # of it while lower positions are still in flight, and an append that
-        # rolls back sends no NOTIFY, so keep pulling (every 0.1s) until the feed
-        # horizon has passed the announced position.
-        pending: int | None = None
-        while not self._has_been_stopped and not self._thread_error:
-            # Wake up at least every 0.1s to check whether to stop.
-            for notify in conn.notifies(timeout=0.1, stop_after=1):
-                try:
-                    position = int(notify.payload)
-                except ValueError:
-                    self._has_been_notified.set()
-                    continue
-                if pending is None or position > pending:
-                    pending = position
-            if pending is not None:
-                row = conn.execute("SELECT es_feed_horizon() AS h").fetchone()
-                if row is not None and row["h"] is not None and row["h"] >= pending:
-                    pending = None
-                self._has_been_notified.set()
 
 
 class EventStoreTrackingRecorder(EventStoreRecorder, TrackingRecorder):

@@ -17,7 +17,6 @@ streams event_store chooses (``dcb-<uuid>``, one per append).
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 from collections.abc import Sequence
 from threading import Thread
@@ -36,17 +35,15 @@ from eventsourcing.dcb.persistence import (
     DCBInfrastructureFactory,
     DCBListenNotifySubscription,
 )
-from eventsourcing.persistence import ProgrammingError
 from eventsourcing.postgres import BasePostgresFactory, PostgresDatastore
 from eventsourcing.utils import retry
-from eventsourcing.persistence import InterfaceError, OperationalError
+from eventsourcing.persistence import InterfaceError, OperationalError, ProgrammingError
 
-from eventsourcing_eventstore import _conflicts_as_integrity_errors
+from eventsourcing_eventstore import _conflicts_as_integrity_errors, _listen
 
 __all__ = ["EventStoreDCBFactory", "EventStoreDCBRecorder", "Factory"]
 
 DATA_KEY = "data"
-NOTIFY_CHANNEL = "event_store"
 
 
 def _query(query: DCBQuery | None) -> str | None:
@@ -173,7 +170,7 @@ class EventStoreDCBSubscription(DCBListenNotifySubscription[EventStoreDCBRecorde
         after: int | None = None,
     ) -> None:
         super().__init__(recorder=recorder, query=query, after=after)
-        self._listen_thread = Thread(target=self._listen, daemon=True)
+        self._listen_thread = Thread(target=_listen, args=(self,), daemon=True)
         self._listen_thread.start()
 
     def __exit__(self, *args: object, **kwargs: Any) -> None:
@@ -181,34 +178,6 @@ class EventStoreDCBSubscription(DCBListenNotifySubscription[EventStoreDCBRecorde
             super().__exit__(*args, **kwargs)
         finally:
             self._listen_thread.join()
-
-    def _listen(self) -> None:
-        try:
-            with self._recorder.datastore.get_connection() as conn:
-                conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                try:
-                    # The payload is the highest committed position; the feed may stop
-                    # short of it while lower positions are in flight, so pull again
-                    # (every 0.1 s) until the horizon has passed it.
-                    pending: int | None = None
-                    while not self._has_been_stopped and not self._thread_error:
-                        for notify in conn.notifies(timeout=0.1, stop_after=1):
-                            with contextlib.suppress(ValueError):
-                                p = int(notify.payload)
-                                pending = p if pending is None else max(pending, p)
-                            self._has_been_notified.set()
-                        if pending is not None:
-                            row = conn.execute("SELECT es_feed_horizon() AS h").fetchone()
-                            if row is not None and (row["h"] or 0) >= pending:
-                                pending = None
-                            self._has_been_notified.set()
-                finally:
-                    with contextlib.suppress(Exception):
-                        conn.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
-        except BaseException as e:
-            if self._thread_error is None:
-                self._thread_error = e
-            self.stop()
 
 
 class EventStoreDCBFactory(

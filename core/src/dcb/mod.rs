@@ -69,32 +69,42 @@ fn invalid(what: &str, message: impl std::fmt::Display) -> Invalid {
     Invalid::Value(format!("{what}: {message}"))
 }
 
-/// An array of names (tags or types): strings, each as `check_name` wants it.
-fn names(what: &str, v: Option<&Value>, limit: usize) -> Result<Vec<String>, Invalid> {
+/// A JSON array of strings (absent or null: none).
+fn strings(what: &str, v: Option<&Value>) -> Result<Vec<String>, Invalid> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(vec![]);
     };
     let Value::Array(a) = v else {
         return Err(invalid(what, "must be a JSON array of strings"));
     };
-    if a.len() > limit {
-        return Err(invalid(
-            what,
-            format!("has {} entries, the limit is {limit}", a.len()),
-        ));
-    }
     a.iter()
         .map(|e| match e {
-            Value::String(s) => check_name(what, Some(s), None).map(str::to_string),
+            Value::String(s) => Ok(s.clone()),
             _ => Err(invalid(what, "must hold strings only")),
         })
         .collect()
 }
 
+/// An array of names (a query item's types or tags): at most `limit`, each as `check_name`
+/// wants it.
+fn names(what: &str, v: Option<&Value>, limit: usize) -> Result<Vec<String>, Invalid> {
+    let names = strings(what, v)?;
+    if names.len() > limit {
+        return Err(invalid(
+            what,
+            format!("has {} entries, the limit is {limit}", names.len()),
+        ));
+    }
+    for n in &names {
+        check_name(what, Some(n), None)?;
+    }
+    Ok(names)
+}
+
 /// An event's tags from JSON: an array of strings (or absent or null: none), in order, as
 /// `check_tags` wants them.
 pub fn tags(v: Option<&Value>) -> Result<Vec<String>, Invalid> {
-    let tags = names("tags", v, MAX_TAGS)?;
+    let tags = strings("tags", v)?;
     check_tags(&tags)?;
     Ok(tags)
 }
