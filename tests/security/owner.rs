@@ -26,6 +26,9 @@ fn objects_in_public_or_pg_temp_change_nothing_owner_run_code_does() {
             trap("jsonb_build_object", "text, text", "jsonb"),
             trap("split_part", "text, text, bigint", "text"),
             trap("coalesce_", "jsonb", "jsonb"),
+            // Better matches than pg_catalog's anyarray forms, for the DCB condition's SQL.
+            trap("cardinality", "text[]", "integer"),
+            trap("string_to_array", "text, text", "text[]"),
         ]
         .concat(),
     )
@@ -37,6 +40,17 @@ fn objects_in_public_or_pg_temp_change_nothing_owner_run_code_does() {
         w.query("SELECT * FROM es_append('user-1', 'T', '{\"a\": 1}')", &[])
             .unwrap();
         w.query("SELECT * FROM es_append_batch('user-1', '[{\"type\": \"T\", \"data\": {}, \"id\": \"7c2a1f7e-0000-4000-8000-000000000001\"}]')", &[]).unwrap();
+        // A conditional append, on tags and on types: its check runs as the owner.
+        for condition in [
+            r#"{"fail_if_events_match": {"items": [{"types": ["T"], "tags": ["t"]}]}, "after": 1000}"#,
+            r#"{"fail_if_events_match": {"items": [{"types": ["T"]}]}, "after": 1000}"#,
+        ] {
+            w.query(
+                "SELECT es_dcb_append('[{\"type\": \"T\", \"data\": {}, \"tags\": [\"t\"]}]', $1::text::jsonb)",
+                &[&condition],
+            )
+            .unwrap();
+        }
         w.batch_execute("RESET search_path").unwrap();
     }
     // A reader's temp tables named like the extension's change no answer of es_verify,
