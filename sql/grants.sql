@@ -87,8 +87,6 @@ GRANT EXECUTE ON FUNCTION
     _event_store._es_read_feed(bigint, integer, text[], text, integer, integer, boolean),
     @extschema@.es_read_all(bigint, integer, text[], boolean),
     @extschema@.es_read_category(text, bigint, integer, integer, integer, boolean),
-    _event_store._es_dcb_items(jsonb),
-    _event_store._es_dcb_check_limit(integer),
     @extschema@.es_dcb_read(jsonb, bigint, integer),
     @extschema@.es_create_projection(text, regprocedure, text[], text[], regprocedure),
     @extschema@.es_pause_projection(text),

@@ -422,3 +422,96 @@ fn dcb_events_are_sealed_revealed_and_erased_like_any_event() {
     c.batch_execute(&format!("DROP ROLE {reader}, {officer}"))
         .unwrap();
 }
+
+/// The positions es_dcb_read returns for `args` (its SQL arguments).
+fn read_positions(c: &mut postgres::Client, args: &str) -> Vec<i64> {
+    c.query(
+        &format!("SELECT global_position FROM es_dcb_read({args})"),
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn dcb_reads_merge_items_stop_at_the_horizon_and_honour_row_security() {
+    let db = TestDb::new("dcb_read_rules");
+    let mut c = db.connect();
+    dcb_append(
+        &mut c,
+        r#"[{"type": "CourseDefined", "data": {}, "tags": ["course:1"], "stream_id": "course-1"},
+            {"type": "StudentJoined", "data": {}, "tags": ["course:1", "student:1"], "stream_id": "course-1"},
+            {"type": "StudentRenamed", "data": {}, "tags": ["student:1"], "stream_id": "student-1"},
+            {"type": "CourseDefined", "data": {}, "stream_id": "course-2"}]"#,
+        None,
+    )
+    .unwrap();
+    // Items merged in position order, an event two items match once; after and limit apply
+    // to the merged result.
+    let both = r#"'{"items": [{"tags": ["course:1"]}, {"tags": ["student:1"]}]}'"#;
+    assert_eq!(read_positions(&mut c, both), [1, 2, 3]);
+    assert_eq!(read_positions(&mut c, &format!("{both}, 1")), [2, 3]);
+    assert_eq!(read_positions(&mut c, &format!("{both}, NULL, 2")), [1, 2]);
+    assert_eq!(
+        read_positions(&mut c, &format!("{both}, 0, 0")),
+        Vec::<i64>::new()
+    );
+    let typed = r#"'{"items": [{"types": ["CourseDefined"]}, {"types": ["StudentRenamed"], "tags": ["student:1"]}]}'"#;
+    assert_eq!(read_positions(&mut c, typed), [1, 3, 4]);
+    assert_eq!(read_positions(&mut c, r#"'{"items": [{}]}'"#), [1, 2, 3, 4]);
+    // A query nested deeper than its shape allows is bad input, not an internal error.
+    let deep = format!(
+        r#"'{{"items": [{{"tags": {}"a"{}}}]}}'"#,
+        "[".repeat(2000),
+        "]".repeat(2000)
+    );
+    assert_eq!(
+        sqlstate(c.query(&format!("SELECT * FROM es_dcb_read({deep})"), &[])),
+        "22023"
+    );
+    assert_eq!(
+        sqlstate(c.query("SELECT * FROM es_dcb_read('[]')", &[])),
+        "22023"
+    );
+    // Feed reads need READ COMMITTED: a transaction snapshot could miss what the horizon covers.
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
+    assert_eq!(
+        sqlstate(c.query("SELECT * FROM es_dcb_read()", &[])),
+        "0A000"
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+
+    // Never past the horizon: position 5 in flight holds back 6, committed after it.
+    let mut slow = db.connect();
+    slow.batch_execute(
+        "BEGIN; SELECT es_append('course-3', 'CourseDefined', '{}', tags => '{course:3}')",
+    )
+    .unwrap();
+    dcb_append(&mut c, &event("CourseDefined", &["course:3"]), None).unwrap();
+    let course3 = r#"'{"items": [{"tags": ["course:3"]}]}'"#;
+    assert_eq!(read_positions(&mut c, course3), Vec::<i64>::new());
+    assert_eq!(read_positions(&mut c, "NULL"), [1, 2, 3, 4]);
+    slow.batch_execute("COMMIT").unwrap();
+    assert_eq!(read_positions(&mut c, course3), [5, 6]);
+
+    // Row level security: a tenant reads what its policy lets it, by tag as by everything.
+    let tenant = format!("{}_tenant", db.name);
+    c.batch_execute(&format!(
+        "CREATE ROLE {tenant} LOGIN IN ROLE event_store_reader;
+         ALTER TABLE event_store ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY students ON event_store TO {tenant} USING (stream_id LIKE 'student-%');"
+    ))
+    .unwrap();
+    let mut t = db.connect_as(&tenant);
+    assert_eq!(read_positions(&mut t, both), [3]);
+    assert_eq!(read_positions(&mut t, "NULL"), [3]);
+    assert_eq!(read_positions(&mut c, both), [1, 2, 3]);
+    c.batch_execute(&format!(
+        "ALTER TABLE event_store DISABLE ROW LEVEL SECURITY; DROP POLICY students ON event_store;
+         DROP OWNED BY {tenant}; DROP ROLE {tenant}"
+    ))
+    .unwrap();
+}

@@ -1,4 +1,4 @@
-//! ALTER EXTENSION event_store UPDATE from 0.1.0, 0.2.0, 0.3.0 and 0.4.0 (their SQL built from the git
+//! ALTER EXTENSION event_store UPDATE from 0.1.0, 0.2.0, 0.3.0, 0.4.0 and 0.5.0 (their SQL built from the git
 //! history by scripts/old-version.sh): this library serves the old SQL until the update, the
 //! update keeps every event, hash, reducer, catalog entry, key, checkpoint, digest and
 //! projection position, and leaves the same objects, privileges and configuration as a fresh
@@ -139,6 +139,11 @@ fn a_store_made_by_0_4_0_keeps_working_then_updates_in_place() {
     updates_in_place("0.4.0");
 }
 
+#[test]
+fn a_store_made_by_0_5_0_keeps_working_then_updates_in_place() {
+    updates_in_place("0.5.0");
+}
+
 /// A store made by `old`, filled through its SQL, updated straight to this version
 /// (sql/event_store--OLD--CURRENT.sql), compared with a fresh install object by object.
 fn updates_in_place(old: &str) {
@@ -199,6 +204,17 @@ fn updates_in_place(old: &str) {
         )
         .unwrap();
     }
+    // From 0.5.0 on: a conditional append, read back by tag through the old es_dcb_read.
+    let dcb_read = "SELECT count(*) FROM es_dcb_read('{\"items\": [{\"tags\": [\"course:1\"]}]}')";
+    let tagged = old.as_bytes() >= b"0.5.0".as_slice();
+    if tagged {
+        c.batch_execute(
+            "SELECT es_dcb_append('[{\"type\": \"CourseDefined\", \"data\": {}, \"tags\": [\"course:1\"]}]',
+                                  '{\"fail_if_events_match\": {\"items\": [{\"tags\": [\"course:1\"]}]}, \"after\": null}')",
+        )
+        .unwrap();
+        assert_eq!(count(&mut c, dcb_read), 1);
+    }
     let position = caught_up(&mut c);
     // From 0.2.0 on: a checkpoint, and a digest an auditor keeps, taken before the update.
     let old_digest: Option<serde_json::Value> = (old != "0.1.0").then(|| {
@@ -253,6 +269,9 @@ fn updates_in_place(old: &str) {
         outcome(c.batch_execute("SELECT es_append('order-2', 'Placed', '{}')")),
         "ES004"
     );
+    if tagged {
+        assert_eq!(count(&mut c, dcb_read), 1);
+    }
     // The digest taken before the update verifies after it.
     if let Some(d) = old_digest {
         assert_eq!(

@@ -93,15 +93,10 @@ fn exists(client: &SpiClient<'_>, item: Option<&Item>, after: i64) -> bool {
 /// reading as of its snapshot (REPEATABLE READ, SERIALIZABLE) could not see them: refused
 /// (0A000), as the feed's reads are.
 pub fn check(client: &SpiClient<'_>, condition: &Condition) -> Result<(), Refused> {
-    // SAFETY: reads the transaction's isolation level.
-    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            "event_store: a conditional append needs READ COMMITTED",
-            "Its check must see what appends it waited for committed; run it in a READ COMMITTED transaction."
-        );
-    }
+    crate::read::feed::require_read_committed(
+        "a conditional append needs",
+        "Its check must see what appends it waited for committed; run it in a READ COMMITTED transaction.",
+    );
     let after = condition.after.unwrap_or(0);
     let items: Vec<Option<&Item>> = match condition.query.items.as_slice() {
         [] => vec![None],

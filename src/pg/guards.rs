@@ -103,3 +103,59 @@ pub fn as_of_now<T>(f: impl FnOnce() -> T) -> T {
     unsafe { pg_sys::PopActiveSnapshot() };
     result
 }
+
+/// A memory context of the caller's own (a child of the current one), deleted when dropped.
+pub struct OwnedContext(pub pg_sys::MemoryContext);
+
+impl OwnedContext {
+    pub fn new(name: &'static std::ffi::CStr) -> OwnedContext {
+        // SAFETY: a child of the current context, with a static name; deleted on drop.
+        OwnedContext(unsafe {
+            pg_sys::AllocSetContextCreateInternal(
+                pg_sys::CurrentMemoryContext,
+                name.as_ptr(),
+                0,
+                8 * 1024,
+                8 * 1024 * 1024,
+            )
+        })
+    }
+
+    /// Frees what was allocated in it.
+    pub fn reset(&self) {
+        // SAFETY: a context created by `new`, not deleted yet.
+        unsafe {
+            if !(*self.0).isReset {
+                pg_sys::MemoryContextReset(self.0);
+            }
+        }
+    }
+}
+
+impl Drop for OwnedContext {
+    fn drop(&mut self) {
+        // SAFETY: created by `new`, not current (a `Switched` into it is dropped first).
+        unsafe { pg_sys::MemoryContextDelete(self.0) };
+    }
+}
+
+/// Allocations go to `0` until dropped, then to the context that was current before.
+pub struct Switched(pg_sys::MemoryContext);
+
+impl Switched {
+    pub fn to(context: &OwnedContext) -> Self {
+        // SAFETY: a plain global PostgreSQL reads on every palloc; restored on drop.
+        unsafe {
+            let caller = pg_sys::CurrentMemoryContext;
+            pg_sys::CurrentMemoryContext = context.0;
+            Switched(caller)
+        }
+    }
+}
+
+impl Drop for Switched {
+    fn drop(&mut self) {
+        // SAFETY: see `to`.
+        unsafe { pg_sys::CurrentMemoryContext = self.0 };
+    }
+}

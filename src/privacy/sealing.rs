@@ -227,6 +227,35 @@ pub fn reveal_jsonb(doc: pgrx::JsonB) -> pgrx::JsonB {
     pgrx::JsonB(v)
 }
 
+/// Whether a jsonb document holds a sealed value, looked for in place.
+///
+/// # Safety
+/// `data` is a non-null jsonb datum.
+unsafe fn holds_sealed(data: pg_sys::Datum) -> bool {
+    // SAFETY: as the caller promises.
+    unsafe {
+        crate::pg::jsonb::with_jsonb(data, |j| crate::pg::jsonb::holds_member(j, rules::SEALED))
+    }
+}
+
+/// An event's data (a jsonb datum) revealed for the current user, allocated in the current
+/// memory context; the datum itself when nothing is sealed.
+///
+/// # Safety
+/// `data` is a non-null jsonb datum.
+pub unsafe fn reveal_data(data: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: as the caller promises.
+    if !unsafe { holds_sealed(data) } || !active() {
+        return data;
+    }
+    // SAFETY: as the caller promises.
+    let mut doc = unsafe { crate::pg::jsonb::to_value(data) };
+    match reveal(&mut doc) {
+        true => crate::pg::jsonb::datum(&doc),
+        false => data,
+    }
+}
+
 /// An event_store row with its data revealed; the row itself when nothing is sealed.
 ///
 /// # Safety
@@ -244,22 +273,17 @@ unsafe fn reveal_row_with(
     row: pg_sys::Datum,
     reveal: impl FnOnce(&mut Value) -> bool,
 ) -> pg_sys::Datum {
-    if !active() {
-        return row;
-    }
-    // Most events hold nothing sealed: looked for in place, without decoding the row.
+    // Most events hold nothing sealed: looked for in place, without decoding the row, and
+    // before asking whether the store has keys (a query, once per transaction).
     // SAFETY: the caller passes a composite datum of event_store, whose event_data is jsonb;
     // the header is detoasted (a copy when needed) and the attribute read in place.
     let sealed = unsafe {
         let header = pg_sys::pg_detoast_datum(row.cast_mut_ptr()) as pg_sys::HeapTupleHeader;
         let mut isnull = false;
         let data = pg_sys::GetAttributeByName(header, c"event_data".as_ptr(), &mut isnull);
-        !isnull
-            && crate::pg::jsonb::with_jsonb(data, |j| {
-                crate::pg::jsonb::holds_member(j, rules::SEALED)
-            })
+        !isnull && holds_sealed(data)
     };
-    if !sealed {
+    if !sealed || !active() {
         return row;
     }
     // SAFETY: the caller passes a composite datum.

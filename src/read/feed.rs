@@ -97,6 +97,26 @@ fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
+/// Refuses (0A000) a transaction reading as of its own snapshot (REPEATABLE READ,
+/// SERIALIZABLE): it could not see what committed before a later horizon or lock.
+/// `needs` says who: "feed reads need", "a conditional append needs".
+pub fn require_read_committed(needs: &str, hint: &str) {
+    // SAFETY: reads the transaction's isolation level.
+    let level = unsafe { pg_sys::XactIsoLevel };
+    if level >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        let name = match level == pg_sys::XACT_SERIALIZABLE as i32 {
+            true => "serializable",
+            false => "repeatable read",
+        };
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("event_store: {needs} READ COMMITTED, not {name}"),
+            hint
+        );
+    }
+}
+
 /// Highest position a feed reader may go up to now.
 #[pg_extern(volatile, parallel_unsafe, schema = "_event_store")]
 pub fn _es_feed_horizon() -> i64 {

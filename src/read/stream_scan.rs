@@ -5,7 +5,7 @@
 //! level security, column-only privileges, compressed chunks, a missing index) it declines,
 //! and the caller folds through SQL instead. (One file past 500 lines: the index scan, the
 //! chunk walk and the visibility rules they share are only safe read together.)
-use crate::pg::guards::{IndexScan, Registered};
+use crate::pg::guards::{IndexScan, OwnedContext, Registered, Switched};
 use crate::pg::jsonb::{self, Jsonb};
 use crate::pg::timescaledb;
 use pgrx::pg_sys::{self, Datum};
@@ -44,37 +44,6 @@ impl Drop for Source {
             pg_sys::index_close(self.index, pg_sys::NoLock as i32);
             pg_sys::relation_close(self.rel, pg_sys::NoLock as i32);
         }
-    }
-}
-
-/// A memory context of the scan's own, deleted when dropped.
-struct OwnedContext(pg_sys::MemoryContext);
-
-impl Drop for OwnedContext {
-    fn drop(&mut self) {
-        // SAFETY: created by `each_event`, not current (`Switched` restored the caller's).
-        unsafe { pg_sys::MemoryContextDelete(self.0) };
-    }
-}
-
-/// Allocations go to `0` until dropped, then to the context that was current before.
-struct Switched(pg_sys::MemoryContext);
-
-impl Switched {
-    fn to(context: pg_sys::MemoryContext) -> Self {
-        // SAFETY: a plain global PostgreSQL reads on every palloc; restored on drop.
-        unsafe {
-            let caller = pg_sys::CurrentMemoryContext;
-            pg_sys::CurrentMemoryContext = context;
-            Switched(caller)
-        }
-    }
-}
-
-impl Drop for Switched {
-    fn drop(&mut self) {
-        // SAFETY: see `to`.
-        unsafe { pg_sys::CurrentMemoryContext = self.0 };
     }
 }
 
@@ -236,13 +205,7 @@ pub fn each_event(
                 pg_sys::GetTransactionSnapshot()
             },
         ));
-        let per_event = OwnedContext(pg_sys::AllocSetContextCreateInternal(
-            pg_sys::CurrentMemoryContext,
-            c"event_store stream scan".as_ptr(),
-            0,
-            8 * 1024,
-            8 * 1024 * 1024,
-        ));
+        let per_event = OwnedContext::new(c"event_store stream scan");
         let stream =
             pg_sys::cstring_to_text_with_len(stream_id.as_ptr().cast(), stream_id.len() as i32);
         for s in &sources {
@@ -251,7 +214,7 @@ pub fn each_event(
                 snapshot.0,
                 Datum::from(stream),
                 bounds,
-                per_event.0,
+                &per_event,
                 &mut f,
             ) {
                 break;
@@ -332,7 +295,7 @@ unsafe fn scan(
     snapshot: pg_sys::Snapshot,
     stream: Datum,
     b: &Bounds,
-    per_event: pg_sys::MemoryContext,
+    per_event: &OwnedContext,
     f: &mut impl FnMut(&str, i32, Jsonb),
 ) -> bool {
     let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
@@ -453,9 +416,7 @@ unsafe fn scan(
                     })
                 });
             }
-            if !(*per_event).isReset {
-                pg_sys::MemoryContextReset(per_event);
-            }
+            per_event.reset();
         }
     }
     past

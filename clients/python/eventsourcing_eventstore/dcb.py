@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from threading import Thread
 from typing import Any
 
+from psycopg.rows import tuple_row
+
 from eventsourcing.dcb.api import (
     DCBAppendCondition,
     DCBEvent,
@@ -46,12 +48,8 @@ __all__ = ["EventStoreDCBFactory", "EventStoreDCBRecorder", "Factory"]
 DATA_KEY = "data"
 
 
-def _query(query: DCBQuery | None) -> str | None:
-    if query is None:
-        return None
-    return json.dumps(
-        {"items": [{"types": list(i.types), "tags": list(i.tags)} for i in query.items]}
-    )
+def _items(query: DCBQuery) -> dict[str, Any]:
+    return {"items": [{"types": list(i.types), "tags": list(i.tags)} for i in query.items]}
 
 
 class _Response(DCBReadResponse):
@@ -85,30 +83,28 @@ class EventStoreDCBRecorder(DCBRecorder):
         after: int | None = None,
         limit: int | None = None,
     ) -> DCBReadResponse:
-        with self.datastore.get_connection() as conn:
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
             # One statement: the horizon first (the read depends on it), then the events.
             # Every event up to the horizon is committed and seen by the read, so the head
-            # never claims an event the read could have missed.
-            rows = conn.execute(
-                "SELECT h.h AS head, r.global_position, r.event_type, r.event_data, r.tags "
+            # never claims an event the read could have missed. Rows carry the event's bytes
+            # as stored (base64 text), not its JSON document.
+            rows = cur.execute(
+                "SELECT h.h, r.global_position, r.event_type, r.event_data ->> 'data', r.tags "
                 "FROM (SELECT es_feed_horizon() AS h) h LEFT JOIN LATERAL "
                 "(SELECT * FROM es_dcb_read(%s::jsonb, %s, %s) WHERE h.h IS NOT NULL) r "
                 "ON true ORDER BY r.global_position",
-                (_query(query), after, limit),
+                (None if query is None else json.dumps(_items(query)), after, limit),
                 prepare=True,
             ).fetchall()
-        horizon = rows[0]["head"] if rows else 0
-        rows = [r for r in rows if r["global_position"] is not None]
+        horizon = rows[0][0] if rows else 0
+        b64decode = base64.b64decode
         events = [
             DCBSequencedEvent(
-                event=DCBEvent(
-                    type=r["event_type"],
-                    data=base64.b64decode(r["event_data"][DATA_KEY]),
-                    tags=list(r["tags"]),
-                ),
-                position=r["global_position"],
+                event=DCBEvent(type=event_type, data=b64decode(data), tags=tags),
+                position=position,
             )
-            for r in rows
+            for _, position, event_type, data, tags in rows
+            if position is not None
         ]
         last = events[-1].position if events else None
         if limit is not None:
@@ -138,9 +134,7 @@ class EventStoreDCBRecorder(DCBRecorder):
         if condition is not None:
             cond = json.dumps(
                 {
-                    "fail_if_events_match": json.loads(
-                        _query(condition.fail_if_events_match) or "{}"
-                    ),
+                    "fail_if_events_match": _items(condition.fail_if_events_match),
                     "after": condition.after,
                 }
             )

@@ -1,0 +1,271 @@
+//! `es_dcb_read`: the events a DCB query matches, as the caller may see them. Each item reads
+//! through its own index with a kept plan (no planning, no PL/pgSQL, no row built and taken
+//! apart per event); the items' results, each in position order, are merged into one without
+//! repeats, and only events holding sealed personal data are decoded to be revealed.
+use crate::append;
+use crate::pg::errors::raise_invalid as raise;
+use crate::pg::guards::{self, OwnedContext, Switched};
+use crate::pg::{jsonb, plans};
+use crate::privacy::sealing;
+use crate::read::feed;
+use event_store_core::dcb::{self, Item};
+use event_store_core::validate::Invalid;
+use pgrx::pg_sys::BuiltinOid as Oid;
+use pgrx::prelude::*;
+use pgrx::spi::{SpiClient, SpiCursor};
+
+/// The columns es_dcb_read returns, in its order; the statements below select them so.
+const COLUMNS: usize = 6;
+const EVENT_DATA: usize = 2;
+
+/// All events, by the position index.
+const ALL_SQL: &str = "SELECT l.global_position, l.event_type, l.event_data, l.tags, l.metadata, l.created_at \
+     FROM _event_store.log l \
+    WHERE l.global_position OPERATOR(pg_catalog.>) $1 AND l.global_position OPERATOR(pg_catalog.<=) $2 \
+    ORDER BY l.global_position LIMIT $3";
+/// An item with tags, by the tag index (positions compared as an expression, as the
+/// condition's check does: a kept plan knows no bounds and must not pick the position index).
+const TAGGED_SQL: &str = "SELECT l.global_position, l.event_type, l.event_data, l.tags, l.metadata, l.created_at \
+     FROM _event_store.log l \
+    WHERE l.tags OPERATOR(pg_catalog.@>) $1 AND l.tags OPERATOR(pg_catalog.<>) '{}'::pg_catalog.text[] \
+      AND (pg_catalog.cardinality($2) OPERATOR(pg_catalog.=) 0 OR l.event_type OPERATOR(pg_catalog.=) ANY ($2)) \
+      AND (l.global_position OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.>) $3 \
+      AND (l.global_position OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.<=) $4 \
+    ORDER BY l.global_position LIMIT $5";
+/// An item naming types only, by the type index.
+const TYPED_SQL: &str = "SELECT l.global_position, l.event_type, l.event_data, l.tags, l.metadata, l.created_at \
+     FROM _event_store.log l \
+    WHERE l.event_type OPERATOR(pg_catalog.=) ANY ($1) \
+      AND l.global_position OPERATOR(pg_catalog.>) $2 AND l.global_position OPERATOR(pg_catalog.<=) $3 \
+    ORDER BY l.global_position LIMIT $4";
+
+/// Rows fetched from an item's cursor at a time.
+const BATCH: i64 = 256;
+
+/// Refuses a negative `limit` (22023).
+pub fn check_limit(limit: Option<i32>) {
+    if let Some(n) = limit.filter(|n| *n < 0) {
+        raise(Invalid::Value(format!(
+            "limit must be NULL or >= 0, not {n}"
+        )));
+    }
+}
+
+/// A query's items as they are read: none when it matches every event (NULL, no items, or an
+/// item naming neither types nor tags). 22023 for a query of another shape.
+pub fn items(query: Option<&serde_json::Value>) -> Vec<Item> {
+    let Some(q) = query.filter(|q| !q.is_null()) else {
+        return vec![];
+    };
+    let items = dcb::query(q).unwrap_or_else(|e| raise(e)).items;
+    match items
+        .iter()
+        .any(|i| i.types.is_empty() && i.tags.is_empty())
+    {
+        true => vec![],
+        false => items,
+    }
+}
+
+/// One item's cursor and the batch fetched from it, read up to `next`.
+struct Source<'c> {
+    cursor: SpiCursor<'c>,
+    batch: *mut pg_sys::SPITupleTable,
+    len: usize,
+    next: usize,
+}
+
+impl Source<'_> {
+    /// The next row's position, fetching another batch when this one is read; None at the end.
+    fn head(&mut self) -> Option<i64> {
+        if self.next == self.len {
+            self.release();
+            let fetched = self
+                .cursor
+                .fetch(BATCH)
+                .unwrap_or_else(|e| error!("event_store: reading events: {e}"));
+            self.len = fetched.len();
+            drop(fetched);
+            // SAFETY: the table SPI_cursor_fetch just set; freed by `release`.
+            self.batch = unsafe { pg_sys::SPI_tuptable };
+            self.next = 0;
+            if self.len == 0 {
+                return None;
+            }
+        }
+        let mut null = false;
+        // SAFETY: a row of the batch; column 1 is global_position, a bigint never NULL.
+        let position = unsafe {
+            let b = &*self.batch;
+            pg_sys::SPI_getbinval(*b.vals.add(self.next), b.tupdesc, 1, &mut null)
+        };
+        Some(position.value() as i64)
+    }
+
+    /// Frees the batch read (otherwise kept to the end of the call: a long read would hold
+    /// all of it).
+    fn release(&mut self) {
+        if !self.batch.is_null() {
+            // SAFETY: a table fetched by `head`, freed once.
+            unsafe { pg_sys::SPI_freetuptable(self.batch) };
+            self.batch = std::ptr::null_mut();
+        }
+    }
+}
+
+impl Drop for Source<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Opens the cursor reading `item`'s events (all events for `None`) in (lo, horizon].
+fn open<'c>(
+    client: &SpiClient<'c>,
+    item: Option<&Item>,
+    lo: i64,
+    horizon: i64,
+    limit: Option<i64>,
+) -> SpiCursor<'c> {
+    let cursor = match item {
+        Some(i) if !i.tags.is_empty() => {
+            let types = [
+                Oid::TEXTARRAYOID,
+                Oid::TEXTARRAYOID,
+                Oid::INT8OID,
+                Oid::INT8OID,
+                Oid::INT8OID,
+            ];
+            let plan = plans::kept(client, TAGGED_SQL, &types, false);
+            let args = [
+                i.tags.clone().into(),
+                i.types.clone().into(),
+                lo.into(),
+                horizon.into(),
+                limit.into(),
+            ];
+            client.try_open_cursor(&*plan, &args)
+        }
+        Some(i) => {
+            let types = [Oid::TEXTARRAYOID, Oid::INT8OID, Oid::INT8OID, Oid::INT8OID];
+            let plan = plans::kept(client, TYPED_SQL, &types, false);
+            let args = [
+                i.types.clone().into(),
+                lo.into(),
+                horizon.into(),
+                limit.into(),
+            ];
+            client.try_open_cursor(&*plan, &args)
+        }
+        None => {
+            let plan = plans::kept(
+                client,
+                ALL_SQL,
+                &[Oid::INT8OID, Oid::INT8OID, Oid::INT8OID],
+                false,
+            );
+            client.try_open_cursor(&*plan, &[lo.into(), horizon.into(), limit.into()])
+        }
+    };
+    cursor.unwrap_or_else(|e| error!("event_store: reading events: {e}"))
+}
+
+/// Puts the events of `items` (all events when empty) in (lo, horizon] into the call's
+/// result, in position order, each once, at most `limit`.
+///
+/// # Safety
+/// `rsinfo` is the call's, set up by InitMaterializedSRF with es_dcb_read's columns.
+unsafe fn read(
+    rsinfo: *mut pg_sys::ReturnSetInfo,
+    items: &[Item],
+    lo: i64,
+    horizon: i64,
+    limit: Option<i64>,
+) {
+    Spi::connect(|client| {
+        let mut sources: Vec<Source> = match items {
+            [] => vec![None],
+            items => items.iter().map(Some).collect(),
+        }
+        .into_iter()
+        .map(|item| Source {
+            cursor: open(&client, item, lo, horizon, limit),
+            batch: std::ptr::null_mut(),
+            len: 0,
+            next: 0,
+        })
+        .collect();
+        let mut heads: Vec<Option<i64>> = sources.iter_mut().map(Source::head).collect();
+        let (mut values, mut nulls) = ([pg_sys::Datum::from(0); COLUMNS], [false; COLUMNS]);
+        // What revealing an event allocates, freed once the row is stored.
+        let per_row = OwnedContext::new(c"event_store es_dcb_read");
+        let mut left = limit.unwrap_or(i64::MAX);
+        while left > 0 {
+            let Some(least) = heads.iter().flatten().min().copied() else {
+                break;
+            };
+            let mut written = false;
+            for (s, head) in sources.iter_mut().zip(heads.iter_mut()) {
+                if *head != Some(least) {
+                    continue;
+                }
+                if !written {
+                    // SAFETY: a row of the batch, whose columns are es_dcb_read's; the datums
+                    // point into it and are copied by the tuplestore before it is freed.
+                    unsafe {
+                        let b = &*s.batch;
+                        let _in_row = Switched::to(&per_row);
+                        pg_sys::heap_deform_tuple(
+                            *b.vals.add(s.next),
+                            b.tupdesc,
+                            values.as_mut_ptr(),
+                            nulls.as_mut_ptr(),
+                        );
+                        values[EVENT_DATA] = sealing::reveal_data(values[EVENT_DATA]);
+                        pg_sys::tuplestore_putvalues(
+                            (*rsinfo).setResult,
+                            (*rsinfo).setDesc,
+                            values.as_mut_ptr(),
+                            nulls.as_mut_ptr(),
+                        );
+                    }
+                    per_row.reset();
+                    written = true;
+                }
+                s.next += 1;
+                *head = s.head();
+            }
+            left -= 1;
+        }
+    });
+}
+
+v1_function!(pg_finfo_es_dcb_read);
+/// `es_dcb_read(query jsonb, after bigint, "limit" integer)`: a materialized set of events.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn es_dcb_read(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the argument types are those sql/dcb/dcb.sql declares.
+    let [query, after, limit] = [0, 1, 2].map(|n| unsafe { append::datum_arg(fcinfo, n) });
+    feed::require_read_committed(
+        "feed reads need",
+        "Read the feed outside REPEATABLE READ and SERIALIZABLE transactions.",
+    );
+    let limit = limit.map(|l| l.value() as i32);
+    check_limit(limit);
+    // SAFETY: a jsonb datum.
+    let items = items(query.map(|q| unsafe { jsonb::to_value(q) }).as_ref());
+    let lo = after.map_or(0, |a| a.value() as i64);
+    // Before the snapshot the events are read with: everything up to it has settled.
+    let horizon = feed::_es_feed_horizon();
+    // SAFETY: a set-returning call; es_dcb_read's SQL declares the result's columns.
+    let rsinfo = unsafe {
+        pg_sys::InitMaterializedSRF(fcinfo, 0);
+        (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>()
+    };
+    if limit != Some(0) && horizon > lo {
+        // SAFETY: set up above.
+        guards::as_of_now(|| unsafe { read(rsinfo, &items, lo, horizon, limit.map(i64::from)) });
+    }
+    pg_sys::Datum::from(0)
+}
