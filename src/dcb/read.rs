@@ -80,12 +80,11 @@ impl Source<'_> {
     fn head(&mut self) -> Option<i64> {
         if self.next == self.len {
             self.release();
-            let fetched = self
+            self.len = self
                 .cursor
                 .fetch(BATCH)
-                .unwrap_or_else(|e| error!("event_store: reading events: {e}"));
-            self.len = fetched.len();
-            drop(fetched);
+                .unwrap_or_else(|e| error!("event_store: reading events: {e}"))
+                .len();
             // SAFETY: the table SPI_cursor_fetch just set; freed by `release`.
             self.batch = unsafe { pg_sys::SPI_tuptable };
             self.next = 0;
@@ -189,7 +188,7 @@ unsafe fn read(
         }
         .into_iter()
         .map(|item| Source {
-            cursor: open(&client, item, lo, horizon, limit),
+            cursor: open(client, item, lo, horizon, limit),
             batch: std::ptr::null_mut(),
             len: 0,
             next: 0,
