@@ -23,21 +23,25 @@ const ALL_SQL: &str = "SELECT l.global_position, l.event_type, l.event_data, l.t
      FROM _event_store.log l \
     WHERE l.global_position OPERATOR(pg_catalog.>) $1 AND l.global_position OPERATOR(pg_catalog.<=) $2 \
     ORDER BY l.global_position LIMIT $3";
-/// An item with tags, by the tag index (positions compared as an expression, as the
-/// condition's check does: a kept plan knows no bounds and must not pick the position index).
+/// An item with tags, by the tag index. Its positions are compared and ordered as an
+/// expression, and the limit is left to the merge: a kept plan knows neither the bounds nor the
+/// limit, and with them in reach of the position index it would walk that index over every
+/// event (as the condition's check, `append::condition`, also avoids).
 const TAGGED_SQL: &str = "SELECT l.global_position, l.event_type, l.event_data, l.tags, l.metadata, l.created_at \
      FROM _event_store.log l \
     WHERE l.tags OPERATOR(pg_catalog.@>) $1 AND l.tags OPERATOR(pg_catalog.<>) '{}'::pg_catalog.text[] \
       AND (pg_catalog.cardinality($2) OPERATOR(pg_catalog.=) 0 OR l.event_type OPERATOR(pg_catalog.=) ANY ($2)) \
       AND (l.global_position OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.>) $3 \
       AND (l.global_position OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.<=) $4 \
-    ORDER BY l.global_position LIMIT $5";
-/// An item naming types only, by the type index.
-const TYPED_SQL: &str = "SELECT l.global_position, l.event_type, l.event_data, l.tags, l.metadata, l.created_at \
+    ORDER BY l.global_position OPERATOR(pg_catalog.+) 0";
+/// An item naming types only, by the type index, for the same reason.
+const TYPED_SQL: &str =
+    "SELECT l.global_position, l.event_type, l.event_data, l.tags, l.metadata, l.created_at \
      FROM _event_store.log l \
     WHERE l.event_type OPERATOR(pg_catalog.=) ANY ($1) \
-      AND l.global_position OPERATOR(pg_catalog.>) $2 AND l.global_position OPERATOR(pg_catalog.<=) $3 \
-    ORDER BY l.global_position LIMIT $4";
+      AND (l.global_position OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.>) $2 \
+      AND (l.global_position OPERATOR(pg_catalog.+) 0) OPERATOR(pg_catalog.<=) $3 \
+    ORDER BY l.global_position OPERATOR(pg_catalog.+) 0";
 
 /// Rows fetched from an item's cursor at a time.
 const BATCH: i64 = 256;
@@ -118,7 +122,8 @@ impl Drop for Source<'_> {
     }
 }
 
-/// Opens the cursor reading `item`'s events (all events for `None`) in (lo, horizon].
+/// Opens the cursor reading `item`'s events (all events for `None`, at most `limit`) in
+/// (lo, horizon].
 fn open<'c>(
     client: &SpiClient<'c>,
     item: Option<&Item>,
@@ -133,7 +138,6 @@ fn open<'c>(
                 Oid::TEXTARRAYOID,
                 Oid::INT8OID,
                 Oid::INT8OID,
-                Oid::INT8OID,
             ];
             let plan = plans::kept(client, TAGGED_SQL, &types, false);
             let args = [
@@ -141,28 +145,17 @@ fn open<'c>(
                 i.types.clone().into(),
                 lo.into(),
                 horizon.into(),
-                limit.into(),
             ];
             client.try_open_cursor(&*plan, &args)
         }
         Some(i) => {
-            let types = [Oid::TEXTARRAYOID, Oid::INT8OID, Oid::INT8OID, Oid::INT8OID];
+            let types = [Oid::TEXTARRAYOID, Oid::INT8OID, Oid::INT8OID];
             let plan = plans::kept(client, TYPED_SQL, &types, false);
-            let args = [
-                i.types.clone().into(),
-                lo.into(),
-                horizon.into(),
-                limit.into(),
-            ];
-            client.try_open_cursor(&*plan, &args)
+            client.try_open_cursor(&*plan, &[i.types.clone().into(), lo.into(), horizon.into()])
         }
         None => {
-            let plan = plans::kept(
-                client,
-                ALL_SQL,
-                &[Oid::INT8OID, Oid::INT8OID, Oid::INT8OID],
-                false,
-            );
+            let types = [Oid::INT8OID, Oid::INT8OID, Oid::INT8OID];
+            let plan = plans::kept(client, ALL_SQL, &types, false);
             client.try_open_cursor(&*plan, &[lo.into(), horizon.into(), limit.into()])
         }
     };
