@@ -61,13 +61,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/dcb/dcb.sql",
     name = "dcb",
-    requires = [
-        "schema",
-        "sealing",
-        "feed",
-        dcb::_es_dcb_items,
-        dcb::_es_dcb_check_limit
-    ]
+    requires = ["schema", "sealing", "feed"]
 );
 extension_sql_file!(
     "../sql/integrity/append_only.sql",
