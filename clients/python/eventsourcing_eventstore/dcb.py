@@ -89,11 +89,11 @@ class EventStoreDCBRecorder(DCBRecorder):
             # never claims an event the read could have missed. Rows carry the event's bytes
             # as stored (base64 text), not its JSON document.
             rows = cur.execute(
-                "SELECT h.h, r.global_position, r.event_type, r.event_data ->> 'data', r.tags "
+                "SELECT h.h, r.global_position, r.event_type, r.event_data ->> %s, r.tags "
                 "FROM (SELECT es_feed_horizon() AS h) h LEFT JOIN LATERAL "
                 "(SELECT * FROM es_dcb_read(%s::jsonb, %s, %s) WHERE h.h IS NOT NULL) r "
                 "ON true ORDER BY r.global_position",
-                (None if query is None else json.dumps(_items(query)), after, limit),
+                (DATA_KEY, None if query is None else json.dumps(_items(query)), after, limit),
                 prepare=True,
             ).fetchall()
         horizon = rows[0][0] if rows else 0
