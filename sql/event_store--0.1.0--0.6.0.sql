@@ -298,6 +298,41 @@ RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, cre
 LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
 SET search_path = pg_catalog, pg_temp
 AS 'MODULE_PATHNAME', 'es_append';
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_personal_data') THEN
+        BEGIN
+            CREATE ROLE event_store_personal_data NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
+    END IF;
+END
+$$;
+COMMENT ON TABLE _event_store.es_subject_keys IS 'Keys that seal each subject''s personal data: destroyed by es_forget_subject. Owner only.';
+CREATE OR REPLACE FUNCTION _event_store._es_reveal(event @extschema@.event_store) RETURNS @extschema@.event_store
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
+COMMENT ON FUNCTION _event_store._es_reveal(@extschema@.event_store) IS
+    'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';
+CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@.event_store, subject text) RETURNS @extschema@.event_store
+    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
+COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
+    'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
+COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
+COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
+CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
+CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
+CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
+    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
+COMMENT ON FUNCTION @extschema@.es_digest() IS
+    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
+COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
+    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
 CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
 RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
     LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
@@ -408,73 +443,18 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_enable_hypertable(interval) IS
     'Turns event_store into a TimescaleDB hypertable on created_at, moving existing events into chunks. Returns false when it already is one.';
-COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
-COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
-CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
-CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
-CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
-    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
-COMMENT ON FUNCTION @extschema@.es_digest() IS
-    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
-COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
-    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_personal_data') THEN
-        BEGIN
-            CREATE ROLE event_store_personal_data NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN
-            NULL;
-        END;
-    END IF;
-END
-$$;
-COMMENT ON TABLE _event_store.es_subject_keys IS 'Keys that seal each subject''s personal data: destroyed by es_forget_subject. Owner only.';
-CREATE OR REPLACE FUNCTION _event_store._es_reveal(event @extschema@.event_store) RETURNS @extschema@.event_store
-    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal';
-COMMENT ON FUNCTION _event_store._es_reveal(@extschema@.event_store) IS
-    'The event with its personal data revealed as the current user may see it: plaintext, withheld, or erased.';
-CREATE OR REPLACE FUNCTION _event_store._es_reveal_for_subject(event @extschema@.event_store, subject text) RETURNS @extschema@.event_store
-    LANGUAGE c STABLE STRICT AS 'MODULE_PATHNAME', '_es_reveal_for_subject';
-COMMENT ON FUNCTION _event_store._es_reveal_for_subject(@extschema@.event_store, text) IS
-    'The event as a subject''s export shows it: values sealed under that subject''s keys revealed, every other personal value withheld.';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
-	"category" TEXT, /* Option < & str > */
-	"mode" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
-	"state" TEXT,  /* String */
-	"since" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"last_pass" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"workers" INT  /* i32 */
-)
-STRICT VOLATILE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_worker_state_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
+CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
+	"stream_id" TEXT /* & str */
+) RETURNS bigint /* Option < i64 > */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
-	"event_type" TEXT, /* Option < & str > */
-	"from_version" INT, /* Option < i32 > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
+AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
+	"doc" jsonb /* pgrx :: JsonB */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
+AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_record"(
 	"kind" TEXT, /* & str */
 	"event_type" TEXT, /* & str */
@@ -484,69 +464,31 @@ STRICT VOLATILE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_record_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
-	"subject" TEXT /* & str */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
-	"event_type" TEXT, /* Option < & str > */
-	"version" INT, /* Option < i32 > */
-	"schema" jsonb, /* Option < pgrx :: JsonB > */
-	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
-	"subject" TEXT /* Option < & str > */
-) RETURNS void
-STABLE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
-	"category" TEXT, /* Option < & str > */
-	"event_type" TEXT, /* Option < & str > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
-	"stream_id" TEXT, /* & str */
-	"version" bigint, /* i64 */
-	"last_at" timestamp with time zone /* TimestampWithTimeZone */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
-	"max_count" INT, /* Option < i32 > */
-	"member" INT, /* Option < i32 > */
-	"size" INT /* Option < i32 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
-	"on" bool /* bool */
-) RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL UNSAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
+	"stream_id" TEXT, /* & str */
+	"subject" TEXT /* & str */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+STRICT STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
-	"stream_id" TEXT, /* Option < & str > */
-	"expected_version" bigint, /* Option < i64 > */
-	"batch_kind" TEXT, /* Option < & str > */
-	"batch_len" INT /* Option < i32 > */
-) RETURNS void
-STABLE PARALLEL SAFE 
+AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
+STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
+AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
+	"state" TEXT,  /* String */
+	"since" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_pass" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"workers" INT  /* i32 */
+)
+STRICT VOLATILE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_worker_state_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
 	"pid" INT,  /* i32 */
 	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
@@ -555,21 +497,46 @@ CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
-	"doc" jsonb /* pgrx :: JsonB */
-) RETURNS jsonb /* pgrx :: JsonB */
-STRICT STABLE PARALLEL SAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
-	"func" oid, /* pg_sys :: Oid */
-	"owner" oid, /* pg_sys :: Oid */
-	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
-AllocatedByRust > > */
+AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
+	"on" bool /* bool */
 ) RETURNS bool /* bool */
-VOLATILE PARALLEL UNSAFE 
+STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
+AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
+	"event_type" TEXT, /* Option < & str > */
+	"from_version" INT, /* Option < i32 > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
+	"stream_id" TEXT, /* & str */
+	"version" bigint, /* i64 */
+	"last_at" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
+	"category" TEXT, /* Option < & str > */
+	"mode" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
+	"stream_id" TEXT, /* & str */
+	"size" INT /* i32 */
+) RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 	"prev" bytea, /* Option < & [u8] > */
 	"event_id" uuid, /* pgrx :: Uuid */
@@ -586,13 +553,33 @@ CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_event_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
-	"stream_id" TEXT, /* & str */
-	"size" INT /* i32 */
-) RETURNS INT /* i32 */
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
+	"subject" TEXT /* & str */
+) RETURNS bytea /* Vec < u8 > */
 IMMUTABLE STRICT PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
+AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
+	"func" oid, /* pg_sys :: Oid */
+	"owner" oid, /* pg_sys :: Oid */
+	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
+AllocatedByRust > > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
+	"max_count" INT, /* Option < i32 > */
+	"member" INT, /* Option < i32 > */
+	"size" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
 CREATE OR REPLACE FUNCTION _event_store._es_check_feed_isolation() RETURNS void
 LANGUAGE plpgsql
 AS $$
@@ -682,6 +669,44 @@ COMMENT ON FUNCTION @extschema@.es_read_category(text, bigint, integer, integer,
 CREATE OR REPLACE VIEW @extschema@.es_feed_in_flight AS
 SELECT * FROM _event_store._es_feed_holders();
 COMMENT ON VIEW @extschema@.es_feed_in_flight IS 'Appends in flight that hold the feed horizon back: pid, registered_at, lowest_position.';
+CREATE OR REPLACE FUNCTION @extschema@.es_dcb_append(events jsonb, condition jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- JIT compiling a condition's query (its plan over every chunk can cost past jit_above_cost)
+-- takes hundreds of milliseconds, for a query that reads a few index entries.
+SET jit = off
+-- The condition's kept plans, generic: with the tags known a custom plan looks cheaper, so the
+-- default mode would plan the check again on every call.
+SET plan_cache_mode = force_generic_plan
+-- TimescaleDB's ChunkAppend can exclude no chunk for these statements (tags and positions say
+-- nothing of time), and starting it cost a tenth of a decision at 8 clients (benches/ section
+-- 13). A placeholder where TimescaleDB is not loaded.
+SET timescaledb.enable_chunk_append = off
+AS 'MODULE_PATHNAME', 'es_dcb_append';
+COMMENT ON FUNCTION @extschema@.es_dcb_append(jsonb, jsonb) IS
+    'Appends a JSON array of {"type","data","tags"?,"id"?,"metadata"?,"version"?,"stream_id"?} at consecutive positions in array order, unless an event matching condition''s fail_if_events_match was stored after its "after" (SQLSTATE ES001); returns the last position.';
+CREATE OR REPLACE FUNCTION @extschema@.es_dcb_read(query jsonb DEFAULT NULL, after bigint DEFAULT NULL, "limit" integer DEFAULT NULL)
+RETURNS TABLE (global_position bigint, event_type text, event_data jsonb, tags text[], metadata jsonb, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT
+SET search_path = pg_catalog, pg_temp
+-- As for es_dcb_append: reading every event plans a scan of every chunk, the kept plans are
+-- generic, and no chunk can be excluded.
+SET jit = off
+SET plan_cache_mode = force_generic_plan
+SET timescaledb.enable_chunk_append = off
+AS 'MODULE_PATHNAME', 'es_dcb_read';
+COMMENT ON FUNCTION @extschema@.es_dcb_read(jsonb, bigint, integer) IS
+    'Committed events matching a DCB query ({"items": [{"types": [...], "tags": [...]}]}; NULL or no items: all) after a position, in position order, at most limit (NULL: all), never past es_feed_horizon().';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
+	"stream_id" TEXT, /* Option < & str > */
+	"expected_version" bigint, /* Option < i64 > */
+	"batch_kind" TEXT, /* Option < & str > */
+	"batch_len" INT /* Option < i32 > */
+) RETURNS void
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
 COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
 CREATE OR REPLACE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
 CREATE OR REPLACE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
@@ -734,44 +759,16 @@ STABLE STRICT
 RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
 COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
     'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
-CREATE OR REPLACE FUNCTION @extschema@.es_dcb_append(events jsonb, condition jsonb DEFAULT NULL)
-RETURNS bigint
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
--- JIT compiling a condition's query (its plan over every chunk can cost past jit_above_cost)
--- takes hundreds of milliseconds, for a query that reads a few index entries.
-SET jit = off
--- The condition's kept plans, generic: with the tags known a custom plan looks cheaper, so the
--- default mode would plan the check again on every call.
-SET plan_cache_mode = force_generic_plan
-AS 'MODULE_PATHNAME', 'es_dcb_append';
-COMMENT ON FUNCTION @extschema@.es_dcb_append(jsonb, jsonb) IS
-    'Appends a JSON array of {"type","data","tags"?,"id"?,"metadata"?,"version"?,"stream_id"?} at consecutive positions in array order, unless an event matching condition''s fail_if_events_match was stored after its "after" (SQLSTATE ES001); returns the last position.';
-CREATE OR REPLACE FUNCTION @extschema@.es_dcb_read(query jsonb DEFAULT NULL, after bigint DEFAULT NULL, "limit" integer DEFAULT NULL)
-RETURNS TABLE (global_position bigint, event_type text, event_data jsonb, tags text[], metadata jsonb, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT
-SET search_path = pg_catalog, pg_temp
--- As for es_dcb_append: reading every event plans a scan of every chunk, and the kept plans
--- are generic.
-SET jit = off
-SET plan_cache_mode = force_generic_plan
-AS 'MODULE_PATHNAME', 'es_dcb_read';
-COMMENT ON FUNCTION @extschema@.es_dcb_read(jsonb, bigint, integer) IS
-    'Committed events matching a DCB query ({"items": [{"types": [...], "tags": [...]}]}; NULL or no items: all) after a position, in position order, at most limit (NULL: all), never past es_feed_horizon().';
-CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
-	"stream_id" TEXT, /* & str */
-	"subject" TEXT /* & str */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
-STRICT STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
+CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
+	"event_type" TEXT, /* Option < & str > */
+	"version" INT, /* Option < i32 > */
+	"schema" jsonb, /* Option < pgrx :: JsonB > */
+	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"subject" TEXT /* Option < & str > */
+) RETURNS void
+STABLE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
-	"name" TEXT /* & str */
-) RETURNS INT /* i32 */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
+AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
 	"fresh" bool DEFAULT false /* bool */
 ) RETURNS void
@@ -959,342 +956,14 @@ BEGIN
     RETURN NOT complete;
 END
 $$;
-CREATE OR REPLACE VIEW @extschema@.es_projection_state WITH (security_invoker = true) AS SELECT * FROM _event_store.es_projection_state;
-CREATE OR REPLACE FUNCTION _event_store._es_projection_for_update(p_name text) RETURNS _event_store.es_projection_state
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    p _event_store.es_projection_state;
-BEGIN
-    SELECT * INTO p FROM _event_store.es_projection_state WHERE name = p_name FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'event_store: projection "%" does not exist', p_name USING ERRCODE = '42704';
-    END IF;
-    IF NOT pg_catalog.pg_has_role(_event_store._es_calling_role_id(), p.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
-        RAISE EXCEPTION 'event_store: only members of % may manage projection "%"', p.owner, p_name
-            USING ERRCODE = '42501';
-    END IF;
-    RETURN p;
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_create_projection(name text, handler regprocedure, event_types text[] DEFAULT NULL,
-                                     categories text[] DEFAULT NULL, reset_handler regprocedure DEFAULT NULL)
-RETURNS void
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    -- By oid: a role's name read back as text and cast to regrole may name another role.
-    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
-    f regprocedure;
-BEGIN
-    PERFORM _event_store._es_check_append(name, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
-    IF handler IS NULL THEN
-        RAISE EXCEPTION 'event_store: handler must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) caller::pg_catalog.oid) THEN
-        RAISE EXCEPTION 'event_store: projection handlers never run as a superuser'
-            USING ERRCODE = '42501',
-                  HINT = 'Create the projection as the role that owns its tables: SET ROLE that_role; SELECT es_create_projection(...).';
-    END IF;
-    FOREACH f IN ARRAY array_remove(ARRAY[handler, reset_handler], NULL) LOOP
-        IF NOT pg_catalog.has_function_privilege(caller::pg_catalog.oid, f::pg_catalog.oid, 'EXECUTE'::pg_catalog.text) THEN
-            RAISE EXCEPTION 'event_store: % may not execute %', caller, f USING ERRCODE = '42501';
-        END IF;
-    END LOOP;
-    IF (SELECT pronargs <> 1 OR proargtypes[0] <> (SELECT c.reltype FROM pg_catalog.pg_class c WHERE c.oid = _event_store.event_table()) OR prorettype <> 'void'::regtype OR proretset
-          FROM pg_catalog.pg_proc WHERE oid = handler) THEN
-        RAISE EXCEPTION 'event_store: handler % must take (event event_store) and return void', handler
-            USING ERRCODE = '42P13';
-    END IF;
-    IF reset_handler IS NOT NULL AND (SELECT pronargs <> 0 OR prorettype <> 'void'::regtype FROM pg_catalog.pg_proc WHERE oid = reset_handler) THEN
-        RAISE EXCEPTION 'event_store: reset_handler % must take no arguments and return void', reset_handler
-            USING ERRCODE = '42P13';
-    END IF;
-    INSERT INTO _event_store.es_projection_state (name, handler, reset_handler, event_types, categories, owner)
-    VALUES (es_create_projection.name, handler, reset_handler, event_types, categories, caller);
-    PERFORM _event_store._es_wake_projections(true);
-EXCEPTION WHEN unique_violation THEN
-    RAISE EXCEPTION 'event_store: projection "%" already exists', es_create_projection.name USING ERRCODE = '42710';
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_pause_projection(name text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM _event_store._es_projection_for_update(name);
-    UPDATE _event_store.es_projection_state p SET status = 'paused', updated_at = now() WHERE p.name = es_pause_projection.name;
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_resume_projection(name text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM _event_store._es_projection_for_update(name);
-    UPDATE _event_store.es_projection_state p SET status = 'running', attempts = 0, retry_at = NULL, updated_at = now()
-     WHERE p.name = es_resume_projection.name;
-    PERFORM _event_store._es_wake_projections(true);
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_rebuild_projection(name text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    p _event_store.es_projection_state := _event_store._es_projection_for_update(name);
-BEGIN
-    IF p.reset_handler IS NOT NULL THEN
-        PERFORM _event_store._es_run_as(p.reset_handler, p.owner, NULL);
-    END IF;
-    UPDATE _event_store.es_projection_state s SET status = 'rebuilding', position = 0, attempts = 0, retry_at = NULL,
-           last_error = NULL, last_error_position = NULL, updated_at = now()
-     WHERE s.name = p.name;
-    PERFORM _event_store._es_wake_projections(true);
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_drop_projection(name text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    PERFORM _event_store._es_projection_for_update(name);
-    DELETE FROM _event_store.es_projection_state p WHERE p.name = es_drop_projection.name;
-END
-$$;
-CREATE OR REPLACE FUNCTION _event_store._es_project_batch(p_name text, p_batch_size integer, p_horizon bigint) RETURNS integer
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    p       _event_store.es_projection_state;
-    r       record;
-    applied integer := 0;
-    at_pos  bigint;
-    msg     text;
-    state   text;
-    timed_out boolean;
-    -- A batch takes new events for one time slice at most, then commits what it applied and
-    -- yields to the other projections: a slow handler delays only its own projection.
-    cut_at  timestamptz := pg_catalog.clock_timestamp()
-                           OPERATOR(pg_catalog.+) _event_store._es_setting_int('event_store.projection_time_slice') * interval '1 millisecond';
-    cut     boolean := false;
-BEGIN
-    -- SKIP LOCKED: a worker and a manual es_run_projections() never apply one batch twice.
-    SELECT * INTO p FROM _event_store.es_projection_state WHERE name = p_name FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND OR p.status IN ('paused', 'failed') OR p.retry_at > now() THEN
-        RETURN 0;
-    END IF;
-    at_pos := p.position;
-    BEGIN
-        -- A handler that runs past event_store.projection_timeout is cancelled: it holds up
-        -- only its own projection, which records the timeout as a failure.
-        PERFORM _event_store._es_projection_timer(true);
-        -- Handlers see events as their types' latest versions. Planned afresh for every batch
-        -- (EXECUTE): a plan this long-lived backend kept could miss a TimescaleDB chunk another
-        -- session created since, and the batch would move past its events.
-        FOR r IN EXECUTE
-            'SELECT l.global_position, _event_store._es_upcast(_event_store._es_event(l)) AS event
-               FROM _event_store.log l
-              WHERE l.global_position > $1 AND l.global_position <= $2
-                AND ($3 IS NULL OR l.event_type = ANY ($3))
-                AND ($4 IS NULL OR _event_store._es_category(l.stream_id) = ANY ($4))
-              ORDER BY l.global_position
-              LIMIT $5'
-            USING p.position, p_horizon, p.event_types, p.categories, p_batch_size
-        LOOP
-            at_pos := r.global_position;
-            PERFORM _event_store._es_run_as(p.handler, p.owner, r.event);
-            applied := applied + 1;
-            IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) cut_at THEN
-                cut := true;
-                EXIT;
-            END IF;
-        END LOOP;
-        PERFORM _event_store._es_projection_timer(false);
-    EXCEPTION WHEN OTHERS OR query_canceled THEN
-        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
-        timed_out := _event_store._es_projection_timer(false);
-        IF state = '57014' THEN
-            -- A cancel that is not the timer's (pg_cancel_backend, statement_timeout) cancels
-            -- the whole pass, as it would any statement.
-            IF NOT timed_out THEN
-                RAISE;
-            END IF;
-            msg := format('the handler ran longer than event_store.projection_timeout (%s ms)',
-                          _event_store._es_setting_int('event_store.projection_timeout'));
-        END IF;
-        UPDATE _event_store.es_projection_state s
-           SET attempts = s.attempts + 1,
-               status = CASE WHEN s.attempts + 1 >= _event_store._es_setting_int('event_store.projection_max_attempts') THEN 'failed' ELSE s.status END,
-               retry_at = now() + least(interval '5 minutes',
-                   _event_store._es_setting_int('event_store.projection_retry_delay') * interval '1 millisecond' * 2 ^ s.attempts),
-               last_error = msg, last_error_position = at_pos, updated_at = now()
-         WHERE s.name = p.name;
-        RETURN 0;
-    END;
-    -- A short batch that ran out of events read everything matching up to the horizon.
-    UPDATE _event_store.es_projection_state s
-       SET position = CASE WHEN applied < p_batch_size AND NOT cut THEN greatest(p_horizon, p.position) ELSE at_pos END,
-           status = CASE WHEN s.status = 'rebuilding' AND applied < p_batch_size AND NOT cut THEN 'running' ELSE s.status END,
-           attempts = 0, retry_at = NULL, updated_at = now()
-     WHERE s.name = p.name AND (applied > 0 OR s.position < p_horizon OR s.status = 'rebuilding');
-    RETURN applied;
-END
-$$;
-CREATE OR REPLACE FUNCTION @extschema@.es_run_projections(batch_size integer DEFAULT NULL) RETURNS integer
-LANGUAGE sql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-    -- One horizon (one pg_locks scan) for every projection of the pass.
-    WITH horizon AS MATERIALIZED (SELECT _event_store._es_feed_horizon() AS h),
-         caller AS MATERIALIZED (SELECT _event_store._es_calling_role_id() AS id)
-    SELECT coalesce(sum(_event_store._es_project_batch(name, coalesce(batch_size, _event_store._es_setting_int('event_store.projection_batch_size')), h)), 0)::integer
-      FROM (SELECT s.name FROM _event_store.es_projection_state s, caller
-             WHERE (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) caller.id)
-                OR pg_catalog.pg_has_role(caller.id, s.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text)
-             ORDER BY s.name) p, horizon
-$$;
-CREATE OR REPLACE VIEW @extschema@.es_projections AS
-WITH horizon AS MATERIALIZED (SELECT _event_store._es_feed_horizon() AS h)
-SELECT p.name,
-       CASE WHEN p.status = 'running' AND lag.events = 0 THEN 'caught up' ELSE p.status END AS status,
-       p.position,
-       lag.events AS lag_events,
-       coalesce(extract(epoch FROM now() - lag.oldest), 0)::double precision AS lag_seconds,
-       p.last_error,
-       p.last_error_position,
-       p.attempts,
-       p.retry_at,
-       p.owner,
-       p.updated_at,
-       w.state AS worker,
-       w.since AS worker_since
-  FROM _event_store.es_projection_state p,
-       horizon,
-       _event_store._es_worker_state() w,
-       LATERAL (SELECT count(*) AS events, min(e.created_at) AS oldest
-                  FROM @extschema@.event_store e
-                 WHERE e.global_position > p.position AND e.global_position <= horizon.h
-                   AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
-                   AND (p.categories IS NULL OR _event_store._es_category(e.stream_id) = ANY (p.categories))) lag;
-COMMENT ON TABLE _event_store.es_verifications IS 'Every es_verify run by a role that sees all events: when, over what, and how many problems.';
-CREATE OR REPLACE VIEW @extschema@.es_verifications WITH (security_invoker = true) AS SELECT * FROM _event_store.es_verifications;
-CREATE OR REPLACE VIEW @extschema@.es_metrics AS
-WITH categories AS (
-    SELECT s.category, count(*) FILTER (WHERE s.version > 0) AS streams, sum(s.version) AS events,
-           -- Removed by retention (es_anchors): appended, no longer held.
-           coalesce(sum(a.first_version - 1), 0) AS removed
-      FROM _event_store.es_streams s LEFT JOIN _event_store.es_anchors a ON a.stream_id = s.stream_id
-     GROUP BY s.category
-),
-feed AS (
-    SELECT _event_store._es_feed_horizon() AS horizon,
-           coalesce(pg_catalog.pg_sequence_last_value('_event_store.es_global_position_seq'::pg_catalog.regclass), 0) AS handed_out
-),
-projections AS (
-    SELECT p.name, p.status, p.position, p.attempts, f.horizon,
-           (SELECT e.created_at FROM @extschema@.event_store e
-             WHERE e.global_position > p.position AND e.global_position <= f.horizon
-             ORDER BY e.global_position LIMIT 1) AS oldest_pending_at
-      FROM _event_store.es_projection_state p, feed f
-)
-SELECT 'event_store_writes_total' AS name, pg_catalog.jsonb_build_object('category', c.category) AS labels,
-       c.events::float8 AS value, 'counter' AS type,
-       'Events appended to the streams of a category' AS help
-  FROM categories c
-UNION ALL
-SELECT 'event_store_events', '{}', coalesce(sum(c.events - c.removed), 0)::float8, 'gauge',
-       'Events in the store (appended, less those retention removed)'
-  FROM categories c
-UNION ALL
-SELECT 'event_store_streams', '{}', coalesce(sum(c.streams), 0)::float8, 'gauge', 'Streams with at least one event'
-  FROM categories c
-UNION ALL
-SELECT 'projection_lag_events', pg_catalog.jsonb_build_object('projection', p.name),
-       greatest(p.horizon - p.position, 0)::float8, 'gauge',
-       'Feed positions between a projection and the horizon (an upper bound of its pending events)'
-  FROM projections p
-UNION ALL
-SELECT 'projection_lag_seconds', pg_catalog.jsonb_build_object('projection', p.name),
-       coalesce(extract(epoch FROM pg_catalog.now() - p.oldest_pending_at), 0)::float8, 'gauge',
-       'Age of the oldest committed event a projection has not applied (0 when caught up)'
-  FROM projections p
-UNION ALL
-SELECT 'event_store_projection_failed_attempts', pg_catalog.jsonb_build_object('projection', p.name),
-       p.attempts::float8, 'gauge', 'Failed attempts of a projection''s current batch'
-  FROM projections p
-UNION ALL
-SELECT 'event_store_projection_status', pg_catalog.jsonb_build_object('projection', p.name, 'status', s.status),
-       (p.status = s.status)::int::float8, 'gauge', 'A projection''s status: 1 for the current one'
-  FROM projections p, (VALUES ('running'), ('paused'), ('failed'), ('rebuilding')) AS s(status)
-UNION ALL
-SELECT 'event_store_feed_in_flight_positions', '{}', greatest(f.handed_out - f.horizon, 0)::float8, 'gauge',
-       'Positions handed out to appends above the horizon: appends in flight, or rolled back'
-  FROM feed f
-UNION ALL
-SELECT 'event_store_feed_oldest_in_flight_seconds', '{}',
-       coalesce(extract(epoch FROM pg_catalog.now() - min(h.registered_at)), 0)::float8, 'gauge',
-       'Age of the oldest append in flight, which holds the feed back (0 when none)'
-  FROM _event_store._es_feed_holders() h
-UNION ALL
--- Whether this database is served: 1 while a worker is connected or no work waits for one, 0
--- while work waits for a pool slot, max_worker_processes is used up, or nothing preloads the
--- library (_es_worker_state says which).
-SELECT 'event_store_worker_up', pg_catalog.jsonb_build_object('database', pg_catalog.current_database(), 'state', w.state),
-       (w.state IN ('serving', 'idle'))::int::float8, 'gauge',
-       'Whether a projection worker serves this database (0: its projections and notifications wait)'
-  FROM _event_store._es_worker_state() w
- WHERE w.state OPERATOR(pg_catalog.<>) 'standby'
-UNION ALL
-SELECT 'event_store_worker_last_pass_timestamp_seconds', pg_catalog.jsonb_build_object('database', pg_catalog.current_database()),
-       extract(epoch FROM w.last_pass)::float8, 'gauge',
-       'When a projection worker last finished a pass in this database (Unix time)'
-  FROM _event_store._es_worker_state() w
- WHERE w.last_pass IS NOT NULL
-UNION ALL
-SELECT 'event_store_last_clean_verify_timestamp_seconds', '{}', extract(epoch FROM max(v.verified_at))::float8, 'gauge',
-       'When es_verify last checked the whole store and found nothing wrong (Unix time)'
-  FROM _event_store.es_verifications v
- WHERE v.stream_id IS NULL AND v.problems = 0
-HAVING count(*) > 0
-UNION ALL
-SELECT 'event_store_retention_last_cut_timestamp_seconds', '{}', extract(epoch FROM max(a.cut_at))::float8, 'gauge',
-       'When es_apply_retention last removed events (Unix time)'
-  FROM _event_store.es_anchors a
-HAVING count(*) > 0;
-COMMENT ON VIEW @extschema@.es_metrics IS 'event_store''s metrics: name, labels, value, type, help (es_metrics_prometheus() formats them).';
-CREATE OR REPLACE FUNCTION @extschema@.es_metrics_prometheus() RETURNS text
-LANGUAGE sql
-STABLE
-BEGIN ATOMIC
-    SELECT coalesce(string_agg(block, '' ORDER BY name), '')
-      FROM (SELECT m.name,
-                   format(E'# HELP %s %s\n# TYPE %s %s\n', m.name, m.help, m.name, m.type)
-                   || string_agg(m.name || m.label_text || ' ' || m.value::text || E'\n', '' ORDER BY m.label_text) AS block
-              FROM (SELECT x.*,
-                           coalesce('{' || (SELECT string_agg(format('%s="%s"', l.key,
-                                                  replace(replace(replace(l.value, '\', '\\'), '"', '\"'), E'\n', '\n')), ',' ORDER BY l.key)
-                                              FROM jsonb_each_text(x.labels) l) || '}', '') AS label_text
-                      FROM @extschema@.es_metrics x) m
-             GROUP BY m.name, m.help, m.type) b;
-END;
-COMMENT ON FUNCTION @extschema@.es_metrics_prometheus() IS 'es_metrics in the Prometheus text exposition format.';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
-	"subject" TEXT, /* & str */
-	"stream_id" TEXT, /* & str */
-	"event_data" jsonb, /* pgrx :: JsonB */
-	"metadata" jsonb /* pgrx :: JsonB */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
+CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
+	"category" TEXT, /* Option < & str > */
+	"event_type" TEXT, /* Option < & str > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
-	"stream_id" TEXT /* & str */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
+AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
 COMMENT ON TABLE _event_store.es_reducers IS 'Declarative reducers: change with es_define_reducer and es_drop_reducer.';
 CREATE OR REPLACE VIEW @extschema@.es_reducers WITH (security_invoker = true) AS SELECT * FROM _event_store.es_reducers;
 COMMENT ON TABLE _event_store.es_snapshots IS 'Snapshots of stream states (derived data, safe to delete with es_drop_snapshots).';
@@ -1648,6 +1317,342 @@ LANGUAGE sql
 STABLE STRICT
 RETURN COALESCE((SELECT r.version FROM _event_store.es_streams r WHERE r.stream_id OPERATOR(pg_catalog.=) es_stream_version.stream_id), 0::bigint);
 COMMENT ON FUNCTION @extschema@.es_stream_version(text) IS 'Current version of a stream, 0 when it does not exist.';
+CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
+	"name" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
+CREATE OR REPLACE VIEW @extschema@.es_projection_state WITH (security_invoker = true) AS SELECT * FROM _event_store.es_projection_state;
+CREATE OR REPLACE FUNCTION _event_store._es_projection_for_update(p_name text) RETURNS _event_store.es_projection_state
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p _event_store.es_projection_state;
+BEGIN
+    SELECT * INTO p FROM _event_store.es_projection_state WHERE name = p_name FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'event_store: projection "%" does not exist', p_name USING ERRCODE = '42704';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(_event_store._es_calling_role_id(), p.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
+        RAISE EXCEPTION 'event_store: only members of % may manage projection "%"', p.owner, p_name
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN p;
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_create_projection(name text, handler regprocedure, event_types text[] DEFAULT NULL,
+                                     categories text[] DEFAULT NULL, reset_handler regprocedure DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- By oid: a role's name read back as text and cast to regrole may name another role.
+    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
+    f regprocedure;
+BEGIN
+    PERFORM _event_store._es_check_append(name, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
+    IF handler IS NULL THEN
+        RAISE EXCEPTION 'event_store: handler must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) caller::pg_catalog.oid) THEN
+        RAISE EXCEPTION 'event_store: projection handlers never run as a superuser'
+            USING ERRCODE = '42501',
+                  HINT = 'Create the projection as the role that owns its tables: SET ROLE that_role; SELECT es_create_projection(...).';
+    END IF;
+    FOREACH f IN ARRAY array_remove(ARRAY[handler, reset_handler], NULL) LOOP
+        IF NOT pg_catalog.has_function_privilege(caller::pg_catalog.oid, f::pg_catalog.oid, 'EXECUTE'::pg_catalog.text) THEN
+            RAISE EXCEPTION 'event_store: % may not execute %', caller, f USING ERRCODE = '42501';
+        END IF;
+    END LOOP;
+    IF (SELECT pronargs <> 1 OR proargtypes[0] <> (SELECT c.reltype FROM pg_catalog.pg_class c WHERE c.oid = _event_store.event_table()) OR prorettype <> 'void'::regtype OR proretset
+          FROM pg_catalog.pg_proc WHERE oid = handler) THEN
+        RAISE EXCEPTION 'event_store: handler % must take (event event_store) and return void', handler
+            USING ERRCODE = '42P13';
+    END IF;
+    IF reset_handler IS NOT NULL AND (SELECT pronargs <> 0 OR prorettype <> 'void'::regtype FROM pg_catalog.pg_proc WHERE oid = reset_handler) THEN
+        RAISE EXCEPTION 'event_store: reset_handler % must take no arguments and return void', reset_handler
+            USING ERRCODE = '42P13';
+    END IF;
+    INSERT INTO _event_store.es_projection_state (name, handler, reset_handler, event_types, categories, owner)
+    VALUES (es_create_projection.name, handler, reset_handler, event_types, categories, caller);
+    PERFORM _event_store._es_wake_projections(true);
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'event_store: projection "%" already exists', es_create_projection.name USING ERRCODE = '42710';
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_pause_projection(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM _event_store._es_projection_for_update(name);
+    UPDATE _event_store.es_projection_state p SET status = 'paused', updated_at = now() WHERE p.name = es_pause_projection.name;
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_resume_projection(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM _event_store._es_projection_for_update(name);
+    UPDATE _event_store.es_projection_state p SET status = 'running', attempts = 0, retry_at = NULL, updated_at = now()
+     WHERE p.name = es_resume_projection.name;
+    PERFORM _event_store._es_wake_projections(true);
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_rebuild_projection(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p _event_store.es_projection_state := _event_store._es_projection_for_update(name);
+BEGIN
+    IF p.reset_handler IS NOT NULL THEN
+        PERFORM _event_store._es_run_as(p.reset_handler, p.owner, NULL);
+    END IF;
+    UPDATE _event_store.es_projection_state s SET status = 'rebuilding', position = 0, attempts = 0, retry_at = NULL,
+           last_error = NULL, last_error_position = NULL, updated_at = now()
+     WHERE s.name = p.name;
+    PERFORM _event_store._es_wake_projections(true);
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_drop_projection(name text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM _event_store._es_projection_for_update(name);
+    DELETE FROM _event_store.es_projection_state p WHERE p.name = es_drop_projection.name;
+END
+$$;
+CREATE OR REPLACE FUNCTION _event_store._es_project_batch(p_name text, p_batch_size integer, p_horizon bigint) RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p       _event_store.es_projection_state;
+    r       record;
+    applied integer := 0;
+    at_pos  bigint;
+    msg     text;
+    state   text;
+    timed_out boolean;
+    -- A batch takes new events for one time slice at most, then commits what it applied and
+    -- yields to the other projections: a slow handler delays only its own projection.
+    cut_at  timestamptz := pg_catalog.clock_timestamp()
+                           OPERATOR(pg_catalog.+) _event_store._es_setting_int('event_store.projection_time_slice') * interval '1 millisecond';
+    cut     boolean := false;
+BEGIN
+    -- SKIP LOCKED: a worker and a manual es_run_projections() never apply one batch twice.
+    SELECT * INTO p FROM _event_store.es_projection_state WHERE name = p_name FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND OR p.status IN ('paused', 'failed') OR p.retry_at > now() THEN
+        RETURN 0;
+    END IF;
+    at_pos := p.position;
+    BEGIN
+        -- A handler that runs past event_store.projection_timeout is cancelled: it holds up
+        -- only its own projection, which records the timeout as a failure.
+        PERFORM _event_store._es_projection_timer(true);
+        -- Handlers see events as their types' latest versions. Planned afresh for every batch
+        -- (EXECUTE): a plan this long-lived backend kept could miss a TimescaleDB chunk another
+        -- session created since, and the batch would move past its events.
+        FOR r IN EXECUTE
+            'SELECT l.global_position, _event_store._es_upcast(_event_store._es_event(l)) AS event
+               FROM _event_store.log l
+              WHERE l.global_position > $1 AND l.global_position <= $2
+                AND ($3 IS NULL OR l.event_type = ANY ($3))
+                AND ($4 IS NULL OR _event_store._es_category(l.stream_id) = ANY ($4))
+              ORDER BY l.global_position
+              LIMIT $5'
+            USING p.position, p_horizon, p.event_types, p.categories, p_batch_size
+        LOOP
+            at_pos := r.global_position;
+            PERFORM _event_store._es_run_as(p.handler, p.owner, r.event);
+            applied := applied + 1;
+            IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.>=) cut_at THEN
+                cut := true;
+                EXIT;
+            END IF;
+        END LOOP;
+        PERFORM _event_store._es_projection_timer(false);
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+        timed_out := _event_store._es_projection_timer(false);
+        IF state = '57014' THEN
+            -- A cancel that is not the timer's (pg_cancel_backend, statement_timeout) cancels
+            -- the whole pass, as it would any statement.
+            IF NOT timed_out THEN
+                RAISE;
+            END IF;
+            msg := format('the handler ran longer than event_store.projection_timeout (%s ms)',
+                          _event_store._es_setting_int('event_store.projection_timeout'));
+        END IF;
+        UPDATE _event_store.es_projection_state s
+           SET attempts = s.attempts + 1,
+               status = CASE WHEN s.attempts + 1 >= _event_store._es_setting_int('event_store.projection_max_attempts') THEN 'failed' ELSE s.status END,
+               retry_at = now() + least(interval '5 minutes',
+                   _event_store._es_setting_int('event_store.projection_retry_delay') * interval '1 millisecond' * 2 ^ s.attempts),
+               last_error = msg, last_error_position = at_pos, updated_at = now()
+         WHERE s.name = p.name;
+        RETURN 0;
+    END;
+    -- A short batch that ran out of events read everything matching up to the horizon.
+    UPDATE _event_store.es_projection_state s
+       SET position = CASE WHEN applied < p_batch_size AND NOT cut THEN greatest(p_horizon, p.position) ELSE at_pos END,
+           status = CASE WHEN s.status = 'rebuilding' AND applied < p_batch_size AND NOT cut THEN 'running' ELSE s.status END,
+           attempts = 0, retry_at = NULL, updated_at = now()
+     WHERE s.name = p.name AND (applied > 0 OR s.position < p_horizon OR s.status = 'rebuilding');
+    RETURN applied;
+END
+$$;
+CREATE OR REPLACE FUNCTION @extschema@.es_run_projections(batch_size integer DEFAULT NULL) RETURNS integer
+LANGUAGE sql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- One horizon (one pg_locks scan) for every projection of the pass.
+    WITH horizon AS MATERIALIZED (SELECT _event_store._es_feed_horizon() AS h),
+         caller AS MATERIALIZED (SELECT _event_store._es_calling_role_id() AS id)
+    SELECT coalesce(sum(_event_store._es_project_batch(name, coalesce(batch_size, _event_store._es_setting_int('event_store.projection_batch_size')), h)), 0)::integer
+      FROM (SELECT s.name FROM _event_store.es_projection_state s, caller
+             WHERE (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) caller.id)
+                OR pg_catalog.pg_has_role(caller.id, s.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text)
+             ORDER BY s.name) p, horizon
+$$;
+CREATE OR REPLACE VIEW @extschema@.es_projections AS
+WITH horizon AS MATERIALIZED (SELECT _event_store._es_feed_horizon() AS h)
+SELECT p.name,
+       CASE WHEN p.status = 'running' AND lag.events = 0 THEN 'caught up' ELSE p.status END AS status,
+       p.position,
+       lag.events AS lag_events,
+       coalesce(extract(epoch FROM now() - lag.oldest), 0)::double precision AS lag_seconds,
+       p.last_error,
+       p.last_error_position,
+       p.attempts,
+       p.retry_at,
+       p.owner,
+       p.updated_at,
+       w.state AS worker,
+       w.since AS worker_since
+  FROM _event_store.es_projection_state p,
+       horizon,
+       _event_store._es_worker_state() w,
+       LATERAL (SELECT count(*) AS events, min(e.created_at) AS oldest
+                  FROM @extschema@.event_store e
+                 WHERE e.global_position > p.position AND e.global_position <= horizon.h
+                   AND (p.event_types IS NULL OR e.event_type = ANY (p.event_types))
+                   AND (p.categories IS NULL OR _event_store._es_category(e.stream_id) = ANY (p.categories))) lag;
+COMMENT ON TABLE _event_store.es_verifications IS 'Every es_verify run by a role that sees all events: when, over what, and how many problems.';
+CREATE OR REPLACE VIEW @extschema@.es_verifications WITH (security_invoker = true) AS SELECT * FROM _event_store.es_verifications;
+CREATE OR REPLACE VIEW @extschema@.es_metrics AS
+WITH categories AS (
+    SELECT s.category, count(*) FILTER (WHERE s.version > 0) AS streams, sum(s.version) AS events,
+           -- Removed by retention (es_anchors): appended, no longer held.
+           coalesce(sum(a.first_version - 1), 0) AS removed
+      FROM _event_store.es_streams s LEFT JOIN _event_store.es_anchors a ON a.stream_id = s.stream_id
+     GROUP BY s.category
+),
+feed AS (
+    SELECT _event_store._es_feed_horizon() AS horizon,
+           coalesce(pg_catalog.pg_sequence_last_value('_event_store.es_global_position_seq'::pg_catalog.regclass), 0) AS handed_out
+),
+projections AS (
+    SELECT p.name, p.status, p.position, p.attempts, f.horizon,
+           (SELECT e.created_at FROM @extschema@.event_store e
+             WHERE e.global_position > p.position AND e.global_position <= f.horizon
+             ORDER BY e.global_position LIMIT 1) AS oldest_pending_at
+      FROM _event_store.es_projection_state p, feed f
+)
+SELECT 'event_store_writes_total' AS name, pg_catalog.jsonb_build_object('category', c.category) AS labels,
+       c.events::float8 AS value, 'counter' AS type,
+       'Events appended to the streams of a category' AS help
+  FROM categories c
+UNION ALL
+SELECT 'event_store_events', '{}', coalesce(sum(c.events - c.removed), 0)::float8, 'gauge',
+       'Events in the store (appended, less those retention removed)'
+  FROM categories c
+UNION ALL
+SELECT 'event_store_streams', '{}', coalesce(sum(c.streams), 0)::float8, 'gauge', 'Streams with at least one event'
+  FROM categories c
+UNION ALL
+SELECT 'projection_lag_events', pg_catalog.jsonb_build_object('projection', p.name),
+       greatest(p.horizon - p.position, 0)::float8, 'gauge',
+       'Feed positions between a projection and the horizon (an upper bound of its pending events)'
+  FROM projections p
+UNION ALL
+SELECT 'projection_lag_seconds', pg_catalog.jsonb_build_object('projection', p.name),
+       coalesce(extract(epoch FROM pg_catalog.now() - p.oldest_pending_at), 0)::float8, 'gauge',
+       'Age of the oldest committed event a projection has not applied (0 when caught up)'
+  FROM projections p
+UNION ALL
+SELECT 'event_store_projection_failed_attempts', pg_catalog.jsonb_build_object('projection', p.name),
+       p.attempts::float8, 'gauge', 'Failed attempts of a projection''s current batch'
+  FROM projections p
+UNION ALL
+SELECT 'event_store_projection_status', pg_catalog.jsonb_build_object('projection', p.name, 'status', s.status),
+       (p.status = s.status)::int::float8, 'gauge', 'A projection''s status: 1 for the current one'
+  FROM projections p, (VALUES ('running'), ('paused'), ('failed'), ('rebuilding')) AS s(status)
+UNION ALL
+SELECT 'event_store_feed_in_flight_positions', '{}', greatest(f.handed_out - f.horizon, 0)::float8, 'gauge',
+       'Positions handed out to appends above the horizon: appends in flight, or rolled back'
+  FROM feed f
+UNION ALL
+SELECT 'event_store_feed_oldest_in_flight_seconds', '{}',
+       coalesce(extract(epoch FROM pg_catalog.now() - min(h.registered_at)), 0)::float8, 'gauge',
+       'Age of the oldest append in flight, which holds the feed back (0 when none)'
+  FROM _event_store._es_feed_holders() h
+UNION ALL
+-- Whether this database is served: 1 while a worker is connected or no work waits for one, 0
+-- while work waits for a pool slot, max_worker_processes is used up, or nothing preloads the
+-- library (_es_worker_state says which).
+SELECT 'event_store_worker_up', pg_catalog.jsonb_build_object('database', pg_catalog.current_database(), 'state', w.state),
+       (w.state IN ('serving', 'idle'))::int::float8, 'gauge',
+       'Whether a projection worker serves this database (0: its projections and notifications wait)'
+  FROM _event_store._es_worker_state() w
+ WHERE w.state OPERATOR(pg_catalog.<>) 'standby'
+UNION ALL
+SELECT 'event_store_worker_last_pass_timestamp_seconds', pg_catalog.jsonb_build_object('database', pg_catalog.current_database()),
+       extract(epoch FROM w.last_pass)::float8, 'gauge',
+       'When a projection worker last finished a pass in this database (Unix time)'
+  FROM _event_store._es_worker_state() w
+ WHERE w.last_pass IS NOT NULL
+UNION ALL
+SELECT 'event_store_last_clean_verify_timestamp_seconds', '{}', extract(epoch FROM max(v.verified_at))::float8, 'gauge',
+       'When es_verify last checked the whole store and found nothing wrong (Unix time)'
+  FROM _event_store.es_verifications v
+ WHERE v.stream_id IS NULL AND v.problems = 0
+HAVING count(*) > 0
+UNION ALL
+SELECT 'event_store_retention_last_cut_timestamp_seconds', '{}', extract(epoch FROM max(a.cut_at))::float8, 'gauge',
+       'When es_apply_retention last removed events (Unix time)'
+  FROM _event_store.es_anchors a
+HAVING count(*) > 0;
+COMMENT ON VIEW @extschema@.es_metrics IS 'event_store''s metrics: name, labels, value, type, help (es_metrics_prometheus() formats them).';
+CREATE OR REPLACE FUNCTION @extschema@.es_metrics_prometheus() RETURNS text
+LANGUAGE sql
+STABLE
+BEGIN ATOMIC
+    SELECT coalesce(string_agg(block, '' ORDER BY name), '')
+      FROM (SELECT m.name,
+                   format(E'# HELP %s %s\n# TYPE %s %s\n', m.name, m.help, m.name, m.type)
+                   || string_agg(m.name || m.label_text || ' ' || m.value::text || E'\n', '' ORDER BY m.label_text) AS block
+              FROM (SELECT x.*,
+                           coalesce('{' || (SELECT string_agg(format('%s="%s"', l.key,
+                                                  replace(replace(replace(l.value, '\', '\\'), '"', '\"'), E'\n', '\n')), ',' ORDER BY l.key)
+                                              FROM jsonb_each_text(x.labels) l) || '}', '') AS label_text
+                      FROM @extschema@.es_metrics x) m
+             GROUP BY m.name, m.help, m.type) b;
+END;
+COMMENT ON FUNCTION @extschema@.es_metrics_prometheus() IS 'es_metrics in the Prometheus text exposition format.';
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
+	"subject" TEXT, /* & str */
+	"stream_id" TEXT, /* & str */
+	"event_data" jsonb, /* pgrx :: JsonB */
+	"metadata" jsonb /* pgrx :: JsonB */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
 CREATE OR REPLACE FUNCTION @extschema@.es_subject_export(subject text) RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
