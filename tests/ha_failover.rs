@@ -297,6 +297,14 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
         .collect();
     let reading = reader(ha.clone(), flags.clone());
     std::thread::sleep(Duration::from_secs(3));
+    // The scenario needs both replicas streaming; on a loaded machine one may still be
+    // connecting after those 3 seconds.
+    wait_for(WAIT, "both replicas stream", || {
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+        ) == 2
+    });
     // The leader stops sending WAL while only the local writer appends: it goes on committing
     // on the leader alone (visible there at once), and the leader dies with those commits.
     flags.pause.store(true, SeqCst);
