@@ -55,7 +55,8 @@ extension_sql_file!(
         read::feed::_es_feed_horizon,
         read::feed::_es_feed_holders,
         read::feed::_es_consumer_group_member,
-        read::feed::_es_check_feed_read
+        read::feed::_es_check_feed_read,
+        read::feed::_es_check_feed_isolation
     ]
 );
 extension_sql_file!(

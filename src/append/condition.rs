@@ -54,8 +54,8 @@ const TYPED_SQL: &str = "SELECT EXISTS (SELECT FROM _event_store.log e \
 const ANY_SQL: &str = "SELECT EXISTS (SELECT FROM _event_store.log e \
      WHERE e.global_position OPERATOR(pg_catalog.>) $1)";
 
-/// Whether any committed event after `after` matches `item` (all events for `None`), as of
-/// the active snapshot.
+/// Whether any committed event after `after` matches `item` (all events for `None`; an item
+/// names tags or types), as of the active snapshot.
 fn exists(client: &SpiClient<'_>, item: Option<&Item>, after: i64) -> bool {
     let types = |i: &Item| i.types.clone();
     let found = match item {
@@ -72,11 +72,11 @@ fn exists(client: &SpiClient<'_>, item: Option<&Item>, after: i64) -> bool {
                 &[i.tags.clone().into(), types(i).into(), after.into()],
             )
         }
-        Some(i) if !i.types.is_empty() => {
+        Some(i) => {
             let plan = plans::kept(client, TYPED_SQL, &[Oid::TEXTARRAYOID, Oid::INT8OID], false);
             client.select(&*plan, None, &[types(i).into(), after.into()])
         }
-        _ => {
+        None => {
             let plan = plans::kept(client, ANY_SQL, &[Oid::INT8OID], false);
             client.select(&*plan, None, &[after.into()])
         }
@@ -98,9 +98,9 @@ pub fn check(client: &SpiClient<'_>, condition: &Condition) -> Result<(), Refuse
         "Its check must see what appends it waited for committed; run it in a READ COMMITTED transaction.",
     );
     let after = condition.after.unwrap_or(0);
-    let items: Vec<Option<&Item>> = match condition.query.items.as_slice() {
-        [] => vec![None],
-        items => items.iter().map(Some).collect(),
+    let items: Vec<Option<&Item>> = match condition.query.narrowing() {
+        None => vec![None],
+        Some(items) => items.iter().map(Some).collect(),
     };
     if guards::as_of_now(|| items.iter().any(|i| exists(client, *i, after))) {
         return Err(Refused {

@@ -61,14 +61,8 @@ pub fn items(query: Option<&serde_json::Value>) -> Vec<Item> {
     let Some(q) = query.filter(|q| !q.is_null()) else {
         return vec![];
     };
-    let items = dcb::query(q).unwrap_or_else(|e| raise(e)).items;
-    match items
-        .iter()
-        .any(|i| i.types.is_empty() && i.tags.is_empty())
-    {
-        true => vec![],
-        false => items,
-    }
+    let query = dcb::query(q).unwrap_or_else(|e| raise(e));
+    query.narrowing().map(<[Item]>::to_vec).unwrap_or_default()
 }
 
 /// One item's cursor and the batch fetched from it, read up to `next`.
@@ -239,10 +233,7 @@ v1_function!(pg_finfo_es_dcb_read);
 pub unsafe extern "C-unwind" fn es_dcb_read(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: the argument types are those sql/dcb/dcb.sql declares.
     let [query, after, limit] = [0, 1, 2].map(|n| unsafe { append::datum_arg(fcinfo, n) });
-    feed::require_read_committed(
-        "feed reads need",
-        "Read the feed outside REPEATABLE READ and SERIALIZABLE transactions.",
-    );
+    feed::_es_check_feed_isolation();
     let limit = limit.map(|l| l.value() as i32);
     check_limit(limit);
     // SAFETY: a jsonb datum.

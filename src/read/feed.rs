@@ -97,16 +97,18 @@ fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
-/// Refuses (0A000) a transaction reading as of its own snapshot (REPEATABLE READ,
-/// SERIALIZABLE): it could not see what committed before a later horizon or lock.
-/// `needs` says who: "feed reads need", "a conditional append needs".
+/// Refuses (0A000) a transaction at another level than READ COMMITTED, as the feed's reads
+/// always have: one reading as of its own snapshot (REPEATABLE READ, SERIALIZABLE) could not
+/// see what committed before a later horizon or lock. `needs` says who: "feed reads need",
+/// "a conditional append needs".
 pub fn require_read_committed(needs: &str, hint: &str) {
     // SAFETY: reads the transaction's isolation level.
-    let level = unsafe { pg_sys::XactIsoLevel };
-    if level >= pg_sys::XACT_REPEATABLE_READ as i32 {
-        let name = match level == pg_sys::XACT_SERIALIZABLE as i32 {
-            true => "serializable",
-            false => "repeatable read",
+    let level = unsafe { pg_sys::XactIsoLevel } as u32;
+    if level != pg_sys::XACT_READ_COMMITTED {
+        let name = match level {
+            pg_sys::XACT_READ_UNCOMMITTED => "read uncommitted",
+            pg_sys::XACT_REPEATABLE_READ => "repeatable read",
+            _ => "serializable",
         };
         ereport!(
             ERROR,
@@ -115,6 +117,17 @@ pub fn require_read_committed(needs: &str, hint: &str) {
             hint
         );
     }
+}
+
+/// The feed reads' check (es_read_all, es_read_category, es_dcb_read): a snapshot older than
+/// the horizon could miss events committed in between, so they run in READ COMMITTED, where
+/// each statement takes a fresh snapshot. 0A000 otherwise.
+#[pg_extern(volatile, parallel_unsafe, schema = "_event_store")]
+pub fn _es_check_feed_isolation() {
+    require_read_committed(
+        "feed reads need",
+        "Read the feed outside REPEATABLE READ and SERIALIZABLE transactions.",
+    );
 }
 
 /// Highest position a feed reader may go up to now.

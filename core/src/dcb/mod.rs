@@ -63,6 +63,17 @@ impl Query {
     pub fn matches(&self, event_type: &str, tags: &[String]) -> bool {
         self.items.is_empty() || self.items.iter().any(|i| i.matches(event_type, tags))
     }
+
+    /// The items that narrow what the query matches, each to be looked for; `None` when it
+    /// matches every event (no items, or an item naming neither types nor tags).
+    pub fn narrowing(&self) -> Option<&[Item]> {
+        let everything = self.items.is_empty()
+            || self
+                .items
+                .iter()
+                .any(|i| i.types.is_empty() && i.tags.is_empty());
+        (!everything).then_some(&self.items)
+    }
 }
 
 fn invalid(what: &str, message: impl std::fmt::Display) -> Invalid {
@@ -290,6 +301,12 @@ mod tests {
             items: vec![item(&[], &["x"]), item(&[], &["course:1"])],
         };
         assert!(q.matches("Joined", &tags));
+        assert_eq!(q.narrowing(), Some(&q.items[..]));
+        assert_eq!(Query::default().narrowing(), None);
+        let everything = Query {
+            items: vec![item(&[], &["x"]), item(&[], &[])],
+        };
+        assert_eq!(everything.narrowing(), None);
     }
 
     #[test]
