@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import base64
 import json
+import weakref
 from collections.abc import Sequence
 from threading import Thread
 from typing import Any
 
-from psycopg.rows import tuple_row
+import psycopg
+from psycopg import pq
 
 from eventsourcing.dcb.api import (
     DCBAppendCondition,
@@ -51,6 +53,54 @@ DATA_KEY = "data"
 def _items(query: DCBQuery) -> dict[str, Any]:
     return {"items": [{"types": list(i.types), "tags": list(i.tags)} for i in query.items]}
 
+
+
+# A decision is two calls, and psycopg's per-query work (adapting parameters, its prepared
+# statement cache, result loaders) was a third of the client's CPU in one (benches/ section
+# 13); this module's statements go to libpq through psycopg.pq, prepared once per connection.
+_READ = (
+    b"es_dcb_recorder_read_1",
+    # The horizon first (the read depends on it), then the events. Every event up to the
+    # horizon is committed and seen by the read, so the head never claims an event the read
+    # could have missed. One row: the horizon, and the events as a JSON array of [position,
+    # type, the event's bytes as stored (base64 text), tags].
+    b"SELECT h.h, (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(r.global_position, "
+    b"r.event_type, r.event_data ->> '" + DATA_KEY.encode() + b"', r.tags) "
+    b"ORDER BY r.global_position) FROM es_dcb_read($1::jsonb, $2::bigint, $3::integer) r WHERE h.h IS NOT NULL) "
+    b"FROM (SELECT es_feed_horizon() AS h) h",
+)
+_APPEND = (b"es_dcb_recorder_append_1", b"SELECT es_dcb_append($1::jsonb, $2::jsonb)")
+_OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+_prepared: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+
+
+def _run(conn: Any, statement: tuple[bytes, bytes], params: list[bytes | None]) -> tuple[Any, ...]:
+    """Runs one of this module's statements on a connection of the pool and returns its one
+    row as text (bytes; None for NULL); a failure raises the error a psycopg cursor would.
+    libpq's call blocks (other threads run: it releases the GIL), so an interrupt waits for
+    the statement to end; statement_timeout bounds it."""
+    name, sql = statement
+    with conn.lock:
+        pgconn = conn.pgconn
+        done = _prepared.setdefault(conn, set())
+        if name not in done:
+            _check(conn, pgconn.prepare(name, sql))
+            done.add(name)
+        res = pgconn.exec_prepared(name, params)
+        if res.error_field(pq.DiagnosticField.SQLSTATE) == b"26000":
+            # Dropped since (DISCARD ALL): refused before it ran, so prepared again and rerun.
+            _check(conn, pgconn.prepare(name, sql))
+            res = pgconn.exec_prepared(name, params)
+    _check(conn, res)
+    return tuple(res.get_value(0, i) for i in range(res.nfields))
+
+
+def _check(conn: Any, res: Any) -> None:
+    if res.status in _OK:
+        return
+    if conn.pgconn.status != pq.ConnStatus.OK:
+        raise psycopg.OperationalError(res.get_error_message())
+    raise psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
 
 class _Response(DCBReadResponse):
     def __init__(self, events: list[DCBSequencedEvent], head: int | None):
@@ -83,34 +133,26 @@ class EventStoreDCBRecorder(DCBRecorder):
         after: int | None = None,
         limit: int | None = None,
     ) -> DCBReadResponse:
-        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
-            # One statement: the horizon first (the read depends on it), then the events.
-            # Every event up to the horizon is committed and seen by the read, so the head
-            # never claims an event the read could have missed. Rows carry the event's bytes
-            # as stored (base64 text), not its JSON document.
-            rows = cur.execute(
-                "SELECT h.h, r.global_position, r.event_type, r.event_data ->> %s, r.tags "
-                "FROM (SELECT es_feed_horizon() AS h) h LEFT JOIN LATERAL "
-                "(SELECT * FROM es_dcb_read(%s::jsonb, %s, %s) WHERE h.h IS NOT NULL) r "
-                "ON true ORDER BY r.global_position",
-                (DATA_KEY, None if query is None else json.dumps(_items(query)), after, limit),
-                prepare=True,
-            ).fetchall()
-        horizon = rows[0][0] if rows else 0
+        params = [
+            None if query is None else json.dumps(_items(query)).encode(),
+            None if after is None else str(after).encode(),
+            None if limit is None else str(limit).encode(),
+        ]
+        with self.datastore.get_connection() as conn:
+            horizon, events = _run(conn, _READ, params)
         b64decode = base64.b64decode
         events = [
             DCBSequencedEvent(
                 event=DCBEvent(type=event_type, data=b64decode(data), tags=tags),
                 position=position,
             )
-            for _, position, event_type, data, tags in rows
-            if position is not None
+            for position, event_type, data, tags in (json.loads(events) if events else ())
         ]
         last = events[-1].position if events else None
         if limit is not None:
             head = last
         else:
-            head = max(horizon or 0, last or 0) or None
+            head = max(int(horizon or 0), last or 0) or None
         return _Response(events, head)
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
@@ -137,16 +179,11 @@ class EventStoreDCBRecorder(DCBRecorder):
                     "fail_if_events_match": _items(condition.fail_if_events_match),
                     "after": condition.after,
                 }
-            )
+            ).encode()
         # A failed condition is ES001: the library's IntegrityError.
         with self.datastore.get_connection() as conn, _conflicts_as_integrity_errors():
-            row = conn.execute(
-                "SELECT es_dcb_append(%s::jsonb, %s::jsonb) AS last",
-                (payload, cond),
-                prepare=True,
-            ).fetchone()
-        assert row is not None
-        return row["last"]
+            (last,) = _run(conn, _APPEND, [payload.encode(), cond])
+        return int(last)
 
     def subscribe(
         self, query: DCBQuery | None = None, *, after: int | None = None

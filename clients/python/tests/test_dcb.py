@@ -23,8 +23,8 @@ from test_recorders import FreshDatabase
 
 
 class TestDCBRecorder(FreshDatabase, DCBRecorderTestCase):
-    def make_recorder(self) -> EventStoreDCBRecorder:
-        env = dict(self.env_vars, PERSISTENCE_MODULE="eventsourcing_eventstore.dcb")
+    def make_recorder(self, **settings: str) -> EventStoreDCBRecorder:
+        env = dict(self.env_vars, PERSISTENCE_MODULE="eventsourcing_eventstore.dcb", **settings)
         factory = DCBInfrastructureFactory.construct(Environment("", env))
         assert isinstance(factory, EventStoreDCBFactory)
         self._factories.append(factory)
@@ -69,6 +69,37 @@ class TestDCBRecorder(FreshDatabase, DCBRecorderTestCase):
         # The refused appends used no position.
         assert recorder.read().head == 2
 
+
+    def test_statements_prepared_again_after_discard_all(self) -> None:
+        # The recorder prepares its statements once per connection; a pool's DISCARD ALL
+        # drops them, and the next call prepares them again (one connection: the one dropped).
+        recorder = self.make_recorder(POSTGRES_POOL_SIZE="1")
+        query = DCBQuery(items=[DCBQueryItem(tags=["t"])])
+        recorder.append([DCBEvent(type="A", data=b"\x00\xff", tags=["t"])])
+        assert [e.event.data for e in recorder.read(query)] == [b"\x00\xff"]
+        with recorder.datastore.get_connection() as conn:
+            conn.execute("DISCARD ALL")
+        head = recorder.read(query).head
+        appended = recorder.append(
+            [DCBEvent(type="B", data=b"", tags=["t"])], DCBAppendCondition(query, head)
+        )
+        assert appended == 2
+        assert [(e.event.type, e.position) for e in recorder.read(query, after=1)] == [("B", 2)]
+
+    def test_errors_are_the_library_s(self) -> None:
+        # What psycopg would raise, as the library maps it: an invalid query is a DataError
+        # (22023); a refused condition an IntegrityError (ES001).
+        from eventsourcing.persistence import DataError
+
+        recorder = self.make_recorder()
+        with self.assertRaises(DataError):
+            recorder.read(DCBQuery(items=[DCBQueryItem(tags=[""])]))
+        recorder.append([DCBEvent(type="A", data=b"", tags=["t"])])
+        with self.assertRaises(IntegrityError):
+            recorder.append(
+                [DCBEvent(type="A", data=b"", tags=["t"])],
+                DCBAppendCondition(DCBQuery(items=[DCBQueryItem(tags=["t"])]), None),
+            )
 
 # -- the library's DCB application and projection runner ---------------------------
 
