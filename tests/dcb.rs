@@ -517,3 +517,40 @@ fn dcb_reads_merge_items_stop_at_the_horizon_and_honour_row_security() {
     ))
     .unwrap();
 }
+
+#[test]
+fn tag_reads_and_conditions_see_chunks_made_since_they_last_looked() {
+    if !timescaledb() {
+        return;
+    }
+    let db = TestDb::new("dcb_chunks");
+    let (mut c, mut other) = (db.connect(), db.connect());
+    // Tiny chunks: each append below lands in one of its own, made by another session after
+    // this one's tag reads and checks last listed event_store's chunks.
+    c.batch_execute("SELECT set_chunk_time_interval('event_store', interval '20 milliseconds')")
+        .unwrap();
+    let course = r#"'{"items": [{"tags": ["course:1"]}]}'"#;
+    let mut stored = vec![];
+    for _ in 0..3 {
+        stored.push(dcb_append(&mut other, &event("StudentJoined", &["course:1"]), None).unwrap());
+        assert_eq!(read_positions(&mut c, course), stored);
+        let last = *stored.last().unwrap();
+        assert_eq!(
+            sqlstate(dcb_append(
+                &mut c,
+                &event("StudentJoined", &["course:1"]),
+                Some(&condition(&["course:1"], last - 1))
+            )),
+            "ES001"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let chunks: i64 = c
+        .query_one(
+            "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'event_store'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(chunks >= 3, "{chunks} chunks");
+}

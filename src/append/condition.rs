@@ -102,7 +102,23 @@ pub fn check(client: &SpiClient<'_>, condition: &Condition) -> Result<(), Refuse
         None => vec![None],
         Some(items) => items.iter().map(Some).collect(),
     };
-    if guards::as_of_now(|| items.iter().any(|i| exists(client, *i, after))) {
+    let found = guards::as_of_now(|| {
+        let relations = items
+            .iter()
+            .any(|i| i.is_some_and(|i| !i.tags.is_empty()))
+            .then(|| crate::dcb::tag_scan::open(client))
+            .flatten();
+        items.iter().any(|i| match (&relations, i) {
+            // SAFETY: as of the snapshot active; the item names tags.
+            (Some(r), Some(item)) if !item.tags.is_empty() => unsafe {
+                !r.matches(pg_sys::GetActiveSnapshot(), item, after, i64::MAX, |_| {
+                    false
+                })
+            },
+            _ => exists(client, *i, after),
+        })
+    });
+    if found {
         return Err(Refused {
             code: b"ES001",
             message: format!(

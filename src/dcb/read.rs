@@ -2,6 +2,7 @@
 //! through its own index with a kept plan (no planning, no PL/pgSQL, no row built and taken
 //! apart per event); the items' results, each in position order, are merged into one without
 //! repeats, and only events holding sealed personal data are decoded to be revealed.
+use super::tag_scan;
 use crate::append;
 use crate::pg::errors::raise_invalid as raise;
 use crate::pg::guards::{self, OwnedContext, Switched};
@@ -169,6 +170,13 @@ unsafe fn read(
     limit: Option<i64>,
 ) {
     Spi::connect(|client| {
+        if !items.is_empty() && items.iter().all(|i| !i.tags.is_empty()) {
+            if let Some(relations) = tag_scan::open(client) {
+                // SAFETY: as the caller promises, as of the snapshot active.
+                unsafe { read_tagged(rsinfo, &relations, items, lo, horizon, limit) };
+                return;
+            }
+        }
         let mut sources: Vec<Source> = match items {
             [] => vec![None],
             items => items.iter().map(Some).collect(),
@@ -224,6 +232,54 @@ unsafe fn read(
             left -= 1;
         }
     });
+}
+
+/// `read` for items that all name tags, through their tag index: the positions of the matches
+/// first, then the rows of the first `limit` of them in position order.
+///
+/// # Safety
+/// As for `read`, with the snapshot to read as of active.
+unsafe fn read_tagged(
+    rsinfo: *mut pg_sys::ReturnSetInfo,
+    relations: &tag_scan::Relations,
+    items: &[Item],
+    lo: i64,
+    horizon: i64,
+    limit: Option<i64>,
+) {
+    // SAFETY: the snapshot `as_of_now` pushed, active for the whole read.
+    let snapshot = unsafe { pg_sys::GetActiveSnapshot() };
+    let mut found = vec![];
+    for item in items {
+        // SAFETY: as above; the item names tags.
+        unsafe {
+            relations.matches(snapshot, item, lo, horizon, |f| {
+                found.push(f);
+                true
+            })
+        };
+    }
+    found.sort_unstable_by_key(|f| f.position);
+    found.dedup_by_key(|f| f.position);
+    found.truncate(limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX)));
+    // What revealing an event allocates, freed once the row is stored.
+    let per_row = OwnedContext::new(c"event_store es_dcb_read");
+    for f in &found {
+        // SAFETY: found with this snapshot; the row's datums are copied by the tuplestore.
+        unsafe {
+            relations.fetch(snapshot, f, |values, nulls| {
+                let _in_row = Switched::to(&per_row);
+                values[EVENT_DATA] = sealing::reveal_data(values[EVENT_DATA]);
+                pg_sys::tuplestore_putvalues(
+                    (*rsinfo).setResult,
+                    (*rsinfo).setDesc,
+                    values.as_mut_ptr(),
+                    nulls.as_mut_ptr(),
+                );
+            })
+        };
+        per_row.reset();
+    }
 }
 
 v1_function!(pg_finfo_es_dcb_read);

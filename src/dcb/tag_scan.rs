@@ -1,0 +1,443 @@
+//! Events with given tags read straight from the tag index (a GIN bitmap) of event_store, or
+//! of each of its chunks, without the executor: the condition's check and es_dcb_read for
+//! items that name tags. A statement's executor start, its bitmap heap scan's prefetching and
+//! its sort cost more than the few events a tag holds (benches/ section 13). Where this reading
+//! could differ from a query's (row level security, column-only privileges, a compressed or
+//! tiered chunk, a tag index missing or of another shape), `open` declines and the caller takes
+//! its SQL.
+use crate::pg::guards::{OwnedContext, Switched};
+use crate::pg::{relcache, timescaledb};
+use crate::read::stream_scan;
+use event_store_core::dcb::Item;
+use pgrx::pg_sys::{self, Datum};
+use pgrx::spi::SpiClient;
+use pgrx::IntoDatum;
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+extern "C-unwind" {
+    /// catalog/pg_inherits.h (not bound by pgrx): the children of a table, here its chunks.
+    fn find_inheritance_children(
+        parent: pg_sys::Oid,
+        lockmode: pg_sys::LOCKMODE,
+    ) -> *mut pg_sys::List;
+}
+
+/// GIN's array_ops strategy for `@>`.
+const CONTAINS: u16 = 2;
+
+/// One relation of events, open with its tag index, and where its columns are (attribute
+/// numbers: a chunk made after a column was dropped numbers them differently).
+struct Source {
+    rel: pg_sys::Relation,
+    index: pg_sys::Relation,
+    position: usize,
+    event_type: usize,
+    tags: usize,
+    /// es_dcb_read's columns, in its order.
+    row: [usize; 6],
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        // SAFETY: both opened by `open_source`, closed once; their locks are kept to the end
+        // of the transaction, as a query's are.
+        unsafe {
+            pg_sys::index_close(self.index, pg_sys::NoLock as i32);
+            pg_sys::relation_close(self.rel, pg_sys::NoLock as i32);
+        }
+    }
+}
+
+/// An event a scan found: its position and where its row is.
+#[derive(Clone, Copy)]
+pub struct Found {
+    pub position: i64,
+    source: usize,
+    tid: pg_sys::ItemPointerData,
+}
+
+/// event_store's relations, open for tag scans.
+pub struct Relations(Vec<Source>);
+
+/// The chunks learnt: valid while `relcache`'s generation holds (TimescaleDB invalidates its
+/// proxy relation whenever a chunk's status changes or a chunk is dropped) and event_store's
+/// children are the same (a new chunk invalidates nothing).
+struct Learnt {
+    generation: u64,
+    root: pg_sys::Oid,
+    children: Vec<pg_sys::Oid>,
+    /// None: some chunk cannot be read in place.
+    readable: Option<Vec<pg_sys::Oid>>,
+}
+
+thread_local! {
+    static LEARNT: RefCell<Option<Learnt>> = const { RefCell::new(None) };
+}
+
+/// The relations holding event_store's rows, or None when some cannot be read in place. Called
+/// with the snapshot the scan reads as active: the catalog is read as of later than it.
+fn relations(client: &SpiClient<'_>, table: pg_sys::Oid) -> Option<Vec<pg_sys::Oid>> {
+    if !stream_scan::partitioned(table) {
+        return Some(vec![table]);
+    }
+    // SAFETY: catalog reads in the caller's transaction; the catalog snapshot is dropped first
+    // so that every chunk committed before the scan's snapshot is listed.
+    let mut children: Vec<pg_sys::Oid> = unsafe {
+        pg_sys::InvalidateCatalogSnapshot();
+        let list = pg_sys::ffi::pg_guard_ffi_boundary(|| {
+            find_inheritance_children(table, pg_sys::NoLock as pg_sys::LOCKMODE)
+        });
+        pgrx::PgList::<pg_sys::Oid>::from_pg(list)
+            .iter_oid()
+            .collect()
+    };
+    children.sort_unstable_by_key(|o| o.to_u32());
+    let generation = relcache::generation();
+    let known = LEARNT.with(|l| {
+        l.borrow()
+            .as_ref()
+            .filter(|l| l.generation == generation && l.root == table && l.children == children)
+            .map(|l| l.readable.clone())
+    });
+    if let Some(readable) = known {
+        return readable;
+    }
+    // Watches TimescaleDB's proxy relation; not a hypertable: children of another kind.
+    let readable = if timescaledb::hypertable(client, table) {
+        timescaledb::chunks(client, table, i64::MIN / 2, i64::MAX / 2).and_then(|mut chunks| {
+            let mut relids: Vec<pg_sys::Oid> = chunks.iter().map(|c| c.relid).collect();
+            relids.sort_unstable_by_key(|o| o.to_u32());
+            let all = relids == children && chunks.iter().all(timescaledb::Chunk::readable);
+            chunks.sort_unstable_by_key(|c| c.start);
+            all.then(|| chunks.into_iter().map(|c| c.relid).collect())
+        })
+    } else {
+        None
+    };
+    LEARNT.with(|l| {
+        *l.borrow_mut() = Some(Learnt {
+            generation,
+            root: table,
+            children,
+            readable: readable.clone(),
+        })
+    });
+    readable
+}
+
+fn attnum(relid: pg_sys::Oid, name: &CStr) -> Option<usize> {
+    // SAFETY: a syscache lookup.
+    let n = unsafe { pg_sys::get_attnum(relid, name.as_ptr()) };
+    (n > 0).then_some(n as usize)
+}
+
+/// Whether an index predicate is none, or `tags <> '{}'` (event_store's tag index: untagged
+/// events are not in it, and a scan for a tag never wants them).
+///
+/// # Safety
+/// `predicate` is a relation's index predicate (implicitly ANDed clauses).
+unsafe fn only_untagged_left_out(predicate: *mut pg_sys::List, tags: usize) -> bool {
+    // SAFETY: as the caller promises; nodes are checked for their tag before being cast.
+    unsafe {
+        let clauses = pgrx::PgList::<pg_sys::Node>::from_pg(predicate);
+        match clauses.len() {
+            0 => return true,
+            1 => {}
+            _ => return false,
+        }
+        let Some(clause) = clauses.get_ptr(0) else {
+            return false;
+        };
+        if (*clause).type_ != pg_sys::NodeTag::T_OpExpr {
+            return false;
+        }
+        let op = clause.cast::<pg_sys::OpExpr>();
+        let args = pgrx::PgList::<pg_sys::Node>::from_pg((*op).args);
+        let (Some(var), Some(value)) = (args.get_ptr(0), args.get_ptr(1)) else {
+            return false;
+        };
+        if (*op).opfuncid != pg_sys::Oid::from(pg_sys::F_ARRAY_NE)
+            || args.len() != 2
+            || (*var).type_ != pg_sys::NodeTag::T_Var
+            || (*var.cast::<pg_sys::Var>()).varattno as usize != tags
+            || (*value).type_ != pg_sys::NodeTag::T_Const
+        {
+            return false;
+        }
+        let value = value.cast::<pg_sys::Const>();
+        if (*value).constisnull {
+            return false;
+        }
+        let array = pg_sys::pg_detoast_datum((*value).constvalue.cast_mut_ptr())
+            .cast::<pg_sys::ArrayType>();
+        (*array).ndim == 0
+    }
+}
+
+/// Opens one relation of events with its tag index: a valid GIN index on `tags` alone.
+///
+/// # Safety
+/// Inside a transaction.
+unsafe fn open_source(relid: pg_sys::Oid) -> Option<Source> {
+    let column = |name: &CStr| attnum(relid, name);
+    let tags = column(c"tags")?;
+    let row = [
+        column(c"global_position")?,
+        column(c"event_type")?,
+        column(c"event_data")?,
+        tags,
+        column(c"metadata")?,
+        column(c"created_at")?,
+    ];
+    // SAFETY: as the caller promises; what is opened here is closed by Source's drop, or below.
+    unsafe {
+        let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as i32);
+        if rel.is_null() {
+            return None; // dropped since it was listed
+        }
+        let indexes = pgrx::PgList::<pg_sys::Oid>::from_pg(pg_sys::RelationGetIndexList(rel));
+        for oid in indexes.iter_oid() {
+            let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
+            let form = (*index).rd_index;
+            if (*(*index).rd_rel).relam == pg_sys::GIN_AM_OID
+                && (*form).indisvalid
+                && (*form).indnatts == 1
+                && (*form).indkey.values.as_slice(1)[0] as usize == tags
+                && only_untagged_left_out(pg_sys::RelationGetIndexPredicate(index), tags)
+            {
+                return Some(Source {
+                    rel,
+                    index,
+                    position: row[0],
+                    event_type: row[1],
+                    tags,
+                    row,
+                });
+            }
+            pg_sys::index_close(index, pg_sys::AccessShareLock as i32);
+        }
+        pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
+        None
+    }
+}
+
+/// event_store's relations open for tag scans, or None where a query must read instead. The
+/// snapshot the scans will read with is active.
+pub fn open(client: &SpiClient<'_>) -> Option<Relations> {
+    let table = crate::pg::schema::relation(c"event_store");
+    if !stream_scan::reads_like_a_query(table) {
+        return None;
+    }
+    let relids = relations(client, table)?;
+    let listed = relcache::generation();
+    let mut sources = Vec::with_capacity(relids.len());
+    for relid in relids {
+        // SAFETY: in the caller's transaction.
+        sources.push(unsafe { open_source(relid) }?);
+    }
+    // Taking the locks accepted invalidations: a chunk changed since it was listed (compressed,
+    // dropped) leaves the reading to a query.
+    (relcache::generation() == listed).then_some(Relations(sources))
+}
+
+/// A heap page pinned, released when dropped.
+struct Pinned(pg_sys::Buffer);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            // SAFETY: pinned by ReleaseAndReadBuffer or heap_fetch, and unlocked before any
+            // call that can fail.
+            unsafe { pg_sys::ReleaseBuffer(self.0) };
+        }
+    }
+}
+
+/// A bitmap and its iterator, freed when dropped.
+struct Bitmap(*mut pg_sys::TIDBitmap, *mut pg_sys::TBMIterator);
+
+impl Drop for Bitmap {
+    fn drop(&mut self) {
+        // SAFETY: made by tbm_create and tbm_begin_iterate in `matches`, freed once.
+        unsafe {
+            if !self.1.is_null() {
+                pg_sys::tbm_end_iterate(self.1);
+            }
+            pg_sys::tbm_free(self.0);
+        }
+    }
+}
+
+impl Relations {
+    /// Calls `f` with each event `item` matches in positions (lo, hi] that `snapshot` sees, in
+    /// no particular order, until it returns false. Returns false when `f` did.
+    ///
+    /// # Safety
+    /// `snapshot` is registered or active for the call; `item` names tags.
+    pub unsafe fn matches(
+        &self,
+        snapshot: pg_sys::Snapshot,
+        item: &Item,
+        lo: i64,
+        hi: i64,
+        mut f: impl FnMut(Found) -> bool,
+    ) -> bool {
+        let per_page = OwnedContext::new(c"event_store tag scan");
+        let wanted = item.tags.clone().into_datum().expect("an array");
+        for (n, s) in self.0.iter().enumerate() {
+            // SAFETY: as the caller promises, on relations `open` opened; every resource is
+            // held by a guard, and the page is unlocked before anything that can fail.
+            unsafe {
+                let collation = *(*s.index).rd_indcollation;
+                let bitmap = {
+                    let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+                    pg_sys::ScanKeyEntryInitialize(
+                        &mut key,
+                        0,
+                        1,
+                        CONTAINS,
+                        pg_sys::ANYARRAYOID,
+                        collation,
+                        pg_sys::Oid::from(pg_sys::F_ARRAYCONTAINS),
+                        wanted,
+                    );
+                    let scan = crate::pg::guards::IndexScan(pg_sys::index_beginscan_bitmap(
+                        s.index, snapshot, 1,
+                    ));
+                    pg_sys::index_rescan(scan.0, &mut key, 1, std::ptr::null_mut(), 0);
+                    let mut bitmap = Bitmap(
+                        pg_sys::tbm_create(
+                            pg_sys::work_mem as std::ffi::c_long * 1024,
+                            std::ptr::null_mut(),
+                        ),
+                        std::ptr::null_mut(),
+                    );
+                    pg_sys::index_getbitmap(scan.0, bitmap.0);
+                    bitmap.1 = pg_sys::tbm_begin_iterate(bitmap.0);
+                    bitmap
+                };
+                let tupdesc = (*s.rel).rd_att;
+                let natts = (*tupdesc).natts as usize;
+                let (mut values, mut nulls) = (vec![Datum::from(0); natts], vec![false; natts]);
+                let mut buffer = Pinned(0);
+                let mut tuples: Vec<pg_sys::HeapTupleData> = Vec::with_capacity(16);
+                loop {
+                    let page = pg_sys::tbm_iterate(bitmap.1);
+                    if page.is_null() {
+                        break;
+                    }
+                    let page = &*page;
+                    buffer.0 = pg_sys::ReleaseAndReadBuffer(buffer.0, s.rel, page.blockno);
+                    pg_sys::LockBuffer(buffer.0, pg_sys::BUFFER_LOCK_SHARE as i32);
+                    // A lossy page (ntuples -1) names no offsets: all of them are looked at.
+                    let offsets: Vec<u16> = if page.ntuples >= 0 {
+                        page.offsets.as_slice(page.ntuples as usize).to_vec()
+                    } else {
+                        (1..=pg_sys::PageGetMaxOffsetNumber(pg_sys::BufferGetPage(buffer.0)))
+                            .collect()
+                    };
+                    tuples.clear();
+                    for offset in offsets {
+                        let mut tid: pg_sys::ItemPointerData = std::mem::zeroed();
+                        tid.ip_blkid.bi_hi = (page.blockno >> 16) as u16;
+                        tid.ip_blkid.bi_lo = page.blockno as u16;
+                        tid.ip_posid = offset;
+                        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+                        let mut all_dead = false;
+                        if pg_sys::heap_hot_search_buffer(
+                            &mut tid,
+                            s.rel,
+                            buffer.0,
+                            snapshot,
+                            &mut tuple,
+                            &mut all_dead,
+                            true,
+                        ) {
+                            tuples.push(tuple);
+                        }
+                    }
+                    pg_sys::LockBuffer(buffer.0, pg_sys::BUFFER_LOCK_UNLOCK as i32);
+                    // The index says the tags may match: checked on the row, with the types and
+                    // positions.
+                    let _in_page = Switched::to(&per_page);
+                    for tuple in tuples.iter_mut() {
+                        pgrx::check_for_interrupts!();
+                        pg_sys::heap_deform_tuple(
+                            tuple,
+                            tupdesc,
+                            values.as_mut_ptr(),
+                            nulls.as_mut_ptr(),
+                        );
+                        let position = values[s.position - 1].value() as i64;
+                        if position <= lo || position > hi || nulls[s.tags - 1] {
+                            continue;
+                        }
+                        if !item.types.is_empty()
+                            && !crate::pg::jsonb::with_text(values[s.event_type - 1], |t| {
+                                item.types.iter().any(|w| w == t)
+                            })
+                        {
+                            continue;
+                        }
+                        // Byte equality: `@>` on text under the deterministic default collation.
+                        let tags = <pgrx::Array<&str> as pgrx::FromDatum>::from_datum(
+                            values[s.tags - 1],
+                            false,
+                        );
+                        if !tags.is_some_and(|tags| {
+                            item.tags
+                                .iter()
+                                .all(|w| tags.iter().any(|t| t == Some(w.as_str())))
+                        }) {
+                            continue;
+                        }
+                        let found = Found {
+                            position,
+                            source: n,
+                            tid: tuple.t_self,
+                        };
+                        if !f(found) {
+                            return false;
+                        }
+                    }
+                    drop(_in_page);
+                    per_page.reset();
+                }
+            }
+        }
+        true
+    }
+
+    /// Calls `f` with the row of an event `matches` found, as es_dcb_read's columns; false when
+    /// `snapshot` does not see it.
+    ///
+    /// # Safety
+    /// `snapshot` is the one `matches` found it with, still registered or active.
+    pub unsafe fn fetch(
+        &self,
+        snapshot: pg_sys::Snapshot,
+        found: &Found,
+        f: impl FnOnce(&mut [Datum; 6], &mut [bool; 6]),
+    ) -> bool {
+        let s = &self.0[found.source];
+        // SAFETY: as the caller promises; the page stays pinned while the row's datums, which
+        // point into it, are used.
+        unsafe {
+            let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+            tuple.t_self = found.tid;
+            let mut buffer = Pinned(0);
+            if !pg_sys::heap_fetch(s.rel, snapshot, &mut tuple, &mut buffer.0, false) {
+                return false;
+            }
+            let tupdesc = (*s.rel).rd_att;
+            let natts = (*tupdesc).natts as usize;
+            let (mut values, mut nulls) = (vec![Datum::from(0); natts], vec![false; natts]);
+            pg_sys::heap_deform_tuple(&mut tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let mut row = s.row.map(|a| values[a - 1]);
+            let mut row_nulls = s.row.map(|a| nulls[a - 1]);
+            f(&mut row, &mut row_nulls);
+        }
+        true
+    }
+}
