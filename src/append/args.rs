@@ -338,5 +338,6 @@ pub(super) fn multi_entry(a: pg_sys::Datum, stamp: &Stamp) -> Result<Entry, Inva
         stream_id,
         expected,
         events: batch_events(events, stamp)?,
+        made: false,
     })
 }

@@ -103,7 +103,10 @@ pub(crate) fn append(
         // Locked in lock order, kept in entry order.
         let mut locked: Vec<(usize, registry::Head)> = order
             .iter()
-            .map(|&i| (i, registry.lock(client, &entries[i].stream_id)))
+            .map(|&i| match entries[i].made {
+                true => (i, registry::Head::made()),
+                false => (i, registry.lock(client, &entries[i].stream_id)),
+            })
             .collect();
         locked.sort_by_key(|(i, _)| *i);
         let heads: Vec<registry::Head> = locked.into_iter().map(|(_, h)| h).collect();
@@ -206,7 +209,17 @@ pub(crate) fn append(
             }
             new.execute(client);
             for (i, _, version, at, last, hash) in &written {
-                registry.advance(&heads[*i], *version, *at, *last, hash);
+                match entries[*i].made {
+                    true => registry.register(
+                        client,
+                        &entries[*i].stream_id,
+                        *version,
+                        *at,
+                        *last,
+                        hash,
+                    ),
+                    false => registry.advance(&heads[*i], *version, *at, *last, hash),
+                }
             }
         }
         rows.sort_by_key(|r| r.entry);

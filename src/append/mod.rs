@@ -55,6 +55,9 @@ struct Entry {
     stream_id: String,
     expected: Option<i64>,
     events: Vec<Event>,
+    /// A stream this call made up (es_dcb_append's `dcb-<uuid>`): no other transaction knows
+    /// it, so it has no registry row to lock, and one is written once its head is known.
+    made: bool,
 }
 
 /// One row of the result: the entry it belongs to and what was stored.
@@ -182,6 +185,7 @@ pub unsafe extern "C-unwind" fn es_append(fcinfo: pg_sys::FunctionCallInfo) -> p
             stream_id: stream_id.to_string(),
             expected,
             events: vec![event(given, &stamp, None, limits()).unwrap_or_else(|e| raise(e))],
+            made: false,
         }
     };
     // SAFETY: es_append returns TABLE (event_id, stream_version, global_position, created_at).
@@ -205,6 +209,7 @@ pub unsafe extern "C-unwind" fn es_append_batch(fcinfo: pg_sys::FunctionCallInfo
             stream_id,
             expected,
             events: batch_events(events, &stamp).unwrap_or_else(|e| raise(e)),
+            made: false,
         }
     };
     // SAFETY: as for es_append.
@@ -254,9 +259,9 @@ pub(crate) fn conditional(
     let mut entries: Vec<Entry> = vec![];
     let mut own: Option<String> = None;
     for (i, mut ev) in parsed.into_iter().enumerate() {
-        let stream = match args::stream_field(element(events, i as i32), i) {
-            Ok(Some(s)) => s,
-            Ok(None) => own.get_or_insert_with(condition::call_stream).clone(),
+        let (stream, made) = match args::stream_field(element(events, i as i32), i) {
+            Ok(Some(s)) => (s, false),
+            Ok(None) => (own.get_or_insert_with(condition::call_stream).clone(), true),
             Err(e) => raise(e),
         };
         ev.rank = i;
@@ -266,6 +271,7 @@ pub(crate) fn conditional(
                 stream_id: stream,
                 expected: None,
                 events: vec![ev],
+                made,
             }),
         }
     }

@@ -66,6 +66,19 @@ pub struct Head {
     tid: pg_sys::ItemPointerData,
 }
 
+impl Head {
+    /// The head of a stream the call made up, before its first event: no row yet.
+    pub fn made() -> Head {
+        Head {
+            version: 0,
+            hash: None,
+            last_at: None,
+            // SAFETY: an all-zero item pointer (invalid), never used: `register` writes the row.
+            tid: unsafe { std::mem::zeroed() },
+        }
+    }
+}
+
 /// es_streams' columns that appends read or write, by attribute number.
 #[derive(Clone, Copy)]
 struct Columns {
@@ -369,6 +382,71 @@ impl Registry {
                 .expect("a table AM fetches row versions");
             pg_sys::ffi::pg_guard_ffi_boundary(|| fetch(self.rel.0, tid, snapshot, slot.0))
         }
+    }
+
+    /// Registers a stream the call made up (`Head::made`) with its head after the append: one
+    /// row written, where `lock` then `advance` would write two versions of it.
+    pub(super) fn register(
+        &self,
+        client: &mut SpiClient<'_>,
+        stream_id: &str,
+        version: i64,
+        at: i64,
+        last_position: i64,
+        head_hash: &[u8],
+    ) {
+        // SAFETY: inside the append's transaction, as the extension's owner.
+        if unsafe { self.insert_head(stream_id, version, at, last_position, head_hash) } {
+            return;
+        }
+        let head = self.lock(client, stream_id);
+        self.advance(&head, version, at, last_position, head_hash);
+    }
+
+    /// `register` without a statement, or false when the table takes more than `direct` does.
+    ///
+    /// # Safety
+    /// Inside the append's transaction.
+    unsafe fn insert_head(
+        &self,
+        stream_id: &str,
+        version: i64,
+        at: i64,
+        last_position: i64,
+        head_hash: &[u8],
+    ) -> bool {
+        use pg_sys::{BYTEAOID, INT8OID, TEXTOID, TIMESTAMPTZOID};
+        // SAFETY: an open relation.
+        let relid = unsafe { (*self.rel.0).rd_id };
+        if !crate::read::stream_scan::unfiltered(relid, pg_sys::ACL_INSERT) {
+            return false;
+        }
+        // SAFETY: as the caller promises; datums of the columns' types. A key another
+        // transaction holds (it cannot guess the made-up id) would raise 23505.
+        unsafe {
+            let mut executor = super::direct::Executor::new(relid);
+            let columns = [
+                ("stream_id", TEXTOID),
+                ("version", INT8OID),
+                ("first_at", TIMESTAMPTZOID),
+                ("last_at", TIMESTAMPTZOID),
+                ("last_position", INT8OID),
+                ("head_hash", BYTEAOID),
+            ];
+            let Some(table) = executor.open(relid, &columns) else {
+                return false;
+            };
+            let row = [
+                super::direct::datum(stream_id),
+                version.into(),
+                at.into(),
+                at.into(),
+                last_position.into(),
+                head_hash.into_datum().expect("bytea"),
+            ];
+            executor.insert(table, 1, |_, values| values.copy_from_slice(&row));
+        }
+        true
     }
 
     /// Moves the stream's head after an append; `head` is what `lock` returned.
