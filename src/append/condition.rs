@@ -106,7 +106,7 @@ pub fn check(client: &SpiClient<'_>, condition: &Condition) -> Result<(), Refuse
         let relations = items
             .iter()
             .any(|i| i.is_some_and(|i| !i.tags.is_empty()))
-            .then(|| crate::dcb::tag_scan::open(client))
+            .then(|| crate::read::tag_scan::open(client))
             .flatten();
         items.iter().any(|i| match (&relations, i) {
             // SAFETY: as of the snapshot active; the item names tags.

@@ -2,7 +2,6 @@
 //! tags and types, on the append engine (whose `condition` module takes the locks and checks
 //! the condition); `es_dcb_read` in `read`.
 mod read;
-pub(crate) mod tag_scan;
 
 use crate::append;
 use crate::pg::errors::raise_invalid as raise;

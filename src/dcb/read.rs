@@ -2,13 +2,12 @@
 //! through its own index with a kept plan (no planning, no PL/pgSQL, no row built and taken
 //! apart per event); the items' results, each in position order, are merged into one without
 //! repeats, and only events holding sealed personal data are decoded to be revealed.
-use super::tag_scan;
 use crate::append;
 use crate::pg::errors::raise_invalid as raise;
 use crate::pg::guards::{self, OwnedContext, Switched};
 use crate::pg::{jsonb, plans};
 use crate::privacy::sealing;
-use crate::read::feed;
+use crate::read::{feed, tag_scan};
 use event_store_core::dcb::{self, Item};
 use event_store_core::validate::Invalid;
 use pgrx::pg_sys::BuiltinOid as Oid;

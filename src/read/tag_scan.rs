@@ -5,9 +5,9 @@
 //! could differ from a query's (row level security, column-only privileges, a compressed or
 //! tiered chunk, a tag index missing or of another shape), `open` declines and the caller takes
 //! its SQL.
+use super::stream_scan;
 use crate::pg::guards::{OwnedContext, Switched};
 use crate::pg::{relcache, timescaledb};
-use crate::read::stream_scan;
 use event_store_core::dcb::Item;
 use pgrx::pg_sys::{self, Datum};
 use pgrx::spi::SpiClient;
