@@ -554,3 +554,50 @@ fn tag_reads_and_conditions_see_chunks_made_since_they_last_looked() {
         .get(0);
     assert!(chunks >= 3, "{chunks} chunks");
 }
+
+#[test]
+fn a_tag_many_events_carry_is_read_and_checked_after_a_recent_position() {
+    let db = TestDb::new("dcb_hot_tag");
+    let mut c = db.connect();
+    // course:1 on the 300 events at even positions, course:2 on the others: enough for a read
+    // or check after a recent position to go by the position index rather than every event.
+    c.batch_execute(
+        "SELECT count(es_dcb_append(jsonb_build_array(jsonb_build_object('type', 'Joined', 'data', '{}'::jsonb,
+             'tags', jsonb_build_array(CASE WHEN g % 2 = 0 THEN 'course:1' ELSE 'course:2' END)))))
+           FROM generate_series(1, 600) g",
+    )
+    .unwrap();
+    let hot = r#"'{"items": [{"tags": ["course:1"]}]}'"#;
+    assert_eq!(read_positions(&mut c, hot).len(), 300);
+    assert_eq!(
+        read_positions(&mut c, &format!("{hot}, 590")),
+        [592, 594, 596, 598, 600]
+    );
+    assert_eq!(
+        read_positions(&mut c, &format!("{hot}, 595, 2")),
+        [596, 598]
+    );
+    let typed = r#"'{"items": [{"tags": ["course:1"], "types": ["Left"]}]}'"#;
+    assert_eq!(
+        read_positions(&mut c, &format!("{typed}, 590")),
+        Vec::<i64>::new()
+    );
+    // Position 600 carries the tag: a condition after 599 fails, one after 600 holds.
+    assert_eq!(
+        sqlstate(dcb_append(
+            &mut c,
+            &event("Joined", &["course:1"]),
+            Some(&condition(&["course:1"], 599))
+        )),
+        "ES001"
+    );
+    assert_eq!(
+        dcb_append(
+            &mut c,
+            &event("Joined", &["course:1"]),
+            Some(&condition(&["course:1"], 600))
+        )
+        .unwrap(),
+        601
+    );
+}

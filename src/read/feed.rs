@@ -10,7 +10,7 @@ use pgrx::{register_xact_callback, IntoDatum, PgXactCallbackEvent};
 use std::cell::Cell;
 
 /// The last position handed out so far (what `nextval` returned last), read without a query.
-fn seq_last() -> i64 {
+pub(crate) fn seq_last() -> i64 {
     let seq = schema::relation(c"es_global_position_seq");
     // SAFETY: PostgreSQL's pg_sequence_last_value(regclass), NULL until the first nextval.
     let last = unsafe {

@@ -26,11 +26,18 @@ extern "C-unwind" {
 /// GIN's array_ops strategy for `@>`.
 const CONTAINS: u16 = 2;
 
+/// A tag with more events than this, scanned after a position few events follow, is narrowed
+/// to those events by the position index: the tag index knows no positions, and a condition
+/// on a tag many events carry would otherwise look at every one of them.
+const NARROW_FROM: i64 = 64;
+
 /// One relation of events, open with its tag index, and where its columns are (attribute
 /// numbers: a chunk made after a column was dropped numbers them differently).
 struct Source {
     rel: pg_sys::Relation,
     index: pg_sys::Relation,
+    /// A btree index on the position (null: none).
+    by_position: pg_sys::Relation,
     position: usize,
     event_type: usize,
     tags: usize,
@@ -44,6 +51,9 @@ impl Drop for Source {
         // of the transaction, as a query's are.
         unsafe {
             pg_sys::index_close(self.index, pg_sys::NoLock as i32);
+            if !self.by_position.is_null() {
+                pg_sys::index_close(self.by_position, pg_sys::NoLock as i32);
+            }
             pg_sys::relation_close(self.rel, pg_sys::NoLock as i32);
         }
     }
@@ -175,7 +185,8 @@ unsafe fn only_untagged_left_out(predicate: *mut pg_sys::List, tags: usize) -> b
     }
 }
 
-/// Opens one relation of events with its tag index: a valid GIN index on `tags` alone.
+/// Opens one relation of events with its tag index (a valid GIN index on `tags` alone) and,
+/// where there is one, a btree index on positions.
 ///
 /// # Safety
 /// Inside a transaction.
@@ -197,28 +208,53 @@ unsafe fn open_source(relid: pg_sys::Oid) -> Option<Source> {
             return None; // dropped since it was listed
         }
         let indexes = pgrx::PgList::<pg_sys::Oid>::from_pg(pg_sys::RelationGetIndexList(rel));
+        let (mut by_tags, mut by_position) = (None, None);
         for oid in indexes.iter_oid() {
             let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
             let form = (*index).rd_index;
-            if (*(*index).rd_rel).relam == pg_sys::GIN_AM_OID
-                && (*form).indisvalid
+            let am = (*(*index).rd_rel).relam;
+            let first = (*form).indkey.values.as_slice(1)[0] as usize;
+            let predicate = pg_sys::RelationGetIndexPredicate(index);
+            let valid = (*form).indisvalid;
+            if valid
+                && by_tags.is_none()
+                && am == pg_sys::GIN_AM_OID
                 && (*form).indnatts == 1
-                && (*form).indkey.values.as_slice(1)[0] as usize == tags
-                && only_untagged_left_out(pg_sys::RelationGetIndexPredicate(index), tags)
+                && first == tags
+                && only_untagged_left_out(predicate, tags)
             {
-                return Some(Source {
-                    rel,
-                    index,
-                    position: row[0],
-                    event_type: row[1],
-                    tags,
-                    row,
-                });
+                by_tags = Some(index);
+                continue;
+            } else if valid
+                && by_position.is_none()
+                && am == pg_sys::BTREE_AM_OID
+                && first == row[0]
+                && predicate.is_null()
+            {
+                by_position = Some(index);
+                continue;
             }
             pg_sys::index_close(index, pg_sys::AccessShareLock as i32);
         }
-        pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
-        None
+        let by_position = by_position.unwrap_or(std::ptr::null_mut());
+        match by_tags {
+            Some(index) => Some(Source {
+                rel,
+                index,
+                by_position,
+                position: row[0],
+                event_type: row[1],
+                tags,
+                row,
+            }),
+            None => {
+                if !by_position.is_null() {
+                    pg_sys::index_close(by_position, pg_sys::AccessShareLock as i32);
+                }
+                pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
+                None
+            }
+        }
     }
 }
 
@@ -239,6 +275,64 @@ pub fn open(client: &SpiClient<'_>) -> Option<Relations> {
     // Taking the locks accepted invalidations: a chunk changed since it was listed (compressed,
     // dropped) leaves the reading to a query.
     (relcache::generation() == listed).then_some(Relations(sources))
+}
+
+/// Keeps in `bitmap` (not iterated yet) only the rows with positions in (lo, hi], as the
+/// position index `index` gives them.
+///
+/// # Safety
+/// `index` is open; `snapshot` registered or active.
+unsafe fn narrow(
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    lo: i64,
+    hi: i64,
+    bitmap: &Bitmap,
+) {
+    // SAFETY: as the caller promises; the scan and the second bitmap are freed by guards.
+    unsafe {
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        let bound = |key: &mut pg_sys::ScanKeyData, strategy: u32, op: u32, value: i64| {
+            pg_sys::ScanKeyEntryInitialize(
+                key,
+                0,
+                1,
+                strategy as u16,
+                pg_sys::InvalidOid,
+                pg_sys::InvalidOid,
+                pg_sys::Oid::from(op),
+                Datum::from(value),
+            )
+        };
+        bound(
+            &mut keys[0],
+            pg_sys::BTGreaterStrategyNumber,
+            pg_sys::F_INT8GT,
+            lo,
+        );
+        let n = if hi < i64::MAX {
+            bound(
+                &mut keys[1],
+                pg_sys::BTLessEqualStrategyNumber,
+                pg_sys::F_INT8LE,
+                hi,
+            );
+            2
+        } else {
+            1
+        };
+        let scan = crate::pg::guards::IndexScan(pg_sys::index_beginscan_bitmap(index, snapshot, n));
+        pg_sys::index_rescan(scan.0, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
+        let recent = Bitmap(
+            pg_sys::tbm_create(
+                pg_sys::work_mem as std::ffi::c_long * 1024,
+                std::ptr::null_mut(),
+            ),
+            std::ptr::null_mut(),
+        );
+        pg_sys::index_getbitmap(scan.0, recent.0);
+        pg_sys::tbm_intersect(bitmap.0, recent.0);
+    }
 }
 
 /// A heap page pinned, released when dropped.
@@ -285,6 +379,8 @@ impl Relations {
     ) -> bool {
         let per_page = OwnedContext::new(c"event_store tag scan");
         let wanted = item.tags.clone().into_datum().expect("an array");
+        // The last position handed out, read once if a tag needs it.
+        let mut newest = None;
         for (n, s) in self.0.iter().enumerate() {
             // SAFETY: as the caller promises, on relations `open` opened; every resource is
             // held by a guard, and the page is unlocked before anything that can fail.
@@ -313,7 +409,13 @@ impl Relations {
                         ),
                         std::ptr::null_mut(),
                     );
-                    pg_sys::index_getbitmap(scan.0, bitmap.0);
+                    let found = pg_sys::index_getbitmap(scan.0, bitmap.0);
+                    if lo > 0 && found > NARROW_FROM && !s.by_position.is_null() {
+                        let last = *newest.get_or_insert_with(crate::read::feed::seq_last);
+                        if hi.min(last) - lo < found / 2 {
+                            narrow(s.by_position, snapshot, lo, hi, &bitmap);
+                        }
+                    }
                     bitmap.1 = pg_sys::tbm_begin_iterate(bitmap.0);
                     bitmap
                 };
