@@ -207,22 +207,14 @@ unsafe fn read(
                     // point into it and are copied by the tuplestore before it is freed.
                     unsafe {
                         let b = &*s.batch;
-                        let _in_row = Switched::to(&per_row);
                         pg_sys::heap_deform_tuple(
                             *b.vals.add(s.next),
                             b.tupdesc,
                             values.as_mut_ptr(),
                             nulls.as_mut_ptr(),
                         );
-                        values[EVENT_DATA] = sealing::reveal_data(values[EVENT_DATA]);
-                        pg_sys::tuplestore_putvalues(
-                            (*rsinfo).setResult,
-                            (*rsinfo).setDesc,
-                            values.as_mut_ptr(),
-                            nulls.as_mut_ptr(),
-                        );
+                        put(rsinfo, &per_row, &mut values, &mut nulls);
                     }
-                    per_row.reset();
                     written = true;
                 }
                 s.next += 1;
@@ -267,18 +259,37 @@ unsafe fn read_tagged(
         // SAFETY: found with this snapshot; the row's datums are copied by the tuplestore.
         unsafe {
             relations.fetch(snapshot, f, |values, nulls| {
-                let _in_row = Switched::to(&per_row);
-                values[EVENT_DATA] = sealing::reveal_data(values[EVENT_DATA]);
-                pg_sys::tuplestore_putvalues(
-                    (*rsinfo).setResult,
-                    (*rsinfo).setDesc,
-                    values.as_mut_ptr(),
-                    nulls.as_mut_ptr(),
-                );
+                put(rsinfo, &per_row, values, nulls)
             })
         };
-        per_row.reset();
     }
+}
+
+/// Puts an event's row into the call's result, its personal data revealed as the reader may
+/// see it (what that allocates goes to `per_row`, freed after).
+///
+/// # Safety
+/// `rsinfo` as for `read`; the datums are es_dcb_read's columns, valid for the call.
+unsafe fn put(
+    rsinfo: *mut pg_sys::ReturnSetInfo,
+    per_row: &OwnedContext,
+    values: &mut [pg_sys::Datum; COLUMNS],
+    nulls: &mut [bool; COLUMNS],
+) {
+    {
+        let _in_row = Switched::to(per_row);
+        // SAFETY: as the caller promises; the tuplestore copies the row into its own memory.
+        unsafe {
+            values[EVENT_DATA] = sealing::reveal_data(values[EVENT_DATA]);
+            pg_sys::tuplestore_putvalues(
+                (*rsinfo).setResult,
+                (*rsinfo).setDesc,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+            );
+        }
+    }
+    per_row.reset();
 }
 
 v1_function!(pg_finfo_es_dcb_read);

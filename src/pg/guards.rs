@@ -29,6 +29,19 @@ impl Drop for Opened {
     }
 }
 
+/// A heap page pinned (0: none), released when dropped. Whoever locks it unlocks it before
+/// any call that can fail.
+pub struct Pinned(pub pg_sys::Buffer);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            // SAFETY: pinned by its owner (ReleaseAndReadBuffer, heap_fetch), released once.
+            unsafe { pg_sys::ReleaseBuffer(self.0) };
+        }
+    }
+}
+
 /// A registered snapshot, unregistered when dropped.
 pub struct Registered(pub pg_sys::Snapshot);
 

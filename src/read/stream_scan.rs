@@ -5,7 +5,7 @@
 //! level security, column-only privileges, compressed chunks, a missing index) it declines,
 //! and the caller folds through SQL instead. (One file past 500 lines: the index scan, the
 //! chunk walk and the visibility rules they share are only safe read together.)
-use crate::pg::guards::{IndexScan, OwnedContext, Registered, Switched};
+use crate::pg::guards::{IndexScan, OwnedContext, Pinned, Registered, Switched};
 use crate::pg::jsonb::{self, Jsonb};
 use crate::pg::timescaledb;
 use pgrx::pg_sys::{self, Datum};
@@ -43,19 +43,6 @@ impl Drop for Source {
         unsafe {
             pg_sys::index_close(self.index, pg_sys::NoLock as i32);
             pg_sys::relation_close(self.rel, pg_sys::NoLock as i32);
-        }
-    }
-}
-
-/// The heap page the scan holds pinned (0: none), released when dropped.
-struct Pinned(pg_sys::Buffer);
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        if self.0 != 0 {
-            // SAFETY: pinned by ReleaseAndReadBuffer in `scan`, unlocked there before any
-            // call that can fail.
-            unsafe { pg_sys::ReleaseBuffer(self.0) };
         }
     }
 }
@@ -224,6 +211,39 @@ pub fn each_event(
     true
 }
 
+/// Puts in `tuples` (emptied first) the row versions `snapshot` sees at `tids`, which point
+/// into `buffer`'s page (locked by the caller, who keeps it pinned while the tuples are used).
+///
+/// # Safety
+/// As said; `rel` is open and the heap of `buffer`.
+pub(super) unsafe fn visible(
+    rel: pg_sys::Relation,
+    buffer: pg_sys::Buffer,
+    snapshot: pg_sys::Snapshot,
+    tids: impl Iterator<Item = pg_sys::ItemPointerData>,
+    tuples: &mut Vec<pg_sys::HeapTupleData>,
+) {
+    tuples.clear();
+    for mut tid in tids {
+        // SAFETY: as the caller promises; the tuple points into the page.
+        unsafe {
+            let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+            let mut all_dead = false;
+            if pg_sys::heap_hot_search_buffer(
+                &mut tid,
+                rel,
+                buffer,
+                snapshot,
+                &mut tuple,
+                &mut all_dead,
+                true,
+            ) {
+                tuples.push(tuple);
+            }
+        }
+    }
+}
+
 /// Reads columns 1..=values.len() of a tuple as heap_deform_tuple does, but only that far
 /// (an event's metadata, hash and later columns are not touched); false, for
 /// heap_deform_tuple to do it, when the tuple has nulls or a value in an unexpected form.
@@ -377,22 +397,7 @@ unsafe fn scan(
         let Some(first) = tids.first() else { break };
         buffer.0 = pg_sys::ReleaseAndReadBuffer(buffer.0, s.rel, block(first));
         pg_sys::LockBuffer(buffer.0, pg_sys::BUFFER_LOCK_SHARE as i32);
-        tuples.clear();
-        for tid in tids.iter_mut() {
-            let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-            let mut all_dead = false;
-            if pg_sys::heap_hot_search_buffer(
-                tid,
-                s.rel,
-                buffer.0,
-                snapshot,
-                &mut tuple,
-                &mut all_dead,
-                true,
-            ) {
-                tuples.push(tuple);
-            }
-        }
+        visible(s.rel, buffer.0, snapshot, tids.iter().copied(), &mut tuples);
         pg_sys::LockBuffer(buffer.0, pg_sys::BUFFER_LOCK_UNLOCK as i32);
         for tuple in tuples.iter_mut() {
             pgrx::check_for_interrupts!();

@@ -6,7 +6,7 @@
 //! tiered chunk, a tag index missing or of another shape), `open` declines and the caller takes
 //! its SQL.
 use super::stream_scan;
-use crate::pg::guards::{OwnedContext, Switched};
+use crate::pg::guards::{OwnedContext, Pinned, Switched};
 use crate::pg::{relcache, timescaledb};
 use event_store_core::dcb::Item;
 use pgrx::pg_sys::{self, Datum};
@@ -335,19 +335,6 @@ unsafe fn narrow(
     }
 }
 
-/// A heap page pinned, released when dropped.
-struct Pinned(pg_sys::Buffer);
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        if self.0 != 0 {
-            // SAFETY: pinned by ReleaseAndReadBuffer or heap_fetch, and unlocked before any
-            // call that can fail.
-            unsafe { pg_sys::ReleaseBuffer(self.0) };
-        }
-    }
-}
-
 /// A bitmap and its iterator, freed when dropped.
 struct Bitmap(*mut pg_sys::TIDBitmap, *mut pg_sys::TBMIterator);
 
@@ -439,26 +426,14 @@ impl Relations {
                         (1..=pg_sys::PageGetMaxOffsetNumber(pg_sys::BufferGetPage(buffer.0)))
                             .collect()
                     };
-                    tuples.clear();
-                    for offset in offsets {
+                    let tids = offsets.into_iter().map(|offset| {
                         let mut tid: pg_sys::ItemPointerData = std::mem::zeroed();
                         tid.ip_blkid.bi_hi = (page.blockno >> 16) as u16;
                         tid.ip_blkid.bi_lo = page.blockno as u16;
                         tid.ip_posid = offset;
-                        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-                        let mut all_dead = false;
-                        if pg_sys::heap_hot_search_buffer(
-                            &mut tid,
-                            s.rel,
-                            buffer.0,
-                            snapshot,
-                            &mut tuple,
-                            &mut all_dead,
-                            true,
-                        ) {
-                            tuples.push(tuple);
-                        }
-                    }
+                        tid
+                    });
+                    stream_scan::visible(s.rel, buffer.0, snapshot, tids, &mut tuples);
                     pg_sys::LockBuffer(buffer.0, pg_sys::BUFFER_LOCK_UNLOCK as i32);
                     // The index says the tags may match: checked on the row, with the types and
                     // positions.
