@@ -582,6 +582,20 @@ fn a_tag_many_events_carry_is_read_and_checked_after_a_recent_position() {
         read_positions(&mut c, &format!("{typed}, 590")),
         Vec::<i64>::new()
     );
+    // The same as a reader, not the owner.
+    let reader = format!("{}_reader", db.name);
+    c.batch_execute(&format!(
+        "CREATE ROLE {reader} LOGIN IN ROLE event_store_reader"
+    ))
+    .unwrap();
+    let mut r = db.connect_as(&reader);
+    assert_eq!(
+        read_positions(&mut r, &format!("{hot}, 590")),
+        [592, 594, 596, 598, 600]
+    );
+    drop(r);
+    c.batch_execute(&format!("DROP OWNED BY {reader}; DROP ROLE {reader}"))
+        .unwrap();
     // Position 600 carries the tag: a condition after 599 fails, one after 600 holds.
     assert_eq!(
         sqlstate(dcb_append(

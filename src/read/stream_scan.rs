@@ -80,7 +80,7 @@ fn relations(client: &SpiClient<'_>, table: pg_sys::Oid, b: &Bounds) -> Option<V
     Some(chunks.into_iter().map(|c| c.relid).collect())
 }
 
-fn attnum(relid: pg_sys::Oid, name: &CStr) -> Option<usize> {
+pub(super) fn attnum(relid: pg_sys::Oid, name: &CStr) -> Option<usize> {
     // SAFETY: a syscache lookup.
     let n = unsafe { pg_sys::get_attnum(relid, name.as_ptr()) };
     (n > 0).then_some(n as usize)

@@ -136,12 +136,6 @@ fn relations(client: &SpiClient<'_>, table: pg_sys::Oid) -> Option<Vec<pg_sys::O
     readable
 }
 
-fn attnum(relid: pg_sys::Oid, name: &CStr) -> Option<usize> {
-    // SAFETY: a syscache lookup.
-    let n = unsafe { pg_sys::get_attnum(relid, name.as_ptr()) };
-    (n > 0).then_some(n as usize)
-}
-
 /// Whether an index predicate is none, or `tags <> '{}'` (event_store's tag index: untagged
 /// events are not in it, and a scan for a tag never wants them).
 ///
@@ -191,7 +185,7 @@ unsafe fn only_untagged_left_out(predicate: *mut pg_sys::List, tags: usize) -> b
 /// # Safety
 /// Inside a transaction.
 unsafe fn open_source(relid: pg_sys::Oid) -> Option<Source> {
-    let column = |name: &CStr| attnum(relid, name);
+    let column = |name: &CStr| stream_scan::attnum(relid, name);
     let tags = column(c"tags")?;
     let row = [
         column(c"global_position")?,
@@ -366,8 +360,9 @@ impl Relations {
     ) -> bool {
         let per_page = OwnedContext::new(c"event_store tag scan");
         let wanted = item.tags.clone().into_datum().expect("an array");
-        // The last position handed out, read once if a tag needs it.
-        let mut newest = None;
+        // How far positions go: the read's bound, or for a check (no bound) the last position
+        // handed out, read once if a tag needs it.
+        let mut newest = (hi < i64::MAX).then_some(hi);
         for (n, s) in self.0.iter().enumerate() {
             // SAFETY: as the caller promises, on relations `open` opened; every resource is
             // held by a guard, and the page is unlocked before anything that can fail.
@@ -399,7 +394,7 @@ impl Relations {
                     let found = pg_sys::index_getbitmap(scan.0, bitmap.0);
                     if lo > 0 && found > NARROW_FROM && !s.by_position.is_null() {
                         let last = *newest.get_or_insert_with(crate::read::feed::seq_last);
-                        if hi.min(last) - lo < found / 2 {
+                        if last - lo < found / 2 {
                             narrow(s.by_position, snapshot, lo, hi, &bitmap);
                         }
                     }
