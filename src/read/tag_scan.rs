@@ -38,12 +38,14 @@ struct Source {
     index: pg_sys::Relation,
     /// A btree index on the position (null: none).
     by_position: pg_sys::Relation,
-    position: usize,
-    event_type: usize,
-    tags: usize,
-    /// es_dcb_read's columns, in its order.
+    /// es_dcb_read's columns, in its order (`POSITION`, `EVENT_TYPE`, `TAGS` among them).
     row: [usize; 6],
 }
+
+/// Where `Source::row` holds the columns a scan checks.
+const POSITION: usize = 0;
+const EVENT_TYPE: usize = 1;
+const TAGS: usize = 3;
 
 impl Drop for Source {
     fn drop(&mut self) {
@@ -222,7 +224,7 @@ unsafe fn open_source(relid: pg_sys::Oid) -> Option<Source> {
             } else if valid
                 && by_position.is_none()
                 && am == pg_sys::BTREE_AM_OID
-                && first == row[0]
+                && first == row[POSITION]
                 && predicate.is_null()
             {
                 by_position = Some(index);
@@ -236,9 +238,6 @@ unsafe fn open_source(relid: pg_sys::Oid) -> Option<Source> {
                 rel,
                 index,
                 by_position,
-                position: row[0],
-                event_type: row[1],
-                tags,
                 row,
             }),
             None => {
@@ -317,13 +316,7 @@ unsafe fn narrow(
         };
         let scan = crate::pg::guards::IndexScan(pg_sys::index_beginscan_bitmap(index, snapshot, n));
         pg_sys::index_rescan(scan.0, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
-        let recent = Bitmap(
-            pg_sys::tbm_create(
-                pg_sys::work_mem as std::ffi::c_long * 1024,
-                std::ptr::null_mut(),
-            ),
-            std::ptr::null_mut(),
-        );
+        let recent = Bitmap::new();
         pg_sys::index_getbitmap(scan.0, recent.0);
         pg_sys::tbm_intersect(bitmap.0, recent.0);
     }
@@ -331,6 +324,20 @@ unsafe fn narrow(
 
 /// A bitmap and its iterator, freed when dropped.
 struct Bitmap(*mut pg_sys::TIDBitmap, *mut pg_sys::TBMIterator);
+
+impl Bitmap {
+    /// An empty bitmap of up to work_mem, not iterated yet.
+    fn new() -> Bitmap {
+        // SAFETY: a bitmap in the current memory context, freed by `drop`.
+        let tbm = unsafe {
+            pg_sys::tbm_create(
+                pg_sys::work_mem as std::ffi::c_long * 1024,
+                std::ptr::null_mut(),
+            )
+        };
+        Bitmap(tbm, std::ptr::null_mut())
+    }
+}
 
 impl Drop for Bitmap {
     fn drop(&mut self) {
@@ -384,13 +391,7 @@ impl Relations {
                         s.index, snapshot, 1,
                     ));
                     pg_sys::index_rescan(scan.0, &mut key, 1, std::ptr::null_mut(), 0);
-                    let mut bitmap = Bitmap(
-                        pg_sys::tbm_create(
-                            pg_sys::work_mem as std::ffi::c_long * 1024,
-                            std::ptr::null_mut(),
-                        ),
-                        std::ptr::null_mut(),
-                    );
+                    let mut bitmap = Bitmap::new();
                     let found = pg_sys::index_getbitmap(scan.0, bitmap.0);
                     if lo > 0 && found > NARROW_FROM && !s.by_position.is_null() {
                         let last = *newest.get_or_insert_with(crate::read::feed::seq_last);
@@ -441,12 +442,12 @@ impl Relations {
                             values.as_mut_ptr(),
                             nulls.as_mut_ptr(),
                         );
-                        let position = values[s.position - 1].value() as i64;
-                        if position <= lo || position > hi || nulls[s.tags - 1] {
+                        let position = values[s.row[POSITION] - 1].value() as i64;
+                        if position <= lo || position > hi || nulls[s.row[TAGS] - 1] {
                             continue;
                         }
                         if !item.types.is_empty()
-                            && !crate::pg::jsonb::with_text(values[s.event_type - 1], |t| {
+                            && !crate::pg::jsonb::with_text(values[s.row[EVENT_TYPE] - 1], |t| {
                                 item.types.iter().any(|w| w == t)
                             })
                         {
@@ -454,7 +455,7 @@ impl Relations {
                         }
                         // Byte equality: `@>` on text under the deterministic default collation.
                         let tags = <pgrx::Array<&str> as pgrx::FromDatum>::from_datum(
-                            values[s.tags - 1],
+                            values[s.row[TAGS] - 1],
                             false,
                         );
                         if !tags.is_some_and(|tags| {
@@ -481,8 +482,8 @@ impl Relations {
         true
     }
 
-    /// Calls `f` with the row of an event `matches` found, as es_dcb_read's columns; false when
-    /// `snapshot` does not see it.
+    /// Calls `f` with the row of an event `matches` found, as es_dcb_read's columns (not when
+    /// `snapshot` does not see it).
     ///
     /// # Safety
     /// `snapshot` is the one `matches` found it with, still registered or active.
@@ -491,7 +492,7 @@ impl Relations {
         snapshot: pg_sys::Snapshot,
         found: &Found,
         f: impl FnOnce(&mut [Datum; 6], &mut [bool; 6]),
-    ) -> bool {
+    ) {
         let s = &self.0[found.source];
         // SAFETY: as the caller promises; the page stays pinned while the row's datums, which
         // point into it, are used.
@@ -500,7 +501,7 @@ impl Relations {
             tuple.t_self = found.tid;
             let mut buffer = Pinned(0);
             if !pg_sys::heap_fetch(s.rel, snapshot, &mut tuple, &mut buffer.0, false) {
-                return false;
+                return;
             }
             let tupdesc = (*s.rel).rd_att;
             let natts = (*tupdesc).natts as usize;
@@ -510,6 +511,5 @@ impl Relations {
             let mut row_nulls = s.row.map(|a| nulls[a - 1]);
             f(&mut row, &mut row_nulls);
         }
-        true
     }
 }

@@ -54,7 +54,6 @@ def _items(query: DCBQuery) -> dict[str, Any]:
     return {"items": [{"types": list(i.types), "tags": list(i.tags)} for i in query.items]}
 
 
-
 # A decision is two calls, and psycopg's per-query work (adapting parameters, its prepared
 # statement cache, result loaders) was a third of the client's CPU in one (benches/ section
 # 13); this module's statements go to libpq through psycopg.pq, prepared once per connection.
@@ -66,7 +65,8 @@ _READ = (
     # type, the event's bytes as stored (base64 text), tags].
     b"SELECT h.h, (SELECT pg_catalog.json_agg(pg_catalog.json_build_array(r.global_position, "
     b"r.event_type, r.event_data ->> '" + DATA_KEY.encode() + b"', r.tags) "
-    b"ORDER BY r.global_position) FROM es_dcb_read($1::jsonb, $2::bigint, $3::integer) r WHERE h.h IS NOT NULL) "
+    b"ORDER BY r.global_position) "
+    b"FROM es_dcb_read($1::jsonb, $2::bigint, $3::integer) r WHERE h.h IS NOT NULL) "
     b"FROM (SELECT es_feed_horizon() AS h) h",
 )
 _APPEND = (b"es_dcb_recorder_append_1", b"SELECT es_dcb_append($1::jsonb, $2::jsonb)")
@@ -101,6 +101,7 @@ def _check(conn: Any, res: Any) -> None:
     if conn.pgconn.status != pq.ConnStatus.OK:
         raise psycopg.OperationalError(res.get_error_message())
     raise psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
+
 
 class _Response(DCBReadResponse):
     def __init__(self, events: list[DCBSequencedEvent], head: int | None):
