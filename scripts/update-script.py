@@ -124,10 +124,26 @@ def chains(current):
     return out
 
 
+# First, before any other lock: every transaction of the projection worker starts with a
+# share lock on this table (src/projections/worker.rs), so the update waits for the one in
+# progress and the next waits for the update, neither holding a table the other needs next.
+LOCK = """
+-- Waits for the projection worker's transaction in progress and holds back its next.
+DO $$
+BEGIN
+    IF pg_catalog.to_regclass('_event_store.es_projection_state') IS NOT NULL THEN
+        LOCK TABLE _event_store.es_projection_state IN ACCESS EXCLUSIVE MODE;
+    ELSE -- before 0.3.0
+        LOCK TABLE @extschema@.es_projection_state IN ACCESS EXCLUSIVE MODE;
+    END IF;
+END $$;
+"""
+
+
 def head(old, current, parts):
     """The per-version parts, before the definitions."""
     text = (f"-- event_store {old} -> {current}, assembled by scripts/update-script.py: edit the sources,\n"
-            "-- sql/updates/ and the definitions in sql/ and src/, not this file.\n")
+            "-- sql/updates/ and the definitions in sql/ and src/, not this file.\n" + LOCK)
     for f in parts:
         text += f"\n-- {f.relative_to(ROOT)}\n" + f.read_text().rstrip("\n") + "\n"
     return text + "\n-- The definitions of the install script.\n"

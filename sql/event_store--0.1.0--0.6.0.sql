@@ -1,6 +1,16 @@
 -- event_store 0.1.0 -> 0.6.0, assembled by scripts/update-script.py: edit the sources,
 -- sql/updates/ and the definitions in sql/ and src/, not this file.
 
+-- Waits for the projection worker's transaction in progress and holds back its next.
+DO $$
+BEGIN
+    IF pg_catalog.to_regclass('_event_store.es_projection_state') IS NOT NULL THEN
+        LOCK TABLE _event_store.es_projection_state IN ACCESS EXCLUSIVE MODE;
+    ELSE -- before 0.3.0
+        LOCK TABLE @extschema@.es_projection_state IN ACCESS EXCLUSIVE MODE;
+    END IF;
+END $$;
+
 -- sql/updates/0.1.0--0.2.0.sql
 -- event_store 0.1.0 -> 0.2.0: the tables of the event catalog, consumer checkpoints, the
 -- verification log, the published feed horizon, digests, retention and subjects' keys, and the

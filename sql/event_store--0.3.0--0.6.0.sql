@@ -1,6 +1,16 @@
 -- event_store 0.3.0 -> 0.6.0, assembled by scripts/update-script.py: edit the sources,
 -- sql/updates/ and the definitions in sql/ and src/, not this file.
 
+-- Waits for the projection worker's transaction in progress and holds back its next.
+DO $$
+BEGIN
+    IF pg_catalog.to_regclass('_event_store.es_projection_state') IS NOT NULL THEN
+        LOCK TABLE _event_store.es_projection_state IN ACCESS EXCLUSIVE MODE;
+    ELSE -- before 0.3.0
+        LOCK TABLE @extschema@.es_projection_state IN ACCESS EXCLUSIVE MODE;
+    END IF;
+END $$;
+
 -- sql/updates/0.3.0--0.4.0.sql
 -- event_store 0.3.0 -> 0.4.0: projection workers become a cluster-wide pool (docs/operations.md).
 -- Nothing of 0.3.0's tables, data or privileges changes: the new function (_es_worker_state),

@@ -1,6 +1,16 @@
 -- event_store 0.5.0 -> 0.6.0, assembled by scripts/update-script.py: edit the sources,
 -- sql/updates/ and the definitions in sql/ and src/, not this file.
 
+-- Waits for the projection worker's transaction in progress and holds back its next.
+DO $$
+BEGIN
+    IF pg_catalog.to_regclass('_event_store.es_projection_state') IS NOT NULL THEN
+        LOCK TABLE _event_store.es_projection_state IN ACCESS EXCLUSIVE MODE;
+    ELSE -- before 0.3.0
+        LOCK TABLE @extschema@.es_projection_state IN ACCESS EXCLUSIVE MODE;
+    END IF;
+END $$;
+
 -- sql/updates/0.5.0--0.6.0.sql
 -- event_store 0.5.0 -> 0.6.0: es_dcb_read becomes a function of the extension's library
 -- (src/dcb/read.rs) instead of PL/pgSQL, which leaves the two helpers it called unused.

@@ -319,3 +319,67 @@ fn updates_in_place(old: &str) {
     c.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
         .unwrap();
 }
+
+/// ALTER EXTENSION UPDATE while the projection worker is inside a batch whose handler appends:
+/// the update waits for the batch, the worker's next transactions wait for the update, and the
+/// deadlock detector picks neither. (0.2.0's update took the position sequence, then waited for
+/// the projection table the worker held, while the handler waited for the sequence.)
+#[test]
+fn an_update_waits_for_the_workers_batch_and_neither_deadlocks() {
+    if !worker() {
+        return; // without the worker, batches run in the caller's own sessions
+    }
+    let db = TestDb::empty("upgrade_mid_batch");
+    let mut c = db.connect();
+    if timescaledb() {
+        c.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
+            .unwrap();
+    }
+    let role = format!("{}_app", db.name);
+    c.batch_execute(&format!(
+        "CREATE EXTENSION event_store VERSION '0.2.0';
+         CREATE ROLE {role}; GRANT event_store_writer TO {role}; GRANT CREATE ON SCHEMA public TO {role};
+         SET ROLE {role};
+         CREATE FUNCTION react(e event_store) RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             IF e.event_type = 'Opened' THEN
+                 PERFORM pg_sleep(1);
+                 PERFORM es_append('seen-' || e.stream_id, 'Seen', '{{}}');
+             END IF;
+         END $$;
+         SELECT es_create_projection('react', 'react(event_store)');
+         RESET ROLE;
+         SELECT es_append('acct-1', 'Opened', '{{}}');"
+    ))
+    .unwrap();
+    wait_for(Duration::from_secs(20), "the handler sleeping", || {
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep'",
+        ) == 1
+    });
+    c.batch_execute("ALTER EXTENSION event_store UPDATE")
+        .unwrap();
+    wait_for(Duration::from_secs(20), "the projection caught up", || {
+        count(
+            &mut c,
+            "SELECT count(*) FROM es_projections WHERE name = 'react' AND status = 'caught up'",
+        ) == 1
+    });
+    let (attempts, error): (i32, Option<String>) = {
+        let r = c
+            .query_one(
+                "SELECT attempts, last_error FROM es_projections WHERE name = 'react'",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((attempts, error), (0, None), "the worker's batch failed");
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM es_stream('seen-acct-1')"),
+        1
+    );
+    c.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .unwrap();
+}

@@ -24,6 +24,27 @@ unsafe extern "C-unwind" {
     fn die(signal: std::ffi::c_int);
 }
 
+/// A transaction of the worker's. It first takes a share lock on the projection table, which
+/// the update scripts take exclusively before anything else (scripts/update-script.py): an
+/// `ALTER EXTENSION event_store UPDATE` waits for the transaction in progress and the next
+/// waits for the update, rather than each holding a table the other needs next (a deadlock
+/// that failed the update or the batch).
+fn transaction<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe + std::panic::RefUnwindSafe) -> R {
+    BackgroundWorker::transaction(|| {
+        if let Some(table) = schema::try_relation(c"es_projection_state") {
+            // SAFETY: a relation lock held to the end of this transaction, then the snapshot
+            // replaced by one taken after it: the one from before an update it waited for
+            // would not see the rows of a table the update rewrote.
+            unsafe {
+                pg_sys::LockRelationOid(table, pg_sys::AccessShareLock as i32);
+                pg_sys::PopActiveSnapshot();
+                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            }
+        }
+        f()
+    })
+}
+
 fn installed() -> bool {
     // SAFETY: a catalog lookup by name (NUL-terminated), in a transaction.
     BackgroundWorker::transaction(|| unsafe {
@@ -147,7 +168,7 @@ fn announce(slot: &Slot) -> bool {
     let Some(position) = slot.claim_announcement().max(HELD.take()) else {
         return false;
     };
-    let sent = BackgroundWorker::transaction(|| {
+    let sent = transaction(|| {
         Spi::run("SET LOCAL synchronous_commit = off")
             .unwrap_or_else(|e| error!("event_store: {e}"));
         let bounded = replication::active();
@@ -207,7 +228,7 @@ const AFTER_SQL: [&str; 2] = [
 /// long to wait before the next pass when nothing asks for one earlier, and whether it did
 /// any work.
 fn pass(slot: &Slot, next_retention: &Cell<Instant>, backoff: &mut Duration) -> (Duration, bool) {
-    let names: Vec<String> = BackgroundWorker::transaction(|| {
+    let names: Vec<String> = transaction(|| {
         Spi::connect(|c| {
             c.select(schema::qualified(DUE_SQL), None, &[]).map(|rows| {
                 rows.filter_map(|r| r.get::<String>(1).ok().flatten())
@@ -250,7 +271,7 @@ fn pass(slot: &Slot, next_retention: &Cell<Instant>, backoff: &mut Duration) -> 
         );
         applied += more as i32;
     }
-    let (in_flight, active, due) = BackgroundWorker::transaction(|| {
+    let (in_flight, active, due) = transaction(|| {
         // For hot standbys; a write only when the horizon moved, committed without waiting
         // for its WAL flush (a standby then stops a little lower for a moment at most).
         Spi::run("SET LOCAL synchronous_commit = off").and_then(|_| {
@@ -283,7 +304,7 @@ fn alone<T: Clone>(
     what: &str,
     f: impl Fn() -> Result<Option<T>, pgrx::spi::Error> + std::panic::RefUnwindSafe,
 ) -> Option<T> {
-    PgTryBuilder::new(|| BackgroundWorker::transaction(|| f().ok().flatten()))
+    PgTryBuilder::new(|| transaction(|| f().ok().flatten()))
         .catch_others(|e| {
             // SAFETY: the transaction the error left open is rolled back before the next one.
             unsafe { pg_sys::AbortCurrentTransaction() };
