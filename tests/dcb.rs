@@ -569,6 +569,29 @@ fn a_tag_many_events_carry_is_read_and_checked_after_a_recent_position() {
     .unwrap();
     let hot = r#"'{"items": [{"tags": ["course:1"]}]}'"#;
     assert_eq!(read_positions(&mut c, hot).len(), 300);
+    // Whole rows, as stored: the rows a read copies as it finds them (up to work_mem), and the
+    // rest it reads again once sorted.
+    let rows = |c: &mut postgres::Client, sql: &str| -> Vec<String> {
+        c.query(&format!("SELECT (r.*)::text FROM ({sql}) r"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let stored = rows(
+        &mut c,
+        "SELECT global_position, event_type, event_data, tags, metadata, created_at FROM event_store \
+          WHERE tags @> '{course:1}' ORDER BY global_position",
+    );
+    for work_mem in ["4MB", "64kB"] {
+        c.batch_execute(&format!("SET work_mem = '{work_mem}'"))
+            .unwrap();
+        assert_eq!(
+            rows(&mut c, &format!("SELECT * FROM es_dcb_read({hot})")),
+            stored
+        );
+    }
+    c.batch_execute("RESET work_mem").unwrap();
     assert_eq!(
         read_positions(&mut c, &format!("{hot}, 590")),
         [592, 594, 596, 598, 600]

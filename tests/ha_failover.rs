@@ -343,9 +343,11 @@ fn a_killed_leader_loses_no_acknowledged_append_and_the_feed_skips_nothing() {
     );
     // Until the new leader has a synchronous standby and took appends from every writer (the
     // local writer's alone need no standby).
-    wait_for(WAIT, "the new leader takes appends from every writer", || {
-        flags.after.iter().all(|a| a.load(SeqCst) >= 50)
-    });
+    wait_for(
+        WAIT,
+        "the new leader takes appends from every writer",
+        || flags.after.iter().all(|a| a.load(SeqCst) >= 50),
+    );
     flags.stop.store(true, SeqCst);
     let acks: Vec<Vec<Ack>> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     flags.written.store(true, SeqCst);

@@ -111,9 +111,13 @@ pub fn check(client: &SpiClient<'_>, condition: &Condition) -> Result<(), Refuse
         items.iter().any(|i| match (&relations, i) {
             // SAFETY: as of the snapshot active; the item names tags.
             (Some(r), Some(item)) if !item.tags.is_empty() => unsafe {
-                !r.matches(pg_sys::GetActiveSnapshot(), item, after, i64::MAX, |_| {
-                    false
-                })
+                !r.matches(
+                    pg_sys::GetActiveSnapshot(),
+                    item,
+                    after,
+                    i64::MAX,
+                    |_, _| false,
+                )
             },
             _ => exists(client, *i, after),
         })

@@ -26,10 +26,11 @@ extern "C-unwind" {
 /// GIN's array_ops strategy for `@>`.
 const CONTAINS: u16 = 2;
 
-/// A tag with more events than this, scanned after a position few events follow, is narrowed
-/// to those events by the position index: the tag index knows no positions, and a condition
-/// on a tag many events carry would otherwise look at every one of them.
-const NARROW_FROM: i64 = 64;
+/// A tag with more events than this, scanned after a position fewer events follow, is narrowed
+/// to those events by the position index: the tag index knows no positions, and a check after
+/// a recent position (the usual condition) would otherwise read every row of the tag, where an
+/// entry of the position index costs less than a row.
+const NARROW_FROM: i64 = 4;
 
 /// One relation of events, open with its tag index, and where its columns are (attribute
 /// numbers: a chunk made after a column was dropped numbers them differently).
@@ -352,8 +353,9 @@ impl Drop for Bitmap {
 }
 
 impl Relations {
-    /// Calls `f` with each event `item` matches in positions (lo, hi] that `snapshot` sees, in
-    /// no particular order, until it returns false. Returns false when `f` did.
+    /// Calls `f` with each event `item` matches in positions (lo, hi] that `snapshot` sees, and
+    /// its row (valid during the call: copy it to keep it), in no particular order, until it
+    /// returns false. Returns false when `f` did.
     ///
     /// # Safety
     /// `snapshot` is registered or active for the call; `item` names tags.
@@ -363,7 +365,7 @@ impl Relations {
         item: &Item,
         lo: i64,
         hi: i64,
-        mut f: impl FnMut(Found) -> bool,
+        mut f: impl FnMut(Found, &mut pg_sys::HeapTupleData) -> bool,
     ) -> bool {
         let per_page = OwnedContext::new(c"event_store tag scan");
         let wanted = item.tags.clone().into_datum().expect("an array");
@@ -395,7 +397,7 @@ impl Relations {
                     let found = pg_sys::index_getbitmap(scan.0, bitmap.0);
                     if lo > 0 && found > NARROW_FROM && !s.by_position.is_null() {
                         let last = *newest.get_or_insert_with(crate::read::feed::seq_last);
-                        if last - lo < found / 2 {
+                        if last - lo < found {
                             narrow(s.by_position, snapshot, lo, hi, &bitmap);
                         }
                     }
@@ -470,7 +472,7 @@ impl Relations {
                             source: n,
                             tid: tuple.t_self,
                         };
-                        if !f(found) {
+                        if !f(found, tuple) {
                             return false;
                         }
                     }
@@ -493,20 +495,37 @@ impl Relations {
         found: &Found,
         f: impl FnOnce(&mut [Datum; 6], &mut [bool; 6]),
     ) {
-        let s = &self.0[found.source];
         // SAFETY: as the caller promises; the page stays pinned while the row's datums, which
         // point into it, are used.
         unsafe {
             let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
             tuple.t_self = found.tid;
             let mut buffer = Pinned(0);
-            if !pg_sys::heap_fetch(s.rel, snapshot, &mut tuple, &mut buffer.0, false) {
-                return;
+            let rel = self.0[found.source].rel;
+            if pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer.0, false) {
+                self.row(found, &mut tuple, f);
             }
+        }
+    }
+
+    /// Calls `f` with the columns of `tuple`, the row of an event `matches` found (or a copy of
+    /// it), as es_dcb_read's.
+    ///
+    /// # Safety
+    /// `tuple` stays in place while `f` runs.
+    pub unsafe fn row(
+        &self,
+        found: &Found,
+        tuple: *mut pg_sys::HeapTupleData,
+        f: impl FnOnce(&mut [Datum; 6], &mut [bool; 6]),
+    ) {
+        let s = &self.0[found.source];
+        // SAFETY: as the caller promises, a tuple of relation `s.rel`.
+        unsafe {
             let tupdesc = (*s.rel).rd_att;
             let natts = (*tupdesc).natts as usize;
             let (mut values, mut nulls) = (vec![Datum::from(0); natts], vec![false; natts]);
-            pg_sys::heap_deform_tuple(&mut tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
             let mut row = s.row.map(|a| values[a - 1]);
             let mut row_nulls = s.row.map(|a| nulls[a - 1]);
             f(&mut row, &mut row_nulls);
