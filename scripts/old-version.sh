@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/old-version.sh VERSION: installs the SQL script of an older event_store (0.1.0,
-# 0.2.0, 0.3.0, 0.4.0 or 0.5.0), built from the git history, next to this version's, so that tests/upgrade.rs can
+# 0.2.0, 0.3.0, 0.4.0, 0.5.0 or 0.6.0), built from the git history, next to this version's, so that tests/upgrade.rs can
 # create the extension at that version and update it. Each version is what main shipped up to
 # the commit below (the script tags it vVERSION in this clone) and builds in a target directory
 # shared by the old versions, kept between runs. Skipped when that script is installed already.
@@ -15,6 +15,7 @@ case $VERSION in
     0.3.0) COMMIT=8c1bf5759936ffcfcfb0d6e23cc7ca5e482e9a95 ;;
     0.4.0) COMMIT=135e3477d02581e3b0005f072bfe69bb50dec725 ;;
     0.5.0) COMMIT=aedc544d33ea8dcb297fdd7275386ca32c5b464a ;;
+    0.6.0) COMMIT=a9a7523fd1283c25c011cfc0fad21690a3cd04ff ;;
     *) echo "old-version.sh: no commit known for $VERSION" >&2; exit 1 ;;
 esac
 DEST=$($PG_CONFIG --sharedir)/extension/event_store--$VERSION.sql

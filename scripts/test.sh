@@ -14,7 +14,7 @@ cargo test --lib -p event_store
 
 echo "== installing the extension, and the older versions' SQL for the upgrade tests"
 install_extension
-for old in 0.1.0 0.2.0 0.3.0 0.4.0 0.5.0; do bash scripts/old-version.sh $old; done
+for old in 0.1.0 0.2.0 0.3.0 0.4.0 0.5.0 0.6.0; do bash scripts/old-version.sh $old; done
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 python3 scripts/update-script.py "$($PG_CONFIG --sharedir)/extension/event_store--$VERSION.sql" --check
 

@@ -460,6 +460,25 @@ fn dcb_reads_merge_items_stop_at_the_horizon_and_honour_row_security() {
     );
     let typed = r#"'{"items": [{"types": ["CourseDefined"]}, {"types": ["StudentRenamed"], "tags": ["student:1"]}]}'"#;
     assert_eq!(read_positions(&mut c, typed), [1, 3, 4]);
+    // The planner settings its statements run with (a typed item's, a condition's) are the
+    // session's again after the call.
+    let settings = "SELECT current_setting('jit') || current_setting('plan_cache_mode')";
+    c.batch_execute("SET jit = on; SET plan_cache_mode = force_custom_plan")
+        .unwrap();
+    assert_eq!(read_positions(&mut c, typed), [1, 3, 4]);
+    assert_eq!(
+        sqlstate(dcb_append(
+            &mut c,
+            &event("CourseDefined", &[]),
+            Some(
+                r#"{"fail_if_events_match": {"items": [{"types": ["CourseDefined"]}]}, "after": 0}"#
+            )
+        )),
+        "ES001"
+    );
+    let after: String = c.query_one(settings, &[]).unwrap().get(0);
+    assert_eq!(after, "onforce_custom_plan");
+    c.batch_execute("RESET jit; RESET plan_cache_mode").unwrap();
     assert_eq!(read_positions(&mut c, r#"'{"items": [{}]}'"#), [1, 2, 3, 4]);
     // A query nested deeper than its shape allows is bad input, not an internal error.
     let deep = format!(

@@ -1,4 +1,4 @@
-//! ALTER EXTENSION event_store UPDATE from 0.1.0, 0.2.0, 0.3.0, 0.4.0 and 0.5.0 (their SQL built from the git
+//! ALTER EXTENSION event_store UPDATE from 0.1.0, 0.2.0, 0.3.0, 0.4.0, 0.5.0 and 0.6.0 (their SQL built from the git
 //! history by scripts/old-version.sh): this library serves the old SQL until the update, the
 //! update keeps every event, hash, reducer, catalog entry, key, checkpoint, digest and
 //! projection position, and leaves the same objects, privileges and configuration as a fresh
@@ -142,6 +142,11 @@ fn a_store_made_by_0_4_0_keeps_working_then_updates_in_place() {
 #[test]
 fn a_store_made_by_0_5_0_keeps_working_then_updates_in_place() {
     updates_in_place("0.5.0");
+}
+
+#[test]
+fn a_store_made_by_0_6_0_keeps_working_then_updates_in_place() {
+    updates_in_place("0.6.0");
 }
 
 /// A store made by `old`, filled through its SQL, updated straight to this version

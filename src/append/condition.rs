@@ -58,7 +58,7 @@ const ANY_SQL: &str = "SELECT EXISTS (SELECT FROM _event_store.log e \
 /// names tags or types), as of the active snapshot.
 fn exists(client: &SpiClient<'_>, item: Option<&Item>, after: i64) -> bool {
     let types = |i: &Item| i.types.clone();
-    let found = match item {
+    let found = plans::for_few_rows(|| match item {
         Some(i) if !i.tags.is_empty() => {
             let plan = plans::kept(
                 client,
@@ -80,7 +80,7 @@ fn exists(client: &SpiClient<'_>, item: Option<&Item>, after: i64) -> bool {
             let plan = plans::kept(client, ANY_SQL, &[Oid::INT8OID], false);
             client.select(&*plan, None, &[after.into()])
         }
-    };
+    });
     found
         .and_then(|rows| rows.first().get::<bool>(1))
         .unwrap_or_else(|e| error!("event_store: checking the condition: {e}"))

@@ -176,18 +176,20 @@ unsafe fn read(
                 return;
             }
         }
-        let mut sources: Vec<Source> = match items {
-            [] => vec![None],
-            items => items.iter().map(Some).collect(),
-        }
-        .into_iter()
-        .map(|item| Source {
-            cursor: open(client, item, lo, horizon, limit),
-            batch: std::ptr::null_mut(),
-            len: 0,
-            next: 0,
-        })
-        .collect();
+        let mut sources: Vec<Source> = plans::for_few_rows(|| {
+            match items {
+                [] => vec![None],
+                items => items.iter().map(Some).collect(),
+            }
+            .into_iter()
+            .map(|item| Source {
+                cursor: open(client, item, lo, horizon, limit),
+                batch: std::ptr::null_mut(),
+                len: 0,
+                next: 0,
+            })
+            .collect()
+        });
         let mut heads: Vec<Option<i64>> = sources.iter_mut().map(Source::head).collect();
         let (mut values, mut nulls) = ([pg_sys::Datum::from(0); COLUMNS], [false; COLUMNS]);
         // What revealing an event allocates, freed once the row is stored.

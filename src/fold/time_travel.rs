@@ -123,27 +123,10 @@ fn fold_sql(after_snapshot: bool, before_head: bool, timed: bool) -> &'static st
 /// index. A stream's time range is narrow, so statistics make a bitmap AND of the stream and
 /// time indexes, then a sort, look cheaper; measured, it took twice as long.
 pub fn in_stream_order<R>(f: impl FnOnce() -> R) -> R {
-    use pg_sys::{GucAction, GucContext, GucSource};
-    // SAFETY: planner settings saved in a GUC nest level of their own and popped after `f`;
-    // when `f` raises an error, the (sub)transaction's abort pops the level instead.
-    unsafe {
-        let nest = pg_sys::NewGUCNestLevel();
-        for setting in [c"enable_bitmapscan", c"enable_sort"] {
-            pg_sys::set_config_option(
-                setting.as_ptr(),
-                c"off".as_ptr(),
-                GucContext::PGC_USERSET,
-                GucSource::PGC_S_SESSION,
-                GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
-        let r = f();
-        pg_sys::AtEOXact_GUC(true, nest);
-        r
-    }
+    crate::pg::settings::with(
+        &[(c"enable_bitmapscan", c"off"), (c"enable_sort", c"off")],
+        f,
+    )
 }
 
 /// event_store, found in the extension's schema whatever the search_path.

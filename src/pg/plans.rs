@@ -58,3 +58,23 @@ pub fn kept(
         kept.plan.clone()
     })
 }
+
+/// Runs `f`, which runs kept statements that read a few index entries of every chunk (a DCB
+/// condition's check, es_dcb_read's items), with the planner settings they need: no JIT (their
+/// plans over every chunk cost past jit_above_cost, and compiling took hundreds of
+/// milliseconds), generic plans (with the tags known a custom plan looks cheaper, so the default
+/// mode would plan them again on every call), and no TimescaleDB ChunkAppend (tags and
+/// positions exclude no chunk, and starting it cost a tenth of a decision at 8 clients, benches/
+/// section 13; a placeholder where TimescaleDB is not loaded). Set here, around the statements,
+/// not as the functions' SET clauses, which cost every call 4% of a decision when no statement
+/// runs (the tag index read directly, `read::tag_scan`).
+pub fn for_few_rows<R>(f: impl FnOnce() -> R) -> R {
+    crate::pg::settings::with(
+        &[
+            (c"jit", c"off"),
+            (c"plan_cache_mode", c"force_generic_plan"),
+            (c"timescaledb.enable_chunk_append", c"off"),
+        ],
+        f,
+    )
+}

@@ -1,6 +1,7 @@
 //! Settings under `event_store.*`. Those that protect the server (sizes, depths, time limits,
 //! the worker's pace) are the superuser's (`Suset`): a writer must not lift its own limits.
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CStr;
 
 /// Upper bound on `octet_length(event_data::text) + octet_length(metadata::text)` per event.
 pub static MAX_EVENT_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1024 * 1024);
@@ -137,4 +138,30 @@ pub fn register() {
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
+}
+
+/// Runs `f` with PostgreSQL's `settings` (name, value) set, as a function's SET clauses would
+/// be, and restored after.
+pub fn with<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
+    use pgrx::pg_sys::{self, GucAction, GucContext, GucSource};
+    // SAFETY: settings saved in a GUC nest level of their own and popped after `f`; when `f`
+    // raises an error, the (sub)transaction's abort pops the level instead.
+    unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        for (name, value) in settings {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                GucContext::PGC_USERSET,
+                GucSource::PGC_S_SESSION,
+                GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, nest);
+        r
+    }
 }

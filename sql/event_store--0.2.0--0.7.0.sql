@@ -1,4 +1,4 @@
--- event_store 0.4.0 -> 0.6.0, assembled by scripts/update-script.py: edit the sources,
+-- event_store 0.2.0 -> 0.7.0, assembled by scripts/update-script.py: edit the sources,
 -- sql/updates/ and the definitions in sql/ and src/, not this file.
 
 -- Waits for the projection worker's transaction in progress and holds back its next.
@@ -10,6 +10,75 @@ BEGIN
         LOCK TABLE @extschema@.es_projection_state IN ACCESS EXCLUSIVE MODE;
     END IF;
 END $$;
+
+-- sql/updates/0.2.0--0.3.0.sql
+-- event_store 0.2.0 -> 0.3.0: the internals move out of the extension's schema into
+-- _event_store, where only the extension's owner creates objects (docs/security.md).
+-- This part holds only what a fresh install does differently: the schema, and moving the
+-- existing tables, sequence and internal functions into it. scripts/update-script.py appends
+-- every function, view, comment and grant of this version's install script (the same
+-- definitions a fresh install runs), so nothing is written twice; tests/upgrade.rs proves the
+-- result equals a fresh install.
+
+-- Fails when someone made a schema of that name first, as CREATE EXTENSION does.
+CREATE SCHEMA _event_store;
+
+-- Names resolve in pg_catalog alone for the rest of the update: nothing anyone created in
+-- the extension's schema or in public is picked up.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+ALTER SEQUENCE @extschema@.es_global_position_seq SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_streams SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_event_ids SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_reducers SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_snapshots SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_projection_state SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_checkpoints SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_feed_published SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_catalog_types SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_upcasts SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_catalog_modes SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_verifications SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_digests SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_digest_heads SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_anchors SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_retention SET SCHEMA _event_store;
+ALTER TABLE @extschema@.es_subject_keys SET SCHEMA _event_store;
+
+-- 0.3.0 claims the ids the store generates too (no id serves two events): those of the events
+-- already stored are claimed here, so that no later append can take one.
+INSERT INTO _event_store.es_event_ids SELECT DISTINCT e.event_id FROM @extschema@.event_store e
+    ON CONFLICT DO NOTHING;
+
+-- Every internal function and aggregate of the extension (named _es_*), by oid.
+DO $$
+DECLARE
+    f record;
+BEGIN
+    FOR f IN
+        SELECT p.oid::pg_catalog.regprocedure AS sig, p.prokind
+          FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) d.objid
+         WHERE d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass::pg_catalog.oid
+           AND d.refobjid OPERATOR(pg_catalog.=) (SELECT e.oid FROM pg_catalog.pg_extension e
+                                                   WHERE e.extname OPERATOR(pg_catalog.=) 'event_store'::name)
+           AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass::pg_catalog.oid
+           AND d.deptype OPERATOR(pg_catalog.=) 'e'::"char"
+           AND pg_catalog.starts_with(p.proname::text, '_es_')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER %s %s SET SCHEMA _event_store',
+                                  CASE f.prokind WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END, f.sig);
+    END LOOP;
+END
+$$;
+
+-- Plain functions now, SQL-standard bodies or C in 0.3.0 with other attributes: replaced below.
+
+-- sql/updates/0.3.0--0.4.0.sql
+-- event_store 0.3.0 -> 0.4.0: projection workers become a cluster-wide pool (docs/operations.md).
+-- Nothing of 0.3.0's tables, data or privileges changes: the new function (_es_worker_state),
+-- the time slice in _es_project_batch, es_projections' worker columns and the workers'
+-- metrics are all definitions, which scripts/update-script.py appends from the install script.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- sql/updates/0.4.0--0.5.0.sql
 -- event_store 0.4.0 -> 0.5.0: tags on events and conditional appends (docs/dcb.md). The tags
@@ -34,6 +103,14 @@ DROP FUNCTION _event_store._es_event_hash(bytea, uuid, text, bigint, bigint, tex
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 DROP FUNCTION IF EXISTS _event_store._es_dcb_items(jsonb);
 DROP FUNCTION IF EXISTS _event_store._es_dcb_check_limit(integer);
+
+-- sql/updates/0.6.0--0.7.0.sql
+-- event_store 0.6.0 -> 0.7.0: es_dcb_append and es_dcb_read lose their planner SET clauses
+-- (jit, plan_cache_mode, timescaledb.enable_chunk_append), now set around their statements
+-- (src/pg/plans.rs, for_few_rows). Only definitions change: scripts/update-script.py appends
+-- them from the install script, and CREATE OR REPLACE FUNCTION replaces a function's SET
+-- clauses with the new definition's.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- The definitions of the install script.
 COMMENT ON SCHEMA _event_store IS 'event_store''s internals: tables, functions and views only the extension uses directly.';
@@ -74,6 +151,60 @@ BEGIN
     END IF;
 END
 $$;
+CREATE OR REPLACE FUNCTION @extschema@.es_append(
+    stream_id text,
+    event_type text,
+    event_data jsonb,
+    metadata jsonb DEFAULT '{}',
+    expected_version bigint DEFAULT NULL,
+    id uuid DEFAULT NULL,
+    event_version integer DEFAULT 1,
+    tags text[] DEFAULT '{}')
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer, text[]) IS
+    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001); tags for conditional appends (docs/dcb.md).';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_batch';
+COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
+    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?,"tags"?} to one stream, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
+RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append_multi';
+COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
+    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
+CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
+                                        expected_version bigint, id uuid, event_version integer)
+RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
+SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'es_append';
+COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
+COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
+CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
+CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
+CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
+    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
+COMMENT ON FUNCTION @extschema@.es_digest() IS
+    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
+COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
+    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
+CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
+RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
+    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'es_verify_wrapper';
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'event_store_personal_data') THEN
@@ -200,60 +331,149 @@ END
 $$;
 COMMENT ON FUNCTION @extschema@.es_enable_hypertable(interval) IS
     'Turns event_store into a TimescaleDB hypertable on created_at, moving existing events into chunks. Returns false when it already is one.';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify(stream_id text DEFAULT NULL, snapshots boolean DEFAULT false)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_wrapper';
-COMMENT ON TABLE _event_store.es_digests IS 'Every digest es_digest took: position, counts, root hash, when and by whom.';
-COMMENT ON TABLE _event_store.es_digest_heads IS 'Stream heads recorded by es_digest (only those changed since the previous digest).';
-CREATE OR REPLACE VIEW @extschema@.es_digests WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digests;
-CREATE OR REPLACE VIEW @extschema@.es_digest_heads WITH (security_invoker = true) AS SELECT * FROM _event_store.es_digest_heads;
-CREATE OR REPLACE FUNCTION @extschema@.es_digest() RETURNS jsonb
-    LANGUAGE c STRICT VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_digest_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_verify_digest(digest jsonb)
-RETURNS TABLE (stream_id text, stream_version bigint, problem text, detail text)
-    LANGUAGE c VOLATILE SET search_path TO pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'es_verify_digest_wrapper';
-COMMENT ON FUNCTION @extschema@.es_digest() IS
-    'Takes a digest at the feed horizon (position, events, streams, Merkle root over stream heads) to keep outside the database.';
-COMMENT ON FUNCTION @extschema@.es_verify_digest(jsonb) IS
-    'One row per way the store fails to extend a digest es_digest returned; none when it does.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append(
-    stream_id text,
-    event_type text,
-    event_data jsonb,
-    metadata jsonb DEFAULT '{}',
-    expected_version bigint DEFAULT NULL,
-    id uuid DEFAULT NULL,
-    event_version integer DEFAULT 1,
-    tags text[] DEFAULT '{}')
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
-COMMENT ON FUNCTION @extschema@.es_append(text, text, jsonb, jsonb, bigint, uuid, integer, text[]) IS
-    'Appends one event; expected_version NULL = any, 0 = new stream, N = stream must be at N (else SQLSTATE ES001); tags for conditional appends (docs/dcb.md).';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_batch(stream_id text, events jsonb, expected_version bigint DEFAULT NULL)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_batch';
-COMMENT ON FUNCTION @extschema@.es_append_batch(text, jsonb, bigint) IS
-    'Appends a JSON array of {"type","data","metadata"?,"id"?,"version"?,"tags"?} to one stream, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION @extschema@.es_append_multi(appends jsonb)
-RETURNS TABLE (stream_id text, event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append_multi';
-COMMENT ON FUNCTION @extschema@.es_append_multi(jsonb) IS
-    'Appends to several streams atomically: a JSON array of {"stream_id","expected_version"?,"events"}; every expected version is checked, all or nothing, at consecutive global positions.';
-CREATE OR REPLACE FUNCTION _event_store._es_append(stream_id text, event_type text, event_data jsonb, metadata jsonb,
-                                        expected_version bigint, id uuid, event_version integer)
-RETURNS TABLE (event_id uuid, stream_version bigint, global_position bigint, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER ROWS 1
-SET search_path = pg_catalog, pg_temp
-AS 'MODULE_PATHNAME', 'es_append';
+CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
+	"fresh" bool DEFAULT false /* bool */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
+	"subject" TEXT /* & str */
+) RETURNS bytea /* Vec < u8 > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
+	"doc" jsonb /* pgrx :: JsonB */
+) RETURNS jsonb /* pgrx :: JsonB */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
+	"stream_id" TEXT, /* & str */
+	"size" INT /* i32 */
+) RETURNS INT /* i32 */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
+	"state" TEXT,  /* String */
+	"since" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"last_pass" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"workers" INT  /* i32 */
+)
+STRICT VOLATILE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_worker_state_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
+	"on" bool /* bool */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
+	"stream_id" TEXT, /* & str */
+	"subject" TEXT /* & str */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+STRICT STABLE PARALLEL SAFE 
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
+	"stream_id" TEXT, /* Option < & str > */
+	"expected_version" bigint, /* Option < i64 > */
+	"batch_kind" TEXT, /* Option < & str > */
+	"batch_len" INT /* Option < i32 > */
+) RETURNS void
+STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
+	"category" TEXT, /* Option < & str > */
+	"event_type" TEXT, /* Option < & str > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
+	"max_count" INT, /* Option < i32 > */
+	"member" INT, /* Option < i32 > */
+	"size" INT /* Option < i32 > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
+	"subject" TEXT, /* & str */
+	"stream_id" TEXT, /* & str */
+	"event_data" jsonb, /* pgrx :: JsonB */
+	"metadata" jsonb /* pgrx :: JsonB */
+) RETURNS TEXT /* Option < String > */
+IMMUTABLE STRICT PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
+	"event_type" TEXT, /* Option < & str > */
+	"from_version" INT, /* Option < i32 > */
+	"rule" jsonb /* Option < pgrx :: JsonB > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
+	"pid" INT,  /* i32 */
+	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
+	"lowest_position" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
+	"stream_id" TEXT, /* & str */
+	"version" bigint, /* i64 */
+	"last_at" timestamp with time zone /* TimestampWithTimeZone */
+) RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
+	"event_type" TEXT, /* Option < & str > */
+	"version" INT, /* Option < i32 > */
+	"schema" jsonb, /* Option < pgrx :: JsonB > */
+	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
+	"subject" TEXT /* Option < & str > */
+) RETURNS void
+STABLE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
+	"category" TEXT, /* Option < & str > */
+	"mode" TEXT /* Option < & str > */
+) RETURNS void
+IMMUTABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
+	"name" TEXT /* & str */
+) RETURNS INT /* i32 */
+STRICT STABLE PARALLEL SAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
+	"stream_id" TEXT /* & str */
+) RETURNS bigint /* Option < i64 > */
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 	"prev" bytea, /* Option < & [u8] > */
 	"event_id" uuid, /* pgrx :: Uuid */
@@ -270,122 +490,10 @@ CREATE OR REPLACE FUNCTION _event_store."_es_event_hash"(
 IMMUTABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_event_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_wake_projections"(
-	"fresh" bool DEFAULT false /* bool */
-) RETURNS void
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_wake_projections_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_holders"() RETURNS TABLE (
-	"pid" INT,  /* i32 */
-	"registered_at" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"lowest_position" bigint  /* i64 */
-)
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_holders_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_reducer"(
-	"category" TEXT, /* Option < & str > */
-	"event_type" TEXT, /* Option < & str > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_reducer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_catalog_mode"(
-	"category" TEXT, /* Option < & str > */
-	"mode" TEXT /* Option < & str > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_catalog_mode_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_setting_int"(
-	"name" TEXT /* & str */
-) RETURNS INT /* i32 */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_setting_int_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_append"(
-	"stream_id" TEXT, /* Option < & str > */
-	"expected_version" bigint, /* Option < i64 > */
-	"batch_kind" TEXT, /* Option < & str > */
-	"batch_len" INT /* Option < i32 > */
-) RETURNS void
-STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_append_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_calling_role_id"() RETURNS oid /* pg_sys :: Oid */
 STRICT STABLE PARALLEL SAFE 
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_calling_role_id_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_calling_role"() RETURNS TEXT /* String */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_calling_role_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_projection_timer"(
-	"on" bool /* bool */
-) RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_projection_timer_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_reveal_data"(
-	"doc" jsonb /* pgrx :: JsonB */
-) RETURNS jsonb /* pgrx :: JsonB */
-STRICT STABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_reveal_data_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_consumer_group_member"(
-	"stream_id" TEXT, /* & str */
-	"size" INT /* i32 */
-) RETURNS INT /* i32 */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_consumer_group_member_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_event_type"(
-	"event_type" TEXT, /* Option < & str > */
-	"version" INT, /* Option < i32 > */
-	"schema" jsonb, /* Option < pgrx :: JsonB > */
-	"personal_data" TEXT[], /* :: std :: option :: Option < Vec < Option < String > > > */
-	"subject" TEXT /* Option < & str > */
-) RETURNS void
-STABLE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_event_type_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_read"(
-	"max_count" INT, /* Option < i32 > */
-	"member" INT, /* Option < i32 > */
-	"size" INT /* Option < i32 > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_feed_read_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_upcast"(
-	"event_type" TEXT, /* Option < & str > */
-	"from_version" INT, /* Option < i32 > */
-	"rule" jsonb /* Option < pgrx :: JsonB > */
-) RETURNS void
-IMMUTABLE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_upcast_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_take_snapshot"(
-	"stream_id" TEXT /* & str */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_take_snapshot_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
-	"func" oid, /* pg_sys :: Oid */
-	"owner" oid, /* pg_sys :: Oid */
-	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
-AllocatedByRust > > */
-) RETURNS bool /* bool */
-VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_isolation"() RETURNS void
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_check_feed_isolation_wrapper';
 CREATE OR REPLACE FUNCTION _event_store."_es_record"(
 	"kind" TEXT, /* & str */
 	"event_type" TEXT, /* & str */
@@ -395,14 +503,6 @@ STRICT VOLATILE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_es_record_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_snapshot_at"(
-	"stream_id" TEXT, /* & str */
-	"version" bigint, /* i64 */
-	"last_at" timestamp with time zone /* TimestampWithTimeZone */
-) RETURNS bigint /* Option < i64 > */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_snapshot_at_wrapper';
 COMMENT ON TABLE _event_store.es_anchors IS 'Where es_apply_retention cut each stream: es_verify checks its chain from here.';
 CREATE OR REPLACE VIEW @extschema@.es_anchors WITH (security_invoker = true) AS SELECT * FROM _event_store.es_anchors;
 CREATE OR REPLACE FUNCTION _event_store._es_check_uncut(stream_id text) RETURNS boolean
@@ -937,34 +1037,95 @@ LANGUAGE sql
 STABLE STRICT
 RETURN COALESCE((SELECT r.version FROM _event_store.es_streams r WHERE r.stream_id OPERATOR(pg_catalog.=) es_stream_version.stream_id), 0::bigint);
 COMMENT ON FUNCTION @extschema@.es_stream_version(text) IS 'Current version of a stream, 0 when it does not exist.';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_hash"(
-	"subject" TEXT /* & str */
-) RETURNS bytea /* Vec < u8 > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_hash_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_worker_state"() RETURNS TABLE (
-	"state" TEXT,  /* String */
-	"since" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"last_pass" timestamp with time zone,  /* Option < TimestampWithTimeZone > */
-	"workers" INT  /* i32 */
-)
-STRICT VOLATILE PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_worker_state_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_subject_of"(
-	"subject" TEXT, /* & str */
-	"stream_id" TEXT, /* & str */
-	"event_data" jsonb, /* pgrx :: JsonB */
-	"metadata" jsonb /* pgrx :: JsonB */
-) RETURNS TEXT /* Option < String > */
-IMMUTABLE STRICT PARALLEL SAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_subject_of_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_horizon"() RETURNS bigint /* i64 */
+CREATE OR REPLACE FUNCTION @extschema@.es_subject_export(subject text) RETURNS jsonb
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    doc jsonb;
+BEGIN
+    IF es_subject_export.subject IS NULL THEN
+        RAISE EXCEPTION 'event_store: subject must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF es_subject_export.subject = '' THEN
+        RAISE EXCEPTION 'event_store: subject must not be empty' USING ERRCODE = '22023';
+    END IF;
+    WITH about AS (
+        -- Only the values sealed under the subject's own keys open.
+        SELECT (r.e).*
+          FROM _event_store.es_catalog_types t
+          JOIN _event_store.log l ON l.event_type = t.event_type AND l.event_version = t.version,
+               LATERAL (SELECT _event_store._es_reveal_for_subject(_event_store._es_event(l), es_subject_export.subject) AS e
+                        OFFSET 0) r
+         WHERE t.subject IS NOT NULL
+           AND _event_store._es_subject_of(t.subject, (r.e).stream_id, (r.e).event_data, (r.e).metadata) = es_subject_export.subject
+    )
+    SELECT jsonb_build_object(
+               'subject', es_subject_export.subject,
+               'exported_at', now(),
+               'exported_by', _event_store._es_calling_role(),
+               'events', coalesce((
+                   SELECT jsonb_agg(jsonb_build_object(
+                              'stream_id', a.stream_id, 'stream_version', a.stream_version,
+                              'global_position', a.global_position, 'event_id', a.event_id,
+                              'event_type', a.event_type, 'event_version', a.event_version,
+                              'created_at', a.created_at,
+                              'appended_by', a.metadata -> 'appendedBy',
+                              'correlation_id', a.metadata -> 'correlationId',
+                              'causation_id', a.metadata -> 'causationId',
+                              'data', a.event_data, 'metadata', a.metadata)
+                          ORDER BY a.global_position)
+                     FROM about a), '[]'),
+               'streams', coalesce((
+                   SELECT jsonb_object_agg(s.stream_id, jsonb_build_object(
+                              'version', (SELECT v.version FROM _event_store.es_streams v WHERE v.stream_id = s.stream_id),
+                              'state', _event_store._es_state_for_subject(s.stream_id, es_subject_export.subject)))
+                     FROM (SELECT DISTINCT a.stream_id FROM about a) s), '{}'))
+      INTO doc;
+    -- The record holds no personal data: the subject only as a hash.
+    PERFORM _event_store._es_record('privacy', 'SubjectExported', jsonb_build_object(
+        'subject_sha256', encode(_event_store._es_subject_hash(es_subject_export.subject), 'hex'),
+        'events', jsonb_array_length(doc -> 'events'),
+        'streams', (SELECT count(*) FROM jsonb_object_keys(doc -> 'streams'))));
+    RETURN doc;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_subject_export(text) IS
+    'GDPR Art. 15: every event about a subject (by the catalog''s subject pointers) with provenance, and the state of each stream involved; recorded in event_store-privacy.';
+CREATE OR REPLACE FUNCTION @extschema@.es_forget_subject(subject text, reason text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    destroyed bigint;
+BEGIN
+    IF es_forget_subject.subject IS NULL OR es_forget_subject.reason IS NULL THEN
+        RAISE EXCEPTION 'event_store: subject and reason must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF es_forget_subject.subject = '' OR btrim(es_forget_subject.reason) = '' THEN
+        RAISE EXCEPTION 'event_store: subject and reason must not be empty' USING ERRCODE = '22023';
+    END IF;
+    UPDATE _event_store.es_subject_keys k
+       SET wrapped = NULL, destroyed_at = now(), destroyed_by = _event_store._es_calling_role()
+     WHERE k.subject_hash = _event_store._es_subject_hash(es_forget_subject.subject) AND k.wrapped IS NOT NULL;
+    GET DIAGNOSTICS destroyed = ROW_COUNT;
+    PERFORM _event_store._es_record('privacy', 'SubjectForgotten', jsonb_build_object(
+        'subject_sha256', encode(_event_store._es_subject_hash(es_forget_subject.subject), 'hex'),
+        'keys_destroyed', destroyed,
+        'reason', es_forget_subject.reason));
+    RETURN destroyed;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_forget_subject(text, text) IS
+    'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';
+CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
 STRICT VOLATILE PARALLEL UNSAFE 
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_horizon_wrapper';
+AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
+CREATE OR REPLACE FUNCTION _event_store."_es_check_feed_isolation"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_check_feed_isolation_wrapper';
 COMMENT ON TABLE _event_store.es_feed_published IS 'The feed horizon last published for hot standbys: written by es_publish_feed_horizon().';
 CREATE OR REPLACE VIEW @extschema@.es_feed_published WITH (security_invoker = true) AS SELECT * FROM _event_store.es_feed_published;
 CREATE OR REPLACE FUNCTION _event_store._es_publish_feed_horizon() RETURNS bigint
@@ -1043,6 +1204,84 @@ COMMENT ON FUNCTION @extschema@.es_read_category(text, bigint, integer, integer,
 CREATE OR REPLACE VIEW @extschema@.es_feed_in_flight AS
 SELECT * FROM _event_store._es_feed_holders();
 COMMENT ON VIEW @extschema@.es_feed_in_flight IS 'Appends in flight that hold the feed horizon back: pid, registered_at, lowest_position.';
+COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
+CREATE OR REPLACE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
+CREATE OR REPLACE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
+    LANGUAGE sql VOLATILE
+    RETURN _event_store._es_feed_horizon();
+COMMENT ON FUNCTION @extschema@.es_feed_horizon() IS
+    'The highest position below which every event has committed or never will.';
+CREATE OR REPLACE FUNCTION @extschema@.es_save_checkpoint(consumer text, "position" bigint)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    -- By oid: a role's name read back as text and cast to regrole may name another role.
+    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
+    saved _event_store.es_checkpoints;
+BEGIN
+    PERFORM _event_store._es_check_append($1, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
+    IF $2 IS NULL THEN
+        RAISE EXCEPTION 'event_store: position must not be NULL' USING ERRCODE = '22004';
+    ELSIF $2 < 0 THEN
+        RAISE EXCEPTION 'event_store: position must be 0 or more, got %', $2 USING ERRCODE = '22023';
+    END IF;
+    -- Two transactions saving one consumer queue on its row; the second sees the first's
+    -- position (ON CONFLICT locks the row before its WHERE is checked).
+    INSERT INTO _event_store.es_checkpoints AS c (consumer, position, owner)
+    VALUES ($1, $2, caller)
+    ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, saved_at = now()
+     WHERE pg_catalog.pg_has_role(caller::pg_catalog.oid, c.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) AND c.position < EXCLUDED.position;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO saved FROM _event_store.es_checkpoints c WHERE c.consumer = $1;
+    IF NOT pg_catalog.pg_has_role(caller::pg_catalog.oid, saved.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
+        RAISE EXCEPTION 'event_store: consumer "%" belongs to %', $1, saved.owner USING ERRCODE = '42501';
+    END IF;
+    RAISE EXCEPTION 'event_store: checkpoint of consumer "%" is at %; a new one must be later, got %', $1, saved.position, $2
+        USING ERRCODE = 'ES007',
+              HINT = 'A consumer that saves a position at or below its last one has handled events twice or read out of order.';
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_save_checkpoint(text, bigint) IS
+    'Saves a consumer''s position in the caller''s transaction; it must be later than the saved one.';
+CREATE OR REPLACE FUNCTION @extschema@.es_checkpoint(consumer text)
+RETURNS bigint
+LANGUAGE sql
+STABLE STRICT
+RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
+COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
+    'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
+CREATE OR REPLACE FUNCTION @extschema@.es_dcb_append(events jsonb, condition jsonb DEFAULT NULL)
+RETURNS bigint
+LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+-- The planner settings its statements need are set around them (src/pg/plans.rs,
+-- for_few_rows), not here: a SET clause costs every call, most of which run no statement.
+AS 'MODULE_PATHNAME', 'es_dcb_append';
+COMMENT ON FUNCTION @extschema@.es_dcb_append(jsonb, jsonb) IS
+    'Appends a JSON array of {"type","data","tags"?,"id"?,"metadata"?,"version"?,"stream_id"?} at consecutive positions in array order, unless an event matching condition''s fail_if_events_match was stored after its "after" (SQLSTATE ES001); returns the last position.';
+CREATE OR REPLACE FUNCTION @extschema@.es_dcb_read(query jsonb DEFAULT NULL, after bigint DEFAULT NULL, "limit" integer DEFAULT NULL)
+RETURNS TABLE (global_position bigint, event_type text, event_data jsonb, tags text[], metadata jsonb, created_at timestamptz)
+LANGUAGE c VOLATILE CALLED ON NULL INPUT
+SET search_path = pg_catalog, pg_temp
+-- Planner settings as for es_dcb_append.
+AS 'MODULE_PATHNAME', 'es_dcb_read';
+COMMENT ON FUNCTION @extschema@.es_dcb_read(jsonb, bigint, integer) IS
+    'Committed events matching a DCB query ({"items": [{"types": [...], "tags": [...]}]}; NULL or no items: all) after a position, in position order, at most limit (NULL: all), never past es_feed_horizon().';
+CREATE OR REPLACE FUNCTION _event_store."_es_run_as"(
+	"func" oid, /* pg_sys :: Oid */
+	"owner" oid, /* pg_sys :: Oid */
+	"event" @extschema@.event_store /* Option < :: pgrx :: heap_tuple :: PgHeapTuple < '_, :: pgrx :: pgbox ::
+AllocatedByRust > > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_es_run_as_wrapper';
 CREATE OR REPLACE VIEW @extschema@.es_projection_state WITH (security_invoker = true) AS SELECT * FROM _event_store.es_projection_state;
 CREATE OR REPLACE FUNCTION _event_store._es_projection_for_update(p_name text) RETURNS _event_store.es_projection_state
 LANGUAGE plpgsql
@@ -1364,180 +1603,6 @@ BEGIN ATOMIC
              GROUP BY m.name, m.help, m.type) b;
 END;
 COMMENT ON FUNCTION @extschema@.es_metrics_prometheus() IS 'es_metrics in the Prometheus text exposition format.';
-COMMENT ON TABLE _event_store.es_checkpoints IS 'Positions of feed consumers: change with es_save_checkpoint.';
-CREATE OR REPLACE VIEW @extschema@.es_checkpoints WITH (security_invoker = true) AS SELECT * FROM _event_store.es_checkpoints;
-CREATE OR REPLACE FUNCTION @extschema@.es_feed_horizon() RETURNS bigint
-    LANGUAGE sql VOLATILE
-    RETURN _event_store._es_feed_horizon();
-COMMENT ON FUNCTION @extschema@.es_feed_horizon() IS
-    'The highest position below which every event has committed or never will.';
-CREATE OR REPLACE FUNCTION @extschema@.es_save_checkpoint(consumer text, "position" bigint)
-RETURNS void
-LANGUAGE plpgsql
-VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-#variable_conflict use_column
-DECLARE
-    -- By oid: a role's name read back as text and cast to regrole may name another role.
-    caller pg_catalog.regrole := _event_store._es_calling_role_id()::pg_catalog.regrole;
-    saved _event_store.es_checkpoints;
-BEGIN
-    PERFORM _event_store._es_check_append($1, NULL::bigint, 'array'::text, 1);  -- same rules as a stream id
-    IF $2 IS NULL THEN
-        RAISE EXCEPTION 'event_store: position must not be NULL' USING ERRCODE = '22004';
-    ELSIF $2 < 0 THEN
-        RAISE EXCEPTION 'event_store: position must be 0 or more, got %', $2 USING ERRCODE = '22023';
-    END IF;
-    -- Two transactions saving one consumer queue on its row; the second sees the first's
-    -- position (ON CONFLICT locks the row before its WHERE is checked).
-    INSERT INTO _event_store.es_checkpoints AS c (consumer, position, owner)
-    VALUES ($1, $2, caller)
-    ON CONFLICT (consumer) DO UPDATE SET position = EXCLUDED.position, saved_at = now()
-     WHERE pg_catalog.pg_has_role(caller::pg_catalog.oid, c.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) AND c.position < EXCLUDED.position;
-    IF FOUND THEN
-        RETURN;
-    END IF;
-    SELECT * INTO saved FROM _event_store.es_checkpoints c WHERE c.consumer = $1;
-    IF NOT pg_catalog.pg_has_role(caller::pg_catalog.oid, saved.owner::pg_catalog.oid, 'MEMBER'::pg_catalog.text) THEN
-        RAISE EXCEPTION 'event_store: consumer "%" belongs to %', $1, saved.owner USING ERRCODE = '42501';
-    END IF;
-    RAISE EXCEPTION 'event_store: checkpoint of consumer "%" is at %; a new one must be later, got %', $1, saved.position, $2
-        USING ERRCODE = 'ES007',
-              HINT = 'A consumer that saves a position at or below its last one has handled events twice or read out of order.';
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_save_checkpoint(text, bigint) IS
-    'Saves a consumer''s position in the caller''s transaction; it must be later than the saved one.';
-CREATE OR REPLACE FUNCTION @extschema@.es_checkpoint(consumer text)
-RETURNS bigint
-LANGUAGE sql
-STABLE STRICT
-RETURN (SELECT c.position FROM _event_store.es_checkpoints c WHERE c.consumer OPERATOR(pg_catalog.=) es_checkpoint.consumer);
-COMMENT ON FUNCTION @extschema@.es_checkpoint(text) IS
-    'A consumer''s saved position; NULL when it has none (es_read_all reads NULL as 0).';
-CREATE OR REPLACE FUNCTION @extschema@.es_dcb_append(events jsonb, condition jsonb DEFAULT NULL)
-RETURNS bigint
-LANGUAGE c VOLATILE CALLED ON NULL INPUT SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
--- JIT compiling a condition's query (its plan over every chunk can cost past jit_above_cost)
--- takes hundreds of milliseconds, for a query that reads a few index entries.
-SET jit = off
--- The condition's kept plans, generic: with the tags known a custom plan looks cheaper, so the
--- default mode would plan the check again on every call.
-SET plan_cache_mode = force_generic_plan
--- TimescaleDB's ChunkAppend can exclude no chunk for these statements (tags and positions say
--- nothing of time), and starting it cost a tenth of a decision at 8 clients (benches/ section
--- 13). A placeholder where TimescaleDB is not loaded.
-SET timescaledb.enable_chunk_append = off
-AS 'MODULE_PATHNAME', 'es_dcb_append';
-COMMENT ON FUNCTION @extschema@.es_dcb_append(jsonb, jsonb) IS
-    'Appends a JSON array of {"type","data","tags"?,"id"?,"metadata"?,"version"?,"stream_id"?} at consecutive positions in array order, unless an event matching condition''s fail_if_events_match was stored after its "after" (SQLSTATE ES001); returns the last position.';
-CREATE OR REPLACE FUNCTION @extschema@.es_dcb_read(query jsonb DEFAULT NULL, after bigint DEFAULT NULL, "limit" integer DEFAULT NULL)
-RETURNS TABLE (global_position bigint, event_type text, event_data jsonb, tags text[], metadata jsonb, created_at timestamptz)
-LANGUAGE c VOLATILE CALLED ON NULL INPUT
-SET search_path = pg_catalog, pg_temp
--- As for es_dcb_append: reading every event plans a scan of every chunk, the kept plans are
--- generic, and no chunk can be excluded.
-SET jit = off
-SET plan_cache_mode = force_generic_plan
-SET timescaledb.enable_chunk_append = off
-AS 'MODULE_PATHNAME', 'es_dcb_read';
-COMMENT ON FUNCTION @extschema@.es_dcb_read(jsonb, bigint, integer) IS
-    'Committed events matching a DCB query ({"items": [{"types": [...], "tags": [...]}]}; NULL or no items: all) after a position, in position order, at most limit (NULL: all), never past es_feed_horizon().';
-CREATE OR REPLACE FUNCTION _event_store."_es_feed_in_flight"() RETURNS bool /* bool */
-STRICT VOLATILE PARALLEL UNSAFE 
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_feed_in_flight_wrapper';
-CREATE OR REPLACE FUNCTION _event_store."_es_state_for_subject"(
-	"stream_id" TEXT, /* & str */
-	"subject" TEXT /* & str */
-) RETURNS jsonb /* Option < pgrx :: JsonB > */
-STRICT STABLE PARALLEL SAFE 
-SET search_path TO pg_catalog, pg_temp
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_es_state_for_subject_wrapper';
-CREATE OR REPLACE FUNCTION @extschema@.es_subject_export(subject text) RETURNS jsonb
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    doc jsonb;
-BEGIN
-    IF es_subject_export.subject IS NULL THEN
-        RAISE EXCEPTION 'event_store: subject must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF es_subject_export.subject = '' THEN
-        RAISE EXCEPTION 'event_store: subject must not be empty' USING ERRCODE = '22023';
-    END IF;
-    WITH about AS (
-        -- Only the values sealed under the subject's own keys open.
-        SELECT (r.e).*
-          FROM _event_store.es_catalog_types t
-          JOIN _event_store.log l ON l.event_type = t.event_type AND l.event_version = t.version,
-               LATERAL (SELECT _event_store._es_reveal_for_subject(_event_store._es_event(l), es_subject_export.subject) AS e
-                        OFFSET 0) r
-         WHERE t.subject IS NOT NULL
-           AND _event_store._es_subject_of(t.subject, (r.e).stream_id, (r.e).event_data, (r.e).metadata) = es_subject_export.subject
-    )
-    SELECT jsonb_build_object(
-               'subject', es_subject_export.subject,
-               'exported_at', now(),
-               'exported_by', _event_store._es_calling_role(),
-               'events', coalesce((
-                   SELECT jsonb_agg(jsonb_build_object(
-                              'stream_id', a.stream_id, 'stream_version', a.stream_version,
-                              'global_position', a.global_position, 'event_id', a.event_id,
-                              'event_type', a.event_type, 'event_version', a.event_version,
-                              'created_at', a.created_at,
-                              'appended_by', a.metadata -> 'appendedBy',
-                              'correlation_id', a.metadata -> 'correlationId',
-                              'causation_id', a.metadata -> 'causationId',
-                              'data', a.event_data, 'metadata', a.metadata)
-                          ORDER BY a.global_position)
-                     FROM about a), '[]'),
-               'streams', coalesce((
-                   SELECT jsonb_object_agg(s.stream_id, jsonb_build_object(
-                              'version', (SELECT v.version FROM _event_store.es_streams v WHERE v.stream_id = s.stream_id),
-                              'state', _event_store._es_state_for_subject(s.stream_id, es_subject_export.subject)))
-                     FROM (SELECT DISTINCT a.stream_id FROM about a) s), '{}'))
-      INTO doc;
-    -- The record holds no personal data: the subject only as a hash.
-    PERFORM _event_store._es_record('privacy', 'SubjectExported', jsonb_build_object(
-        'subject_sha256', encode(_event_store._es_subject_hash(es_subject_export.subject), 'hex'),
-        'events', jsonb_array_length(doc -> 'events'),
-        'streams', (SELECT count(*) FROM jsonb_object_keys(doc -> 'streams'))));
-    RETURN doc;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_subject_export(text) IS
-    'GDPR Art. 15: every event about a subject (by the catalog''s subject pointers) with provenance, and the state of each stream involved; recorded in event_store-privacy.';
-CREATE OR REPLACE FUNCTION @extschema@.es_forget_subject(subject text, reason text) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    destroyed bigint;
-BEGIN
-    IF es_forget_subject.subject IS NULL OR es_forget_subject.reason IS NULL THEN
-        RAISE EXCEPTION 'event_store: subject and reason must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF es_forget_subject.subject = '' OR btrim(es_forget_subject.reason) = '' THEN
-        RAISE EXCEPTION 'event_store: subject and reason must not be empty' USING ERRCODE = '22023';
-    END IF;
-    UPDATE _event_store.es_subject_keys k
-       SET wrapped = NULL, destroyed_at = now(), destroyed_by = _event_store._es_calling_role()
-     WHERE k.subject_hash = _event_store._es_subject_hash(es_forget_subject.subject) AND k.wrapped IS NOT NULL;
-    GET DIAGNOSTICS destroyed = ROW_COUNT;
-    PERFORM _event_store._es_record('privacy', 'SubjectForgotten', jsonb_build_object(
-        'subject_sha256', encode(_event_store._es_subject_hash(es_forget_subject.subject), 'hex'),
-        'keys_destroyed', destroyed,
-        'reason', es_forget_subject.reason));
-    RETURN destroyed;
-END
-$$;
-COMMENT ON FUNCTION @extschema@.es_forget_subject(text, text) IS
-    'GDPR Art. 17: destroys the subject''s key (every value sealed with it reads as [erased]); recorded in event_store-privacy.';
 DO $$
 DECLARE
     ext oid := (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname OPERATOR(pg_catalog.=) 'event_store'::name);
