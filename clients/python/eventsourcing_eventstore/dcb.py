@@ -17,9 +17,10 @@ streams event_store chooses (``dcb-<uuid>``, one per append).
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from threading import Thread
 from typing import Any
 
@@ -115,6 +116,11 @@ class _Response(DCBReadResponse):
     def head(self) -> int | None:
         return self._head
 
+    def __iter__(self) -> Iterator[DCBSequencedEvent]:
+        # The list's own iterator, so that a loop over the response runs in C; the one
+        # __next__ takes from, so that the response is consumed once, as an iterator is.
+        return self._events
+
     def __next__(self) -> DCBSequencedEvent:
         return next(self._events)
 
@@ -144,7 +150,7 @@ class EventStoreDCBRecorder(DCBRecorder):
         ]
         with self.datastore.get_connection() as conn:
             horizon, events = _run(conn, _READ, params)
-        b64decode = base64.b64decode
+        b64decode = binascii.a2b_base64
         positions, types, datas, tags = json.loads(events) if events else (None,) * 4
         events = [
             DCBSequencedEvent(

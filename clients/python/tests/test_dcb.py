@@ -86,6 +86,15 @@ class TestDCBRecorder(FreshDatabase, DCBRecorderTestCase):
         assert appended == 2
         assert [(e.event.type, e.position) for e in recorder.read(query, after=1)] == [("B", 2)]
 
+    def test_a_read_is_an_iterator_consumed_once(self) -> None:
+        recorder = self.make_recorder()
+        recorder.append([DCBEvent(type=t, data=t.encode(), tags=["t"]) for t in "ABC"])
+        response = recorder.read(DCBQuery(items=[DCBQueryItem(tags=["t"])]))
+        assert next(response).event.data == b"A"
+        assert [e.position for e in response] == [2, 3]
+        assert list(response) == []
+        assert response.head == 3
+
     def test_errors_are_the_library_s(self) -> None:
         # What psycopg would raise, as the library maps it: an invalid query is a DataError
         # (22023); a refused condition an IntegrityError (ES001).
