@@ -537,6 +537,27 @@ fn dcb_reads_merge_items_stop_at_the_horizon_and_honour_row_security() {
     .unwrap();
 }
 
+/// A session's tag reads keep which indexes each relation has: an index dropped and made again
+/// by another session is looked up afresh, not opened by the oid it had.
+#[test]
+fn tag_reads_follow_an_index_made_again_by_another_session() {
+    let db = TestDb::new("dcb_index_again");
+    let (mut reader, mut other) = (db.connect(), db.connect());
+    let course = r#"'{"items": [{"tags": ["course:1"]}]}'"#;
+    let stored: Vec<i64> = (0..3)
+        .map(|_| dcb_append(&mut other, &event("StudentJoined", &["course:1"]), None).unwrap())
+        .collect();
+    assert_eq!(read_positions(&mut reader, course), stored);
+    for again in [
+        "DROP INDEX event_store_tags_idx",
+        "CREATE INDEX event_store_tags_idx ON event_store USING gin (tags) WITH (fastupdate = off)
+             WHERE tags <> '{}'::text[]",
+    ] {
+        other.batch_execute(again).unwrap();
+        assert_eq!(read_positions(&mut reader, course), stored, "after {again}");
+    }
+}
+
 #[test]
 fn tag_reads_and_conditions_see_chunks_made_since_they_last_looked() {
     if !timescaledb() {

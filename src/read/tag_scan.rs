@@ -13,6 +13,7 @@ use pgrx::pg_sys::{self, Datum};
 use pgrx::spi::SpiClient;
 use pgrx::IntoDatum;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
 
 extern "C-unwind" {
@@ -182,30 +183,44 @@ unsafe fn only_untagged_left_out(predicate: *mut pg_sys::List, tags: usize) -> b
     }
 }
 
-/// Opens one relation of events with its tag index (a valid GIN index on `tags` alone) and,
-/// where there is one, a btree index on positions.
+/// Where a relation's tag index (a valid GIN index on `tags` alone), btree index on positions
+/// (InvalidOid: none) and columns are.
+#[derive(Clone, Copy)]
+struct Layout {
+    tags: pg_sys::Oid,
+    by_position: pg_sys::Oid,
+    row: [usize; 6],
+}
+
+thread_local! {
+    /// Each relation's layout (None: it has no tag index) as of a generation of `relcache`,
+    /// which watches the relation and both indexes: a column or index added or dropped, or an
+    /// index made valid or invalid, invalidates one of them.
+    static LAYOUTS: RefCell<(u64, HashMap<pg_sys::Oid, Option<Layout>>)> =
+        RefCell::new((0, HashMap::new()));
+}
+
+/// Learns `rel`'s layout by opening each of its indexes, and watches what it depends on.
 ///
 /// # Safety
-/// Inside a transaction.
-unsafe fn open_source(relid: pg_sys::Oid) -> Option<Source> {
-    let column = |name: &CStr| stream_scan::attnum(relid, name);
-    let tags = column(c"tags")?;
-    let row = [
-        column(c"global_position")?,
-        column(c"event_type")?,
-        column(c"event_data")?,
-        tags,
-        column(c"metadata")?,
-        column(c"created_at")?,
-    ];
-    // SAFETY: as the caller promises; what is opened here is closed by Source's drop, or below.
+/// `rel` is open.
+unsafe fn learn(rel: pg_sys::Relation) -> Option<Layout> {
+    // SAFETY: as the caller promises; each index opened here is closed here (open_source opens
+    // the two it uses again).
     unsafe {
-        let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as i32);
-        if rel.is_null() {
-            return None; // dropped since it was listed
-        }
+        let relid = (*rel).rd_id;
+        let column = |name: &CStr| stream_scan::attnum(relid, name);
+        let tags = column(c"tags")?;
+        let row = [
+            column(c"global_position")?,
+            column(c"event_type")?,
+            column(c"event_data")?,
+            tags,
+            column(c"metadata")?,
+            column(c"created_at")?,
+        ];
         let indexes = pgrx::PgList::<pg_sys::Oid>::from_pg(pg_sys::RelationGetIndexList(rel));
-        let (mut by_tags, mut by_position) = (None, None);
+        let (mut by_tags, mut by_position) = (None, pg_sys::InvalidOid);
         for oid in indexes.iter_oid() {
             let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
             let form = (*index).rd_index;
@@ -220,35 +235,72 @@ unsafe fn open_source(relid: pg_sys::Oid) -> Option<Source> {
                 && first == tags
                 && only_untagged_left_out(predicate, tags)
             {
-                by_tags = Some(index);
-                continue;
+                by_tags = Some(oid);
             } else if valid
-                && by_position.is_none()
+                && by_position == pg_sys::InvalidOid
                 && am == pg_sys::BTREE_AM_OID
                 && first == row[POSITION]
                 && predicate.is_null()
             {
-                by_position = Some(index);
-                continue;
+                by_position = oid;
             }
             pg_sys::index_close(index, pg_sys::AccessShareLock as i32);
         }
-        let by_position = by_position.unwrap_or(std::ptr::null_mut());
-        match by_tags {
-            Some(index) => Some(Source {
-                rel,
-                index,
-                by_position,
-                row,
-            }),
-            None => {
-                if !by_position.is_null() {
-                    pg_sys::index_close(by_position, pg_sys::AccessShareLock as i32);
-                }
-                pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
-                None
+        let layout = by_tags.map(|tags| Layout {
+            tags,
+            by_position,
+            row,
+        });
+        for oid in [relid, by_position, by_tags.unwrap_or(pg_sys::InvalidOid)] {
+            if oid != pg_sys::InvalidOid {
+                relcache::watch(oid);
             }
         }
+        layout
+    }
+}
+
+/// Opens one relation of events with its tag index and, where there is one, a btree index on
+/// positions.
+///
+/// # Safety
+/// Inside a transaction.
+unsafe fn open_source(relid: pg_sys::Oid) -> Option<Source> {
+    // SAFETY: as the caller promises; what is opened here is closed by Source's drop, or below.
+    unsafe {
+        let rel = pg_sys::try_relation_open(relid, pg_sys::AccessShareLock as i32);
+        if rel.is_null() {
+            return None; // dropped since it was listed
+        }
+        // Read after the lock, whose taking accepted the invalidations committed before it.
+        let generation = relcache::generation();
+        let known = LAYOUTS.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.0 != generation {
+                *l = (generation, HashMap::new());
+            }
+            l.1.get(&relid).copied()
+        });
+        let layout = known.unwrap_or_else(|| {
+            let layout = learn(rel);
+            LAYOUTS.with(|l| l.borrow_mut().1.insert(relid, layout));
+            layout
+        });
+        let Some(layout) = layout else {
+            pg_sys::relation_close(rel, pg_sys::AccessShareLock as i32);
+            return None;
+        };
+        let index = pg_sys::index_open(layout.tags, pg_sys::AccessShareLock as i32);
+        let by_position = match layout.by_position {
+            pg_sys::InvalidOid => std::ptr::null_mut(),
+            oid => pg_sys::index_open(oid, pg_sys::AccessShareLock as i32),
+        };
+        Some(Source {
+            rel,
+            index,
+            by_position,
+            row: layout.row,
+        })
     }
 }
 
