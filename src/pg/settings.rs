@@ -143,7 +143,7 @@ pub fn register() {
 /// Runs `f` with PostgreSQL's `settings` (name, value) set, as a function's SET clauses would
 /// be, and restored after.
 pub fn with<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
-    use pgrx::pg_sys::{self, GucAction, GucContext, GucSource};
+    use pgrx::pg_sys;
     // SAFETY: settings saved in a GUC nest level of their own and popped after `f`; when `f`
     // raises an error, the (sub)transaction's abort pops the level instead.
     unsafe {
@@ -152,9 +152,9 @@ pub fn with<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
             pg_sys::set_config_option(
                 name.as_ptr(),
                 value.as_ptr(),
-                GucContext::PGC_USERSET,
-                GucSource::PGC_S_SESSION,
-                GucAction::GUC_ACTION_SAVE,
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
                 true,
                 0,
                 false,

@@ -209,6 +209,7 @@ unsafe fn learn(rel: pg_sys::Relation) -> Option<Layout> {
     // the two it uses again).
     unsafe {
         let relid = (*rel).rd_id;
+        relcache::watch(relid);
         let column = |name: &CStr| stream_scan::attnum(relid, name);
         let tags = column(c"tags")?;
         let row = [
@@ -251,7 +252,7 @@ unsafe fn learn(rel: pg_sys::Relation) -> Option<Layout> {
             by_position,
             row,
         });
-        for oid in [relid, by_position, by_tags.unwrap_or(pg_sys::InvalidOid)] {
+        for oid in [by_position, by_tags.unwrap_or(pg_sys::InvalidOid)] {
             if oid != pg_sys::InvalidOid {
                 relcache::watch(oid);
             }
