@@ -184,11 +184,11 @@ unsafe fn only_untagged_left_out(predicate: *mut pg_sys::List, tags: usize) -> b
 }
 
 /// Where a relation's tag index (a valid GIN index on `tags` alone), btree index on positions
-/// (InvalidOid: none) and columns are.
+/// (if any) and columns are.
 #[derive(Clone, Copy)]
 struct Layout {
     tags: pg_sys::Oid,
-    by_position: pg_sys::Oid,
+    by_position: Option<pg_sys::Oid>,
     row: [usize; 6],
 }
 
@@ -221,7 +221,7 @@ unsafe fn learn(rel: pg_sys::Relation) -> Option<Layout> {
             column(c"created_at")?,
         ];
         let indexes = pgrx::PgList::<pg_sys::Oid>::from_pg(pg_sys::RelationGetIndexList(rel));
-        let (mut by_tags, mut by_position) = (None, pg_sys::InvalidOid);
+        let (mut by_tags, mut by_position) = (None, None);
         for oid in indexes.iter_oid() {
             let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
             let form = (*index).rd_index;
@@ -238,26 +238,24 @@ unsafe fn learn(rel: pg_sys::Relation) -> Option<Layout> {
             {
                 by_tags = Some(oid);
             } else if valid
-                && by_position == pg_sys::InvalidOid
+                && by_position.is_none()
                 && am == pg_sys::BTREE_AM_OID
                 && first == row[POSITION]
                 && predicate.is_null()
             {
-                by_position = oid;
+                by_position = Some(oid);
             }
             pg_sys::index_close(index, pg_sys::AccessShareLock as i32);
         }
-        let layout = by_tags.map(|tags| Layout {
+        by_tags
+            .iter()
+            .chain(&by_position)
+            .for_each(|&oid| relcache::watch(oid));
+        by_tags.map(|tags| Layout {
             tags,
             by_position,
             row,
-        });
-        for oid in [by_position, by_tags.unwrap_or(pg_sys::InvalidOid)] {
-            if oid != pg_sys::InvalidOid {
-                relcache::watch(oid);
-            }
-        }
-        layout
+        })
     }
 }
 
@@ -292,10 +290,9 @@ unsafe fn open_source(relid: pg_sys::Oid) -> Option<Source> {
             return None;
         };
         let index = pg_sys::index_open(layout.tags, pg_sys::AccessShareLock as i32);
-        let by_position = match layout.by_position {
-            pg_sys::InvalidOid => std::ptr::null_mut(),
-            oid => pg_sys::index_open(oid, pg_sys::AccessShareLock as i32),
-        };
+        let by_position = layout.by_position.map_or(std::ptr::null_mut(), |oid| {
+            pg_sys::index_open(oid, pg_sys::AccessShareLock as i32)
+        });
         Some(Source {
             rel,
             index,
