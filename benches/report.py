@@ -193,6 +193,9 @@ for n in (100, 100000):
 lines.append(f"| time of es_state_at without snapshots / time of only reading its 10,000 events in order | {x(rate_ratio('state_at/read-only/10000-events', 'state_at/rust/10000-events'))} |")
 for c in (1, 8):
     lines.append(f"| conditional append (read, then append) / es_append without either, {c} client(s) | {x(rate_ratio(f'dcb/es_dcb_append/c{c}', f'dcb/es_append_unconditional/c{c}'))} |")
+# The library's recorder serialises its appends across their commit's flush: near 1x, its rate
+# is this disk's flush rate; far below, the work under its lock bounds it (docs/dcb.md, Speed).
+lines.append(f"| the library's DCB recorder at 8 clients (through its API) / empty committing transactions at 1 client | {x(rate_ratio('dcb/library_dcb_recorder/c8', 'dcb-sql/commit/c1'))} |")
 lines.append(f"| es_state_at with snapshots, 100 / 10,000 events (how much slower) | {x(rate_ratio('state_at/snapshots/100-events', 'state_at/snapshots/10000-events'))} |")
 
 listen = [n for n in tps if n.startswith("listen/")]

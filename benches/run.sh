@@ -359,6 +359,9 @@ PYTHONPATH=clients/python python3 benches/dcb.py "$ES_RUN_DIR" $PORT es_bench_dc
 for c in 1 8; do
     rounds "dcb-sql/es_dcb_append/c$c:dcb_es.pgbench:es_bench_dcb" "dcb-sql/library_dcb_recorder/c$c:dcb_library.pgbench:tt_bench_dcb" -- $c
 done
+# What one flush allows: the library's recorder holds its table lock across its commit, so its
+# rate at 8 clients can be no higher; how far below it is says what else bounds it (docs/dcb.md).
+rounds "dcb-sql/commit/c1:commit.pgbench:es_bench_dcb" -- 1
 es_psql $PORT postgres -q -c "DROP DATABASE es_bench_dcb WITH (FORCE)" -c "DROP DATABASE tt_bench_dcb WITH (FORCE)"
 fi
 
