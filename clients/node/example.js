@@ -1,13 +1,15 @@
 // event_store from Node.js with `pg`: append with an expected version and retry on a
-// conflict, read a stream, fold its state, and follow the feed with LISTEN and a checkpoint
-// saved in the same transaction as the consumer's effects.
+// conflict, read a stream, fold its state, follow the feed with LISTEN and a checkpoint saved
+// in the same transaction as the consumer's effects, and decide across two boundaries with a
+// conditional append on tags (docs/dcb.md).
 //
 // Connects with the PG* environment variables (PGHOST, PGPORT, PGUSER, PGDATABASE). Exits
 // non-zero when something is not as the store promises (scripts/test.sh runs it).
 'use strict';
 const { Client } = require('pg');
 
-// ES001: the stream is not at the expected version (docs/reference.md, SQLSTATEs).
+// ES001: the stream is not at the expected version, or a conditional append's query matched
+// an event after the position it names (docs/reference.md, SQLSTATEs).
 const isConflict = (err) => err.code === 'ES001';
 
 // Appends what `decide` makes of the stream's version, expecting that version; on a conflict
@@ -24,6 +26,44 @@ async function appendWithRetry(client, streamId, eventType, known, decide) {
       if (!isConflict(err) || attempt >= 5) throw err;
       const { rows } = await client.query('SELECT es_stream_version($1) AS v', [streamId]);
       known = Number(rows[0].v);
+    }
+  }
+}
+
+// DCB (docs/dcb.md): a course's and a student's events, as one query.
+const enrolment = (course, student) => ({
+  items: [{ tags: [`course:${course}`] }, { tags: [`student:${student}`] }],
+});
+
+// What an enrolment decision needs: the seats the course's events take, and the last position
+// read (null: nothing matched yet).
+async function readEnrolment(client, course, student) {
+  const { rows } = await client.query(
+    'SELECT global_position, tags FROM es_dcb_read($1)', [JSON.stringify(enrolment(course, student))]);
+  return {
+    taken: rows.filter((r) => r.tags.includes(`course:${course}`)).length,
+    head: rows.length > 0 ? Number(rows[rows.length - 1].global_position) : null,
+  };
+}
+
+// Enrols `student` in `course` while a seat is left, on the condition that nothing the query
+// matches came after what was read; refused (ES001: another decision came first), reads again
+// and decides again. Returns whether the student got a seat and the attempts it took.
+async function enrolWithRetry(client, course, student, seats, seen) {
+  for (let attempt = 1; ; attempt++) {
+    if (seen.taken >= seats) return { enrolled: false, attempts: attempt };
+    try {
+      const events = [{
+        type: 'StudentEnrolled',
+        data: { course, student },
+        tags: [`course:${course}`, `student:${student}`],
+      }];
+      const condition = { fail_if_events_match: enrolment(course, student), after: seen.head };
+      await client.query('SELECT es_dcb_append($1, $2)', [JSON.stringify(events), JSON.stringify(condition)]);
+      return { enrolled: true, attempts: attempt };
+    } catch (err) {
+      if (!isConflict(err) || attempt >= 5) throw err;
+      seen = await readEnrolment(client, course, student);
     }
   }
 }
@@ -92,6 +132,14 @@ async function main() {
     }
     const { rows: [{ cp }] } = await consumer.query('SELECT es_checkpoint($1) AS cp', [name]);
     check(Number(cp) === 4, 'every event consumed once, the checkpoint at the last');
+
+    // One seat left: Ann's decision reads the course, then Bob enrols first. Ann's append,
+    // conditioned on what she read, is refused; she reads again and finds the course full.
+    const annSaw = await readEnrolment(app, 'algebra', 'ann');
+    const bob = await enrolWithRetry(other, 'algebra', 'bob', 1, await readEnrolment(other, 'algebra', 'bob'));
+    check(bob.enrolled && bob.attempts === 1, 'a decision across a course and a student appends on its condition');
+    const ann = await enrolWithRetry(app, 'algebra', 'ann', 1, annSaw);
+    check(!ann.enrolled && ann.attempts === 2, 'a decision on a stale read is refused (ES001), decided again: the course is full');
   } finally {
     await Promise.all([app.end(), other.end(), consumer.end()]);
   }

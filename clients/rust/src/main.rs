@@ -1,6 +1,7 @@
 //! event_store from Rust with tokio-postgres: append with an expected version and retry on a
-//! conflict, read a stream, fold its state, and follow the feed with LISTEN and a checkpoint
-//! saved in the same transaction as the consumer's effects.
+//! conflict, read a stream, fold its state, follow the feed with LISTEN and a checkpoint saved
+//! in the same transaction as the consumer's effects, and decide across two boundaries with a
+//! conditional append on tags (docs/dcb.md).
 //!
 //! Connects with the libpq-style string in EVENT_STORE_URL, e.g.
 //! `host=/var/run/postgresql user=app dbname=shop`. Exits non-zero when something is not as
@@ -30,7 +31,8 @@ async fn connect() -> Result<(Client, mpsc::UnboundedReceiver<String>)> {
 }
 
 fn is_conflict(e: &Error) -> bool {
-    // ES001: the stream is not at the expected version (docs/reference.md, SQLSTATEs).
+    // ES001: the stream is not at the expected version, or a conditional append's query
+    // matched an event after the position it names (docs/reference.md, SQLSTATEs).
     e.code().map(|c| c.code()) == Some("ES001")
 }
 
@@ -58,6 +60,70 @@ async fn append_with_retry(
                     .query_one("SELECT es_stream_version($1)", &[&stream_id])
                     .await?
                     .get(0);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    unreachable!()
+}
+
+/// DCB (docs/dcb.md): a course's and a student's events, as one query.
+fn enrolment(course: &str, student: &str) -> Value {
+    json!({"items": [{"tags": [format!("course:{course}")]}, {"tags": [format!("student:{student}")]}]})
+}
+
+/// What an enrolment decision needs: the seats the course's events take, and the last
+/// position read (None: nothing matched yet).
+struct Seen {
+    taken: usize,
+    head: Option<i64>,
+}
+
+async fn read_enrolment(client: &Client, course: &str, student: &str) -> Result<Seen> {
+    let rows = client
+        .query(
+            "SELECT global_position, tags FROM es_dcb_read($1)",
+            &[&enrolment(course, student)],
+        )
+        .await?;
+    let tag = format!("course:{course}");
+    Ok(Seen {
+        taken: rows
+            .iter()
+            .filter(|r| r.get::<_, Vec<String>>(1).contains(&tag))
+            .count(),
+        head: rows.last().map(|r| r.get(0)),
+    })
+}
+
+/// Enrols `student` in `course` while a seat is left, on the condition that nothing the query
+/// matches came after what was read; refused (ES001: another decision came first), reads
+/// again and decides again. Returns whether the student got a seat and the attempts it took.
+async fn enrol_with_retry(
+    client: &Client,
+    course: &str,
+    student: &str,
+    seats: usize,
+    mut seen: Seen,
+) -> Result<(bool, u32)> {
+    for attempt in 1.. {
+        if seen.taken >= seats {
+            return Ok((false, attempt));
+        }
+        let events = json!([{
+            "type": "StudentEnrolled",
+            "data": {"course": course, "student": student},
+            "tags": [format!("course:{course}"), format!("student:{student}")],
+        }]);
+        let condition =
+            json!({"fail_if_events_match": enrolment(course, student), "after": seen.head});
+        match client
+            .execute("SELECT es_dcb_append($1, $2)", &[&events, &condition])
+            .await
+        {
+            Ok(_) => return Ok((true, attempt)),
+            Err(e) if is_conflict(&e) && attempt < 5 => {
+                seen = read_enrolment(client, course, student).await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -189,6 +255,21 @@ async fn main() -> Result<()> {
     check(
         checkpoint == 4,
         "every event consumed once, the checkpoint at the last",
+    )?;
+
+    // One seat left: Ann's decision reads the course, then Bob enrols first. Ann's append,
+    // conditioned on what she read, is refused; she reads again and finds the course full.
+    let ann_saw = read_enrolment(&app, "algebra", "ann").await?;
+    let bob_saw = read_enrolment(&other, "algebra", "bob").await?;
+    let (enrolled, attempts) = enrol_with_retry(&other, "algebra", "bob", 1, bob_saw).await?;
+    check(
+        enrolled && attempts == 1,
+        "a decision across a course and a student appends on its condition",
+    )?;
+    let (enrolled, attempts) = enrol_with_retry(&app, "algebra", "ann", 1, ann_saw).await?;
+    check(
+        !enrolled && attempts == 2,
+        "a decision on a stale read is refused (ES001), decided again: the course is full",
     )?;
     Ok(())
 }
