@@ -143,6 +143,17 @@ pub fn register() {
 /// Runs `f` with PostgreSQL's `settings` (name, value) set, as a function's SET clauses would
 /// be, and restored after.
 pub fn with<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
+    nested(settings, true, f)
+}
+
+/// As `with`, and every setting `f` made, SET or SET LOCAL, is undone too, as an abort
+/// would: for a user's function (a projection handler), whose settings must not reach its
+/// caller. `with` pops its level as a commit does, which hands a plain SET on to the caller.
+pub fn isolated<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
+    nested(settings, false, f)
+}
+
+fn nested<R>(settings: &[(&CStr, &CStr)], as_commit: bool, f: impl FnOnce() -> R) -> R {
     use pgrx::pg_sys;
     // SAFETY: settings saved in a GUC nest level of their own and popped after `f`; when `f`
     // raises an error, the (sub)transaction's abort pops the level instead.
@@ -161,7 +172,7 @@ pub fn with<R>(settings: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
             );
         }
         let r = f();
-        pg_sys::AtEOXact_GUC(true, nest);
+        pg_sys::AtEOXact_GUC(as_commit, nest);
         r
     }
 }

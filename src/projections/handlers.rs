@@ -116,23 +116,12 @@ fn _es_run_as<'a>(
         }
         None => None,
     };
-    // SAFETY: a new GUC nest level, closed below on success; on error the (sub)transaction
-    // abort pops it. The call frame is palloc'd for `nargs` arguments, as fmgr expects, and
-    // the handler's ERROR crosses back as a Rust panic through pg_guard_ffi_boundary.
-    unsafe {
-        let nest = pg_sys::NewGUCNestLevel();
-        // Names in the handler resolve as in a plain session of its owner, never through the
-        // extension's pinned path nor through temp tables of whoever runs the pass.
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            HANDLER_SEARCH_PATH.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+    // Names in the handler resolve as in a plain session of its owner, never through the
+    // extension's pinned path nor through temp tables of whoever runs the pass; every setting
+    // the handler makes, SET or SET LOCAL, is undone after it.
+    // SAFETY: the call frame is palloc'd for `nargs` arguments, as fmgr expects, and the
+    // handler's ERROR crosses back as a Rust panic through pg_guard_ffi_boundary.
+    settings::isolated(&[(c"search_path", HANDLER_SEARCH_PATH)], || unsafe {
         let mut flinfo = pg_sys::FmgrInfo::default();
         pg_sys::fmgr_info(func, &mut flinfo);
         let nargs = arg.is_some() as usize;
@@ -162,10 +151,7 @@ fn _es_run_as<'a>(
             pg_guard_ffi_boundary(|| call(fcinfo));
         }
         pg_sys::pfree(fcinfo.cast());
-        // As after an abort: every setting the handler made, SET or SET LOCAL, is undone
-        // (a commit-style pop would hand a plain SET on to the caller's level).
-        pg_sys::AtEOXact_GUC(false, nest);
-    }
+    });
     // A handler that trapped every cancel and returned after the limit still fails: its
     // batch rolls back and counts as timed out.
     if TIMED_OUT.load(Ordering::SeqCst) {
