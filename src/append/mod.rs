@@ -105,18 +105,7 @@ unsafe fn respond(
         Ok((streams, rows)) => {
             // SAFETY: a set-returning call in a context that accepts a materialized result.
             unsafe {
-                // The caller's expected row type where it gives one: the same columns, without
-                // building them from pg_proc on every call.
-                let rsinfo = (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>();
-                let expected = !rsinfo.is_null()
-                    && (*rsinfo).type_ == pg_sys::NodeTag::T_ReturnSetInfo
-                    && !(*rsinfo).expectedDesc.is_null();
-                let flags = if expected {
-                    pg_sys::MAT_SRF_USE_EXPECTED_DESC as pg_sys::bits32
-                } else {
-                    0
-                };
-                pg_sys::InitMaterializedSRF(fcinfo, flags);
+                let rsinfo = crate::pg::materialize(fcinfo);
                 for r in &rows {
                     let cols = row(&streams[r.entry], r);
                     let mut values: Vec<pg_sys::Datum> = cols

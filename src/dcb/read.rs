@@ -326,10 +326,7 @@ pub unsafe extern "C-unwind" fn es_dcb_read(fcinfo: pg_sys::FunctionCallInfo) ->
     // Before the snapshot the events are read with: everything up to it has settled.
     let horizon = feed::_es_feed_horizon();
     // SAFETY: a set-returning call; es_dcb_read's SQL declares the result's columns.
-    let rsinfo = unsafe {
-        pg_sys::InitMaterializedSRF(fcinfo, 0);
-        (*fcinfo).resultinfo.cast::<pg_sys::ReturnSetInfo>()
-    };
+    let rsinfo = unsafe { crate::pg::materialize(fcinfo) };
     if limit != Some(0) && horizon > lo {
         // SAFETY: set up above.
         guards::as_of_now(|| unsafe { read(rsinfo, &items, lo, horizon, limit.map(i64::from)) });
