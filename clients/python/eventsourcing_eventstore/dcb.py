@@ -10,8 +10,9 @@ SQL functions only (docs/dcb.md):
 
 Subscriptions pull with ``es_dcb_read`` whenever event_store sends a NOTIFY on channel
 ``event_store``. Mapping: event type = the DCB event's type, tags = its tags, event data =
-``{"data": "<base64 of its bytes>"}``, position = global position. Events are stored in
-streams event_store chooses (``dcb-<uuid>``, one per append).
+``{"data": "<base64 of its bytes>"}``, position = global position. An event another append
+wrote, whose data has no ``"data"`` field, is read with its data's JSON text (UTF-8) as its
+bytes. Events are stored in streams event_store chooses (``dcb-<uuid>``, one per append).
 """
 
 from __future__ import annotations
@@ -69,17 +70,19 @@ def _items(query: DCBQuery) -> dict[str, Any]:
 # statement cache, result loaders) was a third of the client's CPU in one (benches/ section
 # 13); this module's statements go to libpq through psycopg.pq, prepared once per connection.
 _READ = (
-    b"es_dcb_recorder_read_2",
+    b"es_dcb_recorder_read_3",
     # The horizon first (the read depends on it), then the events. Every event up to the
     # horizon is committed and seen by the read, so the head never claims an event the read
     # could have missed. One row: the horizon, and the events as one JSON array of four: their
-    # positions, types, bytes as stored (base64 text) and tags, each in es_dcb_read's order
-    # (positions ascending). Column by column, not an array per event: a tenth less work for
-    # a read of a few dozen events (benches/ section 13).
+    # positions, types, data and tags, each in es_dcb_read's order (positions ascending).
+    # Column by column, not an array per event: a tenth less work for a read of a few dozen
+    # events (benches/ section 13). An event's data is its base64 text as this recorder
+    # stores it, or, for an event whose data has no "data" field (written by another
+    # append), a space and its JSON text: base64 has no spaces.
     b"SELECT h.h, (SELECT pg_catalog.json_build_array(pg_catalog.array_agg(r.global_position), "
-    b"pg_catalog.array_agg(r.event_type), pg_catalog.array_agg(r.event_data ->> '"
+    b"pg_catalog.array_agg(r.event_type), pg_catalog.array_agg(COALESCE(r.event_data ->> '"
     + DATA_KEY.encode()
-    + b"'), pg_catalog.json_agg(r.tags)) "
+    + b"', ' ' OPERATOR(pg_catalog.||) r.event_data::pg_catalog.text)), pg_catalog.json_agg(r.tags)) "
     b"FROM es_dcb_read($1::jsonb, $2::bigint, $3::integer) r WHERE h.h IS NOT NULL) "
     b"FROM (SELECT es_feed_horizon() AS h) h",
 )
@@ -194,15 +197,30 @@ class EventStoreDCBRecorder(DCBRecorder):
         horizon, events = _run(self.datastore, _READ, params)
         b64decode = binascii.a2b_base64
         positions, types, datas, tags = json.loads(events) if events else (None,) * 4
-        events = [
-            DCBSequencedEvent(
-                event=DCBEvent(type=event_type, data=b64decode(data), tags=event_tags),
-                position=position,
+        try:
+            events = [
+                DCBSequencedEvent(
+                    event=DCBEvent(
+                        type=event_type,
+                        data=(
+                            b64decode(data, strict_mode=True)
+                            if data[:1] != " "
+                            else data[1:].encode()
+                        ),
+                        tags=event_tags,
+                    ),
+                    position=position,
+                )
+                for position, event_type, data, event_tags in zip(
+                    positions or (), types or (), datas or (), tags or ()
+                )
+            ]
+        except binascii.Error as e:
+            msg = (
+                'an event\'s data has a "data" field that is not base64: it was not '
+                f"written by this recorder ({e})"
             )
-            for position, event_type, data, event_tags in zip(
-                positions or (), types or (), datas or (), tags or ()
-            )
-        ]
+            raise DataError(msg) from e
         last = events[-1].position if events else None
         if limit is not None:
             head = last

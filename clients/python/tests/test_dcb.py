@@ -19,7 +19,7 @@ from eventsourcing.tests import projection as generic_projection
 from eventsourcing.utils import Environment
 
 from eventsourcing_eventstore.dcb import EventStoreDCBFactory, EventStoreDCBRecorder
-from test_recorders import FreshDatabase
+from test_recorders import FreshDatabase, _admin
 
 
 class TestDCBRecorder(FreshDatabase, DCBRecorderTestCase):
@@ -109,6 +109,46 @@ class TestDCBRecorder(FreshDatabase, DCBRecorderTestCase):
                 [DCBEvent(type="A", data=b"", tags=["t"])],
                 DCBAppendCondition(DCBQuery(items=[DCBQueryItem(tags=["t"])]), None),
             )
+
+    def test_a_lost_connection_is_retried_on_a_new_one(self) -> None:
+        # The library's retry runs again on an OperationalError, as get_connection maps a
+        # lost connection; the pool replaces the connection lost.
+        recorder = self.make_recorder(POSTGRES_POOL_SIZE="1", POSTGRES_MAX_OVERFLOW="0")
+        recorder.append([DCBEvent(type="A", data=b"a", tags=["t"])])
+        with recorder.datastore.get_connection() as conn:
+            pid = conn.pgconn.backend_pid
+        with recorder.datastore.get_connection() as conn:
+            assert conn.pgconn.backend_pid == pid
+        with _admin() as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        assert [e.event.data for e in recorder.read()] == [b"a"]
+        with recorder.datastore.get_connection() as conn:
+            assert conn.pgconn.backend_pid != pid
+
+    def test_events_other_appends_wrote_are_read_with_their_json(self) -> None:
+        # es_dcb_read shows every event with the query's tags, whoever appended it; one whose
+        # data is not this recorder's ({"data": "<base64>"}) comes back as its JSON text.
+        from eventsourcing.persistence import DataError
+
+        recorder = self.make_recorder()
+        query = DCBQuery(items=[DCBQueryItem(tags=["course:1"])])
+        recorder.append([DCBEvent(type="CourseDefined", data=b"\x00", tags=["course:1"])])
+        with recorder.datastore.get_connection() as conn:
+            conn.execute(
+                "SELECT es_append('course-1', 'StudentJoined', %s::jsonb, tags => %s)",
+                ('{"student": "ann", "data": null}', ["course:1"]),
+            )
+        assert [(e.event.type, e.event.data) for e in recorder.read(query)] == [
+            ("CourseDefined", b"\x00"),
+            ("StudentJoined", b'{"data": null, "student": "ann"}'),
+        ]
+        with recorder.datastore.get_connection() as conn:
+            conn.execute(
+                "SELECT es_append('course-1', 'Noted', '{\"data\": \"not base64!\"}', tags => %s)",
+                (["course:1"],),
+            )
+        with self.assertRaises(DataError):
+            recorder.read(query)
 
 # -- the library's DCB application and projection runner ---------------------------
 
