@@ -38,10 +38,15 @@ from psycopg.types.json import Jsonb
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
+    DatabaseError,
+    DataError,
     InfrastructureFactory,
     IntegrityError,
+    InternalError,
     ListenNotifySubscription,
+    NotSupportedError,
     Notification,
+    PersistenceError,
     ProcessRecorder,
     ProgrammingError,
     StoredEvent,
@@ -72,21 +77,36 @@ STATE_KEY = "state"
 NOTIFY_CHANNEL = "event_store"
 
 
-@contextmanager
-def _conflicts_as_integrity_errors() -> Iterator[None]:
-    """Turns event_store's conflict errors into the library's IntegrityError.
+# psycopg's errors as the datastore's get_connection translates them, subclasses first.
+_LIBRARY_ERRORS = (
+    (psycopg.InterfaceError, InterfaceError),
+    (psycopg.OperationalError, OperationalError),
+    (psycopg.DataError, DataError),
+    (psycopg.IntegrityError, IntegrityError),
+    (psycopg.InternalError, InternalError),
+    (psycopg.ProgrammingError, ProgrammingError),
+    (psycopg.NotSupportedError, NotSupportedError),
+    (psycopg.DatabaseError, DatabaseError),
+    (psycopg.Error, PersistenceError),
+)
 
-    Used inside ``datastore.get_connection()``, whose own translation maps the
-    remaining psycopg errors to the library's PersistenceError subclasses
-    (event_store's own SQLSTATE class "ES" would otherwise become a plain
-    DatabaseError).
-    """
+
+def _library_error(e: psycopg.Error) -> PersistenceError:
+    """The library's error for psycopg's ``e``: event_store's conflicts are IntegrityError
+    (its own SQLSTATE class "ES" would otherwise become a plain DatabaseError), the rest what
+    the datastore's ``get_connection`` makes of them."""
+    if e.sqlstate in CONFLICT_SQLSTATES:
+        return IntegrityError(str(e))
+    return next(ours for theirs, ours in _LIBRARY_ERRORS if isinstance(e, theirs))(str(e))
+
+
+@contextmanager
+def _library_errors() -> Iterator[None]:
+    """Raises psycopg's errors as the library's (``_library_error``)."""
     try:
         yield
     except psycopg.Error as e:
-        if e.sqlstate in CONFLICT_SQLSTATES:
-            raise IntegrityError(str(e)) from e
-        raise
+        raise _library_error(e) from e
 
 
 def _category_name(name: str) -> str:
@@ -186,7 +206,7 @@ class EventStoreAggregateRecorder(EventStoreRecorder, AggregateRecorder):
                     )
                     raise IntegrityError(msg)
 
-        with self.datastore.get_connection() as conn, _conflicts_as_integrity_errors():
+        with self.datastore.get_connection() as conn, _library_errors():
             expected: dict[str, int] = {}
             if streams:
                 # Current version and last originator version of each stream.
@@ -477,7 +497,7 @@ class EventStoreTrackingRecorder(EventStoreRecorder, TrackingRecorder):
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_tracking(self, tracking: Tracking) -> None:
-        with self.datastore.get_connection() as conn, _conflicts_as_integrity_errors():
+        with self.datastore.get_connection() as conn, _library_errors():
             conn.execute(
                 "SELECT es_save_checkpoint(%s, %s)",
                 (self.consumer_name(tracking.application_name), tracking.notification_id),

@@ -43,19 +43,9 @@ from eventsourcing.dcb.persistence import (
 )
 from eventsourcing.postgres import BasePostgresFactory, PostgresDatastore
 from eventsourcing.utils import retry
-from eventsourcing.persistence import (
-    DatabaseError,
-    DataError,
-    IntegrityError,
-    InterfaceError,
-    InternalError,
-    NotSupportedError,
-    OperationalError,
-    PersistenceError,
-    ProgrammingError,
-)
+from eventsourcing.persistence import DataError, InterfaceError, OperationalError, ProgrammingError
 
-from eventsourcing_eventstore import CONFLICT_SQLSTATES, _listen
+from eventsourcing_eventstore import _library_error, _listen
 
 __all__ = ["EventStoreDCBFactory", "EventStoreDCBRecorder", "Factory"]
 
@@ -95,8 +85,8 @@ def _run(
     datastore: PostgresDatastore, statement: tuple[bytes, bytes], params: list[bytes | None]
 ) -> tuple[Any, ...]:
     """Runs one of this module's statements on a connection of the datastore's pool and
-    returns its one row as text (bytes; None for NULL). A failure raises what the
-    datastore's ``get_connection`` would (ES001 and the other conflicts: IntegrityError).
+    returns its one row as text (bytes; None for NULL). A failure raises the library's error
+    (``_library_error``: ES001 and the other conflicts are IntegrityError).
     The connection is taken from the pool and given back directly: ``get_connection``'s
     two context managers cost 7 µs of a call's client CPU (benches/ section 13).
     libpq's call blocks (other threads run: it releases the GIL), so an interrupt waits for
@@ -125,24 +115,8 @@ def _run(
         finally:
             pool.putconn(conn)
     except psycopg.Error as e:
-        if e.sqlstate in CONFLICT_SQLSTATES:
-            raise IntegrityError(str(e)) from e
-        raise next(ours for theirs, ours in _ERRORS if isinstance(e, theirs))(str(e)) from e
+        raise _library_error(e) from e
     return tuple(res.get_value(0, i) for i in range(res.nfields))
-
-
-# psycopg's errors as the datastore's get_connection translates them, subclasses first.
-_ERRORS = (
-    (psycopg.InterfaceError, InterfaceError),
-    (psycopg.OperationalError, OperationalError),
-    (psycopg.DataError, DataError),
-    (psycopg.IntegrityError, IntegrityError),
-    (psycopg.InternalError, InternalError),
-    (psycopg.ProgrammingError, ProgrammingError),
-    (psycopg.NotSupportedError, NotSupportedError),
-    (psycopg.DatabaseError, DatabaseError),
-    (psycopg.Error, PersistenceError),
-)
 
 
 def _check(conn: Any, res: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from eventsourcing.dcb.api import DCBAppendCondition, DCBEvent, DCBQuery, DCBQueryItem
 from eventsourcing.dcb.persistence import DCBInfrastructureFactory
 from eventsourcing.dcb.tests import DCBRecorderTestCase
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import DataError, IntegrityError
 from eventsourcing.popo import POPOTrackingRecorder
 # A module, not names: pytest would collect the generic base classes themselves.
 from eventsourcing.tests import projection as generic_projection
@@ -98,8 +98,6 @@ class TestDCBRecorder(FreshDatabase, DCBRecorderTestCase):
     def test_errors_are_the_library_s(self) -> None:
         # What psycopg would raise, as the library maps it: an invalid query is a DataError
         # (22023); a refused condition an IntegrityError (ES001).
-        from eventsourcing.persistence import DataError
-
         recorder = self.make_recorder()
         with self.assertRaises(DataError):
             recorder.read(DCBQuery(items=[DCBQueryItem(tags=[""])]))
@@ -128,8 +126,6 @@ class TestDCBRecorder(FreshDatabase, DCBRecorderTestCase):
     def test_events_other_appends_wrote_are_read_with_their_json(self) -> None:
         # es_dcb_read shows every event with the query's tags, whoever appended it; one whose
         # data is not this recorder's ({"data": "<base64>"}) comes back as its JSON text.
-        from eventsourcing.persistence import DataError
-
         recorder = self.make_recorder()
         query = DCBQuery(items=[DCBQueryItem(tags=["course:1"])])
         recorder.append([DCBEvent(type="CourseDefined", data=b"\x00", tags=["course:1"])])
