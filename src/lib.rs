@@ -177,7 +177,11 @@ pub extern "C-unwind" fn _PG_init() {
     pg::relcache::register();
     // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        pg::shmem::init(&[projections::pool::AREA, read::replication::AREA]);
+        pg::shmem::init(&[
+            projections::pool::AREA,
+            read::replication::AREA,
+            append::watermarks::AREA,
+        ]);
         projections::launcher::register();
     }
 }

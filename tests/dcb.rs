@@ -595,6 +595,69 @@ fn tag_reads_and_conditions_see_chunks_made_since_they_last_looked() {
     assert!(chunks >= 3, "{chunks} chunks");
 }
 
+/// A check that finds a tag's watermark at or below its position skips reading (docs/dcb.md).
+/// The watermarks live in shared memory and start empty with the server: events stored before
+/// a restart, or replayed by a standby before its promotion, are read by the check.
+#[test]
+fn conditions_see_events_stored_before_a_restart_or_a_promotion() {
+    let preload = match timescaledb() {
+        true => "shared_preload_libraries = 'timescaledb,event_store'",
+        false => "shared_preload_libraries = 'event_store'",
+    };
+    let primary = Cluster::start_with("dcb-marks", preload);
+    let mut p = primary.connect();
+    if timescaledb() {
+        p.batch_execute("SET client_min_messages = warning; CREATE EXTENSION timescaledb")
+            .unwrap();
+    }
+    p.batch_execute("CREATE EXTENSION event_store").unwrap();
+    let joined = || event("StudentJoined", &["course:1"]);
+    let after = |c: &mut postgres::Client, position: i64| {
+        sqlstate(dcb_append(
+            c,
+            &joined(),
+            Some(&condition(&["course:1"], position)),
+        ))
+    };
+    let first = dcb_append(&mut p, &joined(), None).unwrap();
+    let standby = primary.standby("dcb-marks-standby");
+    drop(p);
+    primary.pg_ctl("stop");
+    primary.pg_ctl("start");
+    let mut p = primary.connect();
+    assert_eq!(after(&mut p, first - 1), "ES001", "after a restart");
+    // Settled by the watermark, then raised by this append: the next check reads again.
+    let second = dcb_append(&mut p, &joined(), Some(&condition(&["course:1"], first))).unwrap();
+    assert_eq!(
+        after(&mut p, first),
+        "ES001",
+        "after an append raised the watermark"
+    );
+    let lsn: String = p
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let mut s = standby.connect();
+    wait_for(
+        std::time::Duration::from_secs(30),
+        "the standby's replay",
+        || {
+            s.query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .unwrap()
+            .get(0)
+        },
+    );
+    drop(p);
+    primary.pg_ctl("stop");
+    standby.pg_ctl("promote");
+    let mut s = standby.connect();
+    assert_eq!(after(&mut s, second - 1), "ES001", "after a promotion");
+    assert!(dcb_append(&mut s, &joined(), Some(&condition(&["course:1"], second))).is_ok());
+}
+
 #[test]
 fn a_tag_many_events_carry_is_read_and_checked_after_a_recent_position() {
     let db = TestDb::new("dcb_hot_tag");

@@ -1,5 +1,6 @@
 //! What an append locks for its tags and its condition, and the condition's check
 //! (docs/dcb.md; the locking rule and why it is complete: `event_store_core::dcb`).
+use super::watermarks;
 use crate::pg::errors::Refused;
 use crate::pg::{guards, plans, schema};
 use event_store_core::dcb::{self, Condition, Item, Locks, Mode};
@@ -98,10 +99,19 @@ pub fn check(client: &SpiClient<'_>, condition: &Condition) -> Result<(), Refuse
         "Its check must see what appends it waited for committed; run it in a READ COMMITTED transaction.",
     );
     let after = condition.after.unwrap_or(0);
+    // An item naming tags is settled without reading when a watermark of one of its tags says
+    // so (`watermarks`): the lock taken for it conflicts with every writer of its events.
     let items: Vec<Option<&Item>> = match condition.query.narrowing() {
         None => vec![None],
-        Some(items) => items.iter().map(Some).collect(),
+        Some(items) => items
+            .iter()
+            .filter(|i| !i.tags.iter().any(|t| watermarks::settled(t, after)))
+            .map(Some)
+            .collect(),
     };
+    if items.is_empty() {
+        return Ok(());
+    }
     let found = guards::as_of_now(|| {
         let relations = items
             .iter()

@@ -1,7 +1,9 @@
 //! The engine every append function runs: checks, locks, retries, sealing, positions, hashes,
 //! the rows' insert, the stream heads, then snapshots and the feed's announcement.
 use super::insert::Insert;
-use super::{condition, record, refused, registry, retry, uuid, Appended, Entry, Event};
+use super::{
+    condition, record, refused, registry, retry, uuid, watermarks, Appended, Entry, Event,
+};
 use crate::pg::errors::{raise_invalid as raise, Refused};
 use crate::pg::jsonb;
 use crate::pg::jsonb::functions::out;
@@ -150,6 +152,7 @@ pub(crate) fn append(
             // Visible to feed readers before any position is taken: they stop below ours.
             read::feed::register();
             let first = read::feed::allocate(n as i64);
+            watermarks::raise(&locks, first + n as i64 - 1);
             // Each event's position: in rank order, entry order among equal ranks.
             let mut slots: Vec<(usize, usize)> = (0..entries.len())
                 .filter(|i| !replay[*i])

@@ -33,6 +33,7 @@ mod insert;
 pub mod record;
 pub mod registry;
 mod retry;
+pub(crate) mod watermarks;
 
 /// One event, validated, before its stream's lock is taken.
 struct Event {

@@ -274,6 +274,31 @@ pub fn locks<'a>(
     Locks { table, keys }
 }
 
+/// # Watermarks
+/// Beside the locks, every append raises, for each tag key it writes, a watermark to the last
+/// position it took, before it commits (shared memory, one per bucket of keys and databases).
+/// A checker holding an item's key finds every writer of a matching event committed or rolled
+/// back, and its mark raised: a matching event carries every tag of the item, so the
+/// watermark of any of them at or below the condition's position says that no matching event
+/// came after it, without reading. Marks only go up and buckets are shared (a collision, or a
+/// writer that rolled back, leaves a mark too high): a mark above the position says nothing,
+/// and the check reads. Marks are kept since the server started: they speak for positions above
+/// the `floor` a session read when it first checked (the last position handed out then),
+/// every one of which an append took since.
+pub const WATERMARK_BUCKETS: usize = 1 << 16;
+
+/// The bucket of a tag key's watermark in a database.
+pub fn watermark_bucket(database: u32, key: u64) -> usize {
+    let mixed = key ^ u64::from(database).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((mixed ^ (mixed >> 32)) as usize) & (WATERMARK_BUCKETS - 1)
+}
+
+/// Whether a watermark says that no event of its key came after `after`: the position is at or
+/// above the session's floor, and the mark at or below the position.
+pub fn settled(after: i64, floor: i64, watermark: i64) -> bool {
+    after >= floor && watermark <= after
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,5 +453,25 @@ mod tests {
         let c = locks(Some(&q("a")), [s(&["a"]).as_slice()]);
         assert!(c.conflicts(&c));
         assert!(c.keys.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn a_watermark_settles_only_positions_it_speaks_for() {
+        assert!(settled(10, 5, 10));
+        assert!(settled(10, 10, 0));
+        assert!(!settled(10, 5, 11), "a mark above the position");
+        assert!(
+            !settled(4, 5, 0),
+            "a position below the floor: events from before the marks"
+        );
+        let b = watermark_bucket(1, tag_key("course:1"));
+        assert!(b < WATERMARK_BUCKETS);
+        assert_eq!(b, watermark_bucket(1, tag_key("course:1")));
+        assert_ne!(b, watermark_bucket(2, tag_key("course:1")));
+        // About 8 collisions expected of 1,000 random keys in 65,536 buckets.
+        let spread: std::collections::HashSet<usize> = (0..1000)
+            .map(|i| watermark_bucket(16384, tag_key(&format!("tag-{i}"))))
+            .collect();
+        assert!(spread.len() > 980, "{} buckets for 1000 tags", spread.len());
     }
 }
