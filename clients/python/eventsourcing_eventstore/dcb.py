@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from json.encoder import encode_basestring_ascii as _quote
 import weakref
 from collections.abc import Iterator, Sequence
 from threading import Thread
@@ -52,8 +53,20 @@ __all__ = ["EventStoreDCBFactory", "EventStoreDCBRecorder", "Factory"]
 DATA_KEY = "data"
 
 
-def _items(query: DCBQuery) -> dict[str, Any]:
-    return {"items": [{"types": list(i.types), "tags": list(i.tags)} for i in query.items]}
+# The JSON this module sends is written out here rather than by json.dumps, whose call costs
+# three times as much as the text it writes (2.4 µs against 0.7 for a query of one item;
+# benches/ section 13); names are quoted by the C function json.dumps quotes them with.
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(map(_quote, names))
+
+
+def _query(query: DCBQuery) -> str:
+    """A query as es_dcb_read and a condition take it."""
+    items = ", ".join(
+        '{"types": [' + _names(i.types) + '], "tags": [' + _names(i.tags) + "]}"
+        for i in query.items
+    )
+    return '{"items": [' + items + "]}"
 
 
 # A decision is two calls, and psycopg's per-query work (adapting parameters, its prepared
@@ -78,6 +91,7 @@ _READ = (
 )
 _APPEND = (b"es_dcb_recorder_append_1", b"SELECT es_dcb_append($1::jsonb, $2::jsonb)")
 _OK = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK)
+_DECODER = json.JSONDecoder()
 _prepared: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
 
 
@@ -164,26 +178,30 @@ class EventStoreDCBRecorder(DCBRecorder):
         limit: int | None = None,
     ) -> DCBReadResponse:
         params = [
-            None if query is None else json.dumps(_items(query)).encode(),
+            None if query is None else _query(query).encode(),
             None if after is None else str(after).encode(),
             None if limit is None else str(limit).encode(),
         ]
         horizon, events = _run(self.datastore, _READ, params)
         b64decode = binascii.a2b_base64
-        positions, types, datas, tags = json.loads(events) if events else (None,) * 4
+        positions, types, datas, tags = (
+            _DECODER.raw_decode(events.decode())[0] if events else (None,) * 4
+        )
         try:
             events = [
+                # Positional arguments, in the dataclasses' field order (type, data, tags;
+                # event, position): a third less client CPU per event than keywords.
                 DCBSequencedEvent(
-                    event=DCBEvent(
-                        type=event_type,
-                        data=(
+                    DCBEvent(
+                        event_type,
+                        (
                             b64decode(data, strict_mode=True)
                             if data[:1] != " "
                             else data[1:].encode()
                         ),
-                        tags=event_tags,
+                        event_tags,
                     ),
-                    position=position,
+                    position,
                 )
                 for position, event_type, data, event_tags in zip(
                     positions or (), types or (), datas or (), tags or ()
@@ -209,26 +227,31 @@ class EventStoreDCBRecorder(DCBRecorder):
         if not events:
             msg = "no events to append"
             raise ProgrammingError(msg)
-        payload = json.dumps(
-            [
-                {
-                    "type": e.type,
-                    "data": {DATA_KEY: base64.b64encode(e.data).decode("ascii")},
-                    "tags": list(e.tags),
-                }
-                for e in events
-            ]
+        # Base64 needs no quoting.
+        payload = ", ".join(
+            '{"type": '
+            + _quote(e.type)
+            + ', "data": {"'
+            + DATA_KEY
+            + '": "'
+            + base64.b64encode(e.data).decode("ascii")
+            + '"}, "tags": ['
+            + _names(e.tags)
+            + "]}"
+            for e in events
         )
         cond = None
         if condition is not None:
-            cond = json.dumps(
-                {
-                    "fail_if_events_match": _items(condition.fail_if_events_match),
-                    "after": condition.after,
-                }
+            after = condition.after
+            cond = (
+                '{"fail_if_events_match": '
+                + _query(condition.fail_if_events_match)
+                + ', "after": '
+                + (str(after) if type(after) is int else json.dumps(after))
+                + "}"
             ).encode()
         # A failed condition is ES001: the library's IntegrityError.
-        (last,) = _run(self.datastore, _APPEND, [payload.encode(), cond])
+        (last,) = _run(self.datastore, _APPEND, [("[" + payload + "]").encode(), cond])
         return int(last)
 
     def subscribe(

@@ -146,6 +146,18 @@ class TestDCBRecorder(FreshDatabase, DCBRecorderTestCase):
         with self.assertRaises(DataError):
             recorder.read(query)
 
+    def test_names_with_quotes_backslashes_and_other_scripts_go_and_come_back(self) -> None:
+        # The recorder writes its JSON itself (not with json.dumps): every name is quoted.
+        recorder = self.make_recorder()
+        odd = ['say "hi"', "back\\slash", "kurs:ü-名", "a/b\\u0041"]
+        recorder.append([DCBEvent(type='Joined "late"', data=b"x", tags=odd)])
+        query = DCBQuery(items=[DCBQueryItem(types=['Joined "late"'], tags=odd[1:])])
+        (read,) = recorder.read(query)
+        assert (read.event.type, read.event.tags) == ('Joined "late"', odd)
+        condition = DCBAppendCondition(fail_if_events_match=query, after=read.position - 1)
+        with self.assertRaises(IntegrityError):
+            recorder.append([DCBEvent(type="Left", data=b"y", tags=odd[:1])], condition)
+
 # -- the library's DCB application and projection runner ---------------------------
 
 class Counters(POPOTrackingRecorder, generic_projection.EventCountersView):
