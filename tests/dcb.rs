@@ -626,7 +626,8 @@ fn conditions_see_events_stored_before_a_restart_or_a_promotion() {
     primary.pg_ctl("start");
     let mut p = primary.connect();
     assert_eq!(after(&mut p, first - 1), "ES001", "after a restart");
-    // Settled by the watermark, then raised by this append: the next check reads again.
+    // Below the session's floor, so read (nothing came after `first`); this append raises the
+    // watermark, so the next check after `first` finds it above and reads again.
     let second = dcb_append(&mut p, &joined(), Some(&condition(&["course:1"], first))).unwrap();
     assert_eq!(
         after(&mut p, first),

@@ -20,9 +20,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from json.encoder import encode_basestring_ascii as _quote
 import weakref
 from collections.abc import Iterator, Sequence
+from json.encoder import encode_basestring_ascii as _quote
 from threading import Thread
 from typing import Any
 
